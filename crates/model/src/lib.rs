@@ -1,1 +1,32 @@
-//! model
+//! Azure Resource Manager resource model for what scaleset implements: scale sets, their
+//! instances, load balancers and images. Pure: parsing, validation, defaults, ids and az's
+//! generic `--set` update. No I/O.
+
+pub mod error;
+pub mod ids;
+pub mod lb;
+pub mod names;
+pub mod setpath;
+pub mod vmss;
+
+pub use error::ModelError;
+
+/// API versions we accept, per resource provider (the ones Microsoft's specs in shared/ describe).
+pub const COMPUTE_API_VERSIONS: &[&str] = &[
+    "2024-11-01",
+    "2024-07-01",
+    "2024-03-01",
+    "2023-09-01",
+    "2023-03-01",
+    "2022-11-01",
+];
+pub const NETWORK_API_VERSIONS: &[&str] = &[
+    "2024-05-01",
+    "2024-03-01",
+    "2024-01-01",
+    "2023-11-01",
+    "2023-09-01",
+];
+pub const RESOURCES_API_VERSIONS: &[&str] =
+    &["2024-03-01", "2022-09-01", "2021-04-01", "2020-06-01"];
+pub const DEFAULT_LOCATION: &str = "local";
