@@ -1,1 +1,1023 @@
-//! image
+//! image — base root filesystems, image bakes and the image store.
+//!
+//! * A **base** (`debian:<suite>`) is a `debootstrap --variant=minbase` root
+//!   filesystem with systemd, dbus, iproute2, ca-certificates and sudo,
+//!   built once into `<base_cache>/debian-<suite>/rootfs` (temp dir +
+//!   rename, serialized by an `flock`) and cached forever. Its identity is
+//!   the random-salted id in `<base_cache>/debian-<suite>/id`.
+//! * A **bake** follows Packer's builtin-template semantics: the package is
+//!   copied to `/deployTemp/<package folder>` of an overlay (base lower,
+//!   fresh upper), the script is run as root in a non-booted
+//!   `systemd-nspawn --pipe`, the result is deprovisioned and the upper dir
+//!   becomes a content-addressed, read-only layer.
+//!
+//! Bake environment (documented contract for setup scripts):
+//! * `cd /deployTemp && <pkg>/<script> <args...>`, as root, `HOME=/root`,
+//!   `DEBIAN_FRONTEND=noninteractive`.
+//! * Host network (with the host's resolv.conf bind-mounted) when
+//!   `BakeSpec::network`, otherwise a private network namespace with only
+//!   loopback.
+//! * `systemctl`: a shim at `/usr/local/sbin/systemctl` forwards
+//!   `enable|disable|mask|unmask|preset|is-enabled|...` to the real
+//!   systemctl in offline mode (`SYSTEMD_OFFLINE=1`) and logs
+//!   `skipped: no running systemd during bake` for
+//!   `start|stop|restart|reload|status|daemon-reload|...` (exit 0).
+//!   `enable --now` enables only. Package maintainer scripts cannot start
+//!   services either (`/usr/sbin/policy-rc.d` returns 101 during the bake).
+//! * `sudo` is installed in the base (root may sudo without a password);
+//!   a drop-in keeps `PIP_BREAK_SYSTEM_PACKAGES`, `DEBIAN_FRONTEND` and
+//!   `SYSTEMD_OFFLINE` across sudo. If a base has no sudo, a tiny shim that
+//!   strips sudo's options and runs the command is used.
+//! * `PIP_BREAK_SYSTEM_PACKAGES=1` so `pip install` works despite Debian's
+//!   PEP 668 marker (system-wide installs are what an image bake wants).
+//! * All shims / policy files are removed before capture.
+//!
+//! Store layout under `root`: `images/<name>.json`, `layers/<hex>/`,
+//! `logs/<name>-<time>.log`, `tmp/`.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Packages added to the minbase debootstrap.
+pub const BASE_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "iproute2",
+    "ca-certificates",
+    "sudo",
+];
+
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("unsupported base {0:?} (supported: debian:<suite>, e.g. debian:bookworm)")]
+    UnsupportedBase(String),
+    #[error("invalid bake spec for image {name:?}: {msg}")]
+    InvalidSpec { name: String, msg: String },
+    #[error("`{cmd}` failed ({status}); see log {log}")]
+    Command {
+        cmd: String,
+        status: String,
+        log: String,
+    },
+    #[error("bake of image {name:?}: setup script exited with {status}; log kept at {log}")]
+    ScriptFailed {
+        name: String,
+        status: String,
+        log: PathBuf,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt image record {path}: {msg}")]
+    Corrupt { path: PathBuf, msg: String },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
+    let what = what.into();
+    move |source| ImageError::Io { what, source }
+}
+
+/// A baked image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// `sha256:<hex>` of the captured layer's canonical content.
+    pub digest: String,
+    /// e.g. `debian:bookworm`.
+    pub base: String,
+    /// Top-most first, ending with the base rootfs: pass straight to
+    /// `MachineSpec::layers`.
+    pub layers: Vec<PathBuf>,
+    /// RFC 3339 (UTC).
+    pub created: String,
+    /// Bake log (for a cache hit: the log of the bake that built the layer).
+    pub log: PathBuf,
+    /// Bake cache key (sha256 of base id, package digest, script, args,
+    /// network flag).
+    #[serde(default)]
+    pub cache_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BakeSpec {
+    pub name: String,
+    pub base: String,
+    pub package_dir: PathBuf,
+    /// Relative to `package_dir`, e.g. `setupscript.sh`.
+    pub script: String,
+    pub args: Vec<String>,
+    pub network: bool,
+    pub mirror: Option<String>,
+}
+
+/// Base cache dir: `$SCALESET_BASE_CACHE` if set, else `<home>/bases`.
+pub fn default_base_cache(home: &Path) -> PathBuf {
+    match std::env::var_os("SCALESET_BASE_CACHE") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => home.join("bases"),
+    }
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    base_cache: PathBuf,
+}
+
+// ---------------------------------------------------------------------------
+// small helpers
+// ---------------------------------------------------------------------------
+
+/// RFC 3339 UTC timestamp for a unix time.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unique_suffix() -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut salt = [0u8; 8];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut salt));
+    format!("{}-{n}-{}", std::process::id(), hex::encode(salt))
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with('.')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
+    fs::write(&tmp, data).map_err(io_err(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(io_err(format!("rename {}", path.display())))
+}
+
+fn mountpoints_under(p: &Path) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| PathBuf::from(mp.replace("\\040", " ")))
+        .filter(|mp| mp.starts_with(p))
+        .collect();
+    // Deepest first.
+    v.sort_by_key(|b| std::cmp::Reverse(b.as_os_str().len()));
+    v
+}
+
+/// Unmount everything at or below `p` (lazy as a last resort).
+fn unmount_under(p: &Path) {
+    for mp in mountpoints_under(p) {
+        let mut ok = false;
+        for _ in 0..30 {
+            match nix::mount::umount2(&mp, nix::mount::MntFlags::empty()) {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(nix::errno::Errno::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(_) => break,
+            }
+        }
+        if !ok {
+            let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Remove a directory tree, never descending into mounts below it.
+fn remove_tree(p: &Path) -> Result<(), ImageError> {
+    unmount_under(p);
+    if !mountpoints_under(p).is_empty() {
+        return Err(ImageError::Io {
+            what: format!("refusing to remove {}: still has mounts", p.display()),
+            source: io::Error::from(io::ErrorKind::ResourceBusy),
+        });
+    }
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("remove {}", p.display()))(e)),
+    }
+}
+
+/// Run `cmd`, streaming merged stdout+stderr to `sinks`.
+fn run_streaming(mut cmd: Command, sinks: &mut [&mut dyn Write]) -> io::Result<ExitStatus> {
+    let (mut reader, writer) = io::pipe()?;
+    cmd.stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    let mut child = cmd.spawn()?;
+    drop(cmd); // closes our copies of the write end
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                for s in sinks.iter_mut() {
+                    let _ = s.write_all(&buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    for s in sinks.iter_mut() {
+        let _ = s.flush();
+    }
+    child.wait()
+}
+
+fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// sha256 over the canonical content of a tree: entries walked in sorted
+/// order, each as path, type, mode, uid, gid and size + content hash
+/// (files), target (symlinks), rdev (devices — overlay whiteouts are char
+/// devices 0/0) or the overlay opaque flag (dirs). Returns `sha256:<hex>`.
+pub fn tree_digest(root: &Path) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    walk_digest(root, Path::new(""), &mut h)?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn walk_digest(root: &Path, rel: &Path, h: &mut Sha256) -> Result<(), ImageError> {
+    let full = root.join(rel);
+    let md = fs::symlink_metadata(&full).map_err(io_err(format!("stat {}", full.display())))?;
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        'd'
+    } else if ft.is_file() {
+        'f'
+    } else if ft.is_symlink() {
+        'l'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else if ft.is_fifo() {
+        'p'
+    } else {
+        's'
+    };
+    h.update(rel.as_os_str().as_bytes());
+    h.update(
+        format!(
+            "\0{kind}\0{:o}\0{}\0{}\0",
+            md.mode() & 0o7777,
+            md.uid(),
+            md.gid()
+        )
+        .as_bytes(),
+    );
+    match kind {
+        'f' => {
+            h.update(format!("{}\0", md.len()).as_bytes());
+            let mut f =
+                fs::File::open(&full).map_err(io_err(format!("open {}", full.display())))?;
+            let mut fh = Sha256::new();
+            io::copy(&mut f, &mut fh).map_err(io_err(format!("read {}", full.display())))?;
+            h.update(fh.finalize());
+        }
+        'l' => {
+            let t = fs::read_link(&full).map_err(io_err(format!("readlink {}", full.display())))?;
+            h.update(t.as_os_str().as_bytes());
+        }
+        'c' | 'b' => h.update(format!("{}", md.rdev()).as_bytes()),
+        'd' => {
+            if let Some(v) = lgetxattr(&full, "trusted.overlay.opaque") {
+                h.update(b"opaque=");
+                h.update(&v);
+            }
+        }
+        _ => {}
+    }
+    h.update(b"\n");
+    if kind == 'd' {
+        let mut names: Vec<_> = fs::read_dir(&full)
+            .map_err(io_err(format!("read dir {}", full.display())))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for n in names {
+            walk_digest(root, &rel.join(n), h)?;
+        }
+    }
+    Ok(())
+}
+
+/// Recursive copy preserving modes and symlinks (owner: the caller, root).
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), ImageError> {
+    let md = fs::symlink_metadata(src).map_err(io_err(format!("stat {}", src.display())))?;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        fs::create_dir_all(dst).map_err(io_err(format!("mkdir {}", dst.display())))?;
+        for e in fs::read_dir(src).map_err(io_err(format!("read dir {}", src.display())))? {
+            let e = e.map_err(io_err(format!("read dir {}", src.display())))?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(io_err(format!("chmod {}", dst.display())))?;
+    } else if ft.is_symlink() {
+        let t = fs::read_link(src).map_err(io_err(format!("readlink {}", src.display())))?;
+        std::os::unix::fs::symlink(&t, dst)
+            .map_err(io_err(format!("symlink {}", dst.display())))?;
+    } else if ft.is_file() {
+        fs::copy(src, dst).map_err(io_err(format!("copy {}", src.display())))?;
+    }
+    // sockets / fifos / devices in a package are skipped.
+    Ok(())
+}
+
+fn parse_base(base: &str) -> Result<&str, ImageError> {
+    match base.split_once(':') {
+        Some(("debian", suite))
+            if !suite.is_empty() && suite.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            Ok(suite)
+        }
+        _ => Err(ImageError::UnsupportedBase(base.to_string())),
+    }
+}
+
+struct Flock(fs::File);
+
+impl Flock {
+    fn exclusive(path: &Path) -> Result<Self, ImageError> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open lock {}", path.display())))?;
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: flock on an fd we own.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                return Ok(Flock(f));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io_err(format!("flock {}", path.display()))(e));
+            }
+        }
+    }
+}
+
+impl Drop for Flock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unlocking an fd we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Unmounts the bake overlay and removes the bake's temp dir on drop.
+struct BakeDir {
+    dir: PathBuf,
+}
+
+impl Drop for BakeDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.dir) {
+            tracing::warn!("cleanup of bake dir failed: {e}");
+        }
+    }
+}
+
+const SYSTEMCTL_SHIM: &str = r#"#!/bin/sh
+# scaleset bake shim: no systemd is running during an image bake.
+verb=
+for a in "$@"; do case "$a" in -*) ;; *) verb="$a"; break ;; esac; done
+case "$verb" in
+  enable|disable|reenable|mask|unmask|preset|preset-all|is-enabled|cat|list-unit-files|\
+  set-default|get-default|revert|add-wants|add-requires|link|help|"")
+    for a; do
+      shift
+      if [ "$a" = "--now" ]; then
+        echo "scaleset-bake: systemctl --now: start/stop skipped: no running systemd during bake" >&2
+        continue
+      fi
+      set -- "$@" "$a"
+    done
+    SYSTEMD_OFFLINE=1 exec /usr/bin/systemctl "$@" ;;
+  *)
+    echo "scaleset-bake: 'systemctl $*' skipped: no running systemd during bake" >&2
+    exit 0 ;;
+esac
+"#;
+
+const SUDO_SHIM: &str = r#"#!/bin/sh
+# scaleset bake shim: the bake already runs as root; drop sudo's options.
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u|-g|-C|-D|-h|-p|-r|-t|-T|-U) shift 2 ;;
+    --) shift; break ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+exec "$@"
+"#;
+
+const POLICY_RC_D: &str = "#!/bin/sh\n# scaleset bake: no service starts during a bake\nexit 101\n";
+
+const SUDOERS_DROPIN: &str =
+    "Defaults env_keep += \"PIP_BREAK_SYSTEM_PACKAGES DEBIAN_FRONTEND SYSTEMD_OFFLINE\"\n";
+
+impl ImageStore {
+    pub fn new(root: impl Into<PathBuf>, base_cache: impl Into<PathBuf>) -> Self {
+        ImageStore {
+            root: root.into(),
+            base_cache: base_cache.into(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn base_cache(&self) -> &Path {
+        &self.base_cache
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    fn mkdirs(&self) -> Result<(), ImageError> {
+        for d in ["images", "layers", "logs", "tmp"] {
+            let p = self.root.join(d);
+            fs::create_dir_all(&p).map_err(io_err(format!("mkdir {}", p.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Path of the cached base (may not exist yet).
+    fn base_dir(&self, base: &str) -> Result<PathBuf, ImageError> {
+        Ok(self
+            .base_cache
+            .join(format!("debian-{}", parse_base(base)?)))
+    }
+
+    /// Identity of a built base (changes when the base is rebuilt).
+    pub fn base_id(&self, base: &str) -> Result<Option<String>, ImageError> {
+        let p = self.base_dir(base)?.join("id");
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("read {}", p.display()))(e)),
+        }
+    }
+
+    /// Build (once) and return the base rootfs.
+    pub fn ensure_base(
+        &self,
+        base: &str,
+        mirror: Option<&str>,
+        log: &mut dyn Write,
+    ) -> Result<PathBuf, ImageError> {
+        let suite = parse_base(base)?;
+        let dir = self.base_dir(base)?;
+        let rootfs = dir.join("rootfs");
+        if rootfs.is_dir() && dir.join("id").is_file() {
+            return Ok(rootfs);
+        }
+        fs::create_dir_all(&self.base_cache)
+            .map_err(io_err(format!("mkdir {}", self.base_cache.display())))?;
+        let _lock = Flock::exclusive(&self.base_cache.join(format!(".debian-{suite}.lock")))?;
+        if rootfs.is_dir() && dir.join("id").is_file() {
+            return Ok(rootfs);
+        }
+        // Leftovers of crashed builders (we hold the lock, so they are stale).
+        let stale_prefix = format!(".tmp-debian-{suite}-");
+        if let Ok(rd) = fs::read_dir(&self.base_cache) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&stale_prefix) {
+                    remove_tree(&e.path())?;
+                }
+            }
+        }
+        let tmp = self
+            .base_cache
+            .join(format!("{stale_prefix}{}", unique_suffix()));
+        let guard = BakeDir { dir: tmp.clone() };
+        fs::create_dir_all(&tmp).map_err(io_err(format!("mkdir {}", tmp.display())))?;
+        let mirror = mirror.unwrap_or(DEFAULT_MIRROR);
+        let _ = writeln!(
+            log,
+            "scaleset: building base {base} (debootstrap from {mirror})"
+        );
+        let mut cmd = Command::new("debootstrap");
+        cmd.arg("--variant=minbase")
+            .arg(format!("--include={}", BASE_PACKAGES.join(",")))
+            .arg(suite)
+            .arg(tmp.join("rootfs"))
+            .arg(mirror);
+        let status = run_streaming(cmd, &mut [log]).map_err(io_err(
+            "cannot run debootstrap (apt-get install debootstrap)",
+        ))?;
+        if !status.success() {
+            return Err(ImageError::Command {
+                cmd: format!("debootstrap {suite}"),
+                status: status.to_string(),
+                log: "(streamed to caller)".into(),
+            });
+        }
+        // Instances get a fresh machine-id; the base carries none.
+        let mid = tmp.join("rootfs/etc/machine-id");
+        fs::write(&mid, b"").map_err(io_err(format!("truncate {}", mid.display())))?;
+        let id = hex::encode(Sha256::digest(format!(
+            "{base}\0{}\0{mirror}\0{}",
+            BASE_PACKAGES.join(","),
+            unique_suffix()
+        )));
+        fs::write(tmp.join("id"), format!("{id}\n"))
+            .map_err(io_err(format!("write {}", tmp.join("id").display())))?;
+        fs::rename(&tmp, &dir).map_err(io_err(format!("rename base into {}", dir.display())))?;
+        drop(guard);
+        let _ = writeln!(log, "scaleset: base {base} ready at {}", rootfs.display());
+        Ok(rootfs)
+    }
+
+    fn validate_bake(&self, spec: &BakeSpec) -> Result<(PathBuf, PathBuf, String), ImageError> {
+        let bad = |msg: String| ImageError::InvalidSpec {
+            name: spec.name.clone(),
+            msg,
+        };
+        if !valid_name(&spec.name) {
+            return Err(bad("name must be 1..=128 chars of [A-Za-z0-9_.-]".into()));
+        }
+        parse_base(&spec.base)?;
+        let pkg = fs::canonicalize(&spec.package_dir)
+            .map_err(|e| bad(format!("package dir {}: {e}", spec.package_dir.display())))?;
+        if !pkg.is_dir() {
+            return Err(bad(format!("package {} is not a directory", pkg.display())));
+        }
+        let pkg_name = pkg
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| bad("package dir has no folder name".into()))?;
+        let script_rel = Path::new(&spec.script);
+        if spec.script.is_empty()
+            || !script_rel
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(bad(format!(
+                "script {:?} must be a relative path inside the package",
+                spec.script
+            )));
+        }
+        let script = fs::canonicalize(pkg.join(script_rel))
+            .map_err(|e| bad(format!("script {:?}: {e}", spec.script)))?;
+        if !script.starts_with(&pkg) || !script.is_file() {
+            return Err(bad(format!(
+                "script {:?} is not a file inside the package",
+                spec.script
+            )));
+        }
+        if spec.args.iter().any(|a| a.contains('\0')) {
+            return Err(bad("arguments may not contain NUL".into()));
+        }
+        Ok((pkg, script, pkg_name))
+    }
+
+    /// Bake an image (or return the cached one with the same key).
+    pub fn bake(&self, spec: &BakeSpec, log: &mut dyn Write) -> Result<Image, ImageError> {
+        let (pkg, script, pkg_name) = self.validate_bake(spec)?;
+        self.mkdirs()?;
+        let base_rootfs = self.ensure_base(&spec.base, spec.mirror.as_deref(), log)?;
+        let base_id = self.base_id(&spec.base)?.unwrap_or_default();
+        let pkg_digest = tree_digest(&pkg)?;
+        let script_rel = script
+            .strip_prefix(&pkg)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| spec.script.clone());
+        let mut kh = Sha256::new();
+        kh.update(format!(
+            "base={}\0{base_id}\0pkg={pkg_name}\0{pkg_digest}\0script={script_rel}\0net={}\0",
+            spec.base, spec.network
+        ));
+        for a in &spec.args {
+            kh.update(b"arg=");
+            kh.update(a.as_bytes());
+            kh.update(b"\0");
+        }
+        let key = hex::encode(kh.finalize());
+
+        // Cache hit?
+        for img in self.list()? {
+            if img.cache_key == key && img.layers.iter().all(|l| l.is_dir()) {
+                let _ = writeln!(
+                    log,
+                    "scaleset: cache hit: {} reuses layer {} of image {}",
+                    spec.name, img.digest, img.name
+                );
+                let new = Image {
+                    name: spec.name.clone(),
+                    created: rfc3339(now_secs()),
+                    ..img
+                };
+                self.register(&new)?;
+                return Ok(new);
+            }
+        }
+
+        let log_path = self.root.join("logs").join(format!(
+            "{}-{}.log",
+            spec.name,
+            rfc3339(now_secs()).replace(':', "")
+        ));
+        let mut log_file = fs::File::create(&log_path)
+            .map_err(io_err(format!("create {}", log_path.display())))?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("bake-{}", unique_suffix()));
+        let guard = BakeDir { dir: tmp.clone() };
+        let (upper, work, merged) = (tmp.join("upper"), tmp.join("work"), tmp.join("merged"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(io_err(format!("mkdir {}", d.display())))?;
+        }
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            base_rootfs.display(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| ImageError::Io {
+            what: format!("mount bake overlay ({data})"),
+            source: io::Error::from(e),
+        })?;
+
+        // Package + bake-time shims.
+        let deploy = merged.join("deployTemp");
+        copy_tree(&pkg, &deploy.join(&pkg_name))?;
+        let in_guest_script = deploy.join(&pkg_name).join(&script_rel);
+        let mode = fs::metadata(&in_guest_script)
+            .map_err(io_err(format!("stat {}", in_guest_script.display())))?
+            .permissions()
+            .mode();
+        fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
+            .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
+        let mut shims: Vec<PathBuf> = Vec::new();
+        let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
+            let p = merged.join(rel);
+            if fs::symlink_metadata(&p).is_ok() {
+                return Ok(()); // the image has its own; leave it alone
+            }
+            if let Some(parent) = p.parent() {
+                if !parent.is_dir() {
+                    return Ok(());
+                }
+            }
+            fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                .map_err(io_err(format!("chmod {}", p.display())))?;
+            shims.push(p);
+            Ok(())
+        };
+        put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
+        put_shim("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
+        put_shim("etc/sudoers.d/zz-scaleset-bake", SUDOERS_DROPIN, 0o440)?;
+        if fs::symlink_metadata(merged.join("usr/bin/sudo")).is_err() {
+            put_shim("usr/local/bin/sudo", SUDO_SHIM, 0o755)?;
+        }
+
+        let _ = writeln!(
+            log_file,
+            "scaleset: baking {} from {} (package {pkg_name}, script {script_rel}, network {})",
+            spec.name, spec.base, spec.network
+        );
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.args([
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--pipe",
+            "--as-pid2",
+            "--timezone=off",
+            "--link-journal=no",
+        ])
+        .arg(format!("--machine=ssbake-{}", &key[..12]))
+        .arg("-D")
+        .arg(&merged)
+        .arg(if spec.network {
+            "--resolv-conf=bind-host"
+        } else {
+            "--resolv-conf=off"
+        });
+        if !spec.network {
+            cmd.arg("--private-network");
+        }
+        for env in [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root",
+            "USER=root",
+            "LANG=C.UTF-8",
+            "DEBIAN_FRONTEND=noninteractive",
+            "PIP_BREAK_SYSTEM_PACKAGES=1",
+            "SYSTEMD_OFFLINE=1",
+            "SCALESET_BAKE=1",
+        ] {
+            cmd.arg(format!("--setenv={env}"));
+        }
+        cmd.arg("--chdir=/deployTemp")
+            .arg("--")
+            .arg("/bin/sh")
+            .arg("-c")
+            .arg("cd /deployTemp && exec \"$0\" \"$@\"")
+            .arg(format!("{pkg_name}/{script_rel}"))
+            .args(&spec.args);
+        let started = std::time::Instant::now();
+        let status = run_streaming(cmd, &mut [log, &mut log_file]).map_err(io_err(
+            "cannot run systemd-nspawn (apt-get install systemd-container)",
+        ))?;
+        let _ = writeln!(
+            log_file,
+            "scaleset: setup script finished with {status} after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        if !status.success() {
+            return Err(ImageError::ScriptFailed {
+                name: spec.name.clone(),
+                status: status.to_string(),
+                log: log_path,
+            });
+        }
+
+        // Deprovision.
+        for s in &shims {
+            let _ = fs::remove_file(s);
+        }
+        deprovision(&merged)?;
+        remove_tree(&merged)?; // unmounts the overlay
+        let _ = fs::remove_dir_all(&work);
+
+        // Capture.
+        let digest = tree_digest(&upper)?;
+        let hexd = digest.trim_start_matches("sha256:").to_string();
+        let layer = self.layers_dir().join(&hexd);
+        if !layer.is_dir() {
+            fs::rename(&upper, &layer)
+                .map_err(io_err(format!("move layer into {}", layer.display())))?;
+        }
+        drop(guard);
+        let img = Image {
+            name: spec.name.clone(),
+            digest,
+            base: spec.base.clone(),
+            layers: vec![layer, base_rootfs],
+            created: rfc3339(now_secs()),
+            log: log_path,
+            cache_key: key,
+        };
+        self.register(&img)?;
+        let _ = writeln!(
+            log_file,
+            "scaleset: registered {} as {}",
+            img.name, img.digest
+        );
+        Ok(img)
+    }
+
+    fn register(&self, img: &Image) -> Result<(), ImageError> {
+        self.mkdirs()?;
+        let data = serde_json::to_vec_pretty(img).map_err(|e| ImageError::Corrupt {
+            path: self.images_dir(),
+            msg: e.to_string(),
+        })?;
+        write_atomic(&self.images_dir().join(format!("{}.json", img.name)), &data)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<Image>, ImageError> {
+        if !valid_name(name) {
+            return Ok(None);
+        }
+        let p = self.images_dir().join(format!("{name}.json"));
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
+        };
+        serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| ImageError::Corrupt {
+                path: p,
+                msg: e.to_string(),
+            })
+    }
+
+    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        let dir = self.images_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("read {}", dir.display()))(e)),
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(String::from)
+            })
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(img) = self.get(&n)? {
+                out.push(img);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unregister; the layer is removed when no other image uses it.
+    pub fn delete(&self, name: &str) -> Result<(), ImageError> {
+        let Some(img) = self.get(name)? else {
+            return Ok(());
+        };
+        let p = self.images_dir().join(format!("{name}.json"));
+        fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;
+        let still_used: Vec<PathBuf> = self.list()?.into_iter().flat_map(|i| i.layers).collect();
+        let layers_dir = self.layers_dir();
+        for l in img.layers {
+            if l.starts_with(&layers_dir) && !still_used.contains(&l) {
+                remove_tree(&l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-hash the image's own layer and compare with its digest.
+    pub fn verify(&self, img: &Image) -> Result<bool, ImageError> {
+        let Some(top) = img.layers.first() else {
+            return Ok(false);
+        };
+        Ok(tree_digest(top)? == img.digest)
+    }
+}
+
+/// Remove per-bake state from the merged root (Azure-style deprovision).
+fn deprovision(merged: &Path) -> Result<(), ImageError> {
+    let mid = merged.join("etc/machine-id");
+    if mid.exists() {
+        fs::write(&mid, b"").map_err(io_err(format!("truncate {}", mid.display())))?;
+    }
+    remove_tree(&merged.join("deployTemp"))?;
+    let _ = fs::remove_file(merged.join("root/.bash_history"));
+    remove_files_in(&merged.join("var/lib/apt/lists"), &|n| n != "lock", true)?;
+    remove_files_in(
+        &merged.join("var/cache/apt"),
+        &|n| n.ends_with(".bin"),
+        false,
+    )?;
+    remove_files_in(
+        &merged.join("var/cache/apt/archives"),
+        &|n| n != "lock",
+        true,
+    )?;
+    remove_files_in(&merged.join("var/log"), &|_| true, true)?;
+    Ok(())
+}
+
+/// Remove regular files / symlinks (not dirs) matching `keep_if`.
+fn remove_files_in(
+    dir: &Path,
+    pred: &dyn Fn(&str) -> bool,
+    recurse: bool,
+) -> Result<(), ImageError> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            if recurse {
+                remove_files_in(&p, pred, true)?;
+            }
+        } else if pred(&e.file_name().to_string_lossy()) {
+            fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn base_parsing() {
+        assert_eq!(parse_base("debian:bookworm").unwrap(), "bookworm");
+        assert!(parse_base("ubuntu:jammy").is_err());
+        assert!(parse_base("debian:../x").is_err());
+        assert!(parse_base("debian:").is_err());
+    }
+
+    #[test]
+    fn digest_is_canonical_and_content_sensitive() {
+        let d = std::env::temp_dir().join(format!("ss-digest-{}", unique_suffix()));
+        let a = d.join("a");
+        let b = d.join("b");
+        for r in [&a, &b] {
+            fs::create_dir_all(r.join("sub")).unwrap();
+            fs::write(r.join("sub/f"), "x").unwrap();
+            fs::write(r.join("z"), "y").unwrap();
+            std::os::unix::fs::symlink("sub/f", r.join("l")).unwrap();
+        }
+        assert_eq!(tree_digest(&a).unwrap(), tree_digest(&b).unwrap());
+        fs::write(b.join("z"), "Y").unwrap();
+        assert_ne!(tree_digest(&a).unwrap(), tree_digest(&b).unwrap());
+        fs::write(b.join("z"), "y").unwrap();
+        fs::set_permissions(b.join("z"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(tree_digest(&a).unwrap(), tree_digest(&b).unwrap());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,1 +1,1158 @@
-//! runtime
+//! runtime — booted instances ("machines") on one Linux host.
+//!
+//! Every machine is a `systemd-nspawn -b` container whose root is an overlayfs
+//! (read-only image layers + a per-machine writable upper dir) and whose
+//! network is a dedicated network namespace connected to a host bridge by a
+//! veth pair. The nspawn process is started detached (own session, own log
+//! file, pidfile) so it survives the death of the daemon that started it; a
+//! later [`NspawnMachines`] value adopts it through the pidfile.
+//!
+//! State layout, per machine, under `RuntimeConfig::state_dir/<name>/`:
+//! `spec.json` (the last [`MachineSpec`]), `upper/`, `work/`, `root/`
+//! (overlay mount point), `pid` (`<pid> <starttime>`), `console.log`.
+//!
+//! The API is blocking; async callers should use `spawn_blocking`.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Errors of this crate. Messages name the machine / command and include the
+/// command's stderr; they do not repeat the wrapped source.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("preflight failed: {0}")]
+    Preflight(String),
+    #[error("machine {0:?} does not exist")]
+    NotFound(String),
+    #[error("invalid machine spec for {machine:?}: {msg}")]
+    InvalidSpec { machine: String, msg: String },
+    #[error("machine {machine:?}: `{cmd}` failed: {stderr}")]
+    Command {
+        machine: String,
+        cmd: String,
+        stderr: String,
+    },
+    #[error("machine {machine:?}: {what}")]
+    Io {
+        machine: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("machine {machine:?}: {msg}")]
+    State { machine: String, msg: String },
+}
+
+fn io_err(machine: &str, what: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
+    let machine = machine.to_string();
+    let what = what.into();
+    move |source| RuntimeError::Io {
+        machine,
+        what,
+        source,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Network types
+// ---------------------------------------------------------------------------
+
+/// Tiny IPv4 network type (`addr/prefix_len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
+        (prefix_len <= 32).then_some(Ipv4Net { addr, prefix_len })
+    }
+    pub fn mask(&self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len))
+        }
+    }
+    /// The network address (host bits cleared).
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        let m = self.mask() & other.mask();
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+    /// `network + n` (e.g. `.1` for the gateway).
+    pub fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()).wrapping_add(n))
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected a.b.c.d/len"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?}: bad address"))?;
+        let len: u8 = p.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
+        Ipv4Net::new(addr, len).ok_or_else(|| format!("{s:?}: prefix length > 32"))
+    }
+}
+
+/// A host bridge that instances attach to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Bridge interface name (≤ 15 chars).
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    /// Address of the bridge itself (usually `.1`); default route of instances.
+    pub gateway: Ipv4Addr,
+}
+
+impl NetworkSpec {
+    fn validate(&self) -> Result<(), String> {
+        validate_ifname(&self.bridge)?;
+        if !self.subnet.contains(self.gateway) {
+            return Err(format!(
+                "gateway {} is not inside subnet {}",
+                self.gateway, self.subnet
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_ifname(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 15 {
+        return Err(format!("interface name {n:?} must be 1..=15 characters"));
+    }
+    if !n
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!("interface name {n:?} has invalid characters"));
+    }
+    Ok(())
+}
+
+/// Choose a /24 inside 10.213.0.0/16 that overlaps none of `host_routes`
+/// (`(destination, prefix_len)`). Default routes (prefix 0) are ignored.
+/// Prefers 10.213.7.0/24, then ascending third octet.
+pub fn pick_subnet(host_routes: &[(Ipv4Addr, u8)]) -> Option<Ipv4Net> {
+    let routes: Vec<Ipv4Net> = host_routes
+        .iter()
+        .filter(|(_, len)| *len > 0 && *len <= 32)
+        .map(|&(a, len)| Ipv4Net {
+            addr: a,
+            prefix_len: len,
+        })
+        .collect();
+    std::iter::once(7u8)
+        .chain((0u8..=255).filter(|&o| o != 7))
+        .map(|o| Ipv4Net {
+            addr: Ipv4Addr::new(10, 213, o, 0),
+            prefix_len: 24,
+        })
+        .find(|cand| !routes.iter().any(|r| r.overlaps(cand)))
+}
+
+/// IPv4 routes of the host, from `/proc/net/route` (all tables' main view).
+pub fn host_routes() -> Result<Vec<(Ipv4Addr, u8)>, RuntimeError> {
+    let text =
+        fs::read_to_string("/proc/net/route").map_err(io_err("-", "read /proc/net/route"))?;
+    Ok(parse_proc_net_route(&text))
+}
+
+/// Parse the text of `/proc/net/route` (hex, host byte order little-endian).
+pub fn parse_proc_net_route(text: &str) -> Vec<(Ipv4Addr, u8)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let dst = u32::from_str_radix(f[1], 16).ok()?;
+            let mask = u32::from_str_radix(f[7], 16).ok()?;
+            Some((Ipv4Addr::from(dst.to_ne_bytes()), mask.count_ones() as u8))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Machine types
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// e.g. `$SCALESET_HOME/machines`.
+    pub state_dir: PathBuf,
+    /// Short tag used in netns / interface / machine names (so parallel
+    /// runs don't clash). Only `[a-z0-9]` are used, at most 4 of them in
+    /// interface names.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSpec {
+    /// Unique name, e.g. `vmssdevops2_0` (interface names derive from a hash).
+    pub name: String,
+    /// e.g. `vmssdevops2000000`.
+    pub hostname: String,
+    /// Read-only lower dirs, top-most first (image layers, then base rootfs).
+    pub layers: Vec<PathBuf>,
+    pub ip: Ipv4Addr,
+    pub network: NetworkSpec,
+    /// Absolute in-guest path → content, written into the writable layer
+    /// before boot (e.g. `/etc/scaleset/instance.env`).
+    pub files: Vec<(PathBuf, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineState {
+    Running { pid: u32 },
+    Stopped,
+    Missing,
+}
+
+pub trait Machines: Send + Sync {
+    /// Idempotent: bridge exists, has the gateway address, is up.
+    fn ensure_network(&self, net: &NetworkSpec) -> Result<(), RuntimeError>;
+    /// Dirs, overlay mount, netns + veth, files. Does not start. Idempotent.
+    fn create(&self, spec: &MachineSpec) -> Result<(), RuntimeError>;
+    /// Boot detached; returns the nspawn pid. Returns the existing pid if
+    /// already running.
+    fn start(&self, name: &str) -> Result<u32, RuntimeError>;
+    /// SIGTERM (clean systemd shutdown), SIGKILL after `timeout`.
+    fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
+    /// Hard kill (crash simulation).
+    fn kill(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Must be stopped: wipe the writable layer, remount with `spec.layers`.
+    fn reimage(&self, spec: &MachineSpec) -> Result<(), RuntimeError>;
+    /// Stop if needed, unmount, remove netns/veth and dirs. Idempotent.
+    fn delete(&self, name: &str) -> Result<(), RuntimeError>;
+    fn state(&self, name: &str) -> Result<MachineState, RuntimeError>;
+    /// Machines present in the state dir.
+    fn list(&self) -> Result<Vec<String>, RuntimeError>;
+}
+
+// ---------------------------------------------------------------------------
+// Host helpers
+// ---------------------------------------------------------------------------
+
+fn run(machine: &str, prog: &str, args: &[&str]) -> Result<String, RuntimeError> {
+    let cmdline = format!("{prog} {}", args.join(" "));
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(machine, format!("cannot run `{cmdline}`")))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Command {
+            machine: machine.to_string(),
+            cmd: cmdline,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Checks: root, `systemd-nspawn`, `ip`, overlayfs. One clear message.
+pub fn preflight() -> Result<(), RuntimeError> {
+    let mut problems = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        problems.push("must run as root".to_string());
+    }
+    let mut missing = Vec::new();
+    if which("systemd-nspawn").is_none() {
+        missing.push("systemd-container");
+    }
+    if which("ip").is_none() {
+        missing.push("iproute2");
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing tools: run `apt-get install {}`",
+            missing.join(" ")
+        ));
+    }
+    let has_overlay = fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.trim_end().ends_with("overlay")))
+        .unwrap_or(false);
+    if !has_overlay {
+        // It may be a module that is loaded on first mount; try modprobe.
+        let _ = Command::new("modprobe")
+            .arg("overlay")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let ok = fs::read_to_string("/proc/filesystems")
+            .map(|s| s.lines().any(|l| l.trim_end().ends_with("overlay")))
+            .unwrap_or(false);
+        if !ok {
+            problems.push("kernel has no overlayfs support (`modprobe overlay` failed)".into());
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Preflight(problems.join("; ")))
+    }
+}
+
+fn ensure_bridge(net: &NetworkSpec) -> Result<(), RuntimeError> {
+    net.validate().map_err(|msg| RuntimeError::InvalidSpec {
+        machine: "-".into(),
+        msg,
+    })?;
+    let ctx = format!("bridge {}", net.bridge);
+    if !link_exists(&net.bridge) {
+        if let Err(e) = run(&ctx, "ip", &["link", "add", &net.bridge, "type", "bridge"]) {
+            // Lost a race with a concurrent creator?
+            if !link_exists(&net.bridge) {
+                return Err(e);
+            }
+        }
+    }
+    let addr = format!("{}/{}", net.gateway, net.subnet.prefix_len);
+    run(&ctx, "ip", &["addr", "replace", &addr, "dev", &net.bridge])?;
+    run(&ctx, "ip", &["link", "set", &net.bridge, "up"])?;
+    Ok(())
+}
+
+/// Remove the bridge (instances' veths are detached by the kernel).
+pub fn teardown_network(net: &NetworkSpec) -> Result<(), RuntimeError> {
+    if link_exists(&net.bridge) {
+        let ctx = format!("bridge {}", net.bridge);
+        if let Err(e) = run(&ctx, "ip", &["link", "del", &net.bridge]) {
+            if link_exists(&net.bridge) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = p.to_string_lossy();
+    text.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|mp| unescape_mountinfo(mp) == want)
+            .unwrap_or(false)
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|t| u8::from_str_radix(t, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn unmount(machine: &str, p: &Path) -> Result<(), RuntimeError> {
+    for _ in 0..50 {
+        if !is_mountpoint(p) {
+            return Ok(());
+        }
+        match nix::mount::umount2(p, nix::mount::MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(100)),
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => {
+                return Err(RuntimeError::Io {
+                    machine: machine.into(),
+                    what: format!("umount {}", p.display()),
+                    source: io::Error::from(e),
+                })
+            }
+        }
+    }
+    // Still busy after 5 s: detach lazily so the dir can be removed.
+    nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH).map_err(|e| RuntimeError::Io {
+        machine: machine.into(),
+        what: format!("umount -l {}", p.display()),
+        source: io::Error::from(e),
+    })
+}
+
+fn random_hex16() -> String {
+    let mut buf = [0u8; 16];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let h = Sha256::digest(format!("{t}-{}", std::process::id()));
+        buf.copy_from_slice(&h[..16]);
+    }
+    hex::encode(buf)
+}
+
+/// `(pid, starttime)` of a live, non-zombie process.
+fn proc_starttime(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // f[0] = state (field 3), starttime = field 22 → f[19]
+    if f.first().is_some_and(|s| *s == "Z" || *s == "X") {
+        return None;
+    }
+    f.get(19)?.parse().ok()
+}
+
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+fn proc_cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| proc_ppid(p) == Some(pid))
+        .collect()
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+// ---------------------------------------------------------------------------
+// NspawnMachines
+// ---------------------------------------------------------------------------
+
+/// Derived, length-safe names for one machine.
+#[derive(Debug, Clone)]
+struct Names {
+    netns: String,
+    veth_host: String,
+    veth_guest: String,
+    machine: String,
+}
+
+pub struct NspawnMachines {
+    cfg: RuntimeConfig,
+    short_prefix: String,
+}
+
+fn write_atomic(machine: &str, path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, data).map_err(io_err(machine, format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(io_err(machine, format!("rename to {}", path.display())))
+}
+
+impl NspawnMachines {
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let short_prefix: String = cfg
+            .prefix
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .map(|c| c.to_ascii_lowercase())
+            .take(4)
+            .collect();
+        if short_prefix.is_empty() {
+            return Err(RuntimeError::Preflight(format!(
+                "runtime prefix {:?} must contain at least one [a-z0-9]",
+                cfg.prefix
+            )));
+        }
+        fs::create_dir_all(&cfg.state_dir).map_err(io_err(
+            "-",
+            format!("create state dir {}", cfg.state_dir.display()),
+        ))?;
+        Ok(NspawnMachines { cfg, short_prefix })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    fn names(&self, name: &str) -> Names {
+        let h = hex::encode(Sha256::digest(format!("{}/{}", self.cfg.prefix, name)));
+        let h8 = &h[..8];
+        let p = &self.short_prefix;
+        Names {
+            netns: format!("{p}-{h8}"),
+            veth_host: format!("{p}h{h8}"),
+            veth_guest: format!("{p}g{h8}"),
+            machine: format!("{p}-{h8}"),
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join(name)
+    }
+
+    /// Overlay mount point (the machine's `/`), e.g. for inspection in tests.
+    pub fn root_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("root")
+    }
+
+    /// Writable layer of the machine.
+    pub fn upper_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("upper")
+    }
+
+    /// Console log of the machine (appended across boots).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("console.log")
+    }
+
+    /// Network namespace name of the machine (`/run/netns/<ns>`).
+    pub fn netns_name(&self, name: &str) -> String {
+        self.names(name).netns
+    }
+
+    fn validate_name(name: &str) -> Result<(), RuntimeError> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(RuntimeError::InvalidSpec {
+                machine: name.into(),
+                msg: "name must be 1..=128 chars of [A-Za-z0-9_.-]".into(),
+            })
+        }
+    }
+
+    fn validate_spec(spec: &MachineSpec) -> Result<(), RuntimeError> {
+        Self::validate_name(&spec.name)?;
+        let bad = |msg: String| RuntimeError::InvalidSpec {
+            machine: spec.name.clone(),
+            msg,
+        };
+        spec.network.validate().map_err(bad)?;
+        if spec.layers.is_empty() {
+            return Err(bad("no layers".into()));
+        }
+        for l in &spec.layers {
+            if !l.is_absolute() || !l.is_dir() {
+                return Err(bad(format!(
+                    "layer {} is not an existing absolute directory",
+                    l.display()
+                )));
+            }
+            if l.to_string_lossy().contains([':', ',', '\n']) {
+                return Err(bad(format!(
+                    "layer path {} contains ':' or ','",
+                    l.display()
+                )));
+            }
+        }
+        let h = &spec.hostname;
+        if h.is_empty() || h.len() > 63 || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(bad(format!("hostname {h:?} is not a valid host name")));
+        }
+        if !spec.network.subnet.contains(spec.ip) || spec.ip == spec.network.gateway {
+            return Err(bad(format!(
+                "ip {} is not a free address of subnet {}",
+                spec.ip, spec.network.subnet
+            )));
+        }
+        for (p, _) in &spec.files {
+            if !p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(bad(format!(
+                    "file path {} must be absolute without '..'",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn load_spec(&self, name: &str) -> Result<MachineSpec, RuntimeError> {
+        Self::validate_name(name)?;
+        let p = self.dir(name).join("spec.json");
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotFound(name.into()))
+            }
+            Err(e) => return Err(io_err(name, format!("read {}", p.display()))(e)),
+        };
+        serde_json::from_slice(&data).map_err(|e| RuntimeError::State {
+            machine: name.into(),
+            msg: format!("corrupt {}: {e}", p.display()),
+        })
+    }
+
+    fn mount_overlay(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
+        let dir = self.dir(&spec.name);
+        let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        for d in [&upper, &work, &root] {
+            fs::create_dir_all(d).map_err(io_err(&spec.name, format!("mkdir {}", d.display())))?;
+        }
+        if is_mountpoint(&root) {
+            return Ok(());
+        }
+        let lower: Vec<String> = spec
+            .layers
+            .iter()
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &root,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| RuntimeError::Io {
+            machine: spec.name.clone(),
+            what: format!("mount overlay on {} ({data})", root.display()),
+            source: io::Error::from(e),
+        })
+    }
+
+    fn setup_netns(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
+        let n = self.names(&spec.name);
+        let m = spec.name.as_str();
+        if !netns_exists(&n.netns) {
+            run(m, "ip", &["netns", "add", &n.netns])?;
+        }
+        if !link_exists(&n.veth_host) {
+            // A half-created pair might linger inside the netns: drop it.
+            let _ = run(m, "ip", &["-n", &n.netns, "link", "del", "eth0"]);
+            run(
+                m,
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &n.veth_host,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &n.veth_guest,
+                ],
+            )?;
+            run(m, "ip", &["link", "set", &n.veth_guest, "netns", &n.netns])?;
+            run(
+                m,
+                "ip",
+                &["-n", &n.netns, "link", "set", &n.veth_guest, "name", "eth0"],
+            )?;
+        }
+        run(
+            m,
+            "ip",
+            &["link", "set", &n.veth_host, "master", &spec.network.bridge],
+        )?;
+        run(m, "ip", &["link", "set", &n.veth_host, "up"])?;
+        let addr = format!("{}/{}", spec.ip, spec.network.subnet.prefix_len);
+        // Replace any address left over from a previous spec.
+        run(m, "ip", &["-n", &n.netns, "addr", "flush", "dev", "eth0"])?;
+        run(
+            m,
+            "ip",
+            &["-n", &n.netns, "addr", "add", &addr, "dev", "eth0"],
+        )?;
+        run(m, "ip", &["-n", &n.netns, "link", "set", "eth0", "up"])?;
+        run(m, "ip", &["-n", &n.netns, "link", "set", "lo", "up"])?;
+        let gw = spec.network.gateway.to_string();
+        run(
+            m,
+            "ip",
+            &["-n", &n.netns, "route", "replace", "default", "via", &gw],
+        )?;
+        Ok(())
+    }
+
+    fn teardown_netns(&self, name: &str) -> Result<(), RuntimeError> {
+        let n = self.names(name);
+        if link_exists(&n.veth_host) {
+            if let Err(e) = run(name, "ip", &["link", "del", &n.veth_host]) {
+                if link_exists(&n.veth_host) {
+                    return Err(e);
+                }
+            }
+        }
+        if netns_exists(&n.netns) {
+            if let Err(e) = run(name, "ip", &["netns", "del", &n.netns]) {
+                if netns_exists(&n.netns) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write hostname, machine-id and the spec's files through the overlay.
+    fn write_files(&self, spec: &MachineSpec, fresh_machine_id: bool) -> Result<(), RuntimeError> {
+        let root = self.root_path(&spec.name);
+        let m = spec.name.as_str();
+        let put = |rel: &Path, data: &[u8], mode: u32| -> Result<(), RuntimeError> {
+            let rel = rel.strip_prefix("/").unwrap_or(rel);
+            let p = root.join(rel);
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(io_err(m, format!("mkdir {}", parent.display())))?;
+            }
+            // Never follow a symlink planted by the image out of the root.
+            if fs::symlink_metadata(&p).is_ok_and(|md| md.file_type().is_symlink()) {
+                fs::remove_file(&p).map_err(io_err(m, format!("remove {}", p.display())))?;
+            }
+            fs::write(&p, data).map_err(io_err(m, format!("write {}", p.display())))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                .map_err(io_err(m, format!("chmod {}", p.display())))
+        };
+        put(
+            Path::new("etc/hostname"),
+            format!("{}\n", spec.hostname).as_bytes(),
+            0o644,
+        )?;
+        let mid = root.join("etc/machine-id");
+        let has_mid = fs::read_to_string(&mid)
+            .map(|s| s.trim().len() == 32)
+            .unwrap_or(false);
+        if fresh_machine_id || !has_mid {
+            put(
+                Path::new("etc/machine-id"),
+                format!("{}\n", random_hex16()).as_bytes(),
+                0o444,
+            )?;
+        }
+        for (p, content) in &spec.files {
+            put(p, content.as_bytes(), 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the pidfile and checks that the pid is really our nspawn.
+    fn running_pid(&self, name: &str) -> Option<u32> {
+        let text = fs::read_to_string(self.dir(name).join("pid")).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: u32 = it.next()?.parse().ok()?;
+        let start: u64 = it.next()?.parse().ok()?;
+        if proc_starttime(pid)? != start {
+            return None;
+        }
+        let cmd = proc_cmdline(pid);
+        let root = self.root_path(name).to_string_lossy().into_owned();
+        let is_nspawn = cmd.first().is_some_and(|a| a.ends_with("systemd-nspawn"));
+        (is_nspawn && cmd.iter().any(|a| *a == root)).then_some(pid)
+    }
+
+    fn wait_gone(&self, name: &str, pid: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.running_pid(name) != Some(pid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn hard_kill(&self, name: &str, pid: u32) {
+        // The container's init is a child of nspawn (in its own pid
+        // namespace); killing it kills the whole container even if nspawn
+        // itself would not take it down.
+        let mut victims = vec![pid];
+        let mut i = 0;
+        while i < victims.len() && victims.len() < 64 {
+            let kids = children_of(victims[i]);
+            victims.extend(kids);
+            i += 1;
+        }
+        for v in victims.iter().rev() {
+            signal(*v, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.wait_gone(name, pid, Duration::from_secs(10));
+        // Give the kernel a moment to tear down the pid namespace so the
+        // overlay is not busy.
+        for v in &victims {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while proc_starttime(*v).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Machines for NspawnMachines {
+    fn ensure_network(&self, net: &NetworkSpec) -> Result<(), RuntimeError> {
+        ensure_bridge(net)
+    }
+
+    fn create(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
+        Self::validate_spec(spec)?;
+        let dir = self.dir(&spec.name);
+        let existed = dir.join("spec.json").exists();
+        if existed {
+            let old = self.load_spec(&spec.name)?;
+            if old.layers != spec.layers && is_mountpoint(&self.root_path(&spec.name)) {
+                return Err(RuntimeError::State {
+                    machine: spec.name.clone(),
+                    msg: "already exists with different layers; use reimage".into(),
+                });
+            }
+        }
+        fs::create_dir_all(&dir).map_err(io_err(&spec.name, format!("mkdir {}", dir.display())))?;
+        write_atomic(
+            &spec.name,
+            &dir.join("spec.json"),
+            &serde_json::to_vec_pretty(spec).map_err(|e| RuntimeError::State {
+                machine: spec.name.clone(),
+                msg: format!("serialize spec: {e}"),
+            })?,
+        )?;
+        ensure_bridge(&spec.network)?;
+        self.mount_overlay(spec)?;
+        self.setup_netns(spec)?;
+        self.write_files(spec, false)?;
+        tracing::debug!(machine = %spec.name, "created");
+        Ok(())
+    }
+
+    fn start(&self, name: &str) -> Result<u32, RuntimeError> {
+        let spec = self.load_spec(name)?;
+        if let Some(pid) = self.running_pid(name) {
+            return Ok(pid);
+        }
+        // After a host reboot mounts / netns are gone: re-establish them.
+        ensure_bridge(&spec.network)?;
+        self.mount_overlay(&spec)?;
+        self.setup_netns(&spec)?;
+        self.write_files(&spec, false)?;
+
+        let n = self.names(name);
+        let root = self.root_path(name);
+        let log_path = self.log_path(name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(name, format!("open {}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io_err(name, "dup console log fd"))?;
+        let netns_path = format!("/run/netns/{}", n.netns);
+        let mut cmd =
+            Command::new(which("systemd-nspawn").unwrap_or_else(|| "systemd-nspawn".into()));
+        cmd.arg("-D")
+            .arg(&root)
+            .args([
+                "-b",
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--link-journal=no",
+                "--kill-signal=SIGRTMIN+3",
+            ])
+            .arg(format!("--machine={}", n.machine))
+            .arg(format!("--hostname={}", spec.hostname))
+            .arg(format!("--network-namespace-path={netns_path}"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .env("SYSTEMD_LOG_LEVEL", "info");
+        // SAFETY: setsid is async-signal-safe; we only call it in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(io_err(name, "spawn systemd-nspawn"))?;
+        let pid = child.id();
+        // Reap it when it exits (while we live); after our death init does.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let start = proc_starttime(pid).ok_or_else(|| RuntimeError::State {
+            machine: name.into(),
+            msg: format!(
+                "systemd-nspawn exited immediately; see {}",
+                log_path.display()
+            ),
+        })?;
+        write_atomic(
+            name,
+            &self.dir(name).join("pid"),
+            format!("{pid} {start}\n").as_bytes(),
+        )?;
+        tracing::info!(machine = name, pid, "started");
+        Ok(pid)
+    }
+
+    fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        Self::validate_name(name)?;
+        let Some(pid) = self.running_pid(name) else {
+            return Ok(());
+        };
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        if !self.wait_gone(name, pid, timeout) {
+            tracing::warn!(machine = name, pid, "did not stop in time; killing");
+            self.hard_kill(name, pid);
+        }
+        let _ = fs::remove_file(self.dir(name).join("pid"));
+        Ok(())
+    }
+
+    fn kill(&self, name: &str) -> Result<(), RuntimeError> {
+        Self::validate_name(name)?;
+        if let Some(pid) = self.running_pid(name) {
+            self.hard_kill(name, pid);
+        }
+        Ok(())
+    }
+
+    fn reimage(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
+        Self::validate_spec(spec)?;
+        let _ = self.load_spec(&spec.name)?;
+        if self.running_pid(&spec.name).is_some() {
+            return Err(RuntimeError::State {
+                machine: spec.name.clone(),
+                msg: "must be stopped before reimage".into(),
+            });
+        }
+        let dir = self.dir(&spec.name);
+        unmount(&spec.name, &self.root_path(&spec.name))?;
+        for d in ["upper", "work"] {
+            let p = dir.join(d);
+            if p.exists() {
+                fs::remove_dir_all(&p)
+                    .map_err(io_err(&spec.name, format!("wipe {}", p.display())))?;
+            }
+        }
+        let _ = fs::remove_file(dir.join("pid"));
+        write_atomic(
+            &spec.name,
+            &dir.join("spec.json"),
+            &serde_json::to_vec_pretty(spec).map_err(|e| RuntimeError::State {
+                machine: spec.name.clone(),
+                msg: format!("serialize spec: {e}"),
+            })?,
+        )?;
+        ensure_bridge(&spec.network)?;
+        self.mount_overlay(spec)?;
+        self.setup_netns(spec)?;
+        self.write_files(spec, true)?;
+        Ok(())
+    }
+
+    fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        Self::validate_name(name)?;
+        if let Some(pid) = self.running_pid(name) {
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            if !self.wait_gone(name, pid, Duration::from_secs(10)) {
+                self.hard_kill(name, pid);
+            }
+        }
+        let dir = self.dir(name);
+        unmount(name, &self.root_path(name))?;
+        self.teardown_netns(name)?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(name, format!("remove {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    fn state(&self, name: &str) -> Result<MachineState, RuntimeError> {
+        Self::validate_name(name)?;
+        if !self.dir(name).join("spec.json").exists() {
+            return Ok(MachineState::Missing);
+        }
+        Ok(match self.running_pid(name) {
+            Some(pid) => MachineState::Running { pid },
+            None => MachineState::Stopped,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let rd = fs::read_dir(&self.cfg.state_dir).map_err(io_err(
+            "-",
+            format!("read {}", self.cfg.state_dir.display()),
+        ))?;
+        let mut v: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("spec.json").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pick_subnet_table() {
+        let cases: Vec<(Vec<(Ipv4Addr, u8)>, Option<&str>)> = vec![
+            (vec![], Some("10.213.7.0/24")),
+            (vec![(ip("0.0.0.0"), 0)], Some("10.213.7.0/24")),
+            (
+                vec![(ip("0.0.0.0"), 0), (ip("192.0.2.0"), 24)],
+                Some("10.213.7.0/24"),
+            ),
+            (vec![(ip("10.213.7.0"), 24)], Some("10.213.0.0/24")),
+            (
+                vec![(ip("10.213.7.0"), 24), (ip("10.213.0.0"), 23)],
+                Some("10.213.2.0/24"),
+            ),
+            (vec![(ip("10.0.0.0"), 8)], None),
+            (vec![(ip("10.213.0.0"), 16)], None),
+            (vec![(ip("10.213.0.0"), 17)], Some("10.213.128.0/24")),
+            (vec![(ip("10.213.7.5"), 32)], Some("10.213.0.0/24")),
+        ];
+        for (routes, want) in cases {
+            let got = pick_subnet(&routes).map(|n| n.to_string());
+            assert_eq!(got.as_deref(), want, "routes {routes:?}");
+        }
+    }
+
+    #[test]
+    fn parse_route_table() {
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+br0\t0007D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let r = parse_proc_net_route(text);
+        assert_eq!(
+            r,
+            vec![
+                (ip("0.0.0.0"), 0),
+                (ip("192.0.2.0"), 24),
+                (ip("10.213.7.0"), 16)
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv4net_basics() {
+        let n: Ipv4Net = "10.213.7.0/24".parse().unwrap();
+        assert!(n.contains(ip("10.213.7.200")));
+        assert!(!n.contains(ip("10.213.8.1")));
+        assert_eq!(n.host(1), ip("10.213.7.1"));
+        assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
+        assert!("x/3".parse::<Ipv4Net>().is_err());
+    }
+
+    #[test]
+    fn names_fit_interface_limit() {
+        let m = NspawnMachines {
+            cfg: RuntimeConfig {
+                state_dir: "/nonexistent".into(),
+                prefix: "Test-Run-1234567".into(),
+            },
+            short_prefix: "test".into(),
+        };
+        let n = m.names("vmssdevops2_0-with-a-very-long-name-indeed");
+        for s in [&n.veth_host, &n.veth_guest] {
+            assert!(s.len() <= 15, "{s}");
+            validate_ifname(s).unwrap();
+        }
+        assert_ne!(m.names("a").veth_host, m.names("b").veth_host);
+    }
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}
