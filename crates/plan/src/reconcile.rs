@@ -30,6 +30,10 @@ pub struct InstanceState {
     pub protect_from_scale_set_actions: bool,
     /// Marked for deletion (scale-in or delete-instances) but not yet gone.
     pub deleting: bool,
+    /// The user asked for a reimage or a manual upgrade (both apply the latest model).
+    pub reimage_requested: bool,
+    /// The user asked for a restart.
+    pub restart_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +57,8 @@ pub enum Action {
     Stop { id: u32 },
     /// Apply the latest model (reimage onto the model's image).
     Upgrade { id: u32 },
+    /// Reboot the machine (stop, start), keeping its disk.
+    Restart { id: u32 },
 }
 
 pub fn reconcile(desired: &Desired, instances: &[InstanceState]) -> Vec<Action> {
@@ -115,6 +121,8 @@ mod tests {
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
             deleting: false,
+            reimage_requested: false,
+            restart_requested: false,
         }
     }
     fn want(capacity: u32) -> Desired {
