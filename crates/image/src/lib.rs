@@ -56,6 +56,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "sudo",
 ];
 
+/// `/etc/hosts` of a base (debootstrap creates none).
+pub const BASE_HOSTS: &str =
+    "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n";
+
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 #[derive(Debug, thiserror::Error)]
@@ -595,6 +599,10 @@ impl ImageStore {
         // Instances get a fresh machine-id; the base carries none.
         let mid = tmp.join("rootfs/etc/machine-id");
         fs::write(&mid, b"").map_err(io_err(format!("truncate {}", mid.display())))?;
+        let hosts = tmp.join("rootfs/etc/hosts");
+        if !hosts.exists() {
+            fs::write(&hosts, BASE_HOSTS).map_err(io_err(format!("write {}", hosts.display())))?;
+        }
         let id = hex::encode(Sha256::digest(format!(
             "{base}\0{}\0{mirror}\0{}",
             BASE_PACKAGES.join(","),
@@ -774,8 +782,13 @@ impl ImageStore {
             "--as-pid2",
             "--timezone=off",
             "--link-journal=no",
+            // A resolvable host name (sudo looks it up on every call).
+            "--hostname=localhost",
         ])
-        .arg(format!("--machine=ssbake-{}", &key[..12]))
+        .arg(format!(
+            "--machine=ssbake-{}",
+            &hex::encode(Sha256::digest(unique_suffix()))[..12]
+        ))
         .arg("-D")
         .arg(&merged)
         .arg(if spec.network {

@@ -805,6 +805,16 @@ impl NspawnMachines {
                 0o444,
             )?;
         }
+        put(
+            Path::new("etc/hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n127.0.1.1\t{h}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{h}\n",
+                h = spec.hostname,
+                ip = spec.ip
+            )
+            .as_bytes(),
+            0o644,
+        )?;
         for (p, content) in &spec.files {
             put(p, content.as_bytes(), 0o644)?;
         }

@@ -1,0 +1,266 @@
+//! Real bakes: needs root, systemd-nspawn and debootstrap. The debootstrap
+//! base is shared across tests and runs: `$SCALESET_BASE_CACHE`, else
+//! `/var/tmp/scaleset-test-base`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::{BakeSpec, ImageError, ImageStore};
+
+fn base_cache() -> PathBuf {
+    std::env::var_os("SCALESET_BASE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-test-base"))
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix_is_root() {
+        return Some("not root".into());
+    }
+    for tool in ["systemd-nspawn", "debootstrap"] {
+        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            return Some(format!("{tool} not installed"));
+        }
+    }
+    None
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Temp dir removed (after unmounting anything below it) on drop.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(tag: &str) -> Self {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = PathBuf::from(format!(
+            "/var/tmp/ss-imgtest-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&p).unwrap();
+        TestDir(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mps: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.0))
+            .collect();
+        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mps {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_exec(p: &Path, content: &str) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap(); // bake must chmod +x
+}
+
+const SCRIPT: &str = r#"#!/bin/sh
+set -e
+echo "hello $1 $2" > /etc/scaleset-test.txt
+pwd > /etc/bake-pwd
+test -f /deployTemp/pkg1/data/payload.txt
+printf '[Unit]\nDescription=t\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/sstest.service
+systemctl daemon-reload
+systemctl enable sstest.service
+systemctl start sstest.service
+sudo touch /etc/sudo-worked
+[ "$PIP_BREAK_SYSTEM_PACKAGES" = 1 ]
+echo done
+"#;
+
+#[test]
+fn bake_cache_failure_and_escape() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED bake_cache_failure_and_escape: {why}");
+        return;
+    }
+    let t = TestDir::new("bake");
+    let store = ImageStore::new(t.0.join("images"), base_cache());
+    let t0 = Instant::now();
+    let base = store
+        .ensure_base("debian:bookworm", None, &mut std::io::stderr())
+        .unwrap();
+    eprintln!(
+        "ensure_base: {:?} ({:.1}s)",
+        base,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let pkg = t.0.join("src/pkg1");
+    write_exec(&pkg.join("setupscript.sh"), SCRIPT);
+    fs::create_dir_all(pkg.join("data")).unwrap();
+    fs::write(pkg.join("data/payload.txt"), "payload").unwrap();
+    let spec = BakeSpec {
+        name: "first".into(),
+        base: "debian:bookworm".into(),
+        package_dir: pkg.clone(),
+        script: "setupscript.sh".into(),
+        args: vec!["big world".into(), "x".into()],
+        network: false,
+        mirror: None,
+    };
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let img = store.bake(&spec, &mut out).unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    eprintln!("bake: {:.1}s\n{out}", t0.elapsed().as_secs_f64());
+    assert!(out.contains("done"), "{out}");
+    assert!(
+        out.contains("skipped: no running systemd during bake"),
+        "{out}"
+    );
+    assert!(img.digest.starts_with("sha256:"));
+    assert_eq!(img.layers.len(), 2);
+    assert_eq!(img.layers[1], base);
+    assert!(img.log.is_file());
+
+    let layer = &img.layers[0];
+    assert_eq!(
+        fs::read_to_string(layer.join("etc/scaleset-test.txt")).unwrap(),
+        "hello big world x\n"
+    );
+    assert_eq!(
+        fs::read_to_string(layer.join("etc/bake-pwd")).unwrap(),
+        "/deployTemp\n"
+    );
+    let wants = layer.join("etc/systemd/system/multi-user.target.wants/sstest.service");
+    assert!(fs::symlink_metadata(&wants)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(layer.join("etc/sudo-worked").exists());
+    assert_eq!(
+        fs::read(layer.join("etc/machine-id")).unwrap_or_default(),
+        b""
+    );
+    for gone in [
+        "deployTemp",
+        "usr/local/sbin/systemctl",
+        "usr/sbin/policy-rc.d",
+        "etc/sudoers.d/zz-scaleset-bake",
+    ] {
+        assert!(
+            fs::symlink_metadata(layer.join(gone)).is_err(),
+            "{gone} left in layer"
+        );
+    }
+    assert!(store.verify(&img).unwrap());
+    assert_eq!(store.get("first").unwrap().as_ref(), Some(&img));
+
+    // Same key → cache hit, fast, new name registered.
+    let t0 = Instant::now();
+    let again = store
+        .bake(
+            &BakeSpec {
+                name: "second".into(),
+                ..spec.clone()
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap();
+    let hit = t0.elapsed();
+    eprintln!("cache hit: {hit:?}");
+    assert!(hit.as_millis() < 1000, "cache hit took {hit:?}");
+    assert_eq!(again.digest, img.digest);
+    assert_eq!(again.layers, img.layers);
+    let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["first", "second"]);
+
+    // Failing script: error, nothing registered, log kept.
+    write_exec(
+        &pkg.join("fail.sh"),
+        "#!/bin/sh\necho about to fail\nexit 3\n",
+    );
+    let err = store
+        .bake(
+            &BakeSpec {
+                name: "bad".into(),
+                script: "fail.sh".into(),
+                ..spec.clone()
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap_err();
+    match &err {
+        ImageError::ScriptFailed { log, .. } => {
+            assert!(fs::read_to_string(log).unwrap().contains("about to fail"))
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(store.get("bad").unwrap().is_none());
+    eprintln!("failure message: {err}");
+
+    // Script escaping the package.
+    fs::write(t.0.join("src/x"), "#!/bin/sh\n").unwrap();
+    for bad in ["../x", "/etc/passwd", "", "nope.sh"] {
+        let err = store
+            .bake(
+                &BakeSpec {
+                    name: "esc".into(),
+                    script: bad.into(),
+                    ..spec.clone()
+                },
+                &mut std::io::sink(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, ImageError::InvalidSpec { .. }),
+            "{bad}: {err}"
+        );
+    }
+    // Symlink pointing out of the package.
+    std::os::unix::fs::symlink("../x", pkg.join("link.sh")).unwrap();
+    let err = store
+        .bake(
+            &BakeSpec {
+                name: "esc".into(),
+                script: "link.sh".into(),
+                ..spec.clone()
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, ImageError::InvalidSpec { .. }), "{err}");
+    assert!(store.get("esc").unwrap().is_none());
+
+    // Delete: the layer survives while another image uses it.
+    store.delete("second").unwrap();
+    assert!(layer.is_dir());
+    store.delete("first").unwrap();
+    assert!(!layer.exists());
+    assert!(store.list().unwrap().is_empty());
+    store.delete("first").unwrap(); // idempotent
+                                    // No bake leftovers.
+    assert_eq!(fs::read_dir(t.0.join("images/tmp")).unwrap().count(), 0);
+}
