@@ -1,0 +1,510 @@
+//! Runtime state of one load balancer: backends, listeners, health entries,
+//! and the lock-free per-rule views used by the data path.
+//!
+//! Control-path mutations (config changes, probe transitions, suspect marks)
+//! happen under `Lb::ctl` (a std mutex, never held across `.await`) and end by
+//! publishing fresh [`RuleView`]s through `ArcSwap`. The data path only does
+//! `ArcSwap::load` plus atomics.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{Layer, LbConfig, NoHealthyBackendsBehavior, Probe, Rule};
+use crate::l7::Pool;
+use crate::probe_state::ProbeState;
+use crate::select::member_key;
+use crate::status::{AtomicCounters, BackendStatus, LbStatus};
+use crate::LbError;
+
+/// How long a suspect mark lasts for a backend no probe watches.
+const UNPROBED_SUSPECT_TTL: Duration = Duration::from_secs(5);
+
+/// One backend (VM instance) as known to the data path.
+#[derive(Debug)]
+pub(crate) struct BackendRt {
+    pub id: String,
+    pub ip: IpAddr,
+    pub key: u64,
+    pub draining: AtomicBool,
+    /// Set after a connect failure; cleared by the next successful probe.
+    pub suspect: AtomicBool,
+    pub active: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    /// Keep-alive pools per backend port (control path only).
+    pools: Mutex<Vec<(u16, Arc<Pool>)>>,
+}
+
+impl BackendRt {
+    fn new(id: &str, ip: IpAddr) -> Self {
+        BackendRt {
+            id: id.to_owned(),
+            ip,
+            key: member_key(id),
+            draining: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            pools: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn pool(&self, port: u16) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some((_, p)) = pools.iter().find(|(p, _)| *p == port) {
+            return p.clone();
+        }
+        let p = Arc::new(Pool::new(SocketAddr::new(self.ip, port)));
+        pools.push((port, p.clone()));
+        p
+    }
+
+    fn clear_idle_pools(&self) {
+        for (_, p) in lock(&self.pools).iter() {
+            p.clear_idle();
+        }
+    }
+}
+
+/// A backend as a target of one rule.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub backend: Arc<BackendRt>,
+    pub addr: SocketAddr,
+    pub pool: Arc<Pool>,
+}
+
+/// Immutable snapshot of a rule, swapped atomically.
+#[derive(Debug)]
+pub(crate) struct RuleView {
+    pub rule: Rule,
+    /// Candidates for new flows (healthy, or the AllProbedUp fallback).
+    pub targets: Vec<Target>,
+}
+
+/// One frontend listener.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub lb: Arc<Lb>,
+    pub view: ArcSwap<RuleView>,
+    /// Per-request rotation counter for L7 `Default`.
+    pub rotation: AtomicU64,
+    pub local: SocketAddr,
+}
+
+#[derive(Debug)]
+struct ListenerEntry {
+    listener: Arc<Listener>,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct HealthEntry {
+    probe: Probe,
+    ip: IpAddr,
+    state: ProbeState,
+    generation: u64,
+    task: tokio::task::AbortHandle,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Ctl {
+    pub config: LbConfig,
+    backends: HashMap<String, Arc<BackendRt>>,
+    listeners: HashMap<SocketAddr, ListenerEntry>,
+    health: HashMap<(String, String), HealthEntry>,
+    next_generation: u64,
+}
+
+/// Shared state of one LB instance.
+#[derive(Debug)]
+pub(crate) struct Lb {
+    pub name: ArcSwap<String>,
+    pub totals: AtomicCounters,
+    pub ctl: Mutex<Ctl>,
+    pub config_path: PathBuf,
+    /// Serializes `PUT /config` (held across awaits, hence tokio's mutex).
+    pub apply_lock: tokio::sync::Mutex<()>,
+    /// Flips to true when the LB shuts down.
+    pub shutdown: watch::Sender<bool>,
+    /// Open client connections (L7) and flows (L4), for graceful drain.
+    pub open: AtomicU64,
+    pub open_changed: tokio::sync::Notify,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts an open client connection while alive.
+pub(crate) struct OpenGuard(pub Arc<Lb>);
+
+impl OpenGuard {
+    pub fn new(lb: &Arc<Lb>) -> Self {
+        lb.open.fetch_add(1, Relaxed);
+        OpenGuard(lb.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Relaxed) == 1 {
+            self.0.open_changed.notify_waiters();
+        }
+    }
+}
+
+/// Listeners bound ahead of committing a config.
+pub(crate) struct Prepared {
+    cfg: LbConfig,
+    bound: Vec<(SocketAddr, TcpListener)>,
+}
+
+impl Lb {
+    pub fn new(config_path: PathBuf) -> Arc<Lb> {
+        Arc::new(Lb {
+            name: ArcSwap::from_pointee(String::new()),
+            totals: AtomicCounters::default(),
+            ctl: Mutex::new(Ctl::default()),
+            config_path,
+            apply_lock: tokio::sync::Mutex::new(()),
+            shutdown: watch::channel(false).0,
+            open: AtomicU64::new(0),
+            open_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Binds listeners for frontends that are not open yet.
+    pub async fn prepare(&self, cfg: LbConfig) -> Result<Prepared, LbError> {
+        cfg.validate()?;
+        let existing: Vec<SocketAddr> = lock(&self.ctl).listeners.keys().copied().collect();
+        let mut bound = Vec::new();
+        for r in &cfg.rules {
+            if existing.contains(&r.frontend) {
+                continue;
+            }
+            bound.push((r.frontend, bind(r.frontend).await?));
+        }
+        Ok(Prepared { cfg, bound })
+    }
+
+    /// Applies a prepared config atomically.
+    pub fn commit(self: &Arc<Self>, prepared: Prepared) {
+        let Prepared { cfg, bound } = prepared;
+        let mut ctl = lock(&self.ctl);
+        self.name.store(Arc::new(cfg.name.clone()));
+
+        // Backends: keep runtime objects of those that remain (same id and ip).
+        let mut backends = HashMap::new();
+        for b in &cfg.backends {
+            let rt = match ctl.backends.get(&b.id) {
+                Some(rt) if rt.ip == b.ip => rt.clone(),
+                _ => {
+                    info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, "backend added");
+                    Arc::new(BackendRt::new(&b.id, b.ip))
+                }
+            };
+            let was = rt.draining.swap(b.draining, Relaxed);
+            if b.draining && !was {
+                info!(lb = %cfg.name, backend = %b.id, "backend draining");
+                rt.clear_idle_pools();
+            }
+            backends.insert(b.id.clone(), rt);
+        }
+        for (id, old) in ctl.backends.iter() {
+            if backends.get(id).is_none_or(|n| !Arc::ptr_eq(n, old)) {
+                info!(lb = %cfg.name, backend = %id, "backend removed");
+                old.clear_idle_pools();
+            }
+        }
+        ctl.backends = backends;
+
+        // Health entries: one per (probe, backend).
+        let mut wanted: HashMap<(String, String), (Probe, IpAddr)> = HashMap::new();
+        for p in &cfg.probes {
+            for b in &cfg.backends {
+                wanted.insert((p.name.clone(), b.id.clone()), (p.clone(), b.ip));
+            }
+        }
+        ctl.health.retain(|k, e| {
+            let keep = wanted
+                .get(k)
+                .is_some_and(|(p, ip)| *p == e.probe && *ip == e.ip);
+            if !keep {
+                e.task.abort();
+            }
+            keep
+        });
+        for (k, (probe, ip)) in wanted {
+            if ctl.health.contains_key(&k) {
+                continue;
+            }
+            ctl.next_generation += 1;
+            let generation = ctl.next_generation;
+            let task = tokio::spawn(crate::health::run(
+                self.clone(),
+                k.clone(),
+                generation,
+                probe.clone(),
+                ip,
+            ))
+            .abort_handle();
+            ctl.health.insert(
+                k,
+                HealthEntry {
+                    probe,
+                    ip,
+                    state: ProbeState::new(),
+                    generation,
+                    task,
+                },
+            );
+        }
+
+        // Listeners: keyed by frontend; layer and settings live in the view.
+        let keep: Vec<SocketAddr> = cfg.rules.iter().map(|r| r.frontend).collect();
+        ctl.listeners.retain(|addr, e| {
+            let k = keep.contains(addr);
+            if !k {
+                info!(lb = %cfg.name, frontend = %addr, "listener removed");
+                let _ = e.stop.send(true);
+            }
+            k
+        });
+        ctl.config = cfg;
+        for (addr, tcp) in bound {
+            let rule = match ctl.config.rules.iter().find(|r| r.frontend == addr) {
+                Some(r) => r.clone(),
+                None => continue,
+            };
+            let listener = Arc::new(Listener {
+                lb: self.clone(),
+                view: ArcSwap::from_pointee(RuleView {
+                    rule,
+                    targets: Vec::new(),
+                }),
+                rotation: AtomicU64::new(0),
+                local: addr,
+            });
+            let (stop, stop_rx) = watch::channel(false);
+            info!(lb = %ctl.config.name, frontend = %addr, "listener added");
+            tokio::spawn(accept_loop(listener.clone(), tcp, stop_rx));
+            ctl.listeners.insert(addr, ListenerEntry { listener, stop });
+        }
+        self.rebuild(&ctl);
+    }
+
+    /// Recomputes and publishes every rule view.
+    pub fn rebuild(&self, ctl: &Ctl) {
+        let cfg = &ctl.config;
+        for rule in &cfg.rules {
+            let Some(entry) = ctl.listeners.get(&rule.frontend) else {
+                continue;
+            };
+            let mut healthy = Vec::new();
+            let mut fallback = Vec::new();
+            for b in &cfg.backends {
+                let Some(rt) = ctl.backends.get(&b.id) else {
+                    continue;
+                };
+                if b.draining {
+                    continue;
+                }
+                let t = Target {
+                    backend: rt.clone(),
+                    addr: SocketAddr::new(b.ip, rule.backend_port),
+                    pool: rt.pool(rule.backend_port),
+                };
+                let suspect = rt.suspect.load(Relaxed);
+                let up = match &rule.probe {
+                    None => true,
+                    Some(p) => ctl
+                        .health
+                        .get(&(p.clone(), b.id.clone()))
+                        .is_some_and(|e| e.state.is_up()),
+                };
+                if up && !suspect {
+                    healthy.push(t);
+                } else if cfg.no_healthy_backends_behavior == NoHealthyBackendsBehavior::AllProbedUp
+                {
+                    fallback.push((suspect, t));
+                }
+            }
+            if healthy.is_empty() && !fallback.is_empty() {
+                let any_ok = fallback.iter().any(|(s, _)| !s);
+                healthy = fallback
+                    .into_iter()
+                    .filter(|(s, _)| !any_ok || !s)
+                    .map(|(_, t)| t)
+                    .collect();
+            }
+            entry.listener.view.store(Arc::new(RuleView {
+                rule: rule.clone(),
+                targets: healthy,
+            }));
+        }
+    }
+
+    /// Records one probe result; called by the health task.
+    /// Returns false when the entry is gone (task must stop).
+    pub fn probe_result(&self, key: &(String, String), generation: u64, success: bool) -> bool {
+        let mut ctl = lock(&self.ctl);
+        let name = self.name.load();
+        let Some(e) = ctl.health.get_mut(key) else {
+            return false;
+        };
+        if e.generation != generation {
+            return false;
+        }
+        let threshold = e.probe.probe_threshold;
+        let transition = e.state.observe(success, threshold);
+        if let Some(t) = transition {
+            info!(lb = %name, probe = %key.0, backend = %key.1, transition = ?t, "probe state changed");
+        }
+        let mut changed = transition.is_some();
+        if success {
+            if let Some(b) = ctl.backends.get(&key.1) {
+                if b.suspect.swap(false, Relaxed) {
+                    info!(lb = %name, backend = %key.1, "backend no longer suspect");
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.rebuild(&ctl);
+        }
+        true
+    }
+
+    /// Marks a backend suspect after a connect failure (skipped by new
+    /// requests until the next successful probe).
+    pub fn mark_suspect(self: &Arc<Self>, backend: &Arc<BackendRt>) {
+        if backend.suspect.swap(true, Relaxed) {
+            return;
+        }
+        warn!(lb = %self.name.load(), backend = %backend.id, "connect failed; backend suspect");
+        let ctl = lock(&self.ctl);
+        let probed = ctl.health.keys().any(|(_, id)| *id == backend.id);
+        self.rebuild(&ctl);
+        drop(ctl);
+        if !probed {
+            let lb = self.clone();
+            let b = backend.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(UNPROBED_SUSPECT_TTL).await;
+                if b.suspect.swap(false, Relaxed) {
+                    lb.rebuild(&lock(&lb.ctl));
+                }
+            });
+        }
+    }
+
+    pub fn status(&self) -> LbStatus {
+        let ctl = lock(&self.ctl);
+        let cfg = &ctl.config;
+        let probes: Vec<&String> = cfg.rules.iter().filter_map(|r| r.probe.as_ref()).collect();
+        let backends = cfg
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let rt = ctl.backends.get(&b.id)?;
+                let healthy = probes.iter().all(|p| {
+                    ctl.health
+                        .get(&((*p).clone(), b.id.clone()))
+                        .is_some_and(|e| e.state.is_up())
+                });
+                Some(BackendStatus {
+                    id: b.id.clone(),
+                    ip: b.ip,
+                    healthy,
+                    draining: b.draining,
+                    active_connections: rt.active.load(Relaxed),
+                    requests: rt.requests.load(Relaxed),
+                    failures: rt.failures.load(Relaxed),
+                })
+            })
+            .collect();
+        LbStatus {
+            name: cfg.name.clone(),
+            backends,
+            totals: self.totals.snapshot(),
+        }
+    }
+
+    /// Stops listeners and probes (part of shutdown).
+    pub fn stop_all(&self) {
+        let mut ctl = lock(&self.ctl);
+        for (_, e) in ctl.listeners.drain() {
+            let _ = e.stop.send(true);
+        }
+        for (_, e) in ctl.health.drain() {
+            e.task.abort();
+        }
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, LbError> {
+    let mut tries = 0;
+    loop {
+        let res = (|| {
+            let sock = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            sock.set_nodelay(true)?;
+            sock.bind(addr)?;
+            sock.listen(4096)
+        })();
+        match res {
+            Ok(l) => return Ok(l),
+            // A listener removed a moment ago may still be closing.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(source) => return Err(LbError::Bind { addr, source }),
+        }
+    }
+}
+
+async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener, mut stop: watch::Receiver<bool>) {
+    let mut shutdown = listener.lb.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = shutdown.changed() => break,
+            a = tcp.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let lb = &listener.lb;
+                lb.totals.connections.fetch_add(1, Relaxed);
+                let guard = OpenGuard::new(lb);
+                let l = listener.clone();
+                match l.view.load().rule.layer {
+                    Layer::L4 => tokio::spawn(crate::l4::serve_conn(l, stream, peer, guard)),
+                    Layer::L7 => tokio::spawn(crate::l7::serve_conn(l, stream, peer, guard)),
+                };
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(lb = %listener.lb.name.load(), frontend = %listener.local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! L4 (TCP pass-through) data path.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::core::{Listener, OpenGuard};
+use crate::select::{pick, FlowKey, PROTO_TCP};
+
+/// Backend connect timeout (per try).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Tries per new flow/request (first try + retries).
+pub(crate) const MAX_TRIES: usize = 3;
+
+/// Decrements a backend's active count on drop.
+pub(crate) struct ActiveGuard(pub Arc<crate::core::BackendRt>);
+
+impl ActiveGuard {
+    pub fn new(b: &Arc<crate::core::BackendRt>) -> Self {
+        b.active.fetch_add(1, Relaxed);
+        b.requests.fetch_add(1, Relaxed);
+        ActiveGuard(b.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+pub(crate) async fn serve_conn(
+    l: Arc<Listener>,
+    client: TcpStream,
+    peer: SocketAddr,
+    _open: OpenGuard,
+) {
+    let _ = client.set_nodelay(true);
+    let key = FlowKey {
+        src: peer,
+        dst: l.local,
+        proto: PROTO_TCP,
+    };
+    let mut tried: [usize; MAX_TRIES] = [0; MAX_TRIES];
+    let mut connected = None;
+    for attempt in 0..MAX_TRIES {
+        let view = l.view.load();
+        let rule = &view.rule;
+        let Some(i) = pick(
+            view.targets.len(),
+            rule.layer,
+            rule.load_distribution,
+            &key,
+            0,
+            |i| view.targets[i].backend.key,
+            |i| {
+                let p = Arc::as_ptr(&view.targets[i].backend) as usize;
+                tried[..attempt].contains(&p)
+            },
+        ) else {
+            break;
+        };
+        let t = view.targets[i].clone();
+        tried[attempt] = Arc::as_ptr(&t.backend) as usize;
+        if attempt > 0 {
+            l.lb.totals.retries.fetch_add(1, Relaxed);
+        }
+        let guard = ActiveGuard::new(&t.backend);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(t.addr)).await {
+            Ok(Ok(s)) => {
+                connected = Some((s, guard, view.rule.clone()));
+                break;
+            }
+            _ => {
+                drop(guard);
+                t.backend.failures.fetch_add(1, Relaxed);
+                l.lb.mark_suspect(&t.backend);
+            }
+        }
+    }
+    let Some((backend, _guard, rule)) = connected else {
+        // No healthy backend (AllProbedDown) or every try failed: refuse with RST.
+        l.lb.totals.failed.fetch_add(1, Relaxed);
+        let _ = client.set_zero_linger();
+        return;
+    };
+    let _ = backend.set_nodelay(true);
+    let idle = if rule.idle_timeout_in_minutes == 0 {
+        Duration::from_secs(4 * 60)
+    } else {
+        Duration::from_secs(u64::from(rule.idle_timeout_in_minutes) * 60)
+    };
+    relay(client, backend, idle, rule.enable_tcp_reset).await;
+    debug!(lb = %l.lb.name.load(), %peer, "l4 flow closed");
+}
+
+/// Copies both directions until both sides close or the flow is idle for
+/// `idle`; an idle flow is closed with RST on both sides when `reset`.
+pub(crate) async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Duration,
+    reset: bool,
+) -> bool {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut a = Activity {
+        inner: client,
+        last: &last,
+        start,
+    };
+    let mut b = Activity {
+        inner: backend,
+        last: &last,
+        start,
+    };
+    let timed_out = {
+        let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+        tokio::pin!(copy);
+        let mut deadline = start + idle;
+        loop {
+            tokio::select! {
+                _ = &mut copy => break false,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let last_at = start + Duration::from_millis(last.load(Relaxed));
+                    if Instant::now().duration_since(last_at) >= idle {
+                        break true;
+                    }
+                    deadline = last_at + idle;
+                }
+            }
+        }
+    };
+    if timed_out && reset {
+        let _ = a.inner.set_zero_linger();
+        let _ = b.inner.set_zero_linger();
+    }
+    timed_out
+}
+
+/// Stream wrapper recording the time of the last successful I/O.
+struct Activity<'a> {
+    inner: TcpStream,
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+impl Activity<'_> {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+impl AsyncRead for Activity<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Activity<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
