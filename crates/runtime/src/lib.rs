@@ -833,7 +833,7 @@ impl NspawnMachines {
         let cmd = proc_cmdline(pid);
         let root = self.root_path(name).to_string_lossy().into_owned();
         let is_nspawn = cmd.first().is_some_and(|a| a.ends_with("systemd-nspawn"));
-        (is_nspawn && cmd.iter().any(|a| *a == root)).then_some(pid)
+        (is_nspawn && cmd.contains(&root)).then_some(pid)
     }
 
     fn wait_gone(&self, name: &str, pid: u32, timeout: Duration) -> bool {
@@ -1092,7 +1092,8 @@ mod tests {
 
     #[test]
     fn pick_subnet_table() {
-        let cases: Vec<(Vec<(Ipv4Addr, u8)>, Option<&str>)> = vec![
+        type Case = (Vec<(Ipv4Addr, u8)>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
             (vec![], Some("10.213.7.0/24")),
             (vec![(ip("0.0.0.0"), 0)], Some("10.213.7.0/24")),
             (

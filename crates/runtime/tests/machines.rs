@@ -1,0 +1,310 @@
+//! Real machines: root, systemd-nspawn, iproute2, debootstrap and access to
+//! a Debian mirror (the bake installs nginx-light). The base is shared
+//! across runs: `$SCALESET_BASE_CACHE`, else `/var/tmp/scaleset-test-base`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image::{BakeSpec, ImageStore};
+use runtime::{
+    host_routes, pick_subnet, preflight, teardown_network, MachineSpec, MachineState, Machines,
+    NetworkSpec, NspawnMachines, RuntimeConfig,
+};
+
+fn base_cache() -> PathBuf {
+    std::env::var_os("SCALESET_BASE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-test-base"))
+}
+
+/// Cleans up everything the test may have created, even on panic:
+/// nspawn processes under the test dir, mounts, netns, veths, the bridge.
+struct Cleanup {
+    dir: PathBuf,
+    cfg: RuntimeConfig,
+    net: Option<NetworkSpec>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(m) = NspawnMachines::new(self.cfg.clone()) {
+            for name in m.list().unwrap_or_default() {
+                let _ = m.kill(&name);
+                if let Err(e) = m.delete(&name) {
+                    eprintln!("cleanup: delete {name}: {e}");
+                }
+            }
+        }
+        // Anything still running from our dir (e.g. a half-started machine).
+        let needle = self.dir.to_string_lossy().into_owned();
+        if let Ok(rd) = fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains(&needle) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mps: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mps {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+        if let Some(net) = &self.net {
+            let _ = teardown_network(net);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn http_get(ip: Ipv4Addr, path: &str) -> Result<(u16, String), String> {
+    let addr = SocketAddr::from((ip, 80));
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad response {buf:?}"))?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+fn wait_http(ip: Ipv4Addr, path: &str, timeout: Duration) -> Result<(String, Duration), String> {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < timeout {
+        match http_get(ip, path) {
+            Ok((200, body)) => return Ok((body, t0.elapsed())),
+            Ok((c, _)) => last = format!("status {c}"),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "no HTTP 200 from {ip}{path} in {timeout:?}: {last}"
+    ))
+}
+
+const SETUP: &str = r#"#!/bin/sh
+set -e
+apt-get update -q
+apt-get install -y -q --no-install-recommends nginx-light
+echo "hello from $1" > /var/www/html/index.html
+ln -sf /etc/scaleset/instance.env /var/www/html/instance.txt
+systemctl enable nginx
+"#;
+
+#[test]
+fn boot_serve_stop_start_reimage_delete() {
+    if let Err(e) = preflight() {
+        eprintln!("SKIPPED boot_serve_stop_start_reimage_delete: {e}");
+        return;
+    }
+    if !Path::new("/usr/sbin/debootstrap").exists() {
+        eprintln!("SKIPPED boot_serve_stop_start_reimage_delete: debootstrap not installed");
+        return;
+    }
+    let tag = format!("t{:x}", std::process::id() % 0xfff);
+    let dir = PathBuf::from(format!(
+        "/var/tmp/ss-rttest-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let cfg = RuntimeConfig {
+        state_dir: dir.join("machines"),
+        prefix: tag.clone(),
+    };
+    let mut guard = Cleanup {
+        dir: dir.clone(),
+        cfg: cfg.clone(),
+        net: None,
+    };
+
+    // Bake the web image.
+    let pkg = dir.join("pkg/webapp");
+    fs::create_dir_all(&pkg).unwrap();
+    fs::write(pkg.join("setup.sh"), SETUP).unwrap();
+    let store = ImageStore::new(dir.join("images"), base_cache());
+    let t0 = Instant::now();
+    let img = store
+        .bake(
+            &BakeSpec {
+                name: "web".into(),
+                base: "debian:bookworm".into(),
+                package_dir: pkg.clone(),
+                script: "setup.sh".into(),
+                args: vec!["scaleset".into()],
+                network: true,
+                mirror: None,
+            },
+            &mut std::io::stderr(),
+        )
+        .unwrap();
+    eprintln!(
+        "TIMING bake(nginx-light): {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Network.
+    let subnet = pick_subnet(&host_routes().unwrap()).expect("a free /24");
+    let net = NetworkSpec {
+        bridge: format!("ssbr{tag}"),
+        subnet,
+        gateway: subnet.host(1),
+    };
+    guard.net = Some(net.clone());
+    let m = NspawnMachines::new(cfg.clone()).unwrap();
+    m.ensure_network(&net).unwrap();
+    m.ensure_network(&net).unwrap(); // idempotent
+
+    let spec = |i: u32| MachineSpec {
+        name: format!("vmsstest_{i}"),
+        hostname: format!("vmsstest{i:06}"),
+        layers: img.layers.clone(),
+        ip: subnet.host(10 + i),
+        network: net.clone(),
+        files: vec![(
+            PathBuf::from("/etc/scaleset/instance.env"),
+            format!("INSTANCE=vmsstest_{i}\n"),
+        )],
+    };
+    let (s0, s1) = (spec(0), spec(1));
+    for s in [&s0, &s1] {
+        m.create(s).unwrap();
+        m.create(s).unwrap(); // idempotent
+        assert_eq!(m.state(&s.name).unwrap(), MachineState::Stopped);
+    }
+    assert_eq!(m.list().unwrap(), ["vmsstest_0", "vmsstest_1"]);
+
+    let t0 = Instant::now();
+    let pid0 = m.start(&s0.name).unwrap();
+    let pid1 = m.start(&s1.name).unwrap();
+    assert_eq!(m.start(&s0.name).unwrap(), pid0); // already running
+                                                  // Detached: own session, so it survives the daemon (and its terminal).
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid0 as i32)))
+            .unwrap()
+            .as_raw(),
+        pid0 as i32
+    );
+    for s in [&s0, &s1] {
+        let (body, _) = wait_http(s.ip, "/", Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", console(&m, &s.name)));
+        assert_eq!(body, "hello from scaleset\n");
+        let (env, _) = wait_http(s.ip, "/instance.txt", Duration::from_secs(5)).unwrap();
+        assert_eq!(env, format!("INSTANCE={}\n", s.name));
+    }
+    eprintln!(
+        "TIMING boot-to-HTTP (2 machines): {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let hn = fs::read_to_string(m.root_path(&s0.name).join("etc/hostname")).unwrap();
+    assert_eq!(hn, "vmsstest000000\n");
+    let mid = fs::read_to_string(m.root_path(&s0.name).join("etc/machine-id")).unwrap();
+    assert_eq!(mid.trim().len(), 32);
+
+    // Adoption by a fresh NspawnMachines (daemon restart).
+    drop(m);
+    let m = NspawnMachines::new(cfg.clone()).unwrap();
+    assert_eq!(
+        m.state(&s0.name).unwrap(),
+        MachineState::Running { pid: pid0 }
+    );
+    assert_eq!(
+        m.state(&s1.name).unwrap(),
+        MachineState::Running { pid: pid1 }
+    );
+    assert_eq!(m.state("nope").unwrap(), MachineState::Missing);
+
+    // Stop / start keeps the writable layer.
+    fs::write(m.root_path(&s0.name).join("marker"), "x").unwrap();
+    let t0 = Instant::now();
+    m.stop(&s0.name, Duration::from_secs(30)).unwrap();
+    eprintln!("TIMING clean stop: {:.1}s", t0.elapsed().as_secs_f64());
+    let log = console(&m, &s0.name);
+
+    assert!(
+        log.contains("System Shutdown") && log.contains("Halting system"),
+        "{log}"
+    );
+    assert_eq!(m.state(&s0.name).unwrap(), MachineState::Stopped);
+    assert!(http_get(s0.ip, "/").is_err());
+    let t0 = Instant::now();
+    m.start(&s0.name).unwrap();
+    wait_http(s0.ip, "/", Duration::from_secs(60)).unwrap();
+    eprintln!("TIMING restart-to-HTTP: {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(m.upper_path(&s0.name).join("marker").exists());
+
+    // Reimage wipes it; must be stopped first.
+    assert!(m.reimage(&s0).is_err());
+    m.stop(&s0.name, Duration::from_secs(30)).unwrap();
+    m.reimage(&s0).unwrap();
+    assert!(!m.root_path(&s0.name).join("marker").exists());
+    assert!(m
+        .root_path(&s0.name)
+        .join("etc/scaleset/instance.env")
+        .exists());
+    m.start(&s0.name).unwrap();
+    wait_http(s0.ip, "/", Duration::from_secs(60)).unwrap();
+
+    // Hard kill (crash simulation): no container process survives.
+    let root1 = m.root_path(&s1.name).to_string_lossy().into_owned();
+    m.kill(&s1.name).unwrap();
+    assert_eq!(m.state(&s1.name).unwrap(), MachineState::Stopped);
+    assert!(http_get(s1.ip, "/").is_err());
+    assert!(!any_process_mentions(&root1));
+
+    // Delete (one running, one stopped); idempotent.
+    for s in [&s0, &s1] {
+        let ns = m.netns_name(&s.name);
+        m.delete(&s.name).unwrap();
+        m.delete(&s.name).unwrap();
+        assert_eq!(m.state(&s.name).unwrap(), MachineState::Missing);
+        assert!(!Path::new("/run/netns").join(&ns).exists());
+    }
+    assert!(m.list().unwrap().is_empty());
+    teardown_network(&net).unwrap();
+    assert!(!Path::new("/sys/class/net").join(&net.bridge).exists());
+}
+
+fn console(m: &NspawnMachines, name: &str) -> String {
+    fs::read_to_string(m.log_path(name)).unwrap_or_default()
+}
+
+fn any_process_mentions(needle: &str) -> bool {
+    fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
