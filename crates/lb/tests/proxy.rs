@@ -1,0 +1,501 @@
+//! Integration tests: real sockets on loopback only.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use lb::{
+    client, Backend, Layer, LbConfig, LbError, LoadDistribution, NoHealthyBackendsBehavior, Probe,
+    ProbeProtocol, Rule,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn http_probe(port: u16) -> Probe {
+    Probe {
+        name: "hp".into(),
+        protocol: ProbeProtocol::Http,
+        port,
+        request_path: Some("/health".into()),
+        interval_in_seconds: 5,
+        probe_threshold: 2,
+        interval_ms: Some(50),
+    }
+}
+
+fn rule(name: &str, fport: u16, bport: u16, layer: Layer, probe: Option<&str>) -> Rule {
+    Rule {
+        name: name.into(),
+        frontend: SocketAddr::new(ip("127.0.0.1"), fport),
+        backend_port: bport,
+        layer,
+        load_distribution: LoadDistribution::Default,
+        idle_timeout_in_minutes: 4,
+        enable_tcp_reset: true,
+        probe: probe.map(str::to_owned),
+    }
+}
+
+fn backends(ips: &[IpAddr]) -> Vec<Backend> {
+    ips.iter()
+        .enumerate()
+        .map(|(i, ip)| Backend {
+            id: format!("b{i}"),
+            ip: *ip,
+            draining: false,
+        })
+        .collect()
+}
+
+/// LB config with one L7 rule + Http probe over backends b0..bn on `ips`.
+fn l7_config(name: &str, fport: u16, bport: u16, ips: &[IpAddr]) -> LbConfig {
+    LbConfig {
+        name: name.into(),
+        rules: vec![rule("http", fport, bport, Layer::L7, Some("hp"))],
+        probes: vec![http_probe(bport)],
+        backends: backends(ips),
+        no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+    }
+}
+
+fn front(port: u16) -> SocketAddr {
+    SocketAddr::new(ip("127.0.0.1"), port)
+}
+
+fn start_http(ips: &[IpAddr]) -> (u16, Vec<HttpBackend>) {
+    let (port, ls) = bind_same_port(ips);
+    let bs = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| HttpBackend::start(&format!("b{i}"), l))
+        .collect();
+    (port, bs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_spreads_requests_round_robin_and_counts() {
+    let ips = [ip("127.0.0.2"), ip("127.0.0.3"), ip("127.0.0.4")];
+    let (bport, _bs) = start_http(&ips);
+    let fport = free_port();
+    let h = Harness::start("spread", &l7_config("spread", fport, bport, &ips)).await;
+    h.wait_healthy(&["b0", "b1", "b2"]).await;
+
+    let mut c = Http::connect(front(fport)).await;
+    let mut per: HashMap<String, u32> = HashMap::new();
+    for _ in 0..30 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("|127.0.0.1|"),
+            "X-Forwarded-For missing: {body}"
+        );
+        *per.entry(who(&body).to_owned()).or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    assert!(per.values().all(|n| *n == 10), "{per:?}");
+    // Bodies are forwarded.
+    let (status, body) = c.request("POST", "/p", "hello").await;
+    assert_eq!((status, body.ends_with("|5")), (200, true), "{body}");
+    let (status, body) = c.request("PUT", "/p", "hello world").await;
+    assert_eq!((status, body.ends_with("|11")), (200, true), "{body}");
+
+    let s = h
+        .wait_for("idle", |s| {
+            s.backends.iter().all(|b| b.active_connections == 0)
+        })
+        .await;
+    assert_eq!(s.name, "spread");
+    assert_eq!(s.totals.connections, 1);
+    assert_eq!(s.totals.requests, 32);
+    assert_eq!(s.totals.responses_2xx, 32);
+    assert_eq!(s.totals.responses_non_2xx, 0);
+    assert_eq!(s.totals.failed, 0);
+    assert_eq!(s.totals.retries, 0);
+    assert_eq!(s.backends.iter().map(|b| b.requests).sum::<u64>(), 32);
+    assert!(s
+        .backends
+        .iter()
+        .all(|b| b.requests >= 10 && b.failures == 0));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_killed_backend_under_load_fails_no_get() {
+    let ips = [ip("127.0.0.5"), ip("127.0.0.6"), ip("127.0.0.7")];
+    let (bport, bs) = start_http(&ips);
+    let fport = free_port();
+    let h = Harness::start("kill", &l7_config("kill", fport, bport, &ips)).await;
+    h.wait_healthy(&["b0", "b1", "b2"]).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Http::connect(front(fport)).await;
+            let mut statuses = Vec::new();
+            for _ in 0..150 {
+                statuses.push(c.get("/x").await.0);
+            }
+            statuses
+        }));
+    }
+    while bs[1].hits.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bs[1].kill();
+    let mut total = 0;
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        total += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(total, 600);
+    let s = h
+        .wait_for("b1 down", |s| {
+            s.backends.iter().any(|b| b.id == "b1" && !b.healthy)
+        })
+        .await;
+    assert_eq!(s.totals.failed, 0);
+    assert_eq!(s.totals.responses_2xx, 600);
+    assert_eq!(s.totals.responses_non_2xx, 0);
+
+    // Out of rotation: no more traffic reaches it.
+    let hits = bs[1].hits.load(std::sync::atomic::Ordering::SeqCst);
+    let mut c = Http::connect(front(fport)).await;
+    for _ in 0..20 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!(status, 200);
+        assert_ne!(who(&body), "b1");
+    }
+    assert_eq!(bs[1].hits.load(std::sync::atomic::Ordering::SeqCst), hits);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_connect_failure_is_retried_and_backend_becomes_suspect() {
+    // b1 has no listener and the rule has no probe: the first request routed
+    // to it fails to connect, is retried on b0, and b1 is skipped afterwards.
+    let ips = [ip("127.0.0.8"), ip("127.0.0.9")];
+    let (bport, mut ls) = bind_same_port(&ips);
+    let dead = ls.pop().unwrap();
+    drop(dead);
+    let _b0 = HttpBackend::start("b0", ls.pop().unwrap());
+    let fport = free_port();
+    let mut cfg = l7_config("retry", fport, bport, &ips);
+    cfg.rules[0].probe = None;
+    cfg.probes.clear();
+    let h = Harness::start("retry", &cfg).await;
+    let mut c = Http::connect(front(fport)).await;
+    for _ in 0..10 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!((status, who(&body)), (200, "b0"));
+    }
+    let s = h.status().await;
+    assert_eq!(s.totals.retries, 1);
+    assert_eq!(s.totals.failed, 0);
+    assert_eq!(s.totals.responses_2xx, 10);
+    let b1 = s.backends.iter().find(|b| b.id == "b1").unwrap();
+    assert_eq!((b1.failures, b1.requests, b1.healthy), (1, 1, true));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_post_is_not_retried_on_connect_failure() {
+    let ips = [ip("127.0.0.10")];
+    let (bport, ls) = bind_same_port(&ips);
+    drop(ls);
+    let fport = free_port();
+    let mut cfg = l7_config("post", fport, bport, &ips);
+    cfg.rules[0].probe = None;
+    cfg.probes.clear();
+    cfg.backends.push(Backend {
+        id: "b1".into(),
+        ip: ip("127.0.0.11"),
+        draining: false,
+    });
+    let h = Harness::start("post", &cfg).await;
+    let mut c = Http::connect(front(fport)).await;
+    let (status, _) = c.request("POST", "/x", "data").await;
+    assert_eq!(status, 502);
+    let s = h.status().await;
+    assert_eq!(
+        (
+            s.totals.failed,
+            s.totals.retries,
+            s.totals.responses_non_2xx
+        ),
+        (1, 0, 1)
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_draining_backend_gets_no_new_requests_and_inflight_completes() {
+    let ips = [ip("127.0.0.12"), ip("127.0.0.13")];
+    let (bport, _bs) = start_http(&ips);
+    let fport = free_port();
+    let mut cfg = l7_config("drain", fport, bport, &ips);
+    let h = Harness::start("drain", &cfg).await;
+    h.wait_healthy(&["b0", "b1"]).await;
+
+    let slow = tokio::spawn(get_once(front(fport), "/slow"));
+    let s = h
+        .wait_for("slow in flight", |s| {
+            s.backends.iter().any(|b| b.active_connections == 1)
+        })
+        .await;
+    let busy = s
+        .backends
+        .iter()
+        .find(|b| b.active_connections == 1)
+        .unwrap()
+        .id
+        .clone();
+    for b in &mut cfg.backends {
+        b.draining = b.id == busy;
+    }
+    client::put_config(&h.sock, &cfg).await.unwrap();
+    let s = h.status().await;
+    let b = s.backends.iter().find(|b| b.id == busy).unwrap();
+    assert!(b.draining);
+    assert_eq!(b.active_connections, 1, "in-flight request still reported");
+
+    let mut c = Http::connect(front(fport)).await;
+    for _ in 0..10 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!(status, 200);
+        assert_ne!(who(&body), busy);
+    }
+    let (status, body) = slow.await.unwrap();
+    assert_eq!((status, who(&body)), (200, busy.as_str()));
+    h.wait_for("drained", |s| {
+        s.backends.iter().all(|b| b.active_connections == 0)
+    })
+    .await;
+    let s = h.status().await;
+    assert_eq!(s.totals.failed, 0);
+    assert_eq!(s.totals.responses_2xx, 11);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_no_healthy_backend_behaviors() {
+    let ips = [ip("127.0.0.14"), ip("127.0.0.15")];
+    let (bport, bs) = start_http(&ips);
+    for b in &bs {
+        b.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    let fport = free_port();
+    let mut cfg = l7_config("down", fport, bport, &ips);
+    let h = Harness::start("down", &cfg).await;
+    let s = h.status().await;
+    assert!(
+        s.backends.iter().all(|b| !b.healthy),
+        "new backends start down"
+    );
+    let (status, _) = get_once(front(fport), "/x").await;
+    assert_eq!(status, 503);
+    let s = h.status().await;
+    assert_eq!(
+        (
+            s.totals.failed,
+            s.totals.responses_non_2xx,
+            s.totals.requests
+        ),
+        (1, 1, 1)
+    );
+
+    cfg.no_healthy_backends_behavior = NoHealthyBackendsBehavior::AllProbedUp;
+    client::put_config(&h.sock, &cfg).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut c = Http::connect(front(fport)).await;
+    for _ in 0..4 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!(status, 200);
+        seen.insert(who(&body).to_owned());
+    }
+    assert_eq!(seen.len(), 2);
+
+    // Probes recover after `threshold` successes... and b0 alone is used.
+    bs[0]
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.wait_healthy(&["b0"]).await;
+    for _ in 0..4 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!((status, who(&body)), (200, "b0"));
+    }
+    h.shutdown().await;
+}
+
+async fn read_line(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b).await {
+            Ok(1) if b[0] != b'\n' => out.push(b[0]),
+            _ => return String::from_utf8(out).unwrap(),
+        }
+    }
+}
+
+async fn echo(s: &mut TcpStream, msg: &str) -> String {
+    s.write_all(msg.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).await.unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_proxies_and_established_flow_survives_unhealthy_backend() {
+    let ips = [ip("127.0.0.16"), ip("127.0.0.17")];
+    let (bport, ls) = bind_same_port(&ips);
+    let _echo: Vec<EchoBackend> = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| EchoBackend::start(&format!("b{i}"), l))
+        .collect();
+    let (pport, pls) = bind_same_port(&ips);
+    let probes: Vec<EchoBackend> = pls
+        .into_iter()
+        .map(|l| EchoBackend::start("p", l))
+        .collect();
+    let fport = free_port();
+    let cfg = LbConfig {
+        name: "l4".into(),
+        rules: vec![rule("tcp", fport, bport, Layer::L4, Some("tp"))],
+        probes: vec![Probe {
+            name: "tp".into(),
+            protocol: ProbeProtocol::Tcp,
+            port: pport,
+            request_path: None,
+            interval_in_seconds: 5,
+            probe_threshold: 2,
+            interval_ms: Some(50),
+        }],
+        backends: backends(&ips),
+        no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+    };
+    let h = Harness::start("l4", &cfg).await;
+    h.wait_healthy(&["b0", "b1"]).await;
+
+    let mut flow = TcpStream::connect(front(fport)).await.unwrap();
+    let id = read_line(&mut flow).await;
+    assert!(id == "b0" || id == "b1", "{id}");
+    assert_eq!(echo(&mut flow, "ping").await, "ping");
+    let idx: usize = id[1..].parse().unwrap();
+    let other = format!("b{}", 1 - idx);
+
+    // Its probe starts failing: out of rotation for new flows only.
+    probes[idx].stop_listening();
+    h.wait_for("down", |s| {
+        s.backends.iter().any(|b| b.id == id && !b.healthy)
+    })
+    .await;
+    assert_eq!(echo(&mut flow, "still there").await, "still there");
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(front(fport)).await.unwrap();
+        assert_eq!(read_line(&mut s).await, other);
+    }
+    let s = h
+        .wait_for("counts", |s| {
+            s.backends
+                .iter()
+                .all(|b| b.active_connections == u64::from(b.id == id))
+        })
+        .await;
+    assert_eq!(s.totals.failed, 0);
+    drop(flow);
+    h.wait_for("flow closed", |s| {
+        s.backends.iter().all(|b| b.active_connections == 0)
+    })
+    .await;
+
+    // Nothing healthy (AllProbedDown): new flows are refused.
+    probes[1 - idx].stop_listening();
+    h.wait_for("all down", |s| s.backends.iter().all(|b| !b.healthy))
+        .await;
+    // The RST may already surface on connect, or on the first read.
+    if let Ok(mut s) = TcpStream::connect(front(fport)).await {
+        let mut buf = [0u8; 8];
+        let r = s.read(&mut buf).await;
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    h.wait_for("refusal counted", |s| s.totals.failed == 1)
+        .await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_validates_persists_and_manages_listeners() {
+    let dir = Harness::dir("persist");
+    let h = Harness::start_in(dir.clone()).await;
+    let s = h.status().await;
+    assert_eq!((s.name.as_str(), s.backends.len()), ("", 0));
+
+    let ips = [ip("127.0.0.18")];
+    let (bport, _bs) = start_http(&ips);
+    let (f1, f2) = (free_port(), free_port());
+    let mut cfg = l7_config("persist", f1, bport, &ips);
+    cfg.rules[0].probe = None;
+    client::put_config(&h.sock, &cfg).await.unwrap();
+    assert_eq!(get_once(front(f1), "/").await.0, 200);
+
+    // Invalid config: 400 with a code, nothing changes.
+    let mut bad = cfg.clone();
+    bad.probes[0].probe_threshold = 0;
+    match client::put_config(&h.sock, &bad).await {
+        Err(LbError::AdminApi {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!((status, code.as_str()), (400, "InvalidConfig"));
+            assert!(message.contains("probeThreshold"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Malformed JSON over a raw socket.
+    let mut raw = tokio::net::UnixStream::connect(&h.sock).await.unwrap();
+    raw.write_all(
+        b"PUT /config HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    raw.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("\"code\":\"MalformedJson\""), "{resp}");
+
+    // Adding a rule adds a listener; removing it closes it.
+    cfg.rules.push(rule("second", f2, bport, Layer::L7, None));
+    client::put_config(&h.sock, &cfg).await.unwrap();
+    assert_eq!(get_once(front(f2), "/").await.0, 200);
+    cfg.rules.pop();
+    client::put_config(&h.sock, &cfg).await.unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(front(f2)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "removed listener still accepting");
+    assert_eq!(get_once(front(f1), "/").await.0, 200);
+
+    // Restart: the persisted config comes back.
+    h.shutdown().await;
+    assert!(!dir.join("lb.json.tmp").exists());
+    let h = Harness::start_in(dir).await;
+    let s = h.status().await;
+    assert_eq!(s.name, "persist");
+    assert_eq!(
+        s.backends.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        vec!["b0"]
+    );
+    assert_eq!(get_once(front(f1), "/").await.0, 200);
+    h.shutdown().await;
+}
