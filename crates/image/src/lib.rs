@@ -744,7 +744,7 @@ impl ImageStore {
             .mode();
         fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
             .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
-        let mut shims: Vec<PathBuf> = Vec::new();
+        let mut shims: Vec<(String, String)> = Vec::new();
         let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
             let p = merged.join(rel);
             if fs::symlink_metadata(&p).is_ok() {
@@ -758,7 +758,8 @@ impl ImageStore {
             fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))
                 .map_err(io_err(format!("chmod {}", p.display())))?;
-            shims.push(p);
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            shims.push((dir.to_string(), name.to_string()));
             Ok(())
         };
         put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
@@ -836,8 +837,8 @@ impl ImageStore {
         }
 
         // Deprovision.
-        for s in &shims {
-            let _ = fs::remove_file(s);
+        for (dir, name) in &shims {
+            remove_entry(&merged, dir, name)?;
         }
         deprovision(&merged)?;
         remove_tree(&merged)?; // unmounts the overlay
@@ -949,36 +950,71 @@ impl ImageStore {
     }
 }
 
+/// `root/rel` if every component of `rel` is a real directory (no
+/// symlink): a setup script may have replaced e.g. `/var/log` by a link to
+/// `/`, which on the host side would point at the host's root.
+fn real_dir(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut cur = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        if let Component::Normal(n) = c {
+            cur.push(n);
+            let md = fs::symlink_metadata(&cur).ok()?;
+            if !md.is_dir() {
+                return None;
+            }
+        }
+    }
+    Some(cur)
+}
+
+/// Remove a non-directory entry `dir/name` (a symlink itself, never its target).
+fn remove_entry(root: &Path, dir: &str, name: &str) -> Result<(), ImageError> {
+    let Some(d) = real_dir(root, dir) else {
+        return Ok(());
+    };
+    let p = d.join(name);
+    match fs::symlink_metadata(&p) {
+        Ok(md) if !md.is_dir() => {
+            fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Remove per-bake state from the merged root (Azure-style deprovision).
 fn deprovision(merged: &Path) -> Result<(), ImageError> {
-    let mid = merged.join("etc/machine-id");
-    if mid.exists() {
-        fs::write(&mid, b"").map_err(io_err(format!("truncate {}", mid.display())))?;
+    if let Some(etc) = real_dir(merged, "etc") {
+        let mid = etc.join("machine-id");
+        if fs::symlink_metadata(&mid).is_ok() {
+            remove_entry(merged, "etc", "machine-id")?;
+            fs::write(&mid, b"").map_err(io_err(format!("truncate {}", mid.display())))?;
+        }
     }
-    remove_tree(&merged.join("deployTemp"))?;
-    let _ = fs::remove_file(merged.join("root/.bash_history"));
-    remove_files_in(&merged.join("var/lib/apt/lists"), &|n| n != "lock", true)?;
-    remove_files_in(
-        &merged.join("var/cache/apt"),
-        &|n| n.ends_with(".bin"),
-        false,
-    )?;
-    remove_files_in(
-        &merged.join("var/cache/apt/archives"),
-        &|n| n != "lock",
-        true,
-    )?;
-    remove_files_in(&merged.join("var/log"), &|_| true, true)?;
+    if fs::symlink_metadata(merged.join("deployTemp")).is_ok_and(|m| m.is_dir()) {
+        remove_tree(&merged.join("deployTemp"))?;
+    } else {
+        remove_entry(merged, "", "deployTemp")?;
+    }
+    remove_entry(merged, "root", ".bash_history")?;
+    remove_files_in(merged, "var/lib/apt/lists", &|n| n != "lock", true)?;
+    remove_files_in(merged, "var/cache/apt", &|n| n.ends_with(".bin"), false)?;
+    remove_files_in(merged, "var/cache/apt/archives", &|n| n != "lock", true)?;
+    remove_files_in(merged, "var/log", &|_| true, true)?;
     Ok(())
 }
 
-/// Remove regular files / symlinks (not dirs) matching `keep_if`.
+/// Remove non-directory entries matching `pred` below `root/rel`, never
+/// following symlinks.
 fn remove_files_in(
-    dir: &Path,
+    root: &Path,
+    rel: &str,
     pred: &dyn Fn(&str) -> bool,
     recurse: bool,
 ) -> Result<(), ImageError> {
-    let Ok(rd) = fs::read_dir(dir) else {
+    let Some(dir) = real_dir(root, rel) else {
+        return Ok(());
+    };
+    let Ok(rd) = fs::read_dir(&dir) else {
         return Ok(());
     };
     for e in rd.flatten() {
@@ -986,7 +1022,8 @@ fn remove_files_in(
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             if recurse {
-                remove_files_in(&p, pred, true)?;
+                let sub = format!("{rel}/{}", e.file_name().to_string_lossy());
+                remove_files_in(root, &sub, pred, true)?;
             }
         } else if pred(&e.file_name().to_string_lossy()) {
             fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;

@@ -254,6 +254,26 @@ fn bake_cache_failure_and_escape() {
     assert!(matches!(err, ImageError::InvalidSpec { .. }), "{err}");
     assert!(store.get("esc").unwrap().is_none());
 
+    // A script that turns deprovisioned paths into links to host paths must
+    // not make the host-side deprovision touch the host.
+    let canary = t.0.join("canary");
+    fs::create_dir_all(canary.join("apt")).unwrap();
+    fs::write(canary.join("keep.log"), "k").unwrap();
+    fs::write(canary.join("apt/keep.bin"), "k").unwrap();
+    let evil = format!(
+        "#!/bin/sh\nset -e\nrm -rf /var/log /var/cache/apt /root\nln -s {c} /var/log\nln -s {c}/apt /var/cache/apt\nln -s {c} /root\nrm -f /usr/local/sbin/systemctl\nln -s {c} /usr/local/sbin/systemctl\n",
+        c = canary.display()
+    );
+    write_exec(&pkg.join("evil.sh"), &evil);
+    let img_evil = store
+        .bake(
+            &BakeSpec { name: "evil".into(), script: "evil.sh".into(), ..spec.clone() },
+            &mut std::io::sink(),
+        )
+        .unwrap();
+    assert!(canary.join("keep.log").exists() && canary.join("apt/keep.bin").exists());
+    store.delete(&img_evil.name).unwrap();
+
     // Delete: the layer survives while another image uses it.
     store.delete("second").unwrap();
     assert!(layer.is_dir());

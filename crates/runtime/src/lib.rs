@@ -435,6 +435,87 @@ fn unmount(machine: &str, p: &Path) -> Result<(), RuntimeError> {
     })
 }
 
+/// Host path for the in-guest path `rel` under `root`, resolving symlinks
+/// of the parent directories inside `root` (an absolute link target is
+/// re-rooted, `..` cannot climb above `root`). Missing parents are created
+/// when `create`. The final component is not resolved.
+pub fn resolve_in_root(root: &Path, rel: &Path, create: bool) -> io::Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    let comps: Vec<OsString> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = comps.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
+    };
+    if last == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path ends in ..",
+        ));
+    }
+    let mut queue: VecDeque<OsString> = parents.iter().cloned().collect();
+    let mut cur = root.to_path_buf();
+    let mut depth = 0usize;
+    let mut hops = 0;
+    while let Some(c) = queue.pop_front() {
+        if c == ".." {
+            if depth > 0 {
+                cur.pop();
+                depth -= 1;
+            }
+            continue;
+        }
+        let next = cur.join(&c);
+        match fs::symlink_metadata(&next) {
+            Ok(md) if md.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::other("too many levels of symbolic links"));
+                }
+                let target = fs::read_link(&next)?;
+                if target.is_absolute() {
+                    cur = root.to_path_buf();
+                    depth = 0;
+                }
+                let mut t: Vec<OsString> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .collect();
+                t.extend(queue.drain(..));
+                queue = t.into();
+            }
+            Ok(md) if md.is_dir() => {
+                cur = next;
+                depth += 1;
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", next.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                fs::create_dir(&next)?;
+                cur = next;
+                depth += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(cur.join(last))
+}
+
 fn random_hex16() -> String {
     let mut buf = [0u8; 16];
     if fs::File::open("/dev/urandom")
@@ -511,6 +592,17 @@ pub struct NspawnMachines {
     short_prefix: String,
 }
 
+/// Exclusive per-machine `flock`, released on drop.
+struct MachineLock(fs::File);
+
+impl Drop for MachineLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unlocking an fd we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 fn write_atomic(machine: &str, path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     fs::write(&tmp, data).map_err(io_err(machine, format!("write {}", tmp.display())))?;
@@ -555,6 +647,30 @@ impl NspawnMachines {
         }
     }
 
+    /// Serializes mutating operations on one machine (across processes).
+    fn lock(&self, name: &str) -> Result<MachineLock, RuntimeError> {
+        use std::os::fd::AsRawFd;
+        let dir = self.cfg.state_dir.join(".locks");
+        fs::create_dir_all(&dir).map_err(io_err(name, format!("mkdir {}", dir.display())))?;
+        let p = dir.join(format!("{name}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err(name, format!("open {}", p.display())))?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(MachineLock(f));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io_err(name, format!("flock {}", p.display()))(e));
+            }
+        }
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.cfg.state_dir.join(name)
     }
@@ -582,8 +698,7 @@ impl NspawnMachines {
     fn validate_name(name: &str) -> Result<(), RuntimeError> {
         let ok = !name.is_empty()
             && name.len() <= 128
-            && name != "."
-            && name != ".."
+            && !name.starts_with('.')
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
@@ -592,7 +707,7 @@ impl NspawnMachines {
         } else {
             Err(RuntimeError::InvalidSpec {
                 machine: name.into(),
-                msg: "name must be 1..=128 chars of [A-Za-z0-9_.-]".into(),
+                msg: "name must be 1..=128 chars of [A-Za-z0-9_.-], not starting with '.'".into(),
             })
         }
     }
@@ -775,13 +890,12 @@ impl NspawnMachines {
         let root = self.root_path(&spec.name);
         let m = spec.name.as_str();
         let put = |rel: &Path, data: &[u8], mode: u32| -> Result<(), RuntimeError> {
-            let rel = rel.strip_prefix("/").unwrap_or(rel);
-            let p = root.join(rel);
-            if let Some(parent) = p.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(io_err(m, format!("mkdir {}", parent.display())))?;
-            }
-            // Never follow a symlink planted by the image out of the root.
+            // Symlinks in the image are resolved inside the machine root
+            // (chroot semantics), never on the host.
+            let p = resolve_in_root(&root, rel, true).map_err(io_err(
+                m,
+                format!("resolve {} in {}", rel.display(), root.display()),
+            ))?;
             if fs::symlink_metadata(&p).is_ok_and(|md| md.file_type().is_symlink()) {
                 fs::remove_file(&p).map_err(io_err(m, format!("remove {}", p.display())))?;
             }
@@ -794,10 +908,11 @@ impl NspawnMachines {
             format!("{}\n", spec.hostname).as_bytes(),
             0o644,
         )?;
-        let mid = root.join("etc/machine-id");
-        let has_mid = fs::read_to_string(&mid)
-            .map(|s| s.trim().len() == 32)
-            .unwrap_or(false);
+        let has_mid = resolve_in_root(&root, Path::new("etc/machine-id"), false)
+            .ok()
+            .filter(|p| fs::symlink_metadata(p).is_ok_and(|md| md.is_file()))
+            .and_then(|p| fs::read_to_string(p).ok())
+            .is_some_and(|s| s.trim().len() == 32);
         if fresh_machine_id || !has_mid {
             put(
                 Path::new("etc/machine-id"),
@@ -882,6 +997,7 @@ impl Machines for NspawnMachines {
 
     fn create(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
         Self::validate_spec(spec)?;
+        let _lock = self.lock(&spec.name)?;
         let dir = self.dir(&spec.name);
         let existed = dir.join("spec.json").exists();
         if existed {
@@ -911,6 +1027,8 @@ impl Machines for NspawnMachines {
     }
 
     fn start(&self, name: &str) -> Result<u32, RuntimeError> {
+        Self::validate_name(name)?;
+        let _lock = self.lock(name)?;
         let spec = self.load_spec(name)?;
         if let Some(pid) = self.running_pid(name) {
             return Ok(pid);
@@ -929,6 +1047,7 @@ impl Machines for NspawnMachines {
             .append(true)
             .open(&log_path)
             .map_err(io_err(name, format!("open {}", log_path.display())))?;
+        let log_offset = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let log2 = log
             .try_clone()
             .map_err(io_err(name, "dup console log fd"))?;
@@ -979,12 +1098,31 @@ impl Machines for NspawnMachines {
             &self.dir(name).join("pid"),
             format!("{pid} {start}\n").as_bytes(),
         )?;
+        // Catch immediate failures (bad root, bad flags) with their reason.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(300) {
+            if proc_starttime(pid) != Some(start) {
+                let _ = fs::remove_file(self.dir(name).join("pid"));
+                let text = fs::read(&log_path).unwrap_or_default();
+                let since =
+                    String::from_utf8_lossy(&text[log_offset.min(text.len())..]).into_owned();
+                let lines: Vec<&str> = since.lines().collect();
+                let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+                return Err(RuntimeError::Command {
+                    machine: name.into(),
+                    cmd: "systemd-nspawn -b".into(),
+                    stderr: format!("exited right after start: {tail}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
         tracing::info!(machine = name, pid, "started");
         Ok(pid)
     }
 
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
         Self::validate_name(name)?;
+        let _lock = self.lock(name)?;
         let Some(pid) = self.running_pid(name) else {
             return Ok(());
         };
@@ -999,6 +1137,7 @@ impl Machines for NspawnMachines {
 
     fn kill(&self, name: &str) -> Result<(), RuntimeError> {
         Self::validate_name(name)?;
+        let _lock = self.lock(name)?;
         if let Some(pid) = self.running_pid(name) {
             self.hard_kill(name, pid);
         }
@@ -1007,6 +1146,7 @@ impl Machines for NspawnMachines {
 
     fn reimage(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
         Self::validate_spec(spec)?;
+        let _lock = self.lock(&spec.name)?;
         let _ = self.load_spec(&spec.name)?;
         if self.running_pid(&spec.name).is_some() {
             return Err(RuntimeError::State {
@@ -1041,6 +1181,7 @@ impl Machines for NspawnMachines {
 
     fn delete(&self, name: &str) -> Result<(), RuntimeError> {
         Self::validate_name(name)?;
+        let _lock = self.lock(name)?;
         if let Some(pid) = self.running_pid(name) {
             signal(pid, nix::sys::signal::Signal::SIGTERM);
             if !self.wait_gone(name, pid, Duration::from_secs(10)) {
@@ -1053,6 +1194,12 @@ impl Machines for NspawnMachines {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err(name, format!("remove {}", dir.display())))?;
         }
+        let _ = fs::remove_file(
+            self.cfg
+                .state_dir
+                .join(".locks")
+                .join(format!("{name}.lock")),
+        );
         Ok(())
     }
 
@@ -1159,6 +1306,26 @@ br0\t0007D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
             validate_ifname(s).unwrap();
         }
         assert_ne!(m.names("a").veth_host, m.names("b").veth_host);
+    }
+
+    #[test]
+    fn resolve_in_root_stays_inside() {
+        let d = std::env::temp_dir().join(format!("ss-rir-{}", random_hex16()));
+        let root = d.join("root");
+        fs::create_dir_all(root.join("usr/lib")).unwrap();
+        fs::create_dir_all(d.join("outside")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("usr/up")).unwrap();
+        std::os::unix::fs::symlink(d.join("outside"), root.join("abs")).unwrap();
+        let r = |p: &str| resolve_in_root(&root, Path::new(p), true).unwrap();
+        assert_eq!(r("/lib/x.conf"), root.join("usr/lib/x.conf"));
+        assert_eq!(r("usr/up/etc/f"), root.join("etc/f"));
+        assert!(root.join("etc").is_dir());
+        // An absolute link to a host path is re-rooted.
+        let abs = d.join("outside").to_string_lossy().into_owned();
+        assert_eq!(r("abs/f"), root.join(&abs[1..]).join("f"));
+        assert_eq!(r("../../etc/g"), root.join("etc/g"));
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
