@@ -1,1 +1,219 @@
-//! api
+//! The control plane: an HTTP API in Azure Resource Manager's dialect over durable state, and the
+//! engine that drives machines and load balancers to match it.
+//!
+//! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon.
+pub mod engine;
+pub mod error;
+pub mod handlers;
+pub mod render;
+pub mod route;
+pub mod state;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use error::ApiError;
+use state::AppState;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use state::DaemonConfig;
+
+/// The API router. Every request goes through one dispatcher: auth, api-version, route parse,
+/// execute, and one error mapping.
+pub fn app(st: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(st)
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(pct_decode(k), pct_decode(v));
+    }
+    out
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauth = |code: &'static str, message: &str| ApiError::Client {
+        status: StatusCode::UNAUTHORIZED,
+        code,
+        message: message.into(),
+    };
+    let h = headers.get("authorization").ok_or_else(|| {
+        unauth(
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        )
+    })?;
+    let v = h.to_str().unwrap_or("");
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            unauth(
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is not a Bearer token.",
+            )
+        })?;
+    // Constant-time comparison: the token is the daemon's only credential.
+    let (a, b) = (token.as_bytes(), st.token.as_bytes());
+    let diff = a.len() ^ b.len()
+        | a.iter()
+            .zip(b)
+            .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
+    if diff != 0 {
+        return Err(unauth(
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        ));
+    }
+    Ok(())
+}
+
+fn check_api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    let v = q.get("api-version").ok_or_else(|| {
+        ApiError::bad_request(
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )
+    })?;
+    let date = v.strip_suffix("-preview").unwrap_or(v);
+    let ok = date.len() == 10
+        && date.chars().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !ok {
+        return Err(ApiError::bad_request(
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{v}' is invalid. The supported versions include {}.",
+                model::COMPUTE_API_VERSIONS[0]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn dispatch(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let q = query_map(&uri);
+    let result = async {
+        check_auth(&st, &headers)?;
+        let path = uri.path();
+        let route = match route::parse_sub_list(&method, path) {
+            Some(r) => r,
+            None => route::parse(&method, path)?,
+        };
+        check_api_version(&q)?;
+        handlers::execute(&st, route, &q, &body).await
+    }
+    .await;
+    match result {
+        Ok((status, v)) if v.is_null() => status.into_response(),
+        Ok((status, v)) => (status, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Opens state, creates the token on first start (mode 0600), and returns the shared state.
+pub fn open_state(
+    cfg: DaemonConfig,
+    machines: Arc<dyn runtime::Machines>,
+) -> Result<Arc<AppState>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(&cfg.home)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.home.display()))?;
+    let store =
+        store::Store::open(&cfg.home.join("state.db")).map_err(|e| error::error_chain(&e))?;
+    let token_path = cfg.home.join("token");
+    let token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let bytes: [u8; 32] = rand::random();
+            let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&token_path)
+                .map_err(|e| format!("cannot write {}: {e}", token_path.display()))?;
+            std::io::Write::write_all(&mut f, t.as_bytes()).map_err(|e| e.to_string())?;
+            t
+        }
+    };
+    let images = image::ImageStore::new(cfg.home.join("images"), cfg.base_cache.clone());
+    Ok(Arc::new(AppState {
+        cfg,
+        store,
+        token,
+        machines,
+        images,
+        wake: Default::default(),
+        records: Default::default(),
+        observed: Default::default(),
+    }))
+}
+
+/// Runs the API until `shutdown` resolves; the engine runs alongside.
+pub async fn serve(
+    st: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(st.cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", st.cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    std::fs::write(st.cfg.home.join("endpoint"), format!("http://{addr}"))
+        .map_err(|e| e.to_string())?;
+    tracing::info!(%addr, home = %st.cfg.home.display(), "scaleset daemon listening");
+    let engine = tokio::spawn(engine::run(st.clone()));
+    let r = axum::serve(listener, app(st))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string());
+    engine.abort();
+    r
+}

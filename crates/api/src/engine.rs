@@ -1,0 +1,806 @@
+//! The engine: observes machines and load balancers, asks `plan` what to do, and does it.
+//!
+//! One pass per scale set runs at a time; passes repeat every second or when the API wakes the
+//! engine. Every step is idempotent and the intent is written to the store before the step, so
+//! a daemon killed at any point resumes by deciding again. Machines and load balancer processes
+//! are detached from the daemon: they keep serving while it is down and are adopted when it
+//! starts again.
+use crate::error::error_chain;
+use crate::route::{Res, LB, VMSS};
+use crate::state::{now_rfc3339, short_hash, uuid, AppState, InstanceRecord, Observation, VmssDoc};
+use plan::{Action, InstanceState, Observed, PowerIntent};
+use runtime::{MachineSpec, MachineState};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::Key;
+use tracing::{info, warn, Instrument};
+
+/// How long an instance leaving rotation may take to finish in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Engine {
+    busy: Mutex<HashSet<String>>,
+    pushed: tokio::sync::Mutex<HashMap<String, lb::LbConfig>>,
+    failed_at: Mutex<HashMap<String, Instant>>,
+}
+
+type Shared = (Arc<AppState>, Arc<Engine>);
+
+pub async fn run(st: Arc<AppState>) {
+    let eng = Arc::new(Engine::default());
+    if let Err(e) = blocking({
+        let st = st.clone();
+        move || st.machines.ensure_network(&st.cfg.network)
+    })
+    .await
+    {
+        warn!(error = %e, "cannot set up the virtual network; will retry");
+    }
+    loop {
+        tick(&st, &eng).await;
+        tokio::select! {
+            _ = st.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, runtime::RuntimeError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(e) => Err(format!("runtime task failed: {e}")),
+    }
+}
+
+/// One engine pass: load balancers first (so health is fresh), then each scale set.
+pub async fn tick(st: &Arc<AppState>, eng: &Arc<Engine>) {
+    if let Err(e) = sync_lbs(st, eng).await {
+        warn!(error = %e, "load balancer sync failed");
+    }
+    let sets = match st.store.list(VMSS, None, None) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %error_chain(&e), "cannot list scale sets");
+            return;
+        }
+    };
+    for (key, _) in sets {
+        let path = key.path();
+        if !eng
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone())
+        {
+            continue;
+        }
+        let shared: Shared = (st.clone(), eng.clone());
+        tokio::spawn(async move {
+            let span = tracing::info_span!("reconcile", vmss = %key.name, rg = %key.rg);
+            if let Err(e) = reconcile_vmss(&shared, &key).instrument(span).await {
+                warn!(vmss = %key.name, error = %e, "reconcile failed");
+            }
+            shared
+                .1
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&path);
+        });
+    }
+}
+
+fn spec_for(st: &AppState, vmss: &str, rec: &InstanceRecord) -> Result<MachineSpec, String> {
+    let img = st
+        .images
+        .get(&rec.image)
+        .map_err(|e| error_chain(&e))?
+        .ok_or_else(|| format!("image '{}' is not in the image store", rec.image))?;
+    let vm = plan::naming::vm_name(vmss, rec.instance_id);
+    Ok(MachineSpec {
+        name: rec.machine.clone(),
+        hostname: rec.computer_name.clone(),
+        layers: img.layers.clone(),
+        ip: rec.ip,
+        network: st.cfg.network.clone(),
+        files: vec![(
+            PathBuf::from("/etc/scaleset/instance.env"),
+            format!("SCALESET_INSTANCE={vm}\nSCALESET_IMAGE={}\nSCALESET_VMSS={vmss}\nSCALESET_COMPUTER_NAME={}\n", rec.image, rec.computer_name),
+        )],
+    })
+}
+
+async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
+    let res = Res {
+        sub: key.sub.clone(),
+        rg: key.rg.clone(),
+        name: key.name.clone(),
+    };
+    let Some(doc) = st.vmss_doc(&res).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let res = Res {
+        name: doc.name.clone(),
+        rg: doc.resource_group.clone(),
+        ..res
+    };
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name).map_err(|e| e.to_string())?;
+    let recs = st.instances(key).map_err(|e| e.to_string())?;
+    if doc.deleting && recs.is_empty() {
+        st.store.delete(key).map_err(|e| error_chain(&e))?;
+        info!(vmss = %res.name, "scale set deleted");
+        st.wake.notify_one();
+        return Ok(());
+    }
+    // Observe.
+    let names: Vec<String> = recs.iter().map(|r| r.machine.clone()).collect();
+    let machines = st.machines.clone();
+    let states = blocking(move || {
+        names
+            .iter()
+            .map(|n| machines.state(n))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    let mut observed = Vec::new();
+    for (r, s) in recs.iter().zip(&states) {
+        let running = matches!(s, MachineState::Running { .. });
+        let healthy = st.observation(&r.machine).healthy;
+        {
+            let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
+            obs.entry(r.machine.clone())
+                .or_insert_with(Observation::default)
+                .running = running;
+        }
+        observed.push(InstanceState {
+            id: r.instance_id,
+            created_seq: r.created_seq,
+            model_version: r.model_version,
+            intent: r.intent,
+            machine: match s {
+                MachineState::Running { .. } => Observed::Running,
+                MachineState::Stopped => Observed::Stopped,
+                MachineState::Missing => Observed::Missing,
+            },
+            healthy: healthy.unwrap_or(false),
+            protect_from_scale_in: r.protect_from_scale_in,
+            protect_from_scale_set_actions: r.protect_from_scale_set_actions,
+            deleting: r.deleting || doc.deleting,
+            reimage_requested: r.reimage_requested,
+            restart_requested: r.restart_requested,
+        });
+    }
+    let desired = plan::Desired {
+        capacity: if doc.deleting { 0 } else { m.capacity },
+        model_version: doc.model_version,
+        upgrade_mode: m.upgrade_mode,
+        scale_in: m.scale_in,
+    };
+    let actions = plan::reconcile(&desired, &observed);
+    if actions.is_empty() {
+        return Ok(());
+    }
+    info!(vmss = %res.name, ?actions, "reconcile");
+    let image_name = m.image.as_ref().map(|i| i.name.clone());
+    let mut tasks = Vec::new();
+    for action in actions {
+        match action {
+            Action::Create { count } => {
+                let Some(image) = image_name.clone() else {
+                    continue;
+                };
+                for rec in new_instances(st, key, &res, &doc, &image, count)? {
+                    tasks.push(tokio::spawn(start_instance(
+                        st.clone(),
+                        eng.clone(),
+                        key.clone(),
+                        res.name.clone(),
+                        rec,
+                    )));
+                }
+            }
+            Action::Start { id } => {
+                let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
+                    continue;
+                };
+                let recent = eng
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&rec.machine)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                if !recent {
+                    tasks.push(tokio::spawn(start_instance(
+                        st.clone(),
+                        eng.clone(),
+                        key.clone(),
+                        res.name.clone(),
+                        rec,
+                    )));
+                }
+            }
+            Action::Stop { id }
+            | Action::Restart { id }
+            | Action::Upgrade { id }
+            | Action::Delete { id } => {
+                let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
+                    continue;
+                };
+                let (st, eng, key, name) = (st.clone(), eng.clone(), key.clone(), res.name.clone());
+                let target = (image_name.clone(), doc.model_version);
+                tasks.push(tokio::spawn(async move {
+                    let r = match action {
+                        Action::Stop { .. } => stop_instance(&st, &eng, &key, &rec).await,
+                        Action::Restart { .. } => restart_instance(&st, &eng, &key, &rec).await,
+                        Action::Upgrade { .. } => {
+                            upgrade_instance(&st, &eng, &key, &name, &rec, target).await
+                        }
+                        _ => delete_instance(&st, &eng, &key, &rec).await,
+                    };
+                    if let Err(e) = &r {
+                        warn!(instance = rec.instance_id, error = %e, "instance operation failed");
+                        let _ = st.update_instance(&key, rec.instance_id, |r| {
+                            r.last_error = Some(e.clone())
+                        });
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    st.wake.notify_one();
+    Ok(())
+}
+
+/// Records new instances (intent first, durable) with ids, addresses and names.
+fn new_instances(
+    st: &AppState,
+    key: &Key,
+    res: &Res,
+    doc: &VmssDoc,
+    image: &str,
+    count: u32,
+) -> Result<Vec<InstanceRecord>, String> {
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name).map_err(|e| e.to_string())?;
+    let _g = st.records.lock().unwrap_or_else(|e| e.into_inner());
+    let mut used = Vec::new();
+    for (k, _) in st
+        .store
+        .list(VMSS, None, None)
+        .map_err(|e| error_chain(&e))?
+    {
+        for (_, v) in st.store.instances(&k).map_err(|e| error_chain(&e))? {
+            if let Some(ip) = v
+                .get("ip")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+            {
+                used.push(ip);
+            }
+        }
+    }
+    let net = &st.cfg.network;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let ip = plan::naming::allocate_ip(net.subnet.network(), net.subnet.prefix_len, &used)
+            .ok_or_else(|| format!("subnet {} has no free addresses", net.subnet))?;
+        used.push(ip);
+        let id = st
+            .store
+            .bump(&format!("{}:ids", key.path()), 1)
+            .map_err(|e| error_chain(&e))? as u32;
+        let seq = st
+            .store
+            .bump("instance-seq", 1)
+            .map_err(|e| error_chain(&e))?;
+        let rec = InstanceRecord {
+            instance_id: id,
+            created_seq: seq,
+            model_version: doc.model_version,
+            image: image.to_string(),
+            ip,
+            computer_name: plan::naming::computer_name(&m.computer_name_prefix, id),
+            machine: format!(
+                "{}-{}-{id}-{}",
+                st.cfg.prefix,
+                sanitize(&res.name),
+                short_hash(&key.path(), 4)
+            ),
+            time_created: now_rfc3339(),
+            vm_id: uuid(),
+            intent: PowerIntent::Running,
+            provisioning_state: "Creating".into(),
+            deleting: false,
+            reimage_requested: false,
+            restart_requested: false,
+            draining: false,
+            protect_from_scale_in: false,
+            protect_from_scale_set_actions: false,
+            last_error: None,
+        };
+        st.store
+            .put_instance(
+                key,
+                id,
+                &serde_json::to_value(&rec).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| error_chain(&e))?;
+        info!(vmss = %res.name, instance = id, %ip, "instance recorded");
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+fn sanitize(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    t.trim_matches('-').to_string()
+}
+
+async fn start_instance(
+    st: Arc<AppState>,
+    eng: Arc<Engine>,
+    key: Key,
+    vmss: String,
+    rec: InstanceRecord,
+) {
+    let span = tracing::info_span!("start", vmss = %vmss, instance = rec.instance_id);
+    async {
+        let r = async {
+            let spec = spec_for(&st, &vmss, &rec)?;
+            let machines = st.machines.clone();
+            blocking(move || {
+                machines.create(&spec)?;
+                machines.start(&spec.name)
+            })
+            .await
+        }
+        .await;
+        match r {
+            Ok(pid) => {
+                info!(pid, "machine booted");
+                let _ = st.update_instance(&key, rec.instance_id, |r| {
+                    r.provisioning_state = "Succeeded".into();
+                    r.draining = false;
+                    r.restart_requested = false;
+                    r.last_error = None;
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "machine failed to start");
+                eng.failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(rec.machine.clone(), Instant::now());
+                let _ = st.update_instance(&key, rec.instance_id, |r| {
+                    r.provisioning_state = "Failed".into();
+                    r.last_error = Some(e.clone());
+                });
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Takes the instance out of rotation and waits for its in-flight requests to finish.
+async fn drain(st: &Arc<AppState>, eng: &Arc<Engine>, key: &Key, rec: &InstanceRecord) {
+    let _ = st.update_instance(key, rec.instance_id, |r| r.draining = true);
+    if let Err(e) = sync_lbs(st, eng).await {
+        warn!(error = %e, "load balancer sync during drain failed");
+    }
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let mut active = 0;
+        for sock in lb_sockets(st) {
+            if let Ok(s) = lb::client::get_status(&sock).await {
+                active += s
+                    .backends
+                    .iter()
+                    .filter(|b| b.id == rec.machine)
+                    .map(|b| b.active_connections)
+                    .sum::<u64>();
+            }
+        }
+        if active == 0 || Instant::now() > deadline {
+            if active > 0 {
+                warn!(instance = rec.instance_id, active, "drain timed out");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_instance(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    rec: &InstanceRecord,
+) -> Result<(), String> {
+    drain(st, eng, key, rec).await;
+    let (m, name) = (st.machines.clone(), rec.machine.clone());
+    blocking(move || m.stop(&name, STOP_TIMEOUT)).await?;
+    info!(instance = rec.instance_id, "stopped");
+    Ok(())
+}
+
+async fn restart_instance(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    rec: &InstanceRecord,
+) -> Result<(), String> {
+    stop_instance(st, eng, key, rec).await?;
+    let (m, name) = (st.machines.clone(), rec.machine.clone());
+    blocking(move || m.start(&name)).await?;
+    st.update_instance(key, rec.instance_id, |r| {
+        r.restart_requested = false;
+        r.draining = false;
+    })
+    .map_err(|e| e.to_string())?;
+    sync_lbs(st, eng).await?;
+    Ok(())
+}
+
+async fn upgrade_instance(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    vmss: &str,
+    rec: &InstanceRecord,
+    (image, version): (Option<String>, u64),
+) -> Result<(), String> {
+    let image = image.ok_or("the scale set model has no image")?;
+    st.update_instance(key, rec.instance_id, |r| {
+        r.provisioning_state = "Updating".into()
+    })
+    .map_err(|e| e.to_string())?;
+    stop_instance(st, eng, key, rec).await?;
+    let mut next = rec.clone();
+    next.image = image.clone();
+    let spec = spec_for(st, vmss, &next)?;
+    let m = st.machines.clone();
+    blocking(move || {
+        m.reimage(&spec)?;
+        m.start(&spec.name)
+    })
+    .await?;
+    st.update_instance(key, rec.instance_id, |r| {
+        r.image = image.clone();
+        r.model_version = version;
+        r.reimage_requested = false;
+        r.draining = false;
+        r.provisioning_state = "Succeeded".into();
+        r.last_error = None;
+    })
+    .map_err(|e| e.to_string())?;
+    info!(instance = rec.instance_id, image = %image, "reimaged onto the latest model");
+    sync_lbs(st, eng).await?;
+    Ok(())
+}
+
+async fn delete_instance(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    rec: &InstanceRecord,
+) -> Result<(), String> {
+    st.update_instance(key, rec.instance_id, |r| {
+        r.deleting = true;
+        r.provisioning_state = "Deleting".into();
+    })
+    .map_err(|e| e.to_string())?;
+    drain(st, eng, key, rec).await;
+    let (m, name) = (st.machines.clone(), rec.machine.clone());
+    blocking(move || m.delete(&name)).await?;
+    st.store
+        .delete_instance(key, rec.instance_id)
+        .map_err(|e| error_chain(&e))?;
+    st.observed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&rec.machine);
+    info!(instance = rec.instance_id, "deleted");
+    sync_lbs(st, eng).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load balancers: one detached `scaleset lb-serve` process per resource, configured over its
+// admin socket.
+
+fn lb_dir(st: &AppState, key: &Key) -> PathBuf {
+    st.cfg.home.join("lb").join(short_hash(&key.path(), 12))
+}
+
+fn lb_sockets(st: &AppState) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(st.cfg.home.join("lb")) else {
+        return vec![];
+    };
+    rd.flatten()
+        .map(|e| e.path().join("admin.sock"))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn pid_alive(pid: i32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+        .unwrap_or(false)
+}
+
+/// Starts the LB process for `dir` unless one is already running (adoption).
+fn ensure_lb_process(st: &AppState, dir: &std::path::Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let sock = dir.join("admin.sock");
+    let pidfile = dir.join("pid");
+    let needle = sock.to_string_lossy().to_string();
+    if let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        if pid_alive(pid, &needle) {
+            return Ok(sock);
+        }
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("lb.log"))
+        .map_err(|e| format!("cannot open LB log: {e}"))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = std::process::Command::new(&st.cfg.exe);
+    cmd.arg("lb-serve")
+        .arg("--config")
+        .arg(dir.join("config.json"))
+        .arg("--admin")
+        .arg(&sock);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // Own session: the LB must outlive the daemon (and not get its terminal's SIGINT).
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start load balancer process {}: {e}",
+            st.cfg.exe.display()
+        )
+    })?;
+    std::fs::write(&pidfile, child.id().to_string()).map_err(|e| e.to_string())?;
+    info!(pid = child.id(), dir = %dir.display(), "load balancer process started");
+    // The child is reaped by nobody when the daemon dies; while it lives, a thread reaps it.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(sock)
+}
+
+/// The LB's data-plane config from its ARM model and the scale sets in its pools.
+pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, String> {
+    let (m, _) = model::lb::parse(arm).map_err(|e| e.to_string())?;
+    let mut backends = Vec::new();
+    for (vk, v) in st
+        .store
+        .list(VMSS, None, None)
+        .map_err(|e| error_chain(&e))?
+    {
+        let Ok(doc) = serde_json::from_value::<VmssDoc>(v) else {
+            continue;
+        };
+        let Ok((vm, _)) = model::vmss::parse(&doc.arm, &doc.name) else {
+            continue;
+        };
+        let member = vm.backend_pools.iter().any(|p| {
+            p.name.eq_ignore_ascii_case(&key.name) && p.resource_group.eq_ignore_ascii_case(&key.rg)
+        });
+        if !member {
+            continue;
+        }
+        for r in st.instances(&vk).map_err(|e| e.to_string())? {
+            backends.push(lb::Backend {
+                id: r.machine.clone(),
+                ip: r.ip.into(),
+                draining: r.draining || r.deleting || r.intent == PowerIntent::Stopped,
+            });
+        }
+    }
+    let probes = m
+        .probes
+        .iter()
+        .map(|p| lb::Probe {
+            name: p.name.clone(),
+            protocol: match p.protocol {
+                model::lb::ProbeProtocol::Tcp => lb::ProbeProtocol::Tcp,
+                model::lb::ProbeProtocol::Http => lb::ProbeProtocol::Http,
+            },
+            port: p.port,
+            request_path: p.request_path.clone(),
+            interval_in_seconds: p.interval_in_seconds,
+            probe_threshold: p.probe_threshold,
+            interval_ms: st.cfg.probe_interval_ms,
+        })
+        .collect();
+    let rules = m
+        .rules
+        .iter()
+        .map(|r| {
+            let ip = m
+                .frontends
+                .iter()
+                .find(|f| f.0 == r.frontend)
+                .map(|f| f.1)
+                .unwrap_or([127, 0, 0, 1].into());
+            lb::Rule {
+                name: r.name.clone(),
+                frontend: std::net::SocketAddr::new(ip, r.frontend_port),
+                backend_port: r.backend_port,
+                layer: if m.l7 { lb::Layer::L7 } else { lb::Layer::L4 },
+                load_distribution: match r.load_distribution {
+                    model::lb::Distribution::Default => lb::LoadDistribution::Default,
+                    model::lb::Distribution::SourceIP => lb::LoadDistribution::SourceIp,
+                    model::lb::Distribution::SourceIPProtocol => {
+                        lb::LoadDistribution::SourceIpProtocol
+                    }
+                },
+                idle_timeout_in_minutes: r.idle_timeout_in_minutes,
+                enable_tcp_reset: r.enable_tcp_reset,
+                probe: r.probe.clone(),
+            }
+        })
+        .collect();
+    Ok(lb::LbConfig {
+        name: key.name.clone(),
+        rules,
+        probes,
+        backends,
+        no_healthy_backends_behavior: if m.probes.iter().any(|p| p.all_probed_up) {
+            lb::NoHealthyBackendsBehavior::AllProbedUp
+        } else {
+            lb::NoHealthyBackendsBehavior::AllProbedDown
+        },
+    })
+}
+
+/// Makes the LB processes match the LB resources, pushes changed configs, reads health.
+pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), String> {
+    let mut pushed = eng.pushed.lock().await;
+    let lbs = st.store.list(LB, None, None).map_err(|e| error_chain(&e))?;
+    let mut live = HashSet::new();
+    let mut health: HashMap<String, bool> = HashMap::new();
+    for (key, arm) in lbs {
+        let dir = lb_dir(st, &key);
+        live.insert(dir.clone());
+        let cfg = lb_config(st, &key, &arm)?;
+        let (st2, dir2) = (st.clone(), dir.clone());
+        let sock = tokio::task::spawn_blocking(move || ensure_lb_process(&st2, &dir2))
+            .await
+            .map_err(|e| e.to_string())??;
+        let _ = std::fs::write(dir.join("key"), key.path());
+        // Wait briefly for a freshly started process to open its socket.
+        for _ in 0..50 {
+            if sock.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let path = key.path();
+        match lb::client::get_status(&sock).await {
+            Ok(status) => {
+                let current: HashSet<(String, bool)> = status
+                    .backends
+                    .iter()
+                    .map(|b| (b.id.clone(), b.draining))
+                    .collect();
+                let wanted: HashSet<(String, bool)> = cfg
+                    .backends
+                    .iter()
+                    .map(|b| (b.id.clone(), b.draining))
+                    .collect();
+                if pushed.get(&path) != Some(&cfg) || current != wanted {
+                    lb::client::put_config(&sock, &cfg).await.map_err(|e| {
+                        format!(
+                            "cannot configure load balancer '{}': {}",
+                            key.name,
+                            error_chain(&e)
+                        )
+                    })?;
+                    pushed.insert(path, cfg);
+                }
+                for b in status.backends {
+                    health.insert(b.id, b.healthy);
+                }
+            }
+            Err(e) => {
+                warn!(lb = %key.name, error = %error_chain(&e), "load balancer not answering")
+            }
+        }
+    }
+    {
+        let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, h) in health {
+            obs.entry(id).or_default().healthy = Some(h);
+        }
+    }
+    // Load balancers whose resource is gone: stop their process and forget them.
+    if let Ok(rd) = std::fs::read_dir(st.cfg.home.join("lb")) {
+        for e in rd.flatten() {
+            let dir = e.path();
+            if live.contains(&dir) {
+                continue;
+            }
+            stop_lb_dir(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    Ok(())
+}
+
+fn stop_lb_dir(dir: &std::path::Path) {
+    let needle = dir.join("admin.sock").to_string_lossy().to_string();
+    if let Some(pid) = std::fs::read_to_string(dir.join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        if pid_alive(pid, &needle) {
+            // SAFETY: plain kill(2) on a pid we verified is our LB process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..200 {
+                if !pid_alive(pid, &needle) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Stops every machine and load balancer process of this daemon's home (used by `scaleset up`
+/// on Ctrl-C). State is kept: the next start boots the same instances again.
+pub async fn stop_everything(st: &Arc<AppState>) {
+    let machines = st.machines.clone();
+    let _ = blocking(move || {
+        let names = machines.list()?;
+        std::thread::scope(|s| {
+            for n in &names {
+                let m = machines.clone();
+                s.spawn(move || m.stop(n, STOP_TIMEOUT));
+            }
+        });
+        Ok(())
+    })
+    .await;
+    if let Ok(rd) = std::fs::read_dir(st.cfg.home.join("lb")) {
+        for e in rd.flatten() {
+            stop_lb_dir(&e.path());
+        }
+    }
+}

@@ -1,0 +1,799 @@
+//! Executes parsed routes against the store. Changes to instances are recorded as intent (power,
+//! reimage, restart, deletion) that the engine carries out; every change is committed before the
+//! response is sent.
+use crate::error::ApiError;
+use crate::render;
+use crate::route::{PowerAction, Res, Route, Scope, IMAGE, LB, RG, VMSS};
+use crate::state::{now_rfc3339, uuid, AppState, InstanceRecord, VmssDoc};
+use axum::http::{Method, StatusCode};
+use model::ids::ResourceId;
+use plan::PowerIntent;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub type Reply = Result<(StatusCode, Value), ApiError>;
+
+fn ok(v: Value) -> Reply {
+    Ok((StatusCode::OK, v))
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "InvalidRequestContent",
+            format!("The request content was invalid and could not be deserialized: {e}."),
+        )
+    })
+}
+
+fn require_object(v: Value) -> Result<Value, ApiError> {
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(ApiError::bad_request(
+            "InvalidRequestContent",
+            "The request content must be a JSON object.",
+        ))
+    }
+}
+
+fn group_key(res: &Res) -> store::Key {
+    store::Key::new(RG, &res.sub, &res.rg, &res.rg)
+}
+
+fn require_group(st: &AppState, res: &Res) -> Result<(), ApiError> {
+    if st.store.get(&group_key(res))?.is_none() {
+        return Err(ApiError::not_found(
+            "ResourceGroupNotFound",
+            format!("Resource group '{}' could not be found.", res.rg),
+        ));
+    }
+    Ok(())
+}
+
+fn not_found(kind: &str, res: &Res) -> ApiError {
+    ApiError::not_found(
+        "ResourceNotFound",
+        format!(
+            "The Resource '{kind}/{}' under resource group '{}' was not found.",
+            res.name, res.rg
+        ),
+    )
+}
+
+pub async fn execute(
+    st: &AppState,
+    route: Route,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Reply {
+    let reply = match route {
+        Route::ListGroups { sub } => {
+            let v: Vec<Value> = st
+                .store
+                .list(RG, Some(&sub), None)?
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            ok(json!({"value": v}))
+        }
+        Route::Group { method, res } => group(st, method, &res, body),
+        Route::List { kind, scope } => list(st, kind, &scope),
+        Route::Resource {
+            kind: VMSS,
+            method,
+            res,
+        } => vmss(st, method, &res, body),
+        Route::Resource {
+            kind: LB,
+            method,
+            res,
+        } => load_balancer(st, method, &res, body),
+        Route::Resource {
+            kind: IMAGE,
+            method,
+            res,
+        } => images(st, method, &res),
+        Route::Resource { .. } => Err(ApiError::not_found("NotFound", "Unknown resource type.")),
+        Route::VmssInstanceView(res) => {
+            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            let _ = doc;
+            let recs = st.instances(&res.key(VMSS))?.into_iter().map(|r| {
+                let o = st.observation(&r.machine);
+                (r, o)
+            });
+            ok(render::vmss_instance_view(&recs.collect::<Vec<_>>()))
+        }
+        Route::Vms(res) => {
+            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            let expand = query
+                .get("$expand")
+                .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+            let v: Vec<Value> = st
+                .instances(&res.key(VMSS))?
+                .iter()
+                .map(|r| render::vm(&res, &doc, r, &st.observation(&r.machine), expand))
+                .collect();
+            ok(json!({"value": v}))
+        }
+        Route::Vm {
+            method,
+            res,
+            instance,
+        } => vm(st, method, &res, &instance, query, body),
+        Route::VmInstanceView(res, instance) => {
+            let (_, rec) = find_vm(st, &res, &instance)?;
+            ok(render::instance_view(&rec, &st.observation(&rec.machine)))
+        }
+        Route::VmssAction(res, act) => {
+            let body = parse_body(body)?;
+            let ids = match body.get("instanceIds") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(a)) => Some(
+                    a.iter()
+                        .map(|x| {
+                            x.as_str().map(str::to_string).ok_or_else(|| {
+                                ApiError::bad_request(
+                                    "InvalidParameter",
+                                    "instanceIds must be a list of strings.",
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "InvalidParameter",
+                        "instanceIds must be a list of strings.",
+                    ))
+                }
+            };
+            power(st, &res, act, ids)
+        }
+        Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
+    };
+    if reply.is_ok() {
+        st.wake.notify_one();
+    }
+    reply
+}
+
+fn group(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
+    model::names::resource_group(&res.rg)?;
+    let key = group_key(res);
+    let render = |location: &Value| json!({"id": res.id(RG), "name": res.rg, "type": "Microsoft.Resources/resourceGroups", "location": location, "properties": {"provisioningState": "Succeeded"}});
+    match method {
+        Method::PUT | Method::PATCH => {
+            let body = parse_body(body)?;
+            let existing = st.store.get(&key)?;
+            let location = body
+                .get("location")
+                .cloned()
+                .or_else(|| existing.as_ref().and_then(|e| e.get("location").cloned()))
+                .unwrap_or(json!(model::DEFAULT_LOCATION));
+            if method == Method::PATCH && existing.is_none() {
+                return Err(ApiError::not_found(
+                    "ResourceGroupNotFound",
+                    format!("Resource group '{}' could not be found.", res.rg),
+                ));
+            }
+            let v = render(&location);
+            st.store.put(&key, &v)?;
+            Ok((
+                if existing.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
+                v,
+            ))
+        }
+        Method::GET => st
+            .store
+            .get(&key)?
+            .map(|v| (StatusCode::OK, v))
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "ResourceGroupNotFound",
+                    format!("Resource group '{}' could not be found.", res.rg),
+                )
+            }),
+        Method::DELETE => {
+            let scope = Scope {
+                sub: res.sub.clone(),
+                rg: Some(res.rg.clone()),
+            };
+            let mut left = Vec::new();
+            for kind in [VMSS, LB] {
+                for (k, _) in st.store.list(kind, Some(&scope.sub), scope.rg.as_deref())? {
+                    left.push(format!("{kind}/{}", k.name));
+                }
+            }
+            if !left.is_empty() {
+                return Err(ApiError::conflict(
+                    "ResourceGroupNotEmpty",
+                    format!(
+                        "Resource group '{}' still contains {}; delete them first.",
+                        res.rg,
+                        left.join(", ")
+                    ),
+                ));
+            }
+            if st.store.delete(&key)? {
+                Ok((StatusCode::OK, Value::Null))
+            } else {
+                Ok((StatusCode::NO_CONTENT, Value::Null))
+            }
+        }
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
+        )),
+    }
+}
+
+fn list(st: &AppState, kind: &'static str, scope: &Scope) -> Reply {
+    let mut out = Vec::new();
+    match kind {
+        IMAGE => {
+            let rg = scope.rg.clone().unwrap_or_else(|| "images".into());
+            for img in st.images.list().map_err(ApiError::internal)? {
+                out.push(render::image(
+                    &Res {
+                        sub: scope.sub.clone(),
+                        rg: rg.clone(),
+                        name: img.name.clone(),
+                    },
+                    &img,
+                ));
+            }
+        }
+        _ => {
+            for (k, v) in st.store.list(kind, Some(&scope.sub), scope.rg.as_deref())? {
+                let rg = v
+                    .get("x-resourceGroup")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&k.rg)
+                    .to_string();
+                out.push(match kind {
+                    VMSS => {
+                        let doc: VmssDoc = serde_json::from_value(v).map_err(ApiError::internal)?;
+                        let rg = doc.resource_group.clone();
+                        let res = Res {
+                            sub: scope.sub.clone(),
+                            rg,
+                            name: doc.name.clone(),
+                        };
+                        let p = vmss_provisioning(st, &res, &doc)?;
+                        render::vmss(&res, &doc, &p)
+                    }
+                    _ => {
+                        let name = v
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or(&k.name)
+                            .to_string();
+                        render_lb(
+                            &Res {
+                                sub: scope.sub.clone(),
+                                rg,
+                                name,
+                            },
+                            v,
+                        )
+                    }
+                });
+            }
+        }
+    }
+    ok(json!({"value": out}))
+}
+
+/// Creating/Updating while instances are being provisioned, Succeeded when all are.
+fn vmss_provisioning(st: &AppState, res: &Res, doc: &VmssDoc) -> Result<String, ApiError> {
+    if doc.deleting {
+        return Ok("Deleting".into());
+    }
+    let recs = st.instances(&res.key(VMSS))?;
+    let cap = doc
+        .arm
+        .pointer("/sku/capacity")
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as usize;
+    let active = recs.iter().filter(|r| !r.deleting).count();
+    let busy = recs.iter().any(|r| {
+        r.deleting
+            || r.provisioning_state != "Succeeded"
+            || r.reimage_requested
+            || r.restart_requested
+    });
+    Ok(if active == cap && !busy {
+        "Succeeded".into()
+    } else if recs.is_empty() {
+        "Creating".into()
+    } else {
+        "Updating".into()
+    })
+}
+
+/// Checks a scale set's references: backend pools and health probe exist, image exists.
+fn check_refs(st: &AppState, res: &Res, m: &model::vmss::VmssModel) -> Result<(), ApiError> {
+    let lb_model = |id: &ResourceId| -> Result<model::lb::LbModel, ApiError> {
+        let r = Res {
+            sub: id.subscription.clone(),
+            rg: id.resource_group.clone(),
+            name: id.name.clone(),
+        };
+        let v = st.store.get(&r.key(LB))?.ok_or_else(|| ApiError::not_found("NotFound", format!("Load balancer '{}' referenced by the scale set was not found in resource group '{}'.", id.name, id.resource_group)))?;
+        Ok(model::lb::parse(&v)?.0)
+    };
+    for pool in &m.backend_pools {
+        let lbm = lb_model(pool)?;
+        let name = &pool.child.as_ref().map(|c| c.1.clone()).unwrap_or_default();
+        if !lbm.pools.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+            return Err(ApiError::not_found(
+                "InvalidResourceReference",
+                format!(
+                    "Backend address pool '{name}' was not found in load balancer '{}'.",
+                    pool.name
+                ),
+            ));
+        }
+    }
+    if let Some(probe) = &m.health_probe {
+        let lbm = lb_model(probe)?;
+        let name = probe
+            .child
+            .as_ref()
+            .map(|c| c.1.clone())
+            .unwrap_or_default();
+        if !lbm
+            .probes
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(&name))
+        {
+            return Err(ApiError::not_found(
+                "InvalidResourceReference",
+                format!(
+                    "Health probe '{name}' was not found in load balancer '{}'.",
+                    probe.name
+                ),
+            ));
+        }
+    }
+    if let Some(img) = &m.image {
+        if st
+            .images
+            .get(&img.name)
+            .map_err(ApiError::internal)?
+            .is_none()
+        {
+            return Err(ApiError::not_found("ImageNotFound", format!("The platform image or managed image '{}' referenced by the scale set was not found. Bake it with `scaleset image bake --name {}`.", img, img.name)));
+        }
+    } else if m.capacity > 0 {
+        return Err(ApiError::bad_request(
+            "InvalidParameter",
+            "virtualMachineProfile.storageProfile.imageReference.id is required.",
+        ));
+    }
+    let _ = res;
+    Ok(())
+}
+
+fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
+    model::names::vmss(&res.name)?;
+    let key = res.key(VMSS);
+    let existing = st.vmss_doc(res)?;
+    match method {
+        Method::GET => {
+            let doc = existing.ok_or_else(|| not_found(VMSS, res))?;
+            let p = vmss_provisioning(st, res, &doc)?;
+            ok(render::vmss(res, &doc, &p))
+        }
+        Method::PUT | Method::PATCH => {
+            require_group(st, res)?;
+            let body = require_object(parse_body(body)?)?;
+            if existing.as_ref().is_some_and(|d| d.deleting) {
+                return Err(ApiError::conflict(
+                    "OperationNotAllowed",
+                    format!("Scale set '{}' is being deleted.", res.name),
+                ));
+            }
+            let merged = match (&method, &existing) {
+                (&Method::PATCH, None) => return Err(not_found(VMSS, res)),
+                (&Method::PATCH, Some(doc)) => {
+                    let mut m = doc.arm.clone();
+                    model::vmss::merge_patch(&mut m, &body);
+                    m
+                }
+                _ => body,
+            };
+            let (m, arm) = model::vmss::parse(&merged, &res.name)?;
+            check_refs(st, res, &m)?;
+            let created = existing.is_none();
+            let doc = match existing {
+                None => VmssDoc {
+                    name: res.name.clone(),
+                    resource_group: res.rg.clone(),
+                    arm,
+                    deleting: false,
+                    model_version: 1,
+                    unique_id: uuid(),
+                    time_created: now_rfc3339(),
+                },
+                Some(mut doc) => {
+                    let changed = doc.arm.pointer("/properties/virtualMachineProfile")
+                        != arm.pointer("/properties/virtualMachineProfile");
+                    if changed {
+                        doc.model_version += 1;
+                    }
+                    doc.arm = arm;
+                    doc
+                }
+            };
+            st.store.put(
+                &key,
+                &serde_json::to_value(&doc).map_err(ApiError::internal)?,
+            )?;
+            tracing::info!(vmss = %res.name, model_version = doc.model_version, capacity = m.capacity, "scale set model stored");
+            let p = vmss_provisioning(st, res, &doc)?;
+            Ok((
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                render::vmss(res, &doc, &p),
+            ))
+        }
+        Method::DELETE => {
+            let Some(mut doc) = existing else {
+                return Ok((StatusCode::NO_CONTENT, Value::Null));
+            };
+            doc.deleting = true;
+            st.store.put(
+                &key,
+                &serde_json::to_value(&doc).map_err(ApiError::internal)?,
+            )?;
+            for r in st.instances(&key)? {
+                st.update_instance(&key, r.instance_id, |r| r.deleting = true)?;
+            }
+            Ok((StatusCode::ACCEPTED, Value::Null))
+        }
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
+        )),
+    }
+}
+
+fn find_vm(
+    st: &AppState,
+    res: &Res,
+    instance: &str,
+) -> Result<(VmssDoc, InstanceRecord), ApiError> {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let id: u32 = instance.parse().map_err(|_| {
+        ApiError::not_found(
+            "NotFound",
+            format!("The instance id '{instance}' is not a decimal instance id."),
+        )
+    })?;
+    let rec = st
+        .instances(&res.key(VMSS))?
+        .into_iter()
+        .find(|r| r.instance_id == id)
+        .ok_or_else(|| ApiError::not_found("NotFound", format!("The Resource 'Microsoft.Compute/virtualMachineScaleSets/{}/virtualMachines/{instance}' under resource group '{}' was not found.", res.name, res.rg)))?;
+    Ok((doc, rec))
+}
+
+fn vm(
+    st: &AppState,
+    method: Method,
+    res: &Res,
+    instance: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Reply {
+    let (doc, rec) = find_vm(st, res, instance)?;
+    let key = res.key(VMSS);
+    match method {
+        Method::GET => {
+            let expand = query
+                .get("$expand")
+                .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+            ok(render::vm(
+                res,
+                &doc,
+                &rec,
+                &st.observation(&rec.machine),
+                expand,
+            ))
+        }
+        Method::PUT | Method::PATCH => {
+            let body = require_object(parse_body(body)?)?;
+            let pp = body.pointer("/properties/protectionPolicy");
+            let get = |f: &str, cur: bool| -> Result<bool, ApiError> {
+                match pp.and_then(|p| p.get(f)) {
+                    None | Some(Value::Null) => Ok(cur),
+                    Some(Value::Bool(b)) => Ok(*b),
+                    Some(x) => Err(ApiError::bad_request(
+                        "InvalidParameter",
+                        format!("protectionPolicy.{f} must be a boolean, got {x}."),
+                    )),
+                }
+            };
+            let (a, b) = (
+                get("protectFromScaleIn", rec.protect_from_scale_in)?,
+                get(
+                    "protectFromScaleSetActions",
+                    rec.protect_from_scale_set_actions,
+                )?,
+            );
+            if b && !a {
+                return Err(ApiError::bad_request(
+                    "InvalidParameter",
+                    "protectFromScaleSetActions requires protectFromScaleIn to be true.",
+                ));
+            }
+            st.update_instance(&key, rec.instance_id, |r| {
+                r.protect_from_scale_in = a;
+                r.protect_from_scale_set_actions = b;
+            })?;
+            let (doc, rec) = find_vm(st, res, instance)?;
+            ok(render::vm(
+                res,
+                &doc,
+                &rec,
+                &st.observation(&rec.machine),
+                false,
+            ))
+        }
+        Method::DELETE => power(
+            st,
+            res,
+            PowerAction::DeleteInstances,
+            Some(vec![instance.to_string()]),
+        ),
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
+        )),
+    }
+}
+
+fn power(st: &AppState, res: &Res, act: PowerAction, ids: Option<Vec<String>>) -> Reply {
+    let key = res.key(VMSS);
+    let mut doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let recs: Vec<InstanceRecord> = st
+        .instances(&key)?
+        .into_iter()
+        .filter(|r| !r.deleting)
+        .collect();
+    if ids.is_none()
+        && matches!(
+            act,
+            PowerAction::ManualUpgrade | PowerAction::DeleteInstances
+        )
+    {
+        return Err(ApiError::bad_request(
+            "InvalidParameter",
+            "instanceIds is required for this operation.",
+        ));
+    }
+    let targets: Vec<u32> = match &ids {
+        None => recs.iter().map(|r| r.instance_id).collect(),
+        Some(ids) if ids.is_empty() => {
+            return Err(ApiError::bad_request(
+                "InvalidParameter",
+                "instanceIds must not be empty.",
+            ))
+        }
+        Some(ids) => {
+            let mut out = Vec::new();
+            for s in ids {
+                let found = s
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|id| recs.iter().any(|r| r.instance_id == *id));
+                match found {
+                    Some(id) if !out.contains(&id) => out.push(id),
+                    Some(_) => {}
+                    None => return Err(ApiError::bad_request("InvalidParameter", format!("The provided instanceId {s} is not an active Virtual Machine Scale Set VM instanceId."))),
+                }
+            }
+            out
+        }
+    };
+    if act == PowerAction::DeleteInstances {
+        // Azure lowers capacity by the number of deleted instances.
+        let cap = doc
+            .arm
+            .pointer("/sku/capacity")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        doc.arm["sku"]["capacity"] = json!(cap.saturating_sub(targets.len() as u64));
+        st.store.put(
+            &key,
+            &serde_json::to_value(&doc).map_err(ApiError::internal)?,
+        )?;
+    }
+    for id in targets {
+        st.update_instance(&key, id, |r| match act {
+            PowerAction::Start => r.intent = PowerIntent::Running,
+            PowerAction::PowerOff | PowerAction::Deallocate => r.intent = PowerIntent::Stopped,
+            PowerAction::Restart => {
+                r.intent = PowerIntent::Running;
+                r.restart_requested = true;
+            }
+            PowerAction::Reimage | PowerAction::ReimageAll | PowerAction::ManualUpgrade => {
+                r.reimage_requested = true
+            }
+            PowerAction::DeleteInstances => r.deleting = true,
+        })?;
+    }
+    Ok((StatusCode::OK, Value::Null))
+}
+
+fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
+    model::names::network_or_image("load balancer", &res.name)?;
+    let key = res.key(LB);
+    let render = |v: Value| render_lb(res, v);
+    match method {
+        Method::GET => st
+            .store
+            .get(&key)?
+            .map(|v| (StatusCode::OK, render(v)))
+            .ok_or_else(|| not_found(LB, res)),
+        Method::PUT | Method::PATCH => {
+            require_group(st, res)?;
+            let body = require_object(parse_body(body)?)?;
+            let existing = st.store.get(&key)?;
+            let merged = match (&method, &existing) {
+                (&Method::PATCH, None) => return Err(not_found(LB, res)),
+                (&Method::PATCH, Some(e)) => {
+                    let mut m = e.clone();
+                    model::vmss::merge_patch(&mut m, &body);
+                    m
+                }
+                _ => body,
+            };
+            let (m, arm) = model::lb::parse(&merged)?;
+            // Frontends are real sockets on this machine: two load balancers cannot share one.
+            for (k, other) in st.store.list(LB, None, None)? {
+                if k == key {
+                    continue;
+                }
+                let Ok((om, _)) = model::lb::parse(&other) else {
+                    continue;
+                };
+                for r in &m.rules {
+                    let ip = m.frontends.iter().find(|f| f.0 == r.frontend).map(|f| f.1);
+                    for or in &om.rules {
+                        let oip = om
+                            .frontends
+                            .iter()
+                            .find(|f| f.0 == or.frontend)
+                            .map(|f| f.1);
+                        if or.frontend_port == r.frontend_port && ip == oip {
+                            return Err(ApiError::conflict(
+                                "FrontendPortInUse",
+                                format!(
+                                    "Frontend {}:{} is already used by load balancer '{}'.",
+                                    ip.map(|i| i.to_string()).unwrap_or_default(),
+                                    r.frontend_port,
+                                    k.name
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            let mut stored = arm.clone();
+            stored["name"] = json!(res.name);
+            stored["x-resourceGroup"] = json!(res.rg);
+            st.store.put(&key, &stored)?;
+            Ok((
+                if existing.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
+                render(arm),
+            ))
+        }
+        Method::DELETE => {
+            if st.store.get(&key)?.is_none() {
+                return Ok((StatusCode::NO_CONTENT, Value::Null));
+            }
+            for (k, v) in st.store.list(VMSS, None, None)? {
+                let doc: VmssDoc = serde_json::from_value(v).map_err(ApiError::internal)?;
+                if let Ok((m, _)) = model::vmss::parse(&doc.arm, &k.name) {
+                    let uses = m
+                        .backend_pools
+                        .iter()
+                        .chain(m.health_probe.iter())
+                        .any(|id| {
+                            id.name.eq_ignore_ascii_case(&res.name)
+                                && id.resource_group.eq_ignore_ascii_case(&res.rg)
+                        });
+                    if uses {
+                        return Err(ApiError::conflict("LoadBalancerInUseByVirtualMachineScaleSet", format!("Cannot delete load balancer '{}': it is in use by virtual machine scale set '{}'.", res.name, k.name)));
+                    }
+                }
+            }
+            st.store.delete(&key)?;
+            Ok((StatusCode::OK, Value::Null))
+        }
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
+        )),
+    }
+}
+
+pub fn render_lb(res: &Res, mut v: Value) -> Value {
+    let id = res.id(LB);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("x-resourceGroup");
+    }
+    v["id"] = json!(id);
+    v["name"] = json!(res.name);
+    v["type"] = json!(LB);
+    let p = &mut v["properties"];
+    if !p.is_object() {
+        *p = json!({});
+    }
+    p["provisioningState"] = json!("Succeeded");
+    for coll in [
+        "frontendIPConfigurations",
+        "backendAddressPools",
+        "probes",
+        "loadBalancingRules",
+    ] {
+        if let Some(items) = p.get_mut(coll).and_then(Value::as_array_mut) {
+            for it in items {
+                let n = it
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                it["id"] = json!(format!("{id}/{coll}/{n}"));
+            }
+        }
+    }
+    v
+}
+
+fn images(st: &AppState, method: Method, res: &Res) -> Reply {
+    model::names::network_or_image("image", &res.name)?;
+    match method {
+        Method::GET => {
+            let img = st.images.get(&res.name).map_err(ApiError::internal)?.ok_or_else(|| not_found(IMAGE, res))?;
+            ok(render::image(res, &img))
+        }
+        Method::DELETE => {
+            if st.images.get(&res.name).map_err(ApiError::internal)?.is_none() {
+                return Ok((StatusCode::NO_CONTENT, Value::Null));
+            }
+            for (k, v) in st.store.list(VMSS, None, None)? {
+                let doc: VmssDoc = serde_json::from_value(v).map_err(ApiError::internal)?;
+                let in_model = model::vmss::parse(&doc.arm, &k.name).ok().and_then(|(m, _)| m.image).is_some_and(|i| i.name == res.name);
+                let on_instance = st.instances(&k)?.iter().any(|r| r.image == res.name);
+                if in_model || on_instance {
+                    return Err(ApiError::conflict("ImageInUse", format!("Image '{}' is in use by virtual machine scale set '{}' and cannot be deleted.", res.name, k.name)));
+                }
+            }
+            st.images.delete(&res.name).map_err(ApiError::internal)?;
+            Ok((StatusCode::OK, Value::Null))
+        }
+        Method::PUT | Method::PATCH => Err(ApiError::bad_request(
+            "OperationNotAllowed",
+            "Images are created by baking: `scaleset image bake --base debian:bookworm --package DIR --script setupscript.sh --name NAME`.",
+        )),
+        _ => Err(ApiError::bad_request("MethodNotAllowed", "unsupported method")),
+    }
+}

@@ -1,0 +1,123 @@
+//! ARM JSON for what we return: scale sets, their VMs and instance views, images.
+use crate::route::{Res, IMAGE, VMSS};
+use crate::state::{InstanceRecord, Observation, VmssDoc};
+use serde_json::{json, Value};
+
+pub fn vmss(res: &Res, doc: &VmssDoc, provisioning: &str) -> Value {
+    let mut v = doc.arm.clone();
+    v["id"] = json!(res.id(VMSS));
+    v["name"] = json!(res.name);
+    v["type"] = json!(VMSS);
+    let p = &mut v["properties"];
+    p["provisioningState"] = json!(provisioning);
+    p["uniqueId"] = json!(doc.unique_id);
+    p["timeCreated"] = json!(doc.time_created);
+    v
+}
+
+fn power_code(rec: &InstanceRecord, obs: &Observation) -> (&'static str, &'static str) {
+    match (rec.intent, obs.running, rec.provisioning_state.as_str()) {
+        (_, _, "Deleting") => ("PowerState/stopping", "VM stopping"),
+        (plan::PowerIntent::Running, true, _) => ("PowerState/running", "VM running"),
+        (plan::PowerIntent::Running, false, _) => ("PowerState/starting", "VM starting"),
+        (plan::PowerIntent::Stopped, true, _) => ("PowerState/stopping", "VM stopping"),
+        (plan::PowerIntent::Stopped, false, _) => ("PowerState/stopped", "VM stopped"),
+    }
+}
+
+pub fn instance_view(rec: &InstanceRecord, obs: &Observation) -> Value {
+    let (pcode, pdisp) = power_code(rec, obs);
+    let prov = rec.provisioning_state.to_ascii_lowercase();
+    let mut view = json!({
+        "platformUpdateDomain": 0,
+        "platformFaultDomain": 0,
+        "computerName": rec.computer_name,
+        "osName": "debian",
+        "osVersion": "12",
+        "statuses": [
+            {"code": format!("ProvisioningState/{prov}"), "level": if prov == "failed" { "Error" } else { "Info" }, "displayStatus": format!("Provisioning {prov}"), "message": rec.last_error, "time": rec.time_created},
+            {"code": pcode, "level": "Info", "displayStatus": pdisp},
+        ],
+    });
+    if rec.last_error.is_none() {
+        view["statuses"][0]
+            .as_object_mut()
+            .map(|o| o.remove("message"));
+    }
+    if let Some(h) = obs.healthy {
+        let (code, disp) = if h {
+            ("HealthState/healthy", "The VM is healthy")
+        } else {
+            ("HealthState/unhealthy", "The VM is unhealthy")
+        };
+        view["vmHealth"] =
+            json!({"status": {"code": code, "level": "Info", "displayStatus": disp}});
+    }
+    view
+}
+
+pub fn vm(
+    res: &Res,
+    doc: &VmssDoc,
+    rec: &InstanceRecord,
+    obs: &Observation,
+    expand: bool,
+) -> Value {
+    let vmss_id = res.id(VMSS);
+    let image_id = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/{}/{}",
+        res.sub, res.rg, IMAGE, rec.image
+    );
+    let mut v = json!({
+        "id": format!("{vmss_id}/virtualMachines/{}", rec.instance_id),
+        "name": plan::naming::vm_name(&res.name, rec.instance_id),
+        "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+        "location": doc.arm.get("location").cloned().unwrap_or(json!(model::DEFAULT_LOCATION)),
+        "instanceId": rec.instance_id.to_string(),
+        "sku": doc.arm.get("sku").cloned().unwrap_or(json!({})),
+        "tags": {"scaleset.privateIPAddress": rec.ip.to_string(), "scaleset.image": rec.image},
+        "properties": {
+            "latestModelApplied": rec.model_version == doc.model_version,
+            "vmId": rec.vm_id,
+            "provisioningState": rec.provisioning_state,
+            "timeCreated": rec.time_created,
+            "osProfile": {"computerName": rec.computer_name},
+            "storageProfile": {"imageReference": {"id": image_id}},
+            "protectionPolicy": {
+                "protectFromScaleIn": rec.protect_from_scale_in,
+                "protectFromScaleSetActions": rec.protect_from_scale_set_actions,
+            },
+        },
+    });
+    if expand {
+        v["properties"]["instanceView"] = instance_view(rec, obs);
+    }
+    v
+}
+
+pub fn image(res: &Res, img: &image::Image) -> Value {
+    json!({
+        "id": res.id(IMAGE),
+        "name": img.name,
+        "type": IMAGE,
+        "location": model::DEFAULT_LOCATION,
+        "tags": {"scaleset.digest": img.digest, "scaleset.base": img.base},
+        "properties": {
+            "provisioningState": "Succeeded",
+            "hyperVGeneration": "V2",
+            "storageProfile": {"osDisk": {"osType": "Linux", "osState": "Generalized"}},
+        },
+    })
+}
+
+/// The aggregate instance view of a scale set (`GET .../instanceView`).
+pub fn vmss_instance_view(recs: &[(InstanceRecord, Observation)]) -> Value {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (r, o) in recs {
+        *counts.entry(power_code(r, o).0).or_default() += 1;
+    }
+    json!({
+        "virtualMachine": {"statusesSummary": counts.iter().map(|(c, n)| json!({"code": c, "count": n})).collect::<Vec<_>>()},
+        "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"}],
+    })
+}

@@ -1,0 +1,310 @@
+//! Request → action. A pure parser over method, path and query, so it can be table-tested and
+//! fuzzed without a server. ARM path segments are case-insensitive; names keep their case.
+use crate::error::ApiError;
+use axum::http::Method;
+
+pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
+pub const LB: &str = "Microsoft.Network/loadBalancers";
+pub const IMAGE: &str = "Microsoft.Compute/images";
+pub const RG: &str = "Microsoft.Resources/resourceGroups";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub sub: String,
+    pub rg: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Res {
+    pub sub: String,
+    pub rg: String,
+    pub name: String,
+}
+
+impl Res {
+    pub fn key(&self, kind: &str) -> store::Key {
+        store::Key::new(kind, &self.sub, &self.rg, &self.name)
+    }
+    pub fn id(&self, kind: &str) -> String {
+        if kind == RG {
+            return format!("/subscriptions/{}/resourceGroups/{}", self.sub, self.rg);
+        }
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/{}/{}",
+            self.sub, self.rg, kind, self.name
+        )
+    }
+}
+
+/// POST actions on a scale set or on one of its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Start,
+    PowerOff,
+    Deallocate,
+    Restart,
+    Reimage,
+    ReimageAll,
+    ManualUpgrade,
+    DeleteInstances,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    ListGroups {
+        sub: String,
+    },
+    Group {
+        method: Method,
+        res: Res,
+    },
+    List {
+        kind: &'static str,
+        scope: Scope,
+    },
+    Resource {
+        kind: &'static str,
+        method: Method,
+        res: Res,
+    },
+    VmssInstanceView(Res),
+    VmssAction(Res, PowerAction),
+    Vms(Res),
+    Vm {
+        method: Method,
+        res: Res,
+        instance: String,
+    },
+    VmInstanceView(Res, String),
+    VmAction(Res, String, PowerAction),
+}
+
+impl Route {
+    /// The provider namespace this route belongs to, to check `api-version` against.
+    pub fn api_versions(&self) -> &'static [&'static str] {
+        let kind = match self {
+            Route::ListGroups { .. } | Route::Group { .. } => RG,
+            Route::List { kind, .. } | Route::Resource { kind, .. } => kind,
+            _ => VMSS,
+        };
+        match kind {
+            LB => model::NETWORK_API_VERSIONS,
+            RG => model::RESOURCES_API_VERSIONS,
+            _ => model::COMPUTE_API_VERSIONS,
+        }
+    }
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::not_found(
+        "NotFound",
+        format!(
+            "No route for '{path}'. See ARCHITECTURE.md for the API surface scaleset implements."
+        ),
+    )
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::Client {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "MethodNotAllowed",
+        message: format!("The method {method} is not allowed on '{path}'."),
+    }
+}
+
+fn action(name: &str, instance: bool) -> Option<PowerAction> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "start" => PowerAction::Start,
+        "poweroff" => PowerAction::PowerOff,
+        "deallocate" => PowerAction::Deallocate,
+        "restart" => PowerAction::Restart,
+        "reimage" => PowerAction::Reimage,
+        "reimageall" => PowerAction::ReimageAll,
+        "manualupgrade" if !instance => PowerAction::ManualUpgrade,
+        "delete" if !instance => PowerAction::DeleteInstances,
+        _ => return None,
+    })
+}
+
+pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segs.iter().any(|s| s.is_empty()) || segs.len() < 2 || !eq(segs[0], "subscriptions") {
+        return Err(not_found(path));
+    }
+    let sub = segs[1].to_string();
+    model::names::subscription(&sub)?;
+    let get_only = |r: Route| {
+        if *method == Method::GET {
+            Ok(r)
+        } else {
+            Err(method_not_allowed(method, path))
+        }
+    };
+    let post_only = |r: Route| {
+        if *method == Method::POST {
+            Ok(r)
+        } else {
+            Err(method_not_allowed(method, path))
+        }
+    };
+    let crud = |r: Route| {
+        if [Method::GET, Method::PUT, Method::PATCH, Method::DELETE].contains(method) {
+            Ok(r)
+        } else {
+            Err(method_not_allowed(method, path))
+        }
+    };
+    if segs.len() == 3 && eq(segs[2], "resourceGroups") {
+        return get_only(Route::ListGroups { sub });
+    }
+    if segs.len() < 4 || !eq(segs[2], "resourceGroups") {
+        return Err(not_found(path));
+    }
+    let rg = segs[3].to_string();
+    if segs.len() == 4 {
+        return crud(Route::Group {
+            method: method.clone(),
+            res: Res {
+                sub,
+                rg,
+                name: String::new(),
+            },
+        });
+    }
+    if segs.len() < 7 || !eq(segs[4], "providers") {
+        return Err(not_found(path));
+    }
+    let kind = match (
+        segs[5].to_ascii_lowercase().as_str(),
+        segs[6].to_ascii_lowercase().as_str(),
+    ) {
+        ("microsoft.compute", "virtualmachinescalesets") => VMSS,
+        ("microsoft.compute", "images") => IMAGE,
+        ("microsoft.network", "loadbalancers") => LB,
+        _ => return Err(not_found(path)),
+    };
+    if segs.len() == 7 {
+        return get_only(Route::List {
+            kind,
+            scope: Scope { sub, rg: Some(rg) },
+        });
+    }
+    let res = Res {
+        sub,
+        rg,
+        name: segs[7].to_string(),
+    };
+    let rest = &segs[8..];
+    match (kind, rest) {
+        (_, []) => crud(Route::Resource {
+            kind,
+            method: method.clone(),
+            res,
+        }),
+        (VMSS, [v]) if eq(v, "instanceView") => get_only(Route::VmssInstanceView(res)),
+        (VMSS, [v]) if eq(v, "virtualMachines") => get_only(Route::Vms(res)),
+        (VMSS, [a]) => match action(a, false) {
+            Some(act) => post_only(Route::VmssAction(res, act)),
+            None => Err(not_found(path)),
+        },
+        (VMSS, [v, id]) if eq(v, "virtualMachines") => crud(Route::Vm {
+            method: method.clone(),
+            res,
+            instance: id.to_string(),
+        }),
+        (VMSS, [v, id, w]) if eq(v, "virtualMachines") && eq(w, "instanceView") => {
+            get_only(Route::VmInstanceView(res, id.to_string()))
+        }
+        (VMSS, [v, id, a]) if eq(v, "virtualMachines") => match action(a, true) {
+            Some(act) => post_only(Route::VmAction(res, id.to_string(), act)),
+            None => Err(not_found(path)),
+        },
+        _ => Err(not_found(path)),
+    }
+}
+
+/// Subscription-wide lists: `/subscriptions/{sub}/providers/{ns}/{type}`.
+pub fn parse_sub_list(method: &Method, path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if *method != Method::GET
+        || segs.len() != 5
+        || !eq(segs[0], "subscriptions")
+        || !eq(segs[2], "providers")
+    {
+        return None;
+    }
+    let kind = match (
+        segs[3].to_ascii_lowercase().as_str(),
+        segs[4].to_ascii_lowercase().as_str(),
+    ) {
+        ("microsoft.compute", "virtualmachinescalesets") => VMSS,
+        ("microsoft.compute", "images") => IMAGE,
+        ("microsoft.network", "loadbalancers") => LB,
+        _ => return None,
+    };
+    Some(Route::List {
+        kind,
+        scope: Scope {
+            sub: segs[1].to_string(),
+            rg: None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let p = "/subscriptions/s/resourceGroups/rg/providers";
+        let res = Res {
+            sub: "s".into(),
+            rg: "rg".into(),
+            name: "v".into(),
+        };
+        let ok: Vec<(Method, String, Route)> = vec![
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets"), Route::List { kind: VMSS, scope: Scope { sub: "s".into(), rg: Some("rg".into()) } }),
+            (Method::PUT, format!("{p}/microsoft.compute/VIRTUALMACHINESCALESETS/v"), Route::Resource { kind: VMSS, method: Method::PUT, res: res.clone() }),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/manualupgrade"), Route::VmssAction(res.clone(), PowerAction::ManualUpgrade)),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/delete"), Route::VmssAction(res.clone(), PowerAction::DeleteInstances)),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines"), Route::Vms(res.clone())),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/instanceView"), Route::VmInstanceView(res.clone(), "3".into())),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/powerOff"), Route::VmAction(res.clone(), "3".into(), PowerAction::PowerOff)),
+            (Method::DELETE, format!("{p}/Microsoft.Network/loadBalancers/v"), Route::Resource { kind: LB, method: Method::DELETE, res: res.clone() }),
+            (Method::PUT, "/subscriptions/s/resourcegroups/rg".into(), Route::Group { method: Method::PUT, res: Res { sub: "s".into(), rg: "rg".into(), name: String::new() } }),
+        ];
+        for (m, path, want) in ok {
+            assert_eq!(parse(&m, &path).unwrap(), want, "{m} {path}");
+        }
+        let bad: Vec<(Method, String, u16)> = vec![
+            (Method::GET, "/".into(), 404),
+            (Method::GET, "/subscriptions".into(), 404),
+            (Method::GET, "/subscriptions/bad sub/resourceGroups".into(), 400),
+            (Method::GET, format!("{p}/Microsoft.Web/sites"), 404),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v"), 405),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/start"), 405),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/explode"), 404),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1/manualupgrade"), 404),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1/a/b"), 404),
+            (Method::GET, format!("{p}//x"), 404),
+        ];
+        for (m, path, status) in bad {
+            match parse(&m, &path) {
+                Err(ApiError::Client { status: s, .. }) => {
+                    assert_eq!(s.as_u16(), status, "{m} {path}")
+                }
+                other => panic!("{m} {path}: {other:?}"),
+            }
+        }
+        assert!(parse_sub_list(
+            &Method::GET,
+            "/subscriptions/s/providers/Microsoft.Network/loadBalancers"
+        )
+        .is_some());
+    }
+}

@@ -1,0 +1,204 @@
+//! Daemon configuration, shared state and the durable records the engine and API share.
+use crate::error::ApiError;
+use crate::route::{Res, VMSS};
+use plan::PowerIntent;
+use runtime::{Ipv4Net, Machines, NetworkSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use store::{Key, Store};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// State root: database, token, machines, images, load balancers.
+    pub home: PathBuf,
+    pub listen: SocketAddr,
+    pub network: NetworkSpec,
+    /// Short tag in machine, netns and interface names.
+    pub prefix: String,
+    /// The `scaleset` executable, run as `scaleset lb-serve` for each load balancer.
+    pub exe: PathBuf,
+    /// Shared cache of base images (debootstrap output).
+    pub base_cache: PathBuf,
+    /// Internal: probe interval override in ms for tests (Azure's minimum is 5 s).
+    pub probe_interval_ms: Option<u64>,
+}
+
+impl DaemonConfig {
+    pub fn network_for(
+        home: &std::path::Path,
+        subnet: Ipv4Net,
+        bridge: Option<String>,
+    ) -> NetworkSpec {
+        let bridge =
+            bridge.unwrap_or_else(|| format!("ssbr{}", short_hash(&home.to_string_lossy(), 4)));
+        NetworkSpec {
+            bridge,
+            gateway: subnet.host(1),
+            subnet,
+        }
+    }
+}
+
+/// A few hex digits of a stable hash (FNV-1a), for short unique names.
+pub fn short_hash(s: &str, n: usize) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")[..n].to_string()
+}
+
+/// One scale set instance as the control plane records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    pub instance_id: u32,
+    pub created_seq: u64,
+    pub model_version: u64,
+    /// Image name (`Microsoft.Compute/images/{name}`) this instance's disk was made from.
+    pub image: String,
+    pub ip: Ipv4Addr,
+    pub computer_name: String,
+    /// Runtime machine name.
+    pub machine: String,
+    pub time_created: String,
+    pub vm_id: String,
+    pub intent: PowerIntent,
+    /// Creating | Succeeded | Updating | Deleting | Failed
+    pub provisioning_state: String,
+    #[serde(default)]
+    pub deleting: bool,
+    #[serde(default)]
+    pub reimage_requested: bool,
+    #[serde(default)]
+    pub restart_requested: bool,
+    /// Out of the load balancer's rotation while it is stopped, restarted or replaced.
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub protect_from_scale_in: bool,
+    #[serde(default)]
+    pub protect_from_scale_set_actions: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// The stored scale set: the ARM body plus our bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmssDoc {
+    /// The name as the user spelled it (the store compares names case-insensitively).
+    pub name: String,
+    pub resource_group: String,
+    pub arm: Value,
+    #[serde(default)]
+    pub deleting: bool,
+    pub model_version: u64,
+    pub unique_id: String,
+    pub time_created: String,
+}
+
+/// What the engine last saw of an instance, for views (not durable: re-observed after restart).
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub running: bool,
+    pub healthy: Option<bool>,
+}
+
+pub struct AppState {
+    pub cfg: DaemonConfig,
+    pub store: Store,
+    pub token: String,
+    pub machines: Arc<dyn Machines>,
+    pub images: image::ImageStore,
+    /// Wakes the engine after a change.
+    pub wake: Notify,
+    /// Serializes read-modify-write of instance records between API and engine.
+    pub records: Mutex<()>,
+    pub observed: Mutex<std::collections::HashMap<String, Observation>>,
+}
+
+impl AppState {
+    pub fn vmss_doc(&self, res: &Res) -> Result<Option<VmssDoc>, ApiError> {
+        match self.store.get(&res.key(VMSS))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_value(v).map_err(ApiError::internal)?)),
+        }
+    }
+
+    pub fn instances(&self, key: &Key) -> Result<Vec<InstanceRecord>, ApiError> {
+        self.store
+            .instances(key)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_value(v).map_err(ApiError::internal))
+            .collect()
+    }
+
+    /// Atomic read-modify-write of one instance record. Returns false if it no longer exists.
+    pub fn update_instance(
+        &self,
+        key: &Key,
+        id: u32,
+        f: impl FnOnce(&mut InstanceRecord),
+    ) -> Result<bool, ApiError> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(v) = self
+            .store
+            .instances(key)?
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .map(|x| x.1)
+        else {
+            return Ok(false);
+        };
+        let mut rec: InstanceRecord = serde_json::from_value(v).map_err(ApiError::internal)?;
+        f(&mut rec);
+        self.store.put_instance(
+            key,
+            id,
+            &serde_json::to_value(&rec).map_err(ApiError::internal)?,
+        )?;
+        Ok(true)
+    }
+
+    pub fn put_instance(&self, key: &Key, rec: &InstanceRecord) -> Result<(), ApiError> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.put_instance(
+            key,
+            rec.instance_id,
+            &serde_json::to_value(rec).map_err(ApiError::internal)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn observation(&self, machine: &str) -> Observation {
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(machine)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    image::rfc3339(secs)
+}
+
+/// A random UUID (v4 layout) for vmId / uniqueId.
+pub fn uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:x}{:02x}-{:x}{:x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0xf, b[7], 8 | (b[8] & 3), b[8] >> 4, b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+    )
+}
