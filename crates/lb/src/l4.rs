@@ -191,3 +191,73 @@ impl AsyncWrite for Activity<'_> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// client <-> (c_lb  relay  b_lb) <-> server
+    async fn setup(
+        idle: Duration,
+        reset: bool,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<bool>) {
+        let (client, c_lb) = pair().await;
+        let (b_lb, server) = pair().await;
+        let relay = tokio::spawn(relay(c_lb, b_lb, idle, reset));
+        (client, server, relay)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_half_close() {
+        let (mut client, mut server, relay) = setup(Duration::from_secs(60), true).await;
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        server.write_all(b"world").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"world");
+        client.shutdown().await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        server.write_all(b"late!").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"late!");
+        drop(server);
+        assert!(!relay.await.unwrap(), "not an idle timeout");
+    }
+
+    #[tokio::test]
+    async fn idle_flow_is_reset_when_tcp_reset_enabled() {
+        let (mut client, mut server, relay) = setup(Duration::from_millis(150), true).await;
+        // Activity keeps it alive past one timeout.
+        for _ in 0..4 {
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            server.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert!(relay.await.unwrap(), "idle timeout");
+        let mut b = [0u8; 1];
+        let r = client.read(&mut b).await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+        let r = server.read(&mut b).await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn idle_flow_is_closed_with_fin_without_tcp_reset() {
+        let (mut client, _server, relay) = setup(Duration::from_millis(100), false).await;
+        assert!(relay.await.unwrap());
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).await.unwrap(), 0);
+    }
+}

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
@@ -229,8 +229,14 @@ pub(crate) async fn serve_conn(
             async move { Ok::<_, Infallible>(handle(&l, req, peer, xff).await) }
         })
     };
+    // Azure idle timeout for client keep-alive connections: hyper's header
+    // read timer starts when the connection starts waiting for a request.
+    let idle =
+        Duration::from_secs(u64::from(l.view.load().rule.idle_timeout_in_minutes.max(1)) * 60);
     let conn = server_http1::Builder::new()
         .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {

@@ -58,7 +58,7 @@ pub struct HttpBackend {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicU64>,
-    kill: watch::Sender<bool>,
+    kill: watch::Sender<u8>,
 }
 
 impl HttpBackend {
@@ -67,7 +67,7 @@ impl HttpBackend {
         let addr = listener.local_addr().unwrap();
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicU64::new(0));
-        let (kill, kill_rx) = watch::channel(false);
+        let (kill, kill_rx) = watch::channel(0u8);
         let b = HttpBackend {
             id: id.to_owned(),
             addr,
@@ -131,6 +131,9 @@ impl HttpBackend {
                         _ = conn.as_mut() => return,
                         _ = k2.changed() => {}
                     }
+                    if *k2.borrow() == 2 {
+                        return; // hard kill: sockets just vanish, mid-request or not
+                    }
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 });
@@ -142,7 +145,12 @@ impl HttpBackend {
     /// Stops accepting and closes every connection once its in-flight
     /// response is written (like a process dying between requests).
     pub fn kill(&self) {
-        let _ = self.kill.send(true);
+        let _ = self.kill.send(1);
+    }
+
+    /// Stops accepting and drops every connection at once (like SIGKILL).
+    pub fn kill_hard(&self) {
+        let _ = self.kill.send(2);
     }
 }
 
