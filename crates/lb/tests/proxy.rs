@@ -78,7 +78,7 @@ fn start_http(ips: &[IpAddr]) -> (u16, Vec<HttpBackend>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l7_spreads_requests_round_robin_and_counts() {
     let ips = [ip("127.0.0.2"), ip("127.0.0.3"), ip("127.0.0.4")];
-    let (bport, _bs) = start_http(&ips);
+    let (bport, bs) = start_http(&ips);
     let fport = free_port();
     let h = Harness::start("spread", &l7_config("spread", fport, bport, &ips)).await;
     h.wait_healthy(&["b0", "b1", "b2"]).await;
@@ -239,7 +239,7 @@ async fn l7_post_is_not_retried_on_connect_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l7_draining_backend_gets_no_new_requests_and_inflight_completes() {
     let ips = [ip("127.0.0.12"), ip("127.0.0.13")];
-    let (bport, _bs) = start_http(&ips);
+    let (bport, bs) = start_http(&ips);
     let fport = free_port();
     let mut cfg = l7_config("drain", fport, bport, &ips);
     let h = Harness::start("drain", &cfg).await;
@@ -258,21 +258,47 @@ async fn l7_draining_backend_gets_no_new_requests_and_inflight_completes() {
         .unwrap()
         .id
         .clone();
+    // Round robin: of the next two requests one goes to the busy backend,
+    // over a second connection that then sits idle in the pool.
+    let mut c = Http::connect(front(fport)).await;
+    let mut to_busy = 0;
+    for _ in 0..2 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!(status, 200);
+        to_busy += usize::from(who(&body) == busy);
+    }
+    assert_eq!(to_busy, 1);
+    let busy_b = bs.iter().find(|b| b.id == busy).unwrap();
+    let open = || {
+        busy_b
+            .open_app_conns
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(open(), 2);
+
     for b in &mut cfg.backends {
         b.draining = b.id == busy;
     }
     client::put_config(&h.sock, &cfg).await.unwrap();
+    // The idle pooled connection is closed right away; the in-flight one stays.
+    for _ in 0..200 {
+        if open() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(open(), 1);
     let s = h.status().await;
     let b = s.backends.iter().find(|b| b.id == busy).unwrap();
     assert!(b.draining);
     assert_eq!(b.active_connections, 1, "in-flight request still reported");
 
-    let mut c = Http::connect(front(fport)).await;
     for _ in 0..10 {
         let (status, body) = c.get("/x").await;
         assert_eq!(status, 200);
         assert_ne!(who(&body), busy);
     }
+    assert!(!slow.is_finished());
     let (status, body) = slow.await.unwrap();
     assert_eq!((status, who(&body)), (200, busy.as_str()));
     h.wait_for("drained", |s| {
@@ -281,7 +307,19 @@ async fn l7_draining_backend_gets_no_new_requests_and_inflight_completes() {
     .await;
     let s = h.status().await;
     assert_eq!(s.totals.failed, 0);
-    assert_eq!(s.totals.responses_2xx, 11);
+    assert_eq!(s.totals.responses_2xx, 13);
+    // The connection that carried the slow request is not pooled again.
+    for _ in 0..200 {
+        if open() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(open(), 0);
+    assert_eq!(
+        busy_b.app_conns.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
     h.shutdown().await;
 }
 

@@ -58,6 +58,9 @@ pub struct HttpBackend {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicU64>,
+    /// Connections that carried at least one non-probe request (total / open).
+    pub app_conns: Arc<AtomicU64>,
+    pub open_app_conns: Arc<AtomicU64>,
     kill: watch::Sender<u8>,
 }
 
@@ -68,11 +71,15 @@ impl HttpBackend {
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicU64::new(0));
         let (kill, kill_rx) = watch::channel(0u8);
+        let app_conns = Arc::new(AtomicU64::new(0));
+        let open_app_conns = Arc::new(AtomicU64::new(0));
         let b = HttpBackend {
             id: id.to_owned(),
             addr,
             healthy: healthy.clone(),
             hits: hits.clone(),
+            app_conns: app_conns.clone(),
+            open_app_conns: open_app_conns.clone(),
             kill,
         };
         let id = id.to_owned();
@@ -85,11 +92,21 @@ impl HttpBackend {
                 };
                 let (id, healthy, hits, mut k2) =
                     (id.clone(), healthy.clone(), hits.clone(), kill_rx.clone());
+                let app = ConnGauge {
+                    seen: Arc::new(AtomicBool::new(false)),
+                    total: app_conns.clone(),
+                    open: open_app_conns.clone(),
+                };
                 tokio::spawn(async move {
+                    let app2 = app.clone();
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (id, healthy, hits) = (id.clone(), healthy.clone(), hits.clone());
+                        let (id, healthy, hits, app) =
+                            (id.clone(), healthy.clone(), hits.clone(), app2.clone());
                         async move {
                             let path = req.uri().path().to_owned();
+                            if path != "/health" {
+                                app.mark();
+                            }
                             let xff = req
                                 .headers()
                                 .get("x-forwarded-for")
@@ -127,6 +144,7 @@ impl HttpBackend {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc);
                     tokio::pin!(conn);
+                    let _app = app;
                     tokio::select! {
                         _ = conn.as_mut() => return,
                         _ = k2.changed() => {}
@@ -151,6 +169,31 @@ impl HttpBackend {
     /// Stops accepting and drops every connection at once (like SIGKILL).
     pub fn kill_hard(&self) {
         let _ = self.kill.send(2);
+    }
+}
+
+#[derive(Clone)]
+struct ConnGauge {
+    seen: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+}
+
+impl ConnGauge {
+    fn mark(&self) {
+        if !self.seen.swap(true, SeqCst) {
+            self.total.fetch_add(1, SeqCst);
+            self.open.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        // Only the last clone (the connection task's) closes the gauge.
+        if Arc::strong_count(&self.seen) == 1 && self.seen.load(SeqCst) {
+            self.open.fetch_sub(1, SeqCst);
+        }
     }
 }
 
