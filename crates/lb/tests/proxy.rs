@@ -119,6 +119,15 @@ async fn l7_spreads_requests_round_robin_and_counts() {
         .backends
         .iter()
         .all(|b| b.requests >= 10 && b.failures == 0));
+    // Sequential requests reuse one pooled keep-alive connection per backend.
+    for b in &bs {
+        assert_eq!(
+            b.app_conns.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{}",
+            b.id
+        );
+    }
     h.shutdown().await;
 }
 
