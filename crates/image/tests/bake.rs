@@ -284,3 +284,45 @@ fn bake_cache_failure_and_escape() {
                                     // No bake leftovers.
     assert_eq!(fs::read_dir(t.0.join("images/tmp")).unwrap().count(), 0);
 }
+
+/// Builds a base from scratch (debootstrap, ~1 min, needs a Debian mirror)
+/// with two concurrent callers: one builds, the other waits on the lock and
+/// gets the same rootfs. Run with `cargo test -p image -- --ignored`.
+#[test]
+#[ignore]
+fn ensure_base_from_scratch_concurrently() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED ensure_base_from_scratch_concurrently: {why}");
+        return;
+    }
+    let t = TestDir::new("base");
+    let cache = t.0.join("bases");
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let cache = cache.clone();
+            let root = t.0.join(format!("store{i}"));
+            std::thread::spawn(move || {
+                let store = ImageStore::new(root, cache);
+                let mut log = Vec::new();
+                let r = store.ensure_base("debian:bookworm", None, &mut log);
+                (r.map_err(|e| e.to_string()), log.len())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("TIMING base build: {:.1}s", t0.elapsed().as_secs_f64());
+    let a = results[0].0.clone().unwrap();
+    let b = results[1].0.clone().unwrap();
+    assert_eq!(a, b);
+    // Exactly one of them ran debootstrap (and logged its output).
+    assert!(results.iter().filter(|r| r.1 > 1000).count() == 1, "{results:?}");
+    for f in ["usr/bin/systemctl", "usr/bin/sudo", "sbin/ip", "etc/hosts", "sbin/init"] {
+        assert!(fs::symlink_metadata(a.join(f)).is_ok(), "{f} missing in base");
+    }
+    assert_eq!(fs::read(a.join("etc/machine-id")).unwrap(), b"");
+    assert!(fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")));
+}

@@ -204,7 +204,40 @@ fn boot_serve_stop_start_reimage_delete() {
 
     let t0 = Instant::now();
     let pid0 = m.start(&s0.name).unwrap();
-    let pid1 = m.start(&s1.name).unwrap();
+    // vm1 is started by a separate short-lived process (a "daemon" that
+    // exits right after): the machine must survive it and be adopted.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_start_machine",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SS_HELPER_STATE_DIR", &cfg.state_dir)
+        .env("SS_HELPER_PREFIX", &cfg.prefix)
+        .env("SS_HELPER_MACHINE", &s1.name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let MachineState::Running { pid: pid1 } = m.state(&s1.name).unwrap() else {
+        panic!("vm1 not running after its starter exited");
+    };
+    assert_ne!(
+        std::fs::read_to_string(format!("/proc/{pid1}/stat"))
+            .unwrap()
+            .rsplit(") ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap(),
+        std::process::id().to_string(),
+        "vm1's nspawn must not be our child"
+    );
     assert_eq!(m.start(&s0.name).unwrap(), pid0); // already running
                                                   // Detached: own session, so it survives the daemon (and its terminal).
     assert_eq!(
@@ -307,4 +340,24 @@ fn any_process_mentions(needle: &str) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// Not a test on its own: used by the main test as a short-lived starter
+/// process (does nothing unless `SS_HELPER_STATE_DIR` is set).
+#[test]
+fn helper_start_machine() {
+    let (Some(dir), Some(prefix), Some(name)) = (
+        std::env::var_os("SS_HELPER_STATE_DIR"),
+        std::env::var("SS_HELPER_PREFIX").ok(),
+        std::env::var("SS_HELPER_MACHINE").ok(),
+    ) else {
+        return;
+    };
+    let m = NspawnMachines::new(RuntimeConfig {
+        state_dir: dir.into(),
+        prefix,
+    })
+    .unwrap();
+    let pid = m.start(&name).unwrap();
+    eprintln!("helper started {name} as pid {pid}");
 }
