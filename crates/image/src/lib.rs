@@ -849,8 +849,12 @@ impl ImageStore {
         let hexd = digest.trim_start_matches("sha256:").to_string();
         let layer = self.layers_dir().join(&hexd);
         if !layer.is_dir() {
-            fs::rename(&upper, &layer)
-                .map_err(io_err(format!("move layer into {}", layer.display())))?;
+            if let Err(e) = fs::rename(&upper, &layer) {
+                // A concurrent bake may have captured identical content.
+                if !layer.is_dir() {
+                    return Err(io_err(format!("move layer into {}", layer.display()))(e));
+                }
+            }
         }
         drop(guard);
         let img = Image {
@@ -871,13 +875,32 @@ impl ImageStore {
         Ok(img)
     }
 
+    /// Register `img` under its name; a layer only the replaced record used
+    /// is removed.
     fn register(&self, img: &Image) -> Result<(), ImageError> {
         self.mkdirs()?;
+        let previous = self.get(&img.name).ok().flatten();
         let data = serde_json::to_vec_pretty(img).map_err(|e| ImageError::Corrupt {
             path: self.images_dir(),
             msg: e.to_string(),
         })?;
-        write_atomic(&self.images_dir().join(format!("{}.json", img.name)), &data)
+        write_atomic(&self.images_dir().join(format!("{}.json", img.name)), &data)?;
+        if let Some(prev) = previous {
+            self.gc_layers(&prev.layers)?;
+        }
+        Ok(())
+    }
+
+    /// Remove those of `layers` (inside the store) that no image uses.
+    fn gc_layers(&self, layers: &[PathBuf]) -> Result<(), ImageError> {
+        let still_used: Vec<PathBuf> = self.list()?.into_iter().flat_map(|i| i.layers).collect();
+        let layers_dir = self.layers_dir();
+        for l in layers {
+            if l.starts_with(&layers_dir) && !still_used.contains(l) {
+                remove_tree(l)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Image>, ImageError> {
@@ -931,14 +954,7 @@ impl ImageStore {
         };
         let p = self.images_dir().join(format!("{name}.json"));
         fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;
-        let still_used: Vec<PathBuf> = self.list()?.into_iter().flat_map(|i| i.layers).collect();
-        let layers_dir = self.layers_dir();
-        for l in img.layers {
-            if l.starts_with(&layers_dir) && !still_used.contains(&l) {
-                remove_tree(&l)?;
-            }
-        }
-        Ok(())
+        self.gc_layers(&img.layers)
     }
 
     /// Re-hash the image's own layer and compare with its digest.

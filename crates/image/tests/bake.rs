@@ -267,12 +267,42 @@ fn bake_cache_failure_and_escape() {
     write_exec(&pkg.join("evil.sh"), &evil);
     let img_evil = store
         .bake(
-            &BakeSpec { name: "evil".into(), script: "evil.sh".into(), ..spec.clone() },
+            &BakeSpec {
+                name: "evil".into(),
+                script: "evil.sh".into(),
+                ..spec.clone()
+            },
             &mut std::io::sink(),
         )
         .unwrap();
     assert!(canary.join("keep.log").exists() && canary.join("apt/keep.bin").exists());
     store.delete(&img_evil.name).unwrap();
+
+    // Re-baking a name with different content replaces its record; the old
+    // layer goes when no image uses it any more.
+    let evil2 = store
+        .bake(
+            &BakeSpec {
+                name: "evil2".into(),
+                script: "evil.sh".into(),
+                ..spec.clone()
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap();
+    let replaced = store
+        .bake(
+            &BakeSpec {
+                name: "evil2".into(),
+                ..spec.clone()
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap();
+    assert_eq!(replaced.digest, img.digest);
+    assert!(!evil2.layers[0].exists());
+    store.delete("evil2").unwrap();
+    assert!(layer.is_dir());
 
     // Delete: the layer survives while another image uses it.
     store.delete("second").unwrap();
@@ -316,9 +346,21 @@ fn ensure_base_from_scratch_concurrently() {
     let b = results[1].0.clone().unwrap();
     assert_eq!(a, b);
     // Exactly one of them ran debootstrap (and logged its output).
-    assert!(results.iter().filter(|r| r.1 > 1000).count() == 1, "{results:?}");
-    for f in ["usr/bin/systemctl", "usr/bin/sudo", "sbin/ip", "etc/hosts", "sbin/init"] {
-        assert!(fs::symlink_metadata(a.join(f)).is_ok(), "{f} missing in base");
+    assert!(
+        results.iter().filter(|r| r.1 > 1000).count() == 1,
+        "{results:?}"
+    );
+    for f in [
+        "usr/bin/systemctl",
+        "usr/bin/sudo",
+        "sbin/ip",
+        "etc/hosts",
+        "sbin/init",
+    ] {
+        assert!(
+            fs::symlink_metadata(a.join(f)).is_ok(),
+            "{f} missing in base"
+        );
     }
     assert_eq!(fs::read(a.join("etc/machine-id")).unwrap(), b"");
     assert!(fs::read_dir(&cache)
