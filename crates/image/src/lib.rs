@@ -64,6 +64,8 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("preflight failed: {0}")]
+    Preflight(String),
     #[error("unsupported base {0:?} (supported: debian:<suite>, e.g. debian:bookworm)")]
     UnsupportedBase(String),
     #[error("invalid bake spec for image {name:?}: {msg}")]
@@ -133,6 +135,38 @@ pub fn default_base_cache(home: &Path) -> PathBuf {
     match std::env::var_os("SCALESET_BASE_CACHE") {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => home.join("bases"),
+    }
+}
+
+/// Checks what bakes need: root, `debootstrap`, `systemd-nspawn`.
+pub fn preflight() -> Result<(), ImageError> {
+    let mut problems = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        problems.push("must run as root".to_string());
+    }
+    let has = |p: &str| {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(p).is_file())
+    };
+    let missing: Vec<&str> = [
+        ("debootstrap", "debootstrap"),
+        ("systemd-nspawn", "systemd-container"),
+    ]
+    .iter()
+    .filter(|(bin, _)| !has(bin))
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing tools: run `apt-get install {}`",
+            missing.join(" ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ImageError::Preflight(problems.join("; ")))
     }
 }
 

@@ -12,6 +12,10 @@
 //! (overlay mount point), `pid` (`<pid> <starttime>`), `console.log`.
 //!
 //! The API is blocking; async callers should use `spawn_blocking`.
+//!
+//! Survival caveat: nspawn runs with `--keep-unit`, i.e. in the caller's
+//! cgroup. If the daemon itself runs as a systemd service, give it
+//! `KillMode=process` (or machines die with a `systemctl stop` of the daemon).
 
 use std::fmt;
 use std::fs;
@@ -1072,7 +1076,11 @@ impl Machines for NspawnMachines {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .env("SYSTEMD_LOG_LEVEL", "info");
+            // Don't let nspawn talk to the daemon's own service manager.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES");
         // SAFETY: setsid is async-signal-safe; we only call it in the child.
         unsafe {
             cmd.pre_exec(|| {
