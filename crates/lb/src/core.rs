@@ -69,6 +69,17 @@ impl BackendRt {
         p
     }
 
+    /// Drops pools for ports no rule uses any more.
+    fn retain_pools(&self, ports: &[u16]) {
+        lock(&self.pools).retain(|(port, p)| {
+            let keep = ports.contains(port);
+            if !keep {
+                p.clear_idle();
+            }
+            keep
+        });
+    }
+
     fn clear_idle_pools(&self) {
         for (_, p) in lock(&self.pools).iter() {
             p.clear_idle();
@@ -226,6 +237,10 @@ impl Lb {
                 info!(lb = %cfg.name, backend = %id, "backend removed");
                 old.clear_idle_pools();
             }
+        }
+        let ports: Vec<u16> = cfg.rules.iter().map(|r| r.backend_port).collect();
+        for rt in backends.values() {
+            rt.retain_pools(&ports);
         }
         ctl.backends = backends;
 

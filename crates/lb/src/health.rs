@@ -52,7 +52,7 @@ pub(crate) async fn probe_once(probe: &Probe, addr: SocketAddr) -> bool {
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .ok()?;
-        let conn = tokio::spawn(conn);
+        let _conn = AbortOnDrop(tokio::spawn(conn));
         let path = probe.request_path.as_deref().unwrap_or("/");
         let req = Request::get(path)
             .header(hyper::header::HOST, addr.to_string())
@@ -61,11 +61,19 @@ pub(crate) async fn probe_once(probe: &Probe, addr: SocketAddr) -> bool {
             .body(Empty::new())
             .ok()?;
         let res = tx.send_request(req).await.ok()?;
-        conn.abort();
         Some(res.status() == StatusCode::OK)
     };
     matches!(
         tokio::time::timeout(probe.timeout(), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// Aborts the probe's connection task however the probe ends (incl. timeout).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
