@@ -574,3 +574,37 @@ async fn shutdown_stops_accepting_and_lets_inflight_finish() {
     );
     assert!(!sock.exists(), "admin socket removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_source_ip_is_sticky_and_malformed_http_is_rejected() {
+    let ips = [ip("127.0.0.20"), ip("127.0.0.21"), ip("127.0.0.22")];
+    let (bport, _bs) = start_http(&ips);
+    let fport = free_port();
+    let mut cfg = l7_config("sticky", fport, bport, &ips);
+    cfg.rules[0].load_distribution = LoadDistribution::SourceIp;
+    let h = Harness::start("sticky", &cfg).await;
+    h.wait_healthy(&["b0", "b1", "b2"]).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let mut c = Http::connect(front(fport)).await;
+        for _ in 0..4 {
+            let (status, body) = c.get("/x").await;
+            assert_eq!(status, 200);
+            seen.insert(who(&body).to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 1, "SourceIP must pin one client IP: {seen:?}");
+
+    let mut raw = TcpStream::connect(front(fport)).await.unwrap();
+    raw.write_all(b"\x00\x01garbage \r\n\r\n").await.unwrap();
+    let mut resp = Vec::new();
+    let _ = raw.read_to_end(&mut resp).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.is_empty() || resp.starts_with("HTTP/1.1 400"),
+        "{resp}"
+    );
+    // Still serving.
+    assert_eq!(get_once(front(fport), "/x").await.0, 200);
+    h.shutdown().await;
+}
