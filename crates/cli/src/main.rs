@@ -1,1 +1,107 @@
-fn main() {}
+//! `scaleset`: the daemon, the az-compatible CLI, the load balancer process and `up`.
+mod client;
+mod commands;
+mod daemon;
+mod output;
+mod up;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use output::Output;
+
+#[derive(Parser)]
+#[command(
+    name = "scaleset",
+    version,
+    about = "Push-to-deploy with Azure VM Scale Set semantics on one Linux machine.\n\nState lives in $SCALESET_HOME (default /var/lib/scaleset). The CLI talks to the daemon started by `scaleset serve` or `scaleset up`."
+)]
+struct Cli {
+    /// Output format, as in az.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Json)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the example (or DIR), start the daemon, deploy 3 instances behind the load balancer, and show them live. Ctrl-C stops everything.
+    Up(up::UpArgs),
+    /// Run the control-plane daemon (API on 127.0.0.1, state in SQLite).
+    Serve(daemon::ServeArgs),
+    /// Manage resource groups.
+    #[command(subcommand)]
+    Group(commands::GroupCmd),
+    /// Manage virtual machine scale sets.
+    #[command(subcommand)]
+    Vmss(commands::VmssCmd),
+    /// Manage network resources.
+    #[command(subcommand)]
+    Network(commands::NetworkCmd),
+    /// Manage machine images.
+    #[command(subcommand)]
+    Image(commands::ImageCmd),
+    /// Internal: run one load balancer's data plane (started by the daemon).
+    #[command(hide = true)]
+    LbServe {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long)]
+        admin: std::path::PathBuf,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SCALESET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result: Result<()> = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Up(a) => {
+                init_tracing("warn");
+                up::run(a).await
+            }
+            Cmd::Serve(a) => {
+                init_tracing("info");
+                daemon::run(a).await
+            }
+            Cmd::LbServe { config, admin } => {
+                init_tracing("info");
+                lb::serve(&config, &admin)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(api::error::error_chain(&e)))
+            }
+            Cmd::Group(c) => commands::group(c, cli.output).await,
+            Cmd::Vmss(c) => commands::vmss(c, cli.output).await,
+            Cmd::Network(c) => commands::network(c, cli.output).await,
+            Cmd::Image(c) => commands::image(c, cli.output).await,
+        }
+    });
+    if let Err(e) = result {
+        let msg = e
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
+        eprintln!("ERROR: {msg}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,178 @@
+//! A small ARM client for the local daemon: bearer token, api-version, JSON, `{"error":...}`.
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+pub const COMPUTE: &str = "2024-11-01";
+pub const NETWORK: &str = "2024-05-01";
+pub const RESOURCES: &str = "2021-04-01";
+pub const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
+
+pub struct Client {
+    endpoint: String,
+    token: String,
+    pub sub: String,
+    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+pub fn home() -> PathBuf {
+    std::env::var_os("SCALESET_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/scaleset"))
+}
+
+/// An API error as the daemon reported it.
+#[derive(Debug)]
+pub struct ArmError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ArmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}) {}", self.code, self.message)
+    }
+}
+impl std::error::Error for ArmError {}
+
+impl Client {
+    pub fn from_home(home: &Path) -> Result<Self> {
+        let endpoint = match std::env::var("SCALESET_ENDPOINT") {
+            Ok(e) if !e.is_empty() => e,
+            _ => std::fs::read_to_string(home.join("endpoint"))
+                .map(|s| s.trim().to_string())
+                .map_err(|_| anyhow!("the scaleset daemon is not running (no {}); start it with `scaleset serve` or `scaleset up`", home.join("endpoint").display()))?,
+        };
+        let token = match std::env::var("SCALESET_TOKEN") {
+            Ok(t) if !t.is_empty() => t,
+            _ => std::fs::read_to_string(home.join("token"))
+                .map(|s| s.trim().to_string())
+                .with_context(|| {
+                    format!(
+                        "cannot read the API token {} (run as root, or set SCALESET_TOKEN)",
+                        home.join("token").display()
+                    )
+                })?,
+        };
+        Ok(Self::new(endpoint, token))
+    }
+
+    pub fn new(endpoint: String, token: String) -> Self {
+        let sub = std::env::var("SCALESET_SUBSCRIPTION")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_SUBSCRIPTION.into());
+        Self {
+            endpoint,
+            token,
+            sub,
+            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn rg_path(&self, rg: &str) -> String {
+        format!("/subscriptions/{}/resourceGroups/{rg}", self.sub)
+    }
+    pub fn vmss_path(&self, rg: &str, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}",
+            self.rg_path(rg)
+        )
+    }
+    pub fn lb_path(&self, rg: &str, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Network/loadBalancers/{name}",
+            self.rg_path(rg)
+        )
+    }
+    pub fn image_path(&self, rg: &str, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Compute/images/{name}",
+            self.rg_path(rg)
+        )
+    }
+
+    /// Sends a request; 404 on GET becomes `Ok(None)` only through `get_opt`.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let version = if path.contains("Microsoft.Network") {
+            NETWORK
+        } else if path.contains("/providers/") {
+            COMPUTE
+        } else {
+            RESOURCES
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let uri = format!("{}{path}{sep}api-version={version}", self.endpoint);
+        let data = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(data)))
+            .context("building request")?;
+        let resp =
+            self.http.request(req).await.map_err(|e| {
+                anyhow!("cannot reach the scaleset daemon at {}: {e}", self.endpoint)
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading response")?
+            .to_bytes();
+        let v: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        if status >= 400 {
+            let code = v
+                .pointer("/error/code")
+                .and_then(Value::as_str)
+                .unwrap_or("Error")
+                .to_string();
+            let message = v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(ArmError {
+                status,
+                code,
+                message,
+            }
+            .into());
+        }
+        Ok(v)
+    }
+
+    pub async fn get_opt(&self, path: &str) -> Result<Option<Value>> {
+        match self.call("GET", path, None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e)
+                if e.downcast_ref::<ArmError>()
+                    .is_some_and(|a| a.status == 404) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list(&self, path: &str) -> Result<Vec<Value>> {
+        let v = self.call("GET", path, None).await?;
+        Ok(v.get("value")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,115 @@
+//! `scaleset serve`: configuration, preflight, and the daemon's lifetime.
+use anyhow::{anyhow, Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// State directory.
+    #[arg(long, env = "SCALESET_HOME", default_value = "/var/lib/scaleset")]
+    pub home: PathBuf,
+    /// API listen address (loopback).
+    #[arg(long, env = "SCALESET_LISTEN", default_value = "127.0.0.1:7150")]
+    pub listen: SocketAddr,
+    /// Virtual network for instances (default: a free /24 in 10.213.0.0/16, chosen once and kept).
+    #[arg(long, env = "SCALESET_SUBNET")]
+    pub subnet: Option<String>,
+}
+
+/// Loads or chooses the daemon configuration for `home`. The subnet is chosen once and
+/// persisted so that restarts keep instance addresses.
+pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
+    std::fs::create_dir_all(&args.home)
+        .with_context(|| format!("cannot create {}", args.home.display()))?;
+    let netfile = args.home.join("network.json");
+    let saved: Option<serde_json::Value> = std::fs::read_to_string(&netfile)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let subnet: runtime::Ipv4Net = match (
+        &args.subnet,
+        saved
+            .as_ref()
+            .and_then(|v| v.get("subnet"))
+            .and_then(|s| s.as_str()),
+    ) {
+        (Some(s), _) => s
+            .parse()
+            .map_err(|e| anyhow!("invalid --subnet '{s}': {e}"))?,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|e| anyhow!("invalid subnet in {}: {e}", netfile.display()))?,
+        (None, None) => {
+            let routes =
+                runtime::host_routes().map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            runtime::pick_subnet(&routes).ok_or_else(|| {
+                anyhow!("no free /24 in 10.213.0.0/16 for the virtual network; pass --subnet")
+            })?
+        }
+    };
+    if subnet.prefix_len > 29 || subnet.prefix_len < 16 {
+        return Err(anyhow!(
+            "--subnet must be between a /16 and a /29, got /{}",
+            subnet.prefix_len
+        ));
+    }
+    let prefix = std::env::var("SCALESET_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "ss".into());
+    let bridge = saved
+        .as_ref()
+        .and_then(|v| v.get("bridge"))
+        .and_then(|s| s.as_str())
+        .map(str::to_string);
+    let network = api::DaemonConfig::network_for(&args.home, subnet, bridge);
+    std::fs::write(
+        &netfile,
+        serde_json::json!({"subnet": subnet.to_string(), "bridge": network.bridge}).to_string(),
+    )?;
+    Ok(api::DaemonConfig {
+        home: args.home.clone(),
+        listen: args.listen,
+        network,
+        prefix,
+        exe: std::env::current_exe().context("cannot find the scaleset executable")?,
+        base_cache: image::default_base_cache(&args.home),
+        probe_interval_ms: std::env::var("SCALESET_PROBE_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    })
+}
+
+pub fn preflight() -> Result<()> {
+    runtime::preflight().map_err(|e| anyhow!(api::error::error_chain(&e)))
+}
+
+pub fn open(cfg: api::DaemonConfig) -> Result<Arc<api::state::AppState>> {
+    let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
+        state_dir: cfg.home.join("machines"),
+        prefix: cfg.prefix.clone(),
+    })
+    .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+    api::open_state(cfg, Arc::new(machines)).map_err(|e| anyhow!(e))
+}
+
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    preflight()?;
+    let st = open(config(&args)?)?;
+    // The daemon exits on SIGTERM/SIGINT; machines and load balancers keep serving and are
+    // adopted by the next start.
+    api::serve(st, shutdown_signal())
+        .await
+        .map_err(|e| anyhow!(e))
+}
