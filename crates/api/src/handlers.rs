@@ -664,7 +664,7 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
             let (m, arm) = model::lb::parse(&merged)?;
             // Frontends are real sockets on this machine: two load balancers cannot share one.
             for (k, other) in st.store.list(LB, None, None)? {
-                if k == key {
+                if k.path() == key.path() {
                     continue;
                 }
                 let Ok((om, _)) = model::lb::parse(&other) else {

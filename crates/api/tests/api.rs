@@ -1,0 +1,393 @@
+//! The API in-process (`app()` + tower's oneshot): ARM paths, validation, errors, auth. The
+//! engine is not running, so nothing boots; these tests check what the API accepts, rejects and
+//! stores.
+use api::state::AppState;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct Env {
+    st: Arc<AppState>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn env(tag: &str) -> Env {
+    let dir = std::env::temp_dir().join(format!("scaleset-api-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let subnet: runtime::Ipv4Net = "10.213.250.0/24".parse().unwrap();
+    let cfg = api::DaemonConfig {
+        home: dir.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        network: api::DaemonConfig::network_for(&dir, subnet, None),
+        prefix: "t".into(),
+        exe: "/bin/false".into(),
+        base_cache: dir.join("bases"),
+        probe_interval_ms: None,
+    };
+    let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
+        state_dir: dir.join("machines"),
+        prefix: "t".into(),
+    })
+    .unwrap();
+    let st = api::open_state(cfg, Arc::new(machines)).unwrap();
+    Env { st, dir }
+}
+
+const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000";
+
+async fn call(e: &Env, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    call_raw(
+        e,
+        method,
+        &format!(
+            "{path}{}api-version=2024-11-01",
+            if path.contains('?') { "&" } else { "?" }
+        ),
+        body.map(|b| b.to_string()),
+        true,
+    )
+    .await
+}
+
+async fn call_raw(
+    e: &Env,
+    method: &str,
+    uri: &str,
+    body: Option<String>,
+    auth: bool,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if auth {
+        req = req.header("authorization", format!("Bearer {}", e.st.token));
+    }
+    let resp = api::app(e.st.clone())
+        .oneshot(req.body(Body::from(body.unwrap_or_default())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        },
+    )
+}
+
+fn lb_body() -> Value {
+    let id = format!("{SUB}/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/lb");
+    json!({"location": "local", "properties": {
+        "frontendIPConfigurations": [{"name": "fe", "properties": {"privateIPAddress": "127.0.0.1"}}],
+        "backendAddressPools": [{"name": "be"}],
+        "probes": [{"name": "p", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health"}}],
+        "loadBalancingRules": [{"name": "r", "properties": {"protocol": "Tcp", "frontendPort": 18080, "backendPort": 80,
+            "frontendIPConfiguration": {"id": format!("{id}/frontendIPConfigurations/fe")},
+            "backendAddressPool": {"id": format!("{id}/backendAddressPools/be")},
+            "probe": {"id": format!("{id}/probes/p")}}}],
+    }})
+}
+
+#[tokio::test]
+async fn auth_and_api_version() {
+    let e = env("auth");
+    let (s, v) = call_raw(
+        &e,
+        "GET",
+        &format!("{SUB}/resourceGroups?api-version=2021-04-01"),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "AuthenticationFailed");
+    let mut req = Request::builder()
+        .uri(format!("{SUB}/resourceGroups?api-version=2021-04-01"))
+        .header("authorization", "Bearer nope");
+    req = req.header("content-type", "application/json");
+    let resp = api::app(e.st.clone())
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (s, v) = call_raw(&e, "GET", &format!("{SUB}/resourceGroups"), None, true).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("MissingApiVersionParameter"))
+    );
+    let (s, v) = call_raw(
+        &e,
+        "GET",
+        &format!("{SUB}/resourceGroups?api-version=yesterday"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidApiVersionParameter"))
+    );
+    let mode = std::fs::metadata(e.dir.join("token"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn resources_and_validation() {
+    let e = env("res");
+    let rg = format!("{SUB}/resourceGroups/rg");
+    let vmss = format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/vmss1");
+    let lb = format!("{rg}/providers/Microsoft.Network/loadBalancers/lb");
+
+    // Nothing exists yet.
+    let (s, v) = call(&e, "PUT", &lb, Some(lb_body())).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ResourceGroupNotFound"))
+    );
+    assert_eq!(
+        call(&e, "PUT", &rg, Some(json!({"location": "local"})))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(&e, "PUT", &rg, Some(json!({"location": "local"})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &e,
+            "PUT",
+            &format!("{SUB}/resourceGroups/bad."),
+            Some(json!({}))
+        )
+        .await
+        .1["error"]["code"],
+        "InvalidResourceName"
+    );
+
+    // Load balancer: created, defaults filled, child ids rendered.
+    let (s, v) = call(&e, "PUT", &lb, Some(lb_body())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v["properties"]["probes"][0]["properties"]["intervalInSeconds"],
+        5
+    );
+    assert!(v["properties"]["probes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("/loadBalancers/lb/probes/p"));
+    // Same frontend on another LB → conflict; bad values → 400 and nothing stored.
+    let (s, v) = call(
+        &e,
+        "PUT",
+        &format!("{rg}/providers/Microsoft.Network/loadBalancers/lb2"),
+        Some(lb_body()),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("FrontendPortInUse"))
+    );
+    let mut bad = lb_body();
+    bad["properties"]["probes"][0]["properties"]["probeThreshold"] = json!(0);
+    let (s, v) = call(
+        &e,
+        "PUT",
+        &format!("{rg}/providers/Microsoft.Network/loadBalancers/lb3"),
+        Some(bad),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("probeThreshold"),
+        "{v}"
+    );
+    assert_eq!(
+        call(
+            &e,
+            "GET",
+            &format!("{rg}/providers/Microsoft.Network/loadBalancers/lb3"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Malformed JSON and a non-object.
+    let (s, v) = call_raw(
+        &e,
+        "PUT",
+        &format!("{vmss}?api-version=2024-11-01"),
+        Some("{not json".into()),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestContent"))
+    );
+    assert_eq!(
+        call(&e, "PUT", &vmss, Some(json!([1]))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // A scale set whose image does not exist → 404 ImageNotFound, nothing stored.
+    let body = json!({"sku": {"capacity": 2}, "properties": {"virtualMachineProfile": {"storageProfile": {"imageReference": {"id": format!("{rg}/providers/Microsoft.Compute/images/nope")}}}}});
+    let (s, v) = call(&e, "PUT", &vmss, Some(body)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ImageNotFound")),
+        "{v}"
+    );
+    assert_eq!(call(&e, "GET", &vmss, None).await.0, StatusCode::NOT_FOUND);
+    // Out of range, bad enum, bad name.
+    for (body, want) in [
+        (json!({"sku": {"capacity": 5000}}), "sku.capacity"),
+        (
+            json!({"sku": {"capacity": 0}, "properties": {"upgradePolicy": {"mode": "Sideways"}}}),
+            "Allowed values",
+        ),
+        (
+            json!({"sku": {"capacity": 0}, "properties": {"upgradePolicy": {"rollingUpgradePolicy": {"maxBatchInstancePercent": 1}}}}),
+            "maxBatchInstancePercent",
+        ),
+    ] {
+        let (s, v) = call(&e, "PUT", &vmss, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{v}"
+        );
+    }
+    let (s, v) = call(
+        &e,
+        "PUT",
+        &format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/-bad"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidResourceName"))
+    );
+
+    // A capacity-0 scale set referencing the LB pool and probe is accepted and listed; the LB
+    // cannot be deleted while it is in use; a model change bumps latestModel.
+    let pool = format!("{lb}/backendAddressPools/be");
+    let body = json!({"sku": {"capacity": 0}, "properties": {"upgradePolicy": {"mode": "Rolling"}, "virtualMachineProfile": {"networkProfile": {
+        "healthProbe": {"id": format!("{lb}/probes/p")},
+        "networkInterfaceConfigurations": [{"name": "n", "properties": {"ipConfigurations": [{"name": "i", "properties": {"loadBalancerBackendAddressPools": [{"id": pool}]}}]}}]}}}});
+    let (s, v) = call(&e, "PUT", &vmss, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxBatchInstancePercent"],
+        20
+    );
+    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(v["name"], "vmss1");
+    let (_, list) = call(
+        &e,
+        "GET",
+        &format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"),
+        None,
+    )
+    .await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 1);
+    assert_eq!(list["value"][0]["name"], "vmss1");
+    let (s, v) = call(&e, "DELETE", &lb, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (
+            StatusCode::CONFLICT,
+            Some("LoadBalancerInUseByVirtualMachineScaleSet")
+        )
+    );
+    // Unknown instance ids and missing required ids.
+    let (s, v) = call(
+        &e,
+        "POST",
+        &format!("{vmss}/manualupgrade"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidParameter"))
+    );
+    let (s, v) = call(
+        &e,
+        "POST",
+        &format!("{vmss}/restart"),
+        Some(json!({"instanceIds": ["7"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an active"),
+        "{v}"
+    );
+    assert_eq!(
+        call(&e, "GET", &format!("{vmss}/virtualMachines/0"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&e, "POST", &format!("{vmss}/explode"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Case-insensitive paths, as ARM.
+    assert_eq!(
+        call(
+            &e,
+            "GET",
+            &format!(
+                "{SUB}/resourcegroups/RG/providers/microsoft.compute/virtualmachinescalesets/VMSS1"
+            ),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // Resource group with resources cannot be deleted.
+    assert_eq!(call(&e, "DELETE", &rg, None).await.0, StatusCode::CONFLICT);
+    // Images cannot be PUT (they are baked).
+    assert_eq!(
+        call(
+            &e,
+            "PUT",
+            &format!("{rg}/providers/Microsoft.Compute/images/x"),
+            Some(json!({}))
+        )
+        .await
+        .1["error"]["code"],
+        "OperationNotAllowed"
+    );
+}
