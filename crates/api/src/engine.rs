@@ -62,6 +62,7 @@ async fn blocking<T: Send + 'static>(
 
 /// One engine pass: load balancers first (so health is fresh), then each scale set.
 pub async fn tick(st: &Arc<AppState>, eng: &Arc<Engine>) {
+    tracing::debug!("engine tick");
     if let Err(e) = sync_lbs(st, eng).await {
         warn!(error = %e, "load balancer sync failed");
     }
@@ -83,6 +84,7 @@ pub async fn tick(st: &Arc<AppState>, eng: &Arc<Engine>) {
             continue;
         }
         let shared: Shared = (st.clone(), eng.clone());
+        tracing::debug!(vmss = %key.name, "reconcile pass");
         tokio::spawn(async move {
             let span = tracing::info_span!("reconcile", vmss = %key.name, rg = %key.rg);
             if let Err(e) = reconcile_vmss(&shared, &key).instrument(span).await {
@@ -140,6 +142,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
         st.wake.notify_one();
         return Ok(());
     }
+    tracing::debug!("observing");
     // Observe.
     let names: Vec<String> = recs.iter().map(|r| r.machine.clone()).collect();
     let machines = st.machines.clone();
@@ -185,6 +188,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
         scale_in: m.scale_in,
     };
     let actions = plan::reconcile(&desired, &observed);
+    tracing::debug!(?actions, "decided");
     if actions.is_empty() {
         return Ok(());
     }
@@ -257,6 +261,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
     }
     for t in tasks {
         let _ = t.await;
+        tracing::debug!("action finished");
     }
     st.wake.notify_one();
     Ok(())

@@ -70,6 +70,18 @@ pub async fn execute(
     query: &HashMap<String, String>,
     body: &[u8],
 ) -> Reply {
+    let is_get = match &route {
+        Route::Group { method, .. } | Route::Resource { method, .. } | Route::Vm { method, .. } => {
+            *method == Method::GET
+        }
+        Route::ListGroups { .. }
+        | Route::List { .. }
+        | Route::Vms(_)
+        | Route::VmssInstanceView(_)
+        | Route::VmInstanceView(..) => true,
+        Route::VmssAction(..) | Route::VmAction(..) => false,
+    };
+    let mutating = !is_get;
     let reply = match route {
         Route::ListGroups { sub } => {
             let v: Vec<Value> = st
@@ -155,7 +167,7 @@ pub async fn execute(
         }
         Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
     };
-    if reply.is_ok() {
+    if reply.is_ok() && mutating {
         st.wake.notify_one();
     }
     reply

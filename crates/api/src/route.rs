@@ -130,8 +130,35 @@ fn action(name: &str, instance: bool) -> Option<PowerAction> {
     })
 }
 
+/// Percent-decodes one path segment (`%20` → space); invalid escapes stay as they are.
+pub fn decode_segment(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(decode_segment)
+        .collect();
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     if segs.iter().any(|s| s.is_empty()) || segs.len() < 2 || !eq(segs[0], "subscriptions") {
         return Err(not_found(path));
     }
@@ -300,6 +327,16 @@ mod tests {
                 }
                 other => panic!("{m} {path}: {other:?}"),
             }
+        }
+        assert_eq!(decode_segment("bad%20name"), "bad name");
+        assert_eq!(decode_segment("100%"), "100%");
+        assert_eq!(decode_segment("%zz%4"), "%zz%4");
+        match parse(
+            &Method::PUT,
+            &format!("{p}/Microsoft.Compute/virtualMachineScaleSets/bad%20name"),
+        ) {
+            Ok(Route::Resource { res, .. }) => assert_eq!(res.name, "bad name"),
+            other => panic!("{other:?}"),
         }
         assert!(parse_sub_list(
             &Method::GET,

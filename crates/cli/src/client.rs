@@ -41,6 +41,19 @@ impl std::fmt::Display for ArmError {
 }
 impl std::error::Error for ArmError {}
 
+/// Percent-encodes a path segment so any name reaches the API (which then validates it).
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Client {
     pub fn from_home(home: &Path) -> Result<Self> {
         let endpoint = match std::env::var("SCALESET_ENDPOINT") {
@@ -77,24 +90,31 @@ impl Client {
     }
 
     pub fn rg_path(&self, rg: &str) -> String {
-        format!("/subscriptions/{}/resourceGroups/{rg}", self.sub)
+        format!(
+            "/subscriptions/{}/resourceGroups/{}",
+            enc(&self.sub),
+            enc(rg)
+        )
     }
     pub fn vmss_path(&self, rg: &str, name: &str) -> String {
         format!(
-            "{}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}",
-            self.rg_path(rg)
+            "{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
+            self.rg_path(rg),
+            enc(name)
         )
     }
     pub fn lb_path(&self, rg: &str, name: &str) -> String {
         format!(
-            "{}/providers/Microsoft.Network/loadBalancers/{name}",
-            self.rg_path(rg)
+            "{}/providers/Microsoft.Network/loadBalancers/{}",
+            self.rg_path(rg),
+            enc(name)
         )
     }
     pub fn image_path(&self, rg: &str, name: &str) -> String {
         format!(
-            "{}/providers/Microsoft.Compute/images/{name}",
-            self.rg_path(rg)
+            "{}/providers/Microsoft.Compute/images/{}",
+            self.rg_path(rg),
+            enc(name)
         )
     }
 

@@ -238,9 +238,11 @@ pub fn parse(body: &Value) -> Result<(LbModel, Value), ModelError> {
                     "Rule '{name}': protocol Udp is not supported locally; use Tcp."
                 )))
             }
-            Some(s) => return Err(ModelError::invalid(format!(
+            Some(s) => {
+                return Err(ModelError::invalid(format!(
                 "Rule '{name}': protocol '{s}' is not allowed. Allowed values are: Tcp, Udp, All."
-            ))),
+            )))
+            }
             None => {
                 return Err(ModelError::invalid(format!(
                     "Rule '{name}': 'protocol' is required."

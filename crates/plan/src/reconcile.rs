@@ -88,14 +88,18 @@ pub fn reconcile(desired: &Desired, instances: &[InstanceState]) -> Vec<Action> 
     }
     for i in active.iter().filter(|i| !removing.contains(&i.id)) {
         let stale = i.model_version < desired.model_version;
-        if stale
-            && desired.upgrade_mode == UpgradeMode::Automatic
-            && !i.protect_from_scale_set_actions
+        if i.reimage_requested
+            || (stale
+                && desired.upgrade_mode == UpgradeMode::Automatic
+                && !i.protect_from_scale_set_actions)
         {
             actions.push(Action::Upgrade { id: i.id });
             continue;
         }
         match (i.intent, i.machine) {
+            (PowerIntent::Running, Observed::Running) if i.restart_requested => {
+                actions.push(Action::Restart { id: i.id })
+            }
             (PowerIntent::Running, Observed::Stopped | Observed::Missing) => {
                 actions.push(Action::Start { id: i.id })
             }
@@ -251,6 +255,34 @@ mod tests {
                     i
                 }],
                 vec![],
+            ),
+            (
+                "reimage requested",
+                want(1),
+                vec![InstanceState {
+                    reimage_requested: true,
+                    ..inst(0)
+                }],
+                vec![Action::Upgrade { id: 0 }],
+            ),
+            (
+                "restart requested",
+                want(1),
+                vec![InstanceState {
+                    restart_requested: true,
+                    ..inst(0)
+                }],
+                vec![Action::Restart { id: 0 }],
+            ),
+            (
+                "restart of a stopped machine starts it",
+                want(1),
+                vec![InstanceState {
+                    restart_requested: true,
+                    machine: Observed::Stopped,
+                    ..inst(0)
+                }],
+                vec![Action::Start { id: 0 }],
             ),
             (
                 "scale in prefers unhealthy",
