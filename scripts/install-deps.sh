@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages scaleset needs on Debian/Ubuntu (run as root).
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  echo "scaleset needs root (it boots machines with systemd-nspawn): run with sudo" >&2
+  exit 1
+fi
+need=()
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v ip >/dev/null || need+=(iproute2)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v git >/dev/null || need+=(git)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "Rust is missing: install it with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
