@@ -376,9 +376,7 @@ pub fn vmss_body(
     image: &str,
     count: u32,
     lb: Option<(&str, &str, Option<&str>)>,
-    mode: &str,
-    scale_in: Option<&str>,
-    prefix: Option<&str>,
+    (mode, scale_in, prefix): (&str, Option<&str>, Option<&str>),
 ) -> Value {
     let image_id = if image.starts_with("/subscriptions/") {
         image.to_string()
@@ -459,9 +457,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 lbref
                     .as_ref()
                     .map(|(l, p)| (l.as_str(), p.as_str(), health_probe.as_deref())),
-                &upgrade_policy_mode,
-                scale_in_policy.as_deref(),
-                computer_name_prefix.as_deref(),
+                (
+                    &upgrade_policy_mode,
+                    scale_in_policy.as_deref(),
+                    computer_name_prefix.as_deref(),
+                ),
             );
             let v = c
                 .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
@@ -708,8 +708,7 @@ fn children<'a>(v: &'a mut Value, coll: &str) -> &'a mut Vec<Value> {
 async fn child_cmd(
     c: &Client,
     out: Output,
-    coll: &str,
-    cols: Columns,
+    (coll, cols): (&str, Columns),
     op: &str,
     rg: &str,
     lb: &str,
@@ -841,8 +840,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                 child_cmd(
                     &c,
                     out,
-                    "probes",
-                    output::PROBE_COLS,
+                    ("probes", output::PROBE_COLS),
                     "show",
                     &ch.rg,
                     &ch.lb_name,
@@ -854,8 +852,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                 child_cmd(
                     &c,
                     out,
-                    "probes",
-                    output::PROBE_COLS,
+                    ("probes", output::PROBE_COLS),
                     "list",
                     &l.rg,
                     &l.lb_name,
@@ -867,8 +864,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                 child_cmd(
                     &c,
                     out,
-                    "probes",
-                    output::PROBE_COLS,
+                    ("probes", output::PROBE_COLS),
                     "delete",
                     &ch.rg,
                     &ch.lb_name,
@@ -935,8 +931,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                 child_cmd(
                     &c,
                     out,
-                    "loadBalancingRules",
-                    output::RULE_COLS,
+                    ("loadBalancingRules", output::RULE_COLS),
                     "show",
                     &ch.rg,
                     &ch.lb_name,
@@ -948,8 +943,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                 child_cmd(
                     &c,
                     out,
-                    "loadBalancingRules",
-                    output::RULE_COLS,
+                    ("loadBalancingRules", output::RULE_COLS),
                     "list",
                     &l.rg,
                     &l.lb_name,
@@ -961,8 +955,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                 child_cmd(
                     &c,
                     out,
-                    "loadBalancingRules",
-                    output::RULE_COLS,
+                    ("loadBalancingRules", output::RULE_COLS),
                     "delete",
                     &ch.rg,
                     &ch.lb_name,

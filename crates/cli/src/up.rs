@@ -78,7 +78,7 @@ fn build_app(dir: &Path) -> Result<PathBuf> {
                     == std::fs::canonicalize(&manifest).ok().as_deref()
         })
         .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .last()
+        .next_back()
         .ok_or_else(|| anyhow!("cargo built no executable for {}", manifest.display()))?;
     Ok(exe)
 }
@@ -244,9 +244,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         &image_name,
         args.capacity,
         Some((LB, "bepool", Some("http-health"))),
-        "Automatic",
-        None,
-        Some(VMSS),
+        ("Automatic", None, Some(VMSS)),
     );
     c.call("PUT", &c.vmss_path(RG, VMSS), Some(&body)).await?;
 

@@ -453,7 +453,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        let mut with = |f: &dyn Fn(&mut Value, &mut Value), want: &str| {
+        let with = |f: &dyn Fn(&mut Value, &mut Value), want: &str| {
             let (mut p, mut r) = (probe(), rule());
             f(&mut p, &mut r);
             let e = parse(&lb(p, r)).unwrap_err();
