@@ -1,0 +1,1 @@
+//! Azure Pipelines YAML: parsing, expressions, conditions, and the run plan.
