@@ -5,6 +5,7 @@
 
 pub mod naming;
 pub mod reconcile;
+pub mod rolling;
 pub mod scale_in;
 
 pub use reconcile::{reconcile, Action, Desired, InstanceState, Observed, PowerIntent};
