@@ -1447,6 +1447,51 @@ mod tests {
     }
 
     #[test]
+    fn progress_mid_batch() {
+        let p = pol(20);
+        let insts = fleet(10);
+        let (_, st) = next(&p, &start(&p, T, P, 0), &insts, 0, TIMEOUT);
+        let want = Progress {
+            successful: 0,
+            failed: 0,
+            in_progress: 2,
+            pending: 8,
+        };
+        assert_eq!(progress(&st, &insts), want);
+        assert_eq!(st.status, RunningStatus::RollingForward);
+        // maxSurge counts the batch's old instances as in progress while the surge settles.
+        let p = RollingUpgradePolicy {
+            max_surge: true,
+            ..p
+        };
+        let (_, st) = next(&p, &start(&p, T, P, 0), &insts, 0, TIMEOUT);
+        assert_eq!(st.phase, Phase::Surging);
+        assert_eq!(progress(&st, &insts), want);
+    }
+
+    #[test]
+    fn cancel_during_surge_finishes_the_batch() {
+        let p = RollingUpgradePolicy {
+            max_surge: true,
+            ..pol(20)
+        };
+        let mut sim = Sim::new(fleet(10));
+        sim.op_secs = 2;
+        let st = sim.run_with(&p, start(&p, T, P, 0), &[], &[], Some(1));
+        assert_eq!(
+            sim.steps(),
+            vec![
+                Step::Surge { count: 2 },
+                Step::Remove(vec![0, 1]),
+                Step::Finish(RunningStatus::Cancelled)
+            ]
+        );
+        assert_eq!(st.done, vec![10, 11]);
+        assert_eq!(sim.insts.len(), 10);
+        assert_eq!(sim.min_serving, 10);
+    }
+
+    #[test]
     fn done_is_terminal_and_idempotent() {
         let p = pol(20);
         let insts: Vec<RollInstance> = fleet(3)
