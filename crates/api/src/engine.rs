@@ -417,7 +417,7 @@ async fn drain(st: &Arc<AppState>, eng: &Arc<Engine>, key: &Key, rec: &InstanceR
     loop {
         let mut active = 0;
         for sock in lb_sockets(st) {
-            if let Ok(s) = lb::client::get_status(&sock).await {
+            if let Ok(s) = lb_call(lb::client::get_status(&sock)).await {
                 active += s
                     .backends
                     .iter()
@@ -533,6 +533,17 @@ async fn delete_instance(
 // ---------------------------------------------------------------------------------------------
 // Load balancers: one detached `scaleset lb-serve` process per resource, configured over its
 // admin socket.
+
+/// A call to a load balancer's admin socket, bounded so a wedged LB cannot stall the engine.
+async fn lb_call<T>(
+    f: impl std::future::Future<Output = Result<T, lb::LbError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err("the load balancer's admin socket did not answer within 5 s".into()),
+    }
+}
 
 fn lb_dir(st: &AppState, key: &Key) -> PathBuf {
     st.cfg.home.join("lb").join(short_hash(&key.path(), 12))
@@ -718,7 +729,7 @@ pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), Strin
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let path = key.path();
-        match lb::client::get_status(&sock).await {
+        match lb_call(lb::client::get_status(&sock)).await {
             Ok(status) => {
                 let current: HashSet<(String, bool)> = status
                     .backends
@@ -731,13 +742,11 @@ pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), Strin
                     .map(|b| (b.id.clone(), b.draining))
                     .collect();
                 if pushed.get(&path) != Some(&cfg) || current != wanted {
-                    lb::client::put_config(&sock, &cfg).await.map_err(|e| {
-                        format!(
-                            "cannot configure load balancer '{}': {}",
-                            key.name,
-                            error_chain(&e)
-                        )
-                    })?;
+                    lb_call(lb::client::put_config(&sock, &cfg))
+                        .await
+                        .map_err(|e| {
+                            format!("cannot configure load balancer '{}': {e}", key.name)
+                        })?;
                     pushed.insert(path, cfg);
                 }
                 for b in status.backends {
@@ -745,7 +754,7 @@ pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), Strin
                 }
             }
             Err(e) => {
-                warn!(lb = %key.name, error = %error_chain(&e), "load balancer not answering")
+                warn!(lb = %key.name, error = %e, "load balancer not answering")
             }
         }
     }
