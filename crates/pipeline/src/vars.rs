@@ -1,0 +1,539 @@
+//! Variables, `$(macro)` expansion, predefined variables, secret masking and `##vso` logging
+//! commands.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Var {
+    /// The name as first written (Azure variable names are case-insensitive).
+    pub name: String,
+    pub value: String,
+    /// Secret values are masked in logs and not exported to the environment automatically.
+    pub secret: bool,
+    /// Read-only variables cannot be overwritten by `task.setvariable`.
+    pub readonly: bool,
+}
+
+/// A case-insensitive, ordered set of variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variables {
+    map: BTreeMap<String, Var>,
+}
+
+impl Variables {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set (or replace) a plain variable.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.insert(Var {
+            name: name.to_string(),
+            value: value.into(),
+            secret: false,
+            readonly: false,
+        });
+    }
+
+    /// Set (or replace) a secret variable.
+    pub fn set_secret(&mut self, name: &str, value: impl Into<String>) {
+        self.insert(Var {
+            name: name.to_string(),
+            value: value.into(),
+            secret: true,
+            readonly: false,
+        });
+    }
+
+    /// Insert a variable, replacing one of the same name (case-insensitively).
+    pub fn insert(&mut self, var: Var) {
+        self.map.insert(var.name.to_lowercase(), var);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.map.get(&name.to_lowercase()).map(|v| v.value.as_str())
+    }
+
+    pub fn get_var(&self, name: &str) -> Option<&Var> {
+        self.map.get(&name.to_lowercase())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Var> {
+        self.map.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Copy every variable of `other` over this set.
+    pub fn extend(&mut self, other: &Variables) {
+        for v in other.iter() {
+            self.insert(v.clone());
+        }
+    }
+
+    /// Values of secret variables (for a [`Masker`]).
+    pub fn secrets(&self) -> Vec<String> {
+        self.iter()
+            .filter(|v| v.secret)
+            .map(|v| v.value.clone())
+            .collect()
+    }
+
+    /// Environment for a step: every non-secret variable as `NAME_WITH_UNDERSCORES=value`
+    /// (see [`env_name`]). Secrets must be mapped explicitly through a step's `env:`.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        self.iter()
+            .filter(|v| !v.secret)
+            .map(|v| (env_name(&v.name), v.value.clone()))
+            .collect()
+    }
+
+    /// Expand `$(name)` macros in `text` (see [`expand_macros`]).
+    pub fn expand(&self, text: &str) -> String {
+        expand_macros(text, |n| self.get(n).map(str::to_string))
+    }
+}
+
+/// The environment-variable name of a variable: upper-cased, `.` and spaces → `_`.
+/// `Build.BuildId` → `BUILD_BUILDID`.
+pub fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' | ' ' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+/// Replace `$(name)` by `lookup(name)`. Unknown names are left as written (Azure's behaviour),
+/// values are not expanded again, and `$(` without a valid name and `)` stays literal.
+pub fn expand_macros(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("$(") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find(')');
+        let name = end.map(|e| &after[..e]);
+        match name {
+            Some(n) if is_macro_name(n) => match lookup(n) {
+                Some(v) => {
+                    out.push_str(&v);
+                    rest = &after[n.len() + 1..];
+                }
+                None => {
+                    out.push_str(&rest[i..i + 2 + n.len() + 1]);
+                    rest = &after[n.len() + 1..];
+                }
+            },
+            _ => {
+                out.push_str("$(");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_macro_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '[' | ']' | '\''))
+}
+
+/// Facts about a run that the predefined variables are made from.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// Build.BuildId (also the run id).
+    pub build_id: u64,
+    /// Build.BuildNumber; defaults to the build id when empty.
+    pub build_number: String,
+    /// Root of this run's workspace (Pipeline.Workspace, Agent.BuildDirectory).
+    pub workspace: PathBuf,
+    /// Commit (Build.SourceVersion).
+    pub source_version: String,
+    /// Full ref, e.g. `refs/heads/main` (a bare branch name gets `refs/heads/`).
+    pub source_branch: String,
+    /// Build.Repository.Name.
+    pub repository_name: String,
+    /// Build.DefinitionName.
+    pub pipeline_name: String,
+    /// Build.Reason: Manual, IndividualCI, BatchedCI, ResourceTrigger...
+    pub reason: String,
+    /// Release.ReleaseId, set for runs triggered by a pipeline resource (release pipelines).
+    pub release_id: Option<u64>,
+    /// Resources.TriggeringAlias, for resource-triggered runs.
+    pub triggering_alias: Option<String>,
+    /// Build.RequestedFor.
+    pub requested_for: String,
+}
+
+/// Workspace layout, like the Azure agent's `_work/N/{s,a,b,TestResults}`.
+pub fn sources_dir(ws: &Path) -> PathBuf {
+    ws.join("s")
+}
+/// `Build.ArtifactStagingDirectory`.
+pub fn staging_dir(ws: &Path) -> PathBuf {
+    ws.join("a")
+}
+/// `Build.BinariesDirectory`.
+pub fn binaries_dir(ws: &Path) -> PathBuf {
+    ws.join("b")
+}
+/// `Agent.TempDirectory` (step scripts are written here).
+pub fn temp_dir(ws: &Path) -> PathBuf {
+    ws.join("_temp")
+}
+
+/// The predefined variables of a run (job-specific ones are set by [`job_variables`]).
+pub fn predefined_variables(info: &RunInfo) -> Variables {
+    let mut v = Variables::new();
+    let ws = &info.workspace;
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    let branch = if info.source_branch.starts_with("refs/") || info.source_branch.is_empty() {
+        info.source_branch.clone()
+    } else {
+        format!("refs/heads/{}", info.source_branch)
+    };
+    let branch_name = branch.rsplit('/').next().unwrap_or("").to_string();
+    let number = if info.build_number.is_empty() {
+        info.build_id.to_string()
+    } else {
+        info.build_number.clone()
+    };
+    let id = info.build_id.to_string();
+    for (k, val) in [
+        ("Build.BuildId", id.clone()),
+        ("Build.BuildNumber", number),
+        ("Build.DefinitionName", info.pipeline_name.clone()),
+        ("Build.Reason", info.reason.clone()),
+        ("Build.RequestedFor", info.requested_for.clone()),
+        ("Build.SourceVersion", info.source_version.clone()),
+        ("Build.SourceBranch", branch.clone()),
+        ("Build.SourceBranchName", branch_name),
+        ("Build.Repository.Name", info.repository_name.clone()),
+        ("Build.Repository.LocalPath", s(sources_dir(ws))),
+        ("Build.SourcesDirectory", s(sources_dir(ws))),
+        ("Build.ArtifactStagingDirectory", s(staging_dir(ws))),
+        ("Build.StagingDirectory", s(staging_dir(ws))),
+        ("Build.BinariesDirectory", s(binaries_dir(ws))),
+        ("Common.TestResultsDirectory", s(ws.join("TestResults"))),
+        ("System.DefaultWorkingDirectory", s(sources_dir(ws))),
+        ("System.ArtifactsDirectory", s(staging_dir(ws))),
+        ("System.DefinitionName", info.pipeline_name.clone()),
+        ("System.PullRequest.IsFork", "False".to_string()),
+        ("System.CollectionId", "local".to_string()),
+        ("System.TeamProject", "scaleset".to_string()),
+        ("Pipeline.Workspace", s(ws.clone())),
+        ("Agent.BuildDirectory", s(ws.clone())),
+        ("Agent.TempDirectory", s(temp_dir(ws))),
+        ("Agent.OS", "Linux".to_string()),
+        ("Agent.Name", "scaleset".to_string()),
+        ("Agent.JobStatus", "Succeeded".to_string()),
+        ("TF_BUILD", "True".to_string()),
+    ] {
+        v.set(k, val);
+    }
+    if let Some(r) = info.release_id {
+        v.set("Release.ReleaseId", r.to_string());
+        v.set("Release.ReleaseName", format!("Release-{r}"));
+    }
+    if let Some(a) = &info.triggering_alias {
+        v.set("Resources.TriggeringAlias", a.clone());
+    }
+    v
+}
+
+/// Job-scoped predefined variables: System.JobId, System.JobName, System.StageName...
+pub fn job_variables(stage: &str, job: &str, attempt: u32) -> Variables {
+    let mut v = Variables::new();
+    v.set("System.StageName", stage);
+    v.set("System.JobName", job);
+    v.set("System.JobDisplayName", job);
+    v.set("System.JobId", format!("{stage}.{job}"));
+    v.set("System.JobAttempt", attempt.to_string());
+    v.set("Agent.JobName", format!("{stage} {job}"));
+    v
+}
+
+/// Replaces secret values by `***` in log text.
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    secrets: Vec<String>,
+}
+
+impl Masker {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut m = Masker::default();
+        for s in secrets {
+            m.add(s);
+        }
+        m
+    }
+
+    /// Add a secret; empty values are ignored. Longer secrets are replaced first.
+    pub fn add(&mut self, secret: impl Into<String>) {
+        let s = secret.into();
+        let s = s.trim_end_matches(['\r', '\n']).to_string();
+        if s.is_empty() || self.secrets.contains(&s) {
+            return;
+        }
+        self.secrets.push(s);
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    pub fn mask(&self, line: &str) -> String {
+        let mut out = line.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+}
+
+/// A `##vso[area.action key=value;...]data` logging command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingCommand {
+    /// e.g. `task`
+    pub area: String,
+    /// e.g. `setvariable`
+    pub action: String,
+    /// Properties in order, keys as written, values unescaped.
+    pub properties: Vec<(String, String)>,
+    /// The text after `]`, unescaped.
+    pub data: String,
+}
+
+impl LoggingCommand {
+    /// A property by case-insensitive name.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.property(name)
+            .map(|v| v.trim().eq_ignore_ascii_case("true"))
+            .unwrap_or(false)
+    }
+
+    /// `task.setvariable` as a [`SetVariable`], if this is one with a variable name.
+    pub fn as_set_variable(&self) -> Option<SetVariable> {
+        if !self.area.eq_ignore_ascii_case("task")
+            || !self.action.eq_ignore_ascii_case("setvariable")
+        {
+            return None;
+        }
+        let name = self.property("variable")?.trim().to_string();
+        if name.is_empty() {
+            return None;
+        }
+        Some(SetVariable {
+            name,
+            value: self.data.clone(),
+            is_output: self.flag("isOutput"),
+            is_secret: self.flag("issecret"),
+            is_readonly: self.flag("isreadonly"),
+        })
+    }
+}
+
+/// A `##vso[task.setvariable variable=x;isOutput=true;issecret=true]value` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetVariable {
+    pub name: String,
+    pub value: String,
+    pub is_output: bool,
+    pub is_secret: bool,
+    pub is_readonly: bool,
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("%3B", ";")
+        .replace("%0D", "\r")
+        .replace("%0A", "\n")
+        .replace("%5D", "]")
+        .replace("%25", "%")
+}
+
+/// Parse a log line as a logging command. Leading whitespace is allowed before `##vso[`.
+pub fn parse_logging_command(line: &str) -> Option<LoggingCommand> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let rest = line.trim_start().strip_prefix("##vso[")?;
+    let close = rest.find(']')?;
+    let head = &rest[..close];
+    let data = unescape(&rest[close + 1..]);
+    let (cmd, props) = match head.find(' ') {
+        Some(i) => (&head[..i], &head[i + 1..]),
+        None => (head, ""),
+    };
+    let (area, action) = cmd.split_once('.')?;
+    if area.is_empty() || action.is_empty() {
+        return None;
+    }
+    let properties = props
+        .split(';')
+        .filter(|p| !p.trim().is_empty())
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), unescape(v)))
+        })
+        .collect();
+    Some(LoggingCommand {
+        area: area.to_string(),
+        action: action.to_string(),
+        properties,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macros() {
+        let mut v = Variables::new();
+        v.set("Build.BuildId", "42");
+        v.set("a", "$(b)");
+        v.set("b", "B");
+        let cases = [
+            ("id=$(Build.BuildId)", "id=42"),
+            ("id=$(build.buildid)!", "id=42!"),
+            ("$(a)", "$(b)"),
+            ("$(nope) $(b)", "$(nope) B"),
+            ("$(", "$("),
+            ("$()", "$()"),
+            ("$(has space) $(b)", "$(has space) B"),
+            ("$$(b)", "$B"),
+            ("$(b)$(b)", "BB"),
+            ("price $5 ($(b))", "price $5 (B)"),
+            ("${{ x }}", "${{ x }}"),
+            ("é$(b)é", "éBé"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(v.expand(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn env_names_and_secrets() {
+        assert_eq!(env_name("Build.BuildId"), "BUILD_BUILDID");
+        assert_eq!(
+            env_name("System.DefaultWorkingDirectory"),
+            "SYSTEM_DEFAULTWORKINGDIRECTORY"
+        );
+        assert_eq!(env_name("my var.x"), "MY_VAR_X");
+        let mut v = Variables::new();
+        v.set("Plain", "1");
+        v.set_secret("Token", "hunter2");
+        assert_eq!(v.to_env(), vec![("PLAIN".to_string(), "1".to_string())]);
+        assert_eq!(v.secrets(), vec!["hunter2".to_string()]);
+        v.set("plain", "2");
+        assert_eq!(v.get("PLAIN"), Some("2"));
+        assert_eq!(v.get_var("PLAIN").unwrap().name, "plain");
+    }
+
+    #[test]
+    fn masker() {
+        let mut m = Masker::new(["abc".to_string(), String::new()]);
+        m.add("abcdef");
+        m.add("pw\n");
+        assert_eq!(m.mask("x abcdef abc pw pwd"), "x *** *** *** ***d");
+        assert_eq!(m.mask("nothing"), "nothing");
+        assert!(Masker::default().is_empty());
+    }
+
+    #[test]
+    fn predefined() {
+        let info = RunInfo {
+            build_id: 7,
+            workspace: "/w/7".into(),
+            source_branch: "main".into(),
+            source_version: "abc123".into(),
+            repository_name: "my_app".into(),
+            release_id: Some(3),
+            ..Default::default()
+        };
+        let v = predefined_variables(&info);
+        for (k, want) in [
+            ("Build.BuildId", "7"),
+            ("Build.BuildNumber", "7"),
+            ("Build.SourceBranch", "refs/heads/main"),
+            ("Build.SourceBranchName", "main"),
+            ("Build.SourcesDirectory", "/w/7/s"),
+            ("System.DefaultWorkingDirectory", "/w/7/s"),
+            ("Build.ArtifactStagingDirectory", "/w/7/a"),
+            ("Agent.TempDirectory", "/w/7/_temp"),
+            ("Pipeline.Workspace", "/w/7"),
+            ("Build.Repository.Name", "my_app"),
+            ("Build.SourceVersion", "abc123"),
+            ("Release.ReleaseId", "3"),
+        ] {
+            assert_eq!(v.get(k), Some(want), "{k}");
+        }
+        let j = job_variables("Build", "Compile", 1);
+        assert_eq!(j.get("System.JobId"), Some("Build.Compile"));
+    }
+
+    #[test]
+    fn logging_commands() {
+        let c = parse_logging_command(
+            "##vso[task.setvariable variable=imageUrl;isOutput=true;issecret=true]my%3Bvalue",
+        )
+        .unwrap();
+        assert_eq!(c.area, "task");
+        assert_eq!(c.action, "setvariable");
+        assert_eq!(
+            c.as_set_variable(),
+            Some(SetVariable {
+                name: "imageUrl".into(),
+                value: "my;value".into(),
+                is_output: true,
+                is_secret: true,
+                is_readonly: false,
+            })
+        );
+        let c = parse_logging_command("  ##vso[task.setvariable variable=x]v\r\n").unwrap();
+        let s = c.as_set_variable().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.value.as_str(), s.is_output),
+            ("x", "v", false)
+        );
+        let c = parse_logging_command("##vso[task.logissue type=error]boom").unwrap();
+        assert_eq!(c.property("TYPE"), Some("error"));
+        assert!(c.as_set_variable().is_none());
+        for bad in [
+            "hello",
+            "##vso[",
+            "##vso[task]x",
+            "##vso[.x]",
+            "##vso[task.setvariable]x",
+            "echo ##vso[task.setvariable variable=x]y",
+        ] {
+            let parsed = parse_logging_command(bad);
+            assert!(
+                parsed.as_ref().and_then(|c| c.as_set_variable()).is_none(),
+                "{bad}: {parsed:?}"
+            );
+        }
+    }
+}
