@@ -8,6 +8,7 @@ pub mod expr;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod trigger;
 pub mod vars;
 
 pub use model::*;
