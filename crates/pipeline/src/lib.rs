@@ -1,6 +1,7 @@
 //! Azure Pipelines YAML: parsing, expressions, conditions, and the run plan.
 
 pub mod error;
+pub mod exec;
 pub mod yaml;
 
 pub use error::{Pos, YamlError};
