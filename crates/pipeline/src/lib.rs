@@ -1,16 +1,35 @@
-//! Azure Pipelines YAML: parsing, expressions, conditions, and the run plan.
+//! Azure Pipelines YAML: parsing, expressions, conditions, trigger matching, the run plan and
+//! a job executor.
+//!
+//! - [`parse`]: [`compile`]/[`parse_pipeline`] turn a pipeline file into a [`Pipeline`]
+//!   (errors are [`YamlError`]s: `file:line:column: rule`). Supported subset: `trigger`
+//!   (none / branch list / `{batch, branches, paths, tags}`), `pr` (ignored), `variables`
+//!   (mapping and `- name/value/readonly` list; `group` and `template` are rejected),
+//!   `parameters` (string/number/boolean with defaults and `values`), `resources.pipelines`,
+//!   `pool` (recorded only), `stages`/`jobs`/`steps` and their implicit forms, `dependsOn`,
+//!   `condition`, job `continueOnError`/`timeoutInMinutes`/`cancelTimeoutInMinutes`/
+//!   `variables`/`workspace`, steps `script`, `bash`, `task`, `checkout: self|none`,
+//!   `download` with `displayName`, `name`, `env`, `workingDirectory`, `continueOnError`,
+//!   `timeoutInMinutes`, `retryCountOnTaskFailure`, `condition`, `enabled`, `failOnStderr`.
+//!   `${{ parameters.x }}` / `${{ variables.x }}` expressions are replaced at compile time;
+//!   `${{ if }}`/`each`, templates, `extends`, deployment jobs and `strategy` are rejected.
+//! - [`expr`]: the expression language of conditions (never panics).
+//! - [`vars`]: variables, `$(macro)` expansion, predefined variables, [`vars::Masker`], `##vso`
+//!   logging commands.
+//! - [`trigger`]: push and pipeline-resource trigger matching.
+//! - [`plan`]: dependency order and [`plan::RunState`] (which jobs start next, which are skipped).
+//! - [`exec`]: runs a job's steps with real processes; tasks go through [`exec::TaskRunner`].
 
 pub mod error;
 pub mod exec;
-pub mod yaml;
-
-pub use error::{Pos, YamlError};
 pub mod expr;
 pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod trigger;
 pub mod vars;
+pub mod yaml;
 
+pub use error::{Pos, YamlError};
 pub use model::*;
 pub use parse::{compile, parse_pipeline};

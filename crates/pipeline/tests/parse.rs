@@ -277,3 +277,54 @@ fn examples_validate_against_microsoft_schema() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Property-style: mangled versions of the examples never panic the parser.
+#[test]
+fn mangled_files_never_panic() {
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let junk = [
+        "${{",
+        "}}",
+        ":",
+        "- ",
+        "\n",
+        "  ",
+        "'",
+        "\"",
+        "[",
+        "]",
+        "{",
+        "}",
+        "&a",
+        "*a",
+        "!!str",
+        "dependsOn: x\n",
+        "$(",
+        "é",
+    ];
+    for base in [CI, RELEASE] {
+        for _ in 0..400 {
+            let mut s: Vec<char> = base.chars().collect();
+            for _ in 0..(next() % 6 + 1) {
+                let at = (next() as usize) % (s.len() + 1);
+                if next() % 2 == 0 && at < s.len() {
+                    let n = ((next() % 20) as usize).min(s.len() - at);
+                    s.drain(at..at + n);
+                } else {
+                    let j = junk[(next() as usize) % junk.len()];
+                    for (k, c) in j.chars().enumerate() {
+                        s.insert(at + k, c);
+                    }
+                }
+            }
+            let text: String = s.into_iter().collect();
+            let _ = parse_pipeline("m.yml", &text);
+        }
+    }
+}
