@@ -226,14 +226,23 @@ def wrk(url, duration, conns, threads=1):
 
 def measure_http(url, procs, cfg, conns):
     """One measured wrk run; proxy CPU (% of one core) and RSS over `procs` trees."""
-    pids = [q for p in procs for q in tree_pids(real_pid(p))]
-    t0, c0 = time.time(), cpu_ticks(pids)
+    trees0 = {p.bench_name: tree_pids(real_pid(p)) for p in procs}
+    t0, c0 = time.time(), {n: cpu_ticks(t) for n, t in trees0.items()}
     r = wrk(url, cfg.duration, conns)
-    pids = [q for p in procs for q in tree_pids(real_pid(p))]
-    t1, c1 = time.time(), cpu_ticks(pids)
-    r["cpu_pct"] = 100.0 * (c1 - c0) / CLK_TCK / (t1 - t0)
-    r["rss_mib"] = rss_kib(pids) / 1024.0
+    trees1 = {p.bench_name: tree_pids(real_pid(p)) for p in procs}
+    t1, c1 = time.time(), {n: cpu_ticks(t) for n, t in trees1.items()}
+    # a worker that exited in between would count negative; clamp per tree
+    by = {n: max(0, c1[n] - c0.get(n, 0)) / CLK_TCK for n in c1}
+    secs = sum(by.values())
+    r["cpu_pct"] = 100.0 * secs / (t1 - t0)
+    r["cpu_pct_by"] = {n: 100.0 * v / (t1 - t0) for n, v in by.items()}
+    r["cpu_us_per_req"] = 1e6 * secs / r["requests"] if r["requests"] and procs else None
+    r["rss_mib"] = sum(rss_kib(t) for t in trees1.values()) / 1024.0
     return r
+
+
+def fmt_by(by):
+    return "(" + ", ".join(f"{n} {v:.0f}%" for n, v in by.items()) + ")" if len(by) > 1 else ""
 
 
 def median_of(runs, key):
@@ -258,9 +267,9 @@ def compare_http(contenders, cfg, conns):
         for name, url, procs in contenders:
             r = measure_http(url, procs, cfg, conns)
             log(f"run {i + 1}/{cfg.runs} {name}: {r['rps']:.0f} req/s p50 {r['p50_ms']} ms "
-                f"p99 {r['p99_ms']} ms cpu {r['cpu_pct']:.0f}% rss {r['rss_mib']:.1f} MiB err {r['errors']}")
+                f"p99 {r['p99_ms']} ms cpu {r['cpu_pct']:.0f}% {fmt_by(r['cpu_pct_by'])} rss {r['rss_mib']:.1f} MiB err {r['errors']}")
             runs[name].append(r)
-    return {name: summarize(rs, ["rps", "p50_ms", "p99_ms", "cpu_pct", "rss_mib"])
+    return {name: summarize(rs, ["rps", "p50_ms", "p99_ms", "cpu_pct", "cpu_us_per_req", "rss_mib"])
             for name, rs in runs.items()}
 
 
@@ -593,7 +602,7 @@ def fmt(v, nd=1):
 
 def table(res):
     lines = []
-    hdr = f"{'suite':<14}{'contender':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}{'RSS MiB':>9}{'err':>5}{'ratio':>8}"
+    hdr = f"{'suite':<14}{'contender':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}{'µs/req':>8}{'RSS MiB':>9}{'err':>5}{'ratio':>8}"
     for key, title, base in (("l7", "L7 proxy", "nginx"), ("l4_small", "L4 small", "haproxy"),
                              ("app", "App stack", "seed")):
         if key not in res:
@@ -604,7 +613,7 @@ def table(res):
         lines.append("-" * len(hdr))
         for name, s in res[key].items():
             lines.append(f"{title:<14}{name:<10}{fmt(s['rps'], 0):>11}{fmt(s['p50_ms'], 2):>9}"
-                         f"{fmt(s['p99_ms'], 2):>9}{fmt(s['cpu_pct'], 0):>7}{fmt(s['rss_mib'], 1):>9}"
+                         f"{fmt(s['p99_ms'], 2):>9}{fmt(s['cpu_pct'], 0):>7}{fmt(s['cpu_us_per_req'], 1):>8}{fmt(s['rss_mib'], 1):>9}"
                          f"{s['errors']:>5}{fmt(ratio(s['rps'], res[key][base]['rps']), 2):>7}x")
     if "l4_bulk" in res:
         lines.append("")
