@@ -383,6 +383,7 @@ async fn start_instance(
         match r {
             Ok(pid) => {
                 info!(pid, "machine booted");
+                forget_health(&st, &rec.machine);
                 let _ = st.update_instance(&key, rec.instance_id, |r| {
                     r.provisioning_state = "Succeeded".into();
                     r.draining = false;
@@ -405,6 +406,19 @@ async fn start_instance(
     }
     .instrument(span)
     .await
+}
+
+/// Forgets an instance's health after its machine (re)booted: the load balancer probes it up
+/// again before it serves, and views must not show the health it had before.
+fn forget_health(st: &AppState, machine: &str) {
+    if let Some(o) = st
+        .observed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(machine)
+    {
+        o.healthy = None;
+    }
 }
 
 /// Takes the instance out of rotation and waits for its in-flight requests to finish.
@@ -458,6 +472,7 @@ async fn restart_instance(
     stop_instance(st, eng, key, rec).await?;
     let (m, name) = (st.machines.clone(), rec.machine.clone());
     blocking(move || m.start(&name)).await?;
+    forget_health(st, &rec.machine);
     st.update_instance(key, rec.instance_id, |r| {
         r.restart_requested = false;
         r.draining = false;
@@ -490,6 +505,7 @@ async fn upgrade_instance(
         m.start(&spec.name)
     })
     .await?;
+    forget_health(st, &rec.machine);
     st.update_instance(key, rec.instance_id, |r| {
         r.image = image.clone();
         r.model_version = version;
@@ -730,7 +746,7 @@ pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), Strin
         }
         let path = key.path();
         match lb_call(lb::client::get_status(&sock)).await {
-            Ok(status) => {
+            Ok(mut status) => {
                 let current: HashSet<(String, bool)> = status
                     .backends
                     .iter()
@@ -748,6 +764,11 @@ pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), Strin
                             format!("cannot configure load balancer '{}': {e}", key.name)
                         })?;
                     pushed.insert(path, cfg);
+                    // Health as of the new config: a backend back from draining is down until
+                    // probed up again.
+                    if let Ok(fresh) = lb_call(lb::client::get_status(&sock)).await {
+                        status = fresh;
+                    }
                 }
                 for b in status.backends {
                     health.insert(b.id, b.healthy);

@@ -313,7 +313,10 @@ impl Load {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok((status, _)) => {
-                                eprintln!("load: HTTP {status}");
+                                eprintln!(
+                                    "load: HTTP {status} at {:?}",
+                                    std::time::SystemTime::now()
+                                );
                                 failed.fetch_add(1, Ordering::Relaxed);
                                 conn = None;
                             }
@@ -828,6 +831,78 @@ fn scale_set_behind_load_balancer() {
     ids.sort();
     assert_eq!(ids, ["0", "1"]);
     assert_eq!(h.machine_pids().len(), 2);
+
+    // Stop and start an instance under load: drained first, then powered off; back on start.
+    let load = Load::start(lb_addr, 4);
+    eprintln!("phase: stop at {:?}", std::time::SystemTime::now());
+    h.ok(&[
+        "vmss",
+        "stop",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--instance-ids",
+        "1",
+    ]);
+    let power = |id: &str| -> String {
+        h.instances()
+            .iter()
+            .find(|v| v["instanceId"] == id)
+            .and_then(|v| {
+                v.pointer("/properties/instanceView/statuses/1/code")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(power("1"), "PowerState/stopped");
+    eprintln!("phase: start at {:?}", std::time::SystemTime::now());
+    h.ok(&[
+        "vmss",
+        "start",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--instance-ids",
+        "1",
+    ]);
+    assert_eq!(power("1"), "PowerState/running");
+    wait_until(
+        "the started instance to be healthy",
+        Duration::from_secs(60),
+        || healthy(&h.instances()) == 2,
+    );
+    // Reimage wipes the instance's writable layer (the ephemeral OS disk).
+    let machine0 = h.machine_pids().into_iter().next().unwrap().0;
+    let marker = home
+        .join("machines")
+        .join(&machine0)
+        .join("root/var/tmp/marker");
+    std::fs::write(&marker, "written on the old disk").unwrap();
+    eprintln!("phase: reimage at {:?}", std::time::SystemTime::now());
+    h.ok(&[
+        "vmss",
+        "reimage",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--instance-ids",
+        "0",
+    ]);
+    wait_until(
+        "the reimaged instance to be healthy",
+        Duration::from_secs(60),
+        || healthy(&h.instances()) == 2,
+    );
+    assert!(!marker.exists(), "reimage kept the old writable layer");
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during stop/start/reimage ({ok_n} ok)"
+    );
 
     // Out of range and unknown: a clear error and nothing changed.
     let (ok, _, err) = h.run(&[

@@ -217,6 +217,9 @@ impl Lb {
 
         // Backends: keep runtime objects of those that remain (same id and ip).
         let mut backends = HashMap::new();
+        // Backends coming back from draining (a stopped, restarted or reimaged instance) must
+        // be probed up again before they get traffic, like a new instance.
+        let mut undrained: Vec<String> = Vec::new();
         for b in &cfg.backends {
             let rt = match ctl.backends.get(&b.id) {
                 Some(rt) if rt.ip == b.ip => rt.clone(),
@@ -229,6 +232,10 @@ impl Lb {
             if b.draining && !was {
                 info!(lb = %cfg.name, backend = %b.id, "backend draining");
                 rt.clear_idle_pools();
+            }
+            if was && !b.draining {
+                info!(lb = %cfg.name, backend = %b.id, "backend back from draining; out of rotation until probed up");
+                undrained.push(b.id.clone());
             }
             backends.insert(b.id.clone(), rt);
         }
@@ -252,9 +259,10 @@ impl Lb {
             }
         }
         ctl.health.retain(|k, e| {
-            let keep = wanted
-                .get(k)
-                .is_some_and(|(p, ip)| *p == e.probe && *ip == e.ip);
+            let keep = !undrained.contains(&k.1)
+                && wanted
+                    .get(k)
+                    .is_some_and(|(p, ip)| *p == e.probe && *ip == e.ip);
             if !keep {
                 e.task.abort();
             }
