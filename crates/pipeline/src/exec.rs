@@ -882,7 +882,12 @@ async fn run_step(
                         .map(PathBuf::from)
                         .unwrap_or_else(|| cfg.workspace.clone());
                     let current = source == "current";
-                    let path = if current { ws.clone() } else { ws.join(source) };
+                    // `download: ci` + `artifact: drop` → $(Pipeline.Workspace)/ci/drop (Azure's
+                    // layout); without `artifact`, every artifact goes to its own folder below.
+                    let mut path = if current { ws.clone() } else { ws.join(source) };
+                    if let Some(a) = artifact {
+                        path = path.join(vars.expand(a));
+                    }
                     let mut inputs = vec![(
                         "buildType".to_string(),
                         if current { "current" } else { "specific" }.to_string(),

@@ -20,12 +20,15 @@
 //! - [`plan`]: dependency order and [`plan::RunState`] (which jobs start next, which are skipped).
 //! - [`exec`]: runs a job's steps with real processes; tasks go through [`exec::TaskRunner`].
 
+pub mod artifacts;
 pub mod error;
 pub mod exec;
 pub mod expr;
+pub mod git;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod tasks;
 pub mod trigger;
 pub mod vars;
 pub mod yaml;

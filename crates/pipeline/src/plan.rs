@@ -1,7 +1,9 @@
 //! Run plan and run state.
 
 /// Azure's result names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum RunResult {
     Succeeded,
     SucceededWithIssues,

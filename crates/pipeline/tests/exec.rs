@@ -357,7 +357,10 @@ async fn tasks_are_dispatched_and_unknown_tasks_fail_clearly() {
     let t0 = texts(&lines, 0);
     assert!(t0[0].starts_with("DownloadPipelineArtifact@2 "), "{t0:?}");
     assert!(
-        t0[0].contains(&format!("(\"path\", \"{}\")", ws.join("ci").display())),
+        t0[0].contains(&format!(
+            "(\"path\", \"{}\")",
+            ws.join("ci").join("drop").display()
+        )),
         "{t0:?}"
     );
     let t1 = texts(&lines, 1);
