@@ -46,6 +46,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod bake;
+mod oci;
+mod store;
+
+pub use bake::BakeEvent;
+pub use store::GcReport;
+
+/// The empty base.
+pub const SCRATCH: &str = "scratch";
+
 /// Packages added to the minbase debootstrap.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd",
@@ -66,8 +76,28 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 pub enum ImageError {
     #[error("preflight failed: {0}")]
     Preflight(String),
-    #[error("unsupported base {0:?} (supported: debian:<suite>, e.g. debian:bookworm)")]
+    #[error(
+        "unknown base {0:?}: expected debian:<suite> (e.g. debian:bookworm), scratch, or the name of an image in the store"
+    )]
     UnsupportedBase(String),
+    #[error("image {0:?} not found")]
+    NotFound(String),
+    /// A layer failed its integrity check when the image was used.
+    #[error("image {image:?}: layer {layer} is tampered or damaged: {msg}; refusing to use it (delete and re-bake/re-import the image)")]
+    Tampered {
+        image: String,
+        layer: PathBuf,
+        msg: String,
+    },
+    /// The bake's scratch space (`<store>/tmp`) filled up.
+    #[error("bake of image {name:?}: no space left on the device of {path} during the bake; nothing registered, partial layer removed; log kept at {log}")]
+    DiskFull {
+        name: String,
+        path: PathBuf,
+        log: PathBuf,
+    },
+    #[error("import of {src}: {msg}")]
+    Import { src: PathBuf, msg: String },
     #[error("invalid bake spec for image {name:?}: {msg}")]
     InvalidSpec { name: String, msg: String },
     #[error("`{cmd}` failed ({status}); see log {log}")]
@@ -101,13 +131,23 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     pub name: String,
-    /// `sha256:<hex>` of the captured layer's canonical content.
+    /// `sha256:<hex>` of the image's top layer's canonical content (see
+    /// [`tree_digest`]).
     pub digest: String,
-    /// e.g. `debian:bookworm`.
+    /// What the image was made from: `debian:bookworm`, `scratch`, the name
+    /// of the parent image (layered bake) or `import:<file name>`.
     pub base: String,
     /// Top-most first, ending with the base rootfs: pass straight to
-    /// `MachineSpec::layers`.
+    /// `MachineSpec::layers` (overlay lowerdirs). An image on `scratch` may
+    /// have a single layer.
     pub layers: Vec<PathBuf>,
+    /// One per entry of `layers`: `sha256:<hex>` for a store layer,
+    /// `debian:<suite>@<base id>` for a debootstrap base rootfs.
+    #[serde(default)]
+    pub layer_digests: Vec<String>,
+    /// Identity of the whole stack: sha256 over `layer_digests`.
+    #[serde(default)]
+    pub id: String,
     /// RFC 3339 (UTC).
     pub created: String,
     /// Bake log (for a cache hit: the log of the bake that built the layer).
@@ -271,6 +311,8 @@ fn unmount_under(p: &Path) {
 
 /// Remove a directory tree, never descending into mounts below it.
 fn remove_tree(p: &Path) -> Result<(), ImageError> {
+    let canon = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let p = canon.as_path();
     unmount_under(p);
     if !mountpoints_under(p).is_empty() {
         return Err(ImageError::Io {
@@ -466,6 +508,25 @@ impl Flock {
     }
 }
 
+impl Flock {
+    /// Non-blocking attempt on an existing lock file: `Ok(None)` when held
+    /// elsewhere, `Err` when the file does not exist.
+    fn try_exclusive(path: &Path) -> Result<Option<Self>, ImageError> {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open lock {}", path.display())))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd we own.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            Ok(Some(Flock(f)))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 impl Drop for Flock {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
@@ -543,16 +604,8 @@ impl ImageStore {
         &self.base_cache
     }
 
-    fn images_dir(&self) -> PathBuf {
-        self.root.join("images")
-    }
-
-    fn layers_dir(&self) -> PathBuf {
-        self.root.join("layers")
-    }
-
     fn mkdirs(&self) -> Result<(), ImageError> {
-        for d in ["images", "layers", "logs", "tmp"] {
+        for d in ["images", "layers", "logs", "tmp", "seals", "scratch"] {
             let p = self.root.join(d);
             fs::create_dir_all(&p).map_err(io_err(format!("mkdir {}", p.display())))?;
         }
@@ -690,314 +743,48 @@ impl ImageStore {
         if spec.args.iter().any(|a| a.contains('\0')) {
             return Err(bad("arguments may not contain NUL".into()));
         }
+        if spec.name == SCRATCH {
+            return Err(bad(format!("{SCRATCH:?} is reserved for the empty base")));
+        }
+        check_package_links(&pkg, Path::new("")).map_err(bad)?;
         Ok((pkg, script, pkg_name))
     }
+}
 
-    /// Bake an image (or return the cached one with the same key).
-    pub fn bake(&self, spec: &BakeSpec, log: &mut dyn Write) -> Result<Image, ImageError> {
-        let (pkg, script, pkg_name) = self.validate_bake(spec)?;
-        self.mkdirs()?;
-        let base_rootfs = self.ensure_base(&spec.base, spec.mirror.as_deref(), log)?;
-        let base_id = self.base_id(&spec.base)?.unwrap_or_default();
-        let pkg_digest = tree_digest(&pkg)?;
-        let script_rel = script
-            .strip_prefix(&pkg)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| spec.script.clone());
-        let mut kh = Sha256::new();
-        kh.update(format!(
-            "base={}\0{base_id}\0pkg={pkg_name}\0{pkg_digest}\0script={script_rel}\0net={}\0",
-            spec.base, spec.network
-        ));
-        for a in &spec.args {
-            kh.update(b"arg=");
-            kh.update(a.as_bytes());
-            kh.update(b"\0");
-        }
-        let key = hex::encode(kh.finalize());
-
-        // Cache hit?
-        for img in self.list()? {
-            if img.cache_key == key && img.layers.iter().all(|l| l.is_dir()) {
-                let _ = writeln!(
-                    log,
-                    "scaleset: cache hit: {} reuses layer {} of image {}",
-                    spec.name, img.digest, img.name
-                );
-                let new = Image {
-                    name: spec.name.clone(),
-                    created: rfc3339(now_secs()),
-                    ..img
-                };
-                self.register(&new)?;
-                return Ok(new);
-            }
-        }
-
-        let log_path = self.root.join("logs").join(format!(
-            "{}-{}.log",
-            spec.name,
-            rfc3339(now_secs()).replace(':', "")
-        ));
-        let mut log_file = fs::File::create(&log_path)
-            .map_err(io_err(format!("create {}", log_path.display())))?;
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("bake-{}", unique_suffix()));
-        let guard = BakeDir { dir: tmp.clone() };
-        let (upper, work, merged) = (tmp.join("upper"), tmp.join("work"), tmp.join("merged"));
-        for d in [&upper, &work, &merged] {
-            fs::create_dir_all(d).map_err(io_err(format!("mkdir {}", d.display())))?;
-        }
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            base_rootfs.display(),
-            upper.display(),
-            work.display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| ImageError::Io {
-            what: format!("mount bake overlay ({data})"),
-            source: io::Error::from(e),
-        })?;
-
-        // Package + bake-time shims.
-        let deploy = merged.join("deployTemp");
-        copy_tree(&pkg, &deploy.join(&pkg_name))?;
-        let in_guest_script = deploy.join(&pkg_name).join(&script_rel);
-        let mode = fs::metadata(&in_guest_script)
-            .map_err(io_err(format!("stat {}", in_guest_script.display())))?
-            .permissions()
-            .mode();
-        fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
-            .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
-        let mut shims: Vec<(String, String)> = Vec::new();
-        let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
-            let p = merged.join(rel);
-            if fs::symlink_metadata(&p).is_ok() {
-                return Ok(()); // the image has its own; leave it alone
-            }
-            if let Some(parent) = p.parent() {
-                if !parent.is_dir() {
-                    return Ok(());
+/// Refuse symlinks in the package whose target is absolute or climbs out
+/// of the package (they would resolve against the image, not the package).
+fn check_package_links(pkg: &Path, rel: &Path) -> Result<(), String> {
+    let full = pkg.join(rel);
+    let rd = fs::read_dir(&full).map_err(|e| format!("read {}: {e}", full.display()))?;
+    for e in rd.flatten() {
+        let r = rel.join(e.file_name());
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            check_package_links(pkg, &r)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(e.path()).map_err(|e| format!("readlink: {e}"))?;
+            let mut depth: i64 = r.components().count() as i64 - 1;
+            let mut escapes = t.is_absolute();
+            for c in t.components() {
+                match c {
+                    Component::ParentDir => depth -= 1,
+                    Component::Normal(_) => depth += 1,
+                    _ => {}
+                }
+                if depth < 0 {
+                    escapes = true;
                 }
             }
-            fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-                .map_err(io_err(format!("chmod {}", p.display())))?;
-            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-            shims.push((dir.to_string(), name.to_string()));
-            Ok(())
-        };
-        put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
-        put_shim("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
-        put_shim("etc/sudoers.d/zz-scaleset-bake", SUDOERS_DROPIN, 0o440)?;
-        if fs::symlink_metadata(merged.join("usr/bin/sudo")).is_err() {
-            put_shim("usr/local/bin/sudo", SUDO_SHIM, 0o755)?;
-        }
-
-        let _ = writeln!(
-            log_file,
-            "scaleset: baking {} from {} (package {pkg_name}, script {script_rel}, network {})",
-            spec.name, spec.base, spec.network
-        );
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.args([
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--pipe",
-            "--as-pid2",
-            "--timezone=off",
-            "--link-journal=no",
-            // A resolvable host name (sudo looks it up on every call).
-            "--hostname=localhost",
-        ])
-        .arg(format!(
-            "--machine=ssbake-{}",
-            &hex::encode(Sha256::digest(unique_suffix()))[..12]
-        ))
-        .arg("-D")
-        .arg(&merged)
-        .arg(if spec.network {
-            "--resolv-conf=bind-host"
-        } else {
-            "--resolv-conf=off"
-        });
-        if !spec.network {
-            cmd.arg("--private-network");
-        }
-        for env in [
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME=/root",
-            "USER=root",
-            "LANG=C.UTF-8",
-            "DEBIAN_FRONTEND=noninteractive",
-            "PIP_BREAK_SYSTEM_PACKAGES=1",
-            "SYSTEMD_OFFLINE=1",
-            "SCALESET_BAKE=1",
-        ] {
-            cmd.arg(format!("--setenv={env}"));
-        }
-        cmd.arg("--chdir=/deployTemp")
-            .arg("--")
-            .arg("/bin/sh")
-            .arg("-c")
-            .arg("cd /deployTemp && exec \"$0\" \"$@\"")
-            .arg(format!("{pkg_name}/{script_rel}"))
-            .args(&spec.args);
-        let started = std::time::Instant::now();
-        let status = run_streaming(cmd, &mut [log, &mut log_file]).map_err(io_err(
-            "cannot run systemd-nspawn (apt-get install systemd-container)",
-        ))?;
-        let _ = writeln!(
-            log_file,
-            "scaleset: setup script finished with {status} after {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        if !status.success() {
-            return Err(ImageError::ScriptFailed {
-                name: spec.name.clone(),
-                status: status.to_string(),
-                log: log_path,
-            });
-        }
-
-        // Deprovision.
-        for (dir, name) in &shims {
-            remove_entry(&merged, dir, name)?;
-        }
-        deprovision(&merged)?;
-        remove_tree(&merged)?; // unmounts the overlay
-        let _ = fs::remove_dir_all(&work);
-
-        // Capture.
-        let digest = tree_digest(&upper)?;
-        let hexd = digest.trim_start_matches("sha256:").to_string();
-        let layer = self.layers_dir().join(&hexd);
-        if !layer.is_dir() {
-            if let Err(e) = fs::rename(&upper, &layer) {
-                // A concurrent bake may have captured identical content.
-                if !layer.is_dir() {
-                    return Err(io_err(format!("move layer into {}", layer.display()))(e));
-                }
+            if escapes {
+                return Err(format!(
+                    "package entry {} is a symlink to {} which points outside the package",
+                    r.display(),
+                    t.display()
+                ));
             }
         }
-        drop(guard);
-        let img = Image {
-            name: spec.name.clone(),
-            digest,
-            base: spec.base.clone(),
-            layers: vec![layer, base_rootfs],
-            created: rfc3339(now_secs()),
-            log: log_path,
-            cache_key: key,
-        };
-        self.register(&img)?;
-        let _ = writeln!(
-            log_file,
-            "scaleset: registered {} as {}",
-            img.name, img.digest
-        );
-        Ok(img)
     }
-
-    /// Register `img` under its name; a layer only the replaced record used
-    /// is removed.
-    fn register(&self, img: &Image) -> Result<(), ImageError> {
-        self.mkdirs()?;
-        let previous = self.get(&img.name).ok().flatten();
-        let data = serde_json::to_vec_pretty(img).map_err(|e| ImageError::Corrupt {
-            path: self.images_dir(),
-            msg: e.to_string(),
-        })?;
-        write_atomic(&self.images_dir().join(format!("{}.json", img.name)), &data)?;
-        if let Some(prev) = previous {
-            self.gc_layers(&prev.layers)?;
-        }
-        Ok(())
-    }
-
-    /// Remove those of `layers` (inside the store) that no image uses.
-    fn gc_layers(&self, layers: &[PathBuf]) -> Result<(), ImageError> {
-        let still_used: Vec<PathBuf> = self.list()?.into_iter().flat_map(|i| i.layers).collect();
-        let layers_dir = self.layers_dir();
-        for l in layers {
-            if l.starts_with(&layers_dir) && !still_used.contains(l) {
-                remove_tree(l)?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn get(&self, name: &str) -> Result<Option<Image>, ImageError> {
-        if !valid_name(name) {
-            return Ok(None);
-        }
-        let p = self.images_dir().join(format!("{name}.json"));
-        let data = match fs::read(&p) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
-        };
-        serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|e| ImageError::Corrupt {
-                path: p,
-                msg: e.to_string(),
-            })
-    }
-
-    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
-        let dir = self.images_dir();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(format!("read {}", dir.display()))(e)),
-        };
-        let mut names: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .map(String::from)
-            })
-            .collect();
-        names.sort();
-        let mut out = Vec::new();
-        for n in names {
-            if let Some(img) = self.get(&n)? {
-                out.push(img);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Unregister; the layer is removed when no other image uses it.
-    pub fn delete(&self, name: &str) -> Result<(), ImageError> {
-        let Some(img) = self.get(name)? else {
-            return Ok(());
-        };
-        let p = self.images_dir().join(format!("{name}.json"));
-        fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;
-        self.gc_layers(&img.layers)
-    }
-
-    /// Re-hash the image's own layer and compare with its digest.
-    pub fn verify(&self, img: &Image) -> Result<bool, ImageError> {
-        let Some(top) = img.layers.first() else {
-            return Ok(false);
-        };
-        Ok(tree_digest(top)? == img.digest)
-    }
+    Ok(())
 }
 
 /// `root/rel` if every component of `rel` is a real directory (no

@@ -253,6 +253,28 @@ fn bake_cache_failure_and_escape() {
         .unwrap_err();
     assert!(matches!(err, ImageError::InvalidSpec { .. }), "{err}");
     assert!(store.get("esc").unwrap().is_none());
+    fs::remove_file(pkg.join("link.sh")).unwrap();
+    // Any symlink in the package that leaves it is refused, naming it.
+    for (link, target) in [("data/abs", "/etc/shadow"), ("data/up", "../../x")] {
+        std::os::unix::fs::symlink(target, pkg.join(link)).unwrap();
+        let err = store
+            .bake(
+                &BakeSpec {
+                    name: "esc".into(),
+                    ..spec.clone()
+                },
+                &mut std::io::sink(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, ImageError::InvalidSpec { msg, .. } if msg.contains(link) && msg.contains("outside the package")),
+            "{err}"
+        );
+        fs::remove_file(pkg.join(link)).unwrap();
+    }
+    // A link that stays inside the package is fine (checked by the bakes below).
+    std::os::unix::fs::symlink("../setupscript.sh", pkg.join("data/inside")).unwrap();
+    assert!(store.get("esc").unwrap().is_none());
 
     // A script that turns deprovisioned paths into links to host paths must
     // not make the host-side deprovision touch the host.

@@ -1,0 +1,601 @@
+//! Bakes: base resolution (debian / scratch / image), the nspawn run,
+//! deprovision, capture, progress events.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::{
+    deprovision, io_err, now_secs, parse_base, remove_entry, remove_tree, rfc3339, run_streaming,
+    tree_digest, unique_suffix, BakeDir, BakeSpec, Flock, Image, ImageError, ImageStore,
+    POLICY_RC_D, SCRATCH, SUDOERS_DROPIN, SUDO_SHIM, SYSTEMCTL_SHIM,
+};
+
+/// What a bake reports while it runs, in this order (a cache hit reports
+/// `BaseReady` then `Done { cache_hit: true }`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BakeEvent {
+    /// The base stack is available; `cached`: no debootstrap was needed.
+    BaseReady {
+        base: String,
+        cached: bool,
+        secs: f64,
+    },
+    /// The package is being copied to `/deployTemp/<package folder>`.
+    Copying {
+        files: u64,
+        bytes: u64,
+    },
+    /// The setup script starts (`command` as run inside the container).
+    ScriptStarted {
+        command: String,
+    },
+    /// One line of the script's merged stdout+stderr, without the newline.
+    ScriptLine(String),
+    Deprovisioning,
+    /// Hashing the upper dir and moving it into the store.
+    Capturing,
+    Done {
+        digest: String,
+        cache_hit: bool,
+        secs: f64,
+    },
+}
+
+/// The layers a bake runs on.
+pub(crate) struct BaseStack {
+    /// Top-most first (overlay lowerdir order); empty for scratch.
+    pub lowers: Vec<PathBuf>,
+    pub digests: Vec<String>,
+    /// What goes into the cache key for the base.
+    pub identity: String,
+    pub cached: bool,
+}
+
+/// `sha256:<hex>` over a stack's layer digests.
+pub fn chain_id(layer_digests: &[String]) -> String {
+    let mut h = Sha256::new();
+    for d in layer_digests {
+        h.update(d.as_bytes());
+        h.update(b"\n");
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Splits written bytes into lines for `BakeEvent::ScriptLine`.
+struct LineSink<'a> {
+    buf: Vec<u8>,
+    on_event: &'a mut dyn FnMut(BakeEvent),
+}
+
+impl Write for LineSink<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            (self.on_event)(BakeEvent::ScriptLine(text));
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LineSink<'_> {
+    fn finish(&mut self) {
+        if !self.buf.is_empty() {
+            let text = String::from_utf8_lossy(&self.buf).into_owned();
+            self.buf.clear();
+            (self.on_event)(BakeEvent::ScriptLine(text));
+        }
+    }
+}
+
+fn is_enospc(e: &ImageError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.raw_os_error() == Some(libc::ENOSPC) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+pub(crate) fn tree_count(p: &Path) -> (u64, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(md) = fs::symlink_metadata(&d) else {
+            continue;
+        };
+        files += 1;
+        if md.is_dir() {
+            if let Ok(rd) = fs::read_dir(&d) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if md.is_file() {
+            bytes += md.len();
+        }
+    }
+    (files, bytes)
+}
+
+/// Entry exists in the (merged) root without following a final symlink.
+fn exists_in(root: &Path, abs: &str) -> bool {
+    fs::symlink_metadata(root.join(abs.trim_start_matches('/'))).is_ok()
+}
+
+impl ImageStore {
+    /// Resolve `base` (`debian:<suite>`, `scratch` or an image name) to the
+    /// layer stack a bake runs on. An image base is verified
+    /// ([`ImageStore::open_for_use`]) first.
+    pub(crate) fn resolve_base(
+        &self,
+        base: &str,
+        mirror: Option<&str>,
+        log: &mut dyn Write,
+    ) -> Result<BaseStack, ImageError> {
+        if base == SCRATCH {
+            return Ok(BaseStack {
+                lowers: vec![],
+                digests: vec![],
+                identity: SCRATCH.into(),
+                cached: true,
+            });
+        }
+        if base.starts_with("debian:") {
+            parse_base(base)?;
+            let cached = self.base_id(base)?.is_some();
+            let rootfs = self.ensure_base(base, mirror, log)?;
+            let id = self.base_id(base)?.unwrap_or_default();
+            return Ok(BaseStack {
+                lowers: vec![rootfs],
+                digests: vec![format!("{base}@{id}")],
+                identity: id,
+                cached,
+            });
+        }
+        if !crate::valid_name(base) {
+            return Err(ImageError::UnsupportedBase(base.into()));
+        }
+        match self.open_for_use(base) {
+            Ok(img) => Ok(BaseStack {
+                identity: chain_id(&img.layer_digests),
+                lowers: img.layers,
+                digests: img.layer_digests,
+                cached: true,
+            }),
+            Err(ImageError::NotFound(_)) => Err(ImageError::UnsupportedBase(base.into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bake an image (or return the cached one with the same key).
+    pub fn bake(&self, spec: &BakeSpec, log: &mut dyn Write) -> Result<Image, ImageError> {
+        self.bake_with_progress(spec, log, &mut |_| {})
+    }
+
+    /// [`ImageStore::bake`] reporting [`BakeEvent`]s as it goes (the full
+    /// output still goes to `log` and to the kept log file).
+    pub fn bake_with_progress(
+        &self,
+        spec: &BakeSpec,
+        log: &mut dyn Write,
+        on_event: &mut dyn FnMut(BakeEvent),
+    ) -> Result<Image, ImageError> {
+        let started = Instant::now();
+        let (pkg, script, pkg_name) = self.validate_bake(spec)?;
+        self.mkdirs()?;
+        let t0 = Instant::now();
+        let stack = self.resolve_base(&spec.base, spec.mirror.as_deref(), log)?;
+        on_event(BakeEvent::BaseReady {
+            base: spec.base.clone(),
+            cached: stack.cached,
+            secs: t0.elapsed().as_secs_f64(),
+        });
+        let pkg_digest = tree_digest(&pkg)?;
+        let script_rel = script
+            .strip_prefix(&pkg)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| spec.script.clone());
+        // The cache key (unchanged format for debian bases, so old caches
+        // stay valid): base name + base identity (debian base id, `scratch`,
+        // or the parent image's chain id) + package + script + args + net.
+        let mut kh = Sha256::new();
+        kh.update(format!(
+            "base={}\0{}\0pkg={pkg_name}\0{pkg_digest}\0script={script_rel}\0net={}\0",
+            spec.base, stack.identity, spec.network
+        ));
+        for a in &spec.args {
+            kh.update(b"arg=");
+            kh.update(a.as_bytes());
+            kh.update(b"\0");
+        }
+        let key = hex::encode(kh.finalize());
+
+        // Cache hit?
+        {
+            let _lock = self.lock()?;
+            for img in self.list()? {
+                if img.cache_key == key && img.layers.iter().all(|l| l.is_dir()) {
+                    let img = self.normalize(img);
+                    if let Some(top) = img.layers.first() {
+                        self.ensure_seal(top, &img.digest)?;
+                    }
+                    let _ = writeln!(
+                        log,
+                        "scaleset: cache hit: {} reuses layer {} of image {}",
+                        spec.name, img.digest, img.name
+                    );
+                    let new = Image {
+                        name: spec.name.clone(),
+                        created: rfc3339(now_secs()),
+                        ..img
+                    };
+                    self.register_locked(&new)?;
+                    on_event(BakeEvent::Done {
+                        digest: new.digest.clone(),
+                        cache_hit: true,
+                        secs: started.elapsed().as_secs_f64(),
+                    });
+                    return Ok(new);
+                }
+            }
+        }
+
+        let log_path = self.root.join("logs").join(format!(
+            "{}-{}.log",
+            spec.name,
+            rfc3339(now_secs()).replace(':', "")
+        ));
+        let mut log_file = fs::File::create(&log_path)
+            .map_err(io_err(format!("create {}", log_path.display())))?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("bake-{}", unique_suffix()));
+        let r = self.bake_fresh(
+            spec,
+            &pkg,
+            &pkg_name,
+            &script_rel,
+            &stack,
+            key,
+            &tmp,
+            (log, &mut log_file, &log_path),
+            on_event,
+        );
+        let img = match r {
+            Ok(img) => img,
+            Err(e) if is_enospc(&e) => {
+                let _ = writeln!(log_file, "scaleset: bake failed: {e}");
+                return Err(ImageError::DiskFull {
+                    name: spec.name.clone(),
+                    path: self.root.join("tmp"),
+                    log: log_path,
+                });
+            }
+            Err(e) => {
+                let _ = writeln!(log_file, "scaleset: bake failed: {e}");
+                return Err(e);
+            }
+        };
+        on_event(BakeEvent::Done {
+            digest: img.digest.clone(),
+            cache_hit: false,
+            secs: started.elapsed().as_secs_f64(),
+        });
+        Ok(img)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bake_fresh(
+        &self,
+        spec: &BakeSpec,
+        pkg: &Path,
+        pkg_name: &str,
+        script_rel: &str,
+        stack: &BaseStack,
+        key: String,
+        tmp: &Path,
+        (log, log_file, log_path): (&mut dyn Write, &mut fs::File, &Path),
+        on_event: &mut dyn FnMut(BakeEvent),
+    ) -> Result<Image, ImageError> {
+        let guard = BakeDir {
+            dir: tmp.to_path_buf(),
+        };
+        fs::create_dir_all(tmp).map_err(io_err(format!("mkdir {}", tmp.display())))?;
+        // Held for the whole bake: `gc` removes only unlocked tmp dirs.
+        let _busy = Flock::exclusive(&tmp.join("lock"))?;
+        let (upper, work, merged) = (tmp.join("upper"), tmp.join("work"), tmp.join("merged"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(io_err(format!("mkdir {}", d.display())))?;
+        }
+        let lowers: Vec<PathBuf> = if stack.lowers.is_empty() {
+            vec![self.scratch_dir()]
+        } else {
+            stack.lowers.clone()
+        };
+        let lowerdir: Vec<String> = lowers
+            .iter()
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir.join(":"),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| ImageError::Io {
+            what: format!("mount bake overlay ({data})"),
+            source: io::Error::from(e),
+        })?;
+
+        // Top-level entries of the base: nspawn creates its skeleton
+        // (/proc, /sys, /dev, /run, /tmp, ...) in a root that lacks them;
+        // those are removed again if they stay empty.
+        let before: HashSet<OsString> = fs::read_dir(&merged)
+            .map_err(io_err(format!("read {}", merged.display())))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        // nspawn refuses a root without /usr.
+        let usr = merged.join("usr");
+        if fs::symlink_metadata(&usr).is_err() {
+            fs::create_dir(&usr).map_err(io_err(format!("mkdir {}", usr.display())))?;
+        }
+
+        // Package + bake-time shims.
+        let (files, bytes) = tree_count(pkg);
+        on_event(BakeEvent::Copying { files, bytes });
+        let deploy = merged.join("deployTemp");
+        crate::copy_tree(pkg, &deploy.join(pkg_name))?;
+        let in_guest_script = deploy.join(pkg_name).join(script_rel);
+        let mode = fs::metadata(&in_guest_script)
+            .map_err(io_err(format!("stat {}", in_guest_script.display())))?
+            .permissions()
+            .mode();
+        fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
+            .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
+
+        // How to start the script: through /bin/sh when the image has one,
+        // else exec'd directly (scratch-like roots: the script must be a
+        // static executable or name an interpreter the image/package has).
+        let has_sh = exists_in(&merged, "/bin/sh") || exists_in(&merged, "/usr/bin/sh");
+        if !has_sh {
+            let mut head = [0u8; 256];
+            let n = fs::File::open(&in_guest_script)
+                .and_then(|mut f| f.read(&mut head))
+                .map_err(io_err(format!("read {}", in_guest_script.display())))?;
+            let head = &head[..n];
+            if let Some(rest) = head.strip_prefix(b"#!") {
+                let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+                let interp = String::from_utf8_lossy(line)
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                if interp.is_empty() || !interp.starts_with('/') || !exists_in(&merged, &interp) {
+                    return Err(ImageError::InvalidSpec {
+                        name: spec.name.clone(),
+                        msg: format!(
+                            "base {:?} has no /bin/sh and no {interp:?} to run script {script_rel:?}: on an empty base (scratch) the script must be a static executable, or name an interpreter the package ships (e.g. #!/deployTemp/{pkg_name}/busybox sh)",
+                            spec.base
+                        ),
+                    });
+                }
+            } else if !head.starts_with(b"\x7fELF") {
+                return Err(ImageError::InvalidSpec {
+                    name: spec.name.clone(),
+                    msg: format!(
+                        "base {:?} has no /bin/sh and script {script_rel:?} is neither an ELF executable nor a #! script",
+                        spec.base
+                    ),
+                });
+            }
+        }
+
+        let mut shims: Vec<(String, String)> = Vec::new();
+        let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
+            let p = merged.join(rel);
+            if fs::symlink_metadata(&p).is_ok() {
+                return Ok(()); // the image has its own; leave it alone
+            }
+            if let Some(parent) = p.parent() {
+                if !parent.is_dir() {
+                    return Ok(());
+                }
+            }
+            fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                .map_err(io_err(format!("chmod {}", p.display())))?;
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            shims.push((dir.to_string(), name.to_string()));
+            Ok(())
+        };
+        if has_sh {
+            put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
+            put_shim("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
+            put_shim("etc/sudoers.d/zz-scaleset-bake", SUDOERS_DROPIN, 0o440)?;
+            if fs::symlink_metadata(merged.join("usr/bin/sudo")).is_err() {
+                put_shim("usr/local/bin/sudo", SUDO_SHIM, 0o755)?;
+            }
+        }
+
+        let _ = writeln!(
+            log_file,
+            "scaleset: baking {} from {} (package {pkg_name}, script {script_rel}, network {})",
+            spec.name, spec.base, spec.network
+        );
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.args([
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--pipe",
+            "--as-pid2",
+            "--timezone=off",
+            "--link-journal=no",
+            // A resolvable host name (sudo looks it up on every call).
+            "--hostname=localhost",
+        ])
+        .arg(format!(
+            "--machine=ssbake-{}",
+            &hex::encode(Sha256::digest(unique_suffix()))[..12]
+        ))
+        .arg("-D")
+        .arg(&merged)
+        .arg(if spec.network {
+            "--resolv-conf=bind-host"
+        } else {
+            "--resolv-conf=off"
+        });
+        if !spec.network {
+            cmd.arg("--private-network");
+        }
+        for env in [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root",
+            "USER=root",
+            "LANG=C.UTF-8",
+            "DEBIAN_FRONTEND=noninteractive",
+            "PIP_BREAK_SYSTEM_PACKAGES=1",
+            "SYSTEMD_OFFLINE=1",
+            "SCALESET_BAKE=1",
+        ] {
+            cmd.arg(format!("--setenv={env}"));
+        }
+        let in_guest = format!("{pkg_name}/{script_rel}");
+        cmd.arg("--chdir=/deployTemp").arg("--");
+        if has_sh {
+            cmd.arg("/bin/sh")
+                .arg("-c")
+                .arg("cd /deployTemp && exec \"$0\" \"$@\"")
+                .arg(&in_guest);
+        } else {
+            cmd.arg(format!("/deployTemp/{in_guest}"));
+        }
+        cmd.args(&spec.args);
+        on_event(BakeEvent::ScriptStarted {
+            command: std::iter::once(format!("/deployTemp/{in_guest}"))
+                .chain(spec.args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+        let started = Instant::now();
+        let mut lines = LineSink {
+            buf: Vec::new(),
+            on_event,
+        };
+        let status = run_streaming(cmd, &mut [log, log_file, &mut lines]).map_err(io_err(
+            "cannot run systemd-nspawn (apt-get install systemd-container)",
+        ))?;
+        lines.finish();
+        let on_event = lines.on_event;
+        let _ = writeln!(
+            log_file,
+            "scaleset: setup script finished with {status} after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        // A full scratch file system: the script may have ignored a failed
+        // write (no `set -e`), so the layer could be incomplete.
+        if let Ok(st) = nix::sys::statvfs::statvfs(&upper) {
+            if st.blocks_available() == 0 {
+                let _ = writeln!(
+                    log_file,
+                    "scaleset: no space left on the bake's file system ({})",
+                    upper.display()
+                );
+                return Err(ImageError::DiskFull {
+                    name: spec.name.clone(),
+                    path: self.root.join("tmp"),
+                    log: log_path.to_path_buf(),
+                });
+            }
+        }
+        if !status.success() {
+            return Err(ImageError::ScriptFailed {
+                name: spec.name.clone(),
+                status: status.to_string(),
+                log: log_path.to_path_buf(),
+            });
+        }
+
+        // Deprovision.
+        on_event(BakeEvent::Deprovisioning);
+        for (dir, name) in &shims {
+            remove_entry(&merged, dir, name)?;
+        }
+        deprovision(&merged)?;
+        for e in fs::read_dir(&merged)
+            .map_err(io_err(format!("read {}", merged.display())))?
+            .flatten()
+        {
+            if !before.contains(&e.file_name())
+                && e.file_type().is_ok_and(|t| t.is_dir())
+                && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none())
+            {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+        remove_tree(&merged)?; // unmounts the overlay
+        let _ = fs::remove_dir_all(&work);
+
+        // Capture.
+        on_event(BakeEvent::Capturing);
+        let _lock = self.lock()?;
+        if let Some(gone) = stack.lowers.iter().find(|l| !l.is_dir()) {
+            return Err(ImageError::InvalidSpec {
+                name: spec.name.clone(),
+                msg: format!(
+                    "base layer {} was removed during the bake (base image deleted?)",
+                    gone.display()
+                ),
+            });
+        }
+        let (digest, layer) = self.install_layer(&upper)?;
+        drop(guard);
+        let mut layers = vec![layer];
+        layers.extend(stack.lowers.iter().cloned());
+        let mut layer_digests = vec![digest.clone()];
+        layer_digests.extend(stack.digests.iter().cloned());
+        let img = Image {
+            name: spec.name.clone(),
+            digest,
+            base: spec.base.clone(),
+            layers,
+            id: chain_id(&layer_digests),
+            layer_digests,
+            created: rfc3339(now_secs()),
+            log: log_path.to_path_buf(),
+            cache_key: key,
+        };
+        self.register_locked(&img)?;
+        let _ = writeln!(
+            log_file,
+            "scaleset: registered {} as {}",
+            img.name, img.digest
+        );
+        Ok(img)
+    }
+}
