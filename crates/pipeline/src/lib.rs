@@ -28,6 +28,7 @@ pub mod git;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod runner;
 pub mod tasks;
 pub mod trigger;
 pub mod vars;

@@ -1,0 +1,1277 @@
+//! Whole pipeline runs: workspace, checkout, compile, jobs, durable record and logs, triggers.
+//!
+//! # For the daemon
+//!
+//! ```ignore
+//! let store = RunStore::new(data.join("runs"));
+//! let runner = Runner::new(RunnerConfig::new(data.join("work")), store.clone())
+//!     .with_artifacts(artifact_store.clone());
+//! // a push: for each RefUpdate of a receive-pack (see crate::git)
+//! let m = pipelines_for_push(&definitions, &repos, "my_app", &update)?;
+//! for t in m.runs {
+//!     let id = store.next_id()?;
+//!     let req = t.request(id, &repos);
+//!     store.queue(&req)?;                                   // status "queued"
+//!     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false); // keep cancel_tx per run
+//!     let record = runner.run(req, &tasks_for_this_run, cancel_rx).await; // completed
+//!     for t in pipelines_for_completed_run(&definitions, &repos, &record).runs { /* queue */ }
+//! }
+//! ```
+//!
+//! - [`Runner::run`] never panics on bad input: a missing or invalid YAML file completes the
+//!   run as Failed with `file:line:column: rule` in [`RunRecord::message`] before any step runs.
+//!   Cancel by sending `true` on the watch channel (running steps are killed, queued jobs are
+//!   Canceled unless their condition is `always()`/`canceled()`). Runs must be serialized per
+//!   pipeline by the caller if wanted (Azure's `batch`); the runner itself is reentrant.
+//! - [`RunStore`] (`root/<id>/run.json` + `root/<id>/log.txt`) is the durable record: `get`,
+//!   `list`, `logs`, [`RunStore::follow`] (tails the log until the run completes), `next_id`,
+//!   `queue`, `cancel_queued`. At daemon start, [`RunStore::fail_interrupted`] completes runs
+//!   left queued/running by a crash.
+//! - Log lines: `<RFC 3339 time> [<stage>/<job>] <step label> | <text>`, masked.
+//! - Workspaces live in `RunnerConfig::work_root/<id>/{s,a,b,_temp}` and are deleted at the
+//!   end (`keep_workspace` keeps them for debugging). Each job starts with empty `a/`, `b/`,
+//!   `_temp/`; `s/` is checked out once per run.
+//! - Release semantics: when a pipeline declares `resources.pipelines` and a run of the
+//!   triggering (else the first) resource is known, the run gets `Release.ReleaseId` = its own
+//!   id and `Build.BuildId`/`Build.BuildNumber`/`Build.SourceBranch`/`Build.SourceVersion` of
+//!   that resource run (like a classic release's primary artifact), so `$(Build.BuildId)` in a
+//!   release names the CI build. Every resource gets `resources.pipeline.<alias>.runID`,
+//!   `.runName`, `.pipelineName`, `.sourceBranch`, `.sourceCommit`.
+//! - Definitions: the daemon keeps [`PipelineDefinition`]s (name, repository, YAML path,
+//!   default branch). [`pipelines_for_push`] reads each definition's YAML at the pushed commit;
+//!   [`pipelines_for_completed_run`] reads release YAML at the definition's default branch.
+
+use crate::artifacts::{ArtifactRef, ArtifactStore};
+use crate::exec::{check_tasks, run_job, ExecConfig, LogLine, LogSink, Stream, TaskRunner};
+use crate::git::{self, RefUpdate, RepoStore};
+use crate::model::{Pipeline, DEFAULT_NAME};
+use crate::plan::{JobRef, RunResult, RunState, Status};
+use crate::vars::{self, Masker, RunInfo, Variables};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where a run's sources come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceSpec {
+    /// A directory copied into `s/` (tests, local runs).
+    Dir(PathBuf),
+    /// A commit of a bare repository, exported into `s/`.
+    Repo {
+        /// The repository's name (Build.Repository.Name).
+        name: String,
+        /// Path of the bare repository.
+        path: PathBuf,
+        commit: String,
+    },
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunReason {
+    Manual,
+    /// A push (`batched`: several pushes folded into one run).
+    Push {
+        batched: bool,
+    },
+    /// A completed run of the pipeline resource `alias`.
+    Resource {
+        alias: String,
+    },
+}
+
+impl RunReason {
+    /// Azure's Build.Reason.
+    pub fn build_reason(&self) -> &'static str {
+        match self {
+            RunReason::Manual => "Manual",
+            RunReason::Push { batched: false } => "IndividualCI",
+            RunReason::Push { batched: true } => "BatchedCI",
+            RunReason::Resource { .. } => "ResourceTrigger",
+        }
+    }
+}
+
+/// A run of another pipeline consumed through `resources.pipelines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRun {
+    pub alias: String,
+    pub pipeline: String,
+    pub run_id: u64,
+    pub run_number: String,
+    pub branch: String,
+    pub commit: String,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub run_id: u64,
+    pub pipeline_name: String,
+    pub source: SourceSpec,
+    /// The pipeline file, relative to the sources (e.g. `azure-pipelines.yml`).
+    pub yaml_path: String,
+    pub reason: RunReason,
+    /// Branch of the sources (`main` or `refs/heads/main`).
+    pub branch: String,
+    /// Commit of the sources (empty for [`SourceSpec::Dir`] if unknown).
+    pub commit: String,
+    pub requested_for: String,
+    /// Queue-time variables (secrets marked secret); they override the YAML's variables.
+    pub variables: Variables,
+    /// Template parameters.
+    pub parameters: BTreeMap<String, String>,
+    /// Build.BuildNumber; `None` = from the pipeline's `name:` or the run id.
+    pub run_number: Option<String>,
+    /// Resource runs already chosen (the triggering one). Other declared resources resolve to
+    /// the latest successful run of their source pipeline in the [`RunStore`].
+    pub resources: Vec<ResourceRun>,
+}
+
+impl RunRequest {
+    /// A manual run with defaults.
+    pub fn new(run_id: u64, pipeline: &str, source: SourceSpec, yaml_path: &str) -> RunRequest {
+        RunRequest {
+            run_id,
+            pipeline_name: pipeline.to_string(),
+            source,
+            yaml_path: yaml_path.to_string(),
+            reason: RunReason::Manual,
+            branch: "refs/heads/main".into(),
+            commit: String::new(),
+            requested_for: "scaleset".into(),
+            variables: Variables::new(),
+            parameters: BTreeMap::new(),
+            run_number: None,
+            resources: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Completed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub label: String,
+    pub status: RunStatus,
+    pub result: Option<RunResult>,
+    pub exit_code: Option<i32>,
+    pub attempts: u32,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub status: RunStatus,
+    pub result: Option<RunResult>,
+    pub message: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub status: RunStatus,
+    pub result: Option<RunResult>,
+    pub message: Option<String>,
+    pub jobs: Vec<JobRecord>,
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: u64,
+    pub pipeline: String,
+    pub run_number: String,
+    pub status: RunStatus,
+    /// Set when completed.
+    pub result: Option<RunResult>,
+    /// Why the run failed before or outside its steps (YAML errors, checkout errors, cancel).
+    pub message: Option<String>,
+    pub reason: RunReason,
+    pub repository: Option<String>,
+    pub yaml_path: String,
+    pub source_branch: String,
+    pub source_version: String,
+    pub requested_for: String,
+    pub resources: Vec<ResourceRun>,
+    /// Unix milliseconds.
+    pub queued_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub stages: Vec<StageRecord>,
+    /// Artifacts the run published.
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+impl RunRecord {
+    fn from_request(req: &RunRequest) -> RunRecord {
+        RunRecord {
+            id: req.run_id,
+            pipeline: req.pipeline_name.clone(),
+            run_number: req
+                .run_number
+                .clone()
+                .unwrap_or_else(|| req.run_id.to_string()),
+            status: RunStatus::Queued,
+            result: None,
+            message: None,
+            reason: req.reason.clone(),
+            repository: match &req.source {
+                SourceSpec::Repo { name, .. } => Some(name.clone()),
+                SourceSpec::Dir(_) => None,
+            },
+            yaml_path: req.yaml_path.clone(),
+            source_branch: crate::trigger::full_ref(&req.branch),
+            source_version: req.commit.clone(),
+            requested_for: req.requested_for.clone(),
+            resources: req.resources.clone(),
+            queued_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            stages: vec![],
+            artifacts: vec![],
+        }
+    }
+
+    /// Every step, with its stage and job names.
+    pub fn steps(&self) -> impl Iterator<Item = (&str, &str, &StepRecord)> {
+        self.stages.iter().flat_map(|s| {
+            s.jobs.iter().flat_map(move |j| {
+                j.steps
+                    .iter()
+                    .map(move |st| (s.name.as_str(), j.name.as_str(), st))
+            })
+        })
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `2024-05-01T12:00:00.123Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil from days (Howard Hinnant).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Durable run records and logs under one directory.
+#[derive(Debug, Clone)]
+pub struct RunStore {
+    root: PathBuf,
+    id_lock: Arc<Mutex<()>>,
+}
+
+impl RunStore {
+    pub fn new(root: impl Into<PathBuf>) -> RunStore {
+        RunStore {
+            root: root.into(),
+            id_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, id: u64) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir(id).join("log.txt")
+    }
+
+    /// A new run id (one more than any stored or handed out), reserving its directory.
+    pub fn next_id(&self) -> std::io::Result<u64> {
+        let _g = self.id_lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::create_dir_all(&self.root)?;
+        let max = self.ids()?.into_iter().max().unwrap_or(0);
+        let id = max + 1;
+        std::fs::create_dir_all(self.dir(id))?;
+        Ok(id)
+    }
+
+    fn ids(&self) -> std::io::Result<Vec<u64>> {
+        let rd = match std::fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        Ok(rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+            .collect())
+    }
+
+    /// Write a record atomically.
+    pub fn save(&self, r: &RunRecord) -> std::io::Result<()> {
+        let dir = self.dir(r.id);
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join("run.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, dir.join("run.json"))
+    }
+
+    /// Record a request as queued (before [`Runner::run`]).
+    pub fn queue(&self, req: &RunRequest) -> std::io::Result<RunRecord> {
+        let r = RunRecord::from_request(req);
+        self.save(&r)?;
+        Ok(r)
+    }
+
+    /// Complete a run that never started as Canceled. `Ok(false)` if it is not queued.
+    pub fn cancel_queued(&self, id: u64) -> std::io::Result<bool> {
+        let Some(mut r) = self.get(id)? else {
+            return Ok(false);
+        };
+        if r.status != RunStatus::Queued {
+            return Ok(false);
+        }
+        r.status = RunStatus::Completed;
+        r.result = Some(RunResult::Canceled);
+        r.message = Some("canceled before it started".into());
+        r.finished_ms = Some(now_ms());
+        self.save(&r)?;
+        Ok(true)
+    }
+
+    /// After a daemon restart: complete every queued or running record as Failed (running) or
+    /// Canceled (queued). Returns their ids.
+    pub fn fail_interrupted(&self) -> std::io::Result<Vec<u64>> {
+        let mut out = vec![];
+        for mut r in self.list()? {
+            if r.status == RunStatus::Completed {
+                continue;
+            }
+            r.result = Some(if r.status == RunStatus::Running {
+                RunResult::Failed
+            } else {
+                RunResult::Canceled
+            });
+            r.message = Some("the daemon stopped while the run was not complete".into());
+            r.status = RunStatus::Completed;
+            r.finished_ms = Some(now_ms());
+            self.save(&r)?;
+            out.push(r.id);
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, id: u64) -> std::io::Result<Option<RunRecord>> {
+        match std::fs::read(self.dir(id).join("run.json")) {
+            Ok(d) => serde_json::from_slice(&d)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every run, newest first.
+    pub fn list(&self) -> std::io::Result<Vec<RunRecord>> {
+        let mut ids = self.ids()?;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = vec![];
+        for id in ids {
+            if let Some(r) = self.get(id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs of one pipeline, newest first.
+    pub fn list_pipeline(&self, pipeline: &str) -> std::io::Result<Vec<RunRecord>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|r| r.pipeline.eq_ignore_ascii_case(pipeline))
+            .collect())
+    }
+
+    /// The newest successful (Succeeded or SucceededWithIssues) run of a pipeline, optionally
+    /// on a branch.
+    pub fn latest_successful(
+        &self,
+        pipeline: &str,
+        branch: Option<&str>,
+    ) -> std::io::Result<Option<RunRecord>> {
+        Ok(self.list_pipeline(pipeline)?.into_iter().find(|r| {
+            matches!(
+                r.result,
+                Some(RunResult::Succeeded | RunResult::SucceededWithIssues)
+            ) && branch.is_none_or(|b| crate::trigger::full_ref(b) == r.source_branch)
+        }))
+    }
+
+    /// The whole log so far.
+    pub fn logs(&self, id: u64) -> std::io::Result<String> {
+        match std::fs::read(self.log_path(id)) {
+            Ok(d) => Ok(String::from_utf8_lossy(&d).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Call `on_line` for every log line, waiting for new ones until the run is completed (or
+    /// `on_line` returns false). Returns the final record.
+    pub async fn follow(
+        &self,
+        id: u64,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> std::io::Result<Option<RunRecord>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut offset = 0u64;
+        let mut partial = Vec::new();
+        loop {
+            // Read the record first: a completed record means the log is complete.
+            let rec = self.get(id)?;
+            let Some(rec) = rec else { return Ok(None) };
+            let done = rec.status == RunStatus::Completed;
+            if let Ok(mut f) = std::fs::File::open(self.log_path(id)) {
+                f.seek(SeekFrom::Start(offset))?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                offset += buf.len() as u64;
+                partial.extend_from_slice(&buf);
+                while let Some(i) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=i).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    if !on_line(&text) {
+                        return Ok(Some(rec));
+                    }
+                }
+            }
+            if done {
+                if !partial.is_empty() {
+                    on_line(&String::from_utf8_lossy(&partial));
+                }
+                return Ok(Some(rec));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// How the runner runs jobs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Workspaces are `work_root/<run id>`.
+    pub work_root: PathBuf,
+    /// The only environment jobs inherit (e.g. PATH, HOME, LANG); never the daemon's own.
+    pub base_env: Vec<(String, String)>,
+    pub shell: PathBuf,
+    /// Run job processes as this uid/gid (the workspace is chowned to it).
+    pub uid_gid: Option<(u32, u32)>,
+    /// Length of a `timeoutInMinutes` minute (tests shorten it).
+    pub minute: Duration,
+    pub retry_delay: Duration,
+    pub kill_grace: Duration,
+    /// Keep the workspace after the run (debugging).
+    pub keep_workspace: bool,
+}
+
+impl RunnerConfig {
+    pub fn new(work_root: impl Into<PathBuf>) -> RunnerConfig {
+        let d = ExecConfig::new("/", Variables::new());
+        RunnerConfig {
+            work_root: work_root.into(),
+            base_env: d.base_env,
+            shell: d.shell,
+            uid_gid: None,
+            minute: d.minute,
+            retry_delay: d.retry_delay,
+            kill_grace: d.kill_grace,
+            keep_workspace: false,
+        }
+    }
+}
+
+/// Runs pipeline runs.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub config: RunnerConfig,
+    pub store: RunStore,
+    /// Where the run's tasks publish; the record lists the run's artifacts from it.
+    pub artifacts: Option<ArtifactStore>,
+}
+
+/// Appends masked, labeled lines to a run's log file.
+#[derive(Clone)]
+struct RunLog {
+    file: Arc<Mutex<Option<std::fs::File>>>,
+    masker: Arc<Mutex<Masker>>,
+}
+
+impl RunLog {
+    fn open(path: &Path, masker: Masker) -> RunLog {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok();
+        RunLog {
+            file: Arc::new(Mutex::new(file)),
+            masker: Arc::new(Mutex::new(masker)),
+        }
+    }
+
+    fn write(&self, prefix: &str, label: &str, text: &str) {
+        let text = self
+            .masker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mask(text);
+        let line = if label.is_empty() {
+            format!("{} [{prefix}] {text}\n", rfc3339(now_ms()))
+        } else {
+            format!("{} [{prefix}] {label} | {text}\n", rfc3339(now_ms()))
+        };
+        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    fn run_line(&self, text: &str) {
+        self.write("run", "", text);
+    }
+}
+
+fn display(name: &str, display_name: &Option<String>) -> String {
+    match display_name {
+        Some(d) => d.clone(),
+        None if name == DEFAULT_NAME => "Job".into(),
+        None => name.to_string(),
+    }
+}
+
+fn status_of(s: Status) -> (RunStatus, Option<RunResult>) {
+    match s {
+        Status::Queued => (RunStatus::Queued, None),
+        Status::Running => (RunStatus::Running, None),
+        Status::Completed(r) => (RunStatus::Completed, Some(r)),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .output()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "copying {} failed: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+fn reset_dir(p: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(p);
+    std::fs::create_dir_all(p)
+}
+
+fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let out = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(p)
+        .output()
+        .map_err(|e| format!("chown: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(())
+}
+
+/// The run number from a pipeline's `name:` format (`$(Date:yyyyMMdd)`, `$(Rev:r)`,
+/// `$(Rev:.r)` and variables; the revision is the run id).
+pub fn run_number(format: &str, run_id: u64, vars: &Variables) -> String {
+    let date = rfc3339(now_ms());
+    let ymd = format!("{}{}{}", &date[0..4], &date[5..7], &date[8..10]);
+    let s = format
+        .replace("$(Date:yyyyMMdd)", &ymd)
+        .replace("$(Rev:r)", &run_id.to_string())
+        .replace("$(Rev:.r)", &format!(".{run_id}"))
+        .replace("$(BuildID)", &run_id.to_string());
+    let s = vars.expand(&s);
+    if s.trim().is_empty() {
+        run_id.to_string()
+    } else {
+        s
+    }
+}
+
+impl Runner {
+    pub fn new(config: RunnerConfig, store: RunStore) -> Runner {
+        Runner {
+            config,
+            store,
+            artifacts: None,
+        }
+    }
+
+    /// List the artifacts each run published (from the store its tasks publish into) in its
+    /// record.
+    pub fn with_artifacts(mut self, artifacts: ArtifactStore) -> Runner {
+        self.artifacts = Some(artifacts);
+        self
+    }
+
+    /// Run `req` to completion; returns (and stores) the completed record.
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        tasks: &dyn TaskRunner,
+        cancel: watch::Receiver<bool>,
+    ) -> RunRecord {
+        let mut rec = match self.store.get(req.run_id) {
+            Ok(Some(r)) if r.status == RunStatus::Queued => r,
+            _ => RunRecord::from_request(&req),
+        };
+        rec.status = RunStatus::Running;
+        rec.started_ms = Some(now_ms());
+        let _ = std::fs::create_dir_all(self.store.dir(req.run_id));
+        let _ = self.store.save(&rec);
+        let masker = Masker::new(req.variables.secrets());
+        let log = RunLog::open(&self.store.log_path(req.run_id), masker);
+        let ws = self.config.work_root.join(req.run_id.to_string());
+        let outcome = self
+            .run_inner(&req, &mut rec, &ws, &log, tasks, cancel)
+            .await;
+        if let Err(msg) = outcome {
+            log.run_line(&format!("##[error]{msg}"));
+            rec.message = Some(msg);
+            rec.result = Some(RunResult::Failed);
+        }
+        if let Some(a) = &self.artifacts {
+            rec.artifacts = a.list(req.run_id).unwrap_or_default();
+        }
+        rec.status = RunStatus::Completed;
+        rec.finished_ms = Some(now_ms());
+        log.run_line(&format!(
+            "Run {} finished: {}",
+            req.run_id,
+            rec.result.unwrap_or(RunResult::Failed)
+        ));
+        if !self.config.keep_workspace {
+            let _ = std::fs::remove_dir_all(&ws);
+        }
+        let _ = self.store.save(&rec);
+        rec
+    }
+
+    async fn run_inner(
+        &self,
+        req: &RunRequest,
+        rec: &mut RunRecord,
+        ws: &Path,
+        log: &RunLog,
+        tasks: &dyn TaskRunner,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        log.run_line(&format!(
+            "Run {} of pipeline `{}` ({}), {} {}",
+            req.run_id,
+            req.pipeline_name,
+            req.reason.build_reason(),
+            rec.source_branch,
+            req.commit
+        ));
+        let _ = std::fs::remove_dir_all(ws);
+        for d in [
+            vars::sources_dir(ws),
+            vars::staging_dir(ws),
+            vars::binaries_dir(ws),
+            vars::temp_dir(ws),
+        ] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| format!("cannot create workspace {}: {e}", d.display()))?;
+        }
+        let src = vars::sources_dir(ws);
+        let repo_name = match &req.source {
+            SourceSpec::Dir(d) => {
+                copy_dir(d, &src)?;
+                req.pipeline_name.clone()
+            }
+            SourceSpec::Repo { name, path, commit } => {
+                let (p, c, s) = (path.clone(), commit.clone(), src.clone());
+                tokio::task::spawn_blocking(move || git::checkout(&p, &c, &s))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("checkout of {name} at {commit} failed: {e}"))?;
+                name.clone()
+            }
+        };
+        log.run_line(&format!("Sources are in {}", src.display()));
+        let yaml_file = src.join(req.yaml_path.trim_start_matches('/'));
+        let text = std::fs::read_to_string(&yaml_file).map_err(|e| {
+            format!(
+                "{}: cannot read the pipeline file: {}",
+                req.yaml_path,
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    "it does not exist in the sources".to_string()
+                } else {
+                    e.to_string()
+                }
+            )
+        })?;
+        let p =
+            crate::compile(&req.yaml_path, &text, &req.parameters).map_err(|e| e.to_string())?;
+        check_tasks(&req.yaml_path, &p, tasks).map_err(|e| e.to_string())?;
+        crate::plan::execution_order(&p).map_err(|e| format!("{}: {e}", req.yaml_path))?;
+
+        // Resources.
+        let mut resources = req.resources.clone();
+        for r in &p.resources.pipelines {
+            if resources
+                .iter()
+                .any(|x| x.alias.eq_ignore_ascii_case(&r.alias))
+            {
+                continue;
+            }
+            if let Ok(Some(run)) = self.store.latest_successful(&r.source, r.branch.as_deref()) {
+                resources.push(ResourceRun {
+                    alias: r.alias.clone(),
+                    pipeline: run.pipeline.clone(),
+                    run_id: run.id,
+                    run_number: run.run_number.clone(),
+                    branch: run.source_branch.clone(),
+                    commit: run.source_version.clone(),
+                });
+            }
+        }
+        rec.resources = resources.clone();
+        let primary = match &req.reason {
+            RunReason::Resource { alias } => resources
+                .iter()
+                .find(|r| r.alias.eq_ignore_ascii_case(alias)),
+            _ => p.resources.pipelines.first().and_then(|d| {
+                resources
+                    .iter()
+                    .find(|r| r.alias.eq_ignore_ascii_case(&d.alias))
+            }),
+        };
+
+        // Variables.
+        let mut info = RunInfo {
+            build_id: req.run_id,
+            build_number: String::new(),
+            workspace: ws.to_path_buf(),
+            source_version: req.commit.clone(),
+            source_branch: req.branch.clone(),
+            repository_name: repo_name,
+            pipeline_name: req.pipeline_name.clone(),
+            reason: req.reason.build_reason().into(),
+            release_id: None,
+            triggering_alias: match &req.reason {
+                RunReason::Resource { alias } => Some(alias.clone()),
+                _ => None,
+            },
+            requested_for: req.requested_for.clone(),
+        };
+        let mut run_vars = p.variables.clone();
+        run_vars.extend(&req.variables);
+        let own_number = match (&req.run_number, &p.name) {
+            (Some(n), _) => n.clone(),
+            (None, Some(f)) => run_number(f, req.run_id, &run_vars),
+            (None, None) => req.run_id.to_string(),
+        };
+        rec.run_number = own_number.clone();
+        info.build_number = own_number.clone();
+        if let Some(pr) = primary {
+            info.release_id = Some(req.run_id);
+            info.build_id = pr.run_id;
+            info.build_number = pr.run_number.clone();
+            info.source_branch = pr.branch.clone();
+            info.source_version = pr.commit.clone();
+            log.run_line(&format!(
+                "Release {}: primary artifact source `{}` run {} ({})",
+                req.run_id, pr.pipeline, pr.run_id, pr.run_number
+            ));
+        }
+        run_vars.extend(&vars::predefined_variables(&info));
+        if primary.is_some() {
+            run_vars.set("Release.ReleaseName", format!("Release-{own_number}"));
+            run_vars.set("Release.DefinitionName", req.pipeline_name.clone());
+        }
+        for r in &resources {
+            let k = |f: &str| format!("resources.pipeline.{}.{f}", r.alias);
+            run_vars.set(&k("runID"), r.run_id.to_string());
+            run_vars.set(&k("runName"), r.run_number.clone());
+            run_vars.set(&k("pipelineName"), r.pipeline.clone());
+            run_vars.set(&k("sourceBranch"), r.branch.clone());
+            run_vars.set(&k("sourceCommit"), r.commit.clone());
+        }
+        for s in run_vars.secrets() {
+            log.masker.lock().unwrap_or_else(|p| p.into_inner()).add(s);
+        }
+
+        // The record's shape: every stage, job and step, queued.
+        rec.stages = p
+            .stages
+            .iter()
+            .map(|s| StageRecord {
+                name: s.name.clone(),
+                display_name: s.display_name.clone(),
+                status: RunStatus::Queued,
+                result: None,
+                message: None,
+                jobs: s
+                    .jobs
+                    .iter()
+                    .map(|j| JobRecord {
+                        name: j.name.clone(),
+                        display_name: j.display_name.clone(),
+                        status: RunStatus::Queued,
+                        result: None,
+                        message: None,
+                        started_ms: None,
+                        finished_ms: None,
+                        steps: j
+                            .steps
+                            .iter()
+                            .map(|st| StepRecord {
+                                label: run_vars.expand(&st.label()),
+                                status: RunStatus::Queued,
+                                result: None,
+                                exit_code: None,
+                                attempts: 0,
+                                message: None,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let _ = self.store.save(rec);
+
+        if let Some((uid, gid)) = self.config.uid_gid {
+            chown_tree(ws, uid, gid).map_err(|e| format!("chown of the workspace failed: {e}"))?;
+        }
+
+        let mut state = RunState::new(&p);
+        loop {
+            if *cancel.borrow() && !state.canceled {
+                log.run_line("##[warning]The run was canceled");
+                rec.message = Some("canceled".into());
+                state.cancel();
+            }
+            let adv = state.advance(&p, &run_vars);
+            for (stage, job, msg) in &adv.errors {
+                log.run_line(&format!(
+                    "##[error]{stage}{}: {msg}",
+                    job.as_ref().map(|j| format!("/{j}")).unwrap_or_default()
+                ));
+            }
+            sync_record(rec, &state);
+            let _ = self.store.save(rec);
+            if adv.start.is_empty() {
+                if state.running().is_empty() {
+                    break;
+                }
+                // Started earlier but not run: cannot happen with sequential execution.
+                for r in state.running() {
+                    state.complete_job(&r, RunResult::Failed, BTreeMap::new());
+                }
+                continue;
+            }
+            for jr in adv.start {
+                let (result, outputs) = self
+                    .run_one_job(&p, &jr, rec, ws, log, tasks, &run_vars, &cancel)
+                    .await;
+                state.complete_job(&jr, result, outputs);
+                sync_record(rec, &state);
+                let _ = self.store.save(rec);
+            }
+        }
+        rec.result = Some(state.result().unwrap_or(RunResult::Failed));
+        if state.canceled {
+            rec.result = Some(RunResult::Canceled);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_one_job(
+        &self,
+        p: &Pipeline,
+        jr: &JobRef,
+        rec: &mut RunRecord,
+        ws: &Path,
+        log: &RunLog,
+        tasks: &dyn TaskRunner,
+        run_vars: &Variables,
+        cancel: &watch::Receiver<bool>,
+    ) -> (RunResult, BTreeMap<String, String>) {
+        let (Some(stage), Some(job)) = (
+            p.stage(&jr.stage),
+            p.stage(&jr.stage).and_then(|s| s.job(&jr.job)),
+        ) else {
+            return (RunResult::Failed, BTreeMap::new());
+        };
+        let prefix = format!(
+            "{}/{}",
+            display(&stage.name, &None),
+            display(&job.name, &None)
+        );
+        for d in [
+            vars::staging_dir(ws),
+            vars::binaries_dir(ws),
+            vars::temp_dir(ws),
+        ] {
+            let _ = reset_dir(&d);
+            if let Some((uid, gid)) = self.config.uid_gid {
+                let _ = chown_tree(&d, uid, gid);
+            }
+        }
+        let mut v = run_vars.clone();
+        v.extend(&stage.variables);
+        v.extend(&job.variables);
+        v.extend(&vars::job_variables(&stage.name, &job.name, 1));
+        let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
+        let mut cfg = ExecConfig::new(ws, v.clone());
+        cfg.base_env = self.config.base_env.clone();
+        cfg.shell = self.config.shell.clone();
+        cfg.uid_gid = self.config.uid_gid;
+        cfg.cancel = Some(cancel.clone());
+        cfg.minute = self.config.minute;
+        cfg.retry_delay = self.config.retry_delay;
+        cfg.kill_grace = self.config.kill_grace;
+        let (sink, mut rx) =
+            LogSink::channel(log.masker.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let writer = {
+            let log = log.clone();
+            let prefix = prefix.clone();
+            let labels = labels.clone();
+            tokio::spawn(async move {
+                while let Some(LogLine { step, stream, text }) = rx.recv().await {
+                    let label = step
+                        .and_then(|i| labels.get(i))
+                        .map(String::as_str)
+                        .unwrap_or("");
+                    let text = if stream == Stream::Stderr {
+                        format!("##[stderr]{text}")
+                    } else {
+                        text
+                    };
+                    log.write(&prefix, label, &text);
+                }
+            })
+        };
+        let started = now_ms();
+        if let Some(j) = job_record(rec, jr) {
+            j.started_ms = Some(started);
+            j.status = RunStatus::Running;
+        }
+        let _ = self.store.save(rec);
+        log.write(&prefix, "", &format!("##[section]Starting job {prefix}"));
+        let out = run_job(job, &cfg, tasks, &sink).await;
+        drop(sink);
+        let _ = writer.await;
+        log.write(
+            &prefix,
+            "",
+            &format!("##[section]Finished job {prefix}: {}", out.result),
+        );
+        if let Some(j) = job_record(rec, jr) {
+            j.finished_ms = Some(now_ms());
+            for s in &out.steps {
+                if let Some(r) = j.steps.get_mut(s.index) {
+                    r.label = s.label.clone();
+                    r.status = RunStatus::Completed;
+                    r.result = Some(s.result);
+                    r.exit_code = s.exit_code;
+                    r.attempts = s.attempts;
+                    r.message = s.message.clone();
+                }
+            }
+        }
+        (out.result, out.outputs)
+    }
+}
+
+fn job_record<'a>(rec: &'a mut RunRecord, jr: &JobRef) -> Option<&'a mut JobRecord> {
+    rec.stages
+        .iter_mut()
+        .find(|s| s.name.eq_ignore_ascii_case(&jr.stage))?
+        .jobs
+        .iter_mut()
+        .find(|j| j.name.eq_ignore_ascii_case(&jr.job))
+}
+
+fn sync_record(rec: &mut RunRecord, state: &RunState) {
+    for s in &state.stages {
+        let Some(sr) = rec.stages.iter_mut().find(|x| x.name == s.name) else {
+            continue;
+        };
+        (sr.status, sr.result) = status_of(s.status);
+        sr.message = s.message.clone();
+        for j in &s.jobs {
+            let Some(jrec) = sr.jobs.iter_mut().find(|x| x.name == j.name) else {
+                continue;
+            };
+            (jrec.status, jrec.result) = status_of(j.status);
+            if j.message.is_some() {
+                jrec.message = j.message.clone();
+            }
+            if let Status::Completed(r) = j.status {
+                for st in &mut jrec.steps {
+                    if st.status != RunStatus::Completed {
+                        st.status = RunStatus::Completed;
+                        st.result = Some(if r == RunResult::Canceled {
+                            RunResult::Canceled
+                        } else {
+                            RunResult::Skipped
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A pipeline the daemon knows: its YAML file in a hosted repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineDefinition {
+    pub name: String,
+    pub repo: String,
+    /// e.g. `azure-pipelines.yml`.
+    pub yaml_path: String,
+    /// Used for resource-triggered and manual runs (e.g. `main`).
+    pub default_branch: String,
+}
+
+/// A run to queue because of a trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerMatch {
+    pub definition: PipelineDefinition,
+    /// Full branch ref of the sources.
+    pub branch: String,
+    pub commit: String,
+    pub reason: RunReason,
+    pub resources: Vec<ResourceRun>,
+}
+
+impl TriggerMatch {
+    /// The request for this run (id from [`RunStore::next_id`]).
+    pub fn request(&self, run_id: u64, repos: &RepoStore) -> RunRequest {
+        let mut r = RunRequest::new(
+            run_id,
+            &self.definition.name,
+            SourceSpec::Repo {
+                name: self.definition.repo.clone(),
+                path: repos.path(&self.definition.repo),
+                commit: self.commit.clone(),
+            },
+            &self.definition.yaml_path,
+        );
+        r.reason = self.reason.clone();
+        r.branch = self.branch.clone();
+        r.commit = self.commit.clone();
+        r.resources = self.resources.clone();
+        r
+    }
+}
+
+/// What a trigger evaluation found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matches {
+    pub runs: Vec<TriggerMatch>,
+    /// Human-readable notes, e.g. "no pipeline matched" or a YAML error of a definition.
+    pub notes: Vec<String>,
+}
+
+/// The pipelines a pushed ref update triggers. A definition whose YAML is missing at the
+/// pushed commit does not trigger; one whose YAML does not compile triggers (its run fails
+/// with the error, so the user sees it).
+pub fn pipelines_for_push(
+    defs: &[PipelineDefinition],
+    repos: &RepoStore,
+    repo: &str,
+    update: &RefUpdate,
+) -> Result<Matches, git::GitError> {
+    let mut m = Matches::default();
+    if update.is_delete() {
+        m.notes
+            .push(format!("{} was deleted; nothing to run", update.name));
+        return Ok(m);
+    }
+    let path = repos.path(repo);
+    let changed = git::changed_paths(&path, &update.old, &update.new)?;
+    for d in defs.iter().filter(|d| d.repo == repo) {
+        let Some(text) = git::read_file_at(&path, &update.new, &d.yaml_path)? else {
+            m.notes.push(format!(
+                "pipeline `{}`: {} does not exist at {}",
+                d.name, d.yaml_path, update.new
+            ));
+            continue;
+        };
+        let text = String::from_utf8_lossy(&text);
+        let fire = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
+            Ok(p) => crate::trigger::push_triggers(&p.trigger, &update.name, Some(&changed)),
+            Err(e) => {
+                m.notes
+                    .push(format!("pipeline `{}`: {e} (the run will fail)", d.name));
+                true
+            }
+        };
+        if fire {
+            m.runs.push(TriggerMatch {
+                definition: d.clone(),
+                branch: update.name.clone(),
+                commit: update.new.clone(),
+                reason: RunReason::Push { batched: false },
+                resources: vec![],
+            });
+        }
+    }
+    if m.runs.is_empty() {
+        m.notes.push(format!(
+            "no pipeline matched the push to {} of {repo}",
+            update.name
+        ));
+    }
+    Ok(m)
+}
+
+/// The pipelines whose `resources.pipelines` trigger fires for a completed run (Succeeded or
+/// SucceededWithIssues), read from each definition's YAML at its default branch. A pipeline
+/// never triggers itself.
+pub fn pipelines_for_completed_run(
+    defs: &[PipelineDefinition],
+    repos: &RepoStore,
+    run: &RunRecord,
+) -> Matches {
+    let mut m = Matches::default();
+    if run.status != RunStatus::Completed
+        || !matches!(
+            run.result,
+            Some(RunResult::Succeeded | RunResult::SucceededWithIssues)
+        )
+    {
+        return m;
+    }
+    let completed: Vec<String> = run
+        .stages
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.result,
+                Some(RunResult::Succeeded | RunResult::SucceededWithIssues)
+            )
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    for d in defs {
+        if d.name.eq_ignore_ascii_case(&run.pipeline) {
+            continue;
+        }
+        let path = repos.path(&d.repo);
+        let branch = crate::trigger::full_ref(&d.default_branch);
+        let commit = match git::resolve(&path, &branch) {
+            Ok(Some(c)) => c,
+            _ => continue,
+        };
+        let text = match git::read_file_at(&path, &commit, &d.yaml_path) {
+            Ok(Some(t)) => String::from_utf8_lossy(&t).into_owned(),
+            _ => continue,
+        };
+        let p = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
+            Ok(p) => p,
+            Err(e) => {
+                m.notes.push(format!("pipeline `{}`: {e}", d.name));
+                continue;
+            }
+        };
+        for r in &p.resources.pipelines {
+            if crate::trigger::resource_triggers(
+                r,
+                &run.pipeline,
+                &run.source_branch,
+                &completed,
+                &[],
+            ) {
+                m.runs.push(TriggerMatch {
+                    definition: d.clone(),
+                    branch: branch.clone(),
+                    commit: commit.clone(),
+                    reason: RunReason::Resource {
+                        alias: r.alias.clone(),
+                    },
+                    resources: vec![ResourceRun {
+                        alias: r.alias.clone(),
+                        pipeline: run.pipeline.clone(),
+                        run_id: run.id,
+                        run_number: run.run_number.clone(),
+                        branch: run.source_branch.clone(),
+                        commit: run.source_version.clone(),
+                    }],
+                });
+                break;
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_709_251_200_123), "2024-03-01T00:00:00.123Z");
+        let v = Variables::new();
+        assert_eq!(run_number("ci-$(Rev:r)", 7, &v), "ci-7");
+        assert_eq!(run_number("", 7, &v), "7");
+    }
+}
