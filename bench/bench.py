@@ -602,7 +602,7 @@ def fmt(v, nd=1):
 
 def table(res):
     lines = []
-    hdr = f"{'suite':<14}{'contender':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}{'µs/req':>8}{'RSS MiB':>9}{'err':>5}{'ratio':>8}"
+    hdr = f"{'suite':<14}{'contender':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}{'µs/req':>8}{'RSS MiB':>9}{'err':>5}{'ratio':>8}{'eff.':>7}"
     for key, title, base in (("l7", "L7 proxy", "nginx"), ("l4_small", "L4 small", "haproxy"),
                              ("app", "App stack", "seed")):
         if key not in res:
@@ -614,7 +614,8 @@ def table(res):
         for name, s in res[key].items():
             lines.append(f"{title:<14}{name:<10}{fmt(s['rps'], 0):>11}{fmt(s['p50_ms'], 2):>9}"
                          f"{fmt(s['p99_ms'], 2):>9}{fmt(s['cpu_pct'], 0):>7}{fmt(s['cpu_us_per_req'], 1):>8}{fmt(s['rss_mib'], 1):>9}"
-                         f"{s['errors']:>5}{fmt(ratio(s['rps'], res[key][base]['rps']), 2):>7}x")
+                         f"{s['errors']:>5}{fmt(ratio(s['rps'], res[key][base]['rps']), 2):>7}x"
+                         f"{fmt(ratio(res[key][base]['cpu_us_per_req'], s['cpu_us_per_req']), 2):>6}x")
     if "l4_bulk" in res:
         lines.append("")
         h2 = f"{'suite':<14}{'contender':<10}{'Gbit/s':>11}{'seconds':>9}{'CPU %':>7}{'ratio':>8}"
@@ -630,6 +631,10 @@ def table(res):
         lines.append("-" * 60)
         for m in res["deploy"].get("measurements", []):
             lines.append(f"  {m['name']:<44} {m['text']}")
+    lines.append("")
+    lines.append("ratio = req/s vs the baseline; eff. = CPU efficiency vs the baseline "
+                 "(baseline CPU µs per request / this one's); medians of "
+                 f"{res['meta']['runs']} interleaved runs")
     lines.append("")
     lines.append("Goals")
     lines.append("-" * 60)
@@ -703,7 +708,8 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short smoke run (1 x 3 s, 1 s warm-up)")
+    ap.add_argument("--quick", action="store_true",
+                    help="short smoke run (1 x 3 s, 1 s warm-up; full: 5 x 10 s, 3 s warm-up)")
     ap.add_argument("--only", default="l7,l4,bulk,app,deploy",
                     help="comma-separated subset of l7,l4,bulk,app,deploy,scale")
     ap.add_argument("--runs", type=int)
@@ -712,7 +718,7 @@ def main():
     ap.add_argument("--scale", type=int, default=0,
                     help="also run the N-instance scale row (e.g. 100); off by default")
     cfg = ap.parse_args()
-    cfg.runs = cfg.runs or (1 if cfg.quick else 3)
+    cfg.runs = cfg.runs or (1 if cfg.quick else 5)
     cfg.duration = cfg.duration or (3 if cfg.quick else 10)
     cfg.warmup = 1 if cfg.quick else 3
     cfg.bulk_bytes = (256 << 20) if cfg.quick else (1 << 30)
@@ -728,6 +734,8 @@ def main():
                     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                              capture_output=True, text=True).stdout.strip(),
+                    "stale_build": bool(os.environ.get("BENCH_STALE_BUILD")),
+                    "binary_mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(SCALESET))),
                     "machine": machine()}}
 
     def on_signal(sig, frame):

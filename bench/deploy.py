@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALESET = os.path.join(ROOT, "target", "release", "scaleset")
@@ -43,6 +44,10 @@ GOALS = [
     ("scale_all_healthy", "100 instances: time to all healthy", "(none)", None),
     ("rolling_100", "Rolling upgrade 100 @ 20%", "<= 120 s", lambda v: v <= 120.0),
 ]
+
+
+class _Done(Exception):
+    pass
 
 
 class Up:
@@ -135,13 +140,28 @@ def running(vms):
                                            ((v.get("properties") or {}).get("instanceView") or {}).get("statuses") or []])
 
 
-def wait_healthy(env, n, timeout, phases=None):
-    """Polls until n instances are healthy; phases (dict) gets when n were first running."""
+def serves(ip):
+    try:
+        with urllib.request.urlopen(f"http://{ip}/health", timeout=0.3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_healthy(env, n, timeout, phases=None, old_ids=()):
+    """Polls until n instances are healthy. phases (dict) gets when n were first
+    running and when the new instances (ids not in old_ids) first answered
+    /health directly on their private IP (no LB probe involved)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         vms = cli(env, "vmss", "list-instances", "-g", RG, "-n", VMSS)
         if phases is not None and "running" not in phases and len(vms) == n and running(vms) == n:
             phases["running"] = time.time()
+        if phases is not None and "serving_direct" not in phases:
+            new_ips = [(v.get("tags") or {}).get("scaleset.privateIPAddress")
+                       for v in vms if v.get("instanceId") not in old_ids]
+            if new_ips and all(new_ips) and all(serves(ip) for ip in new_ips):
+                phases["serving_direct"] = time.time()
         if len(vms) == n and healthy(vms) == n:
             return time.time()
         time.sleep(0.1)
@@ -200,6 +220,22 @@ def http_ok(url, n=20):
                            capture_output=True, text=True)
         ok += r.stdout == "200"
     return ok
+
+
+def keep_logs(home, log):
+    """Copies `up`'s output and the machines' console logs to bench/results/deploy-logs/."""
+    dst = os.path.join(ROOT, "bench", "results", "deploy-logs")
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst, exist_ok=True)
+    for f in os.listdir(home):
+        if f.startswith("bench-up-") or f == "up-bake.log":
+            shutil.copy(os.path.join(home, f), dst)
+    mdir = os.path.join(home, "machines")
+    for mach in os.listdir(mdir) if os.path.isdir(mdir) else []:
+        con = os.path.join(mdir, mach, "console.log")
+        if os.path.isfile(con):
+            shutil.copy(con, os.path.join(dst, f"{mach}.console.log"))
+    log(f"deploy: logs kept in {dst}")
 
 
 def cleanup(home, log):
@@ -290,14 +326,17 @@ def run(cfg, tmp, log, scale=0):
         details["frontend_200_of_20"] = http_ok(f"http://{FRONTEND}/")
 
         # 2. one more instance: API call -> healthy.
+        old_ids = {v.get("instanceId") for v in cli(env, "vmss", "list-instances", "-g", RG, "-n", VMSS)}
         t0 = time.time()
         cli(env, "vmss", "scale", "-g", RG, "-n", VMSS, "--new-capacity", "4", "--no-wait")
         ph = {}
-        t1 = wait_healthy(env, 4, 120, ph)
+        t1 = wait_healthy(env, 4, 120, ph, old_ids)
         m["boot_to_healthy"] = t1 - t0
         if "running" in ph:
             details["scale_out_api_to_running_s"] = ph["running"] - t0
             details["scale_out_running_to_healthy_s"] = t1 - ph["running"]
+        if "serving_direct" in ph:
+            details["scale_out_api_to_app_serving_direct_s"] = ph["serving_direct"] - t0
         log(f"deploy: scale 3 -> 4, new instance healthy after {t1 - t0:.2f}s")
 
         # 3. idle PSS per instance.
@@ -339,12 +378,35 @@ def run(cfg, tmp, log, scale=0):
                 notes["scale_all_healthy"] = f"not measured: {e}"
         up.stop()
         up = None
+
+        # 6. diagnostic (not a goal row, BENCH_DIAG_PROBE=1): the same scale-out
+        # with the daemon's internal test knob SCALESET_PROBE_INTERVAL_MS=200.
+        if not os.environ.get("BENCH_DIAG_PROBE"):
+            raise _Done
+        denv = dict(env, SCALESET_PROBE_INTERVAL_MS="200")
+        up = Up(denv, home, log)
+        up.wait_for(r"Serving at http://", 300)
+        up.wait_armed()
+        t0 = time.time()
+        cli(denv, "vmss", "scale", "-g", RG, "-n", VMSS, "--new-capacity", "4", "--no-wait")
+        ph = {}
+        t1 = wait_healthy(denv, 4, 120, ph)
+        details["diag_boot_to_healthy_probe_200ms_s"] = t1 - t0
+        log(f"deploy: (diagnostic, 200 ms probes) scale 3 -> 4 healthy after {t1 - t0:.2f}s")
+        up.stop()
+        up = None
+    except _Done:
+        pass
     except Exception as e:  # noqa: BLE001 - report what we have
         log(f"deploy: stopped early: {e}")
         details["error"] = str(e)
     finally:
         if up is not None:
             up.stop()
+        try:
+            keep_logs(home, log)
+        except OSError as e:
+            log(f"deploy: could not keep logs: {e}")
         cleanup(home, log)
     notes.setdefault("git_push", "not measured: no git-push trigger in the binary yet "
                                  "(pipeline crate in progress)")
