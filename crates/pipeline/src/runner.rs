@@ -559,19 +559,22 @@ impl RunLog {
     }
 
     fn write(&self, prefix: &str, label: &str, text: &str) {
-        let text = self
-            .masker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .mask(text);
         let line = if label.is_empty() {
-            format!("{} [{prefix}] {text}\n", rfc3339(now_ms()))
+            format!("{} [{prefix}] {text}", rfc3339(now_ms()))
         } else {
-            format!("{} [{prefix}] {label} | {text}\n", rfc3339(now_ms()))
+            format!("{} [{prefix}] {label} | {text}", rfc3339(now_ms()))
         };
+        let line = format!("{}\n", self.mask(&line));
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = f.write_all(line.as_bytes());
         }
+    }
+
+    fn mask(&self, text: &str) -> String {
+        self.masker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mask(text)
     }
 
     fn run_line(&self, text: &str) {
@@ -879,7 +882,7 @@ impl Runner {
                             .steps
                             .iter()
                             .map(|st| StepRecord {
-                                label: run_vars.expand(&st.label()),
+                                label: log.mask(&run_vars.expand(&st.label())),
                                 status: RunStatus::Queued,
                                 result: None,
                                 exit_code: None,
@@ -957,11 +960,11 @@ impl Runner {
         ) else {
             return (RunResult::Failed, BTreeMap::new());
         };
-        let prefix = format!(
-            "{}/{}",
-            display(&stage.name, &None),
+        let prefix = if stage.name == DEFAULT_NAME {
             display(&job.name, &None)
-        );
+        } else {
+            format!("{}/{}", stage.name, display(&job.name, &None))
+        };
         for d in [
             vars::staging_dir(ws),
             vars::binaries_dir(ws),
@@ -1014,6 +1017,7 @@ impl Runner {
         let _ = self.store.save(rec);
         log.write(&prefix, "", &format!("##[section]Starting job {prefix}"));
         let out = run_job(job, &cfg, tasks, &sink).await;
+        let masked_labels: Vec<String> = out.steps.iter().map(|s| sink.mask(&s.label)).collect();
         drop(sink);
         let _ = writer.await;
         log.write(
@@ -1023,9 +1027,9 @@ impl Runner {
         );
         if let Some(j) = job_record(rec, jr) {
             j.finished_ms = Some(now_ms());
-            for s in &out.steps {
+            for (s, label) in out.steps.iter().zip(masked_labels) {
                 if let Some(r) = j.steps.get_mut(s.index) {
-                    r.label = s.label.clone();
+                    r.label = label;
                     r.status = RunStatus::Completed;
                     r.result = Some(s.result);
                     r.exit_code = s.exit_code;
