@@ -19,6 +19,15 @@
 //! - [`trigger`]: push and pipeline-resource trigger matching.
 //! - [`plan`]: dependency order and [`plan::RunState`] (which jobs start next, which are skipped).
 //! - [`exec`]: runs a job's steps with real processes; tasks go through [`exec::TaskRunner`].
+//!
+//! Runtime pieces around the engine (each module's docs say what the daemon wires):
+//! - [`git`]: hosted bare repositories ([`git::RepoStore`]), smart HTTP through
+//!   `git http-backend` ([`git::http_backend`]), ref-update detection, changed paths, checkout.
+//! - [`artifacts`]: the content-addressed artifact store ([`artifacts::ArtifactStore`]).
+//! - [`tasks`]: [`tasks::StdTasks`], the standard tasks, with the [`tasks::Baker`] and
+//!   [`tasks::ScaleSets`] back ends the daemon injects.
+//! - [`runner`]: whole runs ([`runner::Runner`]), durable records and logs
+//!   ([`runner::RunStore`]), push and pipeline-resource trigger helpers.
 
 pub mod artifacts;
 pub mod error;
