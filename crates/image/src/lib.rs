@@ -711,7 +711,6 @@ impl ImageStore {
         if !valid_name(&spec.name) {
             return Err(bad("name must be 1..=128 chars of [A-Za-z0-9_.-]".into()));
         }
-        parse_base(&spec.base)?;
         let pkg = fs::canonicalize(&spec.package_dir)
             .map_err(|e| bad(format!("package dir {}: {e}", spec.package_dir.display())))?;
         if !pkg.is_dir() {
