@@ -32,8 +32,68 @@
 //!   PEP 668 marker (system-wide installs are what an image bake wants).
 //! * All shims / policy files are removed before capture.
 //!
-//! Store layout under `root`: `images/<name>.json`, `layers/<hex>/`,
-//! `logs/<name>-<time>.log`, `tmp/`.
+//! Store layout under `root`: `images/<name>.json`, `layers/<hex>/`
+//! (overlayfs-form trees), `seals/<hex>.json` (written once a layer is
+//! completely in the store: digest, files, bytes), `logs/<name>-<time>.log`,
+//! `tmp/` (bakes, imports, exports in progress; each holds a `lock`),
+//! `scratch/` (the empty lower dir of bakes on `scratch`), `.lock`.
+//!
+//! # Bases (`BakeSpec::base`)
+//! * `debian:<suite>` — the debootstrap base above (outside the store, in
+//!   the base cache; its layer digest is `debian:<suite>@<base id>`).
+//! * `scratch` — the empty base. A bake on it runs in an empty root: there
+//!   is no `/bin/sh`, so the setup script is exec'd directly and must be a
+//!   static executable or a `#!` script whose interpreter the package ships
+//!   (`#!/deployTemp/<pkg>/busybox sh`); anything else is refused before
+//!   the run with [`ImageError::InvalidSpec`] ("... must be a static
+//!   executable ..."). No systemctl/sudo shims. The directories nspawn
+//!   creates in a root that lacks them (`/usr`, `/proc`, `/dev`, ...) are
+//!   removed again if empty.
+//! * the name of an image in the store (imported or baked) — a layered
+//!   bake: the new image's layers are its own layer + the parent's layers;
+//!   the cache key includes the parent's chain id (sha256 over its layer
+//!   digests), so a parent with other content means a new bake. The parent
+//!   is verified ([`ImageStore::open_for_use`]) first. Deleting the parent
+//!   keeps the layers a child uses.
+//! * Anything else → [`ImageError::UnsupportedBase`].
+//!
+//! [`ImageStore::import`] registers an OCI image layout (dir or tarball,
+//! plain or gzip; nested indexes; blob digests checked) or a `docker save`
+//! tarball as an image; each OCI layer becomes a store layer with
+//! whiteouts converted to overlayfs form (`.wh.x` → 0/0 char device `x`,
+//! `.wh..wh..opq` → `trusted.overlay.opaque=y`). zstd layers are refused.
+//! [`ImageStore::export`] writes an OCI image layout tarball (whiteouts back
+//! in OCI form, a debian base rootfs exported as the bottom layer).
+//!
+//! # Integrity
+//! [`ImageStore::open_for_use`] is the call to make before handing an
+//! image's layers to a machine: every store layer must be sealed and
+//! re-hash to its digest (full re-hash: ~2 ms for a 80 kB layer, ~20 ms
+//! for 8 MiB, measured in `tests/images.rs`), a debian base must still have
+//! the id it was baked on; a mismatch is [`ImageError::Tampered`] naming
+//! the layer path. It also makes each store layer read-only with a
+//! read-only bind mount onto itself (chmod a-w would change the modes the
+//! guest sees; `chattr +i` would make the guest's copies immutable). Those
+//! mounts live until reboot (the next `open_for_use` re-creates them) or
+//! until the layer is deleted; call [`ImageStore::unmount_layers`] before
+//! `rm -rf` of a whole store. Plain [`ImageStore::get`] does no checks.
+//!
+//! # Failures
+//! A failed bake registers nothing, removes its temp dir (overlay, partial
+//! upper) and keeps the log: bad spec / unknown base / package symlinks
+//! leaving the package → [`ImageError::InvalidSpec`] or
+//! [`ImageError::UnsupportedBase`] before anything runs; non-zero script →
+//! [`ImageError::ScriptFailed`]; a full file system under `tmp/` (ENOSPC
+//! anywhere, or no free blocks left after the script — scripts without
+//! `set -e` ignore failed writes) → [`ImageError::DiskFull`]. Existing
+//! images and layers are never touched by a failed bake. [`ImageStore::gc`]
+//! removes unreferenced layers and temp dirs of crashed bakes (whose
+//! `lock` is free). `tmp/` may be another file system (capture copies).
+//!
+//! # Progress
+//! [`ImageStore::bake_with_progress`] calls back with [`BakeEvent`]s:
+//! `BaseReady`, `Copying`, `ScriptStarted`, `ScriptLine`* ,
+//! `Deprovisioning`, `Capturing`, `Done` (a cache hit: `BaseReady`, `Done`).
 
 use std::fs;
 use std::io::{self, Read, Write};
