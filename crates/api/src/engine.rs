@@ -31,8 +31,50 @@ pub struct Engine {
 
 type Shared = (Arc<AppState>, Arc<Engine>);
 
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The rolling-upgrade planner's view of a scale set's instances.
+pub fn roll_instances(st: &AppState, recs: &[InstanceRecord]) -> Vec<plan::rolling::RollInstance> {
+    recs.iter()
+        .filter(|r| !r.deleting || r.upgrading)
+        .map(|r| {
+            let o = st.observation(&r.machine);
+            plan::rolling::RollInstance {
+                id: r.instance_id,
+                model_version: r.model_version,
+                healthy: o.healthy == Some(true),
+                running: o.running,
+                protected: r.protect_from_scale_set_actions,
+                upgrading: r.upgrading,
+                created_seq: r.created_seq,
+            }
+        })
+        .collect()
+}
+
+/// After a restart nothing is in flight: clear `upgrading` marks so the rollout planner asks again
+/// for what was interrupted.
+fn clear_interrupted(st: &AppState) {
+    let Ok(sets) = st.store.list(VMSS, None, None) else {
+        return;
+    };
+    for (key, _) in sets {
+        for r in st.instances(&key).unwrap_or_default() {
+            if r.upgrading {
+                let _ = st.update_instance(&key, r.instance_id, |r| r.upgrading = false);
+            }
+        }
+    }
+}
+
 pub async fn run(st: Arc<AppState>) {
     let eng = Arc::new(Engine::default());
+    clear_interrupted(&st);
     if let Err(e) = blocking({
         let st = st.clone();
         move || st.machines.ensure_network(&st.cfg.network)
@@ -101,11 +143,11 @@ pub async fn tick(st: &Arc<AppState>, eng: &Arc<Engine>) {
 }
 
 fn spec_for(st: &AppState, vmss: &str, rec: &InstanceRecord) -> Result<MachineSpec, String> {
+    // Verified on use: a tampered layer is refused instead of booted.
     let img = st
         .images
-        .get(&rec.image)
-        .map_err(|e| error_chain(&e))?
-        .ok_or_else(|| format!("image '{}' is not in the image store", rec.image))?;
+        .open_for_use(&rec.image)
+        .map_err(|e| error_chain(&e))?;
     let vm = plan::naming::vm_name(vmss, rec.instance_id);
     Ok(MachineSpec {
         name: rec.machine.clone(),
@@ -138,6 +180,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
     let recs = st.instances(key).map_err(|e| e.to_string())?;
     if doc.deleting && recs.is_empty() {
         st.store.delete(key).map_err(|e| error_chain(&e))?;
+        let _ = st.store.delete(&res.key(crate::state::ROLLOUT));
         info!(vmss = %res.name, "scale set deleted");
         st.wake.notify_one();
         return Ok(());
@@ -181,15 +224,38 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
             restart_requested: r.restart_requested,
         });
     }
+    let rollout = st.rollout(&res).map_err(|e| e.to_string())?;
+    let rolling_active = rollout
+        .as_ref()
+        .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done);
+    let active_count = recs.iter().filter(|r| !r.deleting).count() as u32;
     let desired = plan::Desired {
-        capacity: if doc.deleting { 0 } else { m.capacity },
+        // A rollout owns the instance count while it runs (maxSurge adds and removes instances).
+        capacity: if doc.deleting {
+            0
+        } else if rolling_active {
+            active_count
+        } else {
+            m.capacity
+        },
         model_version: doc.model_version,
         upgrade_mode: m.upgrade_mode,
         scale_in: m.scale_in,
     };
-    let actions = plan::reconcile(&desired, &observed);
+    let mut actions = plan::reconcile(&desired, &observed);
     tracing::debug!(?actions, "decided");
+    // Instances a rollout is acting on are the rollout's.
+    actions.retain(|a| match a {
+        Action::Start { id }
+        | Action::Stop { id }
+        | Action::Restart { id }
+        | Action::Upgrade { id } => !recs.iter().any(|r| r.instance_id == *id && r.upgrading),
+        _ => true,
+    });
     if actions.is_empty() {
+        if rolling_active && !doc.deleting {
+            rolling_pass(st, eng, key, &res, &doc, &m).await?;
+        }
         return Ok(());
     }
     info!(vmss = %res.name, ?actions, "reconcile");
@@ -263,7 +329,204 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
         let _ = t.await;
         tracing::debug!("action finished");
     }
+    if rolling_active && !doc.deleting {
+        rolling_pass(st, eng, key, &res, &doc, &m).await?;
+    }
     st.wake.notify_one();
+    Ok(())
+}
+
+/// Updates the deploy receipt from the scale set's load balancers' counters.
+async fn observe_receipt(
+    st: &AppState,
+    m: &model::vmss::VmssModel,
+    recs: &[InstanceRecord],
+    receipt: &mut crate::state::Receipt,
+) {
+    let mut totals = [0u64; 5];
+    let mut any = false;
+    let mut lbs: Vec<Key> = m
+        .backend_pools
+        .iter()
+        .map(|p| Key::new(LB, &p.subscription, &p.resource_group, &p.name))
+        .collect();
+    lbs.dedup_by(|a, b| a.path() == b.path());
+    for key in lbs {
+        let sock = lb_dir(st, &key).join("admin.sock");
+        let Ok(status) = lb_call(lb::client::get_status(&sock)).await else {
+            continue;
+        };
+        any = true;
+        let t = &status.totals;
+        for (i, v) in [
+            t.requests,
+            t.responses_2xx,
+            t.responses_non_2xx,
+            t.failed,
+            t.retries,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            totals[i] += v;
+        }
+        for b in status.backends {
+            let Some(rec) = recs.iter().find(|r| r.machine == b.id) else {
+                continue;
+            };
+            let seen = receipt.seen.entry(b.id.clone()).or_insert(b.requests);
+            let delta = b.requests.saturating_sub(*seen);
+            *seen = b.requests;
+            if delta > 0 {
+                *receipt
+                    .requests_per_image
+                    .entry(rec.image.clone())
+                    .or_default() += delta;
+            }
+        }
+    }
+    if any {
+        receipt.baseline.get_or_insert(totals);
+        receipt.latest = Some(totals);
+    }
+}
+
+/// One step of the scale set's rolling upgrade: ask the planner, persist, act.
+async fn rolling_pass(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    res: &Res,
+    doc: &VmssDoc,
+    m: &model::vmss::VmssModel,
+) -> Result<(), String> {
+    let recs = st.instances(key).map_err(|e| e.to_string())?;
+    let Some(cur) = st.rollout(res).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let insts = roll_instances(st, &recs);
+    let mut receipt = cur.receipt.clone();
+    observe_receipt(st, m, &recs, &mut receipt).await;
+    let (step, next_state) = plan::rolling::next(
+        &m.rolling,
+        &cur.state,
+        &insts,
+        unix_now(),
+        st.cfg.rolling_health_timeout_secs,
+    );
+    // Compare-and-set: a cancel or a new model that arrived meanwhile wins; decide again next tick.
+    let mut raced = false;
+    st.update_rollout(res, |d| match d {
+        Some(d) if d.state == cur.state => {
+            d.state = next_state.clone();
+            d.receipt = receipt;
+            true
+        }
+        _ => {
+            raced = true;
+            false
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if raced {
+        return Ok(());
+    }
+    if next_state.status != cur.state.status || next_state.batches != cur.state.batches {
+        info!(vmss = %res.name, status = ?next_state.status, batch = next_state.batches, ids = ?next_state.batch, "rolling upgrade");
+    }
+    let image_of = |v: u64| {
+        doc.versions
+            .get(&v)
+            .cloned()
+            .or_else(|| m.image.as_ref().map(|i| i.name.clone()))
+    };
+    let mut tasks = Vec::new();
+    let acts = !matches!(
+        step,
+        plan::rolling::Step::Wait | plan::rolling::Step::Finish(_)
+    );
+    let rollback = matches!(step, plan::rolling::Step::Rollback(_));
+    match step {
+        plan::rolling::Step::Wait => {}
+        plan::rolling::Step::Finish(status) => {
+            if cur.state.phase != plan::rolling::Phase::Done {
+                info!(vmss = %res.name, ?status, error = ?next_state.error, "rolling upgrade finished");
+            }
+        }
+        plan::rolling::Step::Upgrade(ids) | plan::rolling::Step::Rollback(ids) => {
+            let version = if rollback {
+                next_state.previous_version
+            } else {
+                next_state.target_version
+            };
+            let image = image_of(version);
+            for id in ids {
+                let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
+                    continue;
+                };
+                st.update_instance(key, id, |r| r.upgrading = true)
+                    .map_err(|e| e.to_string())?;
+                let (st, eng, key, name, image) = (
+                    st.clone(),
+                    eng.clone(),
+                    key.clone(),
+                    res.name.clone(),
+                    image.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    info!(
+                        instance = id,
+                        version, rollback, "rolling upgrade: reimaging"
+                    );
+                    if let Err(e) =
+                        upgrade_instance(&st, &eng, &key, &name, &rec, (image, version)).await
+                    {
+                        warn!(instance = id, error = %e, "rolling upgrade: reimage failed");
+                        let _ = st.update_instance(&key, id, |r| r.last_error = Some(e.clone()));
+                    }
+                    let _ = st.update_instance(&key, id, |r| r.upgrading = false);
+                }));
+            }
+        }
+        plan::rolling::Step::Surge { count } => {
+            if let Some(image) = image_of(next_state.target_version) {
+                for rec in new_instances(st, key, res, doc, &image, count)? {
+                    tasks.push(tokio::spawn(start_instance(
+                        st.clone(),
+                        eng.clone(),
+                        key.clone(),
+                        res.name.clone(),
+                        rec,
+                    )));
+                }
+            }
+        }
+        plan::rolling::Step::Remove(ids) => {
+            for id in ids {
+                let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
+                    continue;
+                };
+                st.update_instance(key, id, |r| {
+                    r.upgrading = true;
+                    r.deleting = true;
+                })
+                .map_err(|e| e.to_string())?;
+                let (st, eng, key) = (st.clone(), eng.clone(), key.clone());
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = delete_instance(&st, &eng, &key, &rec).await {
+                        warn!(instance = id, error = %e, "rolling upgrade: removal failed");
+                        let _ = st.update_instance(&key, id, |r| r.upgrading = false);
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    if acts {
+        st.wake.notify_one();
+    }
     Ok(())
 }
 
@@ -329,6 +592,7 @@ fn new_instances(
             reimage_requested: false,
             restart_requested: false,
             draining: false,
+            upgrading: false,
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
             last_error: None,

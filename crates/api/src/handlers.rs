@@ -79,7 +79,11 @@ pub async fn execute(
         | Route::Vms(_)
         | Route::VmssInstanceView(_)
         | Route::VmInstanceView(..) => true,
-        Route::VmssAction(..) | Route::VmAction(..) => false,
+        Route::RollingLatest(_) => true,
+        Route::VmssAction(..)
+        | Route::VmAction(..)
+        | Route::RollingStart(_)
+        | Route::RollingCancel(_) => false,
     };
     let mutating = !is_get;
     let reply = match route {
@@ -166,6 +170,50 @@ pub async fn execute(
             power(st, &res, act, ids)
         }
         Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
+        Route::RollingStart(res) => {
+            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            start_rollout(st, &res, &doc, true)?;
+            Ok((StatusCode::ACCEPTED, Value::Null))
+        }
+        Route::RollingCancel(res) => {
+            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            let now = crate::engine::unix_now();
+            let mut active = false;
+            st.update_rollout(&res, |cur| match cur {
+                Some(d) if d.state.phase != plan::rolling::Phase::Done => {
+                    active = true;
+                    d.state = plan::rolling::cancel(&d.state, now);
+                    true
+                }
+                _ => false,
+            })?;
+            if !active {
+                return Err(ApiError::conflict(
+                    "OperationNotAllowed",
+                    format!(
+                        "There is no rolling upgrade in progress on scale set '{}' to cancel.",
+                        res.name
+                    ),
+                ));
+            }
+            Ok((StatusCode::OK, Value::Null))
+        }
+        Route::RollingLatest(res) => {
+            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            let doc = st.rollout(&res)?.ok_or_else(|| {
+                ApiError::not_found(
+                    "NotFound",
+                    format!("No rolling upgrade has run on scale set '{}'.", res.name),
+                )
+            })?;
+            let recs = st.instances(&res.key(VMSS))?;
+            let insts = crate::engine::roll_instances(st, &recs);
+            ok(render::rolling_status(
+                &res,
+                &doc,
+                plan::rolling::progress(&doc.state, &insts),
+            ))
+        }
     };
     if reply.is_ok() && mutating {
         st.wake.notify_one();
@@ -309,6 +357,12 @@ fn vmss_provisioning(st: &AppState, res: &Res, doc: &VmssDoc) -> Result<String, 
     if doc.deleting {
         return Ok("Deleting".into());
     }
+    if st
+        .rollout(res)?
+        .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
+    {
+        return Ok("Updating".into());
+    }
     let recs = st.instances(&res.key(VMSS))?;
     let cap = doc
         .arm
@@ -426,10 +480,12 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             let (m, arm) = model::vmss::parse(&merged, &res.name)?;
             check_refs(st, res, &m)?;
             let created = existing.is_none();
+            let mut model_changed = false;
             let doc = match existing {
                 None => VmssDoc {
                     name: res.name.clone(),
                     resource_group: res.rg.clone(),
+                    versions: m.image.iter().map(|i| (1, i.name.clone())).collect(),
                     arm,
                     deleting: false,
                     model_version: 1,
@@ -441,6 +497,10 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
                         != arm.pointer("/properties/virtualMachineProfile");
                     if changed {
                         doc.model_version += 1;
+                        model_changed = true;
+                        if let Some(img) = &m.image {
+                            doc.versions.insert(doc.model_version, img.name.clone());
+                        }
                     }
                     doc.arm = arm;
                     doc
@@ -451,6 +511,9 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
                 &serde_json::to_value(&doc).map_err(ApiError::internal)?,
             )?;
             tracing::info!(vmss = %res.name, model_version = doc.model_version, capacity = m.capacity, "scale set model stored");
+            if model_changed && m.upgrade_mode == model::vmss::UpgradeMode::Rolling {
+                start_rollout(st, res, &doc, false)?;
+            }
             let p = vmss_provisioning(st, res, &doc)?;
             Ok((
                 if created {
@@ -480,6 +543,50 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             "unsupported method",
         )),
     }
+}
+
+/// Starts a rolling upgrade towards the scale set's latest model. A model change replaces a rollout
+/// in progress (its target moves); an explicit start while one runs is refused.
+fn start_rollout(st: &AppState, res: &Res, doc: &VmssDoc, explicit: bool) -> Result<(), ApiError> {
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
+    if m.health_probe.is_none() {
+        return Err(ApiError::bad_request("OperationNotAllowed", "A rolling upgrade needs a health probe: set virtualMachineProfile.networkProfile.healthProbe.id."));
+    }
+    let target = doc.model_version;
+    let previous = doc
+        .versions
+        .range(..target)
+        .next_back()
+        .map(|(v, _)| *v)
+        .unwrap_or(target.saturating_sub(1));
+    let now = crate::engine::unix_now();
+    let mut refused = false;
+    st.update_rollout(res, |cur| {
+        if explicit
+            && cur
+                .as_ref()
+                .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
+        {
+            refused = true;
+            return false;
+        }
+        *cur = Some(crate::state::RolloutDoc {
+            state: plan::rolling::start(&m.rolling, target, previous, now),
+            receipt: Default::default(),
+        });
+        true
+    })?;
+    if refused {
+        return Err(ApiError::conflict(
+            "OperationNotAllowed",
+            format!(
+                "A rolling upgrade is already in progress on scale set '{}'; cancel it first.",
+                res.name
+            ),
+        ));
+    }
+    tracing::info!(vmss = %res.name, target, previous, "rolling upgrade started");
+    Ok(())
 }
 
 fn find_vm(

@@ -121,3 +121,60 @@ pub fn vmss_instance_view(recs: &[(InstanceRecord, Observation)]) -> Value {
         "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"}],
     })
 }
+
+fn rfc(secs: u64) -> String {
+    image::rfc3339(secs)
+}
+
+/// `GET .../rollingUpgrades/latest`: Azure's RollingUpgradeStatusInfo, plus our deploy receipt.
+pub fn rolling_status(
+    res: &Res,
+    doc: &crate::state::RolloutDoc,
+    p: plan::rolling::Progress,
+) -> Value {
+    let s = &doc.state;
+    let r = &s.policy;
+    let (requests, non_2xx, failed) = doc.receipt.totals();
+    let mut v = json!({
+        "name": "latest",
+        "type": "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades",
+        "location": model::DEFAULT_LOCATION,
+        "id": format!("{}/rollingUpgrades/latest", res.id(VMSS)),
+        "properties": {
+            "policy": {
+                "maxBatchInstancePercent": r.max_batch_instance_percent,
+                "maxUnhealthyInstancePercent": r.max_unhealthy_instance_percent,
+                "maxUnhealthyUpgradedInstancePercent": r.max_unhealthy_upgraded_instance_percent,
+                "pauseTimeBetweenBatches": model::vmss::format_iso8601_duration(r.pause_time_between_batches_secs),
+                "enableCrossZoneUpgrade": r.enable_cross_zone_upgrade,
+                "prioritizeUnhealthyInstances": r.prioritize_unhealthy_instances,
+                "rollbackFailedInstancesOnPolicyBreach": r.rollback_failed_instances_on_policy_breach,
+                "maxSurge": r.max_surge,
+            },
+            "runningStatus": {
+                "code": format!("{:?}", s.status),
+                "startTime": rfc(s.start_time),
+                "lastAction": format!("{:?}", s.last_action),
+                "lastActionTime": rfc(s.last_action_time),
+            },
+            "progress": {
+                "successfulInstanceCount": p.successful,
+                "failedInstanceCount": p.failed,
+                "inProgressInstanceCount": p.in_progress,
+                "pendingInstanceCount": p.pending,
+            },
+            "receipt": {
+                "requests": requests,
+                "non2xxResponses": non_2xx,
+                "failedRequests": failed,
+                "requestsPerImage": doc.receipt.requests_per_image,
+                "targetModelVersion": s.target_version,
+                "previousModelVersion": s.previous_version,
+            },
+        },
+    });
+    if let Some(e) = &s.error {
+        v["properties"]["error"] = json!({"code": e.code, "message": e.message});
+    }
+    v
+}

@@ -77,6 +77,10 @@ pub enum Route {
     },
     VmInstanceView(Res, String),
     VmAction(Res, String, PowerAction),
+    /// POST osRollingUpgrade (start), POST rollingUpgrades/cancel, GET rollingUpgrades/latest.
+    RollingStart(Res),
+    RollingCancel(Res),
+    RollingLatest(Res),
 }
 
 impl Route {
@@ -234,6 +238,13 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         }),
         (VMSS, [v]) if eq(v, "instanceView") => get_only(Route::VmssInstanceView(res)),
         (VMSS, [v]) if eq(v, "virtualMachines") => get_only(Route::Vms(res)),
+        (VMSS, [v]) if eq(v, "osRollingUpgrade") => post_only(Route::RollingStart(res)),
+        (VMSS, [r, c]) if eq(r, "rollingUpgrades") && eq(c, "cancel") => {
+            post_only(Route::RollingCancel(res))
+        }
+        (VMSS, [r, l]) if eq(r, "rollingUpgrades") && eq(l, "latest") => {
+            get_only(Route::RollingLatest(res))
+        }
         (VMSS, [a]) => match action(a, false) {
             Some(act) => post_only(Route::VmssAction(res, act)),
             None => Err(not_found(path)),

@@ -25,6 +25,8 @@ pub struct DaemonConfig {
     pub base_cache: PathBuf,
     /// Internal: probe interval override in ms for tests (Azure's minimum is 5 s).
     pub probe_interval_ms: Option<u64>,
+    /// How long a rolling upgrade waits for an upgraded batch to become healthy (Azure: 5 min).
+    pub rolling_health_timeout_secs: u64,
 }
 
 impl DaemonConfig {
@@ -80,6 +82,9 @@ pub struct InstanceRecord {
     /// Out of the load balancer's rotation while it is stopped, restarted or replaced.
     #[serde(default)]
     pub draining: bool,
+    /// A rolling upgrade is acting on this instance (reimage, rollback or removal in flight).
+    #[serde(default)]
+    pub upgrading: bool,
     #[serde(default)]
     pub protect_from_scale_in: bool,
     #[serde(default)]
@@ -99,8 +104,53 @@ pub struct VmssDoc {
     #[serde(default)]
     pub deleting: bool,
     pub model_version: u64,
+    /// Image name of each model version (rollback returns instances to an earlier one).
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<u64, String>,
     pub unique_id: String,
     pub time_created: String,
+}
+
+/// Kind under which a scale set's latest rolling upgrade is stored.
+pub const ROLLOUT: &str = "scaleset.rollingUpgrade";
+
+/// A scale set's latest rolling upgrade: the planner's durable state and the deploy receipt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutDoc {
+    pub state: plan::rolling::RolloutState,
+    #[serde(default)]
+    pub receipt: Receipt,
+}
+
+/// What clients saw during a rollout, from the load balancer's own counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    /// LB totals when the rollout began (requests, 2xx, non-2xx, failed, retries).
+    pub baseline: Option<[u64; 5]>,
+    /// LB totals at the last observation.
+    pub latest: Option<[u64; 5]>,
+    /// Per backend: requests counted so far (to attribute deltas).
+    #[serde(default)]
+    pub seen: std::collections::BTreeMap<String, u64>,
+    /// Requests served per image, attributed to the image each instance ran when it served them.
+    #[serde(default)]
+    pub requests_per_image: std::collections::BTreeMap<String, u64>,
+}
+
+impl Receipt {
+    /// (requests, non-2xx, failed) during the rollout.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        match (self.baseline, self.latest) {
+            (Some(b), Some(l)) => (
+                l[0].saturating_sub(b[0]),
+                l[2].saturating_sub(b[2]),
+                l[3].saturating_sub(b[3]),
+            ),
+            _ => (0, 0, 0),
+        }
+    }
 }
 
 /// What the engine last saw of an instance, for views (not durable: re-observed after restart).
@@ -174,6 +224,36 @@ impl AppState {
             &serde_json::to_value(rec).map_err(ApiError::internal)?,
         )?;
         Ok(())
+    }
+
+    pub fn rollout(&self, res: &Res) -> Result<Option<RolloutDoc>, ApiError> {
+        match self.store.get(&res.key(ROLLOUT))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_value(v).map_err(ApiError::internal)?)),
+        }
+    }
+
+    /// Read-modify-write of the rollout document under the records lock. `f` returns false to
+    /// leave it unchanged.
+    pub fn update_rollout(
+        &self,
+        res: &Res,
+        f: impl FnOnce(&mut Option<RolloutDoc>) -> bool,
+    ) -> Result<Option<RolloutDoc>, ApiError> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cur = self.rollout(res)?;
+        if f(&mut cur) {
+            match &cur {
+                Some(doc) => self.store.put(
+                    &res.key(ROLLOUT),
+                    &serde_json::to_value(doc).map_err(ApiError::internal)?,
+                )?,
+                None => {
+                    self.store.delete(&res.key(ROLLOUT))?;
+                }
+            }
+        }
+        Ok(cur)
     }
 
     pub fn observation(&self, machine: &str) -> Observation {

@@ -33,6 +33,7 @@ fn env(tag: &str) -> Env {
         exe: "/bin/false".into(),
         base_cache: dir.join("bases"),
         probe_interval_ms: None,
+        rolling_health_timeout_secs: 300,
     };
     let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
         state_dir: dir.join("machines"),

@@ -122,6 +122,24 @@ pub enum VmssCmd {
     /// Apply the latest model to instances (Manual upgrade mode).
     UpdateInstances(Instances),
     DeleteInstances(Instances),
+    /// Rolling upgrades (Azure's rollingUpgrades).
+    #[command(subcommand)]
+    RollingUpgrade(RollingCmd),
+}
+
+#[derive(Subcommand)]
+pub enum RollingCmd {
+    /// Start a rolling upgrade to the latest model and follow it.
+    Start {
+        #[command(flatten)]
+        t: Target,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Cancel the rolling upgrade in progress (the batch in flight finishes).
+    Cancel(Target),
+    /// The latest rolling upgrade's status, progress and deploy receipt.
+    GetLatest(Target),
 }
 
 #[derive(Subcommand)]
@@ -254,6 +272,24 @@ pub enum ImageCmd {
         #[arg(long)]
         mirror: Option<String>,
     },
+    /// Import a base from an OCI image layout (directory or tarball) or a `docker save` tarball.
+    Import {
+        /// The OCI layout or tarball.
+        #[arg(long)]
+        source: std::path::PathBuf,
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// Export an image as an OCI image layout tarball.
+    Export {
+        #[arg(long, short = 'n')]
+        name: String,
+        /// Destination tarball.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Remove layers no image references (and leftovers of crashed bakes).
+    Gc,
     List {
         #[arg(long = "resource-group", short = 'g')]
         rg: Option<String>,
@@ -466,6 +502,10 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             let v = c
                 .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
                 .await?;
+            // In Rolling mode a model change starts a rolling upgrade: show its live progress.
+            if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
+                follow_rollout(&c, &t.rg, &t.name).await?;
+            }
             let v = if no_wait {
                 v
             } else {
@@ -531,6 +571,10 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             let v = c
                 .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
                 .await?;
+            // In Rolling mode a model change starts a rolling upgrade: show its live progress.
+            if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
+                follow_rollout(&c, &t.rg, &t.name).await?;
+            }
             let v = if no_wait {
                 v
             } else {
@@ -593,6 +637,38 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             }
             power(&c, i, "manualupgrade").await?
         }
+        VmssCmd::RollingUpgrade(r) => match r {
+            RollingCmd::Start { t, no_wait } => {
+                c.call(
+                    "POST",
+                    &format!("{}/osRollingUpgrade", c.vmss_path(&t.rg, &t.name)),
+                    None,
+                )
+                .await?;
+                if !no_wait {
+                    let v = follow_rollout(&c, &t.rg, &t.name).await?;
+                    print(&v, Output::Json, &[]);
+                }
+            }
+            RollingCmd::Cancel(t) => {
+                c.call(
+                    "POST",
+                    &format!("{}/rollingUpgrades/cancel", c.vmss_path(&t.rg, &t.name)),
+                    None,
+                )
+                .await?;
+            }
+            RollingCmd::GetLatest(t) => {
+                let v = c
+                    .call(
+                        "GET",
+                        &format!("{}/rollingUpgrades/latest", c.vmss_path(&t.rg, &t.name)),
+                        None,
+                    )
+                    .await?;
+                print(&v, Output::Json, &[]);
+            }
+        },
         VmssCmd::DeleteInstances(i) => {
             if i.ids.is_none() {
                 bail!("--instance-ids is required");
@@ -601,6 +677,85 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn rolling_line(v: &Value) -> String {
+    let p = |k: &str| {
+        v.pointer(&format!("/properties/progress/{k}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    format!(
+        "rolling upgrade {}: {} succeeded, {} failed, {} in progress, {} pending",
+        v.pointer("/properties/runningStatus/code")
+            .and_then(Value::as_str)
+            .unwrap_or("?"),
+        p("successfulInstanceCount"),
+        p("failedInstanceCount"),
+        p("inProgressInstanceCount"),
+        p("pendingInstanceCount")
+    )
+}
+
+/// Follows the latest rolling upgrade until it ends, printing progress; fails if it faulted.
+pub async fn follow_rollout(c: &Client, rg: &str, name: &str) -> Result<Value> {
+    let path = format!("{}/rollingUpgrades/latest", c.vmss_path(rg, name));
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        let v = c.call("GET", &path, None).await?;
+        let line = rolling_line(&v);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        let code = v
+            .pointer("/properties/runningStatus/code")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if code != "RollingForward" {
+            let r = |k: &str| {
+                v.pointer(&format!("/properties/receipt/{k}"))
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
+            eprintln!(
+                "receipt: {} requests during the rollout, {} failed, {} non-2xx; per image: {}",
+                r("requests"),
+                r("failedRequests"),
+                r("non2xxResponses"),
+                r("requestsPerImage")
+            );
+            if code == "Faulted" {
+                let code = v
+                    .pointer("/properties/error/code")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Faulted");
+                let msg = v
+                    .pointer("/properties/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the rolling upgrade faulted");
+                bail!("({code}) {msg}");
+            }
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("timed out following the rolling upgrade of '{name}'");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn rolling_in_progress(c: &Client, rg: &str, name: &str) -> Result<bool> {
+    let v = c
+        .get_opt(&format!("{}/rollingUpgrades/latest", c.vmss_path(rg, name)))
+        .await?;
+    Ok(v.and_then(|v| {
+        v.pointer("/properties/runningStatus/code")
+            .and_then(Value::as_str)
+            .map(|c| c == "RollingForward")
+    })
+    .unwrap_or(false))
 }
 
 async fn power(c: &Client, i: Instances, action: &str) -> Result<()> {
@@ -994,8 +1149,33 @@ pub async fn image(cmd: ImageCmd, out: Output) -> Result<()> {
                 mirror,
             };
             let img = tokio::task::spawn_blocking(move || {
-                let mut log = std::io::stderr();
-                store.bake(&spec, &mut log)
+                // The full log is kept with the image (or the failed bake); the terminal gets
+                // the stages and the script's output live.
+                let mut on_event = |e: image::BakeEvent| match e {
+                    image::BakeEvent::BaseReady { base, cached, secs } => eprintln!(
+                        "==> base {base} ready ({}, {secs:.1}s)",
+                        if cached { "cached" } else { "built" }
+                    ),
+                    image::BakeEvent::Copying { files, bytes } => eprintln!(
+                        "==> copying the package to /deployTemp ({files} files, {} KiB)",
+                        bytes / 1024
+                    ),
+                    image::BakeEvent::ScriptStarted { command } => {
+                        eprintln!("==> running {command}")
+                    }
+                    image::BakeEvent::ScriptLine(l) => eprintln!("    {l}"),
+                    image::BakeEvent::Deprovisioning => eprintln!("==> deprovisioning"),
+                    image::BakeEvent::Capturing => eprintln!("==> capturing the layer"),
+                    image::BakeEvent::Done {
+                        digest,
+                        cache_hit,
+                        secs,
+                    } => eprintln!(
+                        "==> {digest}{} in {secs:.2}s",
+                        if cache_hit { " (cache hit)" } else { "" }
+                    ),
+                };
+                store.bake_with_progress(&spec, &mut std::io::sink(), &mut on_event)
             })
             .await?
             .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
@@ -1003,6 +1183,53 @@ pub async fn image(cmd: ImageCmd, out: Output) -> Result<()> {
                 &json!({"name": img.name, "digest": img.digest, "base": img.base, "created": img.created, "log": img.log}),
                 out,
                 &[("Name", "/name"), ("Digest", "/digest"), ("Base", "/base")],
+            );
+        }
+        ImageCmd::Import { source, name } => {
+            crate::daemon::preflight()?;
+            model::names::network_or_image("image", &name).map_err(|e| anyhow!(e.message))?;
+            let home = client::home();
+            let store =
+                image::ImageStore::new(home.join("images"), image::default_base_cache(&home));
+            let img = tokio::task::spawn_blocking(move || {
+                store.import(&source, &name, &mut std::io::stderr())
+            })
+            .await?
+            .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            print(
+                &json!({"name": img.name, "digest": img.digest, "base": img.base}),
+                out,
+                &[("Name", "/name"), ("Digest", "/digest"), ("Base", "/base")],
+            );
+        }
+        ImageCmd::Export { name, file } => {
+            let home = client::home();
+            let store =
+                image::ImageStore::new(home.join("images"), image::default_base_cache(&home));
+            let f = file.clone();
+            let digest = tokio::task::spawn_blocking(move || store.export(&name, &f))
+                .await?
+                .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            print(
+                &json!({"file": file, "manifestDigest": digest}),
+                out,
+                &[("File", "/file"), ("ManifestDigest", "/manifestDigest")],
+            );
+        }
+        ImageCmd::Gc => {
+            let home = client::home();
+            let store =
+                image::ImageStore::new(home.join("images"), image::default_base_cache(&home));
+            let r = tokio::task::spawn_blocking(move || store.gc())
+                .await?
+                .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            print(
+                &json!({"removedLayers": r.removed_layers, "freedBytes": r.freed_bytes}),
+                out,
+                &[
+                    ("RemovedLayers", "/removedLayers"),
+                    ("FreedBytes", "/freedBytes"),
+                ],
             );
         }
         ImageCmd::List { rg } => {

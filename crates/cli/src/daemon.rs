@@ -77,6 +77,10 @@ pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
         probe_interval_ms: std::env::var("SCALESET_PROBE_INTERVAL_MS")
             .ok()
             .and_then(|v| v.parse().ok()),
+        rolling_health_timeout_secs: std::env::var("SCALESET_ROLLING_HEALTH_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(plan::rolling::DEFAULT_HEALTH_TIMEOUT_SECS),
     })
 }
 

@@ -61,6 +61,17 @@ pub fn set(doc: &mut Value, path: &str, value: Value) -> Result<(), ModelError> 
         let last = i + 1 == segs.len();
         match seg {
             Seg::Key(k) => {
+                // az works on SDK objects whose ARM `properties` are flattened, so
+                // `virtualMachineProfile.x` means `properties.virtualMachineProfile.x`.
+                let flattened = cur.as_object().is_some_and(|o| {
+                    !o.keys().any(|x| x.eq_ignore_ascii_case(k))
+                        && o.get("properties")
+                            .and_then(Value::as_object)
+                            .is_some_and(|p| p.keys().any(|x| x.eq_ignore_ascii_case(k)))
+                });
+                if flattened {
+                    cur = cur.get_mut("properties").expect("checked above");
+                }
                 let obj = cur.as_object_mut().ok_or_else(|| {
                     ModelError::invalid(format!(
                         "Couldn't find '{k}' in '{walked}': '{walked}' is not an object."
@@ -145,6 +156,27 @@ mod tests {
                 (r, w) => panic!("{arg}: got {r:?}, want {w:?}"),
             }
         }
+    }
+
+    #[test]
+    fn az_flattens_properties() {
+        // The seed's release script: no `properties.` prefix, as az writes it.
+        let mut doc = json!({"properties": {"virtualMachineProfile": {"storageProfile": {"imageReference": {"id": "old"}}}, "upgradePolicy": {"mode": "Manual"}}});
+        let (p, v) = parse_assignment(
+            "virtualMachineProfile.storageProfile.imageReference.id=\"/subscriptions/s/x\"",
+        )
+        .unwrap();
+        set(&mut doc, &p, v).unwrap();
+        assert_eq!(
+            doc["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["id"],
+            "/subscriptions/s/x"
+        );
+        set(&mut doc, "upgradePolicy.mode", json!("Rolling")).unwrap();
+        assert_eq!(doc["properties"]["upgradePolicy"]["mode"], "Rolling");
+        // The full ARM path still works, and a top-level field is not redirected.
+        set(&mut doc, "properties.upgradePolicy.mode", json!("Manual")).unwrap();
+        assert_eq!(doc["properties"]["upgradePolicy"]["mode"], "Manual");
+        assert!(set(&mut doc, "nothing.here", json!(1)).is_err());
     }
 
     #[test]

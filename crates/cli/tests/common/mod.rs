@@ -1,0 +1,442 @@
+//! Shared harness for the tests that boot real machines: the real `scaleset` binary, a load
+//! generator, LB status, cleanup guards.
+#![allow(dead_code)]
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_scaleset");
+
+pub struct Harness {
+    pub home: PathBuf,
+    pub api: SocketAddr,
+    pub serve: Option<Child>,
+    /// Virtual network of this test (distinct per test file so runs never clash).
+    pub subnet: &'static str,
+    pub prefix: &'static str,
+    /// Extra environment for `scaleset serve`.
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Harness {
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(EXE);
+        c.env("SCALESET_HOME", &self.home)
+            .env("SCALESET_LISTEN", self.api.to_string())
+            .env("SCALESET_SUBNET", self.subnet)
+            .env("SCALESET_PREFIX", self.prefix)
+            .env("SCALESET_BASE_CACHE", base_cache())
+            .env_remove("SCALESET_ENDPOINT")
+            .env_remove("SCALESET_TOKEN");
+        c
+    }
+
+    /// Runs the CLI; returns (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scaleset");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "scaleset {args:?} failed:\n{err}\n{out}");
+        out
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("scaleset {args:?}: not JSON ({e}): {out}"))
+    }
+
+    pub fn start_serve(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("serve.log"))
+            .unwrap();
+        let mut cmd = self.cmd();
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start serve");
+        self.serve = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.run(&["group", "list"]).0 {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up; log:\n{}",
+                std::fs::read_to_string(self.home.join("serve.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill_serve(&mut self) {
+        if let Some(mut c) = self.serve.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    pub fn instances(&self) -> Vec<Value> {
+        self.json(&[
+            "vmss",
+            "list-instances",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "-o",
+            "json",
+        ])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    }
+
+    pub fn machine_pids(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = std::fs::read_dir(self.home.join("machines"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let pid = std::fs::read_to_string(e.path().join("pid"))
+                            .ok()?
+                            .split_whitespace()
+                            .next()?
+                            .parse()
+                            .ok()?;
+                        Some((e.file_name().to_string_lossy().into_owned(), pid))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.kill_serve();
+        // Load balancer processes.
+        if let Ok(rd) = std::fs::read_dir(self.home.join("lb")) {
+            for e in rd.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: kill(2) on the LB process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        // Machines, their mounts and namespaces, then the bridge.
+        if let Ok(m) = runtime::NspawnMachines::new(runtime::RuntimeConfig {
+            state_dir: self.home.join("machines"),
+            prefix: self.prefix.into(),
+        }) {
+            use runtime::Machines;
+            for name in m.list().unwrap_or_default() {
+                let _ = m.delete(&name);
+            }
+        }
+        if let Some(net) = std::fs::read_to_string(self.home.join("network.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        {
+            if let (Some(bridge), Ok(subnet)) = (
+                net["bridge"].as_str(),
+                self.subnet.parse::<runtime::Ipv4Net>(),
+            ) {
+                let _ = runtime::teardown_network(&runtime::NetworkSpec {
+                    bridge: bridge.into(),
+                    gateway: subnet.host(1),
+                    subnet,
+                });
+            }
+        }
+        // Images in use are read-only bind mounts of their layers: undo them before removal.
+        image::ImageStore::new(self.home.join("images"), base_cache()).unmount_layers();
+        if std::env::var_os("SCALESET_KEEP_TEST_HOME").is_none() {
+            let _ = std::fs::remove_dir_all(&self.home);
+        }
+    }
+}
+
+pub fn base_cache() -> PathBuf {
+    std::env::var_os("SCALESET_BASE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-test-base"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    for tool in ["systemd-nspawn", "debootstrap", "ip"] {
+        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (apt-get install systemd-container debootstrap iproute2)"
+            ));
+        }
+    }
+    None
+}
+
+/// The example's drop: the release-built my_app binary plus its deployment files.
+pub fn example_drop(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "my_app"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build my_app");
+    assert!(status.success());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let drop = dir.join("drop");
+    std::fs::create_dir_all(drop.join("nginx")).unwrap();
+    let ex = root.join("examples/my_app");
+    std::fs::copy(target.join("release/my_app"), drop.join("my_app")).unwrap();
+    for f in ["setupscript.sh", "my_app.service", "nginx/my_app"] {
+        std::fs::copy(ex.join(f), drop.join(f)).unwrap();
+    }
+    drop
+}
+
+/// A minimal HTTP/1.1 GET over a kept-alive connection; returns (status, body).
+pub fn http_get(stream: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<(u16, String)> {
+    write!(stream.get_mut(), "GET {path} HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+    let mut line = String::new();
+    if stream.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to LB");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    http_get(&mut BufReader::new(s), path).expect("GET through the LB")
+}
+
+/// Keep-alive clients hammering the LB until stopped; counts successes and failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(300);
+                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        if conn.is_none() {
+                            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                                Ok(s) => {
+                                    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                                    conn = Some(BufReader::new(s));
+                                }
+                                Err(_) => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    continue;
+                                }
+                            }
+                        }
+                        match http_get(conn.as_mut().unwrap(), "/page1") {
+                            Ok((200, body)) if body.contains("You are currently on Page1.") => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok((status, _)) => {
+                                eprintln!(
+                                    "load: HTTP {status} at {:?}",
+                                    std::time::SystemTime::now()
+                                );
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                conn = None;
+                            }
+                            Err(e) => {
+                                eprintln!("load: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                conn = None;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (ok, failed).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// SIGKILLs every process named `comm` inside the machine whose nspawn pid is given (processes
+/// in the same pid namespace as the machine's init). Returns how many were killed.
+pub fn kill_in_machine(nspawn_pid: u32, comm: &str) -> usize {
+    let children =
+        std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+            .unwrap_or_default();
+    let init: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("machine init pid");
+    let ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).expect("pid namespace");
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let same_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|p| p == ns);
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if same_ns && name.trim() == comm {
+            // SAFETY: kill(2) on a process inside a machine this test created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            n += 1;
+        }
+    }
+    n
+}
+
+/// GET /status from the load balancer's admin socket (HTTP/1.1 over a unix socket).
+pub fn lb_status(home: &Path) -> Value {
+    let dir = std::fs::read_dir(home.join("lb"))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("an LB dir")
+        .path();
+    let mut s =
+        std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).expect("LB admin socket");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    // Tolerate chunked encoding: take the JSON object.
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map(|i| i + 1).unwrap_or(body.len());
+    serde_json::from_str(&body[start..end])
+        .unwrap_or_else(|e| panic!("LB status not JSON ({e}): {resp}"))
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn healthy(vms: &[Value]) -> usize {
+    vms.iter()
+        .filter(|v| {
+            v.pointer("/properties/instanceView/vmHealth/status/code")
+                .and_then(Value::as_str)
+                == Some("HealthState/healthy")
+        })
+        .count()
+}

@@ -1,0 +1,343 @@
+//! Rolling upgrades for real, under continuous keep-alive load: a good image rolls out batch by
+//! batch with 0 failed requests and a receipt; a bad image (its health never passes) halts after
+//! the first batch, is rolled back, ends Faulted with Azure's code, and clients see 0 failures; a
+//! daemon SIGKILLed mid-rollout resumes it to the same end state.
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+fn images(h: &Harness) -> Vec<String> {
+    let mut v: Vec<String> = h
+        .instances()
+        .iter()
+        .map(|v| {
+            v["tags"]["scaleset.image"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn latest(h: &Harness) -> Value {
+    h.json(&[
+        "vmss",
+        "rolling-upgrade",
+        "get-latest",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+    ])
+}
+
+#[test]
+fn rolling_upgrades_under_load() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED rolling_upgrades_under_load: {why}");
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("scaleset-rolling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut h = Harness {
+        home: home.clone(),
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        serve: None,
+        subnet: "10.213.202.0/24",
+        prefix: "rol",
+        // Fast probes keep the test short; the health timeout bounds how long a bad batch is
+        // waited for (Azure: 5 minutes).
+        env: vec![
+            ("SCALESET_PROBE_INTERVAL_MS", "1000".into()),
+            ("SCALESET_ROLLING_HEALTH_TIMEOUT_SECS", "15".into()),
+        ],
+    };
+    let lb_port = free_port();
+    let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
+
+    // Three images: v1 (the example), v2 (the example with one more file), bad (its setup
+    // script leaves NGINX without a site, so nothing answers on port 80).
+    let drop = example_drop(&home);
+    let v2 = home.join("drop-v2");
+    copy_dir(&drop, &v2);
+    std::fs::write(v2.join("VERSION"), "2\n").unwrap();
+    let bad = home.join("drop-bad");
+    copy_dir(&drop, &bad);
+    let mut script = std::fs::read_to_string(bad.join("setupscript.sh")).unwrap();
+    script.push_str("\nsudo rm -f /etc/nginx/sites-enabled/my_app\n");
+    std::fs::write(bad.join("setupscript.sh"), script).unwrap();
+    for (name, dir) in [("120", &drop), ("121", &v2), ("122", &bad)] {
+        h.ok(&[
+            "image",
+            "bake",
+            "--package",
+            dir.to_str().unwrap(),
+            "--script",
+            "setupscript.sh",
+            "--name",
+            name,
+        ]);
+    }
+
+    h.start_serve();
+    h.ok(&["group", "create", "-n", "rg"]);
+    h.ok(&[
+        "network",
+        "lb",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "lb",
+        "--backend-pool-name",
+        "be",
+    ]);
+    h.ok(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "lb",
+        "-n",
+        "http",
+        "--protocol",
+        "Http",
+        "--port",
+        "80",
+        "--path",
+        "/health",
+        "--interval",
+        "5",
+        "--probe-threshold",
+        "1",
+    ]);
+    let port = lb_port.to_string();
+    h.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "lb",
+        "-n",
+        "web",
+        "--protocol",
+        "Tcp",
+        "--frontend-port",
+        &port,
+        "--backend-port",
+        "80",
+        "--probe-name",
+        "http",
+    ]);
+    h.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "120",
+        "--instance-count",
+        "3",
+        "--lb",
+        "lb",
+        "--health-probe",
+        "http",
+        "--upgrade-policy-mode",
+        "Rolling",
+    ]);
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        "properties.upgradePolicy.rollingUpgradePolicy.rollbackFailedInstancesOnPolicyBreach=true",
+    ]);
+    let (ok, _, err) = h.run(&[
+        "vmss",
+        "rolling-upgrade",
+        "get-latest",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+    ]);
+    assert!(
+        !ok && err.contains("No rolling upgrade"),
+        "a policy change is not a model change: {err}"
+    );
+    wait_until("3 healthy instances", Duration::from_secs(60), || {
+        healthy(&h.instances()) == 3
+    });
+    let image_id = |n: &str| {
+        format!("virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/{n}")
+    };
+
+    // 1. A good image, under load: Completed, 0 failed requests, every instance on it.
+    let load = Load::start(lb_addr, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, _, err) = h.run(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        &image_id("121"),
+    ]);
+    let (ok_n, failed) = load.finish();
+    assert!(ok, "rolling upgrade to 121 failed: {err}");
+    assert!(
+        err.contains("rolling upgrade RollingForward") && err.contains("receipt:"),
+        "no live progress: {err}"
+    );
+    assert_eq!(
+        failed, 0,
+        "failed requests during the rolling upgrade ({ok_n} ok)"
+    );
+    let l = latest(&h);
+    assert_eq!(l["properties"]["runningStatus"]["code"], "Completed", "{l}");
+    assert_eq!(
+        l["properties"]["progress"]["successfulInstanceCount"], 3,
+        "{l}"
+    );
+    assert_eq!(l["properties"]["progress"]["failedInstanceCount"], 0, "{l}");
+    assert_eq!(l["properties"]["receipt"]["failedRequests"], 0, "{l}");
+    assert_eq!(l["properties"]["receipt"]["non2xxResponses"], 0, "{l}");
+    let per_image = l["properties"]["receipt"]["requestsPerImage"]
+        .as_object()
+        .unwrap();
+    assert!(
+        per_image.contains_key("120") && per_image.contains_key("121"),
+        "{l}"
+    );
+    assert_eq!(images(&h), ["121", "121", "121"]);
+    assert!(h
+        .instances()
+        .iter()
+        .all(|v| v.pointer("/properties/latestModelApplied") == Some(&Value::Bool(true))));
+    wait_until("3 healthy instances", Duration::from_secs(30), || {
+        healthy(&h.instances()) == 3
+    });
+
+    // 2. A bad image, under load: the first batch never gets healthy; the breach faults the
+    //    rollout with Azure's code, the failed instance returns to the previous image, and no
+    //    client request fails.
+    let load = Load::start(lb_addr, 6);
+    let (ok, _, err) = h.run(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        &image_id("122"),
+    ]);
+    assert!(!ok, "a bad image must fail the update");
+    assert!(
+        err.contains("MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"),
+        "{err}"
+    );
+    wait_until(
+        "the rolled-back instance to be healthy",
+        Duration::from_secs(60),
+        || healthy(&h.instances()) == 3,
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during the faulted rollout ({ok_n} ok)"
+    );
+    let l = latest(&h);
+    assert_eq!(l["properties"]["runningStatus"]["code"], "Faulted", "{l}");
+    assert_eq!(
+        l["properties"]["error"]["code"],
+        "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade",
+        "{l}"
+    );
+    assert_eq!(l["properties"]["progress"]["failedInstanceCount"], 1, "{l}");
+    assert_eq!(l["properties"]["receipt"]["failedRequests"], 0, "{l}");
+    assert_eq!(
+        images(&h),
+        ["121", "121", "121"],
+        "rollback to the previous image"
+    );
+    assert!(!per_image.contains_key("122"));
+
+    // 3. The daemon SIGKILLed mid-rollout and restarted: the rollout resumes to the same end
+    //    state, and no request fails.
+    let load = Load::start(lb_addr, 6);
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--no-wait",
+        "--set",
+        &image_id("120"),
+    ]);
+    wait_until(
+        "the first batch to be upgraded",
+        Duration::from_secs(60),
+        || {
+            latest(&h)["properties"]["progress"]["successfulInstanceCount"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    h.kill_serve();
+    std::thread::sleep(Duration::from_secs(1));
+    h.start_serve();
+    wait_until(
+        "the resumed rollout to complete",
+        Duration::from_secs(120),
+        || latest(&h)["properties"]["runningStatus"]["code"] == "Completed",
+    );
+    wait_until("3 healthy instances", Duration::from_secs(30), || {
+        healthy(&h.instances()) == 3
+    });
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests across a daemon SIGKILL mid-rollout ({ok_n} ok)"
+    );
+    assert_eq!(images(&h), ["120", "120", "120"]);
+    assert_eq!(
+        latest(&h)["properties"]["progress"]["successfulInstanceCount"],
+        3
+    );
+}
