@@ -859,6 +859,26 @@ impl NspawnMachines {
             "ip",
             &["-n", &n.netns, "addr", "add", &addr, "dev", "eth0"],
         )?;
+        // The MAC follows the IP: an address reused by a new instance keeps its MAC, so the
+        // host's ARP cache is never stale (a stale entry blackholed new instances for ~30 s).
+        let o = spec.ip.octets();
+        let mac = format!("02:5c:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        run(
+            m,
+            "ip",
+            &["-n", &n.netns, "link", "set", "eth0", "address", &mac],
+        )?;
+        let _ = run(
+            m,
+            "ip",
+            &[
+                "neigh",
+                "del",
+                &spec.ip.to_string(),
+                "dev",
+                &spec.network.bridge,
+            ],
+        );
         run(m, "ip", &["-n", &n.netns, "link", "set", "eth0", "up"])?;
         run(m, "ip", &["-n", &n.netns, "link", "set", "lo", "up"])?;
         let gw = spec.network.gateway.to_string();
