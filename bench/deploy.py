@@ -148,6 +148,24 @@ def serves(ip):
         return False
 
 
+def neigh_diag(ips):
+    """Host neighbour entries vs the guests' real MACs (stale ARP check)."""
+    out = {}
+    for ip in ips:
+        host = subprocess.run(["ip", "neigh", "show", ip], capture_output=True, text=True).stdout.strip()
+        guest = ""
+        for ns in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+            if not ns.startswith(PREFIX[:4] + "-"):
+                continue
+            a = subprocess.run(["ip", "-n", ns, "-o", "addr", "show"], capture_output=True, text=True).stdout
+            if f"inet {ip}/" in a:
+                dev = a.split(f"inet {ip}/")[0].split("\n")[-1].split()[1]
+                link = subprocess.run(["ip", "-n", ns, "-o", "link", "show", dev], capture_output=True, text=True).stdout
+                guest = link.split("link/ether ")[1].split()[0] if "link/ether " in link else link.strip()
+        out[ip] = {"host_neigh": host, "guest_mac": guest}
+    return out
+
+
 def wait_healthy(env, n, timeout, phases=None, old_ids=()):
     """Polls until n instances are healthy. phases (dict) gets when n were first
     running and when the new instances (ids not in old_ids) first answered
@@ -160,6 +178,8 @@ def wait_healthy(env, n, timeout, phases=None, old_ids=()):
         if phases is not None and "serving_direct" not in phases:
             new_ips = [(v.get("tags") or {}).get("scaleset.privateIPAddress")
                        for v in vms if v.get("instanceId") not in old_ids]
+            if "neigh" not in phases and time.time() - phases.setdefault("t0", time.time()) > 3 and all(new_ips):
+                phases["neigh"] = neigh_diag(new_ips)
             if new_ips and all(new_ips) and all(serves(ip) for ip in new_ips):
                 phases["serving_direct"] = time.time()
         if len(vms) == n and healthy(vms) == n:
@@ -326,18 +346,30 @@ def run(cfg, tmp, log, scale=0):
         details["frontend_200_of_20"] = http_ok(f"http://{FRONTEND}/")
 
         # 2. one more instance: API call -> healthy.
-        old_ids = {v.get("instanceId") for v in cli(env, "vmss", "list-instances", "-g", RG, "-n", VMSS)}
-        t0 = time.time()
-        cli(env, "vmss", "scale", "-g", RG, "-n", VMSS, "--new-capacity", "4", "--no-wait")
-        ph = {}
-        t1 = wait_healthy(env, 4, 120, ph, old_ids)
-        m["boot_to_healthy"] = t1 - t0
-        if "running" in ph:
-            details["scale_out_api_to_running_s"] = ph["running"] - t0
-            details["scale_out_running_to_healthy_s"] = t1 - ph["running"]
-        if "serving_direct" in ph:
-            details["scale_out_api_to_app_serving_direct_s"] = ph["serving_direct"] - t0
-        log(f"deploy: scale 3 -> 4, new instance healthy after {t1 - t0:.2f}s")
+        samples = []
+        for k in range(1 if cfg.quick else 3):
+            if k:
+                # back to 3 (scale-in removes one instance), then measure again
+                cli(env, "vmss", "scale", "-g", RG, "-n", VMSS, "--new-capacity", "3", "--no-wait")
+                wait_healthy(env, 3, 120)
+            old_ids = {v.get("instanceId") for v in cli(env, "vmss", "list-instances", "-g", RG, "-n", VMSS)}
+            t0 = time.time()
+            cli(env, "vmss", "scale", "-g", RG, "-n", VMSS, "--new-capacity", "4", "--no-wait")
+            ph = {}
+            t1 = wait_healthy(env, 4, 120, ph, old_ids)
+            smp = {"api_to_healthy_s": t1 - t0,
+                   "api_to_running_s": ph.get("running", t1) - t0,
+                   "api_to_app_serving_direct_s": ph.get("serving_direct", t1) - t0}
+            if "neigh" in ph:
+                smp["neigh_after_3s"] = ph["neigh"]
+            samples.append(smp)
+            log("deploy: scale 3 -> 4: running {api_to_running_s:.2f}s, app answers on its IP "
+                "{api_to_app_serving_direct_s:.2f}s, healthy in the LB {api_to_healthy_s:.2f}s".format(**smp))
+        details["scale_out_samples"] = samples
+        med = lambda key: sorted(x[key] for x in samples)[len(samples) // 2]
+        m["boot_to_healthy"] = med("api_to_healthy_s")
+        details["scale_out_api_to_running_s"] = med("api_to_running_s")
+        details["scale_out_api_to_app_serving_direct_s"] = med("api_to_app_serving_direct_s")
 
         # 3. idle PSS per instance.
         time.sleep(3)
@@ -423,6 +455,9 @@ def report(m, notes, details):
             v = m[key]
             unit = "MiB" if key == "pss" else "s"
             text = f"{v:.2f} {unit}"
+            if key == "boot_to_healthy" and "scale_out_samples" in details:
+                text += (" (median of " + ", ".join(f"{x['api_to_healthy_s']:.2f}"
+                                                   for x in details["scale_out_samples"]) + " s)")
             if key == "pss" and "pss_per_instance_mib" in details:
                 text += f" (median of {len(details['pss_per_instance_mib'])} idle instances)"
             rows.append({"row": name, "goal": goal, "value": v, "text": text,
