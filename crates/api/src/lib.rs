@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod error;
 pub mod handlers;
+pub mod pipelines;
 pub mod render;
 pub mod route;
 pub mod state;
@@ -24,7 +25,10 @@ pub use state::DaemonConfig;
 /// The API router. Every request goes through one dispatcher: auth, api-version, route parse,
 /// execute, and one error mapping.
 pub fn app(st: Arc<AppState>) -> Router {
-    Router::new().fallback(dispatch).with_state(st)
+    Router::new()
+        .fallback(dispatch)
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
+        .with_state(st)
 }
 
 fn query_map(uri: &Uri) -> HashMap<String, String> {
@@ -138,6 +142,9 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if uri.path().starts_with("/scaleset/") {
+        return pipelines::handle(st, method, uri, headers, body).await;
+    }
     let q = query_map(&uri);
     let result = async {
         check_auth(&st, &headers)?;
@@ -185,7 +192,11 @@ pub fn open_state(
         }
     };
     let images = image::ImageStore::new(cfg.home.join("images"), cfg.base_cache.clone());
+    let pipelines = Some(Arc::new(pipelines::PipelineService::open(
+        &cfg.home, &cfg.exe,
+    )?));
     Ok(Arc::new(AppState {
+        pipelines,
         cfg,
         store,
         token,
@@ -210,6 +221,7 @@ pub async fn serve(
         .map_err(|e| e.to_string())?;
     tracing::info!(%addr, home = %st.cfg.home.display(), "scaleset daemon listening");
     let engine = tokio::spawn(engine::run(st.clone()));
+    pipelines::start(&st);
     let r = axum::serve(listener, app(st))
         .with_graceful_shutdown(shutdown)
         .await

@@ -171,6 +171,8 @@ pub struct AppState {
     /// Serializes read-modify-write of instance records between API and engine.
     pub records: Mutex<()>,
     pub observed: Mutex<std::collections::HashMap<String, Observation>>,
+    /// Hosted repositories, pipelines and runs (`/scaleset/...`).
+    pub pipelines: Option<Arc<crate::pipelines::PipelineService>>,
 }
 
 impl AppState {

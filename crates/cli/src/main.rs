@@ -3,6 +3,7 @@ mod client;
 mod commands;
 mod daemon;
 mod output;
+mod pipelines;
 mod up;
 
 use anyhow::Result;
@@ -41,6 +42,15 @@ enum Cmd {
     /// Manage machine images.
     #[command(subcommand)]
     Image(commands::ImageCmd),
+    /// Hosted git repositories (push over HTTP to trigger pipelines).
+    #[command(subcommand)]
+    Repo(pipelines::RepoCmd),
+    /// Pipelines from Azure Pipelines YAML in the hosted repositories.
+    #[command(subcommand)]
+    Pipeline(pipelines::PipelineCmd),
+    /// Pipeline runs.
+    #[command(subcommand)]
+    Run(pipelines::RunCmd),
     /// Internal: run one load balancer's data plane (started by the daemon).
     #[command(hide = true)]
     LbServe {
@@ -62,7 +72,17 @@ fn init_tracing(default: &str) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Invoked as `az` (the AzureCLI@2 shim is a symlink named az): speak az's dialect.
+    let argv: Vec<String> = std::env::args().collect();
+    let is_az = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|f| f == "az");
+    let cli = if is_az {
+        Cli::parse_from(pipelines::az_args(argv))
+    } else {
+        Cli::parse()
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,6 +113,9 @@ fn main() {
             Cmd::Vmss(c) => commands::vmss(c, cli.output).await,
             Cmd::Network(c) => commands::network(c, cli.output).await,
             Cmd::Image(c) => commands::image(c, cli.output).await,
+            Cmd::Repo(c) => pipelines::repo(c, cli.output).await,
+            Cmd::Pipeline(c) => pipelines::pipeline(c, cli.output).await,
+            Cmd::Run(c) => pipelines::run(c, cli.output).await,
         }
     });
     if let Err(e) = result {

@@ -1,0 +1,917 @@
+//! Hosted repositories, pipelines and runs: the daemon's `/scaleset/...` endpoints (outside ARM).
+//!
+//! - `/scaleset/git/<name>.git/...`: git smart HTTP (`git http-backend`) over the repositories in
+//!   `$SCALESET_HOME/repos`. Auth: HTTP Basic whose password is the daemon token (any user name),
+//!   or `Authorization: Bearer <token>`; an unauthenticated request gets a Basic challenge so
+//!   `git push http://x:<token>@host/scaleset/git/app.git` works. Pushes to one repository are
+//!   serialized; each updated ref is matched against the repository's pipelines and the matching
+//!   runs are queued. The push answer carries `remote:` lines naming the queued runs (or saying
+//!   that no pipeline matched); `GET /scaleset/repos/{name}` shows the last push's outcome too.
+//! - Pipelines of a repository (the naming rule): at a commit, the top-level
+//!   `azure-pipelines.yml`/`.yaml` is the pipeline named `<repo>`; every other top-level
+//!   `*.yml`/`*.yaml` whose file name contains `pipeline`, and every `*.yml`/`*.yaml` directly
+//!   under `pipelines/`, is the pipeline `<repo>-<file stem>` (e.g. `release-pipeline.yml` in
+//!   repo `app` is `app-release-pipeline`). Release pipelines refer to CI pipelines by these names
+//!   in `resources.pipelines[].source`.
+//! - Runs execute one at a time on a background task; each completed run queues the release
+//!   runs its success triggers (`resources.pipelines`). Records and logs live in
+//!   `$SCALESET_HOME/pipelines/runs` and survive restarts (runs interrupted by a restart are
+//!   completed as failed at start).
+//! - JSON endpoints: `GET /scaleset/repos`, `GET|PUT|DELETE /scaleset/repos/{name}`,
+//!   `GET /scaleset/pipelines`, `GET /scaleset/pipelines/{name}`,
+//!   `GET|POST /scaleset/pipelines/{name}/runs` (POST body `{"branch": "main"}`, optional),
+//!   `GET /scaleset/runs[?pipeline=]`, `GET /scaleset/runs/{id}`,
+//!   `GET /scaleset/runs/{id}/logs[?follow=true]` (text; follow streams until the run ends),
+//!   `POST /scaleset/runs/{id}/cancel`.
+use crate::error::ApiError;
+use crate::route::Route;
+use crate::state::AppState;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use pipeline::artifacts::ArtifactStore;
+use pipeline::git::{self, CgiRequest, RepoStore};
+use pipeline::runner::{
+    pipelines_for_completed_run, pipelines_for_push, PipelineDefinition, RunReason, RunRequest,
+    RunStatus, RunStore, Runner, RunnerConfig, TriggerMatch,
+};
+use pipeline::tasks::{BakeRequest, BakedImage, Baker, EnvVar, ScaleSets, StdTasks};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{mpsc, watch};
+
+/// The pipeline side of the daemon.
+pub struct PipelineService {
+    pub root: PathBuf,
+    pub repos: RepoStore,
+    pub runs: RunStore,
+    pub artifacts: ArtifactStore,
+    runner: Runner,
+    shim_dir: PathBuf,
+    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    queue_tx: mpsc::UnboundedSender<RunRequest>,
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<RunRequest>>>,
+}
+
+impl PipelineService {
+    /// Opens `home/repos` and `home/pipelines/{runs,work,artifacts,bin}`; the `az` shim is a
+    /// symlink to `exe`.
+    pub fn open(home: &Path, exe: &Path) -> Result<PipelineService, String> {
+        let root = home.join("pipelines");
+        let shim_dir = root.join("bin");
+        for d in [home.join("repos"), root.join("runs"), shim_dir.clone()] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        let az = shim_dir.join("az");
+        let _ = std::fs::remove_file(&az);
+        std::os::unix::fs::symlink(exe, &az)
+            .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
+        let runs = RunStore::new(root.join("runs"));
+        let artifacts = ArtifactStore::new(root.join("artifacts"));
+        let runner = Runner::new(RunnerConfig::new(root.join("work")), runs.clone())
+            .with_artifacts(artifacts.clone());
+        let (queue_tx, rx) = mpsc::unbounded_channel();
+        Ok(PipelineService {
+            repos: RepoStore::new(home.join("repos")),
+            runs,
+            artifacts,
+            runner,
+            shim_dir,
+            root,
+            repo_locks: Default::default(),
+            cancels: Default::default(),
+            queue_tx,
+            queue_rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The pipelines of `repo` at `commit` (see the module docs for the naming rule).
+    pub fn definitions_at(
+        &self,
+        repo: &str,
+        commit: &str,
+        default_branch: &str,
+    ) -> Vec<PipelineDefinition> {
+        let path = self.repos.path(repo);
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&path)
+            .args(["ls-tree", "-r", "--name-only", commit])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output();
+        let Ok(out) = out else { return vec![] };
+        if !out.status.success() {
+            return vec![];
+        }
+        let mut defs = Vec::new();
+        for f in String::from_utf8_lossy(&out.stdout).lines() {
+            let is_yaml = f.ends_with(".yml") || f.ends_with(".yaml");
+            if !is_yaml {
+                continue;
+            }
+            let stem = f
+                .rsplit('/')
+                .next()
+                .unwrap_or(f)
+                .trim_end_matches(".yml")
+                .trim_end_matches(".yaml");
+            let name = if f == "azure-pipelines.yml" || f == "azure-pipelines.yaml" {
+                repo.to_string()
+            } else if (!f.contains('/') && f.contains("pipeline"))
+                || (f.starts_with("pipelines/") && f.matches('/').count() == 1)
+            {
+                format!("{repo}-{stem}")
+            } else {
+                continue;
+            };
+            defs.push(PipelineDefinition {
+                name,
+                repo: repo.to_string(),
+                yaml_path: f.to_string(),
+                default_branch: default_branch.to_string(),
+            });
+        }
+        defs
+    }
+
+    fn default_branch(info: &git::RepoInfo) -> String {
+        info.head
+            .as_deref()
+            .and_then(|h| h.strip_prefix("refs/heads/"))
+            .unwrap_or("main")
+            .to_string()
+    }
+
+    /// Every pipeline of every repository, read at each repository's default branch.
+    pub fn all_definitions(&self) -> Vec<PipelineDefinition> {
+        let mut out = Vec::new();
+        for info in self.repos.list().unwrap_or_default() {
+            let b = Self::default_branch(&info);
+            let full = format!("refs/heads/{b}");
+            if let Some(c) = info.branches.get(&full) {
+                out.extend(self.definitions_at(&info.name, c, &b));
+            }
+        }
+        out
+    }
+
+    fn find_definition(&self, name: &str) -> Option<PipelineDefinition> {
+        self.all_definitions()
+            .into_iter()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Records the run as queued and hands it to the worker.
+    pub fn enqueue(&self, t: &TriggerMatch) -> Result<u64, String> {
+        let id = self.runs.next_id().map_err(|e| e.to_string())?;
+        let req = t.request(id, &self.repos);
+        self.runs.queue(&req).map_err(|e| e.to_string())?;
+        self.queue_tx.send(req).map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    fn repo_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.repo_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn tasks(&self, st: &Arc<AppState>) -> StdTasks {
+        let mut t = StdTasks::new(self.artifacts.clone());
+        let weak = Arc::downgrade(st);
+        t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
+        t.scale_sets = Some(Arc::new(DaemonScaleSets(
+            weak,
+            tokio::runtime::Handle::current(),
+        )));
+        t.az_shim_dir = Some(self.shim_dir.clone());
+        let endpoint = std::fs::read_to_string(st.cfg.home.join("endpoint"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| format!("http://{}", st.cfg.listen));
+        t.az_env = vec![
+            EnvVar::plain("SCALESET_ENDPOINT", endpoint),
+            EnvVar::secret("SCALESET_TOKEN", st.token.clone()),
+            EnvVar::plain("SCALESET_HOME", st.cfg.home.to_string_lossy()),
+        ];
+        t
+    }
+}
+
+/// Completes runs interrupted by a restart and starts the run worker (call once, from `serve`).
+pub fn start(st: &Arc<AppState>) {
+    let Some(svc) = st.pipelines.clone() else {
+        return;
+    };
+    match svc.runs.fail_interrupted() {
+        Ok(ids) if !ids.is_empty() => tracing::warn!(?ids, "runs interrupted by a restart failed"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot scan pipeline runs"),
+    }
+    let Some(mut rx) = svc
+        .queue_rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return;
+    };
+    let weak = Arc::downgrade(st);
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let Some(st) = weak.upgrade() else { return };
+            let Some(svc) = st.pipelines.clone() else {
+                return;
+            };
+            match svc.runs.get(req.run_id) {
+                Ok(Some(r)) if r.status == RunStatus::Queued => {}
+                _ => continue, // canceled while queued
+            }
+            let (tx, cancel) = watch::channel(false);
+            svc.cancels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(req.run_id, tx);
+            let tasks = svc.tasks(&st);
+            let id = req.run_id;
+            let rec = svc.runner.run(req, &tasks, cancel).await;
+            svc.cancels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            tracing::info!(run = id, pipeline = %rec.pipeline, result = ?rec.result, "pipeline run finished");
+            let defs = svc.all_definitions();
+            let m = pipelines_for_completed_run(&defs, &svc.repos, &rec);
+            for n in &m.notes {
+                tracing::warn!(run = id, "{n}");
+            }
+            for t in &m.runs {
+                match svc.enqueue(t) {
+                    Ok(rid) => {
+                        tracing::info!(run = rid, pipeline = %t.definition.name, trigger = id, "queued by pipeline resource")
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot queue run"),
+                }
+            }
+        }
+    });
+}
+
+struct LineWriter<'a> {
+    buf: Vec<u8>,
+    log: &'a mut dyn FnMut(&str),
+}
+
+impl std::io::Write for LineWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        while let Some(i) = self.buf.iter().position(|c| *c == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            (self.log)(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end());
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// PackerBuild@1 → the daemon's image store.
+struct DaemonBaker(Weak<AppState>);
+
+impl Baker for DaemonBaker {
+    fn bake(&self, req: BakeRequest, log: &mut dyn FnMut(&str)) -> Result<BakedImage, String> {
+        let st = self.0.upgrade().ok_or("the daemon is shutting down")?;
+        let spec = image::BakeSpec {
+            name: req.name.clone(),
+            base: req.base.clone(),
+            package_dir: req.package_dir.clone(),
+            script: req.script.clone(),
+            args: req.args.clone(),
+            network: false,
+            mirror: None,
+        };
+        let mut w = LineWriter {
+            buf: Vec::new(),
+            log,
+        };
+        let img = st
+            .images
+            .bake(&spec, &mut w)
+            .map_err(|e| crate::error::error_chain(&e))?;
+        let rg = req.resource_group.as_deref().unwrap_or("images");
+        Ok(BakedImage {
+            id: format!(
+                "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/images/{}",
+                DEFAULT_SUB, img.name
+            ),
+            name: img.name,
+        })
+    }
+}
+
+const DEFAULT_SUB: &str = "00000000-0000-0000-0000-000000000000";
+
+/// AzureVmssDeployment@1 → the same GET/--set/PUT path as `az vmss update`.
+struct DaemonScaleSets(Weak<AppState>, tokio::runtime::Handle);
+
+impl ScaleSets for DaemonScaleSets {
+    fn update_image(
+        &self,
+        resource_group: Option<&str>,
+        vmss: &str,
+        image_id: &str,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        let st = self.0.upgrade().ok_or("the daemon is shutting down")?;
+        let rg = match resource_group {
+            Some(rg) => rg.to_string(),
+            None => find_vmss_rg(&st, vmss)?,
+        };
+        let image_id = if image_id.starts_with('/') {
+            image_id.to_string()
+        } else {
+            format!("/subscriptions/{DEFAULT_SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/images/{image_id}")
+        };
+        let path = format!(
+            "/subscriptions/{DEFAULT_SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}"
+        );
+        let q: HashMap<String, String> = HashMap::new();
+        let run = |method: Method, body: Vec<u8>| -> Result<Value, String> {
+            let route = crate::route::parse(&method, &path).map_err(|e| e.to_string())?;
+            self.1
+                .block_on(crate::handlers::execute(&st, route, &q, &body))
+                .map(|(_, v)| v)
+                .map_err(|e| e.to_string())
+        };
+        let mut body = run(Method::GET, vec![])?;
+        let (p, v) = model::setpath::parse_assignment(&format!(
+            "virtualMachineProfile.storageProfile.imageReference.id={image_id}"
+        ))
+        .map_err(|e| e.message)?;
+        model::setpath::set(&mut body, &p, v).map_err(|e| e.message)?;
+        run(Method::PUT, body.to_string().into_bytes())?;
+        log(&format!("scale set {rg}/{vmss} now uses image {image_id}"));
+        Ok(())
+    }
+}
+
+fn find_vmss_rg(st: &AppState, vmss: &str) -> Result<String, String> {
+    let path =
+        format!("/subscriptions/{DEFAULT_SUB}/providers/Microsoft.Compute/virtualMachineScaleSets");
+    let route: Route = crate::route::parse(&Method::GET, &path).map_err(|e| e.to_string())?;
+    let v = tokio::runtime::Handle::current()
+        .block_on(crate::handlers::execute(st, route, &HashMap::new(), &[]))
+        .map_err(|e| e.to_string())?
+        .1;
+    v["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(vmss))
+        })
+        .and_then(|s| s["id"].as_str())
+        .and_then(|id| id.split('/').nth(4))
+        .map(str::to_string)
+        .ok_or_else(|| format!("scale set `{vmss}` not found in any resource group"))
+}
+
+fn bearer_or_basic_ok(st: &AppState, headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (user, token) = if let Some(t) = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+    {
+        ("scaleset".to_string(), t.to_string())
+    } else {
+        let b = v
+            .strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))?;
+        let dec = b64_decode(b.trim())?;
+        let s = String::from_utf8(dec).ok()?;
+        let (u, p) = s.split_once(':')?;
+        (
+            if u.is_empty() {
+                "scaleset".into()
+            } else {
+                u.to_string()
+            },
+            p.to_string(),
+        )
+    };
+    let (a, b) = (token.as_bytes(), st.token.as_bytes());
+    let diff = a.len() ^ b.len()
+        | a.iter()
+            .zip(b)
+            .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
+    (diff == 0).then_some(user)
+}
+
+fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn unavailable() -> ApiError {
+    ApiError::Client {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "PipelinesUnavailable",
+        message: "pipelines are not enabled in this daemon".into(),
+    }
+}
+
+/// Entry point for every `/scaleset/...` request.
+pub async fn handle(
+    st: Arc<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(user) = bearer_or_basic_ok(&st, &headers) else {
+        let mut r = ApiError::Client {
+            status: StatusCode::UNAUTHORIZED,
+            code: "AuthenticationFailed",
+            message: "Authentication failed: send the daemon token as a Bearer token or as the HTTP Basic password.".into(),
+        }
+        .into_response();
+        r.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Basic realm=\"scaleset\""),
+        );
+        return r;
+    };
+    let Some(svc) = st.pipelines.clone() else {
+        return unavailable().into_response();
+    };
+    let path = uri
+        .path()
+        .strip_prefix("/scaleset")
+        .unwrap_or("")
+        .to_string();
+    if let Some(rest) = path.strip_prefix("/git") {
+        return git_request(
+            &svc,
+            &method,
+            rest,
+            uri.query().unwrap_or(""),
+            &headers,
+            &body,
+            &user,
+        )
+        .await;
+    }
+    let q = crate::query_map(&uri);
+    match api(&st, &svc, &method, &path, &q, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn git_request(
+    svc: &Arc<PipelineService>,
+    method: &Method,
+    path_info: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    user: &str,
+) -> Response {
+    let Some(gp) = git::parse_path_info(method.as_str(), path_info, query) else {
+        return ApiError::not_found(
+            "RepositoryNotFound",
+            format!("no repository at {path_info}"),
+        )
+        .into_response();
+    };
+    if !svc.repos.path(&gp.repo).is_dir() {
+        return ApiError::not_found(
+            "RepositoryNotFound",
+            format!(
+                "repository `{}` does not exist; create it with `scaleset repo create {}`",
+                gp.repo, gp.repo
+            ),
+        )
+        .into_response();
+    }
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let req = CgiRequest {
+        method: method.as_str(),
+        path_info,
+        query,
+        content_type: h("content-type"),
+        content_encoding: h("content-encoding"),
+        git_protocol: h("git-protocol"),
+        body,
+        remote_user: Some(user),
+        remote_addr: Some("127.0.0.1"),
+    };
+    let lock = svc.repo_lock(&gp.repo);
+    let _guard = if gp.is_push_post {
+        Some(lock.lock().await)
+    } else {
+        None
+    };
+    let before = if gp.is_push_post {
+        svc.repos.refs(&gp.repo).unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let resp = match git::http_backend(svc.repos.root(), &req).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::internal(format!("git http-backend: {e}")).into_response(),
+    };
+    let mut out_body = resp.body;
+    if gp.is_push_post && resp.status < 300 {
+        let after = svc.repos.refs(&gp.repo).unwrap_or_default();
+        let notes = on_push(svc, &gp.repo, &before, &after);
+        let sideband = body.windows(9).any(|w| w == b"side-band");
+        if sideband && out_body.ends_with(b"0000") {
+            out_body.truncate(out_body.len() - 4);
+            for n in &notes {
+                let msg = format!("scaleset: {n}\n");
+                out_body.extend_from_slice(format!("{:04x}", msg.len() + 5).as_bytes());
+                out_body.push(2);
+                out_body.extend_from_slice(msg.as_bytes());
+            }
+            out_body.extend_from_slice(b"0000");
+        }
+    }
+    let mut r = Response::builder().status(resp.status);
+    for (k, v) in &resp.headers {
+        if !k.eq_ignore_ascii_case("content-length") {
+            r = r.header(k, v);
+        }
+    }
+    r.body(Body::from(out_body))
+        .unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+/// Matches a push's ref updates against the repository's pipelines and queues runs. Returns
+/// human-readable lines (also stored as the repository's last push).
+fn on_push(
+    svc: &PipelineService,
+    repo: &str,
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut queued = Vec::new();
+    let default_branch = svc
+        .repos
+        .get(repo)
+        .ok()
+        .flatten()
+        .map(|i| PipelineService::default_branch(&i))
+        .unwrap_or_else(|| "main".into());
+    for u in git::diff_refs(before, after) {
+        let defs = if u.is_delete() {
+            vec![]
+        } else {
+            svc.definitions_at(repo, &u.new, &default_branch)
+        };
+        match pipelines_for_push(&defs, &svc.repos, repo, &u) {
+            Ok(m) => {
+                notes.extend(m.notes.iter().cloned());
+                for t in &m.runs {
+                    match svc.enqueue(t) {
+                        Ok(id) => {
+                            queued.push(id);
+                            notes.push(format!(
+                                "queued run {id} of pipeline `{}` for {} at {}",
+                                t.definition.name,
+                                u.name,
+                                &u.new[..u.new.len().min(12)]
+                            ));
+                        }
+                        Err(e) => notes.push(format!("cannot queue `{}`: {e}", t.definition.name)),
+                    }
+                }
+            }
+            Err(e) => notes.push(format!("{}: {e}", u.name)),
+        }
+    }
+    let rec = json!({"repository": repo, "time": crate::state::now_rfc3339(), "runs": queued, "notes": notes});
+    let _ = std::fs::write(
+        svc.root.join(format!("last-push-{repo}.json")),
+        rec.to_string(),
+    );
+    notes
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn json_ok(status: StatusCode, v: Value) -> Reply {
+    Ok((status, axum::Json(v)).into_response())
+}
+
+fn git_err(e: git::GitError) -> ApiError {
+    let m = e.to_string();
+    if matches!(e, git::GitError::NotFound(_)) {
+        ApiError::not_found("RepositoryNotFound", m)
+    } else if m.contains("invalid") || m.contains("name") {
+        ApiError::bad_request("InvalidRepositoryName", m)
+    } else {
+        ApiError::internal(m)
+    }
+}
+
+fn repo_json(svc: &PipelineService, st: &AppState, info: &git::RepoInfo) -> Value {
+    let endpoint = std::fs::read_to_string(st.cfg.home.join("endpoint"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("http://{}", st.cfg.listen));
+    let b = PipelineService::default_branch(info);
+    let defs = info
+        .branches
+        .get(&format!("refs/heads/{b}"))
+        .map(|c| svc.definitions_at(&info.name, c, &b))
+        .unwrap_or_default();
+    let last = std::fs::read_to_string(svc.root.join(format!("last-push-{}.json", info.name)))
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .unwrap_or(Value::Null);
+    json!({
+        "name": info.name,
+        "url": format!("{endpoint}/scaleset/git/{}.git", info.name),
+        "defaultBranch": b,
+        "branches": info.branches,
+        "pipelines": defs.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "lastPush": last,
+    })
+}
+
+fn def_json(svc: &PipelineService, d: &PipelineDefinition) -> Value {
+    let last = svc
+        .runs
+        .list_pipeline(&d.name)
+        .ok()
+        .and_then(|v| v.into_iter().next());
+    json!({
+        "name": d.name,
+        "repository": d.repo,
+        "yamlPath": d.yaml_path,
+        "defaultBranch": d.default_branch,
+        "lastRun": last.as_ref().map(|r| r.id),
+        "lastResult": last.as_ref().and_then(|r| r.result.map(|x| x.to_string())).or_else(|| last.as_ref().map(|r| format!("{:?}", r.status).to_lowercase())),
+    })
+}
+
+fn run_json(r: &pipeline::runner::RunRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "state".into(),
+            json!(match (&r.status, &r.result) {
+                (RunStatus::Completed, Some(res)) => res.to_string().to_lowercase(),
+                (s, _) => format!("{s:?}").to_lowercase(),
+            }),
+        );
+        m.insert(
+            "queued".into(),
+            json!(pipeline::runner::rfc3339(r.queued_ms)),
+        );
+    }
+    v
+}
+
+fn run_id(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request("InvalidRunId", format!("`{s}` is not a run id")))
+}
+
+async fn api(
+    st: &Arc<AppState>,
+    svc: &Arc<PipelineService>,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Reply {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["repos"]) => {
+            let v: Vec<Value> = svc
+                .repos
+                .list()
+                .map_err(git_err)?
+                .iter()
+                .map(|i| repo_json(svc, st, i))
+                .collect();
+            json_ok(StatusCode::OK, json!({ "value": v }))
+        }
+        ("GET", ["repos", name]) => {
+            let info = svc.repos.get(name).map_err(git_err)?.ok_or_else(|| {
+                ApiError::not_found(
+                    "RepositoryNotFound",
+                    format!("repository `{name}` does not exist"),
+                )
+            })?;
+            json_ok(StatusCode::OK, repo_json(svc, st, &info))
+        }
+        ("PUT", ["repos", name]) => {
+            if svc.repos.get(name).map_err(git_err)?.is_some() {
+                let info = svc
+                    .repos
+                    .get(name)
+                    .map_err(git_err)?
+                    .ok_or_else(|| ApiError::internal("vanished"))?;
+                return json_ok(StatusCode::OK, repo_json(svc, st, &info));
+            }
+            let info = svc.repos.create(name).map_err(git_err)?;
+            json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
+        }
+        ("DELETE", ["repos", name]) => {
+            svc.repos.delete(name).map_err(git_err)?;
+            Ok(StatusCode::OK.into_response())
+        }
+        ("GET", ["pipelines"]) => {
+            let v: Vec<Value> = svc
+                .all_definitions()
+                .iter()
+                .map(|d| def_json(svc, d))
+                .collect();
+            json_ok(StatusCode::OK, json!({ "value": v }))
+        }
+        ("GET", ["pipelines", name]) => {
+            let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
+            json_ok(StatusCode::OK, def_json(svc, &d))
+        }
+        ("GET", ["pipelines", name, "runs"]) => {
+            let v: Vec<Value> = svc
+                .runs
+                .list_pipeline(name)
+                .map_err(ApiError::internal)?
+                .iter()
+                .map(run_json)
+                .collect();
+            json_ok(StatusCode::OK, json!({ "value": v }))
+        }
+        ("POST", ["pipelines", name, "runs"]) => {
+            let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
+            let req: Value = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(
+                        "InvalidRequestContent",
+                        format!("the body is not JSON: {e}"),
+                    )
+                })?
+            };
+            let branch = req["branch"]
+                .as_str()
+                .unwrap_or(&d.default_branch)
+                .to_string();
+            let full = pipeline::trigger::full_ref(&branch);
+            let commit = git::resolve(&svc.repos.path(&d.repo), &full)
+                .map_err(git_err)?
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "BranchNotFound",
+                        format!("repository `{}` has no branch `{branch}`", d.repo),
+                    )
+                })?;
+            let t = TriggerMatch {
+                definition: d,
+                branch: full,
+                commit,
+                reason: RunReason::Manual,
+                resources: vec![],
+            };
+            let id = svc.enqueue(&t).map_err(ApiError::internal)?;
+            let rec = svc
+                .runs
+                .get(id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::internal("run vanished"))?;
+            json_ok(StatusCode::CREATED, run_json(&rec))
+        }
+        ("GET", ["runs"]) => {
+            let list = match q.get("pipeline") {
+                Some(p) => svc.runs.list_pipeline(p),
+                None => svc.runs.list(),
+            }
+            .map_err(ApiError::internal)?;
+            let v: Vec<Value> = list.iter().map(run_json).collect();
+            json_ok(StatusCode::OK, json!({ "value": v }))
+        }
+        ("GET", ["runs", id]) => {
+            let id = run_id(id)?;
+            let rec = svc
+                .runs
+                .get(id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| no_run(id))?;
+            json_ok(StatusCode::OK, run_json(&rec))
+        }
+        ("GET", ["runs", id, "logs"]) => {
+            let id = run_id(id)?;
+            svc.runs
+                .get(id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| no_run(id))?;
+            let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+            if !follow {
+                let text = svc.runs.logs(id).map_err(ApiError::internal)?;
+                return Ok((
+                    StatusCode::OK,
+                    [("content-type", "text/plain; charset=utf-8")],
+                    text,
+                )
+                    .into_response());
+            }
+            let (tx, rx) = mpsc::unbounded_channel::<String>();
+            let runs = svc.runs.clone();
+            tokio::spawn(async move {
+                let _ = runs
+                    .follow(id, |line| tx.send(format!("{line}\n")).is_ok())
+                    .await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|s| (Ok::<_, std::io::Error>(Bytes::from(s)), rx))
+            });
+            Ok((
+                StatusCode::OK,
+                [("content-type", "text/plain; charset=utf-8")],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        }
+        ("POST", ["runs", id, "cancel"]) => {
+            let id = run_id(id)?;
+            let rec = svc
+                .runs
+                .get(id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| no_run(id))?;
+            if rec.status == RunStatus::Completed {
+                return Err(ApiError::conflict(
+                    "RunCompleted",
+                    format!("run {id} already completed"),
+                ));
+            }
+            if !svc.runs.cancel_queued(id).map_err(ApiError::internal)? {
+                if let Some(tx) = svc
+                    .cancels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id)
+                {
+                    let _ = tx.send(true);
+                }
+            }
+            let rec = svc
+                .runs
+                .get(id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| no_run(id))?;
+            json_ok(StatusCode::ACCEPTED, run_json(&rec))
+        }
+        _ => Err(ApiError::not_found(
+            "NotFound",
+            format!("no such endpoint: {method} /scaleset{path}"),
+        )),
+    }
+}
+
+fn no_pipeline(name: &str) -> ApiError {
+    ApiError::not_found(
+        "PipelineNotFound",
+        format!("pipeline `{name}` does not exist (pipelines come from azure-pipelines.yml and *pipeline*.yml files on a repository's default branch; see `scaleset pipeline list`)"),
+    )
+}
+
+fn no_run(id: u64) -> ApiError {
+    ApiError::not_found("RunNotFound", format!("run {id} does not exist"))
+}

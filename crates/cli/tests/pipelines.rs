@@ -1,0 +1,240 @@
+//! Hosted repositories and pipelines end to end through the real daemon: `git push` over HTTP
+//! triggers CI (script + PublishPipelineArtifact@1), whose success triggers a release pipeline
+//! (download + AzureCLI@2 running our `az`), and a push without a pipeline file is accepted.
+mod common;
+
+use common::{free_port, Harness};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CI: &str = r#"trigger:
+  branches:
+    include:
+    - main
+steps:
+- script: |
+    echo "building $(Build.BuildId) on $(Build.SourceBranch)"
+    echo hello-from-ci > $(Build.ArtifactStagingDirectory)/hello.txt
+  displayName: Build
+- task: PublishPipelineArtifact@1
+  inputs:
+    targetPath: $(Build.ArtifactStagingDirectory)
+    artifact: drop
+"#;
+
+const RELEASE: &str = r#"trigger: none
+resources:
+  pipelines:
+  - pipeline: ci
+    source: app
+    trigger:
+      branches:
+        include:
+        - main
+steps:
+- download: ci
+  artifact: drop
+- script: find $(Pipeline.Workspace) -name hello.txt -exec cat {} +
+  displayName: Show artifact
+- task: AzureCLI@2
+  displayName: Azure CLI
+  inputs:
+    azureSubscription: local
+    scriptType: bash
+    scriptLocation: inlineScript
+    inlineScript: |
+      az group list --output table
+      az image list -o json
+"#;
+
+fn git(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("run git");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn wait_run(h: &Harness, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = h.json(&["run", "show", &id.to_string()]);
+        if r["status"] == "completed" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn push_triggers_ci_then_release_with_az() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the daemon needs root");
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("scaleset-pipelines-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut h = Harness {
+        home: home.clone(),
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        serve: None,
+        subnet: "10.213.203.0/24",
+        prefix: "pip",
+        env: vec![],
+    };
+    h.start_serve();
+    h.ok(&["group", "create", "-n", "pipe-rg"]);
+    let token = std::fs::read_to_string(home.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // Repository management and errors.
+    let repo = h.json(&["repo", "create", "app"]);
+    assert_eq!(repo["name"], "app");
+    assert!(repo["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/scaleset/git/app.git"));
+    let (ok, _, err) = h.run(&["repo", "create", "bad name"]);
+    assert!(!ok && err.contains("ERROR"), "{err}");
+    let (ok, _, err) = h.run(&["repo", "show", "nope"]);
+    assert!(!ok && err.contains("RepositoryNotFound"), "{err}");
+    h.ok(&["repo", "create", "plain"]);
+    let list = h.json(&["repo", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // Wrong credentials are refused.
+    let work = home.join("work-app");
+    std::fs::create_dir_all(&work).unwrap();
+    assert!(git(&work, &["init", "-q"]).0);
+    std::fs::write(work.join("azure-pipelines.yml"), CI).unwrap();
+    std::fs::write(work.join("release-pipeline.yml"), RELEASE).unwrap();
+    std::fs::write(work.join("README.md"), "app\n").unwrap();
+    assert!(git(&work, &["add", "."]).0);
+    assert!(git(&work, &["commit", "-q", "-m", "first"]).0);
+    let bad = format!("http://x:wrong@{}/scaleset/git/app.git", h.api);
+    let (ok, out) = git(&work, &["push", &bad, "main"]);
+    assert!(!ok, "push with a wrong token succeeded: {out}");
+
+    // The real push triggers CI; its success triggers the release.
+    let url = format!("http://x:{token}@{}/scaleset/git/app.git", h.api);
+    let (ok, out) = git(&work, &["push", &url, "main"]);
+    assert!(ok, "git push failed: {out}");
+    assert!(out.contains("queued run"), "push output: {out}");
+
+    let pipes = h.json(&["pipeline", "list"]);
+    let names: Vec<&str> = pipes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"app") && names.contains(&"app-release-pipeline"),
+        "{names:?}"
+    );
+
+    let ci = wait_run(&h, 1);
+    assert_eq!(ci["pipeline"], "app");
+    assert_eq!(
+        ci["state"],
+        "succeeded",
+        "CI failed: {ci}\n{}",
+        h.ok(&["run", "logs", "1"])
+    );
+    assert_eq!(ci["artifacts"][0]["name"], "drop", "{ci}");
+    let ci_log = h.ok(&["pipeline", "logs", "1"]);
+    assert!(ci_log.contains("building 1 on refs/heads/main"), "{ci_log}");
+
+    // The release is queued by the CI run's completion.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rel_id = loop {
+        let runs = h.json(&["run", "list", "--pipeline", "app-release-pipeline"]);
+        if let Some(id) = runs
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|r| r["id"].as_u64())
+        {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no release run was queued");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Follow streams the log until the run ends.
+    let followed = h.ok(&["pipeline", "logs", &rel_id.to_string(), "--follow"]);
+    let rel = wait_run(&h, rel_id);
+    assert_eq!(
+        rel["state"], "succeeded",
+        "release failed: {rel}\n{followed}"
+    );
+    assert!(followed.contains("hello-from-ci"), "{followed}");
+    assert!(
+        followed.contains("pipe-rg"),
+        "az output missing: {followed}"
+    );
+    assert!(followed.contains("finished"), "{followed}");
+    assert!(!followed.contains(&token), "the token leaked into the log");
+
+    // Table output of runs.
+    let table = h.ok(&["run", "list", "-o", "table"]);
+    assert!(
+        table.contains("app-release-pipeline") && table.contains("succeeded"),
+        "{table}"
+    );
+
+    // A push without a pipeline file is accepted and says no pipeline matched.
+    let plain = home.join("work-plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    assert!(git(&plain, &["init", "-q"]).0);
+    std::fs::write(plain.join("README.md"), "plain\n").unwrap();
+    assert!(git(&plain, &["add", "."]).0);
+    assert!(git(&plain, &["commit", "-q", "-m", "first"]).0);
+    let url = format!("http://x:{token}@{}/scaleset/git/plain.git", h.api);
+    let (ok, out) = git(&plain, &["push", &url, "main"]);
+    assert!(ok, "git push failed: {out}");
+    assert!(out.contains("no pipeline matched"), "push output: {out}");
+    let shown = h.json(&["repo", "show", "plain"]);
+    assert!(
+        shown["lastPush"]["notes"]
+            .to_string()
+            .contains("no pipeline matched"),
+        "{shown}"
+    );
+
+    // Manual run and unknown pipeline.
+    let run = h.json(&["pipeline", "run", "app"]);
+    let id = run["id"].as_u64().unwrap();
+    assert_eq!(wait_run(&h, id)["state"], "succeeded");
+    let (ok, _, err) = h.run(&["pipeline", "run", "nope"]);
+    assert!(!ok && err.contains("PipelineNotFound"), "{err}");
+
+    // Runs survive a daemon restart.
+    h.kill_serve();
+    h.start_serve();
+    let r = h.json(&["run", "show", "1"]);
+    assert_eq!(r["state"], "succeeded");
+}
