@@ -232,6 +232,44 @@ fn push_triggers_ci_then_release_with_az() {
     let (ok, _, err) = h.run(&["pipeline", "run", "nope"]);
     assert!(!ok && err.contains("PipelineNotFound"), "{err}");
 
+    // A pipeline under pipelines/ is named <repo>-<stem>; a running run can be canceled.
+    std::fs::create_dir_all(work.join("pipelines")).unwrap();
+    std::fs::write(
+        work.join("pipelines/slow.yml"),
+        "trigger: none\nsteps:\n- script: echo started; sleep 120\n",
+    )
+    .unwrap();
+    assert!(git(&work, &["add", "."]).0);
+    assert!(git(&work, &["commit", "-q", "-m", "slow"]).0);
+    let url = format!("http://x:{token}@{}/scaleset/git/app.git", h.api);
+    let (ok, out) = git(&work, &["push", &url, "main"]);
+    assert!(ok, "git push failed: {out}");
+    // The push runs CI again (the release follows); wait for both before the slow run.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while h
+        .json(&["run", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["status"] != "completed")
+    {
+        assert!(Instant::now() < deadline, "runs did not settle");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let slow = h.json(&["pipeline", "run", "app-slow", "--branch", "main"]);
+    let slow_id = slow["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h
+        .ok(&["run", "logs", &slow_id.to_string()])
+        .contains("started")
+    {
+        assert!(Instant::now() < deadline, "slow run did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.ok(&["run", "cancel", &slow_id.to_string()]);
+    let r = wait_run(&h, slow_id);
+    assert_eq!(r["state"], "canceled", "{r}");
+
     // Runs survive a daemon restart.
     h.kill_serve();
     h.start_serve();
