@@ -276,3 +276,119 @@ fn push_triggers_ci_then_release_with_az() {
     let r = h.json(&["run", "show", "1"]);
     assert_eq!(r["state"], "succeeded");
 }
+
+const DEPLOY: &str = r###"trigger:
+  branches:
+    include:
+    - main
+steps:
+- script: |
+    echo "##vso[task.setvariable variable=imageUrlVariable]$(Build.BuildId)"
+    mkdir -p $(Build.ArtifactStagingDirectory)/pkg
+    printf '#!/bin/sh\necho built-$(Build.BuildId) > /etc/scaleset-build\n' > $(Build.ArtifactStagingDirectory)/pkg/setupscript.sh
+    chmod +x $(Build.ArtifactStagingDirectory)/pkg/setupscript.sh
+  displayName: Package
+- task: PackerBuild@1
+  inputs:
+    templateType: builtin
+    baseImage: debian:bookworm
+    packagePath: $(Build.ArtifactStagingDirectory)/pkg
+    deployScriptPath: setupscript.sh
+    managedImageName: $(Build.BuildId)
+- task: AzureCLI@2
+  inputs:
+    azureSubscription: local
+    scriptType: bash
+    scriptLocation: inlineScript
+    inlineScript: |
+      az vmss update --resource-group vmssdevops2-rg --name vmssdevops2 --set virtualMachineProfile.storageProfile.imageReference.id="/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/vmssdevops2-rg/providers/Microsoft.Compute/images/$(imageUrlVariable)"
+      az vmss list-instances -g vmssdevops2-rg -n vmssdevops2 -o table
+"###;
+
+/// Boots a machine: the pipeline bakes an image named by the build id (PackerBuild@1) and the
+/// seed's inline script points the scale set at it (az vmss update).
+#[test]
+fn pipeline_bakes_and_updates_scale_set() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED pipeline_bakes_and_updates_scale_set: {why}");
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("scaleset-pipedeploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut h = Harness {
+        home: home.clone(),
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        serve: None,
+        subnet: "10.213.204.0/24",
+        prefix: "ppd",
+        env: vec![],
+    };
+    let pkg = home.join("pkg0");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("setupscript.sh"),
+        "#!/bin/sh\necho v0 > /etc/scaleset-build\n",
+    )
+    .unwrap();
+    h.ok(&[
+        "image",
+        "bake",
+        "--base",
+        "debian:bookworm",
+        "--package",
+        pkg.to_str().unwrap(),
+        "--script",
+        "setupscript.sh",
+        "--name",
+        "v0",
+    ]);
+    h.start_serve();
+    h.ok(&["group", "create", "-n", "vmssdevops2-rg"]);
+    h.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "vmssdevops2-rg",
+        "-n",
+        "vmssdevops2",
+        "--image",
+        "v0",
+        "--instance-count",
+        "1",
+        "--upgrade-policy-mode",
+        "Automatic",
+    ]);
+    let token = std::fs::read_to_string(home.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    h.ok(&["repo", "create", "deploy"]);
+    let work = home.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    assert!(git(&work, &["init", "-q"]).0);
+    std::fs::write(work.join("azure-pipelines.yml"), DEPLOY).unwrap();
+    assert!(git(&work, &["add", "."]).0);
+    assert!(git(&work, &["commit", "-q", "-m", "deploy"]).0);
+    let url = format!("http://x:{token}@{}/scaleset/git/deploy.git", h.api);
+    let (ok, out) = git(&work, &["push", &url, "main"]);
+    assert!(ok, "git push failed: {out}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let r = loop {
+        let r = h.json(&["run", "show", "1"]);
+        if r["status"] == "completed" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "run did not finish: {r}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let log = h.ok(&["run", "logs", "1"]);
+    assert_eq!(r["state"], "succeeded", "{r}\n{log}");
+    let v = h.json(&["vmss", "show", "-g", "vmssdevops2-rg", "-n", "vmssdevops2"]);
+    assert!(
+        v.to_string().contains("/images/1\""),
+        "scale set not pointed at image 1: {v}\n{log}"
+    );
+    let images = h.json(&["image", "list"]);
+    assert!(images.to_string().contains("\"name\":\"1\""), "{images}");
+}
