@@ -559,6 +559,15 @@ def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
 
+def paired(suite, a, b, key):
+    """Per-run ratios a/b (runs are interleaved, so run i of a and b saw similar noise)."""
+    ra, rb = suite[a].get("runs", []), suite[b].get("runs", [])
+    rs = sorted(x[key] / y[key] for x, y in zip(ra, rb) if x.get(key) and y.get(key))
+    if not rs:
+        return ""
+    return f" (per-run {rs[0]:.2f}-{rs[-1]:.2f})" if len(rs) > 1 else ""
+
+
 def goals(res):
     g = []
     l7 = res.get("l7")
@@ -566,26 +575,32 @@ def goals(res):
         tr = ratio(l7["ours"]["rps"], l7["nginx"]["rps"])
         pr = ratio(l7["ours"]["p99_ms"], l7["nginx"]["p99_ms"])
         g.append({"row": "L7 throughput vs nginx", "goal": ">= 1.1x", "value": tr,
+                  "text": f"{tr:.2f}x" + paired(l7, "ours", "nginx", "rps") if tr else None,
                   "met": tr is not None and tr >= 1.1})
         g.append({"row": "L7 p99 vs nginx", "goal": "<= 1.0x", "value": pr,
+                  "text": f"{pr:.2f}x" + paired(l7, "ours", "nginx", "p99_ms") if pr else None,
                   "met": pr is not None and pr <= 1.0})
     l4 = res.get("l4_small")
     if l4:
         tr = ratio(l4["ours"]["rps"], l4["haproxy"]["rps"])
         g.append({"row": "L4 small requests vs HAProxy", "goal": ">= 1.0x", "value": tr,
+                  "text": f"{tr:.2f}x" + paired(l4, "ours", "haproxy", "rps") if tr else None,
                   "met": tr is not None and tr >= 1.0})
     bulk = res.get("l4_bulk")
     if bulk:
         tr = ratio(bulk["ours"]["gbit_s"], bulk["haproxy"]["gbit_s"])
         g.append({"row": "L4 bulk transfer vs HAProxy", "goal": ">= 1.0x", "value": tr,
+                  "text": f"{tr:.2f}x" + paired(bulk, "ours", "haproxy", "gbit_s") if tr else None,
                   "met": tr is not None and tr >= 1.0})
     app = res.get("app")
     if app:
         tr = ratio(app["rust"]["rps"], app["seed"]["rps"])
         pr = ratio(app["rust"]["p99_ms"], app["seed"]["p99_ms"])
         g.append({"row": "App stack throughput vs seed", "goal": ">= 20x", "value": tr,
+                  "text": f"{tr:.2f}x" + paired(app, "rust", "seed", "rps") if tr else None,
                   "met": tr is not None and tr >= 20})
         g.append({"row": "App stack p99 vs seed", "goal": "<= 0.1x", "value": pr,
+                  "text": f"{pr:.2f}x" + paired(app, "rust", "seed", "p99_ms") if pr else None,
                   "met": pr is not None and pr <= 0.1})
     for row in res.get("deploy", {}).get("rows", []):
         g.append(row)
@@ -644,8 +659,12 @@ def table(res):
         else:
             verdict = "MET" if g["met"] else "MISSED"
         val = g.get("text") or (f"{g['value']:.2f}x" if g.get("value") is not None else "-")
-        lines.append(f"  {g['row']:<36} goal {g['goal']:<10} got {val:<24} {verdict}")
+        lines.append(f"  {g['row']:<36} goal {g['goal']:<10} got {val:<28} {verdict}")
     return "\n".join(lines)
+
+
+def esc(t):
+    return str(t).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def svg(res, path):
@@ -661,7 +680,7 @@ def svg(res, path):
         groups.append(("App stack req/s (vs seed)", [(n, s["rps"]) for n, s in res["app"].items()], "seed"))
     colors = {"ours": "#2b7bb9", "rust": "#2b7bb9", "nginx": "#3c9a3c", "haproxy": "#d9822b",
               "direct": "#888888", "seed": "#b03a3a"}
-    W, left, barh, gap = 760, 110, 20, 6
+    W, left, barh, gap = 900, 110, 20, 6
     y = 50
     parts = []
     for title, bars, base in groups:
@@ -678,6 +697,17 @@ def svg(res, path):
             parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{fmt(v, 2 if unit == "Gbit/s" else 0)} {unit}{r}</text>')
             y += barh + gap
         y += 24
+    parts.append(f'<text x="10" y="{y}" font-weight="bold">Goals</text>')
+    y += 20
+    for g in res.get("goals", []):
+        verdict = "NOT MEASURED" if g.get("met") is None else ("MET" if g["met"] else "MISSED")
+        col = {"MET": "#2a8a2a", "MISSED": "#b03a3a"}.get(verdict, "#777")
+        val = g.get("text") or (f"{g['value']:.2f}x" if g.get("value") is not None else "-")
+        val = (val[:70] + "…") if len(val) > 70 else val
+        parts.append(f'<text x="10" y="{y}">{esc(g["row"])} ({esc(g["goal"])}): {esc(val)}</text>'
+                     f'<text x="{W - 10}" y="{y}" text-anchor="end" fill="{col}" font-weight="bold">{verdict}</text>')
+        y += 18
+    y += 10
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{y}" '
             f'font-family="sans-serif" font-size="13">'
             f'<rect width="100%" height="100%" fill="white"/>'
@@ -717,7 +747,16 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--scale", type=int, default=0,
                     help="also run the N-instance scale row (e.g. 100); off by default")
+    ap.add_argument("--from-json", metavar="PATH",
+                    help="measure nothing: re-render the table and chart from a results JSON")
     cfg = ap.parse_args()
+    if cfg.from_json:
+        with open(cfg.from_json) as f:
+            res = json.load(f)
+        res["goals"] = goals(res)
+        print(table(res))
+        svg(res, os.path.join(RESULTS, "latest.svg"))
+        return
     cfg.runs = cfg.runs or (1 if cfg.quick else 5)
     cfg.duration = cfg.duration or (3 if cfg.quick else 10)
     cfg.warmup = 1 if cfg.quick else 3
