@@ -325,6 +325,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
             }
         }
     }
+    let acted = !tasks.is_empty();
     for t in tasks {
         let _ = t.await;
         tracing::debug!("action finished");
@@ -332,7 +333,11 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
     if rolling_active && !doc.deleting {
         rolling_pass(st, eng, key, &res, &doc, &m).await?;
     }
-    st.wake.notify_one();
+    // Decide again at once after acting; actions held back (a start that just failed) wait for
+    // the next tick instead of spinning.
+    if acted {
+        st.wake.notify_one();
+    }
     Ok(())
 }
 

@@ -289,13 +289,19 @@ impl ImageStore {
             if !layer.is_dir() {
                 return Ok(Err("is missing".into()));
             }
-            match self.read_seal(hexd) {
-                Some(s) if s.digest == digest => {}
-                _ => return Ok(Err("has no seal (capture never completed)".into())),
-            }
+            let sealed = match self.read_seal(hexd) {
+                Some(s) if s.digest == digest => true,
+                Some(_) => return Ok(Err("has a seal for other content".into())),
+                // Layers captured by an older scaleset have no seal; they were registered only
+                // after their capture completed, so seal them once their content checks out.
+                None => false,
+            };
             let actual = tree_digest(layer)?;
             if actual != digest {
                 return Ok(Err(format!("content is {actual}, recorded {digest}")));
+            }
+            if !sealed {
+                self.write_seal(layer, digest)?;
             }
             Ok(Ok(()))
         } else if let Some((base, id)) = digest.rsplit_once('@') {
