@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -24,6 +25,10 @@ pub(crate) async fn run(
 ) {
     let addr = SocketAddr::new(ip, probe.port);
     let interval = probe.interval();
+    // Until a backend has answered once (a booting instance), probe it quickly so it enters
+    // rotation about when its app starts listening, not up to a whole interval later.
+    let initial = interval.min(Duration::from_millis(250));
+    let mut ever_up = false;
     let mut next = tokio::time::Instant::now();
     loop {
         let ok = probe_once(&probe, addr).await;
@@ -31,7 +36,8 @@ pub(crate) async fn run(
         if !lb.probe_result(&key, generation, ok) {
             return;
         }
-        next += interval;
+        ever_up |= ok;
+        next += if ever_up { interval } else { initial };
         let now = tokio::time::Instant::now();
         if next < now {
             next = now;
