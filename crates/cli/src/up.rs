@@ -215,56 +215,77 @@ pub async fn run(args: UpArgs) -> Result<()> {
         "the daemon did not start (is another `scaleset serve` using the port? pass --listen)",
     )?;
 
-    eprintln!(
-        "==> deploying {VMSS} ({} instances) behind {LB} at http://{}",
-        args.capacity, args.frontend
-    );
-    c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
-        .await?;
-    let mut lb = lb_body(
-        "LoadBalancerFrontEnd",
-        &args.frontend.ip().to_string(),
-        "bepool",
-        "L7",
-    );
-    lb["properties"]["probes"] = json!([{"name": "http-health", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health", "intervalInSeconds": 5, "probeThreshold": 1}}]);
-    let lb_id = c.lb_path(RG, LB);
-    lb["properties"]["loadBalancingRules"] = json!([{"name": "http", "properties": {
-        "protocol": "Tcp", "frontendPort": args.frontend.port(), "backendPort": 80,
-        "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/LoadBalancerFrontEnd")},
-        "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/bepool")},
-        "probe": {"id": format!("{lb_id}/probes/http-health")},
-        "loadDistribution": "Default", "idleTimeoutInMinutes": 4,
-    }}]);
-    c.call("PUT", &lb_id, Some(&lb)).await?;
-    // Automatic mode: a changed app (new image) is applied to the running instances.
-    let body = vmss_body(
-        &c,
-        RG,
-        &image_name,
-        args.capacity,
-        Some((LB, "bepool", Some("http-health"))),
-        ("Automatic", None, Some(VMSS)),
-    );
-    c.call("PUT", &c.vmss_path(RG, VMSS), Some(&body)).await?;
+    // From here on machines may be running: Ctrl-C at any point stops them cleanly.
+    let ctrl_c = daemon::shutdown_signal();
+    tokio::pin!(ctrl_c);
+    let deploy = async {
+        eprintln!(
+            "==> deploying {VMSS} ({} instances) behind {LB} at http://{}",
+            args.capacity, args.frontend
+        );
+        c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
+            .await?;
+        let mut lb = lb_body(
+            "LoadBalancerFrontEnd",
+            &args.frontend.ip().to_string(),
+            "bepool",
+            "L7",
+        );
+        lb["properties"]["probes"] = json!([{"name": "http-health", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health", "intervalInSeconds": 5, "probeThreshold": 1}}]);
+        let lb_id = c.lb_path(RG, LB);
+        lb["properties"]["loadBalancingRules"] = json!([{"name": "http", "properties": {
+            "protocol": "Tcp", "frontendPort": args.frontend.port(), "backendPort": 80,
+            "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/LoadBalancerFrontEnd")},
+            "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/bepool")},
+            "probe": {"id": format!("{lb_id}/probes/http-health")},
+            "loadDistribution": "Default", "idleTimeoutInMinutes": 4,
+        }}]);
+        c.call("PUT", &lb_id, Some(&lb)).await?;
+        // Automatic mode: a changed app (new image) is applied to the running instances.
+        let body = vmss_body(
+            &c,
+            RG,
+            &image_name,
+            args.capacity,
+            Some((LB, "bepool", Some("http-health"))),
+            ("Automatic", None, Some(VMSS)),
+        );
+        c.call("PUT", &c.vmss_path(RG, VMSS), Some(&body)).await?;
 
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let vms = list_instances(&c, RG, VMSS).await?;
-        if healthy_count(&vms) >= args.capacity as usize && vms.len() == args.capacity as usize {
-            break;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let vms = list_instances(&c, RG, VMSS).await?;
+            if healthy_count(&vms) >= args.capacity as usize && vms.len() == args.capacity as usize
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "{}",
+                    render(&Value::Array(vms), Output::Table, output::VM_COLS)
+                );
+                bail!(
+                    "instances did not become healthy within 600 s; see {}/machines/*/console.log",
+                    home.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if Instant::now() > deadline {
-            eprintln!(
-                "{}",
-                render(&Value::Array(vms), Output::Table, output::VM_COLS)
-            );
-            bail!(
-                "instances did not become healthy within 600 s; see {}/machines/*/console.log",
-                home.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        r = deploy => Some(r),
+        _ = &mut ctrl_c => None,
+    };
+    if !matches!(outcome, Some(Ok(()))) {
+        eprintln!("==> stopping instances and the load balancer");
+        let _ = tx.send(());
+        let _ = server.await;
+        api::engine::stop_everything(&st).await;
+        return match outcome {
+            Some(Err(e)) => Err(e),
+            _ => Ok(()),
+        };
     }
     println!(
         "\nServing at http://{}  ({} healthy instances, ready {:.1}s after start)\n",
@@ -286,8 +307,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     let live = !args.no_live && std::io::stdout().is_terminal();
     let mut last = String::new();
-    let ctrl_c = daemon::shutdown_signal();
-    tokio::pin!(ctrl_c);
     loop {
         let table = match list_instances(&c, RG, VMSS).await {
             Ok(vms) => render(&Value::Array(vms), Output::Table, output::VM_COLS),
