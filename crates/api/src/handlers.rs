@@ -83,7 +83,8 @@ pub async fn execute(
         Route::VmssAction(..)
         | Route::VmAction(..)
         | Route::RollingStart(_)
-        | Route::RollingCancel(_) => false,
+        | Route::RollingCancel(_)
+        | Route::Rollback(_) => false,
     };
     let mutating = !is_get;
     let reply = match route {
@@ -198,6 +199,7 @@ pub async fn execute(
             }
             Ok((StatusCode::OK, Value::Null))
         }
+        Route::Rollback(res) => rollback(st, &res),
         Route::RollingLatest(res) => {
             st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
             let doc = st.rollout(&res)?.ok_or_else(|| {
@@ -570,9 +572,17 @@ fn start_rollout(st: &AppState, res: &Res, doc: &VmssDoc, explicit: bool) -> Res
             refused = true;
             return false;
         }
+        let last_completed_version = match cur.as_ref() {
+            Some(old) if old.state.status == plan::rolling::RunningStatus::Completed => {
+                Some(old.state.target_version)
+            }
+            Some(old) => old.last_completed_version,
+            None => None,
+        };
         *cur = Some(crate::state::RolloutDoc {
             state: plan::rolling::start(&m.rolling, target, previous, now),
             receipt: Default::default(),
+            last_completed_version,
         });
         true
     })?;
@@ -587,6 +597,54 @@ fn start_rollout(st: &AppState, res: &Res, doc: &VmssDoc, explicit: bool) -> Res
     }
     tracing::info!(vmss = %res.name, target, previous, "rolling upgrade started");
     Ok(())
+}
+
+/// Points the model back at the image of the last model version whose rollout completed (or,
+/// without rollout history, the version before the current one). A model change like any other:
+/// in Rolling mode it rolls out with the policy; earlier images stay cached so it takes seconds.
+fn rollback(st: &AppState, res: &Res) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let latest = st.rollout(res)?;
+    if latest
+        .as_ref()
+        .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
+    {
+        return Err(ApiError::conflict(
+            "OperationNotAllowed",
+            format!(
+                "A rolling upgrade is in progress on scale set '{}'; cancel it first.",
+                res.name
+            ),
+        ));
+    }
+    let target = latest
+        .as_ref()
+        .and_then(|d| d.last_completed_version)
+        .or_else(|| {
+            doc.versions
+                .range(..doc.model_version)
+                .next_back()
+                .map(|(v, _)| *v)
+        })
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "OperationNotAllowed",
+                format!(
+                    "Scale set '{}' has no earlier model to roll back to.",
+                    res.name
+                ),
+            )
+        })?;
+    let image = doc.versions.get(&target).cloned().ok_or_else(|| {
+        ApiError::conflict(
+            "OperationNotAllowed",
+            format!("The image of model version {target} is not known."),
+        )
+    })?;
+    let mut body = doc.arm.clone();
+    body["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"] = json!({"id": format!("/subscriptions/{}/resourceGroups/{}/providers/{}/{image}", res.sub, res.rg, IMAGE)});
+    tracing::info!(vmss = %res.name, target, image = %image, "rollback to the last completed model");
+    vmss(st, Method::PUT, res, body.to_string().as_bytes())
 }
 
 fn find_vm(

@@ -81,6 +81,8 @@ pub enum Route {
     RollingStart(Res),
     RollingCancel(Res),
     RollingLatest(Res),
+    /// POST rollback (scaleset's extension): the model returns to the last one that completed.
+    Rollback(Res),
 }
 
 impl Route {
@@ -239,6 +241,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         (VMSS, [v]) if eq(v, "instanceView") => get_only(Route::VmssInstanceView(res)),
         (VMSS, [v]) if eq(v, "virtualMachines") => get_only(Route::Vms(res)),
         (VMSS, [v]) if eq(v, "osRollingUpgrade") => post_only(Route::RollingStart(res)),
+        (VMSS, [v]) if eq(v, "rollback") => post_only(Route::Rollback(res)),
         (VMSS, [r, c]) if eq(r, "rollingUpgrades") && eq(c, "cancel") => {
             post_only(Route::RollingCancel(res))
         }

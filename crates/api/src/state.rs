@@ -121,6 +121,10 @@ pub struct RolloutDoc {
     pub state: plan::rolling::RolloutState,
     #[serde(default)]
     pub receipt: Receipt,
+    /// The model version of the last rollout before this one that completed (what
+    /// `scaleset vmss rollback` returns to).
+    #[serde(default)]
+    pub last_completed_version: Option<u64>,
 }
 
 /// What clients saw during a rollout, from the load balancer's own counters.

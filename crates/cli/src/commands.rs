@@ -125,6 +125,13 @@ pub enum VmssCmd {
     /// Rolling upgrades (Azure's rollingUpgrades).
     #[command(subcommand)]
     RollingUpgrade(RollingCmd),
+    /// Return the model to the last one whose rollout completed (rolls out like any model change).
+    Rollback {
+        #[command(flatten)]
+        t: Target,
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -636,6 +643,26 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 bail!("--instance-ids is required (use '*' for all instances)");
             }
             power(&c, i, "manualupgrade").await?
+        }
+        VmssCmd::Rollback { t, no_wait } => {
+            let v = c
+                .call(
+                    "POST",
+                    &format!("{}/rollback", c.vmss_path(&t.rg, &t.name)),
+                    None,
+                )
+                .await?;
+            if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
+                follow_rollout(&c, &t.rg, &t.name).await?;
+            }
+            let v = if no_wait {
+                v
+            } else {
+                wait_vmss(&c, &t.rg, &t.name, false, WAIT)
+                    .await?
+                    .unwrap_or(v)
+            };
+            print(&with_rg(v), out, output::VMSS_COLS);
         }
         VmssCmd::RollingUpgrade(r) => match r {
             RollingCmd::Start { t, no_wait } => {

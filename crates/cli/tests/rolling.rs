@@ -340,4 +340,17 @@ fn rolling_upgrades_under_load() {
         latest(&h)["properties"]["progress"]["successfulInstanceCount"],
         3
     );
+
+    // 4. `vmss rollback` returns the model to the last one whose rollout completed before the
+    //    current one (121: the rollout to 122 faulted), rolled out like any model change.
+    let load = Load::start(lb_addr, 6);
+    let (ok, _, err) = h.run(&["vmss", "rollback", "-g", "rg", "-n", "web"]);
+    let (ok_n, failed) = load.finish();
+    assert!(ok, "rollback failed: {err}");
+    assert_eq!(failed, 0, "failed requests during the rollback ({ok_n} ok)");
+    assert_eq!(images(&h), ["121", "121", "121"]);
+    assert_eq!(
+        latest(&h)["properties"]["runningStatus"]["code"],
+        "Completed"
+    );
 }
