@@ -1,7 +1,7 @@
 //! Request → action. A pure parser over method, path and query, so it can be table-tested and
 //! fuzzed without a server. ARM path segments are case-insensitive; names keep their case.
 use crate::error::ApiError;
-use axum::http::Method;
+pub use axum::http::Method;
 
 pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
 pub const LB: &str = "Microsoft.Network/loadBalancers";
