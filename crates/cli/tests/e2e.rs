@@ -19,17 +19,8 @@ fn scale_set_behind_load_balancer() {
         eprintln!("SKIPPED scale_set_behind_load_balancer: {why}");
         return;
     }
-    let home = std::env::temp_dir().join(format!("scaleset-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    let mut h = Harness {
-        home: home.clone(),
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet: "10.213.201.0/24",
-        prefix: "e2e",
-        env: vec![],
-    };
+    let mut h = Harness::new("e2e", "10.213.201.0/24", "e2e", vec![]);
+    let home = h.home.clone();
     let lb_port = free_port();
     let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
 
@@ -49,61 +40,7 @@ fn scale_set_behind_load_balancer() {
     ]);
 
     h.start_serve();
-    h.ok(&["group", "create", "-n", "rg"]);
-    h.ok(&[
-        "network",
-        "lb",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "lb",
-        "--backend-pool-name",
-        "be",
-    ]);
-    h.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "lb",
-        "-n",
-        "http",
-        "--protocol",
-        "Http",
-        "--port",
-        "80",
-        "--path",
-        "/health",
-        "--interval",
-        "5",
-        "--probe-threshold",
-        "2",
-    ]);
-    let port = lb_port.to_string();
-    h.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "lb",
-        "-n",
-        "web",
-        "--protocol",
-        "Tcp",
-        "--frontend-port",
-        &port,
-        "--backend-port",
-        "80",
-        "--probe-name",
-        "http",
-    ]);
+    h.setup_lb(lb_port, 2);
 
     // Bad input: clear message, non-zero exit, nothing created.
     let (ok, _, err) = h.run(&[

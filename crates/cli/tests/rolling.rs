@@ -55,22 +55,18 @@ fn rolling_upgrades_under_load() {
         eprintln!("SKIPPED rolling_upgrades_under_load: {why}");
         return;
     }
-    let home = std::env::temp_dir().join(format!("scaleset-rolling-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    let mut h = Harness {
-        home: home.clone(),
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet: "10.213.202.0/24",
-        prefix: "rol",
-        // Fast probes keep the test short; the health timeout bounds how long a bad batch is
-        // waited for (Azure: 5 minutes).
-        env: vec![
+    let mut h = Harness::new(
+        "rolling",
+        "10.213.202.0/24",
+        "rol",
+        vec![
+            // Fast probes keep the test short; the health timeout bounds how long a bad batch
+            // is waited for (Azure: 5 minutes).
             ("SCALESET_PROBE_INTERVAL_MS", "1000".into()),
             ("SCALESET_ROLLING_HEALTH_TIMEOUT_SECS", "15".into()),
         ],
-    };
+    );
+    let home = h.home.clone();
     let lb_port = free_port();
     let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
 
@@ -99,61 +95,7 @@ fn rolling_upgrades_under_load() {
     }
 
     h.start_serve();
-    h.ok(&["group", "create", "-n", "rg"]);
-    h.ok(&[
-        "network",
-        "lb",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "lb",
-        "--backend-pool-name",
-        "be",
-    ]);
-    h.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "lb",
-        "-n",
-        "http",
-        "--protocol",
-        "Http",
-        "--port",
-        "80",
-        "--path",
-        "/health",
-        "--interval",
-        "5",
-        "--probe-threshold",
-        "1",
-    ]);
-    let port = lb_port.to_string();
-    h.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "lb",
-        "-n",
-        "web",
-        "--protocol",
-        "Tcp",
-        "--frontend-port",
-        &port,
-        "--backend-port",
-        "80",
-        "--probe-name",
-        "http",
-    ]);
+    h.setup_lb(lb_port, 1);
     h.ok(&[
         "vmss",
         "create",

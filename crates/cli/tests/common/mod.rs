@@ -136,6 +136,93 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// A harness with a fresh home under the temp dir (not started yet).
+    pub fn new(
+        tag: &str,
+        subnet: &'static str,
+        prefix: &'static str,
+        env: Vec<(&'static str, String)>,
+    ) -> Harness {
+        let home = std::env::temp_dir().join(format!("scaleset-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        Harness {
+            home,
+            api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            serve: None,
+            subnet,
+            prefix,
+            env,
+        }
+    }
+
+    /// Resource group `rg` with load balancer `lb`: pool `be`, HTTP probe `http` on `/health`
+    /// (interval 5 s, the given threshold) and rule `web` from 127.0.0.1:`port` to port 80.
+    pub fn setup_lb(&self, port: u16, threshold: u32) {
+        self.ok(&["group", "create", "-n", "rg"]);
+        self.ok(&[
+            "network",
+            "lb",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "lb",
+            "--backend-pool-name",
+            "be",
+        ]);
+        let threshold = threshold.to_string();
+        let probe = [
+            "--protocol",
+            "Http",
+            "--port",
+            "80",
+            "--path",
+            "/health",
+            "--interval",
+            "5",
+            "--probe-threshold",
+            &threshold,
+        ];
+        let mut args = vec![
+            "network",
+            "lb",
+            "probe",
+            "create",
+            "-g",
+            "rg",
+            "--lb-name",
+            "lb",
+            "-n",
+            "http",
+        ];
+        args.extend(probe);
+        self.ok(&args);
+        let port = port.to_string();
+        self.ok(&[
+            "network",
+            "lb",
+            "rule",
+            "create",
+            "-g",
+            "rg",
+            "--lb-name",
+            "lb",
+            "-n",
+            "web",
+            "--protocol",
+            "Tcp",
+            "--frontend-port",
+            &port,
+            "--backend-port",
+            "80",
+            "--probe-name",
+            "http",
+        ]);
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         self.kill_serve();
