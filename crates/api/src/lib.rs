@@ -45,29 +45,9 @@ fn query_map(uri: &Uri) -> HashMap<String, String> {
     out
 }
 
+/// Query-string decoding: `+` is a space, then percent escapes as in path segments.
 fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    route::decode_segment(&s.replace('+', " "))
 }
 
 fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -201,6 +201,15 @@ pub struct ChildList {
     pub lb_name: String,
 }
 
+// show, list and delete of a load balancer's child collection (probes, rules); a doc comment
+// here would replace the parent command's help text.
+#[derive(Subcommand)]
+pub enum ChildOp {
+    Show(Child),
+    List(ChildList),
+    Delete(Child),
+}
+
 #[derive(Subcommand)]
 pub enum ProbeCmd {
     Create {
@@ -219,9 +228,8 @@ pub enum ProbeCmd {
         #[arg(long, value_parser = ["AllProbedDown", "AllProbedUp"])]
         no_healthy_backends_behavior: Option<String>,
     },
-    Show(Child),
-    List(ChildList),
-    Delete(Child),
+    #[command(flatten)]
+    Op(ChildOp),
 }
 
 #[derive(Subcommand)]
@@ -248,9 +256,8 @@ pub enum RuleCmd {
         #[arg(long)]
         enable_tcp_reset: Option<bool>,
     },
-    Show(Child),
-    List(ChildList),
-    Delete(Child),
+    #[command(flatten)]
+    Op(ChildOp),
 }
 
 #[derive(Subcommand)]
@@ -891,42 +898,45 @@ async fn child_cmd(
     c: &Client,
     out: Output,
     (coll, cols): (&str, Columns),
-    op: &str,
-    rg: &str,
-    lb: &str,
-    name: Option<&str>,
+    op: ChildOp,
 ) -> Result<()> {
-    let v = c.call("GET", &c.lb_path(rg, lb), None).await?;
-    let items = v
-        .pointer(&format!("/properties/{coll}"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    match (op, name) {
-        ("list", _) => print(&Value::Array(items), out, cols),
-        ("show", Some(n)) => print(
-            items
-                .iter()
-                .find(|i| i.get("name").and_then(Value::as_str) == Some(n))
-                .ok_or_else(|| {
-                    anyhow!("(NotFound) '{n}' was not found in load balancer '{lb}'.")
-                })?,
-            out,
-            cols,
-        ),
-        ("delete", Some(n)) => {
+    let (rg, lb, name) = match &op {
+        ChildOp::Show(ch) | ChildOp::Delete(ch) => (&ch.rg, &ch.lb_name, Some(ch.name.as_str())),
+        ChildOp::List(l) => (&l.rg, &l.lb_name, None),
+    };
+    let not_found = |n: &str| anyhow!("(NotFound) '{n}' was not found in load balancer '{lb}'.");
+    match (&op, name) {
+        (ChildOp::Delete(_), Some(n)) => {
             edit_lb(c, rg, lb, |v| {
                 let list = children(v, coll);
                 let before = list.len();
                 list.retain(|i| i.get("name").and_then(Value::as_str) != Some(n));
                 if list.len() == before {
-                    bail!("(NotFound) '{n}' was not found in load balancer '{lb}'.");
+                    return Err(not_found(n));
                 }
                 Ok(())
             })
             .await?;
         }
-        _ => {}
+        (op, name) => {
+            let v = c.call("GET", &c.lb_path(rg, lb), None).await?;
+            let items = v
+                .pointer(&format!("/properties/{coll}"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match (op, name) {
+                (ChildOp::Show(_), Some(n)) => print(
+                    items
+                        .iter()
+                        .find(|i| i.get("name").and_then(Value::as_str) == Some(n))
+                        .ok_or_else(|| not_found(n))?,
+                    out,
+                    cols,
+                ),
+                _ => print(&Value::Array(items), out, cols),
+            }
+        }
     }
     Ok(())
 }
@@ -1018,42 +1028,7 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                     output::PROBE_COLS,
                 );
             }
-            ProbeCmd::Show(ch) => {
-                child_cmd(
-                    &c,
-                    out,
-                    ("probes", output::PROBE_COLS),
-                    "show",
-                    &ch.rg,
-                    &ch.lb_name,
-                    Some(&ch.name),
-                )
-                .await?
-            }
-            ProbeCmd::List(l) => {
-                child_cmd(
-                    &c,
-                    out,
-                    ("probes", output::PROBE_COLS),
-                    "list",
-                    &l.rg,
-                    &l.lb_name,
-                    None,
-                )
-                .await?
-            }
-            ProbeCmd::Delete(ch) => {
-                child_cmd(
-                    &c,
-                    out,
-                    ("probes", output::PROBE_COLS),
-                    "delete",
-                    &ch.rg,
-                    &ch.lb_name,
-                    Some(&ch.name),
-                )
-                .await?
-            }
+            ProbeCmd::Op(op) => child_cmd(&c, out, ("probes", output::PROBE_COLS), op).await?,
         },
         LbCmd::Rule(r) => match r {
             RuleCmd::Create {
@@ -1109,41 +1084,8 @@ pub async fn network(cmd: NetworkCmd, out: Output) -> Result<()> {
                     output::RULE_COLS,
                 );
             }
-            RuleCmd::Show(ch) => {
-                child_cmd(
-                    &c,
-                    out,
-                    ("loadBalancingRules", output::RULE_COLS),
-                    "show",
-                    &ch.rg,
-                    &ch.lb_name,
-                    Some(&ch.name),
-                )
-                .await?
-            }
-            RuleCmd::List(l) => {
-                child_cmd(
-                    &c,
-                    out,
-                    ("loadBalancingRules", output::RULE_COLS),
-                    "list",
-                    &l.rg,
-                    &l.lb_name,
-                    None,
-                )
-                .await?
-            }
-            RuleCmd::Delete(ch) => {
-                child_cmd(
-                    &c,
-                    out,
-                    ("loadBalancingRules", output::RULE_COLS),
-                    "delete",
-                    &ch.rg,
-                    &ch.lb_name,
-                    Some(&ch.name),
-                )
-                .await?
+            RuleCmd::Op(op) => {
+                child_cmd(&c, out, ("loadBalancingRules", output::RULE_COLS), op).await?
             }
         },
     }
