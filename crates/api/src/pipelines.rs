@@ -72,8 +72,11 @@ impl PipelineService {
             .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
         let runs = RunStore::new(root.join("runs"));
         let artifacts = ArtifactStore::new(root.join("artifacts"));
-        let runner = Runner::new(RunnerConfig::new(root.join("work")), runs.clone())
-            .with_artifacts(artifacts.clone());
+        let mut rc = RunnerConfig::new(root.join("work"));
+        // Like a self-hosted agent: sources (and build outputs such as target/) persist per
+        // pipeline so a push rebuilds incrementally.
+        rc.reuse_sources = true;
+        let runner = Runner::new(rc, runs.clone()).with_artifacts(artifacts.clone());
         let (queue_tx, rx) = mpsc::unbounded_channel();
         Ok(PipelineService {
             repos: RepoStore::new(home.join("repos")),

@@ -402,6 +402,35 @@ pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), GitError> 
     Ok(())
 }
 
+/// Checks `commit` out into `dest` the way a self-hosted agent reuses its sources directory:
+/// tracked files are made exactly those of `commit` (files deleted since the last checkout are
+/// removed, modified ones reset), untracked files such as build outputs are kept. `index` is
+/// the workspace's own index file, kept between checkouts.
+pub fn checkout_incremental(
+    repo: &Path,
+    commit: &str,
+    dest: &Path,
+    index: &Path,
+) -> Result<(), GitError> {
+    if commit.starts_with('-') {
+        return Err(GitError::Git(format!("bad commit `{commit}`")));
+    }
+    std::fs::create_dir_all(dest)?;
+    let out = git_cmd(repo)
+        .arg("--work-tree")
+        .arg(dest)
+        .env("GIT_INDEX_FILE", index)
+        .args(["read-tree", "--reset", "-u", commit])
+        .output()?;
+    if !out.status.success() {
+        return Err(GitError::Git(format!(
+            "git read-tree {commit} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// A smart-HTTP request for [`http_backend`].
 #[derive(Debug, Clone, Default)]
 pub struct CgiRequest<'a> {

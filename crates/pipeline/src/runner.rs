@@ -30,7 +30,9 @@
 //! - Log lines: `<RFC 3339 time> [<stage>/<job>] <step label> | <text>`, masked.
 //! - Workspaces live in `RunnerConfig::work_root/<id>/{s,a,b,_temp}` and are deleted at the
 //!   end (`keep_workspace` keeps them for debugging). Each job starts with empty `a/`, `b/`,
-//!   `_temp/`; `s/` is checked out once per run.
+//!   `_temp/`; `s/` is checked out once per run. With `RunnerConfig::reuse_sources` (the
+//!   daemon's mode, like a self-hosted agent) a pipeline keeps one build directory whose `s/`
+//!   survives between runs so builds are incremental.
 //! - Release semantics: when a pipeline declares `resources.pipelines` and a run of the
 //!   triggering (else the first) resource is known, the run gets `Release.ReleaseId` = its own
 //!   id and `Build.BuildId`/`Build.BuildNumber`/`Build.SourceBranch`/`Build.SourceVersion` of
@@ -511,6 +513,13 @@ pub struct RunnerConfig {
     pub kill_grace: Duration,
     /// Keep the workspace after the run (debugging).
     pub keep_workspace: bool,
+    /// Self-hosted agent semantics: each pipeline has one build directory
+    /// (`work_root/<pipeline>`) whose `s/` is reused between runs (tracked files checked out
+    /// exactly, untracked build outputs such as `target/` kept, so builds are incremental);
+    /// `a/`, `b/` and `_temp/` are emptied for every run. `workspace: clean: resources|all`
+    /// in the YAML starts from an empty `s/`. Runs of one pipeline must not overlap (the daemon
+    /// runs one at a time). Off: a fresh `work_root/<run id>` per run, deleted afterwards.
+    pub reuse_sources: bool,
 }
 
 impl RunnerConfig {
@@ -525,6 +534,7 @@ impl RunnerConfig {
             retry_delay: d.retry_delay,
             kill_grace: d.kill_grace,
             keep_workspace: false,
+            reuse_sources: false,
         }
     }
 }
@@ -653,6 +663,46 @@ pub fn run_number(format: &str, run_id: u64, vars: &Variables) -> String {
 }
 
 impl Runner {
+    /// The run's build directory (see [`RunnerConfig::reuse_sources`]).
+    fn workspace(&self, req: &RunRequest) -> PathBuf {
+        if self.config.reuse_sources {
+            let key: String = req
+                .pipeline_name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            self.config.work_root.join(format!("p-{key}"))
+        } else {
+            self.config.work_root.join(req.run_id.to_string())
+        }
+    }
+
+    async fn checkout(&self, repo: &Path, commit: &str, ws: &Path) -> Result<(), String> {
+        let (r, c, s, index) = (
+            repo.to_path_buf(),
+            commit.to_string(),
+            vars::sources_dir(ws),
+            ws.join(".index"),
+        );
+        let reuse = self.config.reuse_sources;
+        tokio::task::spawn_blocking(move || {
+            if reuse {
+                git::checkout_incremental(&r, &c, &s, &index)
+            } else {
+                git::checkout(&r, &c, &s)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
     pub fn new(config: RunnerConfig, store: RunStore) -> Runner {
         Runner {
             config,
@@ -685,7 +735,7 @@ impl Runner {
         let _ = self.store.save(&rec);
         let masker = Masker::new(req.variables.secrets());
         let log = RunLog::open(&self.store.log_path(req.run_id), masker);
-        let ws = self.config.work_root.join(req.run_id.to_string());
+        let ws = self.workspace(&req);
         let outcome = self
             .run_inner(&req, &mut rec, &ws, &log, tasks, cancel)
             .await;
@@ -704,7 +754,15 @@ impl Runner {
             req.run_id,
             rec.result.unwrap_or(RunResult::Failed)
         ));
-        if !self.config.keep_workspace {
+        if self.config.reuse_sources {
+            for d in [
+                vars::staging_dir(&ws),
+                vars::binaries_dir(&ws),
+                vars::temp_dir(&ws),
+            ] {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        } else if !self.config.keep_workspace {
             let _ = std::fs::remove_dir_all(&ws);
         }
         let _ = self.store.save(&rec);
@@ -728,7 +786,17 @@ impl Runner {
             rec.source_branch,
             req.commit
         ));
-        let _ = std::fs::remove_dir_all(ws);
+        if self.config.reuse_sources {
+            for d in [
+                vars::staging_dir(ws),
+                vars::binaries_dir(ws),
+                vars::temp_dir(ws),
+            ] {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(ws);
+        }
         for d in [
             vars::sources_dir(ws),
             vars::staging_dir(ws),
@@ -745,10 +813,8 @@ impl Runner {
                 req.pipeline_name.clone()
             }
             SourceSpec::Repo { name, path, commit } => {
-                let (p, c, s) = (path.clone(), commit.clone(), src.clone());
-                tokio::task::spawn_blocking(move || git::checkout(&p, &c, &s))
+                self.checkout(path, commit, ws)
                     .await
-                    .map_err(|e| e.to_string())?
                     .map_err(|e| format!("checkout of {name} at {commit} failed: {e}"))?;
                 name.clone()
             }
@@ -770,6 +836,21 @@ impl Runner {
             crate::compile(&req.yaml_path, &text, &req.parameters).map_err(|e| e.to_string())?;
         check_tasks(&req.yaml_path, &p, tasks).map_err(|e| e.to_string())?;
         crate::plan::execution_order(&p).map_err(|e| format!("{}: {e}", req.yaml_path))?;
+        let clean_sources = p
+            .stages
+            .iter()
+            .flat_map(|s| &s.jobs)
+            .any(|j| matches!(j.workspace_clean.as_deref(), Some("resources" | "all")));
+        if self.config.reuse_sources && clean_sources {
+            if let SourceSpec::Repo { path, commit, .. } = &req.source {
+                log.run_line("workspace.clean: checking out into an empty sources directory");
+                let _ = std::fs::remove_dir_all(&src);
+                let _ = std::fs::remove_file(ws.join(".index"));
+                self.checkout(path, commit, ws)
+                    .await
+                    .map_err(|e| format!("clean checkout at {commit} failed: {e}"))?;
+            }
+        }
 
         // Resources.
         let mut resources = req.resources.clone();

@@ -220,3 +220,75 @@ jobs:
     assert!(store.fail_interrupted().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Self-hosted agent semantics: one build directory per pipeline; tracked files follow the
+/// commit exactly, untracked build outputs survive, the staging directory starts empty.
+#[tokio::test]
+async fn reused_sources_keep_build_outputs_between_runs() {
+    use pipeline::git::{commit_dir, RepoStore};
+    let yaml = "steps:\n- script: |\n    ls $(Build.ArtifactStagingDirectory) | wc -l > count\n    cat count >> $(Build.SourcesDirectory)/../../history\n    touch $(Build.ArtifactStagingDirectory)/leftover\n    mkdir -p target && echo $(Build.BuildId) >> target/builds\n    ls\n";
+    let (base, mut runner, tasks) = setup("reuse", yaml);
+    runner.config.reuse_sources = true;
+    let repos = RepoStore::new(base.join("repos"));
+    let info = repos.create("app").unwrap();
+    let tree = base.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("azure-pipelines.yml"), yaml).unwrap();
+    std::fs::write(tree.join("old.txt"), "old").unwrap();
+    let c1 = commit_dir(&info.path, &tree, "main", "one").unwrap();
+    std::fs::remove_file(tree.join("old.txt")).unwrap();
+    std::fs::write(tree.join("new.txt"), "new").unwrap();
+    let c2 = commit_dir(&info.path, &tree, "main", "two").unwrap();
+    let req = |id: u64, commit: &str| {
+        RunRequest::new(
+            id,
+            "app",
+            SourceSpec::Repo {
+                name: "app".into(),
+                path: info.path.clone(),
+                commit: commit.into(),
+            },
+            "azure-pipelines.yml",
+        )
+    };
+    for (id, c) in [(1, &c1), (2, &c2)] {
+        let (_c, rx) = watch::channel(false);
+        let rec = runner.run(req(id, c), &tasks, rx).await;
+        assert_eq!(
+            rec.result,
+            Some(RunResult::Succeeded),
+            "{}",
+            runner.store.logs(id).unwrap()
+        );
+    }
+    let s = base.join("work/p-app/s");
+    assert!(!s.join("old.txt").exists(), "deleted file removed");
+    assert_eq!(std::fs::read_to_string(s.join("new.txt")).unwrap(), "new");
+    assert_eq!(
+        std::fs::read_to_string(s.join("target/builds")).unwrap(),
+        "1\n2\n",
+        "build outputs kept"
+    );
+    // The staging directory was empty at the start of both runs.
+    assert_eq!(
+        std::fs::read_to_string(base.join("work/history")).unwrap(),
+        "0\n0\n"
+    );
+    assert!(!base.join("work/p-app/a").exists());
+
+    // workspace.clean: all starts from empty sources.
+    std::fs::write(
+        tree.join("azure-pipelines.yml"),
+        "jobs:\n- job: b\n  workspace:\n    clean: all\n  steps:\n  - script: test ! -e target/builds\n",
+    )
+    .unwrap();
+    let c3 = commit_dir(&info.path, &tree, "main", "three").unwrap();
+    let (_c, rx) = watch::channel(false);
+    let rec = runner.run(req(3, &c3), &tasks, rx).await;
+    assert_eq!(
+        rec.result,
+        Some(RunResult::Succeeded),
+        "{}",
+        runner.store.logs(3).unwrap()
+    );
+}
