@@ -298,7 +298,8 @@ impl Baker for DaemonBaker {
             package_dir: req.package_dir.clone(),
             script: req.script.clone(),
             args: req.args.clone(),
-            network: false,
+            // Packer's build VM has network access (deployment scripts apt-get install).
+            network: true,
             mirror: None,
         };
         let mut w = LineWriter {

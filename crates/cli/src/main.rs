@@ -83,6 +83,15 @@ fn main() {
     } else {
         Cli::parse()
     };
+    if !matches!(cli.cmd, Cmd::Up(_) | Cmd::Serve(_) | Cmd::LbServe { .. }) {
+        // A short-lived command piped into `head` ends quietly, like other Unix tools, instead
+        // of panicking on EPIPE. The daemons keep Rust's default (ignored) for their sockets
+        // and pipes.
+        // SAFETY: called before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

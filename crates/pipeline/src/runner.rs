@@ -171,6 +171,11 @@ pub struct StepRecord {
     pub exit_code: Option<i32>,
     pub attempts: u32,
     pub message: Option<String>,
+    /// When the step started and finished (ms since the epoch), from its log sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -969,6 +974,8 @@ impl Runner {
                                 exit_code: None,
                                 attempts: 0,
                                 message: None,
+                                started_ms: None,
+                                finished_ms: None,
                             })
                             .collect(),
                     })
@@ -1071,12 +1078,26 @@ impl Runner {
         cfg.kill_grace = self.config.kill_grace;
         let (sink, mut rx) =
             LogSink::channel(log.masker.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        // Step start/finish times, read off the executor's section lines.
+        let times: Arc<Mutex<Vec<(Option<u64>, Option<u64>)>>> =
+            Arc::new(Mutex::new(vec![(None, None); labels.len()]));
         let writer = {
             let log = log.clone();
             let prefix = prefix.clone();
             let labels = labels.clone();
+            let times = times.clone();
             tokio::spawn(async move {
                 while let Some(LogLine { step, stream, text }) = rx.recv().await {
+                    if let Some(i) = step {
+                        let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(slot) = t.get_mut(i) {
+                            if text.starts_with("##[section]Starting: ") && slot.0.is_none() {
+                                slot.0 = Some(now_ms());
+                            } else if text.starts_with("##[section]Finishing: ") {
+                                slot.1 = Some(now_ms());
+                            }
+                        }
+                    }
                     let label = step
                         .and_then(|i| labels.get(i))
                         .map(String::as_str)
@@ -1116,6 +1137,10 @@ impl Runner {
                     r.exit_code = s.exit_code;
                     r.attempts = s.attempts;
                     r.message = s.message.clone();
+                    let t = times.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((a, b)) = t.get(s.index) {
+                        (r.started_ms, r.finished_ms) = (*a, *b);
+                    }
                 }
             }
         }
