@@ -1079,7 +1079,7 @@ impl Runner {
         let (sink, mut rx) =
             LogSink::channel(log.masker.lock().unwrap_or_else(|p| p.into_inner()).clone());
         // Step start/finish times, read off the executor's section lines.
-        let times: Arc<Mutex<Vec<(Option<u64>, Option<u64>)>>> =
+        let times: Arc<Mutex<Vec<StepTimes>>> =
             Arc::new(Mutex::new(vec![(None, None); labels.len()]));
         let writer = {
             let log = log.clone();
@@ -1147,6 +1147,9 @@ impl Runner {
         (out.result, out.outputs)
     }
 }
+
+/// A step's (started, finished) times in ms since the epoch.
+type StepTimes = (Option<u64>, Option<u64>);
 
 fn job_record<'a>(rec: &'a mut RunRecord, jr: &JobRef) -> Option<&'a mut JobRecord> {
     rec.stages
