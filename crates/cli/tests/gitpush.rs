@@ -226,7 +226,7 @@ fn up_deploys_through_pipelines_and_git_push_rolls_out_a_change() {
     assert!(
         images
             .as_array()
-            .is_some_and(|a| a.iter().any(|i| i["name"] == ci2.to_string())),
+            .is_some_and(|a| a.iter().any(|i| i["name"].as_str() == Some(&ci2.to_string())))),
         "{images:#}"
     );
     let run = h.json(&["run", "show", &ci2.to_string(), "-o", "json"]);
