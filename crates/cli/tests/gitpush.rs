@@ -224,9 +224,9 @@ fn up_deploys_through_pipelines_and_git_push_rolls_out_a_change() {
     // The artifact and the image are visible through the CLI.
     let images = h.json(&["image", "list", "-o", "json"]);
     assert!(
-        images
-            .as_array()
-            .is_some_and(|a| a.iter().any(|i| i["name"].as_str() == Some(&ci2.to_string())))),
+        images.as_array().is_some_and(|a| a
+            .iter()
+            .any(|i| i["name"].as_str() == Some(ci2.to_string().as_str()))),
         "{images:#}"
     );
     let run = h.json(&["run", "show", &ci2.to_string(), "-o", "json"]);
