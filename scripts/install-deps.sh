@@ -16,6 +16,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
+# Pipeline jobs run as this unprivileged user (never as root, never with the daemon's token).
+if ! id scaleset-runner >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/scaleset-runner --create-home \
+    --shell /usr/sbin/nologin scaleset-runner
+fi
 if ! command -v cargo >/dev/null; then
   echo "Rust is missing: install it with rustup (https://rustup.rs), then run this again" >&2
   exit 1

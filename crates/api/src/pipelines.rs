@@ -66,9 +66,12 @@ impl PipelineService {
             std::fs::create_dir_all(&d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
+        // A copy, not a symlink: jobs run as the runner user, who may not reach the daemon's
+        // own binary (e.g. under /root).
         let az = shim_dir.join("az");
-        let _ = std::fs::remove_file(&az);
-        std::os::unix::fs::symlink(exe, &az)
+        let tmp = shim_dir.join(".az.new");
+        std::fs::copy(exe, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &az))
             .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
         let runs = RunStore::new(root.join("runs"));
         let artifacts = ArtifactStore::new(root.join("artifacts"));
@@ -76,6 +79,7 @@ impl PipelineService {
         // Like a self-hosted agent: sources (and build outputs such as target/) persist per
         // pipeline so a push rebuilds incrementally.
         rc.reuse_sources = true;
+        agent_identity(&root, &mut rc);
         let runner = Runner::new(rc, runs.clone()).with_artifacts(artifacts.clone());
         let (queue_tx, rx) = mpsc::unbounded_channel();
         Ok(PipelineService {
@@ -187,7 +191,8 @@ impl PipelineService {
             .clone()
     }
 
-    fn tasks(&self, st: &Arc<AppState>) -> StdTasks {
+    /// The tasks of one run; `run_token` is the run's own ARM credential for the `az` shim.
+    fn tasks(&self, st: &Arc<AppState>, run_token: &str) -> StdTasks {
         let mut t = StdTasks::new(self.artifacts.clone());
         let weak = Arc::downgrade(st);
         t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
@@ -201,11 +206,77 @@ impl PipelineService {
             .unwrap_or_else(|_| format!("http://{}", st.cfg.listen));
         t.az_env = vec![
             EnvVar::plain("SCALESET_ENDPOINT", endpoint),
-            EnvVar::secret("SCALESET_TOKEN", st.token.clone()),
-            EnvVar::plain("SCALESET_HOME", st.cfg.home.to_string_lossy()),
+            EnvVar::secret("SCALESET_TOKEN", run_token.to_string()),
+            // Nothing of the daemon's home: the shim needs only the endpoint and the token.
+            EnvVar::plain("SCALESET_HOME", "/nonexistent"),
         ];
         t
     }
+}
+
+/// Jobs run as the unprivileged user `$SCALESET_RUNNER_USER` (default `scaleset-runner`, which
+/// scripts/install-deps.sh creates) with their own HOME and CARGO_HOME; the daemon's rustup
+/// toolchains and cargo binaries are bind-mounted read-only at `root/agent/{rustup,cargo-bin}`
+/// in each job's mount namespace (like an agent's tool cache). Without that user, jobs run as
+/// the daemon's user and the daemon says so at start.
+fn agent_identity(root: &Path, rc: &mut RunnerConfig) {
+    let name = std::env::var("SCALESET_RUNNER_USER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "scaleset-runner".into());
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some((uid, gid, home)) = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[0] == name)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, PathBuf::from(f[5]))))
+            .flatten()
+    }) else {
+        tracing::warn!(user = %name, "no such user: pipeline jobs run as the daemon's own user (create it with scripts/install-deps.sh)");
+        return;
+    };
+    let home: PathBuf = home;
+    if !home.is_dir() && std::fs::create_dir_all(&home).is_ok() {
+        let c = std::ffi::CString::new(home.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: c is a valid NUL-terminated path.
+        unsafe { libc::chown(c.as_ptr(), uid, gid) };
+    }
+    let own_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let rustup = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| own_home.join(".rustup"));
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| own_home.join(".cargo"))
+        .join("bin");
+    let agent = root.join("agent");
+    let mut path = String::new();
+    let mut env = vec![
+        ("HOME".to_string(), home.to_string_lossy().into_owned()),
+        ("USER".to_string(), name.clone()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        (
+            "CARGO_HOME".to_string(),
+            home.join(".cargo").to_string_lossy().into_owned(),
+        ),
+    ];
+    for (src, mnt) in [(&rustup, "rustup"), (&cargo_bin, "cargo-bin")] {
+        let dst = agent.join(mnt);
+        if src.is_dir() && std::fs::create_dir_all(&dst).is_ok() {
+            rc.bind_ro.push((src.clone(), dst.clone()));
+            if mnt == "rustup" {
+                env.push(("RUSTUP_HOME".into(), dst.to_string_lossy().into_owned()));
+            } else {
+                path = format!("{}:", dst.display());
+            }
+        }
+    }
+    path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    env.push(("PATH".into(), path));
+    rc.base_env = env;
+    rc.uid_gid = Some((uid, gid));
+    tracing::info!(user = %name, uid, "pipeline jobs run as an unprivileged user");
 }
 
 /// Completes runs interrupted by a restart and starts the run worker (call once, from `serve`).
@@ -242,9 +313,11 @@ pub fn start(st: &Arc<AppState>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(req.run_id, tx);
-            let tasks = svc.tasks(&st);
             let id = req.run_id;
+            let run_token = st.mint_run_token(id);
+            let tasks = svc.tasks(&st, &run_token);
             let rec = svc.runner.run(req, &tasks, cancel).await;
+            st.revoke_run_token(&run_token);
             svc.cancels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -138,7 +138,7 @@ pub async fn repo(cmd: RepoCmd, out: Output) -> Result<()> {
     match cmd {
         RepoCmd::Create { name } => {
             let v = api
-                .call("PUT", &format!("/repos/{}", enc(&name)), None)
+                .scaleset("PUT", &format!("/repos/{}", enc(&name)), None)
                 .await?;
             print(&decorate_repo(v), out, REPO_COLS);
         }
@@ -156,7 +156,7 @@ pub async fn repo(cmd: RepoCmd, out: Output) -> Result<()> {
         }
         RepoCmd::Show { name } => {
             let v = api
-                .call("GET", &format!("/repos/{}", enc(&name)), None)
+                .scaleset("GET", &format!("/repos/{}", enc(&name)), None)
                 .await?;
             print(&decorate_repo(v), out, REPO_COLS);
         }
@@ -202,7 +202,7 @@ pub async fn pipeline(cmd: PipelineCmd, out: Output) -> Result<()> {
                 None => json!({}),
             };
             let v = api
-                .call(
+                .scaleset(
                     "POST",
                     &format!("/pipelines/{}/runs", enc(&name)),
                     Some(&body),
@@ -218,7 +218,7 @@ pub async fn pipeline(cmd: PipelineCmd, out: Output) -> Result<()> {
         }
         PipelineCmd::Show { name } => {
             let mut v = api
-                .call("GET", &format!("/pipelines/{}", enc(&name)), None)
+                .scaleset("GET", &format!("/pipelines/{}", enc(&name)), None)
                 .await?;
             if out == Output::Json {
                 let runs = values(

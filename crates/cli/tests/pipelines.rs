@@ -25,6 +25,9 @@ steps:
     artifact: drop
 "#;
 
+/// The release: also checks that jobs run as the unprivileged runner user (who cannot read the
+/// daemon's token but reaches the toolchain), and that the `az` shim's credential is the run's
+/// own (ARM only). `HOME_DIR` and `TOKEN_FILE` are filled in by the test.
 const RELEASE: &str = r#"trigger: none
 resources:
   pipelines:
@@ -39,6 +42,13 @@ steps:
   artifact: drop
 - script: find $(Pipeline.Workspace) -name hello.txt -exec cat {} +
   displayName: Show artifact
+- script: |
+    set -eu
+    echo "job user: $(id -un)"
+    test "$(id -un)" = scaleset-runner
+    if cat HOME_DIR/token; then echo "the daemon token is readable"; exit 1; fi
+    cargo --version
+  displayName: Unprivileged
 - task: AzureCLI@2
   displayName: Azure CLI
   inputs:
@@ -46,8 +56,11 @@ steps:
     scriptType: bash
     scriptLocation: inlineScript
     inlineScript: |
+      set -eu
       az group list --output table
       az image list -o json
+      if az repo list; then echo "the run credential reached /scaleset"; exit 1; fi
+      echo "$SCALESET_TOKEN" > TOKEN_FILE
 "#;
 
 fn git(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -132,7 +145,16 @@ fn push_triggers_ci_then_release_with_az() {
     std::fs::create_dir_all(&work).unwrap();
     assert!(git(&work, &["init", "-q"]).0);
     std::fs::write(work.join("azure-pipelines.yml"), CI).unwrap();
-    std::fs::write(work.join("release-pipeline.yml"), RELEASE).unwrap();
+    let token_file =
+        std::env::temp_dir().join(format!("scaleset-run-token-{}", std::process::id()));
+    let _ = std::fs::remove_file(&token_file);
+    std::fs::write(
+        work.join("release-pipeline.yml"),
+        RELEASE
+            .replace("HOME_DIR", &home.display().to_string())
+            .replace("TOKEN_FILE", &token_file.display().to_string()),
+    )
+    .unwrap();
     std::fs::write(work.join("README.md"), "app\n").unwrap();
     assert!(git(&work, &["add", "."]).0);
     assert!(git(&work, &["commit", "-q", "-m", "first"]).0);
@@ -198,6 +220,23 @@ fn push_triggers_ci_then_release_with_az() {
     );
     assert!(followed.contains("finished"), "{followed}");
     assert!(!followed.contains(&token), "the token leaked into the log");
+    assert!(followed.contains("job user: scaleset-runner"), "{followed}");
+    // The run's credential was its own, and it died with the run.
+    let run_token = std::fs::read_to_string(&token_file).unwrap();
+    let _ = std::fs::remove_file(&token_file);
+    let run_token = run_token.trim();
+    assert!(!run_token.is_empty() && run_token != token);
+    let out = h
+        .cmd()
+        .env("SCALESET_TOKEN", run_token)
+        .args(["group", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("InvalidAuthenticationToken"),
+        "a finished run's credential still works: {err}"
+    );
 
     // Table output of runs.
     let table = h.ok(&["run", "list", "-o", "table"]);

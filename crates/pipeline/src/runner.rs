@@ -512,6 +512,8 @@ pub struct RunnerConfig {
     pub shell: PathBuf,
     /// Run job processes as this uid/gid (the workspace is chowned to it).
     pub uid_gid: Option<(u32, u32)>,
+    /// Read-only bind mounts for job processes (see [`ExecConfig::bind_ro`]).
+    pub bind_ro: Vec<(PathBuf, PathBuf)>,
     /// Length of a `timeoutInMinutes` minute (tests shorten it).
     pub minute: Duration,
     pub retry_delay: Duration,
@@ -535,6 +537,7 @@ impl RunnerConfig {
             base_env: d.base_env,
             shell: d.shell,
             uid_gid: None,
+            bind_ro: vec![],
             minute: d.minute,
             retry_delay: d.retry_delay,
             kill_grace: d.kill_grace,
@@ -1072,6 +1075,7 @@ impl Runner {
         cfg.base_env = self.config.base_env.clone();
         cfg.shell = self.config.shell.clone();
         cfg.uid_gid = self.config.uid_gid;
+        cfg.bind_ro = self.config.bind_ro.clone();
         cfg.cancel = Some(cancel.clone());
         cfg.minute = self.config.minute;
         cfg.retry_delay = self.config.retry_delay;
