@@ -14,7 +14,7 @@
 //!   repo `app` is `app-release-pipeline`). Release pipelines refer to CI pipelines by these names
 //!   in `resources.pipelines[].source`.
 //! - Runs execute one at a time on a background task; each completed run queues the release
-//!   runs its success triggers (`resources.pipelines`). Records and logs live in
+//!   runs its success triggers (`resources.pipelines`). Records (SQLite) and logs live in
 //!   `$SCALESET_HOME/pipelines/runs` and survive restarts (runs interrupted by a restart are
 //!   completed as failed at start).
 //! - JSON endpoints: `GET /scaleset/repos`, `GET|PUT|DELETE /scaleset/repos/{name}`,

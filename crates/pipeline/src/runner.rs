@@ -23,7 +23,8 @@
 //!   Cancel by sending `true` on the watch channel (running steps are killed, queued jobs are
 //!   Canceled unless their condition is `always()`/`canceled()`). Runs must be serialized per
 //!   pipeline by the caller if wanted (Azure's `batch`); the runner itself is reentrant.
-//! - [`RunStore`] (`root/<id>/run.json` + `root/<id>/log.txt`) is the durable record: `get`,
+//! - [`RunStore`] (records in SQLite `root/runs.db`, logs in `root/<id>/log.txt`) is the
+//!   durable record: `get`,
 //!   `list`, `logs`, [`RunStore::follow`] (tails the log until the run completes), `next_id`,
 //!   `queue`, `cancel_queued`. At daemon start, [`RunStore::fail_interrupted`] completes runs
 //!   left queued/running by a crash.
@@ -300,18 +301,26 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-/// Durable run records and logs under one directory.
+/// Durable run records (SQLite, `root/runs.db`) and logs (`root/<id>/log.txt`).
 #[derive(Debug, Clone)]
 pub struct RunStore {
     root: PathBuf,
-    id_lock: Arc<Mutex<()>>,
+    inner: Arc<Mutex<StoreInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    /// Opened on first use, so that [`RunStore::new`] cannot fail.
+    db: Option<rusqlite::Connection>,
+    /// The highest id handed out by `next_id` (a reserved id may not be saved yet).
+    last_id: u64,
 }
 
 impl RunStore {
     pub fn new(root: impl Into<PathBuf>) -> RunStore {
         RunStore {
             root: root.into(),
-            id_lock: Arc::new(Mutex::new(())),
+            inner: Default::default(),
         }
     }
 
@@ -327,38 +336,86 @@ impl RunStore {
         self.dir(id).join("log.txt")
     }
 
-    /// A new run id (one more than any stored or handed out), reserving its directory.
-    pub fn next_id(&self) -> std::io::Result<u64> {
-        let _g = self.id_lock.lock().unwrap_or_else(|p| p.into_inner());
+    fn open(&self) -> std::io::Result<rusqlite::Connection> {
         std::fs::create_dir_all(&self.root)?;
-        let max = self.ids()?.into_iter().max().unwrap_or(0);
-        let id = max + 1;
+        let c =
+            rusqlite::Connection::open(self.root.join("runs.db")).map_err(std::io::Error::other)?;
+        c.busy_timeout(Duration::from_secs(5))
+            .map_err(std::io::Error::other)?;
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS runs (
+                 id INTEGER PRIMARY KEY,
+                 pipeline TEXT NOT NULL COLLATE NOCASE,
+                 status TEXT NOT NULL,
+                 record TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, id);",
+        )
+        .map_err(std::io::Error::other)?;
+        // Stores written before runs moved to SQLite kept `<id>/run.json` files: import them once.
+        let empty: bool = c
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM runs)", [], |r| r.get(0))
+            .map_err(std::io::Error::other)?;
+        if empty {
+            for e in std::fs::read_dir(&self.root)?.flatten() {
+                let legacy = e.path().join("run.json");
+                let Ok(d) = std::fs::read(&legacy) else {
+                    continue;
+                };
+                if let Ok(r) = serde_json::from_slice::<RunRecord>(&d) {
+                    insert(&c, &r)?;
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection, &mut u64) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.db.is_none() {
+            g.db = Some(self.open()?);
+        }
+        let StoreInner { db, last_id } = &mut *g;
+        match db {
+            Some(c) => f(c, last_id),
+            None => Err(std::io::Error::other("run database not open")),
+        }
+    }
+
+    fn query(&self, sql: &str, arg: Option<&str>) -> std::io::Result<Vec<RunRecord>> {
+        self.with_db(|c, _| {
+            let mut st = c.prepare_cached(sql).map_err(std::io::Error::other)?;
+            let rows: rusqlite::Result<Vec<String>> = match arg {
+                Some(a) => st.query_map([a], |r| r.get(0)).and_then(|m| m.collect()),
+                None => st.query_map([], |r| r.get(0)).and_then(|m| m.collect()),
+            };
+            let rows = rows.map_err(std::io::Error::other)?;
+            rows.iter()
+                .map(|t| serde_json::from_str(t).map_err(std::io::Error::other))
+                .collect()
+        })
+    }
+
+    /// A new run id (one more than any stored or handed out), reserving its log directory.
+    pub fn next_id(&self) -> std::io::Result<u64> {
+        let id = self.with_db(|c, last| {
+            let max: u64 = c
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |r| r.get(0))
+                .map_err(std::io::Error::other)?;
+            *last = max.max(*last) + 1;
+            Ok(*last)
+        })?;
         std::fs::create_dir_all(self.dir(id))?;
         Ok(id)
     }
 
-    fn ids(&self) -> std::io::Result<Vec<u64>> {
-        let rd = match std::fs::read_dir(&self.root) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e),
-        };
-        Ok(rd
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-            .collect())
-    }
-
-    /// Write a record atomically.
+    /// Write a record (one transaction).
     pub fn save(&self, r: &RunRecord) -> std::io::Result<()> {
-        let dir = self.dir(r.id);
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("run.json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, dir.join("run.json"))
+        self.with_db(|c, _| insert(c, r))
     }
 
     /// Record a request as queued (before [`Runner::run`]).
@@ -388,10 +445,10 @@ impl RunStore {
     /// Canceled (queued). Returns their ids.
     pub fn fail_interrupted(&self) -> std::io::Result<Vec<u64>> {
         let mut out = vec![];
-        for mut r in self.list()? {
-            if r.status == RunStatus::Completed {
-                continue;
-            }
+        for mut r in self.query(
+            "SELECT record FROM runs WHERE status != 'completed' ORDER BY id",
+            None,
+        )? {
             r.result = Some(if r.status == RunStatus::Running {
                 RunResult::Failed
             } else {
@@ -407,35 +464,25 @@ impl RunStore {
     }
 
     pub fn get(&self, id: u64) -> std::io::Result<Option<RunRecord>> {
-        match std::fs::read(self.dir(id).join("run.json")) {
-            Ok(d) => serde_json::from_slice(&d)
-                .map(Some)
-                .map_err(std::io::Error::other),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .query(
+                "SELECT record FROM runs WHERE id = CAST(?1 AS INTEGER)",
+                Some(&id.to_string()),
+            )?
+            .pop())
     }
 
     /// Every run, newest first.
     pub fn list(&self) -> std::io::Result<Vec<RunRecord>> {
-        let mut ids = self.ids()?;
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        let mut out = vec![];
-        for id in ids {
-            if let Some(r) = self.get(id)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        self.query("SELECT record FROM runs ORDER BY id DESC", None)
     }
 
     /// Runs of one pipeline, newest first.
     pub fn list_pipeline(&self, pipeline: &str) -> std::io::Result<Vec<RunRecord>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|r| r.pipeline.eq_ignore_ascii_case(pipeline))
-            .collect())
+        self.query(
+            "SELECT record FROM runs WHERE pipeline = ?1 ORDER BY id DESC",
+            Some(pipeline),
+        )
     }
 
     /// The newest successful (Succeeded or SucceededWithIssues) run of a pipeline, optionally
@@ -649,6 +696,21 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
+    Ok(())
+}
+
+fn insert(c: &rusqlite::Connection, r: &RunRecord) -> std::io::Result<()> {
+    let status = match r.status {
+        RunStatus::Queued => "queued",
+        RunStatus::Running => "running",
+        RunStatus::Completed => "completed",
+    };
+    let record = serde_json::to_string(r).map_err(std::io::Error::other)?;
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO runs (id, pipeline, status, record) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute(rusqlite::params![r.id, r.pipeline, status, record]))
+    .map_err(std::io::Error::other)?;
     Ok(())
 }
 

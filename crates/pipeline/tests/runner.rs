@@ -150,8 +150,19 @@ steps:
     assert!(log.contains("later is ***"), "{log}");
     assert!(!log.contains("hunter2-xyz"), "{log}");
     assert!(!log.contains("s3cr3t-later"));
-    let json = std::fs::read_to_string(runner.store.dir(1).join("run.json")).unwrap();
+    let json = serde_json::to_string(&runner.store.get(1).unwrap()).unwrap();
     assert!(!json.contains("hunter2-xyz"));
+    // Nor is it anywhere in the database files (runs.db and its WAL).
+    for e in std::fs::read_dir(runner.store.root()).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !bytes.windows(11).any(|w| w == b"hunter2-xyz"),
+                "{}",
+                e.path().display()
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -291,4 +302,35 @@ async fn reused_sources_keep_build_outputs_between_runs() {
         "{}",
         runner.store.logs(3).unwrap()
     );
+}
+
+/// Records live in SQLite; a store written before that (`<id>/run.json`) is imported once.
+#[tokio::test]
+async fn run_records_are_in_sqlite_and_legacy_files_are_imported() {
+    let (base, runner, tasks) = setup("sqlite", "steps:\n- script: echo hi\n");
+    let (_c, rx) = watch::channel(false);
+    let rec = runner
+        .run(request(&base, runner.store.next_id().unwrap()), &tasks, rx)
+        .await;
+    assert_eq!(rec.id, 1);
+    assert!(base.join("runs/runs.db").is_file());
+    assert!(!base.join("runs/1/run.json").exists());
+    assert_eq!(runner.store.next_id().unwrap(), 2, "ids are not reused");
+    assert_eq!(
+        runner.store.next_id().unwrap(),
+        3,
+        "reserved ids are not reused"
+    );
+
+    // A legacy store: one record as a file, no database.
+    let legacy = base.join("legacy");
+    std::fs::create_dir_all(legacy.join("7")).unwrap();
+    let mut old = rec.clone();
+    old.id = 7;
+    old.pipeline = "old".into();
+    std::fs::write(legacy.join("7/run.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let store = RunStore::new(&legacy);
+    assert_eq!(store.get(7).unwrap(), Some(old.clone()));
+    assert_eq!(store.list_pipeline("OLD").unwrap(), vec![old]);
+    assert_eq!(store.next_id().unwrap(), 8);
 }
