@@ -1132,6 +1132,7 @@ impl Runner {
         v.extend(&stage.variables);
         v.extend(&job.variables);
         v.extend(&vars::job_variables(&stage.name, &job.name, 1));
+        v.resolve_nested();
         let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
         let mut cfg = ExecConfig::new(ws, v.clone());
         cfg.base_env = self.config.base_env.clone();

@@ -334,3 +334,16 @@ async fn run_records_are_in_sqlite_and_legacy_files_are_imported() {
     assert_eq!(store.list_pipeline("OLD").unwrap(), vec![old]);
     assert_eq!(store.next_id().unwrap(), 8);
 }
+
+/// Variables may reference other variables (expanded when the job starts), in macros and in
+/// the environment.
+#[tokio::test]
+async fn variables_reference_other_variables() {
+    let yaml = "variables:\n  base: $(Build.BuildId)-x\n  full: $(base)/y\nsteps:\n- script: echo \"macro=$(full) env=$FULL\"\n";
+    let (base, runner, tasks) = setup("nested", yaml);
+    let (_c, rx) = watch::channel(false);
+    let rec = runner.run(request(&base, 4), &tasks, rx).await;
+    let log = runner.store.logs(4).unwrap();
+    assert_eq!(rec.result, Some(RunResult::Succeeded), "{log}");
+    assert!(log.contains("macro=4-x/y env=4-x/y"), "{log}");
+}
