@@ -437,7 +437,8 @@ pub fn parse_logging_command(line: &str) -> Option<LoggingCommand> {
 mod tests {
     #[test]
     fn nested_references_in_values_resolve() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (&[("one", "x"), ("two", "$(one)-y")], "two", "x-y"),
             (&[("a", "$(b)/$(c)"), ("b", "$(c)"), ("c", "z")], "a", "z/z"),
             (&[("a", "$(missing)-1")], "a", "$(missing)-1"),
