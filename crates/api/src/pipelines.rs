@@ -682,6 +682,17 @@ fn on_push(
                 for t in &m.runs {
                     match svc.enqueue(t) {
                         Ok(id) => {
+                            if t.reason == (RunReason::Push { batched: true }) {
+                                for old in svc
+                                    .runs
+                                    .batch_into(&t.definition.name, &t.branch, id)
+                                    .unwrap_or_default()
+                                {
+                                    notes.push(format!(
+                                        "run {old}, still queued, was batched into run {id}"
+                                    ));
+                                }
+                            }
                             queued.push(id);
                             notes.push(format!(
                                 "queued run {id} of pipeline `{}` for {} at {}",

@@ -441,6 +441,29 @@ impl RunStore {
         Ok(true)
     }
 
+    /// `trigger.batch`: a new push run of `pipeline` on `branch` (run `into`) takes the place
+    /// of the push runs still queued there, which complete as Canceled ("batched into run N").
+    /// The new run builds the newest commit, so it includes their changes. Returns their ids.
+    pub fn batch_into(&self, pipeline: &str, branch: &str, into: u64) -> std::io::Result<Vec<u64>> {
+        let mut out = vec![];
+        for mut r in self.list_pipeline(pipeline)? {
+            if r.status != RunStatus::Queued
+                || r.id == into
+                || r.source_branch != branch
+                || !matches!(r.reason, RunReason::Push { .. })
+            {
+                continue;
+            }
+            r.status = RunStatus::Completed;
+            r.result = Some(RunResult::Canceled);
+            r.message = Some(format!("batched into run {into}"));
+            r.finished_ms = Some(now_ms());
+            self.save(&r)?;
+            out.push(r.id);
+        }
+        Ok(out)
+    }
+
     /// After a daemon restart: complete every queued or running record as Failed (running) or
     /// Canceled (queued). Returns their ids.
     pub fn fail_interrupted(&self) -> std::io::Result<Vec<u64>> {
@@ -1335,12 +1358,15 @@ pub fn pipelines_for_push(
             continue;
         };
         let text = String::from_utf8_lossy(&text);
-        let fire = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
-            Ok(p) => crate::trigger::push_triggers(&p.trigger, &update.name, Some(&changed)),
+        let (fire, batched) = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
+            Ok(p) => (
+                crate::trigger::push_triggers(&p.trigger, &update.name, Some(&changed)),
+                p.trigger.batch,
+            ),
             Err(e) => {
                 m.notes
                     .push(format!("pipeline `{}`: {e} (the run will fail)", d.name));
-                true
+                (true, false)
             }
         };
         if fire {
@@ -1348,7 +1374,7 @@ pub fn pipelines_for_push(
                 definition: d.clone(),
                 branch: update.name.clone(),
                 commit: update.new.clone(),
-                reason: RunReason::Push { batched: false },
+                reason: RunReason::Push { batched },
                 resources: vec![],
             });
         }

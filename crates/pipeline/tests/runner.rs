@@ -347,3 +347,39 @@ async fn variables_reference_other_variables() {
     assert_eq!(rec.result, Some(RunResult::Succeeded), "{log}");
     assert!(log.contains("macro=4-x/y env=4-x/y"), "{log}");
 }
+
+/// `trigger.batch`: queued push runs of the same pipeline and branch are folded into the newest.
+#[test]
+fn batch_folds_queued_push_runs_into_the_newest() {
+    let base = std::env::temp_dir().join(format!("pipeline-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let store = RunStore::new(&base);
+    let push = |id: u64, pipeline: &str, branch: &str, reason: RunReason| {
+        let mut r = request(&base, id);
+        r.pipeline_name = pipeline.into();
+        r.branch = branch.into();
+        r.reason = reason;
+        store.queue(&r).unwrap();
+    };
+    let pushed = RunReason::Push { batched: true };
+    push(1, "app", "refs/heads/main", pushed.clone());
+    push(2, "app", "refs/heads/dev", pushed.clone());
+    push(3, "other", "refs/heads/main", pushed.clone());
+    push(4, "app", "refs/heads/main", RunReason::Manual);
+    push(5, "app", "refs/heads/main", pushed);
+    assert_eq!(
+        store.batch_into("app", "refs/heads/main", 5).unwrap(),
+        vec![1]
+    );
+    let r1 = store.get(1).unwrap().unwrap();
+    assert_eq!(r1.result, Some(RunResult::Canceled));
+    assert_eq!(r1.message.as_deref(), Some("batched into run 5"));
+    for id in [2, 3, 4, 5] {
+        assert_eq!(
+            store.get(id).unwrap().unwrap().status,
+            RunStatus::Queued,
+            "{id}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
