@@ -534,6 +534,24 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Webhooks authenticate with the repository's own secret, never the daemon token.
+    if let Some(name) = uri.path().strip_prefix("/scaleset/hooks/") {
+        if method != Method::POST {
+            return ApiError::Client {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "MethodNotAllowed",
+                message: "webhooks are POST requests".into(),
+            }
+            .into_response();
+        }
+        let Some(svc) = st.pipelines.clone() else {
+            return unavailable().into_response();
+        };
+        return match webhook(&svc, name, &headers, &body).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     let Some(user) = bearer_or_basic_ok(&st, &headers) else {
         let mut r = ApiError::Client {
             status: StatusCode::UNAUTHORIZED,
@@ -718,6 +736,72 @@ fn on_push(
 
 type Reply = Result<Response, ApiError>;
 
+/// `POST /scaleset/hooks/{repo}`: a push webhook from GitHub or Azure Repos for a mirror.
+/// Authenticated by the mirror's secret (see `pipeline::webhook`); the payload only says that
+/// refs moved: the mirror is fetched and the refs that really moved trigger pipelines like a
+/// push.
+async fn webhook(
+    svc: &Arc<PipelineService>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
+    use pipeline::webhook::{authenticate, parse, HookEvent};
+    let name = crate::route::decode_segment(name);
+    // Unknown repositories and repositories without a secret look the same as a bad secret.
+    let secret = svc.repos.webhook_secret(&name).unwrap_or_default();
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let password = h("authorization")
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| b64_decode(b.trim()))
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|up| up.split_once(':').map(|(_, p)| p.to_string()));
+    authenticate(&secret, body, h("x-hub-signature-256"), password.as_deref()).map_err(|e| {
+        ApiError::Client {
+            status: StatusCode::UNAUTHORIZED,
+            code: "AuthenticationFailed",
+            message: e.to_string(),
+        }
+    })?;
+    let refs = match parse(h("x-github-event"), body)
+        .map_err(|e| ApiError::bad_request("InvalidWebhookPayload", e.to_string()))?
+    {
+        HookEvent::Ping => return json_ok(StatusCode::OK, json!({"notes": ["pong"]})),
+        HookEvent::Ignored(ev) => {
+            return json_ok(
+                StatusCode::OK,
+                json!({"notes": [format!("event `{ev}` ignored: only pushes trigger pipelines")]}),
+            )
+        }
+        HookEvent::Push(refs) => refs,
+    };
+    let lock = svc.repo_lock(&name);
+    let _g = lock.lock().await;
+    let before = svc.repos.refs(&name).map_err(git_err)?;
+    let (repos, n) = (svc.repos.clone(), name.clone());
+    tokio::task::spawn_blocking(move || repos.fetch_mirror(&n))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::Client {
+            status: StatusCode::BAD_GATEWAY,
+            code: "MirrorFetchFailed",
+            message: e.to_string(),
+        })?;
+    let after = svc.repos.refs(&name).map_err(git_err)?;
+    let mut notes = on_push(svc, &name, &before, &after);
+    for r in refs {
+        if after.get(&r.name) != Some(&r.new) && !r.new.bytes().all(|b| b == b'0') {
+            notes.push(format!(
+                "{} is at {} after the fetch, not {} as the payload says",
+                r.name,
+                after.get(&r.name).map(String::as_str).unwrap_or("(absent)"),
+                r.new
+            ));
+        }
+    }
+    json_ok(StatusCode::OK, json!({ "notes": notes }))
+}
+
 fn json_ok(status: StatusCode, v: Value) -> Reply {
     Ok((status, axum::Json(v)).into_response())
 }
@@ -754,6 +838,8 @@ fn repo_json(svc: &PipelineService, st: &AppState, info: &git::RepoInfo) -> Valu
         "branches": info.branches,
         "pipelines": defs.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "lastPush": last,
+        "mirror": info.mirror,
+        "webhookUrl": info.mirror.as_ref().map(|_| format!("{endpoint}/scaleset/hooks/{}", info.name)),
     })
 }
 
@@ -826,6 +912,48 @@ async fn api(
             json_ok(StatusCode::OK, repo_json(svc, st, &info))
         }
         ("PUT", ["repos", name]) => {
+            let spec: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(
+                        "InvalidRequestContent",
+                        format!("the body is not JSON: {e}"),
+                    )
+                })?
+            };
+            if let Some(url) = spec.get("mirror") {
+                let url = url.as_str().ok_or_else(|| {
+                    ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
+                })?;
+                let secret = spec["webhookSecret"].as_str().ok_or_else(|| {
+                    ApiError::bad_request(
+                        "InvalidParameter",
+                        "a mirror needs `webhookSecret`: webhook calls are authenticated with it",
+                    )
+                })?;
+                if svc.repos.get(name).map_err(git_err)?.is_some() {
+                    return Err(ApiError::Client {
+                        status: StatusCode::CONFLICT,
+                        code: "RepositoryExists",
+                        message: format!("repository `{name}` already exists"),
+                    });
+                }
+                let (repos, n, u, sec) = (
+                    svc.repos.clone(),
+                    name.to_string(),
+                    url.to_string(),
+                    secret.to_string(),
+                );
+                let info = tokio::task::spawn_blocking(move || repos.create_mirror(&n, &u, &sec))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| match e {
+                        git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
+                        e => git_err(e),
+                    })?;
+                return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
+            }
             if svc.repos.get(name).map_err(git_err)?.is_some() {
                 let info = svc
                     .repos

@@ -10,9 +10,18 @@ use std::io::Write;
 
 #[derive(Subcommand)]
 pub enum RepoCmd {
-    /// Create a hosted git repository (push to the URL it prints, token as the password).
+    /// Create a hosted git repository (push to the URL it prints, token as the password), or
+    /// with --mirror a read-only mirror of an external repository (GitHub, Azure Repos...)
+    /// that its push webhook updates: point the webhook at the printed webhookUrl.
     Create {
         name: String,
+        /// URL of the external repository to mirror.
+        #[arg(long, requires = "webhook_secret")]
+        mirror: Option<String>,
+        /// Secret of the push webhook: GitHub's webhook secret (HMAC-SHA256 signature), or the
+        /// HTTP Basic password of an Azure Repos service hook. At least 16 characters.
+        #[arg(long, env = "SCALESET_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
     },
     List,
     Show {
@@ -136,9 +145,14 @@ fn decorate_repo(mut v: Value) -> Value {
 pub async fn repo(cmd: RepoCmd, out: Output) -> Result<()> {
     let api = Client::from_home(&home())?;
     match cmd {
-        RepoCmd::Create { name } => {
+        RepoCmd::Create {
+            name,
+            mirror,
+            webhook_secret,
+        } => {
+            let body = mirror.map(|m| json!({"mirror": m, "webhookSecret": webhook_secret}));
             let v = api
-                .scaleset("PUT", &format!("/repos/{}", enc(&name)), None)
+                .scaleset("PUT", &format!("/repos/{}", enc(&name)), body.as_ref())
                 .await?;
             print(&decorate_repo(v), out, REPO_COLS);
         }
