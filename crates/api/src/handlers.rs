@@ -479,6 +479,8 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
                 }
                 _ => body,
             };
+            let mut merged = merged;
+            keep_admin_password(existing.as_ref(), &mut merged);
             let (m, arm) = model::vmss::parse(&merged, &res.name)?;
             check_refs(st, res, &m)?;
             let created = existing.is_none();
@@ -544,6 +546,18 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             "MethodNotAllowed",
             "unsupported method",
         )),
+    }
+}
+
+/// GET never returns adminPassword (x-ms-secret), so a GET body PUT back (az's generic update)
+/// lacks it; like Azure, keep the stored one instead of treating that as a model change.
+fn keep_admin_password(existing: Option<&VmssDoc>, body: &mut Value) {
+    const PTR: &str = "/properties/virtualMachineProfile/osProfile";
+    let Some(old) = existing.and_then(|d| d.arm.pointer(&format!("{PTR}/adminPassword"))) else {
+        return;
+    };
+    if let Some(os) = body.pointer_mut(PTR).and_then(Value::as_object_mut) {
+        os.entry("adminPassword").or_insert_with(|| old.clone());
     }
 }
 

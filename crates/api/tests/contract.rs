@@ -438,7 +438,14 @@ async fn requests_and_responses_match_the_specs() {
         Some(&json!("azureuser"))
     );
     // A GET body PUT back unchanged (what az's generic update does) is accepted.
+    // The stored adminPassword is kept, so this is no model change: no rolling upgrade starts.
     assert_eq!(c.call("PUT", &vmss, Some(got)).await.0, StatusCode::OK);
+    assert_eq!(
+        c.call("GET", &format!("{vmss}/rollingUpgrades/latest"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
     c.call(
         "GET",
         &format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"),
