@@ -126,6 +126,8 @@ struct Contract {
     violations: RefCell<Vec<String>>,
     /// Operation ids exercised, with the status codes seen.
     seen: RefCell<std::collections::BTreeSet<String>>,
+    /// The Azure-AsyncOperation URL of the last reply that had one.
+    last_async: RefCell<Option<String>>,
 }
 
 impl Contract {
@@ -135,6 +137,7 @@ impl Contract {
             specs: Specs::new(root),
             violations: Default::default(),
             seen: Default::default(),
+            last_async: Default::default(),
         }
     }
 
@@ -166,7 +169,9 @@ impl Contract {
         let rg_only = bare.trim_matches('/').split('/').count() <= 4;
         let what = format!("{method} {bare}");
         match (&op, &body) {
-            (None, _) if rg_only => {} // Microsoft.Resources is not among the shared specs.
+            // Microsoft.Resources is not among the shared specs, and operation status resources
+            // are ARM's async protocol, not part of a provider's spec.
+            (None, _) if rg_only || bare.contains("/locations/") => {}
             (None, _) => self.flag(format!("{what}: no operation in the specs")),
             (Some(op), Some(b)) if valid_input => match self.specs.request_schema(op) {
                 Some(s) => {
@@ -202,6 +207,14 @@ impl Contract {
             .await
             .unwrap();
         let status = resp.status();
+        let async_op = resp
+            .headers()
+            .get("azure-asyncoperation")
+            .map(|h| h.to_str().unwrap().to_string());
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|h| h.to_str().unwrap().to_string());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let v: Value = if bytes.is_empty() {
             Value::Null
@@ -209,6 +222,23 @@ impl Contract {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|e| panic!("{what}: response is not JSON ({e})"))
         };
+        if async_op.is_some() {
+            *self.last_async.borrow_mut() = async_op.clone();
+        }
+        // A long-running operation tells the client where to poll (as ARM does).
+        if status == StatusCode::ACCEPTED {
+            match (&async_op, &location) {
+                (Some(a), Some(l)) => {
+                    self.check_operation(&what, a, false).await;
+                    self.check_operation(&what, l, true).await;
+                }
+                _ => self.flag(format!(
+                    "{what}: 202 without Azure-AsyncOperation and Location"
+                )),
+            }
+        } else if let Some(a) = &async_op {
+            self.check_operation(&what, a, false).await;
+        }
         if let Some(op) = op {
             self.seen
                 .borrow_mut()
@@ -234,6 +264,49 @@ impl Contract {
             }
         }
         (status, v)
+    }
+
+    /// GETs an operation URL: the status resource answers 200 with a status, the result 202
+    /// (in progress; the engine is not running here) or 200/204.
+    async fn check_operation(&self, what: &str, url: &str, result: bool) {
+        let path = url
+            .strip_prefix("http://")
+            .and_then(|u| u.find('/').map(|i| &u[i..]))
+            .unwrap_or(url);
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.e.st.token));
+        let resp = api::app(self.e.st.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let retry = resp.headers().contains_key("retry-after");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let ok = if result {
+            matches!(status.as_u16(), 200 | 202 | 204) && (status != StatusCode::ACCEPTED || retry)
+        } else {
+            let s = v["status"].as_str().unwrap_or("");
+            status == StatusCode::OK
+                && ["InProgress", "Succeeded", "Failed", "Canceled"].contains(&s)
+                && (s != "InProgress" || retry)
+                && v["startTime"].is_string()
+        };
+        if !ok {
+            self.flag(format!("{what}: operation {path} answered {status} {v}"));
+        }
+    }
+
+    /// The status of the last long-running operation.
+    async fn last_status(&self) -> String {
+        let url = self.last_async.borrow().clone().expect("an operation URL");
+        let path = &url[url.find("/subscriptions").unwrap()..];
+        let (s, v) = self
+            .call("GET", path.split('?').next().unwrap(), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["status"].as_str().unwrap().to_string()
     }
 
     fn assert_clean(&self) {
@@ -505,6 +578,26 @@ async fn requests_and_responses_match_the_specs() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // Accepted work is reported in progress until the engine has done it.
+    let (s, _) = c
+        .call(
+            "POST",
+            &format!("{vmss}/restart"),
+            Some(json!({"instanceIds": ["0"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(c.last_status().await, "InProgress");
+    let key = api::route::Res {
+        sub: SUB_ID.into(),
+        rg: "rg".into(),
+        name: "web".into(),
+    }
+    .key(api::route::VMSS);
+    c.e.st
+        .update_instance(&key, 0, |r| r.restart_requested = false)
+        .unwrap();
+    assert_eq!(c.last_status().await, "Succeeded");
     for (action, body) in [
         ("restart", Some(json!({"instanceIds": ["0"]}))),
         ("poweroff", Some(json!({"instanceIds": ["1"]}))),

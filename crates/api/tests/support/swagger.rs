@@ -311,7 +311,8 @@ impl Cx<'_> {
                     }
                 }
             }
-            at = self.specs.resolve(&at.file, &r.to_string())?;
+            let r = r.to_string();
+            at = self.specs.resolve(&at.file, &r)?;
         }
         if let Some(o) = at.schema.as_object_mut() {
             for (k, v) in extra {
@@ -514,7 +515,9 @@ impl Cx<'_> {
                     .find(|(n, _)| n == r)
                     .and_then(|(_, p)| self.deref(&p.file, &p.schema))
                     .is_some_and(|p| p.schema["readOnly"] == true);
-                if !o.contains_key(r) && !(ro && self.dir == Dir::Request) {
+                // A read-only required property is the service's to fill, not the client's.
+                let optional_here = ro && self.dir == Dir::Request;
+                if !o.contains_key(r) && !optional_here {
                     self.bad(path, format!("required property '{r}' is missing"));
                 }
             }
