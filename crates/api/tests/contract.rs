@@ -30,12 +30,6 @@ fn spec_files() -> [String; 3] {
     ]
 }
 
-/// Undeclared properties we return on purpose (documented in ARCHITECTURE.md, "API contract").
-fn extension(path: &str) -> bool {
-    // The deploy receipt of a rolling upgrade (requests and failures seen by the LB meanwhile).
-    path == "$.properties.receipt"
-}
-
 fn spec_root() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/specs/azure-rest-api/specification");
@@ -162,27 +156,10 @@ impl Contract {
         body: Option<Value>,
         valid_input: bool,
     ) -> (StatusCode, Value) {
-        let files = spec_files();
-        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        let body_sent = body.clone();
         let bare = path.split('?').next().unwrap();
-        let op = self.specs.operation(&files, method, bare);
         let rg_only = bare.trim_matches('/').split('/').count() <= 4;
         let what = format!("{method} {bare}");
-        match (&op, &body) {
-            // Microsoft.Resources is not among the shared specs, and operation status resources
-            // are ARM's async protocol, not part of a provider's spec.
-            (None, _) if rg_only || bare.contains("/locations/") => {}
-            (None, _) => self.flag(format!("{what}: no operation in the specs")),
-            (Some(op), Some(b)) if valid_input => match self.specs.request_schema(op) {
-                Some(s) => {
-                    for v in self.specs.validate(&s, b, Dir::Request, &|_| false) {
-                        self.flag(format!("{what} ({}) request {v}", op.id));
-                    }
-                }
-                None => self.flag(format!("{what} ({}) takes no body", op.id)),
-            },
-            _ => {}
-        }
         let uri = format!(
             "{path}{}api-version={}",
             if path.contains('?') { "&" } else { "?" },
@@ -201,8 +178,10 @@ impl Contract {
             .header("authorization", format!("Bearer {}", self.e.st.token));
         let resp = api::app(self.e.st.clone())
             .oneshot(
-                req.body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-                    .unwrap(),
+                req.body(Body::from(
+                    body.as_ref().map(|b| b.to_string()).unwrap_or_default(),
+                ))
+                .unwrap(),
             )
             .await
             .unwrap();
@@ -239,29 +218,24 @@ impl Contract {
         } else if let Some(a) = &async_op {
             self.check_operation(&what, a, false).await;
         }
-        if let Some(op) = op {
+        let files = spec_files();
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        if let Some(op) = self.specs.operation(&files, method, bare) {
             self.seen
                 .borrow_mut()
                 .insert(format!("{} {}", op.id, status.as_u16()));
-            match self.specs.response_schema(&op, status.as_u16()) {
-                None => self.flag(format!(
-                    "{what} ({}) status {status} is not declared",
-                    op.id
-                )),
-                Some(None) if !v.is_null() => self.flag(format!(
-                    "{what} ({}) status {status} has a body the spec does not declare: {v}",
-                    op.id
-                )),
-                Some(None) => {}
-                Some(Some(_)) if v.is_null() => {
-                    self.flag(format!("{what} ({}) status {status} has no body", op.id))
-                }
-                Some(Some(s)) => {
-                    for x in self.specs.validate(&s, &v, Dir::Response, &extension) {
-                        self.flag(format!("{what} ({}) {status} response {x}", op.id));
-                    }
-                }
-            }
+        }
+        let request = body_sent.as_ref().filter(|_| valid_input);
+        for x in self.specs.check_exchange(
+            &files,
+            method,
+            bare,
+            request,
+            status.as_u16(),
+            &v,
+            &support::swagger::scaleset_extension,
+        ) {
+            self.flag(x);
         }
         (status, v)
     }

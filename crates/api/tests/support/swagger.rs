@@ -15,6 +15,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
+/// Undeclared properties scaleset returns on purpose (ARCHITECTURE.md, "API contract"): the
+/// deploy receipt of a rolling upgrade (requests and failures the LB saw meanwhile).
+pub fn scaleset_extension(path: &str) -> bool {
+    path == "$.properties.receipt"
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
     /// A request body: read-only properties are ignored (ARM ignores them, and clients echo GET
@@ -180,6 +186,64 @@ impl Specs {
             file: op.file.clone(),
             schema: s.clone(),
         }))
+    }
+
+    /// Checks one HTTP exchange against the operation it hits among `files`: the request body
+    /// (if given) against the body parameter, the response against the schema for its status.
+    /// Paths outside the specs (resource groups, operation status) are not checked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_exchange(
+        &self,
+        files: &[&str],
+        method: &str,
+        path: &str,
+        request: Option<&Value>,
+        status: u16,
+        response: &Value,
+        allow: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let bare = path.split('?').next().unwrap_or(path);
+        let what = format!("{method} {bare}");
+        let mut out = Vec::new();
+        let Some(op) = self.operation(files, method, bare) else {
+            // Microsoft.Resources is not among the shared specs, and operation status resources
+            // are ARM's async protocol, not part of a provider's spec.
+            let rg_only = bare.trim_matches('/').split('/').count() <= 4;
+            if !rg_only && !bare.contains("/locations/") {
+                out.push(format!("{what}: no operation in the specs"));
+            }
+            return out;
+        };
+        if let Some(b) = request {
+            match self.request_schema(&op) {
+                Some(s) => {
+                    for v in self.validate(&s, b, Dir::Request, &|_| false) {
+                        out.push(format!("{what} ({}) request {v}", op.id));
+                    }
+                }
+                None => out.push(format!("{what} ({}) takes no body", op.id)),
+            }
+        }
+        match self.response_schema(&op, status) {
+            None => out.push(format!(
+                "{what} ({}) status {status} is not declared",
+                op.id
+            )),
+            Some(None) if !response.is_null() => out.push(format!(
+                "{what} ({}) status {status} has a body the spec does not declare: {response}",
+                op.id
+            )),
+            Some(None) => {}
+            Some(Some(_)) if response.is_null() => {
+                out.push(format!("{what} ({}) status {status} has no body", op.id))
+            }
+            Some(Some(s)) => {
+                for x in self.validate(&s, response, Dir::Response, allow) {
+                    out.push(format!("{what} ({}) {status} response {x}", op.id));
+                }
+            }
+        }
+        out
     }
 
     fn deref(&self, file: &Path, v: &Value) -> At {

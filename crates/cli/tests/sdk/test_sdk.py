@@ -17,7 +17,7 @@ import tarfile
 import time
 
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ResponseNotReadError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as cm
@@ -31,6 +31,7 @@ LB_PORT = int(os.environ["LB_PORT"])
 SUB = "00000000-0000-0000-0000-000000000000"
 RG = "sdk-rg"
 TOKEN = open(os.path.join(HOME, "token")).read().strip()
+EXCHANGES = []
 
 
 class StaticToken:
@@ -53,8 +54,24 @@ class Recorder(SansIOHTTPPolicy):
     seen = []
 
     def on_response(self, request, response):
-        r = response.http_response
-        self.seen.append((request.http_request.method, request.http_request.url, r.status_code, r.headers))
+        q, r = request.http_request, response.http_response
+        self.seen.append((q.method, q.url, r.status_code, r.headers))
+        # Everything exchanged, for the Rust side to check against Microsoft's specs.
+        body = q.body
+        try:
+            text = r.text()
+        except ResponseNotReadError:
+            # The first response of an LRO is streamed to the poller; reading it here would
+            # take it away. Its resource is read again by the poll, which is recorded.
+            text = None
+        EXCHANGES.append({
+            "method": q.method,
+            "url": q.url,
+            "request": json.loads(body) if body else None,
+            "status": r.status_code,
+            "response": json.loads(text) if text else None,
+            "streamed": text is None,
+        })
 
 
 def polled(method, url_part):
@@ -214,6 +231,8 @@ def main():
     network.load_balancers.begin_delete(RG, "sdk-lb").result()
     assert [l.name for l in network.load_balancers.list(RG)] == []
     compute.images.begin_delete(RG, "sdk-img1").result()
+    with open(os.environ["SDK_EXCHANGES"], "w") as f:
+        json.dump(EXCHANGES, f)
     print("SDK OK", flush=True)
 
 
