@@ -277,6 +277,7 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             }
         }
     }
+    refuse_unimplemented(body)?;
     let prefix = string(
         body,
         &p(&["virtualMachineProfile", "osProfile", "computerNamePrefix"]),
@@ -496,6 +497,46 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
     let mut out = body.clone();
     normalize(&mut out, &model);
     Ok((model, out))
+}
+
+/// Settings that would silently do nothing here although the user relies on them to get a working
+/// scale set are refused with a clear error instead of being stored (ARCHITECTURE.md, "API
+/// contract"). Settings without such an effect (zones, priority, diagnostics, ...) are stored and
+/// returned.
+fn refuse_unimplemented(body: &Value) -> Result<(), ModelError> {
+    if let Some(mode) = string(
+        body,
+        &["properties", "orchestrationMode"],
+        "orchestrationMode",
+    )? {
+        if !mode.eq_ignore_ascii_case("Uniform") {
+            return Err(ModelError::invalid(format!(
+                "orchestrationMode '{mode}' is not available locally; scale sets here are Uniform."
+            )));
+        }
+    }
+    let vp = ["properties", "virtualMachineProfile"];
+    let has = |rest: &[&str]| {
+        let mut path = vp.to_vec();
+        path.extend_from_slice(rest);
+        get(body, &path).is_some_and(|v| match v {
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        })
+    };
+    if has(&["extensionProfile", "extensions"]) {
+        return Err(ModelError::invalid("VM extensions (virtualMachineProfile.extensionProfile) are not run locally; put the setup into the image (`scaleset image bake`, or PackerBuild@1 in a pipeline)."));
+    }
+    for (field, what) in [
+        (&["osProfile", "customData"][..], "osProfile.customData"),
+        (&["userData"][..], "userData"),
+    ] {
+        if has(field) {
+            return Err(ModelError::invalid(format!("virtualMachineProfile.{what} is not run locally (there is no cloud-init); put the setup into the image (`scaleset image bake`).")));
+        }
+    }
+    Ok(())
 }
 
 fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
@@ -731,6 +772,31 @@ mod tests {
                 Some("probe"),
             ),
             (json!([1, 2]), Some("JSON object")),
+            (
+                body(json!({"orchestrationMode": "Flexible"})),
+                Some("Uniform"),
+            ),
+            (body(json!({"orchestrationMode": "Uniform"})), None),
+            (
+                body(
+                    json!({"virtualMachineProfile": {"extensionProfile": {"extensions": [{"name": "cse"}]}}}),
+                ),
+                Some("extensions"),
+            ),
+            (
+                body(json!({"virtualMachineProfile": {"extensionProfile": {"extensions": []}}})),
+                None,
+            ),
+            (
+                body(
+                    json!({"virtualMachineProfile": {"osProfile": {"customData": "IyEvYmluL3No"}}}),
+                ),
+                Some("cloud-init"),
+            ),
+            (
+                body(json!({"virtualMachineProfile": {"userData": "IyEvYmluL3No"}})),
+                Some("userData"),
+            ),
         ];
         for (b, want) in cases {
             match (parse(&b, "vm"), want) {
