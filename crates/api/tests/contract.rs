@@ -982,3 +982,134 @@ fn validator_catches_violations() {
     b["properties"]["upgradePolicy"]["mode"] = json!("Sideways");
     assert_eq!(specs.validate(&req, &b, Dir::Request, &|_| false).len(), 1);
 }
+
+/// `scaleset export azure`'s template for the local deployment validates against the specs, and
+/// its pipelines parse.
+#[tokio::test]
+async fn exported_azure_template_matches_the_specs() {
+    let Some(root) = spec_root() else { return };
+    let c = Contract::new("export", root);
+    let rg = format!("/subscriptions/{SUB_ID}/resourceGroups/rg");
+    let lb = format!("{rg}/providers/Microsoft.Network/loadBalancers/lb");
+    let vmss = format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/web");
+    c.call("PUT", &rg, Some(json!({"location": "local"}))).await;
+    c.call("PUT", &lb, Some(lb_body(&lb, 18184))).await;
+    import_image(&c.e, "img1");
+    let mut body = vmss_body(&rg, &lb, "img1");
+    body["sku"]["capacity"] = json!(3);
+    body["properties"]["automaticRepairsPolicy"] = json!({"enabled": true, "gracePeriod": "PT10M"});
+    assert_eq!(
+        c.call("PUT", &vmss, Some(body)).await.0,
+        StatusCode::CREATED
+    );
+    let (_, lb_v) = c.call("GET", &lb, None).await;
+    let (_, vmss_v) = c.call("GET", &vmss, None).await;
+    c.assert_clean();
+
+    let t = model::export::azure_template("rg", &[lb_v], &[vmss_v]).unwrap();
+    let v = c.specs.check_arm_template(&t);
+    eprintln!("references left open: {:?}", c.specs.open_refs.borrow());
+    assert!(v.is_empty(), "{} problems:\n{}", v.len(), v.join("\n"));
+    let types: Vec<&str> = t["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Microsoft.Network/virtualNetworks",
+        "Microsoft.Network/networkSecurityGroups",
+        "Microsoft.Network/publicIPAddresses",
+        "Microsoft.Network/loadBalancers",
+        "Microsoft.Compute/virtualMachineScaleSets",
+        "Microsoft.Storage/storageAccounts",
+    ] {
+        assert!(types.contains(&want), "{want} missing from {types:?}");
+    }
+    // Equivalent to the local deployment.
+    let s = t["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap();
+    assert_eq!(s["sku"]["capacity"], 3);
+    assert_eq!(s["properties"]["upgradePolicy"]["mode"], "Rolling");
+    assert_eq!(
+        s["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxBatchInstancePercent"],
+        50
+    );
+    assert_eq!(
+        s["properties"]["virtualMachineProfile"]["networkProfile"]["healthProbe"]["id"],
+        "[resourceId('Microsoft.Network/loadBalancers/probes', 'lb', 'p')]"
+    );
+    let l = t["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "lb")
+        .unwrap();
+    assert_eq!(
+        l["properties"]["loadBalancingRules"][0]["properties"]["frontendPort"],
+        18184
+    );
+    assert_eq!(
+        l["properties"]["probes"][0]["properties"]["requestPath"],
+        "/health"
+    );
+
+    // The check can fail: a broken copy is caught.
+    let mut bad = t.clone();
+    bad["resources"][0]["properties"]["bogus"] = json!(1);
+    bad["resources"][0]["apiVersion"] = json!("2020-01-01");
+    let last = bad["resources"].as_array().unwrap().len() - 1;
+    bad["resources"][last]["properties"]["upgradePolicy"]["mode"] = json!("Sideways");
+    bad["resources"][last]["dependsOn"] =
+        json!(["[resourceId('Microsoft.Network/loadBalancers', 'nope')]"]);
+    let v = c.specs.check_arm_template(&bad);
+    for want in ["bogus", "apiVersion", "Sideways", "nope"] {
+        assert!(
+            v.iter().any(|x| x.contains(want)),
+            "{want} not caught: {v:?}"
+        );
+    }
+
+    // The pipelines parse (as the local runner reads Azure Pipelines YAML).
+    let app = model::export::App {
+        binary: "my_app".into(),
+        files: vec![
+            "setupscript.sh".into(),
+            "my_app.service".into(),
+            "nginx".into(),
+        ],
+        script: "setupscript.sh".into(),
+        dir: "examples/my_app".into(),
+    };
+    let ci = model::export::ci_pipeline(&app);
+    let release = model::export::release_pipeline(&app, "rg", "my_app", "azure-connection");
+    for (file, text) in [
+        ("azure-pipelines.yml", &ci),
+        ("release-pipeline.yml", &release),
+    ] {
+        let p = pipeline::parse_pipeline(file, text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let tasks: Vec<String> = p
+            .steps()
+            .filter_map(|(_, _, s)| match &s.kind {
+                pipeline::StepKind::Task { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let want: &[&str] = if file == "azure-pipelines.yml" {
+            &["PublishPipelineArtifact"]
+        } else {
+            &[
+                "AzureResourceManagerTemplateDeployment",
+                "PackerBuild",
+                "AzureResourceManagerTemplateDeployment",
+            ]
+        };
+        assert_eq!(tasks, want, "{file}");
+    }
+    assert!(release.contains("deployScriptPath: setupscript.sh"));
+    assert!(ci.contains("cp -r 'examples/my_app/nginx'"));
+}

@@ -246,6 +246,88 @@ impl Specs {
         out
     }
 
+    /// Checks an ARM template (`scaleset export azure`'s): each resource body against its spec
+    /// (as a PUT request body), api-versions those of the specs, and every resourceId()
+    /// pointing at a resource the template defines.
+    pub fn check_arm_template(&self, t: &Value) -> Vec<String> {
+        let specs = self;
+        const COMPUTE: &str =
+            "compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01";
+        const NETWORK: &str = "network/resource-manager/Microsoft.Network/stable/2024-05-01";
+        let spec_for = |ty: &str| -> Option<(String, &str)> {
+            let (dir, file, version) = match ty {
+                "Microsoft.Compute/virtualMachineScaleSets" => {
+                    (COMPUTE, "virtualMachineScaleSet.json", "2024-11-01")
+                }
+                "Microsoft.Network/loadBalancers" => (NETWORK, "loadBalancer.json", "2024-05-01"),
+                "Microsoft.Network/virtualNetworks" => {
+                    (NETWORK, "virtualNetwork.json", "2024-05-01")
+                }
+                "Microsoft.Network/networkSecurityGroups" => {
+                    (NETWORK, "networkSecurityGroup.json", "2024-05-01")
+                }
+                "Microsoft.Network/publicIPAddresses" => {
+                    (NETWORK, "publicIpAddress.json", "2024-05-01")
+                }
+                _ => return None,
+            };
+            Some((format!("{dir}/{file}"), version))
+        };
+        let mut out = Vec::new();
+        let resources = t["resources"].as_array().unwrap();
+        let defined: Vec<(String, String)> = resources
+            .iter()
+            .map(|r| {
+                (
+                    r["type"].as_str().unwrap().to_string(),
+                    r["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for r in resources {
+            let ty = r["type"].as_str().unwrap();
+            let name = r["name"].as_str().unwrap();
+            let Some((file, version)) = spec_for(ty) else {
+                // Storage's spec is not among the shared specs.
+                if ty != "Microsoft.Storage/storageAccounts" {
+                    out.push(format!("{ty}: no spec to check it against"));
+                }
+                continue;
+            };
+            if r["apiVersion"] != version {
+                out.push(format!(
+                    "{ty} {name}: apiVersion {} is not the spec's {version}",
+                    r["apiVersion"]
+                ));
+            }
+            let path = format!("/subscriptions/s/resourceGroups/rg/providers/{ty}/{name}");
+            let op = specs.operation(&[&file], "PUT", &path).unwrap();
+            let schema = specs.request_schema(&op).unwrap();
+            let mut body = r.clone();
+            // Template-only keys, not part of the resource body.
+            for k in ["apiVersion", "dependsOn", "condition", "copy", "comments"] {
+                body.as_object_mut().unwrap().remove(k);
+            }
+            for v in specs.validate(&schema, &body, Dir::Request, &|_| false) {
+                out.push(format!("{ty} {name}: {v}"));
+            }
+        }
+        let mut refs = Vec::new();
+        resource_id_refs(&t["resources"], &mut refs);
+        resource_id_refs(&t["outputs"], &mut refs);
+        for (ty, names) in refs {
+            // A child (loadBalancers/probes, 'lb', 'p') is defined by its parent resource.
+            let parent: Vec<&str> = ty.split('/').take(2).collect();
+            let parent = parent.join("/");
+            if !defined.iter().any(|(t, n)| *t == parent && *n == names[0]) {
+                out.push(format!(
+                    "resourceId('{ty}', {names:?}) names no resource of the template"
+                ));
+            }
+        }
+        out
+    }
+
     fn deref(&self, file: &Path, v: &Value) -> At {
         match v.get("$ref").and_then(Value::as_str) {
             Some(r) => self.resolve(file, r).unwrap_or(At {
@@ -597,5 +679,26 @@ impl Cx<'_> {
                 }
             }
         }
+    }
+}
+
+/// Every `[resourceId('type', 'name', ...)]` in the template, anywhere.
+pub fn resource_id_refs(v: &Value, out: &mut Vec<(String, Vec<String>)>) {
+    match v {
+        Value::String(s) => {
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("resourceId(") {
+                rest = &rest[i + "resourceId(".len()..];
+                let end = rest.find(')').unwrap_or(rest.len());
+                let args: Vec<String> = rest[..end]
+                    .split(',')
+                    .map(|a| a.trim().trim_matches('\'').to_string())
+                    .collect();
+                out.push((args[0].clone(), args[1..].to_vec()));
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| resource_id_refs(x, out)),
+        Value::Object(o) => o.values().for_each(|x| resource_id_refs(x, out)),
+        _ => {}
     }
 }
