@@ -88,12 +88,12 @@ fn microsofts_python_sdk_drives_the_api() {
         "the SDK test failed; daemon log:\n{}",
         std::fs::read_to_string(h.home.join("serve.log")).unwrap_or_default()
     );
-    check_against_specs(&exchanges);
+    check_against_specs(&exchanges, &h.home.join("export"));
 }
 
 /// What the SDK sent and what the daemon answered, against Microsoft's specs (as the API's
 /// contract tests do for their own traffic).
-fn check_against_specs(exchanges: &Path) {
+fn check_against_specs(exchanges: &Path, export: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/specs/azure-rest-api/specification");
     if !root.is_dir() {
@@ -135,6 +135,40 @@ fn check_against_specs(exchanges: &Path) {
         );
     }
     assert!(all.len() > 20, "only {} exchanges recorded", all.len());
+    // `scaleset export azure` of the SDK's resource group, written while it existed.
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("azuredeploy.json")).unwrap())
+            .unwrap();
+    violations.extend(specs.check_arm_template(&t));
+    let vmss = t["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Microsoft.Compute/virtualMachineScaleSets")
+        .expect("the scale set is exported");
+    assert_eq!(vmss["name"], "sdk");
+    assert_eq!(
+        vmss["properties"]["upgradePolicy"]["mode"], "Rolling",
+        "{vmss}"
+    );
+    // The example app, found from the repository root where the pipelines run.
+    let ci = std::fs::read_to_string(export.join("azure-pipelines.yml")).unwrap();
+    for want in [
+        "--manifest-path 'examples/my_app/Cargo.toml'",
+        "cp -r 'examples/my_app/setupscript.sh'",
+        "cp -r 'examples/my_app/nginx'",
+        "/release/my_app\"",
+    ] {
+        assert!(
+            ci.contains(want),
+            "{want} not in azure-pipelines.yml:\n{ci}"
+        );
+    }
+    let release = std::fs::read_to_string(export.join("release-pipeline.yml")).unwrap();
+    assert!(
+        release.contains("resourceGroup: sdk-rg") && release.contains("source: my-app"),
+        "{release}"
+    );
     assert!(
         violations.is_empty(),
         "{} violations in the SDK's traffic:\n{}",

@@ -220,6 +220,9 @@ def main():
     except HttpResponseError as e:
         assert e.status_code == 400 and e.error.code == "InvalidParameter", e
 
+    step("scaleset export azure (checked against the specs by sdk.rs)")
+    scaleset("export", "azure", "-g", RG, "--out", os.path.join(HOME, "export"))
+
     step("delete (the SDK waits until the scale set is gone, so the LB can go next)")
     compute.virtual_machine_scale_sets.begin_delete(RG, "sdk").result()
     assert polled("DELETE", "/virtualMachineScaleSets/sdk")[2] == 202
