@@ -7,13 +7,10 @@ Nothing here is scaleset-specific except how the client is pointed at us: base_u
 bearer token sent by a custom authentication policy (azure-core's BearerTokenCredentialPolicy
 refuses plain-http URLs; a client's `authentication_policy=` is the supported replacement).
 """
-import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 
 from azure.core.credentials import AccessToken
@@ -23,6 +20,8 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as cm
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network import models as nm
+
+from scaleset_images import docker_save
 
 ENDPOINT = os.environ["SCALESET_ENDPOINT"]
 HOME = os.environ["SCALESET_HOME"]
@@ -94,26 +93,6 @@ def scaleset(*args):
     out = subprocess.run([EXE, *args], env=env, capture_output=True, text=True)
     assert out.returncode == 0, f"scaleset {args}: {out.stderr}{out.stdout}"
     return out.stdout
-
-
-def docker_save(path, name):
-    """A one-file `docker save` archive: images are baked or imported, never PUT."""
-    layer_buf = io.BytesIO()
-    with tarfile.open(fileobj=layer_buf, mode="w") as t:
-        data = f"image {name}\n".encode()
-        info = tarfile.TarInfo("etc/scaleset-image")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    layer = layer_buf.getvalue()
-    cfg = {"architecture": "amd64", "os": "linux",
-           "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}
-    manifest = [{"Config": "cfg.json", "RepoTags": [name + ":1"], "Layers": ["l/layer.tar"]}]
-    with tarfile.open(path, mode="w") as t:
-        for member, data in [("manifest.json", json.dumps(manifest).encode()),
-                             ("cfg.json", json.dumps(cfg).encode()), ("l/layer.tar", layer)]:
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
 
 
 def main():
