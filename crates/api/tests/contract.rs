@@ -652,6 +652,29 @@ async fn requests_and_responses_match_the_specs() {
             .0,
         StatusCode::ACCEPTED
     );
+    assert_eq!(c.last_status().await, "InProgress");
+    // A rollout the engine faulted: its error is rendered, and its operation reports it.
+    c.e.st
+        .update_rollout(&res, |d| {
+            let s = &mut d.as_mut().unwrap().state;
+            s.phase = plan::rolling::Phase::Done;
+            s.status = plan::rolling::RunningStatus::Faulted;
+            s.error = Some(plan::rolling::RolloutError {
+                code: "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade".into(),
+                message: "1 of 1 upgraded instances are unhealthy.".into(),
+            });
+            true
+        })
+        .unwrap();
+    let (s, v) = c
+        .call("GET", &format!("{vmss}/rollingUpgrades/latest"), None)
+        .await;
+    assert_eq!(
+        (s, &v["properties"]["runningStatus"]["code"]),
+        (StatusCode::OK, &json!("Faulted")),
+        "{v}"
+    );
+    assert_eq!(c.last_status().await, "Failed");
 
     // Errors in Azure's shape.
     let (s, _) = c
