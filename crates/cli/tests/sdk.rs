@@ -28,7 +28,13 @@ fn venv_dir() -> PathBuf {
 /// The venv with the pinned SDK, built under a lock (tests and engineers share it).
 fn ensure_venv(requirements: &Path) -> PathBuf {
     let dir = venv_dir();
-    let want = std::fs::read_to_string(requirements).unwrap();
+    // The venv is tied to the interpreter that made it, so its version is part of the marker.
+    let python = Command::new("python3").arg("--version").output().unwrap();
+    let want = format!(
+        "{}{}",
+        String::from_utf8_lossy(&python.stdout),
+        std::fs::read_to_string(requirements).unwrap()
+    );
     let lock = std::fs::File::create(format!("{}.lock", dir.display())).unwrap();
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
@@ -75,7 +81,8 @@ fn microsofts_python_sdk_drives_the_api() {
     let mut h = Harness::new("sdk", "10.213.206.0/24", "sdk", vec![]);
     h.start_serve();
     let exchanges = h.home.join("exchanges.json");
-    let out = Command::new(venv.join("bin/python"))
+    let log = h.home.join("sdk.log");
+    let mut child = Command::new(venv.join("bin/python"))
         .arg(here.join("test_sdk.py"))
         .env("SCALESET_ENDPOINT", format!("http://{}", h.api))
         .env("SCALESET_HOME", &h.home)
@@ -83,13 +90,29 @@ fn microsofts_python_sdk_drives_the_api() {
         .env("SCALESET_BASE_CACHE", common::base_cache())
         .env("LB_PORT", free_port().to_string())
         .env("SDK_EXCHANGES", &exchanges)
-        .output()
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(h.home.join("sdk.err")).unwrap())
+        .spawn()
         .expect("run the SDK test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // An LRO that never completes would make the SDK poll forever: bound the whole run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&log).unwrap_or_default();
+    let stderr = std::fs::read_to_string(h.home.join("sdk.err")).unwrap_or_default();
     eprintln!("{stdout}{stderr}");
+    assert!(status.is_some(), "the SDK test did not finish within 300 s");
     assert!(
-        out.status.success() && stdout.contains("SDK OK"),
+        status.is_some_and(|s| s.success()) && stdout.contains("SDK OK"),
         "the SDK test failed; daemon log:\n{}",
         std::fs::read_to_string(h.home.join("serve.log")).unwrap_or_default()
     );
