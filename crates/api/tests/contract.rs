@@ -881,6 +881,26 @@ async fn microsoft_examples_against_the_specs_and_the_api() {
     c.assert_clean();
 }
 
+/// The members scaleset refuses unknown ones against (model::vmss::MEMBERS) are the spec's.
+#[test]
+fn refused_members_table_is_the_specs() {
+    let Some(root) = spec_root() else { return };
+    let specs = Specs::new(root);
+    let files = spec_files();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let p =
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/v";
+    let op = specs.operation(&files, "PUT", p).unwrap();
+    let schema = specs.request_schema(&op).unwrap();
+    for (path, _, members) in model::vmss::MEMBERS {
+        let parts: Vec<&str> = path.split('.').filter(|p| !p.is_empty()).collect();
+        let mut want = specs.declared_members(&schema, &parts);
+        want.sort_by_key(|m| m.to_ascii_lowercase());
+        let got: Vec<String> = members.split(' ').map(str::to_string).collect();
+        assert_eq!(got, want, "members of '{path}'");
+    }
+}
+
 /// The validator can fail: each broken copy of a valid body is caught.
 #[test]
 fn validator_catches_violations() {

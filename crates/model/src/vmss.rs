@@ -277,6 +277,7 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             }
         }
     }
+    refuse_unknown_members(body)?;
     refuse_unimplemented(body)?;
     let prefix = string(
         body,
@@ -497,6 +498,54 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
     let mut out = body.clone();
     normalize(&mut out, &model);
     Ok((model, out))
+}
+
+/// The members of the scale set objects scaleset reads, as Microsoft's spec (compute 2024-11-01)
+/// declares them (space-separated), with the object type names Azure's errors use. The API's
+/// contract test checks this table against the spec, so it neither refuses valid input nor
+/// drifts.
+pub const MEMBERS: &[(&str, &str, &str)] = &[
+    ("", "VirtualMachineScaleSet", "etag extendedLocation id identity location name plan properties sku tags type zones"),
+    ("sku", "Sku", "capacity name tier"),
+    ("properties", "VirtualMachineScaleSetProperties", "additionalCapabilities automaticRepairsPolicy constrainedMaximumCapacity doNotRunExtensionsOnOverprovisionedVMs hostGroup orchestrationMode overprovision platformFaultDomainCount priorityMixPolicy provisioningState proximityPlacementGroup resiliencyPolicy scaleInPolicy scheduledEventsPolicy singlePlacementGroup skuProfile spotRestorePolicy timeCreated uniqueId upgradePolicy virtualMachineProfile zonalPlatformFaultDomainAlignMode zoneBalance"),
+    ("properties.upgradePolicy", "UpgradePolicy", "automaticOSUpgradePolicy mode rollingUpgradePolicy"),
+    ("properties.upgradePolicy.rollingUpgradePolicy", "RollingUpgradePolicy", "enableCrossZoneUpgrade maxBatchInstancePercent maxSurge maxUnhealthyInstancePercent maxUnhealthyUpgradedInstancePercent pauseTimeBetweenBatches prioritizeUnhealthyInstances rollbackFailedInstancesOnPolicyBreach"),
+    ("properties.automaticRepairsPolicy", "AutomaticRepairsPolicy", "enabled gracePeriod repairAction"),
+    ("properties.scaleInPolicy", "ScaleInPolicy", "forceDeletion prioritizeUnhealthyVMs rules"),
+    ("properties.virtualMachineProfile", "VirtualMachineScaleSetVMProfile", "applicationProfile billingProfile capacityReservation diagnosticsProfile evictionPolicy extensionProfile hardwareProfile licenseType networkProfile osProfile priority scheduledEventsProfile securityPostureReference securityProfile serviceArtifactReference storageProfile timeCreated userData"),
+    ("properties.virtualMachineProfile.osProfile", "VirtualMachineScaleSetOSProfile", "adminPassword adminUsername allowExtensionOperations computerNamePrefix customData linuxConfiguration requireGuestProvisionSignal secrets windowsConfiguration"),
+    ("properties.virtualMachineProfile.storageProfile", "VirtualMachineScaleSetStorageProfile", "dataDisks diskControllerType imageReference osDisk"),
+    ("properties.virtualMachineProfile.storageProfile.imageReference", "ImageReference", "communityGalleryImageId exactVersion id offer publisher sharedGalleryImageId sku version"),
+    ("properties.virtualMachineProfile.networkProfile", "VirtualMachineScaleSetNetworkProfile", "healthProbe networkApiVersion networkInterfaceConfigurations"),
+    ("properties.virtualMachineProfile.networkProfile.healthProbe", "ApiEntityReference", "id"),
+];
+
+/// Azure's Compute RP refuses members its types do not have (a misspelt `healthProbe` would
+/// otherwise be stored and silently do nothing); names compare case-insensitively, as there.
+fn refuse_unknown_members(body: &Value) -> Result<(), ModelError> {
+    for (path, ty, members) in MEMBERS {
+        let mut cur = Some(body);
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            cur = cur.and_then(|v| v.get(part));
+        }
+        let Some(obj) = cur.and_then(Value::as_object) else {
+            continue;
+        };
+        for k in obj.keys() {
+            if !members.split(' ').any(|m| m.eq_ignore_ascii_case(k)) {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                return Err(ModelError::new(
+                    "InvalidRequestContent",
+                    format!("The request content was invalid and could not be deserialized: Could not find member '{k}' on object of type '{ty}'. Path '{at}'."),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Settings that would silently do nothing here although the user relies on them to get a working
@@ -777,6 +826,15 @@ mod tests {
                 Some("Uniform"),
             ),
             (body(json!({"orchestrationMode": "Uniform"})), None),
+            (
+                body(json!({"virtualMachineProfile": {"networkProfile": {"healtProbe": {"id": probe}}}})),
+                Some("Could not find member 'healtProbe' on object of type 'VirtualMachineScaleSetNetworkProfile'. Path 'properties.virtualMachineProfile.networkProfile.healtProbe'"),
+            ),
+            (json!({"sku": {"capacity": 1}, "propertie": {}}), Some("Path 'propertie'")),
+            (
+                body(json!({"UPGRADEPOLICY": {"Mode": "Manual"}, "provisioningState": "Succeeded"})),
+                None,
+            ),
             (
                 body(
                     json!({"virtualMachineProfile": {"extensionProfile": {"extensions": [{"name": "cse"}]}}}),

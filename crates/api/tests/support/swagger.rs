@@ -328,6 +328,32 @@ impl Specs {
         out
     }
 
+    /// The property names the model at `path` (property names from `at`) declares, inherited
+    /// ones included.
+    pub fn declared_members(&self, at: &At, path: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let cx = Cx {
+            specs: self,
+            dir: Dir::Request,
+            allow: &|_| false,
+            out: &mut out,
+        };
+        let mut cur = cx.deref(&at.file, &at.schema).expect("schema resolves");
+        for part in path {
+            let mut m = Model::default();
+            cx.model(&cur, &mut m, 0);
+            let (_, p) = m
+                .props
+                .into_iter()
+                .find(|(n, _)| n == part)
+                .unwrap_or_else(|| panic!("no property {part} on the way to {path:?}"));
+            cur = cx.deref(&p.file, &p.schema).expect("schema resolves");
+        }
+        let mut m = Model::default();
+        cx.model(&cur, &mut m, 0);
+        m.props.into_iter().map(|(n, _)| n).collect()
+    }
+
     fn deref(&self, file: &Path, v: &Value) -> At {
         match v.get("$ref").and_then(Value::as_str) {
             Some(r) => self.resolve(file, r).unwrap_or(At {
