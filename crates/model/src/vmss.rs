@@ -275,6 +275,11 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             if ir.get("publisher").is_some() || ir.get("offer").is_some() {
                 return Err(ModelError::invalid("Marketplace image references (publisher/offer/sku) are not available locally; use imageReference.id of a managed image baked with `scaleset image bake`."));
             }
+            for g in ["sharedGalleryImageId", "communityGalleryImageId"] {
+                if ir.get(g).is_some_and(|v| !v.is_null()) {
+                    return Err(ModelError::invalid(format!("imageReference.{g}: gallery images are not available locally; use imageReference.id of a managed image baked with `scaleset image bake`.")));
+                }
+            }
         }
     }
     refuse_unknown_members(body)?;
@@ -831,6 +836,10 @@ mod tests {
                 Some("Could not find member 'healtProbe' on object of type 'VirtualMachineScaleSetNetworkProfile'. Path 'properties.virtualMachineProfile.networkProfile.healtProbe'"),
             ),
             (json!({"sku": {"capacity": 1}, "propertie": {}}), Some("Path 'propertie'")),
+            (
+                body(json!({"virtualMachineProfile": {"storageProfile": {"imageReference": {"sharedGalleryImageId": "/SharedGalleries/g/Images/i/Versions/1"}}}})),
+                Some("gallery images"),
+            ),
             (
                 body(json!({"UPGRADEPOLICY": {"Mode": "Manual"}, "provisioningState": "Succeeded"})),
                 None,
