@@ -33,7 +33,7 @@ pub struct UpArgs {
     pub detach: bool,
 }
 
-fn example_dir() -> Result<PathBuf> {
+pub(crate) fn example_dir() -> Result<PathBuf> {
     let mut candidates = vec![PathBuf::from("examples/my_app")];
     if let Ok(exe) = std::env::current_exe() {
         // target/{release,debug}/scaleset → repository root.
