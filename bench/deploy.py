@@ -4,15 +4,21 @@ Everything runs in a throw-away SCALESET_HOME with its own subnet, API port,
 machine-name prefix and frontend, so it never touches /var/lib/scaleset or
 other users' machines:
 
-  1. `scaleset up --no-live` (image not baked yet in this home; the Debian base
-     comes from SCALESET_BASE_CACHE): bake time (cache miss) and
-     image-ready -> 3 instances serving.
+  1. `scaleset up --no-live` in a fresh home (the Debian base comes from
+     SCALESET_BASE_CACHE): the example goes through its own pipelines (push ->
+     CI with a cold cargo build -> release: bake (cache miss) + az vmss update)
+     and the empty scale set is scaled to 3: artifact (CI done) -> 3 serving.
   2. scale 3 -> 4 with the CLI: one instance's API-to-healthy (boot-to-healthy
      through the real reconciler, LB probe included).
   3. idle PSS per instance (sum over the machine's process tree, nspawn included).
-  4. Ctrl-C (SIGINT, stops the machines), then `scaleset up` again: bake cache
-     hit and artifact (cached image) -> 3 instances serving.
-  5. optional (--scale N): capacity N, time to all healthy and PSS per instance.
+  4. git push of a one-line page change under load: push -> every request
+     through the LB shows the change, split into CI / bake / rollout from the
+     run records, failed requests counted by the load generator and the receipt.
+  5. the release pipeline run again by hand: its PackerBuild@1 step is a bake
+     cache hit.
+  6. Ctrl-C (SIGINT, stops the machines), then `scaleset up` again (nothing to
+     build): cached image -> 3 instances serving.
+  7. optional (--scale N): capacity N, time to all healthy and PSS per instance.
 Then everything is stopped and the bridge removed.
 """
 import json
@@ -29,7 +35,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALESET = os.path.join(ROOT, "target", "release", "scaleset")
 RG, VMSS = "vmssdevops2-rg", "vmssdevops2"
-SUBNET = os.environ.get("BENCH_SUBNET", "10.213.210.0/24")
+SUBNET = os.environ.get("BENCH_SUBNET", "10.213.220.0/24")
 LISTEN = os.environ.get("BENCH_LISTEN", "127.0.0.1:7291")
 FRONTEND = os.environ.get("BENCH_FRONTEND", "127.0.0.1:18280")
 PREFIX = "bench"
@@ -333,16 +339,21 @@ def run(cfg, tmp, log, scale=0):
         env.pop(k, None)
     up = None
     try:
-        # 1. first `up` in this home: bake (miss), then 3 instances.
+        # 1. first `up` in this home: push -> CI -> release (bake miss) -> 3 instances.
         log(f"deploy: `scaleset up` #1 (home {home}, subnet {SUBNET}, api {LISTEN}, frontend {FRONTEND})")
         up = Up(env, home, log)
-        t_img, mm = up.wait_for(r"image \S+ \S+ in ([\d.]+)s", 900)
+        t_art, _ = up.wait_for(r"^==> release: run", 1200)
+        _, mm = up.wait_for(r"Build immutable machine image: Succeeded \(([\d.]+)s\)", 600)
         details["bake_miss_s"] = float(mm.group(1))
+        _, mm = up.wait_for(r"deployed by `\S+`: CI ([\d.]+)s, release ([\d.]+)s", 600)
+        details["up1_ci_cold_build_s"] = float(mm.group(1))
+        details["up1_release_s"] = float(mm.group(2))
         t_srv, mm = up.wait_for(r"Serving at http://\S+\s+\((\d+) healthy instances, ready ([\d.]+)s", 600)
         up.wait_armed()
         details["up1_total_s"] = float(mm.group(2))
-        details["artifact_to_serving_fresh_home_s"] = t_srv - t_img
-        log(f"deploy: bake (miss) {details['bake_miss_s']:.1f}s, image -> 3 serving {t_srv - t_img:.1f}s")
+        m["artifact_to_serving"] = t_srv - t_art
+        log(f"deploy: CI (cold cargo build) {details['up1_ci_cold_build_s']:.1f}s, bake (miss) "
+            f"{details['bake_miss_s']:.1f}s, artifact -> 3 serving {t_srv - t_art:.1f}s")
         details["frontend_200_of_20"] = http_ok(f"http://{FRONTEND}/")
 
         # 2. one more instance: API call -> healthy.
@@ -379,19 +390,27 @@ def run(cfg, tmp, log, scale=0):
             details["pss_per_instance_mib"] = per
             log("deploy: idle PSS per instance " + ", ".join(f"{p:.1f}" for p in per) + " MiB")
 
+        # 4. git push of a one-line page change, under load.
+        git_push(env, home, m, details, log)
+
+        # 5. the release again by hand: the same drop, so its bake is a cache hit.
+        rel = cli(env, "pipeline", "run", "my_app-release-pipeline", "-o", "json")
+        rec = wait_run(env, rel["id"], 300)
+        bake = step(rec, "Build immutable machine image")
+        if bake:
+            m["bake_hit"] = bake
+            log(f"deploy: release re-run: bake (cache hit) {bake:.2f}s")
+
         up.stop()
         log("deploy: `scaleset up` #1 stopped")
 
-        # 4. second `up`: cache hit, cached image -> serving (the 4th instance's
-        # capacity is reset to 3 by `up`).
+        # 6. second `up`: nothing to build; cached image -> serving (the scale-out
+        # instance is removed since `up` resets the capacity to 3).
         up = Up(env, home, log)
-        t_img, mm = up.wait_for(r"image \S+ \S+ in ([\d.]+)s", 300)
-        m["bake_hit"] = float(mm.group(1))
         t_srv, mm = up.wait_for(r"Serving at http://\S+\s+\((\d+) healthy instances, ready ([\d.]+)s", 300)
-        m["artifact_to_serving"] = t_srv - t_img
         up.wait_armed()
-        details["up2_total_s"] = float(mm.group(2))
-        log(f"deploy: bake (hit) {m['bake_hit']:.2f}s, cached image -> 3 serving {t_srv - t_img:.1f}s")
+        details["up2_cached_image_to_3_serving_s"] = float(mm.group(2))
+        log(f"deploy: second `up` (cached image) -> 3 serving {float(mm.group(2)):.1f}s")
 
         # 5. optional scale row.
         if scale:
@@ -440,13 +459,139 @@ def run(cfg, tmp, log, scale=0):
         except OSError as e:
             log(f"deploy: could not keep logs: {e}")
         cleanup(home, log)
-    notes.setdefault("git_push", "not measured: pipelines (git push -> CI -> bake -> "
-                                 "rollout) landed during this work; not scripted here yet")
     if not scale:
         notes.setdefault("scale_all_healthy", "not measured: 100-instance row is opt-in (bench/run --scale 100)")
     notes.setdefault("rolling_100", "not measured: needs the 100-instance row; rolling "
                                    "upgrades landed during this work, not scripted here yet")
     return report(m, notes, details)
+
+
+def wait_run(env, run_id, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = cli(env, "run", "show", str(run_id), "-o", "json")
+        if r.get("status") == "completed":
+            if r.get("state") != "succeeded":
+                raise RuntimeError(f"run {run_id} ended {r.get('state')}: {r.get('message')}")
+            return r
+        time.sleep(0.2)
+    raise RuntimeError(f"run {run_id} did not finish within {timeout}s")
+
+
+def step(rec, label):
+    """Seconds a step of a run record took (from its recorded start/finish)."""
+    for st in rec.get("stages") or []:
+        for job in st.get("jobs") or []:
+            for s in job.get("steps") or []:
+                if s.get("label") == label and s.get("started_ms") and s.get("finished_ms"):
+                    return (s["finished_ms"] - s["started_ms"]) / 1000.0
+    return None
+
+
+class Load:
+    """Keep-alive GETs of /page1 through the LB from 4 threads; counts failures."""
+
+    def __init__(self, host, port):
+        import http.client
+        self.ok = self.failed = 0
+        self.stop = False
+        self.lock = threading.Lock()
+
+        def worker():
+            conn = None
+            while not self.stop:
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(host, port, timeout=10)
+                    conn.request("GET", "/page1")
+                    r = conn.getresponse()
+                    body = r.read()
+                    good = r.status == 200 and b"Page1" in body
+                except OSError:
+                    good, conn = False, None
+                with self.lock:
+                    if good:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+
+        self.threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop = True
+        for t in self.threads:
+            t.join(15)
+        return self.ok, self.failed
+
+
+def git_push(env, home, m, details, log):
+    """Clone the hosted repo, change one line of the Home page, push; time until every
+    request through the LB shows it, with CI / bake / rollout from the run records."""
+    with open(os.path.join(home, "token")) as f:
+        token = f.read().strip()
+    work = os.path.join(home, "bench-dev")
+    git_env = dict(env, GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@x", GIT_COMMITTER_NAME="bench",
+                   GIT_COMMITTER_EMAIL="bench@x", GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1")
+    url = f"http://bench:{token}@{LISTEN}/scaleset/git/my_app.git"
+    subprocess.run(["git", "clone", "-q", url, work], check=True, env=git_env, capture_output=True)
+    src = os.path.join(work, "src", "app.rs")
+    with open(src) as f:
+        text = f.read()
+    marker = f"the Home page (pushed at {int(time.time())})"
+    with open(src, "w") as f:
+        f.write(text.replace('"the Home page"', f'"{marker}"'))
+    subprocess.run(["git", "commit", "-qam", "Home page wording"], cwd=work, check=True, env=git_env)
+    host, port = FRONTEND.split(":")
+    load = Load(host, int(port))
+    time.sleep(1)
+    t0 = time.time()
+    out = subprocess.run(["git", "push", "origin", "main"], cwd=work, env=git_env, capture_output=True, text=True)
+    if out.returncode != 0:
+        load.finish()
+        raise RuntimeError(f"git push failed: {out.stderr}")
+    ci_id = int(re.search(r"queued run (\d+)", out.stdout + out.stderr).group(1))
+    deadline = time.time() + 900
+    streak = 0
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{FRONTEND}/", timeout=2) as r:
+                streak = streak + 1 if marker.encode() in r.read() else 0
+        except OSError:
+            streak = 0
+        if streak >= 12:  # a dozen requests in a row, round-robin over 3 instances
+            break
+        time.sleep(0.05)
+    t1 = time.time()
+    ok, failed = load.finish()
+    if streak < 12:
+        raise RuntimeError("the pushed change was not served by every instance within 900 s")
+    m["git_push"] = t1 - t0
+    ci = wait_run(env, ci_id, 60)
+    rel = None
+    for r in cli(env, "run", "list", "-o", "json"):
+        if any(x.get("run_id") == ci_id for x in r.get("resources") or []):
+            rel = wait_run(env, r["id"], 300)
+    build = step(ci, "Build my_app")
+    split = {
+        "ci_s": (ci["finished_ms"] - ci["started_ms"]) / 1000.0 if ci.get("finished_ms") else None,
+        "ci_cargo_build_s": build,
+        "bake_s": step(rel, "Build immutable machine image") if rel else None,
+        "rollout_s": step(rel, "Azure CLI - update the scale set with the image") if rel else None,
+        "load_ok": ok,
+        "load_failed": failed,
+    }
+    receipt = ((cli(env, "vmss", "rolling-upgrade", "get-latest", "-g", RG, "-n", VMSS) or {})
+               .get("properties") or {}).get("receipt") or {}
+    split["receipt_failed"] = receipt.get("failedRequests")
+    split["receipt_non2xx"] = receipt.get("non2xxResponses")
+    details["git_push_split"] = split
+    log("deploy: git push -> all serving {:.1f}s (CI {} incl. cargo build {}, bake {}, rollout {}); "
+        "load {} ok / {} failed; receipt {} failed, {} non-2xx".format(
+            t1 - t0, *(f"{split[k]:.1f}s" if split[k] is not None else "?"
+                       for k in ("ci_s", "ci_cargo_build_s", "bake_s", "rollout_s")),
+            ok, failed, split["receipt_failed"], split["receipt_non2xx"]))
 
 
 def report(m, notes, details):
@@ -459,6 +604,11 @@ def report(m, notes, details):
             if key == "boot_to_healthy" and "scale_out_samples" in details:
                 text += (" (median of " + ", ".join(f"{x['api_to_healthy_s']:.2f}"
                                                    for x in details["scale_out_samples"]) + " s)")
+            if key == "git_push" and "git_push_split" in details:
+                sp = details["git_push_split"]
+                text += " (CI {}, bake {}, rollout {}; {} failed requests)".format(
+                    *(f"{sp[k]:.1f} s" if sp.get(k) is not None else "?" for k in ("ci_s", "bake_s", "rollout_s")),
+                    sp.get("load_failed"))
             if key == "pss" and "pss_per_instance_mib" in details:
                 text += f" (median of {len(details['pss_per_instance_mib'])} idle instances)"
             rows.append({"row": name, "goal": goal, "value": v, "text": text,
