@@ -966,7 +966,17 @@ async fn api(
             json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
         }
         ("DELETE", ["repos", name]) => {
+            // The build directories of its pipelines go with it.
+            let pipelines: Vec<String> = svc
+                .all_definitions()
+                .into_iter()
+                .filter(|d| d.repo == *name)
+                .map(|d| d.name)
+                .collect();
             svc.repos.delete(name).map_err(git_err)?;
+            for p in pipelines {
+                let _ = std::fs::remove_dir_all(svc.runner.build_dir(&p));
+            }
             Ok(StatusCode::OK.into_response())
         }
         ("GET", ["pipelines"]) => {

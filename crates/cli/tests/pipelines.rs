@@ -314,6 +314,12 @@ fn push_triggers_ci_then_release_with_az() {
     h.start_serve();
     let r = h.json(&["run", "show", "1"]);
     assert_eq!(r["state"], "succeeded");
+
+    // A pipeline keeps its build directory between runs; deleting the repository removes it.
+    let build_dir = home.join("pipelines/work/p-app");
+    assert!(build_dir.join("s/azure-pipelines.yml").is_file());
+    h.ok(&["repo", "delete", "app"]);
+    assert!(!build_dir.exists());
 }
 
 const DEPLOY: &str = r###"trigger:

@@ -756,24 +756,27 @@ pub fn run_number(format: &str, run_id: u64, vars: &Variables) -> String {
 }
 
 impl Runner {
+    /// The build directory a pipeline keeps with [`RunnerConfig::reuse_sources`].
+    pub fn build_dir(&self, pipeline: &str) -> PathBuf {
+        let key: String = pipeline
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.config.work_root.join(format!("p-{key}"))
+    }
+
     /// The run's build directory (see [`RunnerConfig::reuse_sources`]).
     fn workspace(&self, req: &RunRequest) -> PathBuf {
         if self.config.reuse_sources {
-            let key: String = req
-                .pipeline_name
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            self.config.work_root.join(format!("p-{key}"))
-        } else {
-            self.config.work_root.join(req.run_id.to_string())
+            return self.build_dir(&req.pipeline_name);
         }
+        self.config.work_root.join(req.run_id.to_string())
     }
 
     async fn checkout(&self, repo: &Path, commit: &str, ws: &Path) -> Result<(), String> {
