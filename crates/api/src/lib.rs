@@ -177,8 +177,20 @@ pub fn open_state(
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(&cfg.home)
         .map_err(|e| format!("cannot create {}: {e}", cfg.home.display()))?;
+    // Other users (pipeline jobs run as one) may traverse the home to reach their build
+    // directories, but not list it; the state itself is the daemon's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let private = |p: &std::path::Path, mode: u32| {
+        if p.exists() {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        }
+    };
+    private(&cfg.home, 0o711);
     let store =
         store::Store::open(&cfg.home.join("state.db")).map_err(|e| error::error_chain(&e))?;
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        private(&cfg.home.join(f), 0o600);
+    }
     let token_path = cfg.home.join("token");
     let token = match std::fs::read_to_string(&token_path) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),

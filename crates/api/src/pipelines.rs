@@ -62,8 +62,19 @@ impl PipelineService {
     pub fn open(home: &Path, exe: &Path) -> Result<PipelineService, String> {
         let root = home.join("pipelines");
         let shim_dir = root.join("bin");
-        for d in [home.join("repos"), root.join("runs"), shim_dir.clone()] {
+        // Jobs (the runner user) reach only their build directories, the az shim and the
+        // tool mounts; repositories, run records and artifacts are the daemon's.
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [
+            (home.join("repos"), 0o700),
+            (root.clone(), 0o711),
+            (root.join("runs"), 0o700),
+            (root.join("artifacts"), 0o700),
+            (root.join("work"), 0o711),
+            (shim_dir.clone(), 0o755),
+        ] {
             std::fs::create_dir_all(&d)
+                .and_then(|_| std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)))
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
         // A copy, not a symlink: jobs run as the runner user, who may not reach the daemon's
@@ -71,6 +82,7 @@ impl PipelineService {
         let az = shim_dir.join("az");
         let tmp = shim_dir.join(".az.new");
         std::fs::copy(exe, &tmp)
+            .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
             .and_then(|_| std::fs::rename(&tmp, &az))
             .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
         let runs = RunStore::new(root.join("runs"));
@@ -802,6 +814,19 @@ async fn webhook(
     json_ok(StatusCode::OK, json!({ "notes": notes }))
 }
 
+/// A request body as JSON; an empty body is `null`.
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "InvalidRequestContent",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
 fn json_ok(status: StatusCode, v: Value) -> Reply {
     Ok((status, axum::Json(v)).into_response())
 }
@@ -912,16 +937,7 @@ async fn api(
             json_ok(StatusCode::OK, repo_json(svc, st, &info))
         }
         ("PUT", ["repos", name]) => {
-            let spec: Value = if body.is_empty() {
-                json!({})
-            } else {
-                serde_json::from_slice(body).map_err(|e| {
-                    ApiError::bad_request(
-                        "InvalidRequestContent",
-                        format!("the body is not JSON: {e}"),
-                    )
-                })?
-            };
+            let spec = json_body(body)?;
             if let Some(url) = spec.get("mirror") {
                 let url = url.as_str().ok_or_else(|| {
                     ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
@@ -1003,16 +1019,7 @@ async fn api(
         }
         ("POST", ["pipelines", name, "runs"]) => {
             let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
-            let req: Value = if body.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(body).map_err(|e| {
-                    ApiError::bad_request(
-                        "InvalidRequestContent",
-                        format!("the body is not JSON: {e}"),
-                    )
-                })?
-            };
+            let req = json_body(body)?;
             let branch = req["branch"]
                 .as_str()
                 .unwrap_or(&d.default_branch)

@@ -41,6 +41,19 @@ impl std::fmt::Display for ArmError {
 }
 impl std::error::Error for ArmError {}
 
+fn not_found_as_none(r: Result<Value>) -> Result<Option<Value>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if e.downcast_ref::<ArmError>()
+                .is_some_and(|a| a.status == 404) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Percent-encodes a path segment so any name reaches the API (which then validates it).
 pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -233,29 +246,11 @@ impl Client {
     }
 
     pub async fn get_opt(&self, path: &str) -> Result<Option<Value>> {
-        match self.call("GET", path, None).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e)
-                if e.downcast_ref::<ArmError>()
-                    .is_some_and(|a| a.status == 404) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        not_found_as_none(self.call("GET", path, None).await)
     }
 
     pub async fn get_opt_scaleset(&self, path: &str) -> Result<Option<Value>> {
-        match self.scaleset("GET", path, None).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e)
-                if e.downcast_ref::<ArmError>()
-                    .is_some_and(|a| a.status == 404) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        not_found_as_none(self.scaleset("GET", path, None).await)
     }
 
     pub async fn list(&self, path: &str) -> Result<Vec<Value>> {

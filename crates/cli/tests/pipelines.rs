@@ -88,6 +88,24 @@ fn git(dir: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// A harness whose home is named `tag-<pid>` under the temp dir (not started).
+fn daemon_harness(tag: &str, subnet: &'static str, prefix: &'static str) -> Harness {
+    use std::os::unix::fs::PermissionsExt;
+    let home = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    // Like a home from mkdtemp: the daemon must still let its jobs reach their build dirs.
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Harness {
+        home,
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        serve: None,
+        subnet,
+        prefix,
+        env: vec![],
+    }
+}
+
 fn wait_run(h: &Harness, id: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -107,17 +125,8 @@ fn push_triggers_ci_then_release_with_az() {
         eprintln!("skipped: the daemon needs root");
         return;
     }
-    let home = std::env::temp_dir().join(format!("scaleset-pipelines-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    let mut h = Harness {
-        home: home.clone(),
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet: "10.213.203.0/24",
-        prefix: "pip",
-        env: vec![],
-    };
+    let mut h = daemon_harness("scaleset-pipelines", "10.213.203.0/24", "pip");
+    let home = h.home.clone();
     h.start_serve();
     h.ok(&["group", "create", "-n", "pipe-rg"]);
     let token = std::fs::read_to_string(home.join("token"))
@@ -221,6 +230,14 @@ fn push_triggers_ci_then_release_with_az() {
     assert!(followed.contains("finished"), "{followed}");
     assert!(!followed.contains(&token), "the token leaked into the log");
     assert!(followed.contains("job user: scaleset-runner"), "{followed}");
+    // The state is the daemon's alone; the home is traversable, not listable.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o711);
+    assert_eq!(mode(&home.join("state.db")), 0o600);
+    assert_eq!(mode(&home.join("token")), 0o600);
+    assert_eq!(mode(&home.join("repos")), 0o700);
+    assert_eq!(mode(&home.join("pipelines/runs")), 0o700);
     // The run's credential was its own, and it died with the run.
     let run_token = std::fs::read_to_string(&token_file).unwrap();
     let _ = std::fs::remove_file(&token_file);
@@ -358,17 +375,8 @@ fn pipeline_bakes_and_updates_scale_set() {
         eprintln!("SKIPPED pipeline_bakes_and_updates_scale_set: {why}");
         return;
     }
-    let home = std::env::temp_dir().join(format!("scaleset-pipedeploy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    let mut h = Harness {
-        home: home.clone(),
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet: "10.213.204.0/24",
-        prefix: "ppd",
-        env: vec![],
-    };
+    let mut h = daemon_harness("scaleset-pipedeploy", "10.213.204.0/24", "ppd");
+    let home = h.home.clone();
     let pkg = home.join("pkg0");
     std::fs::create_dir_all(&pkg).unwrap();
     std::fs::write(
@@ -477,17 +485,8 @@ fn webhooks_from_github_and_azure_repos_trigger_runs() {
         eprintln!("skipped: the daemon needs root");
         return;
     }
-    let home = std::env::temp_dir().join(format!("scaleset-webhooks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    let mut h = Harness {
-        home: home.clone(),
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet: "10.213.206.0/24",
-        prefix: "whk",
-        env: vec![],
-    };
+    let mut h = daemon_harness("scaleset-webhooks", "10.213.206.0/24", "whk");
+    let home = h.home.clone();
     h.start_serve();
 
     // The "external" repository (GitHub or Azure Repos in real life).
