@@ -16,6 +16,8 @@ command -v python3 >/dev/null || need+=(python3)
 venv_probe=$(mktemp -d)
 python3 -m venv "$venv_probe/v" >/dev/null 2>&1 || need+=(python3-venv)
 rm -rf "$venv_probe"
+# Pipeline YAML examples are validated against Microsoft's JSON schema (crates/pipeline/tests).
+/usr/bin/python3 -c "import yaml, jsonschema" >/dev/null 2>&1 || need+=(python3-yaml python3-jsonschema)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

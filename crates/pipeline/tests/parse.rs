@@ -258,14 +258,18 @@ fn examples_validate_against_microsoft_schema() {
         eprintln!("skipped: no schema at {}", schema.display());
         return;
     }
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import yaml, jsonschema"])
-        .output();
-    if !matches!(probe, Ok(ref o) if o.status.success()) {
-        eprintln!("skipped: python3 with PyYAML and jsonschema is not available");
+    // Debian's python3-yaml and python3-jsonschema (scripts/install-deps.sh) or any python3
+    // that has them.
+    let Some(python) = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", "import yaml, jsonschema"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("skipped: no python3 with PyYAML and jsonschema (scripts/install-deps.sh installs them)");
         return;
-    }
-    let out = std::process::Command::new("python3")
+    };
+    let out = std::process::Command::new(python)
         .arg(dir.join("tests/validate_examples.py"))
         .env("SCHEMA", &schema)
         .output()

@@ -6,7 +6,7 @@ Manual check (needs PyYAML and jsonschema):
     python3 crates/pipeline/tests/validate_examples.py [FILE.yml ...]
 
 Without arguments it validates every *.yml under crates/pipeline/tests/fixtures/
-(except files whose name starts with `invalid-`) against
+and examples/*/ (except files whose name starts with `invalid-`) against
 ../shared/specs/azure-pipelines/service-schema.json (override with SCHEMA=path).
 The Rust test `schema::examples_validate_against_microsoft_schema` runs this
 script when python3 with both modules is available and skips otherwise.
@@ -31,6 +31,7 @@ def main(argv):
         schema = json.load(f)
     files = argv[1:] or sorted(
         p for p in glob.glob(os.path.join(HERE, "fixtures", "*.yml"))
+        + glob.glob(os.path.join(ROOT, "examples", "*", "*.yml"))
         if not os.path.basename(p).startswith("invalid-")
     )
     validator = jsonschema.Draft7Validator(schema)
