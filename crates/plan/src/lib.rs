@@ -5,6 +5,7 @@
 
 pub mod naming;
 pub mod reconcile;
+pub mod repairs;
 pub mod rolling;
 pub mod scale_in;
 
