@@ -65,8 +65,11 @@ fn clear_interrupted(st: &AppState) {
     };
     for (key, _) in sets {
         for r in st.instances(&key).unwrap_or_default() {
-            if r.upgrading {
-                let _ = st.update_instance(&key, r.instance_id, |r| r.upgrading = false);
+            if r.upgrading || (r.repairing && !r.deleting) {
+                let _ = st.update_instance(&key, r.instance_id, |r| {
+                    r.upgrading = false;
+                    r.repairing = false;
+                });
             }
         }
     }
@@ -255,6 +258,9 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
     if actions.is_empty() {
         if rolling_active && !doc.deleting {
             rolling_pass(st, eng, key, &res, &doc, &m).await?;
+        } else if !doc.deleting {
+            // Repairs wait for a steady scale set: nothing to reconcile, no rollout running.
+            repairs_pass(st, eng, key, &res, &doc, &m).await?;
         }
         return Ok(());
     }
@@ -535,6 +541,164 @@ async fn rolling_pass(
     Ok(())
 }
 
+/// The repairs service's view of an instance's health: the LB probe's verdict (None until the
+/// LB has answered for it).
+fn repair_health(o: &Observation) -> Option<plan::repairs::Health> {
+    o.healthy.map(|h| {
+        if h {
+            plan::repairs::Health::Healthy
+        } else {
+            plan::repairs::Health::Unhealthy
+        }
+    })
+}
+
+/// One automatic repairs step for the scale set: ask `plan::repairs`, record intent, act.
+async fn repairs_pass(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    res: &Res,
+    doc: &VmssDoc,
+    m: &model::vmss::VmssModel,
+) -> Result<(), String> {
+    if !m.repairs.enabled {
+        return Ok(());
+    }
+    let now = unix_now();
+    let recs = st.instances(key).map_err(|e| e.to_string())?;
+    // Records from before state changes were timed: their grace period starts now.
+    for r in recs.iter().filter(|r| r.state_changed_at.is_none()) {
+        if r.provisioning_state == "Succeeded" {
+            st.update_instance(key, r.instance_id, |r| r.state_changed_at = Some(now))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let insts: Vec<plan::repairs::RepairInstance> = recs
+        .iter()
+        .map(|r| {
+            let o = st.observation(&r.machine);
+            plan::repairs::RepairInstance {
+                id: r.instance_id,
+                health: repair_health(&o),
+                intent_running: r.intent == PowerIntent::Running,
+                machine_running: o.running,
+                deleting: r.deleting,
+                busy: r.upgrading || r.reimage_requested || r.restart_requested || r.draining,
+                protected: r.protect_from_scale_in || r.protect_from_scale_set_actions,
+                provisioning_failed: r.provisioning_state == "Failed",
+                state_changed_at: r.state_changed_at.unwrap_or(now),
+                repairing: r.repairing,
+                repair_attempts: r.repair_attempts,
+            }
+        })
+        .collect();
+    let grace = st
+        .cfg
+        .repair_grace_secs
+        .unwrap_or(m.repairs.grace_period_secs);
+    let cur = st.repairs_state(res).map_err(|e| e.to_string())?;
+    let d = plan::repairs::decide(true, m.repairs.repair_action, grace, &cur, &insts, now);
+    for id in &d.recovered {
+        info!(vmss = %res.name, instance = id, "automatic repair: instance healthy again");
+        st.update_instance(key, *id, |r| r.repair_attempts = 0)
+            .map_err(|e| e.to_string())?;
+    }
+    if d.state != cur {
+        // Compare-and-set against a resume or suspend that arrived meanwhile.
+        st.update_repairs(res, |s| {
+            if *s == cur {
+                d.state.clone()
+            } else {
+                s.clone()
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if d.state.service_state == plan::repairs::ServiceState::Suspended {
+            warn!(vmss = %res.name, reason = ?d.state.reason, "automatic repairs suspended");
+        }
+    }
+    if d.repair.is_empty() {
+        return Ok(());
+    }
+    let image = m.image.as_ref().map(|i| i.name.clone());
+    let mut tasks = Vec::new();
+    for (id, action) in d.repair {
+        let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
+            continue;
+        };
+        info!(vmss = %res.name, instance = id, ?action, attempts = rec.repair_attempts, "automatic repair");
+        let attempts = rec.repair_attempts + 1;
+        // Intent first: a daemon killed mid-repair finds the mark (cleared at start) or the
+        // deletion and replacement records, and decides again.
+        st.update_instance(key, id, |r| {
+            r.repairing = true;
+            r.repair_attempts = attempts;
+        })
+        .map_err(|e| e.to_string())?;
+        let (st2, eng2, key2, res2) = (st.clone(), eng.clone(), key.clone(), res.clone());
+        match action {
+            model::vmss::RepairAction::Replace => {
+                let Some(image) = image.clone() else {
+                    continue;
+                };
+                // Delete then create, as Azure does: the new instance gets a new id and address
+                // and the latest model; the old one is drained before it stops.
+                st.update_instance(key, id, |r| r.deleting = true)
+                    .map_err(|e| e.to_string())?;
+                let new = new_instances(st, key, res, doc, &image, 1)?;
+                for n in &new {
+                    st.update_instance(key, n.instance_id, |r| r.repair_attempts = attempts)
+                        .map_err(|e| e.to_string())?;
+                }
+                for n in new {
+                    tasks.push(tokio::spawn(start_instance(
+                        st.clone(),
+                        eng.clone(),
+                        key.clone(),
+                        res.name.clone(),
+                        n,
+                    )));
+                }
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = delete_instance(&st2, &eng2, &key2, &rec).await {
+                        repair_failed(&st2, &key2, &res2, id, e);
+                    }
+                }));
+            }
+            model::vmss::RepairAction::Restart | model::vmss::RepairAction::Reimage => {
+                let target = (image.clone(), doc.model_version);
+                let name = res.name.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = if action == model::vmss::RepairAction::Restart {
+                        restart_instance(&st2, &eng2, &key2, &rec).await
+                    } else {
+                        // Azure's reimage applies the scale set's latest model.
+                        upgrade_instance(&st2, &eng2, &key2, &name, &rec, target).await
+                    };
+                    let _ = st2.update_instance(&key2, id, |r| r.repairing = false);
+                    if let Err(e) = r {
+                        repair_failed(&st2, &key2, &res2, id, e);
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    st.wake.notify_one();
+    Ok(())
+}
+
+fn repair_failed(st: &AppState, key: &Key, res: &Res, id: u32, e: String) {
+    warn!(instance = id, error = %e, "automatic repair failed");
+    let _ = st.update_instance(key, id, |r| r.last_error = Some(e.clone()));
+    let _ = st.update_repairs(res, |s| {
+        plan::repairs::record_failure(s, &format!("instance {id}: {e}"))
+    });
+}
+
 /// Records new instances (intent first, durable) with ids, addresses and names.
 fn new_instances(
     st: &AppState,
@@ -601,6 +765,9 @@ fn new_instances(
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
             last_error: None,
+            state_changed_at: None,
+            repairing: false,
+            repair_attempts: 0,
         };
         st.store
             .put_instance(
@@ -658,6 +825,7 @@ async fn start_instance(
                     r.draining = false;
                     r.restart_requested = false;
                     r.last_error = None;
+                    r.state_changed_at = Some(unix_now());
                 });
             }
             Err(e) => {
@@ -745,6 +913,7 @@ async fn restart_instance(
     st.update_instance(key, rec.instance_id, |r| {
         r.restart_requested = false;
         r.draining = false;
+        r.state_changed_at = Some(unix_now());
     })
     .map_err(|e| e.to_string())?;
     sync_lbs(st, eng).await?;
@@ -782,6 +951,7 @@ async fn upgrade_instance(
         r.draining = false;
         r.provisioning_state = "Succeeded".into();
         r.last_error = None;
+        r.state_changed_at = Some(unix_now());
     })
     .map_err(|e| e.to_string())?;
     info!(instance = rec.instance_id, image = %image, "reimaged onto the latest model");

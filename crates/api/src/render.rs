@@ -111,14 +111,29 @@ pub fn image(res: &Res, img: &image::Image) -> Value {
 }
 
 /// The aggregate instance view of a scale set (`GET .../instanceView`).
-pub fn vmss_instance_view(recs: &[(InstanceRecord, Observation)]) -> Value {
+/// `repairs` is the automatic repairs service state when the policy is enabled.
+pub fn vmss_instance_view(
+    recs: &[(InstanceRecord, Observation)],
+    repairs: Option<&plan::repairs::RepairsState>,
+) -> Value {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for (r, o) in recs {
         *counts.entry(power_code(r, o).0).or_default() += 1;
     }
+    let service = match repairs {
+        None => json!({"serviceName": "AutomaticRepairs", "serviceState": "NotRunning"}),
+        Some(s) => {
+            let mut v = json!({"serviceName": "AutomaticRepairs", "serviceState": format!("{:?}", s.service_state)});
+            if let Some(reason) = &s.reason {
+                v["message"] = json!(reason);
+            }
+            v
+        }
+    };
     json!({
         "virtualMachine": {"statusesSummary": counts.iter().map(|(c, n)| json!({"code": c, "count": n})).collect::<Vec<_>>()},
         "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"}],
+        "orchestrationServices": [service],
     })
 }
 

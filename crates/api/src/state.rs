@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub probe_interval_ms: Option<u64>,
     /// How long a rolling upgrade waits for an upgraded batch to become healthy (Azure: 5 min).
     pub rolling_health_timeout_secs: u64,
+    /// Test knob: replaces every scale set's automatic repairs grace period (Azure's minimum,
+    /// PT10M, is too long for tests). `SCALESET_REPAIR_GRACE_SECS`.
+    pub repair_grace_secs: Option<u64>,
 }
 
 impl DaemonConfig {
@@ -91,6 +94,16 @@ pub struct InstanceRecord {
     pub protect_from_scale_set_actions: bool,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Unix seconds when the last state change (boot, restart, reimage) completed: automatic
+    /// repairs wait a grace period from here.
+    #[serde(default)]
+    pub state_changed_at: Option<u64>,
+    /// An automatic repair is acting on this instance.
+    #[serde(default)]
+    pub repairing: bool,
+    /// Automatic repairs of this instance (or of the one it replaced) not yet followed by health.
+    #[serde(default)]
+    pub repair_attempts: u32,
 }
 
 /// The stored scale set: the ARM body plus our bookkeeping.
@@ -126,6 +139,9 @@ pub struct RolloutDoc {
     #[serde(default)]
     pub last_completed_version: Option<u64>,
 }
+
+/// Kind under which a scale set's automatic repairs service state is stored.
+pub const REPAIRS: &str = "scaleset.automaticRepairs";
 
 /// What clients saw during a rollout, from the load balancer's own counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -260,6 +276,31 @@ impl AppState {
             }
         }
         Ok(cur)
+    }
+
+    pub fn repairs_state(&self, res: &Res) -> Result<plan::repairs::RepairsState, ApiError> {
+        match self.store.get(&res.key(REPAIRS))? {
+            None => Ok(Default::default()),
+            Some(v) => Ok(serde_json::from_value(v).map_err(ApiError::internal)?),
+        }
+    }
+
+    /// Read-modify-write of the repairs service state under the records lock.
+    pub fn update_repairs(
+        &self,
+        res: &Res,
+        f: impl FnOnce(&plan::repairs::RepairsState) -> plan::repairs::RepairsState,
+    ) -> Result<plan::repairs::RepairsState, ApiError> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.repairs_state(res)?;
+        let next = f(&cur);
+        if next != cur {
+            self.store.put(
+                &res.key(REPAIRS),
+                &serde_json::to_value(&next).map_err(ApiError::internal)?,
+            )?;
+        }
+        Ok(next)
     }
 
     pub fn observation(&self, machine: &str) -> Observation {

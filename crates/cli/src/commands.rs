@@ -132,6 +132,18 @@ pub enum VmssCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Suspend or resume an orchestration service (automatic repairs); its state is in
+    /// `get-instance-view`'s orchestrationServices.
+    SetOrchestrationServiceState {
+        #[command(flatten)]
+        t: Target,
+        /// The service: AutomaticRepairs.
+        #[arg(long)]
+        service_name: String,
+        /// Resume or Suspend.
+        #[arg(long)]
+        action: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -650,6 +662,21 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 bail!("--instance-ids is required (use '*' for all instances)");
             }
             power(&c, i, "manualupgrade").await?
+        }
+        VmssCmd::SetOrchestrationServiceState {
+            t,
+            service_name,
+            action,
+        } => {
+            c.call(
+                "POST",
+                &format!(
+                    "{}/setOrchestrationServiceState",
+                    c.vmss_path(&t.rg, &t.name)
+                ),
+                Some(&serde_json::json!({"serviceName": service_name, "action": action})),
+            )
+            .await?;
         }
         VmssCmd::Rollback { t, no_wait } => {
             let v = c
