@@ -1,0 +1,244 @@
+//! Automatic instance repairs for real, under continuous keep-alive load: an instance whose web
+//! server dies is replaced (Replace: new id, the old one deleted) or rebooted (Restart: same id,
+//! new machine process) once the grace period has passed, with 0 failed requests; while the
+//! service is suspended nothing is repaired, and resuming it repairs.
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn ids(h: &Harness) -> Vec<String> {
+    let mut v: Vec<String> = h
+        .instances()
+        .iter()
+        .filter_map(|v| v["instanceId"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+fn service_state(h: &Harness) -> Value {
+    let v = h.json(&["vmss", "get-instance-view", "-g", "rg", "-n", "web"]);
+    v["orchestrationServices"][0]["serviceState"].clone()
+}
+
+/// Kills NGINX in instance `id`'s machine; returns the machine name.
+fn kill_web_server(h: &Harness, id: &str) -> String {
+    let machine = h
+        .machine_pids()
+        .into_iter()
+        .find(|(name, _)| name.contains(&format!("-web-{id}-")))
+        .unwrap_or_else(|| panic!("no machine for instance {id}: {:?}", h.machine_pids()));
+    assert!(
+        kill_in_machine(machine.1, "nginx") >= 1,
+        "no nginx in {}",
+        machine.0
+    );
+    machine.0
+}
+
+fn unhealthy_ids(h: &Harness) -> Vec<String> {
+    h.instances()
+        .iter()
+        .filter(|v| {
+            v.pointer("/properties/instanceView/vmHealth/status/code")
+                .and_then(Value::as_str)
+                == Some("HealthState/unhealthy")
+        })
+        .filter_map(|v| v["instanceId"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn automatic_repairs_under_load() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED automatic_repairs_under_load: {why}");
+        return;
+    }
+    let mut h = Harness::new(
+        "repairs",
+        "10.213.210.0/24",
+        "rp",
+        vec![
+            ("SCALESET_PROBE_INTERVAL_MS", "1000".into()),
+            // Azure's minimum grace period is 10 minutes; long enough here for a new machine
+            // to boot and be probed up.
+            ("SCALESET_REPAIR_GRACE_SECS", "15".into()),
+        ],
+    );
+    let home = h.home.clone();
+    let lb_port = free_port();
+    let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
+    let drop = example_drop(&home);
+    h.ok(&[
+        "image",
+        "bake",
+        "--package",
+        drop.to_str().unwrap(),
+        "--script",
+        "setupscript.sh",
+        "--name",
+        "120",
+    ]);
+    h.start_serve();
+    h.setup_lb(lb_port, 2);
+    h.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "120",
+        "--instance-count",
+        "3",
+        "--lb",
+        "lb",
+        "--health-probe",
+        "http",
+    ]);
+    assert_eq!(service_state(&h), "NotRunning");
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        "properties.automaticRepairsPolicy.enabled=true",
+    ]);
+    assert_eq!(service_state(&h), "Running");
+    wait_until("3 healthy instances", Duration::from_secs(60), || {
+        healthy(&h.instances()) == 3
+    });
+
+    // 1. Replace (the default): the instance without a web server is deleted and a new one
+    //    (new id) takes its place; clients see no failure.
+    let before = ids(&h);
+    let load = Load::start(lb_addr, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let sick = before[1].clone();
+    let sick_machine = kill_web_server(&h, &sick);
+    wait_until(
+        "the sick instance to be replaced",
+        Duration::from_secs(90),
+        || {
+            let now = ids(&h);
+            now.len() == 3 && !now.contains(&sick) && healthy(&h.instances()) == 3
+        },
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during a Replace repair ({ok_n} ok)"
+    );
+    assert!(ok_n > 100, "too little load: {ok_n}");
+    let after = ids(&h);
+    for id in &before {
+        assert_eq!(after.contains(id), *id != sick, "{before:?} → {after:?}");
+    }
+    assert!(
+        !h.machine_pids().iter().any(|(n, _)| *n == sick_machine),
+        "the replaced machine is gone"
+    );
+    let log = std::fs::read_to_string(home.join("serve.log")).unwrap_or_default();
+    assert!(log.contains("automatic repair"), "no repair in the log");
+
+    // 2. Restart: same instance, a new machine process, healthy again.
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        "properties.automaticRepairsPolicy.repairAction=Restart",
+    ]);
+    let before = ids(&h);
+    let sick = before[0].clone();
+    let old_pid = h
+        .machine_pids()
+        .into_iter()
+        .find(|(n, _)| n.contains(&format!("-web-{sick}-")))
+        .unwrap()
+        .1;
+    let load = Load::start(lb_addr, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    kill_web_server(&h, &sick);
+    wait_until(
+        "the sick instance to be restarted",
+        Duration::from_secs(90),
+        || {
+            let rebooted = h
+                .machine_pids()
+                .iter()
+                .any(|(n, pid)| n.contains(&format!("-web-{sick}-")) && *pid != old_pid);
+            rebooted && healthy(&h.instances()) == 3
+        },
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during a Restart repair ({ok_n} ok)"
+    );
+    assert_eq!(ids(&h), before, "Restart keeps the instance");
+
+    // 3. Suspended: an unhealthy instance is left alone; resuming repairs it.
+    h.ok(&[
+        "vmss",
+        "set-orchestration-service-state",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--service-name",
+        "AutomaticRepairs",
+        "--action",
+        "Suspend",
+    ]);
+    assert_eq!(service_state(&h), "Suspended");
+    let sick = before[2].clone();
+    let load = Load::start(lb_addr, 4);
+    kill_web_server(&h, &sick);
+    wait_until(
+        "the sick instance to be probed down",
+        Duration::from_secs(20),
+        || unhealthy_ids(&h) == [sick.clone()],
+    );
+    // Well past the grace period (measured from its last state change, long ago).
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        unhealthy_ids(&h),
+        [sick.clone()],
+        "repaired while suspended"
+    );
+    h.ok(&[
+        "vmss",
+        "set-orchestration-service-state",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--service-name",
+        "AutomaticRepairs",
+        "--action",
+        "Resume",
+    ]);
+    assert_eq!(service_state(&h), "Running");
+    wait_until(
+        "the sick instance to be repaired",
+        Duration::from_secs(90),
+        || healthy(&h.instances()) == 3,
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests while suspended and after resuming ({ok_n} ok)"
+    );
+    assert_eq!(ids(&h), before);
+}
