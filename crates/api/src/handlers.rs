@@ -607,8 +607,8 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
 /// in progress (its target moves); an explicit start while one runs is refused.
 fn start_rollout(st: &AppState, res: &Res, doc: &VmssDoc, explicit: bool) -> Result<(), ApiError> {
     let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
-    if m.health_probe.is_none() {
-        return Err(ApiError::bad_request("OperationNotAllowed", "A rolling upgrade needs a health probe: set virtualMachineProfile.networkProfile.healthProbe.id."));
+    if m.health_probe.is_none() && m.app_health.is_none() {
+        return Err(ApiError::bad_request("OperationNotAllowed", "A rolling upgrade needs a health probe: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
     }
     let target = doc.model_version;
     let previous = doc
