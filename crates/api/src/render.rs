@@ -44,11 +44,13 @@ pub fn instance_view(rec: &InstanceRecord, obs: &Observation) -> Value {
             .as_object_mut()
             .map(|o| o.remove("message"));
     }
-    if let Some(h) = obs.healthy {
-        let (code, disp) = if h {
-            ("HealthState/healthy", "The VM is healthy")
-        } else {
-            ("HealthState/unhealthy", "The VM is unhealthy")
+    if let Some(h) = obs.health() {
+        use plan::repairs::Health;
+        let (code, disp) = match h {
+            Health::Healthy => ("HealthState/healthy", "The VM is healthy"),
+            Health::Unhealthy => ("HealthState/unhealthy", "The VM is unhealthy"),
+            Health::Initializing => ("HealthState/initializing", "The VM health is initializing"),
+            Health::Unknown => ("HealthState/unknown", "The VM health is unknown"),
         };
         view["vmHealth"] =
             json!({"status": {"code": code, "level": "Info", "displayStatus": disp}});

@@ -177,7 +177,32 @@ impl Receipt {
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
     pub running: bool,
+    /// The load balancer probe's verdict.
     pub healthy: Option<bool>,
+    /// The Application Health extension's state, when the scale set has the extension.
+    pub app_health: Option<plan::app_health::AppHealthState>,
+}
+
+impl Observation {
+    /// The instance's health for decisions and views: the Application Health extension's when it
+    /// reports (it replaces the LB probe as the health source), else the LB probe's.
+    pub fn health(&self) -> Option<plan::repairs::Health> {
+        use plan::repairs::Health;
+        match &self.app_health {
+            Some(a) => Some(a.state()),
+            None => self.healthy.map(|h| {
+                if h {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                }
+            }),
+        }
+    }
+
+    pub fn is_healthy(&self) -> Option<bool> {
+        self.health().map(|h| h == plan::repairs::Health::Healthy)
+    }
 }
 
 pub struct AppState {

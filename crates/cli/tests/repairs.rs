@@ -1,7 +1,8 @@
 //! Automatic instance repairs for real, under continuous keep-alive load: an instance whose web
 //! server dies is replaced (Replace: new id, the old one deleted) or rebooted (Restart: same id,
 //! new machine process) once the grace period has passed, with 0 failed requests; while the
-//! service is suspended nothing is repaired, and resuming it repairs.
+//! service is suspended nothing is repaired, and resuming it repairs; with the Application Health
+//! extension (rich states) as the health source, an instance reported Unknown is replaced.
 mod common;
 
 use common::*;
@@ -241,4 +242,93 @@ fn automatic_repairs_under_load() {
         "failed requests while suspended and after resuming ({ok_n} ok)"
     );
     assert_eq!(ids(&h), before);
+
+    // 4. The Application Health extension (rich states) replaces the LB probe as the health
+    //    source: my_app's /health body says Healthy; an instance whose web server is gone is
+    //    Unknown (not Unhealthy, which is all the LB probe could say) and is replaced.
+    let ext = r#"{"extensions": [{"name": "HealthExtension", "properties": {"publisher": "Microsoft.ManagedServices", "type": "ApplicationHealthLinux", "typeHandlerVersion": "2.0", "settings": {"protocol": "http", "port": 80, "requestPath": "/health", "numberOfProbes": 2}}}]}"#;
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        &format!("virtualMachineProfile.extensionProfile={ext}"),
+        "virtualMachineProfile.networkProfile.healthProbe=null",
+        "properties.automaticRepairsPolicy.repairAction=Replace",
+    ]);
+    wait_until(
+        "the extension to report 3 healthy instances",
+        Duration::from_secs(30),
+        || healthy(&h.instances()) == 3,
+    );
+    wait_until("the extension to report", Duration::from_secs(20), || {
+        std::fs::read_to_string(home.join("serve.log"))
+            .unwrap_or_default()
+            .matches("application health changed")
+            .count()
+            >= 3
+    });
+    wait_until(
+        "3 healthy instances by the extension",
+        Duration::from_secs(30),
+        || healthy(&h.instances()) == 3,
+    );
+    h.ok(&[
+        "vmss",
+        "set-orchestration-service-state",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--service-name",
+        "AutomaticRepairs",
+        "--action",
+        "Suspend",
+    ]);
+    let load = Load::start(lb_addr, 4);
+    let sick = before[0].clone();
+    kill_web_server(&h, &sick);
+    let health_code = |h: &Harness, id: &str| {
+        h.instances()
+            .iter()
+            .find(|v| v["instanceId"] == id)
+            .and_then(|v| {
+                v.pointer("/properties/instanceView/vmHealth/status/code")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+    };
+    wait_until(
+        "the extension to report Unknown",
+        Duration::from_secs(20),
+        || health_code(&h, &sick).as_deref() == Some("HealthState/unknown"),
+    );
+    h.ok(&[
+        "vmss",
+        "set-orchestration-service-state",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--service-name",
+        "AutomaticRepairs",
+        "--action",
+        "Resume",
+    ]);
+    wait_until(
+        "the Unknown instance to be replaced",
+        Duration::from_secs(90),
+        || {
+            let now = ids(&h);
+            now.len() == 3 && !now.contains(&sick) && healthy(&h.instances()) == 3
+        },
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during an extension-driven repair ({ok_n} ok)"
+    );
 }
