@@ -215,7 +215,7 @@ fn automatic_repairs_under_load() {
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
         unhealthy_ids(&h),
-        [sick.clone()],
+        std::slice::from_ref(&sick),
         "repaired while suspended"
     );
     h.ok(&[
