@@ -2,7 +2,8 @@
 //! server dies is replaced (Replace: new id, the old one deleted) or rebooted (Restart: same id,
 //! new machine process) once the grace period has passed, with 0 failed requests; while the
 //! service is suspended nothing is repaired, and resuming it repairs; with the Application Health
-//! extension (rich states) as the health source, an instance reported Unknown is replaced.
+//! extension (rich states) as the health source, an instance reported Unknown is replaced;
+//! repairs that keep failing (a bad image) suspend the service.
 mod common;
 
 use common::*;
@@ -73,16 +74,38 @@ fn automatic_repairs_under_load() {
     let lb_port = free_port();
     let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
     let drop = example_drop(&home);
-    h.ok(&[
-        "image",
-        "bake",
-        "--package",
-        drop.to_str().unwrap(),
-        "--script",
-        "setupscript.sh",
-        "--name",
-        "120",
-    ]);
+    // A bad image: its setup script leaves NGINX without a site, so nothing answers on port 80.
+    let bad = home.join("drop-bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for e in std::fs::read_dir(&drop).unwrap().flatten() {
+        let to = bad.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            assert!(std::process::Command::new("cp")
+                .arg("-a")
+                .arg(e.path())
+                .arg(&to)
+                .status()
+                .unwrap()
+                .success());
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+    let mut script = std::fs::read_to_string(bad.join("setupscript.sh")).unwrap();
+    script.push_str("\nsudo rm -f /etc/nginx/sites-enabled/my_app\n");
+    std::fs::write(bad.join("setupscript.sh"), script).unwrap();
+    for (name, dir) in [("120", &drop), ("122", &bad)] {
+        h.ok(&[
+            "image",
+            "bake",
+            "--package",
+            dir.to_str().unwrap(),
+            "--script",
+            "setupscript.sh",
+            "--name",
+            name,
+        ]);
+    }
     h.start_serve();
     h.setup_lb(lb_port, 2);
     h.ok(&[
@@ -331,4 +354,99 @@ fn automatic_repairs_under_load() {
         failed, 0,
         "failed requests during an extension-driven repair ({ok_n} ok)"
     );
+
+    // 5. Repairs that do not help are suspended: with a bad image as the model (Manual mode:
+    //    only new instances get it), each replacement of a sick instance is sick too; after 3
+    //    such repairs in a row the service is Suspended, and the other instances keep serving.
+    //    Resuming after fixing the model repairs it for good.
+    let image_id = |n: &str| {
+        format!("virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/{n}")
+    };
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        &image_id("122"),
+    ]);
+    let load = Load::start(lb_addr, 4);
+    let sick = ids(&h)[0].clone();
+    kill_web_server(&h, &sick);
+    wait_until(
+        "repeated failed repairs to suspend the service",
+        Duration::from_secs(180),
+        || service_state(&h) == "Suspended",
+    );
+    let view = h.json(&["vmss", "get-instance-view", "-g", "rg", "-n", "web"]);
+    let reason = view["orchestrationServices"][0]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(reason.contains("3 repairs in a row"), "{view}");
+    let vms = h.instances();
+    assert_eq!(vms.len(), 3, "a suspended service stops replacing");
+    assert_eq!(healthy(&vms), 2);
+    let log = strip_ansi(&std::fs::read_to_string(home.join("serve.log")).unwrap_or_default());
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("automatic repair vmss=web") && l.contains("attempts="))
+        .filter_map(|l| l.split("attempts=").nth(1))
+        .collect();
+    assert!(
+        attempts.ends_with(&["0", "1", "2"]),
+        "repairs of one sick instance and its sick replacements: {attempts:?}"
+    );
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        &image_id("120"),
+    ]);
+    h.ok(&[
+        "vmss",
+        "set-orchestration-service-state",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--service-name",
+        "AutomaticRepairs",
+        "--action",
+        "Resume",
+    ]);
+    wait_until(
+        "the resumed service to repair with the good image",
+        Duration::from_secs(90),
+        || healthy(&h.instances()) == 3,
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during failed repairs and the suspension ({ok_n} ok)"
+    );
+    assert_eq!(service_state(&h), "Running");
+}
+
+/// The daemon's log with terminal colour codes removed.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
