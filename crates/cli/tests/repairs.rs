@@ -132,10 +132,16 @@ fn automatic_repairs_under_load() {
         "rg",
         "-n",
         "web",
-        "--set",
-        "properties.automaticRepairsPolicy.enabled=true",
+        "--enable-automatic-repairs",
+        "true",
     ]);
     assert_eq!(service_state(&h), "Running");
+    let policy =
+        &h.json(&["vmss", "show", "-g", "rg", "-n", "web"])["properties"]["automaticRepairsPolicy"];
+    assert_eq!(
+        *policy,
+        serde_json::json!({"enabled": true, "gracePeriod": "PT10M", "repairAction": "Replace"})
+    );
     wait_until("3 healthy instances", Duration::from_secs(60), || {
         healthy(&h.instances()) == 3
     });
@@ -180,8 +186,8 @@ fn automatic_repairs_under_load() {
         "rg",
         "-n",
         "web",
-        "--set",
-        "properties.automaticRepairsPolicy.repairAction=Restart",
+        "--automatic-repairs-action",
+        "Restart",
     ]);
     let before = ids(&h);
     let sick = before[0].clone();
