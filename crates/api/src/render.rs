@@ -195,3 +195,87 @@ pub fn rolling_status(
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::app_health::AppHealthState;
+    use plan::repairs::Health;
+
+    fn rec() -> InstanceRecord {
+        serde_json::from_value(json!({
+            "instanceId": 0, "createdSeq": 1, "modelVersion": 1, "image": "120",
+            "ip": "10.0.0.4", "computerName": "vm000000", "machine": "m", "timeCreated": "t",
+            "vmId": "id", "intent": "Running", "provisioningState": "Succeeded",
+        }))
+        .unwrap()
+    }
+
+    fn app(results: &[Health]) -> AppHealthState {
+        let mut s = AppHealthState::new(0);
+        for (i, r) in results.iter().enumerate() {
+            s.observe(*r, 1000 * (i as u64 + 1), 1, 2000);
+        }
+        s
+    }
+
+    #[test]
+    fn vm_health_codes() {
+        let obs = |healthy: Option<bool>, app_health: Option<AppHealthState>| Observation {
+            running: true,
+            healthy,
+            app_health,
+        };
+        for (o, want) in [
+            (obs(None, None), None),
+            (obs(Some(true), None), Some("HealthState/healthy")),
+            (obs(Some(false), None), Some("HealthState/unhealthy")),
+            // The extension, when it reports, is the health source (not the LB probe).
+            (
+                obs(Some(true), Some(app(&[Health::Unknown]))),
+                Some("HealthState/initializing"),
+            ),
+            (
+                obs(Some(true), Some(app(&[Health::Unknown; 3]))),
+                Some("HealthState/unknown"),
+            ),
+            (
+                obs(Some(false), Some(app(&[Health::Healthy]))),
+                Some("HealthState/healthy"),
+            ),
+            (
+                obs(Some(true), Some(app(&[Health::Healthy, Health::Unhealthy]))),
+                Some("HealthState/unhealthy"),
+            ),
+        ] {
+            let v = instance_view(&rec(), &o);
+            assert_eq!(
+                v.pointer("/vmHealth/status/code").and_then(Value::as_str),
+                want,
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn orchestration_services() {
+        let none = vmss_instance_view(&[], None);
+        assert_eq!(
+            none["orchestrationServices"],
+            json!([{"serviceName": "AutomaticRepairs", "serviceState": "NotRunning"}])
+        );
+        let s = plan::repairs::record_failure(
+            &plan::repairs::record_failure(
+                &plan::repairs::record_failure(&Default::default(), "instance 1"),
+                "instance 1",
+            ),
+            "instance 1",
+        );
+        let v = vmss_instance_view(&[], Some(&s));
+        assert_eq!(v["orchestrationServices"][0]["serviceState"], "Suspended");
+        assert!(v["orchestrationServices"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance 1"));
+    }
+}
