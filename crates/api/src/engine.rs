@@ -624,11 +624,20 @@ async fn repairs_pass(
         };
         info!(vmss = %res.name, instance = id, ?action, attempts = rec.repair_attempts, "automatic repair");
         let attempts = rec.repair_attempts + 1;
-        // Intent first: a daemon killed mid-repair finds the mark (cleared at start) or the
-        // deletion and replacement records, and decides again.
+        if action == model::vmss::RepairAction::Replace && image.is_none() {
+            continue;
+        }
+        // Intent first, as the durable flags the reconciler already acts on (deletion, restart,
+        // reimage requests): a daemon killed mid-repair finishes the operation by reconciling
+        // (the `repairing` mark itself is cleared at start).
         st.update_instance(key, id, |r| {
             r.repairing = true;
             r.repair_attempts = attempts;
+            match action {
+                model::vmss::RepairAction::Replace => r.deleting = true,
+                model::vmss::RepairAction::Restart => r.restart_requested = true,
+                model::vmss::RepairAction::Reimage => r.reimage_requested = true,
+            }
         })
         .map_err(|e| e.to_string())?;
         let (st2, eng2, key2, res2) = (st.clone(), eng.clone(), key.clone(), res.clone());
@@ -639,8 +648,6 @@ async fn repairs_pass(
                 };
                 // Delete then create, as Azure does: the new instance gets a new id and address
                 // and the latest model; the old one is drained before it stops.
-                st.update_instance(key, id, |r| r.deleting = true)
-                    .map_err(|e| e.to_string())?;
                 let new = new_instances(st, key, res, doc, &image, 1)?;
                 for n in &new {
                     st.update_instance(key, n.instance_id, |r| r.repair_attempts = attempts)
