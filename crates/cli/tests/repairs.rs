@@ -1,6 +1,7 @@
 //! Automatic instance repairs for real, under continuous keep-alive load: an instance whose web
-//! server dies is replaced (Replace: new id, the old one deleted) or rebooted (Restart: same id,
-//! new machine process) once the grace period has passed, with 0 failed requests; while the
+//! server dies is replaced (Replace: new id, the old one deleted), rebooted (Restart: same id,
+//! new machine process) or reimaged (Reimage: same id, fresh disk) once the grace period has
+//! passed, with 0 failed requests; while the
 //! service is suspended nothing is repaired, and resuming it repairs; with the Application Health
 //! extension (rich states) as the health source, an instance reported Unknown is replaced;
 //! repairs that keep failing (a bad image) suspend the service.
@@ -217,6 +218,48 @@ fn automatic_repairs_under_load() {
         "failed requests during a Restart repair ({ok_n} ok)"
     );
     assert_eq!(ids(&h), before, "Restart keeps the instance");
+
+    // 2b. Reimage: same instance, its disk reset to the model's image, a new machine process.
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--automatic-repairs-action",
+        "Reimage",
+    ]);
+    let sick = before[1].clone();
+    let machine = |h: &Harness| {
+        h.machine_pids()
+            .into_iter()
+            .find(|(n, _)| n.contains(&format!("-web-{sick}-")))
+    };
+    // (No pid while the machine is stopped for its reimage.)
+    let (name, old_pid) = machine(&h).unwrap();
+    // A file in the instance's writable layer: a reimage resets it (a restart would not).
+    let marker = home
+        .join("machines")
+        .join(&name)
+        .join("upper")
+        .join("scaleset-test-marker");
+    std::fs::write(&marker, "x").unwrap();
+    let load = Load::start(lb_addr, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    kill_web_server(&h, &sick);
+    wait_until(
+        "the sick instance to be reimaged",
+        Duration::from_secs(90),
+        || machine(&h).is_some_and(|m| m.1 != old_pid) && healthy(&h.instances()) == 3,
+    );
+    let (ok_n, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during a Reimage repair ({ok_n} ok)"
+    );
+    assert_eq!(ids(&h), before, "Reimage keeps the instance");
+    assert!(!marker.exists(), "the reimage reset the instance's disk");
 
     // 3. Suspended: an unhealthy instance is left alone; resuming repairs it.
     h.ok(&[
