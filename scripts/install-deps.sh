@@ -11,10 +11,20 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v git >/dev/null || need+=(git)
+# The SDK test (crates/cli/tests/sdk.rs) runs Microsoft's Python SDK in a venv.
+command -v python3 >/dev/null || need+=(python3)
+venv_probe=$(mktemp -d)
+python3 -m venv "$venv_probe/v" >/dev/null 2>&1 || need+=(python3-venv)
+rm -rf "$venv_probe"
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
+fi
+# Pipeline jobs run as this unprivileged user (never as root, never with the daemon's token).
+if ! id scaleset-runner >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/scaleset-runner --create-home \
+    --shell /usr/sbin/nologin scaleset-runner
 fi
 if ! command -v cargo >/dev/null; then
   echo "Rust is missing: install it with rustup (https://rustup.rs), then run this again" >&2

@@ -12,6 +12,13 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// A failure whose code is only known at run time (a failed long-running operation).
+    #[error("{message}")]
+    Failed {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -74,10 +81,19 @@ impl IntoResponse for ApiError {
                 status,
                 code,
                 message,
+            } => (status, code.to_string(), message),
+            ApiError::Failed {
+                status,
+                code,
+                message,
             } => (status, code, message),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", m)
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError".to_string(),
+                    m,
+                )
             }
         };
         (

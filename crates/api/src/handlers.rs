@@ -79,7 +79,7 @@ pub async fn execute(
         | Route::Vms(_)
         | Route::VmssInstanceView(_)
         | Route::VmInstanceView(..) => true,
-        Route::RollingLatest(_) => true,
+        Route::RollingLatest(_) | Route::Operation { .. } => true,
         Route::VmssAction(..)
         | Route::VmAction(..)
         | Route::RollingStart(_)
@@ -207,9 +207,10 @@ pub async fn execute(
                     ),
                 ));
             }
-            Ok((StatusCode::OK, Value::Null))
+            Ok((StatusCode::ACCEPTED, Value::Null))
         }
         Route::Rollback(res) => rollback(st, &res),
+        Route::Operation { sub, id, result } => crate::operations::get(st, &sub, &id, result),
         Route::RollingLatest(res) => {
             st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
             let doc = st.rollout(&res)?.ok_or_else(|| {
@@ -411,7 +412,11 @@ fn list(st: &AppState, kind: &'static str, scope: &Scope) -> Reply {
 }
 
 /// Creating/Updating while instances are being provisioned, Succeeded when all are.
-fn vmss_provisioning(st: &AppState, res: &Res, doc: &VmssDoc) -> Result<String, ApiError> {
+pub(crate) fn vmss_provisioning(
+    st: &AppState,
+    res: &Res,
+    doc: &VmssDoc,
+) -> Result<String, ApiError> {
     if doc.deleting {
         return Ok("Deleting".into());
     }
@@ -535,6 +540,8 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
                 }
                 _ => body,
             };
+            let mut merged = merged;
+            keep_admin_password(existing.as_ref(), &mut merged);
             let (m, arm) = model::vmss::parse(&merged, &res.name)?;
             check_refs(st, res, &m)?;
             let created = existing.is_none();
@@ -600,6 +607,18 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             "MethodNotAllowed",
             "unsupported method",
         )),
+    }
+}
+
+/// GET never returns adminPassword (x-ms-secret), so a GET body PUT back (az's generic update)
+/// lacks it; like Azure, keep the stored one instead of treating that as a model change.
+fn keep_admin_password(existing: Option<&VmssDoc>, body: &mut Value) {
+    const PTR: &str = "/properties/virtualMachineProfile/osProfile";
+    let Some(old) = existing.and_then(|d| d.arm.pointer(&format!("{PTR}/adminPassword"))) else {
+        return;
+    };
+    if let Some(os) = body.pointer_mut(PTR).and_then(Value::as_object_mut) {
+        os.entry("adminPassword").or_insert_with(|| old.clone());
     }
 }
 
@@ -868,7 +887,8 @@ fn power(st: &AppState, res: &Res, act: PowerAction, ids: Option<Vec<String>>) -
             PowerAction::DeleteInstances => r.deleting = true,
         })?;
     }
-    Ok((StatusCode::OK, Value::Null))
+    // Accepted: the engine carries it out; the operation URLs (operations.rs) report when done.
+    Ok((StatusCode::ACCEPTED, Value::Null))
 }
 
 fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod error;
 pub mod handlers;
+pub mod operations;
 pub mod pipelines;
 pub mod render;
 pub mod route;
@@ -78,7 +79,8 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         | a.iter()
             .zip(b)
             .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
-    if diff != 0 {
+    // A pipeline run's own credential (the `az` shim's) reaches the ARM API while the run lasts.
+    if diff != 0 && !st.is_run_token(token) {
         return Err(unauth(
             "InvalidAuthenticationToken",
             "The access token is invalid.",
@@ -129,17 +131,40 @@ async fn dispatch(
     let result = async {
         check_auth(&st, &headers)?;
         let path = uri.path();
-        let route = match route::parse_sub_list(&method, path) {
+        let route = match route::parse_sub_list(&method, path)
+            .or_else(|| route::parse_operation(&method, path))
+        {
             Some(r) => r,
             None => route::parse(&method, path)?,
         };
         check_api_version(&q)?;
-        handlers::execute(&st, route, &q, &body).await
+        let reply = handlers::execute(&st, route.clone(), &q, &body).await?;
+        Ok::<_, ApiError>((route, reply))
     }
     .await;
     match result {
-        Ok((status, v)) if v.is_null() => status.into_response(),
-        Ok((status, v)) => (status, axum::Json(v)).into_response(),
+        Ok((route, (status, v))) => {
+            // Clients poll the URLs of long-running operations where they reached us.
+            let base = match headers.get("host").and_then(|h| h.to_str().ok()) {
+                Some(h) => format!("http://{h}"),
+                None => format!("http://{}", st.cfg.listen),
+            };
+            let mut extra = operations::headers(&route, status, &v, &body, &base);
+            if operations::in_progress(&route, status, &v) {
+                extra.push(("Retry-After", "1".into()));
+            }
+            let mut resp = if v.is_null() {
+                status.into_response()
+            } else {
+                (status, axum::Json(v)).into_response()
+            };
+            for (k, val) in extra {
+                if let Ok(val) = axum::http::HeaderValue::from_str(&val) {
+                    resp.headers_mut().insert(k, val);
+                }
+            }
+            resp
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -183,6 +208,7 @@ pub fn open_state(
         machines,
         images,
         wake: Default::default(),
+        run_tokens: Default::default(),
         records: Default::default(),
         observed: Default::default(),
     }))

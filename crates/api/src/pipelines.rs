@@ -14,7 +14,7 @@
 //!   repo `app` is `app-release-pipeline`). Release pipelines refer to CI pipelines by these names
 //!   in `resources.pipelines[].source`.
 //! - Runs execute one at a time on a background task; each completed run queues the release
-//!   runs its success triggers (`resources.pipelines`). Records and logs live in
+//!   runs its success triggers (`resources.pipelines`). Records (SQLite) and logs live in
 //!   `$SCALESET_HOME/pipelines/runs` and survive restarts (runs interrupted by a restart are
 //!   completed as failed at start).
 //! - JSON endpoints: `GET /scaleset/repos`, `GET|PUT|DELETE /scaleset/repos/{name}`,
@@ -66,14 +66,21 @@ impl PipelineService {
             std::fs::create_dir_all(&d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
+        // A copy, not a symlink: jobs run as the runner user, who may not reach the daemon's
+        // own binary (e.g. under /root).
         let az = shim_dir.join("az");
-        let _ = std::fs::remove_file(&az);
-        std::os::unix::fs::symlink(exe, &az)
+        let tmp = shim_dir.join(".az.new");
+        std::fs::copy(exe, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &az))
             .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
         let runs = RunStore::new(root.join("runs"));
         let artifacts = ArtifactStore::new(root.join("artifacts"));
-        let runner = Runner::new(RunnerConfig::new(root.join("work")), runs.clone())
-            .with_artifacts(artifacts.clone());
+        let mut rc = RunnerConfig::new(root.join("work"));
+        // Like a self-hosted agent: sources (and build outputs such as target/) persist per
+        // pipeline so a push rebuilds incrementally.
+        rc.reuse_sources = true;
+        agent_identity(&root, &mut rc);
+        let runner = Runner::new(rc, runs.clone()).with_artifacts(artifacts.clone());
         let (queue_tx, rx) = mpsc::unbounded_channel();
         Ok(PipelineService {
             repos: RepoStore::new(home.join("repos")),
@@ -184,7 +191,8 @@ impl PipelineService {
             .clone()
     }
 
-    fn tasks(&self, st: &Arc<AppState>) -> StdTasks {
+    /// The tasks of one run; `run_token` is the run's own ARM credential for the `az` shim.
+    fn tasks(&self, st: &Arc<AppState>, run_token: &str) -> StdTasks {
         let mut t = StdTasks::new(self.artifacts.clone());
         let weak = Arc::downgrade(st);
         t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
@@ -198,11 +206,77 @@ impl PipelineService {
             .unwrap_or_else(|_| format!("http://{}", st.cfg.listen));
         t.az_env = vec![
             EnvVar::plain("SCALESET_ENDPOINT", endpoint),
-            EnvVar::secret("SCALESET_TOKEN", st.token.clone()),
-            EnvVar::plain("SCALESET_HOME", st.cfg.home.to_string_lossy()),
+            EnvVar::secret("SCALESET_TOKEN", run_token.to_string()),
+            // Nothing of the daemon's home: the shim needs only the endpoint and the token.
+            EnvVar::plain("SCALESET_HOME", "/nonexistent"),
         ];
         t
     }
+}
+
+/// Jobs run as the unprivileged user `$SCALESET_RUNNER_USER` (default `scaleset-runner`, which
+/// scripts/install-deps.sh creates) with their own HOME and CARGO_HOME; the daemon's rustup
+/// toolchains and cargo binaries are bind-mounted read-only at `root/agent/{rustup,cargo-bin}`
+/// in each job's mount namespace (like an agent's tool cache). Without that user, jobs run as
+/// the daemon's user and the daemon says so at start.
+fn agent_identity(root: &Path, rc: &mut RunnerConfig) {
+    let name = std::env::var("SCALESET_RUNNER_USER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "scaleset-runner".into());
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some((uid, gid, home)) = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[0] == name)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, PathBuf::from(f[5]))))
+            .flatten()
+    }) else {
+        tracing::warn!(user = %name, "no such user: pipeline jobs run as the daemon's own user (create it with scripts/install-deps.sh)");
+        return;
+    };
+    let home: PathBuf = home;
+    if !home.is_dir() && std::fs::create_dir_all(&home).is_ok() {
+        let c = std::ffi::CString::new(home.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: c is a valid NUL-terminated path.
+        unsafe { libc::chown(c.as_ptr(), uid, gid) };
+    }
+    let own_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let rustup = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| own_home.join(".rustup"));
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| own_home.join(".cargo"))
+        .join("bin");
+    let agent = root.join("agent");
+    let mut path = String::new();
+    let mut env = vec![
+        ("HOME".to_string(), home.to_string_lossy().into_owned()),
+        ("USER".to_string(), name.clone()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        (
+            "CARGO_HOME".to_string(),
+            home.join(".cargo").to_string_lossy().into_owned(),
+        ),
+    ];
+    for (src, mnt) in [(&rustup, "rustup"), (&cargo_bin, "cargo-bin")] {
+        let dst = agent.join(mnt);
+        if src.is_dir() && std::fs::create_dir_all(&dst).is_ok() {
+            rc.bind_ro.push((src.clone(), dst.clone()));
+            if mnt == "rustup" {
+                env.push(("RUSTUP_HOME".into(), dst.to_string_lossy().into_owned()));
+            } else {
+                path = format!("{}:", dst.display());
+            }
+        }
+    }
+    path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    env.push(("PATH".into(), path));
+    rc.base_env = env;
+    rc.uid_gid = Some((uid, gid));
+    tracing::info!(user = %name, uid, "pipeline jobs run as an unprivileged user");
 }
 
 /// Completes runs interrupted by a restart and starts the run worker (call once, from `serve`).
@@ -239,9 +313,11 @@ pub fn start(st: &Arc<AppState>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(req.run_id, tx);
-            let tasks = svc.tasks(&st);
             let id = req.run_id;
+            let run_token = st.mint_run_token(id);
+            let tasks = svc.tasks(&st, &run_token);
             let rec = svc.runner.run(req, &tasks, cancel).await;
+            st.revoke_run_token(&run_token);
             svc.cancels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -295,7 +371,8 @@ impl Baker for DaemonBaker {
             package_dir: req.package_dir.clone(),
             script: req.script.clone(),
             args: req.args.clone(),
-            network: false,
+            // Packer's build VM has network access (deployment scripts apt-get install).
+            network: true,
             mirror: None,
         };
         let mut w = LineWriter {
@@ -457,6 +534,24 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Webhooks authenticate with the repository's own secret, never the daemon token.
+    if let Some(name) = uri.path().strip_prefix("/scaleset/hooks/") {
+        if method != Method::POST {
+            return ApiError::Client {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "MethodNotAllowed",
+                message: "webhooks are POST requests".into(),
+            }
+            .into_response();
+        }
+        let Some(svc) = st.pipelines.clone() else {
+            return unavailable().into_response();
+        };
+        return match webhook(&svc, name, &headers, &body).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     let Some(user) = bearer_or_basic_ok(&st, &headers) else {
         let mut r = ApiError::Client {
             status: StatusCode::UNAUTHORIZED,
@@ -605,6 +700,17 @@ fn on_push(
                 for t in &m.runs {
                     match svc.enqueue(t) {
                         Ok(id) => {
+                            if t.reason == (RunReason::Push { batched: true }) {
+                                for old in svc
+                                    .runs
+                                    .batch_into(&t.definition.name, &t.branch, id)
+                                    .unwrap_or_default()
+                                {
+                                    notes.push(format!(
+                                        "run {old}, still queued, was batched into run {id}"
+                                    ));
+                                }
+                            }
                             queued.push(id);
                             notes.push(format!(
                                 "queued run {id} of pipeline `{}` for {} at {}",
@@ -629,6 +735,72 @@ fn on_push(
 }
 
 type Reply = Result<Response, ApiError>;
+
+/// `POST /scaleset/hooks/{repo}`: a push webhook from GitHub or Azure Repos for a mirror.
+/// Authenticated by the mirror's secret (see `pipeline::webhook`); the payload only says that
+/// refs moved: the mirror is fetched and the refs that really moved trigger pipelines like a
+/// push.
+async fn webhook(
+    svc: &Arc<PipelineService>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
+    use pipeline::webhook::{authenticate, parse, HookEvent};
+    let name = crate::route::decode_segment(name);
+    // Unknown repositories and repositories without a secret look the same as a bad secret.
+    let secret = svc.repos.webhook_secret(&name).unwrap_or_default();
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let password = h("authorization")
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| b64_decode(b.trim()))
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|up| up.split_once(':').map(|(_, p)| p.to_string()));
+    authenticate(&secret, body, h("x-hub-signature-256"), password.as_deref()).map_err(|e| {
+        ApiError::Client {
+            status: StatusCode::UNAUTHORIZED,
+            code: "AuthenticationFailed",
+            message: e.to_string(),
+        }
+    })?;
+    let refs = match parse(h("x-github-event"), body)
+        .map_err(|e| ApiError::bad_request("InvalidWebhookPayload", e.to_string()))?
+    {
+        HookEvent::Ping => return json_ok(StatusCode::OK, json!({"notes": ["pong"]})),
+        HookEvent::Ignored(ev) => {
+            return json_ok(
+                StatusCode::OK,
+                json!({"notes": [format!("event `{ev}` ignored: only pushes trigger pipelines")]}),
+            )
+        }
+        HookEvent::Push(refs) => refs,
+    };
+    let lock = svc.repo_lock(&name);
+    let _g = lock.lock().await;
+    let before = svc.repos.refs(&name).map_err(git_err)?;
+    let (repos, n) = (svc.repos.clone(), name.clone());
+    tokio::task::spawn_blocking(move || repos.fetch_mirror(&n))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::Client {
+            status: StatusCode::BAD_GATEWAY,
+            code: "MirrorFetchFailed",
+            message: e.to_string(),
+        })?;
+    let after = svc.repos.refs(&name).map_err(git_err)?;
+    let mut notes = on_push(svc, &name, &before, &after);
+    for r in refs {
+        if after.get(&r.name) != Some(&r.new) && !r.new.bytes().all(|b| b == b'0') {
+            notes.push(format!(
+                "{} is at {} after the fetch, not {} as the payload says",
+                r.name,
+                after.get(&r.name).map(String::as_str).unwrap_or("(absent)"),
+                r.new
+            ));
+        }
+    }
+    json_ok(StatusCode::OK, json!({ "notes": notes }))
+}
 
 fn json_ok(status: StatusCode, v: Value) -> Reply {
     Ok((status, axum::Json(v)).into_response())
@@ -666,6 +838,8 @@ fn repo_json(svc: &PipelineService, st: &AppState, info: &git::RepoInfo) -> Valu
         "branches": info.branches,
         "pipelines": defs.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "lastPush": last,
+        "mirror": info.mirror,
+        "webhookUrl": info.mirror.as_ref().map(|_| format!("{endpoint}/scaleset/hooks/{}", info.name)),
     })
 }
 
@@ -738,6 +912,48 @@ async fn api(
             json_ok(StatusCode::OK, repo_json(svc, st, &info))
         }
         ("PUT", ["repos", name]) => {
+            let spec: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(
+                        "InvalidRequestContent",
+                        format!("the body is not JSON: {e}"),
+                    )
+                })?
+            };
+            if let Some(url) = spec.get("mirror") {
+                let url = url.as_str().ok_or_else(|| {
+                    ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
+                })?;
+                let secret = spec["webhookSecret"].as_str().ok_or_else(|| {
+                    ApiError::bad_request(
+                        "InvalidParameter",
+                        "a mirror needs `webhookSecret`: webhook calls are authenticated with it",
+                    )
+                })?;
+                if svc.repos.get(name).map_err(git_err)?.is_some() {
+                    return Err(ApiError::Client {
+                        status: StatusCode::CONFLICT,
+                        code: "RepositoryExists",
+                        message: format!("repository `{name}` already exists"),
+                    });
+                }
+                let (repos, n, u, sec) = (
+                    svc.repos.clone(),
+                    name.to_string(),
+                    url.to_string(),
+                    secret.to_string(),
+                );
+                let info = tokio::task::spawn_blocking(move || repos.create_mirror(&n, &u, &sec))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| match e {
+                        git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
+                        e => git_err(e),
+                    })?;
+                return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
+            }
             if svc.repos.get(name).map_err(git_err)?.is_some() {
                 let info = svc
                     .repos

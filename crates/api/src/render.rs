@@ -12,6 +12,13 @@ pub fn vmss(res: &Res, doc: &VmssDoc, provisioning: &str) -> Value {
     p["provisioningState"] = json!(provisioning);
     p["uniqueId"] = json!(doc.unique_id);
     p["timeCreated"] = json!(doc.time_created);
+    // The spec marks it x-ms-secret: Azure accepts it and never returns it.
+    if let Some(os) = p
+        .pointer_mut("/virtualMachineProfile/osProfile")
+        .and_then(Value::as_object_mut)
+    {
+        os.remove("adminPassword");
+    }
     v
 }
 

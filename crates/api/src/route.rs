@@ -7,6 +7,8 @@ pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
 pub const LB: &str = "Microsoft.Network/loadBalancers";
 pub const IMAGE: &str = "Microsoft.Compute/images";
 pub const RG: &str = "Microsoft.Resources/resourceGroups";
+/// The api-version put into the operation URLs we hand out (any valid version is accepted).
+pub const COMPUTE_OPERATIONS_API_VERSION: &str = "2024-11-01";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
@@ -85,6 +87,13 @@ pub enum Route {
     Rollback(Res),
     /// POST setOrchestrationServiceState (suspend or resume automatic repairs).
     SetOrchestrationServiceState(Res),
+    /// GET the status (`operations/{id}`) or result (`operationResults/{id}`) of a long-running
+    /// operation (see `operations.rs`).
+    Operation {
+        sub: String,
+        id: String,
+        result: bool,
+    },
 }
 
 impl Route {
@@ -273,6 +282,31 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
     }
 }
 
+/// Long-running operation status: `/subscriptions/{sub}/providers/Microsoft.Compute/locations/
+/// {loc}/operations/{id}` and `.../operationResults/{id}`.
+pub fn parse_operation(method: &Method, path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if *method != Method::GET
+        || segs.len() != 8
+        || !eq(segs[0], "subscriptions")
+        || !eq(segs[2], "providers")
+        || !eq(segs[3], "Microsoft.Compute")
+        || !eq(segs[4], "locations")
+    {
+        return None;
+    }
+    let result = match segs[6] {
+        s if eq(s, "operations") => false,
+        s if eq(s, "operationResults") => true,
+        _ => return None,
+    };
+    Some(Route::Operation {
+        sub: segs[1].to_string(),
+        id: segs[7].to_string(),
+        result,
+    })
+}
+
 /// Subscription-wide lists: `/subscriptions/{sub}/providers/{ns}/{type}`.
 pub fn parse_sub_list(method: &Method, path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -363,5 +397,17 @@ mod tests {
             "/subscriptions/s/providers/Microsoft.Network/loadBalancers"
         )
         .is_some());
+        let op = "/subscriptions/s/providers/microsoft.compute/locations/local";
+        assert_eq!(
+            parse_operation(&Method::GET, &format!("{op}/operationResults/ab")),
+            Some(Route::Operation {
+                sub: "s".into(),
+                id: "ab".into(),
+                result: true
+            })
+        );
+        assert!(parse_operation(&Method::GET, &format!("{op}/operations/ab")).is_some());
+        assert!(parse_operation(&Method::POST, &format!("{op}/operations/ab")).is_none());
+        assert!(parse_operation(&Method::GET, &format!("{op}/other/ab")).is_none());
     }
 }

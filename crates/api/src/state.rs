@@ -218,9 +218,37 @@ pub struct AppState {
     pub observed: Mutex<std::collections::HashMap<String, Observation>>,
     /// Hosted repositories, pipelines and runs (`/scaleset/...`).
     pub pipelines: Option<Arc<crate::pipelines::PipelineService>>,
+    /// Credentials of running pipeline runs (token → run id): ARM API only, revoked when the
+    /// run ends; jobs never see the daemon token.
+    pub run_tokens: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl AppState {
+    /// A fresh credential for run `id` (see `run_tokens`).
+    pub fn mint_run_token(&self, id: u64) -> String {
+        let bytes: [u8; 32] = rand::random();
+        let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.run_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(t.clone(), id);
+        t
+    }
+
+    pub fn revoke_run_token(&self, token: &str) {
+        self.run_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    pub fn is_run_token(&self, token: &str) -> bool {
+        self.run_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(token)
+    }
+
     pub fn vmss_doc(&self, res: &Res) -> Result<Option<VmssDoc>, ApiError> {
         match self.store.get(&res.key(VMSS))? {
             None => Ok(None),

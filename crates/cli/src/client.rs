@@ -118,21 +118,18 @@ impl Client {
         )
     }
 
-    /// Sends a request; 404 on GET becomes `Ok(None)` only through `get_opt`.
-    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let version = if path.contains("Microsoft.Network") {
-            NETWORK
-        } else if path.contains("/providers/") {
-            COMPUTE
-        } else {
-            RESOURCES
-        };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let uri = format!("{}{path}{sep}api-version={version}", self.endpoint);
+    /// Sends a request to `uri` (a path on the daemon); a status of 400 or more becomes an
+    /// [`ArmError`] with the daemon's `{"error":{"code","message"}}`.
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let data = body.map(|b| b.to_string()).unwrap_or_default();
         let req = hyper::Request::builder()
             .method(method)
-            .uri(&uri)
+            .uri(format!("{}{uri}", self.endpoint))
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(data)))
@@ -142,41 +139,114 @@ impl Client {
                 anyhow!("cannot reach the scaleset daemon at {}: {e}", self.endpoint)
             })?;
         let status = resp.status().as_u16();
+        if status < 400 {
+            return Ok(resp);
+        }
         let bytes = resp
             .into_body()
             .collect()
             .await
             .context("reading response")?
             .to_bytes();
-        let v: Value = if bytes.is_empty() {
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(ArmError {
+            status,
+            code: v
+                .pointer("/error/code")
+                .and_then(Value::as_str)
+                .unwrap_or("Error")
+                .to_string(),
+            message: v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}")),
+        }
+        .into())
+    }
+
+    async fn send_json(&self, method: &str, uri: &str, body: Option<&Value>) -> Result<Value> {
+        let bytes = self
+            .send(method, uri, body)
+            .await?
+            .into_body()
+            .collect()
+            .await
+            .context("reading response")?
+            .to_bytes();
+        Ok(if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
                 .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        })
+    }
+
+    /// An ARM call (the api-version is added); 404 on GET becomes `Ok(None)` only through
+    /// `get_opt`.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let version = if path.contains("Microsoft.Network") {
+            NETWORK
+        } else if path.contains("/providers/") {
+            COMPUTE
+        } else {
+            RESOURCES
         };
-        if status >= 400 {
-            let code = v
-                .pointer("/error/code")
-                .and_then(Value::as_str)
-                .unwrap_or("Error")
-                .to_string();
-            let message = v
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            return Err(ArmError {
-                status,
-                code,
-                message,
-            }
-            .into());
-        }
-        Ok(v)
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.send_json(method, &format!("{path}{sep}api-version={version}"), body)
+            .await
+    }
+
+    /// A call to the daemon's own `/scaleset/...` endpoints (repos, pipelines, runs).
+    pub async fn scaleset(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send_json(method, &format!("/scaleset{path}"), body)
+            .await
+    }
+
+    /// A `/scaleset/...` response as text.
+    pub async fn scaleset_text(&self, path: &str) -> Result<String> {
+        let bytes = self
+            .send("GET", &format!("/scaleset{path}"), None)
+            .await?
+            .into_body()
+            .collect()
+            .await
+            .context("reading response")?
+            .to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A `/scaleset/...` response as a stream (followed logs).
+    pub async fn scaleset_stream(
+        &self,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        self.send("GET", &format!("/scaleset{path}"), None).await
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     pub async fn get_opt(&self, path: &str) -> Result<Option<Value>> {
         match self.call("GET", path, None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e)
+                if e.downcast_ref::<ArmError>()
+                    .is_some_and(|a| a.status == 404) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get_opt_scaleset(&self, path: &str) -> Result<Option<Value>> {
+        match self.scaleset("GET", path, None).await {
             Ok(v) => Ok(Some(v)),
             Err(e)
                 if e.downcast_ref::<ArmError>()

@@ -2,6 +2,7 @@
 mod client;
 mod commands;
 mod daemon;
+mod export;
 mod output;
 mod pipelines;
 mod up;
@@ -51,6 +52,9 @@ enum Cmd {
     /// Pipeline runs.
     #[command(subcommand)]
     Run(pipelines::RunCmd),
+    /// Export the local deployment for another platform (`azure`: ARM template + pipelines).
+    #[command(subcommand)]
+    Export(export::ExportCmd),
     /// Internal: run one load balancer's data plane (started by the daemon).
     #[command(hide = true)]
     LbServe {
@@ -83,6 +87,15 @@ fn main() {
     } else {
         Cli::parse()
     };
+    if !matches!(cli.cmd, Cmd::Up(_) | Cmd::Serve(_) | Cmd::LbServe { .. }) {
+        // A short-lived command piped into `head` ends quietly, like other Unix tools, instead
+        // of panicking on EPIPE. The daemons keep Rust's default (ignored) for their sockets
+        // and pipes.
+        // SAFETY: called before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,6 +129,7 @@ fn main() {
             Cmd::Repo(c) => pipelines::repo(c, cli.output).await,
             Cmd::Pipeline(c) => pipelines::pipeline(c, cli.output).await,
             Cmd::Run(c) => pipelines::run(c, cli.output).await,
+            Cmd::Export(c) => export::run(c).await,
         }
     });
     if let Err(e) = result {

@@ -1,21 +1,27 @@
 //! `scaleset repo|pipeline|run`: hosted repositories and pipeline runs (the daemon's
 //! `/scaleset/...` endpoints), and the `az` personality (argv[0] = `az`).
-use crate::client::{enc, home, ArmError};
+use crate::client::{enc, home, Client};
 use crate::output::{render, Columns, Output};
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
 use clap::Subcommand;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::io::Write;
 
 #[derive(Subcommand)]
 pub enum RepoCmd {
-    /// Create a hosted git repository (push to the URL it prints, token as the password).
+    /// Create a hosted git repository (push to the URL it prints, token as the password), or
+    /// with --mirror a read-only mirror of an external repository (GitHub, Azure Repos...)
+    /// that its push webhook updates: point the webhook at the printed webhookUrl.
     Create {
         name: String,
+        /// URL of the external repository to mirror.
+        #[arg(long, requires = "webhook_secret")]
+        mirror: Option<String>,
+        /// Secret of the push webhook: GitHub's webhook secret (HMAC-SHA256 signature), or the
+        /// HTTP Basic password of an Azure Repos service hook. At least 16 characters.
+        #[arg(long, env = "SCALESET_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
     },
     List,
     Show {
@@ -91,112 +97,21 @@ const RUN_COLS: Columns = &[
     ("Queued", "/queued"),
 ];
 
-struct Api {
-    endpoint: String,
-    token: String,
-    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-}
-
-impl Api {
-    fn open() -> Result<Api> {
-        let h = home();
-        let endpoint = match std::env::var("SCALESET_ENDPOINT") {
-            Ok(e) if !e.is_empty() => e,
-            _ => std::fs::read_to_string(h.join("endpoint"))
-                .map(|s| s.trim().to_string())
-                .map_err(|_| anyhow!("the scaleset daemon is not running (no {}); start it with `scaleset serve` or `scaleset up`", h.join("endpoint").display()))?,
-        };
-        let token = match std::env::var("SCALESET_TOKEN") {
-            Ok(t) if !t.is_empty() => t,
-            _ => std::fs::read_to_string(h.join("token"))
-                .map(|s| s.trim().to_string())
-                .with_context(|| {
-                    format!(
-                        "cannot read the API token {} (run as root, or set SCALESET_TOKEN)",
-                        h.join("token").display()
-                    )
-                })?,
-        };
-        Ok(Api {
-            endpoint,
-            token,
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
-        })
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>> {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}/scaleset{path}", self.endpoint))
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
-            .context("building request")?;
-        let resp =
-            self.http.request(req).await.map_err(|e| {
-                anyhow!("cannot reach the scaleset daemon at {}: {e}", self.endpoint)
-            })?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ArmError {
-                status,
-                code: v
-                    .pointer("/error/code")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Error")
-                    .into(),
-                message: v
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("HTTP {status}")),
-            }
-            .into());
+/// Streams a followed log to stdout; returns when the run ends.
+async fn stream_logs(api: &Client, id: u64) -> Result<()> {
+    let mut body = api
+        .scaleset_stream(&format!("/runs/{id}/logs?follow=true"))
+        .await?
+        .into_body();
+    let mut out = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the log stream")?;
+        if let Some(d) = frame.data_ref() {
+            out.write_all(d)?;
+            out.flush()?;
         }
-        Ok(resp)
     }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let resp = self.send(method, path, body).await?;
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        Ok(serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())))
-    }
-
-    async fn text(&self, path: &str) -> Result<String> {
-        let resp = self.send("GET", path, None).await?;
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    /// Streams a followed log to stdout; returns when the run ends.
-    async fn stream_logs(&self, id: u64) -> Result<()> {
-        let mut body = self
-            .send("GET", &format!("/runs/{id}/logs?follow=true"), None)
-            .await?
-            .into_body();
-        let mut out = std::io::stdout();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.context("reading the log stream")?;
-            if let Some(d) = frame.data_ref() {
-                out.write_all(d)?;
-                out.flush()?;
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 fn values(v: Value) -> Value {
@@ -228,16 +143,21 @@ fn decorate_repo(mut v: Value) -> Value {
 }
 
 pub async fn repo(cmd: RepoCmd, out: Output) -> Result<()> {
-    let api = Api::open()?;
+    let api = Client::from_home(&home())?;
     match cmd {
-        RepoCmd::Create { name } => {
+        RepoCmd::Create {
+            name,
+            mirror,
+            webhook_secret,
+        } => {
+            let body = mirror.map(|m| json!({"mirror": m, "webhookSecret": webhook_secret}));
             let v = api
-                .call("PUT", &format!("/repos/{}", enc(&name)), None)
+                .scaleset("PUT", &format!("/repos/{}", enc(&name)), body.as_ref())
                 .await?;
             print(&decorate_repo(v), out, REPO_COLS);
         }
         RepoCmd::List => {
-            let v = values(api.call("GET", "/repos", None).await?);
+            let v = values(api.scaleset("GET", "/repos", None).await?);
             let v = Value::Array(
                 v.as_array()
                     .cloned()
@@ -250,21 +170,21 @@ pub async fn repo(cmd: RepoCmd, out: Output) -> Result<()> {
         }
         RepoCmd::Show { name } => {
             let v = api
-                .call("GET", &format!("/repos/{}", enc(&name)), None)
+                .scaleset("GET", &format!("/repos/{}", enc(&name)), None)
                 .await?;
             print(&decorate_repo(v), out, REPO_COLS);
         }
         RepoCmd::Delete { name } => {
-            api.call("DELETE", &format!("/repos/{}", enc(&name)), None)
+            api.scaleset("DELETE", &format!("/repos/{}", enc(&name)), None)
                 .await?;
         }
     }
     Ok(())
 }
 
-async fn finish_follow(api: &Api, id: u64) -> Result<()> {
-    api.stream_logs(id).await?;
-    let r = api.call("GET", &format!("/runs/{id}"), None).await?;
+async fn finish_follow(api: &Client, id: u64) -> Result<()> {
+    stream_logs(api, id).await?;
+    let r = api.scaleset("GET", &format!("/runs/{id}"), None).await?;
     let state = r["state"].as_str().unwrap_or("unknown");
     if state != "succeeded" && state != "succeededwithissues" {
         bail!(
@@ -280,10 +200,10 @@ async fn finish_follow(api: &Api, id: u64) -> Result<()> {
 }
 
 pub async fn pipeline(cmd: PipelineCmd, out: Output) -> Result<()> {
-    let api = Api::open()?;
+    let api = Client::from_home(&home())?;
     match cmd {
         PipelineCmd::List => {
-            let v = values(api.call("GET", "/pipelines", None).await?);
+            let v = values(api.scaleset("GET", "/pipelines", None).await?);
             print(&v, out, PIPELINE_COLS);
         }
         PipelineCmd::Run {
@@ -296,7 +216,7 @@ pub async fn pipeline(cmd: PipelineCmd, out: Output) -> Result<()> {
                 None => json!({}),
             };
             let v = api
-                .call(
+                .scaleset(
                     "POST",
                     &format!("/pipelines/{}/runs", enc(&name)),
                     Some(&body),
@@ -312,11 +232,11 @@ pub async fn pipeline(cmd: PipelineCmd, out: Output) -> Result<()> {
         }
         PipelineCmd::Show { name } => {
             let mut v = api
-                .call("GET", &format!("/pipelines/{}", enc(&name)), None)
+                .scaleset("GET", &format!("/pipelines/{}", enc(&name)), None)
                 .await?;
             if out == Output::Json {
                 let runs = values(
-                    api.call("GET", &format!("/pipelines/{}/runs", enc(&name)), None)
+                    api.scaleset("GET", &format!("/pipelines/{}/runs", enc(&name)), None)
                         .await?,
                 );
                 v["runs"] = runs;
@@ -328,35 +248,39 @@ pub async fn pipeline(cmd: PipelineCmd, out: Output) -> Result<()> {
     Ok(())
 }
 
-async fn logs(api: &Api, id: u64, follow: bool) -> Result<()> {
+async fn logs(api: &Client, id: u64, follow: bool) -> Result<()> {
     if follow {
-        api.stream_logs(id).await
+        stream_logs(api, id).await
     } else {
-        print!("{}", api.text(&format!("/runs/{id}/logs")).await?);
+        print!("{}", api.scaleset_text(&format!("/runs/{id}/logs")).await?);
         Ok(())
     }
 }
 
 pub async fn run(cmd: RunCmd, out: Output) -> Result<()> {
-    let api = Api::open()?;
+    let api = Client::from_home(&home())?;
     match cmd {
         RunCmd::List { pipeline } => {
             let path = match pipeline {
                 Some(p) => format!("/runs?pipeline={}", enc(&p)),
                 None => "/runs".into(),
             };
-            print(&values(api.call("GET", &path, None).await?), out, RUN_COLS);
+            print(
+                &values(api.scaleset("GET", &path, None).await?),
+                out,
+                RUN_COLS,
+            );
         }
         RunCmd::Show { id } => {
             print(
-                &api.call("GET", &format!("/runs/{id}"), None).await?,
+                &api.scaleset("GET", &format!("/runs/{id}"), None).await?,
                 out,
                 RUN_COLS,
             );
         }
         RunCmd::Cancel { id } => {
             print(
-                &api.call("POST", &format!("/runs/{id}/cancel"), None)
+                &api.scaleset("POST", &format!("/runs/{id}/cancel"), None)
                     .await?,
                 out,
                 RUN_COLS,

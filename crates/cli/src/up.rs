@@ -33,7 +33,7 @@ pub struct UpArgs {
     pub detach: bool,
 }
 
-fn example_dir() -> Result<PathBuf> {
+pub(crate) fn example_dir() -> Result<PathBuf> {
     let mut candidates = vec![PathBuf::from("examples/my_app")];
     if let Ok(exe) = std::env::current_exe() {
         // target/{release,debug}/scaleset → repository root.
@@ -41,81 +41,254 @@ fn example_dir() -> Result<PathBuf> {
             candidates.push(root.join("examples/my_app"));
         }
     }
-    candidates.into_iter().find(|p| p.join("setupscript.sh").is_file()).ok_or_else(|| anyhow!("cannot find the example (examples/my_app); run from the repository root or pass DIR"))
+    candidates.into_iter().find(|p| p.join("azure-pipelines.yml").is_file()).ok_or_else(|| anyhow!("cannot find the example (examples/my_app); run from the repository root or pass DIR"))
 }
 
-/// Builds the app with cargo and returns the path of its binary.
-fn build_app(dir: &Path) -> Result<PathBuf> {
-    let manifest = dir.join("Cargo.toml");
-    if !manifest.is_file() {
+/// The plain base OS as a managed image: a scale set created by `up` starts from it, empty,
+/// until its first release (the seed creates its scale set from a marketplace image).
+const BASE_IMAGE: &str = "debian-12";
+
+/// Copies `src` into `dst`, leaving out `.git` and cargo's `target/`.
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let name = e.file_name();
+        if name == ".git" || name == "target" {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dst.join(&name))?;
+        } else if ft.is_file() {
+            std::fs::copy(e.path(), dst.join(&name))?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, dst.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// git with the daemon token as a bearer header (through the environment, so it is neither
+/// on a command line nor in a config file) and no user or system configuration.
+fn git(dir: &Path, token: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+        .env(
+            "GIT_CONFIG_VALUE_0",
+            format!("Authorization: Bearer {token}"),
+        )
+        .env("GIT_AUTHOR_NAME", "scaleset up")
+        .env("GIT_AUTHOR_EMAIL", "up@scaleset.local")
+        .env("GIT_COMMITTER_NAME", "scaleset up")
+        .env("GIT_COMMITTER_EMAIL", "up@scaleset.local")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run git (install it: apt-get install git)")?;
+    if !out.status.success() {
         bail!(
-            "{} has no Cargo.toml: `scaleset up` builds a Cargo package",
-            dir.display()
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    eprintln!("==> building the app ({})", dir.display());
-    let out = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--message-format=json-render-diagnostics",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("cannot run cargo (install Rust: https://rustup.rs, or Debian's cargo)")?;
-    if !out.status.success() {
-        bail!("cargo build failed for {}", manifest.display());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let exe = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
-            v["reason"] == "compiler-artifact"
-                && v["manifest_path"].as_str().map(Path::new)
-                    == std::fs::canonicalize(&manifest).ok().as_deref()
-        })
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .next_back()
-        .ok_or_else(|| anyhow!("cargo built no executable for {}", manifest.display()))?;
-    Ok(exe)
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()
+        + &String::from_utf8_lossy(&out.stderr))
 }
 
-/// The CI's `drop`: the built binary plus the deployment files.
-fn make_drop(dir: &Path, exe: &Path, home: &Path) -> Result<PathBuf> {
-    let drop = home.join("drops").join("up");
-    let _ = std::fs::remove_dir_all(&drop);
-    std::fs::create_dir_all(&drop)?;
-    fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-        for e in std::fs::read_dir(src)? {
-            let e = e?;
-            let name = e.file_name();
-            let n = name.to_string_lossy();
-            if ["src", "target", "tests", "Cargo.toml", "Cargo.lock"].contains(&n.as_ref())
-                || n.starts_with('.')
-                || n.ends_with(".yml")
-                || n.ends_with(".md")
-            {
-                continue;
-            }
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                std::fs::create_dir_all(dst.join(&name))?;
-                copy_tree(&e.path(), &dst.join(&name))?;
-            } else if ft.is_file() {
-                std::fs::copy(e.path(), dst.join(&name))?;
+/// Pushes the files of `dir` to `main` of the hosted repository through up's own clone
+/// (`home/up/<repo>`). Commits only when `dir` changed since the last `up`, so commits pushed
+/// by others are not reverted by an unchanged folder. Returns the pushed commit.
+fn sync_repo(home: &Path, dir: &Path, url: &str, token: &str) -> Result<Option<String>> {
+    let clone = home.join("up").join("src");
+    let marker = home.join("up").join("synced-tree");
+    if !clone.join(".git").is_dir() {
+        let _ = std::fs::remove_dir_all(&clone);
+        std::fs::create_dir_all(&clone)?;
+        git(&clone, token, &["init", "-q", "-b", "main"])?;
+        git(&clone, token, &["remote", "add", "origin", url])?;
+    }
+    git(&clone, token, &["remote", "set-url", "origin", url])?;
+    git(&clone, token, &["fetch", "-q", "origin"])?;
+    let has_main =
+        git(&clone, token, &["branch", "-r", "--list", "origin/main"])?.contains("origin/main");
+    if has_main {
+        git(&clone, token, &["reset", "-q", "--hard", "origin/main"])?;
+    }
+    for e in std::fs::read_dir(&clone)? {
+        let e = e?;
+        if e.file_name() != ".git" {
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(p)?;
+            } else {
+                std::fs::remove_file(p)?;
             }
         }
-        Ok(())
     }
-    copy_tree(dir, &drop)?;
-    let bin = exe
-        .file_name()
-        .ok_or_else(|| anyhow!("bad executable path"))?;
-    std::fs::copy(exe, drop.join(bin))?;
-    Ok(drop)
+    copy_tree(dir, &clone)?;
+    git(&clone, token, &["add", "-A"])?;
+    let tree = git(&clone, token, &["write-tree"])?;
+    let tree = tree.lines().next().unwrap_or_default().to_string();
+    let head_tree = if has_main {
+        git(&clone, token, &["rev-parse", "HEAD^{tree}"])?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        String::new()
+    };
+    let last = std::fs::read_to_string(&marker).unwrap_or_default();
+    if tree == head_tree || tree == last.trim() {
+        if has_main {
+            git(&clone, token, &["reset", "-q", "--hard", "origin/main"])?;
+        }
+        std::fs::write(&marker, &tree)?;
+        return Ok(None);
+    }
+    let msg = format!("scaleset up: {}", dir.display());
+    git(&clone, token, &["commit", "-q", "-m", &msg])?;
+    let out = git(&clone, token, &["push", "origin", "HEAD:refs/heads/main"])?;
+    for l in out.lines().filter(|l| l.starts_with("remote:")) {
+        eprintln!("    {l}");
+    }
+    std::fs::write(&marker, &tree)?;
+    Ok(Some(
+        git(&clone, token, &["rev-parse", "HEAD"])?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+/// Waits for a run to complete, printing each step as it starts and ends (from the followed
+/// log). Fails with the tail of the run's log unless it succeeded.
+async fn follow_run(c: &Client, id: u64) -> Result<Value> {
+    use http_body_util::BodyExt;
+    let t0 = Instant::now();
+    let mut body = c
+        .scaleset_stream(&format!("/runs/{id}/logs?follow=true"))
+        .await?
+        .into_body();
+    let mut pending = Vec::new();
+    let mut started: std::collections::HashMap<String, Instant> = Default::default();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        let Some(d) = frame.data_ref() else { continue };
+        pending.extend_from_slice(d);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some((_, text)) = line.trim_end().split_once(" | ") else {
+                continue;
+            };
+            if let Some(step) = text.strip_prefix("##[section]Starting: ") {
+                started.insert(step.to_string(), Instant::now());
+                eprintln!("    run {id} · {step} …");
+            } else if let Some(rest) = text.strip_prefix("##[section]Finishing: ") {
+                let (step, result) = rest.rsplit_once(" (").unwrap_or((rest, "?)"));
+                let secs = started
+                    .get(step)
+                    .map(|t| t.elapsed().as_secs_f64())
+                    .unwrap_or(0.0);
+                eprintln!(
+                    "    run {id} · {step}: {} ({secs:.1}s)",
+                    result.trim_end_matches(')')
+                );
+            }
+        }
+    }
+    let r = c.scaleset("GET", &format!("/runs/{id}"), None).await?;
+    let state = r["state"].as_str().unwrap_or("unknown").to_string();
+    eprintln!(
+        "    run {id} of `{}` {state} in {:.1}s",
+        r["pipeline"].as_str().unwrap_or("?"),
+        t0.elapsed().as_secs_f64()
+    );
+    if state != "succeeded" && state != "succeededwithissues" {
+        let log = c
+            .scaleset_text(&format!("/runs/{id}/logs"))
+            .await
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        for l in tail.into_iter().rev() {
+            eprintln!("    | {l}");
+        }
+        bail!(
+            "run {id} of `{}` ended {state}{} (full log: scaleset run logs {id})",
+            r["pipeline"].as_str().unwrap_or("?"),
+            r["message"]
+                .as_str()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(r)
+}
+
+/// The run of `pipeline` for `commit` (the newest if several), waiting for the push to queue it.
+async fn run_for_commit(c: &Client, pipeline: &str, commit: &str) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = c
+            .scaleset(
+                "GET",
+                &format!("/runs?pipeline={}", crate::client::enc(pipeline)),
+                None,
+            )
+            .await?;
+        let id = v["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["source_version"] == commit)
+            .filter_map(|r| r["id"].as_u64())
+            .max();
+        if let Some(id) = id {
+            return Ok(id);
+        }
+        if Instant::now() > deadline {
+            bail!("the push of {commit} queued no run of pipeline `{pipeline}` (is its trigger on main?)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The run that a completed run triggered through `resources.pipelines` (the release).
+async fn triggered_by(c: &Client, id: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = c.scaleset("GET", "/runs", None).await?;
+        let found = v["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["run_id"] == id)
+                    && r["reason"].get("resource").is_some()
+            })
+            .filter_map(|r| r["id"].as_u64())
+            .max();
+        if let Some(rid) = found {
+            return Ok(rid);
+        }
+        if Instant::now() > deadline {
+            bail!("run {id} triggered no release pipeline (a pipeline with `resources.pipelines` whose source is this CI pipeline)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn wait_api(c: &Client) -> Result<()> {
@@ -153,56 +326,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => example_dir()?,
     };
-    if !dir.join("setupscript.sh").is_file() {
+    if !dir.join("azure-pipelines.yml").is_file() {
         bail!(
-            "{} has no setupscript.sh (the deployment script run when baking the image)",
+            "{} has no azure-pipelines.yml: `scaleset up` pushes the folder to a hosted repository whose pipelines build and deploy it (see examples/my_app)",
             dir.display()
         );
     }
+    let dir = std::fs::canonicalize(&dir)?;
+    let repo = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{}: cannot name a repository after it", dir.display()))?
+        .to_string();
     let cfg = daemon::config(&args.serve)?;
     let home = cfg.home.clone();
-    let exe = build_app(&dir)?;
-    let drop = make_drop(&dir, &exe, &home)?;
-
-    // Bake (a cache hit when the drop did not change).
-    let digest = image::tree_digest(&drop).map_err(|e| anyhow!(api::error::error_chain(&e)))?;
-    let image_name = format!(
-        "{}-{}",
-        exe.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("app")
-            .replace('_', "-"),
-        &digest.trim_start_matches("sha256:")[..12]
-    );
-    let store = image::ImageStore::new(home.join("images"), cfg.base_cache.clone());
-    let bake_log = home.join("up-bake.log");
-    eprintln!(
-        "==> baking image {image_name} (base debian:bookworm; log: {})",
-        bake_log.display()
-    );
-    let t = Instant::now();
-    let spec = image::BakeSpec {
-        name: image_name.clone(),
-        base: "debian:bookworm".into(),
-        package_dir: drop.clone(),
-        script: "setupscript.sh".into(),
-        args: vec![],
-        network: true,
-        mirror: None,
-    };
-    let img = tokio::task::spawn_blocking(move || {
-        let mut log = std::fs::File::create(&bake_log)?;
-        store
-            .bake(&spec, &mut log)
-            .map_err(|e| anyhow!(api::error::error_chain(&e)))
-    })
-    .await??;
-    eprintln!(
-        "    image {} {} in {:.1}s",
-        img.name,
-        img.digest,
-        t.elapsed().as_secs_f64()
-    );
 
     // Daemon, in this process.
     let st = daemon::open(cfg)?;
@@ -219,10 +356,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let ctrl_c = daemon::shutdown_signal();
     tokio::pin!(ctrl_c);
     let deploy = async {
-        eprintln!(
-            "==> deploying {VMSS} ({} instances) behind {LB} at http://{}",
-            args.capacity, args.frontend
-        );
         c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
             .await?;
         let mut lb = lb_body(
@@ -241,16 +374,118 @@ pub async fn run(args: UpArgs) -> Result<()> {
             "loadDistribution": "Default", "idleTimeoutInMinutes": 4,
         }}]);
         c.call("PUT", &lb_id, Some(&lb)).await?;
-        // Automatic mode: a changed app (new image) is applied to the running instances.
-        let body = vmss_body(
-            &c,
-            RG,
-            &image_name,
-            args.capacity,
-            Some((LB, "bepool", Some("http-health"))),
-            ("Automatic", None, Some(VMSS)),
+
+        // A new scale set starts empty on the plain base OS, in Rolling mode: the release
+        // pipeline points it at the app's image, then it is scaled out.
+        let vmss_path = c.vmss_path(RG, VMSS);
+        if c.get_opt(&vmss_path).await?.is_none() {
+            eprintln!(
+                "==> creating {VMSS} (empty, Rolling upgrades) behind {LB} at http://{}",
+                args.frontend
+            );
+            let st2 = st.clone();
+            let pkg = home.join("up").join("base");
+            std::fs::create_dir_all(&pkg)?;
+            std::fs::write(
+                pkg.join("setupscript.sh"),
+                "#!/bin/sh\n# The plain base OS; scale sets created by `scaleset up` start from it.\ntrue\n",
+            )?;
+            let spec = image::BakeSpec {
+                name: BASE_IMAGE.into(),
+                base: "debian:bookworm".into(),
+                package_dir: pkg,
+                script: "setupscript.sh".into(),
+                args: vec![],
+                network: false,
+                mirror: None,
+            };
+            let log = home.join("up-base.log");
+            eprintln!("    preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})", log.display());
+            tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::File::create(&log)?;
+                st2.images
+                    .bake(&spec, &mut f)
+                    .map_err(|e| anyhow!(api::error::error_chain(&e)))
+            })
+            .await??;
+            let body = vmss_body(
+                &c,
+                RG,
+                BASE_IMAGE,
+                0,
+                Some((LB, "bepool", Some("http-health"))),
+                ("Rolling", None, Some(VMSS)),
+            );
+            c.call("PUT", &vmss_path, Some(&body)).await?;
+        }
+
+        // The app's source goes to the hosted repository; its pipelines build and deploy it.
+        if c.get_opt_scaleset(&format!("/repos/{}", crate::client::enc(&repo)))
+            .await?
+            .is_none()
+        {
+            c.scaleset(
+                "PUT",
+                &format!("/repos/{}", crate::client::enc(&repo)),
+                None,
+            )
+            .await?;
+        }
+        let url = format!("{}/scaleset/git/{repo}.git", c.endpoint());
+        eprintln!("==> pushing {} to {url}", dir.display());
+        let (h, d, u, tok) = (
+            home.clone(),
+            dir.clone(),
+            url.clone(),
+            c.token().to_string(),
         );
-        c.call("PUT", &c.vmss_path(RG, VMSS), Some(&body)).await?;
+        let pushed = tokio::task::spawn_blocking(move || sync_repo(&h, &d, &u, &tok)).await??;
+        let vmss = c.call("GET", &vmss_path, None).await?;
+        let on_base = vmss
+            .pointer("/properties/virtualMachineProfile/storageProfile/imageReference/id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| id.ends_with(&format!("/images/{BASE_IMAGE}")));
+        let ci = match &pushed {
+            Some(commit) => Some(run_for_commit(&c, &repo, commit).await?),
+            None if on_base => {
+                // Unchanged source but never released (an earlier `up` stopped half-way).
+                let v = c
+                    .scaleset(
+                        "POST",
+                        &format!("/pipelines/{}/runs", crate::client::enc(&repo)),
+                        Some(&json!({"branch": "main"})),
+                    )
+                    .await?;
+                v["id"].as_u64()
+            }
+            None => {
+                eprintln!("    unchanged since the last `up`: nothing to build");
+                None
+            }
+        };
+        if let Some(ci) = ci {
+            let t = Instant::now();
+            eprintln!("==> CI: run {ci} of pipeline `{repo}`");
+            follow_run(&c, ci).await?;
+            let ci_s = t.elapsed().as_secs_f64();
+            let rel = triggered_by(&c, ci).await?;
+            let t = Instant::now();
+            eprintln!("==> release: run {rel} (bake the image named by the build id, then `az vmss update`)");
+            let r = follow_run(&c, rel).await?;
+            eprintln!(
+                "    deployed by `{}`: CI {ci_s:.1}s, release {:.1}s",
+                r["pipeline"].as_str().unwrap_or("?"),
+                t.elapsed().as_secs_f64()
+            );
+        }
+
+        // Capacity (a new scale set was created empty).
+        let mut vmss = c.call("GET", &vmss_path, None).await?;
+        if vmss.pointer("/sku/capacity").and_then(Value::as_u64) != Some(args.capacity as u64) {
+            eprintln!("==> scaling {VMSS} to {} instances", args.capacity);
+            vmss["sku"]["capacity"] = json!(args.capacity);
+            c.call("PUT", &vmss_path, Some(&vmss)).await?;
+        }
 
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
@@ -296,6 +531,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!(
         "Try: curl http://{}/   |   scaleset vmss list-instances -g {RG} -n {VMSS} -o table",
         args.frontend
+    );
+    println!(
+        "Deploy a change: git clone {}/scaleset/git/{repo}.git (user any, password: the token in {}/token), edit, git push",
+        c.endpoint(),
+        home.display()
     );
     println!("(CLI state: SCALESET_HOME={})\n", home.display());
 

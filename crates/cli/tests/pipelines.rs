@@ -25,6 +25,9 @@ steps:
     artifact: drop
 "#;
 
+/// The release: also checks that jobs run as the unprivileged runner user (who cannot read the
+/// daemon's token but reaches the toolchain), and that the `az` shim's credential is the run's
+/// own (ARM only). `HOME_DIR` and `TOKEN_FILE` are filled in by the test.
 const RELEASE: &str = r#"trigger: none
 resources:
   pipelines:
@@ -39,6 +42,13 @@ steps:
   artifact: drop
 - script: find $(Pipeline.Workspace) -name hello.txt -exec cat {} +
   displayName: Show artifact
+- script: |
+    set -eu
+    echo "job user: $(id -un)"
+    test "$(id -un)" = scaleset-runner
+    if cat HOME_DIR/token; then echo "the daemon token is readable"; exit 1; fi
+    cargo --version
+  displayName: Unprivileged
 - task: AzureCLI@2
   displayName: Azure CLI
   inputs:
@@ -46,8 +56,11 @@ steps:
     scriptType: bash
     scriptLocation: inlineScript
     inlineScript: |
+      set -eu
       az group list --output table
       az image list -o json
+      if az repo list; then echo "the run credential reached /scaleset"; exit 1; fi
+      echo "$SCALESET_TOKEN" > TOKEN_FILE
 "#;
 
 fn git(dir: &Path, args: &[&str]) -> (bool, String) {
@@ -132,7 +145,16 @@ fn push_triggers_ci_then_release_with_az() {
     std::fs::create_dir_all(&work).unwrap();
     assert!(git(&work, &["init", "-q"]).0);
     std::fs::write(work.join("azure-pipelines.yml"), CI).unwrap();
-    std::fs::write(work.join("release-pipeline.yml"), RELEASE).unwrap();
+    let token_file =
+        std::env::temp_dir().join(format!("scaleset-run-token-{}", std::process::id()));
+    let _ = std::fs::remove_file(&token_file);
+    std::fs::write(
+        work.join("release-pipeline.yml"),
+        RELEASE
+            .replace("HOME_DIR", &home.display().to_string())
+            .replace("TOKEN_FILE", &token_file.display().to_string()),
+    )
+    .unwrap();
     std::fs::write(work.join("README.md"), "app\n").unwrap();
     assert!(git(&work, &["add", "."]).0);
     assert!(git(&work, &["commit", "-q", "-m", "first"]).0);
@@ -198,6 +220,23 @@ fn push_triggers_ci_then_release_with_az() {
     );
     assert!(followed.contains("finished"), "{followed}");
     assert!(!followed.contains(&token), "the token leaked into the log");
+    assert!(followed.contains("job user: scaleset-runner"), "{followed}");
+    // The run's credential was its own, and it died with the run.
+    let run_token = std::fs::read_to_string(&token_file).unwrap();
+    let _ = std::fs::remove_file(&token_file);
+    let run_token = run_token.trim();
+    assert!(!run_token.is_empty() && run_token != token);
+    let out = h
+        .cmd()
+        .env("SCALESET_TOKEN", run_token)
+        .args(["group", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("InvalidAuthenticationToken"),
+        "a finished run's credential still works: {err}"
+    );
 
     // Table output of runs.
     let table = h.ok(&["run", "list", "-o", "table"]);
@@ -391,4 +430,224 @@ fn pipeline_bakes_and_updates_scale_set() {
     );
     let images = h.json(&["image", "list"]);
     assert!(images.to_string().contains("\"name\":\"1\""), "{images}");
+}
+
+/// POSTs `body` to the daemon; returns (status, body).
+fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// A mirror of an external repository is updated by its push webhook: GitHub's (HMAC-SHA256
+/// signature) and Azure Repos' (HTTP Basic with the secret), each triggering CI for the commit
+/// the mirror fetched; bad signatures change nothing; the mirror refuses pushes.
+#[test]
+fn webhooks_from_github_and_azure_repos_trigger_runs() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the daemon needs root");
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("scaleset-webhooks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut h = Harness {
+        home: home.clone(),
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        serve: None,
+        subnet: "10.213.206.0/24",
+        prefix: "whk",
+        env: vec![],
+    };
+    h.start_serve();
+
+    // The "external" repository (GitHub or Azure Repos in real life).
+    let ext = home.join("ext.git");
+    assert!(git(&home, &["init", "-q", "--bare", ext.to_str().unwrap()]).0);
+    let work = home.join("ext-work");
+    std::fs::create_dir_all(&work).unwrap();
+    assert!(git(&work, &["init", "-q"]).0);
+    std::fs::write(
+        work.join("azure-pipelines.yml"),
+        "trigger:\n- main\nsteps:\n- script: echo \"built $(Build.SourceVersion) ($(Build.Reason))\"\n",
+    )
+    .unwrap();
+    assert!(git(&work, &["add", "."]).0);
+    assert!(git(&work, &["commit", "-q", "-m", "one"]).0);
+    assert!(git(&work, &["push", "-q", ext.to_str().unwrap(), "main"]).0);
+
+    let secret = "a-webhook-secret-0123";
+    let url = format!("file://{}", ext.display());
+    let (ok, _, err) = h.run(&[
+        "repo",
+        "create",
+        "mir",
+        "--mirror",
+        &url,
+        "--webhook-secret",
+        "short",
+    ]);
+    assert!(!ok && err.contains("at least 16"), "{err}");
+    let (ok, _, err) = h.run(&[
+        "repo",
+        "create",
+        "mir",
+        "--mirror=-x",
+        "--webhook-secret",
+        secret,
+    ]);
+    assert!(!ok && err.contains("InvalidMirror"), "{err}");
+    let repo = h.json(&[
+        "repo",
+        "create",
+        "mir",
+        "--mirror",
+        &url,
+        "--webhook-secret",
+        secret,
+    ]);
+    assert_eq!(repo["mirror"], url.as_str());
+    let hook_url = repo["webhookUrl"].as_str().unwrap().to_string();
+    let hook_path = hook_url
+        .split_once(&h.api.to_string())
+        .unwrap()
+        .1
+        .to_string();
+    assert_eq!(hook_path, "/scaleset/hooks/mir");
+    assert!(repo["branches"]["refs/heads/main"].is_string(), "{repo}");
+    // Creating the mirror fetched it but ran nothing.
+    assert_eq!(h.json(&["run", "list"]).as_array().unwrap().len(), 0);
+
+    // A new commit upstream, announced by GitHub.
+    std::fs::write(work.join("README.md"), "two\n").unwrap();
+    assert!(git(&work, &["add", "."]).0);
+    assert!(git(&work, &["commit", "-q", "-m", "two"]).0);
+    assert!(git(&work, &["push", "-q", ext.to_str().unwrap(), "main"]).0);
+    let (_, head) = git(&work, &["rev-parse", "HEAD"]);
+    let head = head.trim().to_string();
+    let (_, prev) = git(&work, &["rev-parse", "HEAD~1"]);
+    let payload = format!(
+        r#"{{"ref":"refs/heads/main","before":"{}","after":"{head}","repository":{{"clone_url":"{url}"}}}}"#,
+        prev.trim()
+    );
+    let sign = |body: &str| {
+        format!(
+            "sha256={}",
+            hex::encode(pipeline::webhook::hmac_sha256(
+                secret.as_bytes(),
+                body.as_bytes()
+            ))
+        )
+    };
+    let gh = |sig: String| {
+        vec![
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-Hub-Signature-256", sig),
+        ]
+    };
+    let (status, body) = post(h.api, &hook_path, &gh("sha256=00".into()), &payload);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("AuthenticationFailed"), "{body}");
+    let (status, _) = post(h.api, "/scaleset/hooks/nope", &gh(sign(&payload)), &payload);
+    assert_eq!(status, 401, "an unknown repository looks like a bad secret");
+    assert_eq!(h.json(&["run", "list"]).as_array().unwrap().len(), 0);
+    let (status, body) = post(h.api, &hook_path, &gh(sign(&payload)), &payload);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("queued run 1"), "{body}");
+    let r = wait_run(&h, 1);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["source_version"], head.as_str());
+    assert!(h
+        .ok(&["run", "logs", "1"])
+        .contains(&format!("built {head} (IndividualCI)")));
+    // Replaying the same delivery changes nothing.
+    let (status, body) = post(h.api, &hook_path, &gh(sign(&payload)), &payload);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("queued run"), "{body}");
+    let (status, body) = post(
+        h.api,
+        &hook_path,
+        &[
+            ("X-GitHub-Event", "ping".into()),
+            ("X-Hub-Signature-256", sign("{}")),
+        ],
+        "{}",
+    );
+    assert_eq!((status, body.contains("pong")), (200, true), "{body}");
+
+    // Then Azure Repos (service hook with Basic auth).
+    std::fs::write(work.join("README.md"), "three\n").unwrap();
+    assert!(git(&work, &["commit", "-q", "-am", "three"]).0);
+    assert!(git(&work, &["push", "-q", ext.to_str().unwrap(), "main"]).0);
+    let (_, head3) = git(&work, &["rev-parse", "HEAD"]);
+    let head3 = head3.trim().to_string();
+    let az = format!(
+        r#"{{"eventType":"git.push","resource":{{"refUpdates":[{{"name":"refs/heads/main","oldObjectId":"{head}","newObjectId":"{head3}"}}],"repository":{{"remoteUrl":"{url}"}}}}}}"#
+    );
+    let basic = |pw: &str| {
+        use base64_like::encode;
+        vec![(
+            "Authorization",
+            format!("Basic {}", encode(&format!("azure:{pw}"))),
+        )]
+    };
+    let (status, _) = post(h.api, &hook_path, &basic("wrong-secret-0123456"), &az);
+    assert_eq!(status, 401);
+    let (status, body) = post(h.api, &hook_path, &basic(secret), &az);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("queued run 2"), "{body}");
+    let r = wait_run(&h, 2);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["source_version"], head3.as_str());
+
+    // The mirror is read-only.
+    let token = std::fs::read_to_string(home.join("token")).unwrap();
+    let push_url = format!("http://x:{}@{}/scaleset/git/mir.git", token.trim(), h.api);
+    let (ok, out) = git(&work, &["push", &push_url, "main"]);
+    assert!(!ok, "a push to a mirror was accepted: {out}");
+}
+
+/// Just enough base64 for an HTTP Basic header in a test.
+mod base64_like {
+    pub fn encode(s: &str) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
 }

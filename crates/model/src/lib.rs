@@ -3,6 +3,7 @@
 //! generic `--set` update. No I/O.
 
 pub mod error;
+pub mod export;
 pub mod ids;
 pub mod lb;
 pub mod names;

@@ -89,7 +89,7 @@ pub struct AppHealthExtension {
 }
 
 /// Parses the Application Health extension out of `extensionProfile.extensions` (other
-/// extensions are stored but not run).
+/// extensions are refused by `refuse_unimplemented`).
 fn app_health(body: &Value) -> Result<Option<AppHealthExtension>, ModelError> {
     let Some(exts) = get(
         body,
@@ -450,8 +450,15 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             if ir.get("publisher").is_some() || ir.get("offer").is_some() {
                 return Err(ModelError::invalid("Marketplace image references (publisher/offer/sku) are not available locally; use imageReference.id of a managed image baked with `scaleset image bake`."));
             }
+            for g in ["sharedGalleryImageId", "communityGalleryImageId"] {
+                if ir.get(g).is_some_and(|v| !v.is_null()) {
+                    return Err(ModelError::invalid(format!("imageReference.{g}: gallery images are not available locally; use imageReference.id of a managed image baked with `scaleset image bake`.")));
+                }
+            }
         }
     }
+    refuse_unknown_members(body)?;
+    refuse_unimplemented(body)?;
     let prefix = string(
         body,
         &p(&["virtualMachineProfile", "osProfile", "computerNamePrefix"]),
@@ -676,6 +683,115 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
     let mut out = body.clone();
     normalize(&mut out, &model);
     Ok((model, out))
+}
+
+/// The members of the scale set objects scaleset reads, as Microsoft's spec (compute 2024-11-01)
+/// declares them (space-separated), with the object type names Azure's errors use. The API's
+/// contract test checks this table against the spec, so it neither refuses valid input nor
+/// drifts.
+pub const MEMBERS: &[(&str, &str, &str)] = &[
+    ("", "VirtualMachineScaleSet", "etag extendedLocation id identity location name plan properties sku tags type zones"),
+    ("sku", "Sku", "capacity name tier"),
+    ("properties", "VirtualMachineScaleSetProperties", "additionalCapabilities automaticRepairsPolicy constrainedMaximumCapacity doNotRunExtensionsOnOverprovisionedVMs hostGroup orchestrationMode overprovision platformFaultDomainCount priorityMixPolicy provisioningState proximityPlacementGroup resiliencyPolicy scaleInPolicy scheduledEventsPolicy singlePlacementGroup skuProfile spotRestorePolicy timeCreated uniqueId upgradePolicy virtualMachineProfile zonalPlatformFaultDomainAlignMode zoneBalance"),
+    ("properties.upgradePolicy", "UpgradePolicy", "automaticOSUpgradePolicy mode rollingUpgradePolicy"),
+    ("properties.upgradePolicy.rollingUpgradePolicy", "RollingUpgradePolicy", "enableCrossZoneUpgrade maxBatchInstancePercent maxSurge maxUnhealthyInstancePercent maxUnhealthyUpgradedInstancePercent pauseTimeBetweenBatches prioritizeUnhealthyInstances rollbackFailedInstancesOnPolicyBreach"),
+    ("properties.automaticRepairsPolicy", "AutomaticRepairsPolicy", "enabled gracePeriod repairAction"),
+    ("properties.scaleInPolicy", "ScaleInPolicy", "forceDeletion prioritizeUnhealthyVMs rules"),
+    ("properties.virtualMachineProfile", "VirtualMachineScaleSetVMProfile", "applicationProfile billingProfile capacityReservation diagnosticsProfile evictionPolicy extensionProfile hardwareProfile licenseType networkProfile osProfile priority scheduledEventsProfile securityPostureReference securityProfile serviceArtifactReference storageProfile timeCreated userData"),
+    ("properties.virtualMachineProfile.osProfile", "VirtualMachineScaleSetOSProfile", "adminPassword adminUsername allowExtensionOperations computerNamePrefix customData linuxConfiguration requireGuestProvisionSignal secrets windowsConfiguration"),
+    ("properties.virtualMachineProfile.storageProfile", "VirtualMachineScaleSetStorageProfile", "dataDisks diskControllerType imageReference osDisk"),
+    ("properties.virtualMachineProfile.storageProfile.imageReference", "ImageReference", "communityGalleryImageId exactVersion id offer publisher sharedGalleryImageId sku version"),
+    ("properties.virtualMachineProfile.networkProfile", "VirtualMachineScaleSetNetworkProfile", "healthProbe networkApiVersion networkInterfaceConfigurations"),
+    ("properties.virtualMachineProfile.networkProfile.healthProbe", "ApiEntityReference", "id"),
+];
+
+/// Azure's Compute RP refuses members its types do not have (a misspelt `healthProbe` would
+/// otherwise be stored and silently do nothing); names compare case-insensitively, as there.
+fn refuse_unknown_members(body: &Value) -> Result<(), ModelError> {
+    for (path, ty, members) in MEMBERS {
+        let mut cur = Some(body);
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            cur = cur.and_then(|v| v.get(part));
+        }
+        let Some(obj) = cur.and_then(Value::as_object) else {
+            continue;
+        };
+        for k in obj.keys() {
+            if !members.split(' ').any(|m| m.eq_ignore_ascii_case(k)) {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                return Err(ModelError::new(
+                    "InvalidRequestContent",
+                    format!("The request content was invalid and could not be deserialized: Could not find member '{k}' on object of type '{ty}'. Path '{at}'."),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Settings that would silently do nothing here although the user relies on them to get a working
+/// scale set are refused with a clear error instead of being stored (ARCHITECTURE.md, "API
+/// contract"). Settings without such an effect (zones, priority, diagnostics, ...) are stored and
+/// returned.
+fn refuse_unimplemented(body: &Value) -> Result<(), ModelError> {
+    if let Some(mode) = string(
+        body,
+        &["properties", "orchestrationMode"],
+        "orchestrationMode",
+    )? {
+        if !mode.eq_ignore_ascii_case("Uniform") {
+            return Err(ModelError::invalid(format!(
+                "orchestrationMode '{mode}' is not available locally; scale sets here are Uniform."
+            )));
+        }
+    }
+    let vp = ["properties", "virtualMachineProfile"];
+    let has = |rest: &[&str]| {
+        let mut path = vp.to_vec();
+        path.extend_from_slice(rest);
+        get(body, &path).is_some_and(|v| match v {
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        })
+    };
+    // The Application Health extension is run (by the engine, from the host); others are not.
+    if let Some(exts) = get(
+        body,
+        &[
+            "properties",
+            "virtualMachineProfile",
+            "extensionProfile",
+            "extensions",
+        ],
+    )
+    .and_then(Value::as_array)
+    {
+        for e in exts {
+            let ty = e
+                .pointer("/properties/type")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !ty.eq_ignore_ascii_case("ApplicationHealthLinux")
+                && !ty.eq_ignore_ascii_case("ApplicationHealthWindows")
+            {
+                return Err(ModelError::invalid("VM extensions (virtualMachineProfile.extensionProfile.extensions) other than the Application Health extension (ApplicationHealthLinux) are not run locally; put the setup into the image (`scaleset image bake`, or PackerBuild@1 in a pipeline)."));
+            }
+        }
+    }
+    for (field, what) in [
+        (&["osProfile", "customData"][..], "osProfile.customData"),
+        (&["userData"][..], "userData"),
+    ] {
+        if has(field) {
+            return Err(ModelError::invalid(format!("virtualMachineProfile.{what} is not run locally (there is no cloud-init); put the setup into the image (`scaleset image bake`).")));
+        }
+    }
+    Ok(())
 }
 
 fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
@@ -972,6 +1088,44 @@ mod tests {
                 json!({"sku": {"capacity": 1}, "properties": {"virtualMachineProfile": {"extensionProfile": {"extensions": [
                     {"name": "h", "properties": {"type": "ApplicationHealthLinux", "typeHandlerVersion": "3.0", "settings": {"protocol": "http"}}}]}}}}),
                 Some("typeHandlerVersion"),
+            ),
+            (
+                body(json!({"orchestrationMode": "Flexible"})),
+                Some("Uniform"),
+            ),
+            (body(json!({"orchestrationMode": "Uniform"})), None),
+            (
+                body(json!({"virtualMachineProfile": {"networkProfile": {"healtProbe": {"id": probe}}}})),
+                Some("Could not find member 'healtProbe' on object of type 'VirtualMachineScaleSetNetworkProfile'. Path 'properties.virtualMachineProfile.networkProfile.healtProbe'"),
+            ),
+            (json!({"sku": {"capacity": 1}, "propertie": {}}), Some("Path 'propertie'")),
+            (
+                body(json!({"virtualMachineProfile": {"storageProfile": {"imageReference": {"sharedGalleryImageId": "/SharedGalleries/g/Images/i/Versions/1"}}}})),
+                Some("gallery images"),
+            ),
+            (
+                body(json!({"UPGRADEPOLICY": {"Mode": "Manual"}, "provisioningState": "Succeeded"})),
+                None,
+            ),
+            (
+                body(
+                    json!({"virtualMachineProfile": {"extensionProfile": {"extensions": [{"name": "cse"}]}}}),
+                ),
+                Some("extensions"),
+            ),
+            (
+                body(json!({"virtualMachineProfile": {"extensionProfile": {"extensions": []}}})),
+                None,
+            ),
+            (
+                body(
+                    json!({"virtualMachineProfile": {"osProfile": {"customData": "IyEvYmluL3No"}}}),
+                ),
+                Some("cloud-init"),
+            ),
+            (
+                body(json!({"virtualMachineProfile": {"userData": "IyEvYmluL3No"}})),
+                Some("userData"),
             ),
         ];
         for (b, want) in cases {

@@ -110,6 +110,10 @@ pub struct ExecConfig {
     pub shell: PathBuf,
     /// Run processes as this uid/gid (setgroups([]), setgid, setuid before exec).
     pub uid_gid: Option<(u32, u32)>,
+    /// Read-only views for job processes, `(source, mount point)`: with `uid_gid`, each process
+    /// gets its own mount namespace with these bind mounts (how a job as an unprivileged user
+    /// reaches tools installed under a private home, e.g. rustup's toolchains under /root).
+    pub bind_ro: Vec<(PathBuf, PathBuf)>,
     /// Becomes true to cancel the job.
     pub cancel: Option<watch::Receiver<bool>>,
     /// Pause between retries of a failed step.
@@ -129,6 +133,7 @@ impl ExecConfig {
             base_env: vec![("PATH".into(), path), ("LANG".into(), "C.UTF-8".into())],
             shell: PathBuf::from("bash"),
             uid_gid: None,
+            bind_ro: vec![],
             cancel: None,
             retry_delay: Duration::from_secs(1),
             kill_grace: Duration::from_secs(2),
@@ -394,9 +399,52 @@ pub async fn run_script(
         .process_group(0)
         .kill_on_drop(true);
     if let Some((uid, gid)) = cfg.uid_gid {
+        let binds: Vec<(std::ffi::CString, std::ffi::CString)> = cfg
+            .bind_ro
+            .iter()
+            .filter_map(|(src, dst)| {
+                Some((
+                    std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).ok()?,
+                    std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).ok()?,
+                ))
+            })
+            .collect();
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                if !binds.is_empty() {
+                    let root = c"/";
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            root.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    for (src, dst) in &binds {
+                        if libc::mount(
+                            src.as_ptr(),
+                            dst.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND | libc::MS_REC,
+                            std::ptr::null(),
+                        ) != 0
+                            || libc::mount(
+                                std::ptr::null(),
+                                dst.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                                std::ptr::null(),
+                            ) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                }
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(gid) != 0
                     || libc::setuid(uid) != 0

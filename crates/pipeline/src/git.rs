@@ -58,6 +58,9 @@ pub struct RepoInfo {
     pub branches: BTreeMap<String, String>,
     /// The branch HEAD points to (e.g. `refs/heads/main`), even before it exists.
     pub head: Option<String>,
+    /// For a mirror of an external repository: its URL (pushes are refused; a webhook call
+    /// fetches it).
+    pub mirror: Option<String>,
 }
 
 /// One ref changed by a push. `old`/`new` are [`ZERO_OID`] for a created/deleted ref.
@@ -203,8 +206,13 @@ impl RepoStore {
             .ok()
             .map(|o| String::from_utf8_lossy(&o).trim().to_string())
             .filter(|s| !s.is_empty());
+        let mirror = run_git(&path, &["config", "--get", "scaleset.mirror"])
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o).trim().to_string())
+            .filter(|s| !s.is_empty());
         Ok(RepoInfo {
             name: name.to_string(),
+            mirror,
             path,
             branches: refs
                 .into_iter()
@@ -212,6 +220,68 @@ impl RepoStore {
                 .collect(),
             head,
         })
+    }
+
+    /// A read-only mirror of the external repository at `url`, fetched once now (without
+    /// triggering anything) and again at every authenticated webhook call (`secret`, stored
+    /// mode 0600 beside the repository). The repository is removed again if the first fetch
+    /// fails.
+    pub fn create_mirror(&self, name: &str, url: &str, secret: &str) -> Result<RepoInfo, GitError> {
+        if url.is_empty() || url.starts_with('-') || url.chars().any(char::is_control) {
+            return Err(GitError::Git(format!("`{url}` is not a repository URL")));
+        }
+        if secret.len() < 16 {
+            return Err(GitError::Git(
+                "the webhook secret must be at least 16 characters".into(),
+            ));
+        }
+        self.create(name)?;
+        let path = self.path(name);
+        let setup = || -> Result<(), GitError> {
+            run_git(&path, &["config", "http.receivepack", "false"])?;
+            run_git(&path, &["config", "scaleset.mirror", url])?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path.join("scaleset-webhook-secret"))?;
+            std::io::Write::write_all(&mut f, secret.as_bytes())?;
+            self.fetch_mirror(name)
+        };
+        if let Err(e) = setup() {
+            let _ = std::fs::remove_dir_all(&path);
+            return Err(e);
+        }
+        self.info(name)
+    }
+
+    /// The webhook secret of a mirror.
+    pub fn webhook_secret(&self, name: &str) -> Option<String> {
+        validate_repo_name(name).ok()?;
+        std::fs::read_to_string(self.path(name).join("scaleset-webhook-secret")).ok()
+    }
+
+    /// Fetches a mirror's branches from its URL (branches deleted there are deleted here).
+    pub fn fetch_mirror(&self, name: &str) -> Result<(), GitError> {
+        let info = self
+            .get(name)?
+            .ok_or_else(|| GitError::NotFound(name.into()))?;
+        let url = info
+            .mirror
+            .ok_or_else(|| GitError::Git(format!("{name} is not a mirror")))?;
+        run_git(
+            &info.path,
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-tags",
+                &url,
+                "+refs/heads/*:refs/heads/*",
+            ],
+        )?;
+        Ok(())
     }
 
     /// A repository, `Ok(None)` if there is none of that name.
@@ -397,6 +467,35 @@ pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), GitError> 
         return Err(GitError::Git(format!(
             "tar -x failed: {}",
             String::from_utf8_lossy(&tar.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `commit` out into `dest` the way a self-hosted agent reuses its sources directory:
+/// tracked files are made exactly those of `commit` (files deleted since the last checkout are
+/// removed, modified ones reset), untracked files such as build outputs are kept. `index` is
+/// the workspace's own index file, kept between checkouts.
+pub fn checkout_incremental(
+    repo: &Path,
+    commit: &str,
+    dest: &Path,
+    index: &Path,
+) -> Result<(), GitError> {
+    if commit.starts_with('-') {
+        return Err(GitError::Git(format!("bad commit `{commit}`")));
+    }
+    std::fs::create_dir_all(dest)?;
+    let out = git_cmd(repo)
+        .arg("--work-tree")
+        .arg(dest)
+        .env("GIT_INDEX_FILE", index)
+        .args(["read-tree", "--reset", "-u", commit])
+        .output()?;
+    if !out.status.success() {
+        return Err(GitError::Git(format!(
+            "git read-tree {commit} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())

@@ -41,6 +41,7 @@ pub mod runner;
 pub mod tasks;
 pub mod trigger;
 pub mod vars;
+pub mod webhook;
 pub mod yaml;
 
 pub use error::{Pos, YamlError};

@@ -23,14 +23,17 @@
 //!   Cancel by sending `true` on the watch channel (running steps are killed, queued jobs are
 //!   Canceled unless their condition is `always()`/`canceled()`). Runs must be serialized per
 //!   pipeline by the caller if wanted (Azure's `batch`); the runner itself is reentrant.
-//! - [`RunStore`] (`root/<id>/run.json` + `root/<id>/log.txt`) is the durable record: `get`,
+//! - [`RunStore`] (records in SQLite `root/runs.db`, logs in `root/<id>/log.txt`) is the
+//!   durable record: `get`,
 //!   `list`, `logs`, [`RunStore::follow`] (tails the log until the run completes), `next_id`,
 //!   `queue`, `cancel_queued`. At daemon start, [`RunStore::fail_interrupted`] completes runs
 //!   left queued/running by a crash.
 //! - Log lines: `<RFC 3339 time> [<stage>/<job>] <step label> | <text>`, masked.
 //! - Workspaces live in `RunnerConfig::work_root/<id>/{s,a,b,_temp}` and are deleted at the
 //!   end (`keep_workspace` keeps them for debugging). Each job starts with empty `a/`, `b/`,
-//!   `_temp/`; `s/` is checked out once per run.
+//!   `_temp/`; `s/` is checked out once per run. With `RunnerConfig::reuse_sources` (the
+//!   daemon's mode, like a self-hosted agent) a pipeline keeps one build directory whose `s/`
+//!   survives between runs so builds are incremental.
 //! - Release semantics: when a pipeline declares `resources.pipelines` and a run of the
 //!   triggering (else the first) resource is known, the run gets `Release.ReleaseId` = its own
 //!   id and `Build.BuildId`/`Build.BuildNumber`/`Build.SourceBranch`/`Build.SourceVersion` of
@@ -169,6 +172,11 @@ pub struct StepRecord {
     pub exit_code: Option<i32>,
     pub attempts: u32,
     pub message: Option<String>,
+    /// When the step started and finished (ms since the epoch), from its log sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,18 +301,26 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-/// Durable run records and logs under one directory.
+/// Durable run records (SQLite, `root/runs.db`) and logs (`root/<id>/log.txt`).
 #[derive(Debug, Clone)]
 pub struct RunStore {
     root: PathBuf,
-    id_lock: Arc<Mutex<()>>,
+    inner: Arc<Mutex<StoreInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    /// Opened on first use, so that [`RunStore::new`] cannot fail.
+    db: Option<rusqlite::Connection>,
+    /// The highest id handed out by `next_id` (a reserved id may not be saved yet).
+    last_id: u64,
 }
 
 impl RunStore {
     pub fn new(root: impl Into<PathBuf>) -> RunStore {
         RunStore {
             root: root.into(),
-            id_lock: Arc::new(Mutex::new(())),
+            inner: Default::default(),
         }
     }
 
@@ -320,38 +336,86 @@ impl RunStore {
         self.dir(id).join("log.txt")
     }
 
-    /// A new run id (one more than any stored or handed out), reserving its directory.
-    pub fn next_id(&self) -> std::io::Result<u64> {
-        let _g = self.id_lock.lock().unwrap_or_else(|p| p.into_inner());
+    fn open(&self) -> std::io::Result<rusqlite::Connection> {
         std::fs::create_dir_all(&self.root)?;
-        let max = self.ids()?.into_iter().max().unwrap_or(0);
-        let id = max + 1;
+        let c =
+            rusqlite::Connection::open(self.root.join("runs.db")).map_err(std::io::Error::other)?;
+        c.busy_timeout(Duration::from_secs(5))
+            .map_err(std::io::Error::other)?;
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS runs (
+                 id INTEGER PRIMARY KEY,
+                 pipeline TEXT NOT NULL COLLATE NOCASE,
+                 status TEXT NOT NULL,
+                 record TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, id);",
+        )
+        .map_err(std::io::Error::other)?;
+        // Stores written before runs moved to SQLite kept `<id>/run.json` files: import them once.
+        let empty: bool = c
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM runs)", [], |r| r.get(0))
+            .map_err(std::io::Error::other)?;
+        if empty {
+            for e in std::fs::read_dir(&self.root)?.flatten() {
+                let legacy = e.path().join("run.json");
+                let Ok(d) = std::fs::read(&legacy) else {
+                    continue;
+                };
+                if let Ok(r) = serde_json::from_slice::<RunRecord>(&d) {
+                    insert(&c, &r)?;
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection, &mut u64) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.db.is_none() {
+            g.db = Some(self.open()?);
+        }
+        let StoreInner { db, last_id } = &mut *g;
+        match db {
+            Some(c) => f(c, last_id),
+            None => Err(std::io::Error::other("run database not open")),
+        }
+    }
+
+    fn query(&self, sql: &str, arg: Option<&str>) -> std::io::Result<Vec<RunRecord>> {
+        self.with_db(|c, _| {
+            let mut st = c.prepare_cached(sql).map_err(std::io::Error::other)?;
+            let rows: rusqlite::Result<Vec<String>> = match arg {
+                Some(a) => st.query_map([a], |r| r.get(0)).and_then(|m| m.collect()),
+                None => st.query_map([], |r| r.get(0)).and_then(|m| m.collect()),
+            };
+            let rows = rows.map_err(std::io::Error::other)?;
+            rows.iter()
+                .map(|t| serde_json::from_str(t).map_err(std::io::Error::other))
+                .collect()
+        })
+    }
+
+    /// A new run id (one more than any stored or handed out), reserving its log directory.
+    pub fn next_id(&self) -> std::io::Result<u64> {
+        let id = self.with_db(|c, last| {
+            let max: u64 = c
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |r| r.get(0))
+                .map_err(std::io::Error::other)?;
+            *last = max.max(*last) + 1;
+            Ok(*last)
+        })?;
         std::fs::create_dir_all(self.dir(id))?;
         Ok(id)
     }
 
-    fn ids(&self) -> std::io::Result<Vec<u64>> {
-        let rd = match std::fs::read_dir(&self.root) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e),
-        };
-        Ok(rd
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-            .collect())
-    }
-
-    /// Write a record atomically.
+    /// Write a record (one transaction).
     pub fn save(&self, r: &RunRecord) -> std::io::Result<()> {
-        let dir = self.dir(r.id);
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("run.json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, dir.join("run.json"))
+        self.with_db(|c, _| insert(c, r))
     }
 
     /// Record a request as queued (before [`Runner::run`]).
@@ -377,14 +441,37 @@ impl RunStore {
         Ok(true)
     }
 
+    /// `trigger.batch`: a new push run of `pipeline` on `branch` (run `into`) takes the place
+    /// of the push runs still queued there, which complete as Canceled ("batched into run N").
+    /// The new run builds the newest commit, so it includes their changes. Returns their ids.
+    pub fn batch_into(&self, pipeline: &str, branch: &str, into: u64) -> std::io::Result<Vec<u64>> {
+        let mut out = vec![];
+        for mut r in self.list_pipeline(pipeline)? {
+            if r.status != RunStatus::Queued
+                || r.id == into
+                || r.source_branch != branch
+                || !matches!(r.reason, RunReason::Push { .. })
+            {
+                continue;
+            }
+            r.status = RunStatus::Completed;
+            r.result = Some(RunResult::Canceled);
+            r.message = Some(format!("batched into run {into}"));
+            r.finished_ms = Some(now_ms());
+            self.save(&r)?;
+            out.push(r.id);
+        }
+        Ok(out)
+    }
+
     /// After a daemon restart: complete every queued or running record as Failed (running) or
     /// Canceled (queued). Returns their ids.
     pub fn fail_interrupted(&self) -> std::io::Result<Vec<u64>> {
         let mut out = vec![];
-        for mut r in self.list()? {
-            if r.status == RunStatus::Completed {
-                continue;
-            }
+        for mut r in self.query(
+            "SELECT record FROM runs WHERE status != 'completed' ORDER BY id",
+            None,
+        )? {
             r.result = Some(if r.status == RunStatus::Running {
                 RunResult::Failed
             } else {
@@ -400,35 +487,25 @@ impl RunStore {
     }
 
     pub fn get(&self, id: u64) -> std::io::Result<Option<RunRecord>> {
-        match std::fs::read(self.dir(id).join("run.json")) {
-            Ok(d) => serde_json::from_slice(&d)
-                .map(Some)
-                .map_err(std::io::Error::other),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .query(
+                "SELECT record FROM runs WHERE id = CAST(?1 AS INTEGER)",
+                Some(&id.to_string()),
+            )?
+            .pop())
     }
 
     /// Every run, newest first.
     pub fn list(&self) -> std::io::Result<Vec<RunRecord>> {
-        let mut ids = self.ids()?;
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        let mut out = vec![];
-        for id in ids {
-            if let Some(r) = self.get(id)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        self.query("SELECT record FROM runs ORDER BY id DESC", None)
     }
 
     /// Runs of one pipeline, newest first.
     pub fn list_pipeline(&self, pipeline: &str) -> std::io::Result<Vec<RunRecord>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|r| r.pipeline.eq_ignore_ascii_case(pipeline))
-            .collect())
+        self.query(
+            "SELECT record FROM runs WHERE pipeline = ?1 ORDER BY id DESC",
+            Some(pipeline),
+        )
     }
 
     /// The newest successful (Succeeded or SucceededWithIssues) run of a pipeline, optionally
@@ -505,12 +582,21 @@ pub struct RunnerConfig {
     pub shell: PathBuf,
     /// Run job processes as this uid/gid (the workspace is chowned to it).
     pub uid_gid: Option<(u32, u32)>,
+    /// Read-only bind mounts for job processes (see [`ExecConfig::bind_ro`]).
+    pub bind_ro: Vec<(PathBuf, PathBuf)>,
     /// Length of a `timeoutInMinutes` minute (tests shorten it).
     pub minute: Duration,
     pub retry_delay: Duration,
     pub kill_grace: Duration,
     /// Keep the workspace after the run (debugging).
     pub keep_workspace: bool,
+    /// Self-hosted agent semantics: each pipeline has one build directory
+    /// (`work_root/<pipeline>`) whose `s/` is reused between runs (tracked files checked out
+    /// exactly, untracked build outputs such as `target/` kept, so builds are incremental);
+    /// `a/`, `b/` and `_temp/` are emptied for every run. `workspace: clean: resources|all`
+    /// in the YAML starts from an empty `s/`. Runs of one pipeline must not overlap (the daemon
+    /// runs one at a time). Off: a fresh `work_root/<run id>` per run, deleted afterwards.
+    pub reuse_sources: bool,
 }
 
 impl RunnerConfig {
@@ -521,10 +607,12 @@ impl RunnerConfig {
             base_env: d.base_env,
             shell: d.shell,
             uid_gid: None,
+            bind_ro: vec![],
             minute: d.minute,
             retry_delay: d.retry_delay,
             kill_grace: d.kill_grace,
             keep_workspace: false,
+            reuse_sources: false,
         }
     }
 }
@@ -634,6 +722,21 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
+fn insert(c: &rusqlite::Connection, r: &RunRecord) -> std::io::Result<()> {
+    let status = match r.status {
+        RunStatus::Queued => "queued",
+        RunStatus::Running => "running",
+        RunStatus::Completed => "completed",
+    };
+    let record = serde_json::to_string(r).map_err(std::io::Error::other)?;
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO runs (id, pipeline, status, record) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute(rusqlite::params![r.id, r.pipeline, status, record]))
+    .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
 /// The run number from a pipeline's `name:` format (`$(Date:yyyyMMdd)`, `$(Rev:r)`,
 /// `$(Rev:.r)` and variables; the revision is the run id).
 pub fn run_number(format: &str, run_id: u64, vars: &Variables) -> String {
@@ -653,6 +756,46 @@ pub fn run_number(format: &str, run_id: u64, vars: &Variables) -> String {
 }
 
 impl Runner {
+    /// The run's build directory (see [`RunnerConfig::reuse_sources`]).
+    fn workspace(&self, req: &RunRequest) -> PathBuf {
+        if self.config.reuse_sources {
+            let key: String = req
+                .pipeline_name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            self.config.work_root.join(format!("p-{key}"))
+        } else {
+            self.config.work_root.join(req.run_id.to_string())
+        }
+    }
+
+    async fn checkout(&self, repo: &Path, commit: &str, ws: &Path) -> Result<(), String> {
+        let (r, c, s, index) = (
+            repo.to_path_buf(),
+            commit.to_string(),
+            vars::sources_dir(ws),
+            ws.join(".index"),
+        );
+        let reuse = self.config.reuse_sources;
+        tokio::task::spawn_blocking(move || {
+            if reuse {
+                git::checkout_incremental(&r, &c, &s, &index)
+            } else {
+                git::checkout(&r, &c, &s)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
     pub fn new(config: RunnerConfig, store: RunStore) -> Runner {
         Runner {
             config,
@@ -685,7 +828,7 @@ impl Runner {
         let _ = self.store.save(&rec);
         let masker = Masker::new(req.variables.secrets());
         let log = RunLog::open(&self.store.log_path(req.run_id), masker);
-        let ws = self.config.work_root.join(req.run_id.to_string());
+        let ws = self.workspace(&req);
         let outcome = self
             .run_inner(&req, &mut rec, &ws, &log, tasks, cancel)
             .await;
@@ -704,7 +847,15 @@ impl Runner {
             req.run_id,
             rec.result.unwrap_or(RunResult::Failed)
         ));
-        if !self.config.keep_workspace {
+        if self.config.reuse_sources {
+            for d in [
+                vars::staging_dir(&ws),
+                vars::binaries_dir(&ws),
+                vars::temp_dir(&ws),
+            ] {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        } else if !self.config.keep_workspace {
             let _ = std::fs::remove_dir_all(&ws);
         }
         let _ = self.store.save(&rec);
@@ -728,7 +879,17 @@ impl Runner {
             rec.source_branch,
             req.commit
         ));
-        let _ = std::fs::remove_dir_all(ws);
+        if self.config.reuse_sources {
+            for d in [
+                vars::staging_dir(ws),
+                vars::binaries_dir(ws),
+                vars::temp_dir(ws),
+            ] {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(ws);
+        }
         for d in [
             vars::sources_dir(ws),
             vars::staging_dir(ws),
@@ -745,10 +906,8 @@ impl Runner {
                 req.pipeline_name.clone()
             }
             SourceSpec::Repo { name, path, commit } => {
-                let (p, c, s) = (path.clone(), commit.clone(), src.clone());
-                tokio::task::spawn_blocking(move || git::checkout(&p, &c, &s))
+                self.checkout(path, commit, ws)
                     .await
-                    .map_err(|e| e.to_string())?
                     .map_err(|e| format!("checkout of {name} at {commit} failed: {e}"))?;
                 name.clone()
             }
@@ -770,6 +929,21 @@ impl Runner {
             crate::compile(&req.yaml_path, &text, &req.parameters).map_err(|e| e.to_string())?;
         check_tasks(&req.yaml_path, &p, tasks).map_err(|e| e.to_string())?;
         crate::plan::execution_order(&p).map_err(|e| format!("{}: {e}", req.yaml_path))?;
+        let clean_sources = p
+            .stages
+            .iter()
+            .flat_map(|s| &s.jobs)
+            .any(|j| matches!(j.workspace_clean.as_deref(), Some("resources" | "all")));
+        if self.config.reuse_sources && clean_sources {
+            if let SourceSpec::Repo { path, commit, .. } = &req.source {
+                log.run_line("workspace.clean: checking out into an empty sources directory");
+                let _ = std::fs::remove_dir_all(&src);
+                let _ = std::fs::remove_file(ws.join(".index"));
+                self.checkout(path, commit, ws)
+                    .await
+                    .map_err(|e| format!("clean checkout at {commit} failed: {e}"))?;
+            }
+        }
 
         // Resources.
         let mut resources = req.resources.clone();
@@ -888,6 +1062,8 @@ impl Runner {
                                 exit_code: None,
                                 attempts: 0,
                                 message: None,
+                                started_ms: None,
+                                finished_ms: None,
                             })
                             .collect(),
                     })
@@ -979,23 +1155,39 @@ impl Runner {
         v.extend(&stage.variables);
         v.extend(&job.variables);
         v.extend(&vars::job_variables(&stage.name, &job.name, 1));
+        v.resolve_nested();
         let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
         let mut cfg = ExecConfig::new(ws, v.clone());
         cfg.base_env = self.config.base_env.clone();
         cfg.shell = self.config.shell.clone();
         cfg.uid_gid = self.config.uid_gid;
+        cfg.bind_ro = self.config.bind_ro.clone();
         cfg.cancel = Some(cancel.clone());
         cfg.minute = self.config.minute;
         cfg.retry_delay = self.config.retry_delay;
         cfg.kill_grace = self.config.kill_grace;
         let (sink, mut rx) =
             LogSink::channel(log.masker.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        // Step start/finish times, read off the executor's section lines.
+        let times: Arc<Mutex<Vec<StepTimes>>> =
+            Arc::new(Mutex::new(vec![(None, None); labels.len()]));
         let writer = {
             let log = log.clone();
             let prefix = prefix.clone();
             let labels = labels.clone();
+            let times = times.clone();
             tokio::spawn(async move {
                 while let Some(LogLine { step, stream, text }) = rx.recv().await {
+                    if let Some(i) = step {
+                        let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(slot) = t.get_mut(i) {
+                            if text.starts_with("##[section]Starting: ") && slot.0.is_none() {
+                                slot.0 = Some(now_ms());
+                            } else if text.starts_with("##[section]Finishing: ") {
+                                slot.1 = Some(now_ms());
+                            }
+                        }
+                    }
                     let label = step
                         .and_then(|i| labels.get(i))
                         .map(String::as_str)
@@ -1035,12 +1227,19 @@ impl Runner {
                     r.exit_code = s.exit_code;
                     r.attempts = s.attempts;
                     r.message = s.message.clone();
+                    let t = times.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((a, b)) = t.get(s.index) {
+                        (r.started_ms, r.finished_ms) = (*a, *b);
+                    }
                 }
             }
         }
         (out.result, out.outputs)
     }
 }
+
+/// A step's (started, finished) times in ms since the epoch.
+type StepTimes = (Option<u64>, Option<u64>);
 
 fn job_record<'a>(rec: &'a mut RunRecord, jr: &JobRef) -> Option<&'a mut JobRecord> {
     rec.stages
@@ -1159,12 +1358,15 @@ pub fn pipelines_for_push(
             continue;
         };
         let text = String::from_utf8_lossy(&text);
-        let fire = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
-            Ok(p) => crate::trigger::push_triggers(&p.trigger, &update.name, Some(&changed)),
+        let (fire, batched) = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
+            Ok(p) => (
+                crate::trigger::push_triggers(&p.trigger, &update.name, Some(&changed)),
+                p.trigger.batch,
+            ),
             Err(e) => {
                 m.notes
                     .push(format!("pipeline `{}`: {e} (the run will fail)", d.name));
-                true
+                (true, false)
             }
         };
         if fire {
@@ -1172,7 +1374,7 @@ pub fn pipelines_for_push(
                 definition: d.clone(),
                 branch: update.name.clone(),
                 commit: update.new.clone(),
-                reason: RunReason::Push { batched: false },
+                reason: RunReason::Push { batched },
                 resources: vec![],
             });
         }

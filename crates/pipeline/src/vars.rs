@@ -96,6 +96,34 @@ impl Variables {
             .collect()
     }
 
+    /// Resolves `$(other)` references inside variable values, as Azure does when a job
+    /// starts (`two: $(one)-suffix`). References to unknown variables stay as written; a cycle
+    /// (`a: $(b)`, `b: $(a)`) stops after a bounded depth and leaves the rest literal.
+    pub fn resolve_nested(&mut self) {
+        const DEPTH: usize = 8;
+        fn resolve(vars: &Variables, name: &str, depth: usize) -> Option<String> {
+            let v = vars.get(name)?;
+            if depth == 0 || !v.contains("$(") {
+                return Some(v.to_string());
+            }
+            Some(expand_macros(v, |n| resolve(vars, n, depth - 1)))
+        }
+        let resolved: Vec<(String, String)> = self
+            .map
+            .iter()
+            .filter(|(_, v)| v.value.contains("$("))
+            .filter_map(|(k, v)| {
+                let r = resolve(self, &v.name, DEPTH)?;
+                (r != v.value).then(|| (k.clone(), r))
+            })
+            .collect();
+        for (k, value) in resolved {
+            if let Some(v) = self.map.get_mut(&k) {
+                v.value = value;
+            }
+        }
+    }
+
     /// Expand `$(name)` macros in `text` (see [`expand_macros`]).
     pub fn expand(&self, text: &str) -> String {
         expand_macros(text, |n| self.get(n).map(str::to_string))
@@ -407,6 +435,35 @@ pub fn parse_logging_command(line: &str) -> Option<LoggingCommand> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nested_references_in_values_resolve() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&[("one", "x"), ("two", "$(one)-y")], "two", "x-y"),
+            (&[("a", "$(b)/$(c)"), ("b", "$(c)"), ("c", "z")], "a", "z/z"),
+            (&[("a", "$(missing)-1")], "a", "$(missing)-1"),
+            (
+                &[("Build.Dir", "/w"), ("out", "$(build.dir)/o")],
+                "out",
+                "/w/o",
+            ),
+        ];
+        for (defs, name, want) in cases {
+            let mut v = Variables::new();
+            for (k, val) in *defs {
+                v.set(k, *val);
+            }
+            v.resolve_nested();
+            assert_eq!(v.get(name), Some(*want), "{defs:?}");
+        }
+        // A cycle terminates and keeps a literal reference.
+        let mut v = Variables::new();
+        v.set("a", "$(b)");
+        v.set("b", "$(a)");
+        v.resolve_nested();
+        assert!(v.get("a").unwrap().contains("$("));
+    }
+
     use super::*;
 
     #[test]

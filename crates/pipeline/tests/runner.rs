@@ -150,8 +150,19 @@ steps:
     assert!(log.contains("later is ***"), "{log}");
     assert!(!log.contains("hunter2-xyz"), "{log}");
     assert!(!log.contains("s3cr3t-later"));
-    let json = std::fs::read_to_string(runner.store.dir(1).join("run.json")).unwrap();
+    let json = serde_json::to_string(&runner.store.get(1).unwrap()).unwrap();
     assert!(!json.contains("hunter2-xyz"));
+    // Nor is it anywhere in the database files (runs.db and its WAL).
+    for e in std::fs::read_dir(runner.store.root()).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !bytes.windows(11).any(|w| w == b"hunter2-xyz"),
+                "{}",
+                e.path().display()
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -218,5 +229,157 @@ jobs:
         Some(RunResult::Canceled)
     );
     assert!(store.fail_interrupted().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Self-hosted agent semantics: one build directory per pipeline; tracked files follow the
+/// commit exactly, untracked build outputs survive, the staging directory starts empty.
+#[tokio::test]
+async fn reused_sources_keep_build_outputs_between_runs() {
+    use pipeline::git::{commit_dir, RepoStore};
+    let yaml = "steps:\n- script: |\n    ls $(Build.ArtifactStagingDirectory) | wc -l > count\n    cat count >> $(Build.SourcesDirectory)/../../history\n    touch $(Build.ArtifactStagingDirectory)/leftover\n    mkdir -p target && echo $(Build.BuildId) >> target/builds\n    ls\n";
+    let (base, mut runner, tasks) = setup("reuse", yaml);
+    runner.config.reuse_sources = true;
+    let repos = RepoStore::new(base.join("repos"));
+    let info = repos.create("app").unwrap();
+    let tree = base.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("azure-pipelines.yml"), yaml).unwrap();
+    std::fs::write(tree.join("old.txt"), "old").unwrap();
+    let c1 = commit_dir(&info.path, &tree, "main", "one").unwrap();
+    std::fs::remove_file(tree.join("old.txt")).unwrap();
+    std::fs::write(tree.join("new.txt"), "new").unwrap();
+    let c2 = commit_dir(&info.path, &tree, "main", "two").unwrap();
+    let req = |id: u64, commit: &str| {
+        RunRequest::new(
+            id,
+            "app",
+            SourceSpec::Repo {
+                name: "app".into(),
+                path: info.path.clone(),
+                commit: commit.into(),
+            },
+            "azure-pipelines.yml",
+        )
+    };
+    for (id, c) in [(1, &c1), (2, &c2)] {
+        let (_c, rx) = watch::channel(false);
+        let rec = runner.run(req(id, c), &tasks, rx).await;
+        assert_eq!(
+            rec.result,
+            Some(RunResult::Succeeded),
+            "{}",
+            runner.store.logs(id).unwrap()
+        );
+    }
+    let s = base.join("work/p-app/s");
+    assert!(!s.join("old.txt").exists(), "deleted file removed");
+    assert_eq!(std::fs::read_to_string(s.join("new.txt")).unwrap(), "new");
+    assert_eq!(
+        std::fs::read_to_string(s.join("target/builds")).unwrap(),
+        "1\n2\n",
+        "build outputs kept"
+    );
+    // The staging directory was empty at the start of both runs.
+    assert_eq!(
+        std::fs::read_to_string(base.join("work/history")).unwrap(),
+        "0\n0\n"
+    );
+    assert!(!base.join("work/p-app/a").exists());
+
+    // workspace.clean: all starts from empty sources.
+    std::fs::write(
+        tree.join("azure-pipelines.yml"),
+        "jobs:\n- job: b\n  workspace:\n    clean: all\n  steps:\n  - script: test ! -e target/builds\n",
+    )
+    .unwrap();
+    let c3 = commit_dir(&info.path, &tree, "main", "three").unwrap();
+    let (_c, rx) = watch::channel(false);
+    let rec = runner.run(req(3, &c3), &tasks, rx).await;
+    assert_eq!(
+        rec.result,
+        Some(RunResult::Succeeded),
+        "{}",
+        runner.store.logs(3).unwrap()
+    );
+}
+
+/// Records live in SQLite; a store written before that (`<id>/run.json`) is imported once.
+#[tokio::test]
+async fn run_records_are_in_sqlite_and_legacy_files_are_imported() {
+    let (base, runner, tasks) = setup("sqlite", "steps:\n- script: echo hi\n");
+    let (_c, rx) = watch::channel(false);
+    let rec = runner
+        .run(request(&base, runner.store.next_id().unwrap()), &tasks, rx)
+        .await;
+    assert_eq!(rec.id, 1);
+    assert!(base.join("runs/runs.db").is_file());
+    assert!(!base.join("runs/1/run.json").exists());
+    assert_eq!(runner.store.next_id().unwrap(), 2, "ids are not reused");
+    assert_eq!(
+        runner.store.next_id().unwrap(),
+        3,
+        "reserved ids are not reused"
+    );
+
+    // A legacy store: one record as a file, no database.
+    let legacy = base.join("legacy");
+    std::fs::create_dir_all(legacy.join("7")).unwrap();
+    let mut old = rec.clone();
+    old.id = 7;
+    old.pipeline = "old".into();
+    std::fs::write(legacy.join("7/run.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let store = RunStore::new(&legacy);
+    assert_eq!(store.get(7).unwrap(), Some(old.clone()));
+    assert_eq!(store.list_pipeline("OLD").unwrap(), vec![old]);
+    assert_eq!(store.next_id().unwrap(), 8);
+}
+
+/// Variables may reference other variables (expanded when the job starts), in macros and in
+/// the environment.
+#[tokio::test]
+async fn variables_reference_other_variables() {
+    let yaml = "variables:\n  base: $(Build.BuildId)-x\n  full: $(base)/y\nsteps:\n- script: echo \"macro=$(full) env=$FULL\"\n";
+    let (base, runner, tasks) = setup("nested", yaml);
+    let (_c, rx) = watch::channel(false);
+    let rec = runner.run(request(&base, 4), &tasks, rx).await;
+    let log = runner.store.logs(4).unwrap();
+    assert_eq!(rec.result, Some(RunResult::Succeeded), "{log}");
+    assert!(log.contains("macro=4-x/y env=4-x/y"), "{log}");
+}
+
+/// `trigger.batch`: queued push runs of the same pipeline and branch are folded into the newest.
+#[test]
+fn batch_folds_queued_push_runs_into_the_newest() {
+    let base = std::env::temp_dir().join(format!("pipeline-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let store = RunStore::new(&base);
+    let push = |id: u64, pipeline: &str, branch: &str, reason: RunReason| {
+        let mut r = request(&base, id);
+        r.pipeline_name = pipeline.into();
+        r.branch = branch.into();
+        r.reason = reason;
+        store.queue(&r).unwrap();
+    };
+    let pushed = RunReason::Push { batched: true };
+    push(1, "app", "refs/heads/main", pushed.clone());
+    push(2, "app", "refs/heads/dev", pushed.clone());
+    push(3, "other", "refs/heads/main", pushed.clone());
+    push(4, "app", "refs/heads/main", RunReason::Manual);
+    push(5, "app", "refs/heads/main", pushed);
+    assert_eq!(
+        store.batch_into("app", "refs/heads/main", 5).unwrap(),
+        vec![1]
+    );
+    let r1 = store.get(1).unwrap().unwrap();
+    assert_eq!(r1.result, Some(RunResult::Canceled));
+    assert_eq!(r1.message.as_deref(), Some("batched into run 5"));
+    for id in [2, 3, 4, 5] {
+        assert_eq!(
+            store.get(id).unwrap().unwrap().status,
+            RunStatus::Queued,
+            "{id}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -1,0 +1,2 @@
+//! Test support shared by the API tests (and, by path, the CLI tests).
+pub mod swagger;

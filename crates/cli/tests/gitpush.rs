@@ -1,0 +1,235 @@
+//! The seed's whole flow, for real: `scaleset up` pushes the example to a hosted repository
+//! whose own pipelines deploy it (CI builds with cargo and publishes `drop`; the release bakes
+//! the image named by the build id and runs the seed's `az vmss update` inline script); then a
+//! developer clones the repository, edits a page and `git push`es, and the change rolls out to
+//! every instance under load with 0 failed requests.
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `scaleset up` running in the background; SIGINT (stop everything) when dropped.
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn runs(h: &Harness) -> Vec<Value> {
+    h.json(&["run", "list", "-o", "json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits for the release run triggered by CI run `ci` to complete; returns it.
+fn release_of(h: &Harness, ci: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let all = runs(h);
+        let ci_run = all.iter().find(|r| r["id"] == ci).cloned();
+        if let Some(r) = &ci_run {
+            assert!(
+                r["status"] != "completed" || r["state"] == "succeeded",
+                "CI run {ci} failed:\n{}",
+                h.ok(&["run", "logs", &ci.to_string()])
+            );
+        }
+        let rel = all.iter().find(|r| {
+            r["resources"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["run_id"] == ci))
+        });
+        if let Some(rel) = rel.filter(|r| r["status"] == "completed") {
+            return rel.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no completed release for CI run {ci}: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .expect("git");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "git {args:?}: {text}");
+    text
+}
+
+#[test]
+fn up_deploys_through_pipelines_and_git_push_rolls_out_a_change() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let h = Harness::new("gitpush", "10.213.205.0/24", "gp", vec![]);
+    let port = free_port();
+    let frontend: SocketAddr = ([127, 0, 0, 1], port).into();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/my_app");
+    let log = std::fs::File::create(h.home.join("up.log")).unwrap();
+    let mut child = h
+        .cmd()
+        .args(["up", "--no-live", "--capacity", "2", "--frontend"])
+        .arg(frontend.to_string())
+        .arg(&example)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("scaleset up");
+    let stdout = child.stdout.take().unwrap();
+    let up = Up(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("Serving at") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let up_log = || std::fs::read_to_string(h.home.join("up.log")).unwrap_or_default();
+    rx.recv_timeout(Duration::from_secs(1200))
+        .unwrap_or_else(|_| panic!("`scaleset up` did not serve:\n{}", up_log()));
+
+    // The first deploy went through the example's own pipelines.
+    let all = runs(&h);
+    let ci1 = all
+        .iter()
+        .find(|r| r["pipeline"] == "my_app")
+        .unwrap_or_else(|| panic!("no CI run: {all:#?}\n{}", up_log()));
+    assert_eq!(ci1["state"], "succeeded");
+    let ci1 = ci1["id"].as_u64().unwrap();
+    let rel1 = release_of(&h, ci1);
+    assert_eq!(rel1["pipeline"], "my_app-release-pipeline");
+    assert_eq!(rel1["state"], "succeeded");
+    let (status, home) = get(frontend, "/");
+    assert_eq!(status, 200);
+    assert!(
+        home.contains("You are currently on the Home page."),
+        "{home}"
+    );
+    assert!(
+        home.contains(&format!("<span id=\"image\">{ci1}</span>")),
+        "the image is named by the CI build id {ci1}: {home}"
+    );
+
+    // A developer's change, pushed with git, under load.
+    let load = Load::start(frontend, 8);
+    let token = std::fs::read_to_string(h.home.join("token")).unwrap();
+    let work = h.home.join("dev");
+    std::fs::create_dir_all(&work).unwrap();
+    let url = format!(
+        "http://dev:{}@{}/scaleset/git/my_app.git",
+        token.trim(),
+        h.api
+    );
+    git(&work, &["clone", "-q", &url, "app"]);
+    let app = work.join("app");
+    let src = app.join("src/app.rs");
+    let text = std::fs::read_to_string(&src).unwrap();
+    assert!(text.contains("\"the Home page\""));
+    std::fs::write(
+        &src,
+        text.replace("\"the Home page\"", "\"the Home page, pushed with git\""),
+    )
+    .unwrap();
+    git(&app, &["commit", "-q", "-am", "Home page wording"]);
+    let pushed = git(&app, &["push", "origin", "main"]);
+    let ci2: u64 = pushed
+        .split("queued run ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the push names the queued run: {pushed}"));
+    let rel2 = release_of(&h, ci2);
+    assert_eq!(
+        rel2["state"],
+        "succeeded",
+        "{}",
+        h.ok(&["run", "logs", &rel2["id"].to_string()])
+    );
+
+    // Every instance serves the change from the image named by the new build id.
+    let vms = h.json(&[
+        "vmss",
+        "list-instances",
+        "-g",
+        "vmssdevops2-rg",
+        "-n",
+        "vmssdevops2",
+        "-o",
+        "json",
+    ]);
+    let vms = vms.as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    for vm in vms {
+        assert_eq!(vm["tags"]["scaleset.image"], ci2.to_string(), "{vm:#}");
+    }
+    for _ in 0..8 {
+        let (status, home) = get(frontend, "/");
+        assert_eq!(status, 200);
+        assert!(
+            home.contains("You are currently on the Home page, pushed with git."),
+            "{home}"
+        );
+    }
+    let latest = h.json(&[
+        "vmss",
+        "rolling-upgrade",
+        "get-latest",
+        "-g",
+        "vmssdevops2-rg",
+        "-n",
+        "vmssdevops2",
+    ]);
+    assert_eq!(latest["properties"]["runningStatus"]["code"], "Completed");
+    assert_eq!(latest["properties"]["receipt"]["failedRequests"], 0);
+    assert_eq!(latest["properties"]["receipt"]["non2xxResponses"], 0);
+    let (ok, failed) = load.finish();
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "requests failed during the git-push rollout");
+
+    // The artifact and the image are visible through the CLI.
+    let images = h.json(&["image", "list", "-o", "json"]);
+    assert!(
+        images.as_array().is_some_and(|a| a
+            .iter()
+            .any(|i| i["name"].as_str() == Some(ci2.to_string().as_str()))),
+        "{images:#}"
+    );
+    let run = h.json(&["run", "show", &ci2.to_string(), "-o", "json"]);
+    assert_eq!(run["artifacts"][0]["name"], "drop", "{run:#}");
+    drop(up);
+}

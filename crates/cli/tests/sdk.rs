@@ -1,0 +1,394 @@
+//! Microsoft's own Python SDK (azure-mgmt-compute, azure-mgmt-network, pinned in
+//! tests/sdk/requirements.txt) against the real daemon: `tests/sdk/test_sdk.py` creates a load
+//! balancer and a scale set, reads it, updates its image, lists its instances, runs a rolling
+//! upgrade, reads its status and deletes everything, waiting on our long-running operations the
+//! way the SDK waits on Azure's. The venv is built once under /var/tmp/scaleset-sdk-venv (PyPI
+//! is needed the first time) and rebuilt when the requirements change. The SDK's traffic, our own
+//! CLI's traffic (through a recording proxy) and `scaleset export azure`'s template are checked
+//! against Microsoft's specs.
+mod common;
+#[path = "../../api/tests/support/swagger.rs"]
+mod swagger;
+
+use common::{free_port, Harness, EXE};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+fn venv_dir() -> PathBuf {
+    std::env::var_os("SCALESET_SDK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-sdk-venv"))
+}
+
+/// The venv with the pinned SDK, built under a lock (tests and engineers share it).
+fn ensure_venv(requirements: &Path) -> PathBuf {
+    let dir = venv_dir();
+    // The venv is tied to the interpreter that made it, so its version is part of the marker.
+    let python = Command::new("python3").arg("--version").output().unwrap();
+    let want = format!(
+        "{}{}",
+        String::from_utf8_lossy(&python.stdout),
+        std::fs::read_to_string(requirements).unwrap()
+    );
+    let lock = std::fs::File::create(format!("{}.lock", dir.display())).unwrap();
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let marker = dir.join("scaleset-requirements.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(want.as_str()) {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |c: &mut Command| {
+        let out = c.output().expect("run python3");
+        assert!(
+            out.status.success(),
+            "{c:?} failed (Debian needs python3-venv: scripts/install-deps.sh):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(requirements));
+    std::fs::File::create(&marker)
+        .unwrap()
+        .write_all(want.as_bytes())
+        .unwrap();
+    dir
+}
+
+#[test]
+fn microsofts_python_sdk_drives_the_api() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!(
+            "\n*** SKIPPED microsofts_python_sdk_drives_the_api: python3 is not installed \
+             (scripts/install-deps.sh installs python3 and python3-venv; CI has them) ***\n"
+        );
+        return;
+    }
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED microsofts_python_sdk_drives_the_api: the daemon cannot run: {why}");
+        return;
+    }
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
+    let venv = ensure_venv(&here.join("requirements.txt"));
+    let mut h = Harness::new("sdk", "10.213.206.0/24", "sdk", vec![]);
+    h.start_serve();
+    let exchanges = h.home.join("exchanges.json");
+    let log = h.home.join("sdk.log");
+    let mut child = Command::new(venv.join("bin/python"))
+        .arg(here.join("test_sdk.py"))
+        .env("SCALESET_ENDPOINT", format!("http://{}", h.api))
+        .env("SCALESET_HOME", &h.home)
+        .env("SCALESET_EXE", EXE)
+        .env("SCALESET_BASE_CACHE", common::base_cache())
+        .env("LB_PORT", free_port().to_string())
+        .env("SDK_EXCHANGES", &exchanges)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(h.home.join("sdk.err")).unwrap())
+        .spawn()
+        .expect("run the SDK test");
+    // An LRO that never completes would make the SDK poll forever: bound the whole run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&log).unwrap_or_default();
+    let stderr = std::fs::read_to_string(h.home.join("sdk.err")).unwrap_or_default();
+    eprintln!("{stdout}{stderr}");
+    assert!(status.is_some(), "the SDK test did not finish within 300 s");
+    assert!(
+        status.is_some_and(|s| s.success()) && stdout.contains("SDK OK"),
+        "the SDK test failed; daemon log:\n{}",
+        std::fs::read_to_string(h.home.join("serve.log")).unwrap_or_default()
+    );
+    check_exchanges(&exchanges, 20);
+    check_export(&h.home.join("export"));
+}
+
+/// A recording HTTP/1.1 proxy in front of the daemon: one request per connection (it answers
+/// `Connection: close`), every exchange kept as the SDK test's recorder keeps them.
+fn recording_proxy(upstream: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let log: Arc<Mutex<Vec<Value>>> = Default::default();
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = relay(conn, upstream, &seen);
+            });
+        }
+    });
+    (url, log)
+}
+
+/// Reads one HTTP message (head + Content-Length body, or to EOF without one).
+fn read_message(r: &mut impl BufRead, to_eof: bool) -> std::io::Result<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body)?;
+        }
+        None if to_eof => {
+            r.read_to_end(&mut body)?;
+        }
+        None => {}
+    }
+    Ok((head, body))
+}
+
+fn relay(
+    client: TcpStream,
+    upstream: std::net::SocketAddr,
+    seen: &Mutex<Vec<Value>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let (head, body) = read_message(&mut reader, false)?;
+    let request_line = head.lines().next().unwrap_or_default().to_string();
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+    );
+    let mut fwd = String::new();
+    for l in head.lines() {
+        if !l.to_ascii_lowercase().starts_with("connection:") {
+            fwd.push_str(l);
+            fwd.push_str("\r\n");
+        }
+    }
+    fwd.push_str("Connection: close\r\n\r\n");
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(fwd.as_bytes())?;
+    up.write_all(&body)?;
+    let (rhead, rbody) = read_message(&mut BufReader::new(up), true)?;
+    let status: u16 = rhead
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut out = String::new();
+    for l in rhead.lines() {
+        if !l.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut client = client;
+    client.write_all(out.as_bytes())?;
+    client.write_all(&rbody)?;
+    let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null);
+    seen.lock().unwrap().push(json!({
+        "method": method, "url": target, "status": status,
+        "request": parse(&body), "response": parse(&rbody),
+    }));
+    Ok(())
+}
+
+/// Our CLI's requests (the bodies the e2e tests send) and the daemon's answers, recorded by a
+/// proxy, against Microsoft's specs.
+#[test]
+fn cli_traffic_matches_the_specs() {
+    if let Some(why) = common::skip_reason() {
+        eprintln!("SKIPPED cli_traffic_matches_the_specs: the daemon cannot run: {why}");
+        return;
+    }
+    let mut h = Harness::new("sdk-cli", "10.213.207.0/24", "sdkc", vec![]);
+    h.start_serve();
+    let (proxy, log) = recording_proxy(h.api);
+    // Arguments are split on whitespace (none contains a space).
+    let cli = |line: &str| {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = h
+            .cmd()
+            .env("SCALESET_ENDPOINT", &proxy)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scaleset {line}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    let dir = h.home.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = dir.join("img.tar");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sys; sys.path.insert(0, {:?}); import scaleset_images; scaleset_images.docker_save({:?}, 'cli-img')",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk").display().to_string(),
+            archive.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cli(&format!(
+        "image import --source {} -n cli-img",
+        archive.display()
+    ));
+    let port = free_port();
+    for line in [
+        "group create -n rg".to_string(),
+        "network lb create -g rg -n lb --backend-pool-name be".into(),
+        "network lb probe create -g rg --lb-name lb -n http --protocol Http --port 80 --path /health --interval 5 --probe-threshold 2".into(),
+        format!("network lb rule create -g rg --lb-name lb -n web --protocol Tcp --frontend-port {port} --backend-port 80 --probe-name http --idle-timeout 5 --load-distribution SourceIP"),
+        "network lb show -g rg -n lb".into(),
+        "network lb probe list -g rg --lb-name lb".into(),
+        "vmss create -g rg -n web --image cli-img --instance-count 0 --lb lb --health-probe http --upgrade-policy-mode Rolling --scale-in-policy OldestVM".into(),
+        "vmss show -g rg -n web".into(),
+        "vmss list -g rg".into(),
+        "vmss list-instances -g rg -n web".into(),
+        "vmss get-instance-view -g rg -n web".into(),
+        "vmss update -g rg -n web --set upgradePolicy.rollingUpgradePolicy.maxBatchInstancePercent=50".into(),
+        "vmss scale -g rg -n web --new-capacity 0".into(),
+        "vmss rolling-upgrade start -g rg -n web".into(),
+        "vmss rolling-upgrade get-latest -g rg -n web".into(),
+        "vmss delete -g rg -n web".into(),
+        "network lb delete -g rg -n lb".into(),
+    ] {
+        cli(&line);
+    }
+    let all = std::mem::take(&mut *log.lock().unwrap());
+    let file = h.home.join("cli-exchanges.json");
+    std::fs::write(&file, serde_json::to_string(&all).unwrap()).unwrap();
+    check_exchanges(&file, 15);
+}
+
+/// Microsoft's specs from the shared folder, or None (said loudly) when it is not there.
+fn specs() -> Option<swagger::Specs> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/specs/azure-rest-api/specification");
+    if !root.is_dir() {
+        eprintln!(
+            "SKIPPED the spec checks: {} is not here (the shared folder sits beside the project in CI)",
+            root.display()
+        );
+        return None;
+    }
+    Some(swagger::Specs::new(root))
+}
+
+/// Recorded exchanges (at least `min`) against the specs of the operations they hit.
+fn check_exchanges(file: &Path, min: usize) {
+    let Some(specs) = specs() else { return };
+    let compute = "compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01";
+    let files = [
+        format!("{compute}/virtualMachineScaleSet.json"),
+        format!("{compute}/image.json"),
+        "network/resource-manager/Microsoft.Network/stable/2024-05-01/loadBalancer.json".into(),
+    ];
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert!(all.len() >= min, "only {} exchanges recorded", all.len());
+    let mut violations = Vec::new();
+    for x in &all {
+        let url = x["url"].as_str().unwrap();
+        let path = &url[url.find("/subscriptions").unwrap_or(0)..];
+        let found = specs.check_exchange(
+            &files,
+            x["method"].as_str().unwrap(),
+            path,
+            x.get("request").filter(|r| !r.is_null()),
+            x["status"].as_u64().unwrap() as u16,
+            &x["response"],
+            &swagger::scaleset_extension,
+        );
+        // A streamed first LRO response was not read by the recorder: its request counts.
+        let streamed = x["streamed"] == true;
+        violations.extend(
+            found
+                .into_iter()
+                .filter(|v| !streamed || v.contains(") request ")),
+        );
+    }
+    assert!(
+        violations.is_empty(),
+        "{} violations in {}:\n{}",
+        violations.len(),
+        file.display(),
+        violations.join("\n")
+    );
+}
+
+/// `scaleset export azure` of the SDK's resource group (written while it existed).
+fn check_export(dir: &Path) {
+    let t: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("azuredeploy.json")).unwrap())
+            .unwrap();
+    let vmss = t["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Microsoft.Compute/virtualMachineScaleSets")
+        .expect("the scale set is exported");
+    assert_eq!(vmss["name"], "sdk");
+    assert_eq!(
+        vmss["properties"]["upgradePolicy"]["mode"], "Rolling",
+        "{vmss}"
+    );
+    // The example app, found from the repository root where the pipelines run.
+    let ci = std::fs::read_to_string(dir.join("azure-pipelines.yml")).unwrap();
+    for want in [
+        "--manifest-path 'examples/my_app/Cargo.toml'",
+        "cp -r 'examples/my_app/setupscript.sh'",
+        "cp -r 'examples/my_app/nginx'",
+        "/release/my_app\"",
+    ] {
+        assert!(
+            ci.contains(want),
+            "{want} not in azure-pipelines.yml:\n{ci}"
+        );
+    }
+    let release = std::fs::read_to_string(dir.join("release-pipeline.yml")).unwrap();
+    assert!(
+        release.contains("resourceGroup: sdk-rg") && release.contains("source: my-app"),
+        "{release}"
+    );
+    if let Some(specs) = specs() {
+        let v = specs.check_arm_template(&t);
+        assert!(
+            v.is_empty(),
+            "{} problems in the exported template:\n{}",
+            v.len(),
+            v.join("\n")
+        );
+    }
+}

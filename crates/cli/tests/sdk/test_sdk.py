@@ -1,0 +1,228 @@
+"""Microsoft's own Python SDK (azure-mgmt-compute, azure-mgmt-network) against a local scaleset
+daemon: a load balancer and a scale set created, read, updated to a new image, its instances
+listed, a rolling upgrade started and its status read, then deleted. Run by crates/cli/tests/sdk.rs
+with SCALESET_ENDPOINT, SCALESET_HOME, SCALESET_EXE and LB_PORT set.
+
+Nothing here is scaleset-specific except how the client is pointed at us: base_url, and a static
+bearer token sent by a custom authentication policy (azure-core's BearerTokenCredentialPolicy
+refuses plain-http URLs; a client's `authentication_policy=` is the supported replacement).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ResponseNotReadError
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.compute import models as cm
+from azure.mgmt.network import NetworkManagementClient
+from azure.mgmt.network import models as nm
+
+from scaleset_images import docker_save
+
+ENDPOINT = os.environ["SCALESET_ENDPOINT"]
+HOME = os.environ["SCALESET_HOME"]
+EXE = os.environ["SCALESET_EXE"]
+LB_PORT = int(os.environ["LB_PORT"])
+SUB = "00000000-0000-0000-0000-000000000000"
+RG = "sdk-rg"
+TOKEN = open(os.path.join(HOME, "token")).read().strip()
+EXCHANGES = []
+
+
+class StaticToken:
+    """A TokenCredential with the daemon's token (the clients require a credential)."""
+
+    def get_token(self, *scopes, **kwargs):
+        return AccessToken(TOKEN, int(time.time()) + 3600)
+
+
+class BearerOverHttp(SansIOHTTPPolicy):
+    """Sends the daemon's bearer token; the daemon listens on loopback over plain HTTP."""
+
+    def on_request(self, request):
+        request.http_request.headers["Authorization"] = "Bearer " + TOKEN
+
+
+class Recorder(SansIOHTTPPolicy):
+    """Remembers every exchange, to check that the SDK followed our long-running operations."""
+
+    seen = []
+
+    def on_response(self, request, response):
+        q, r = request.http_request, response.http_response
+        self.seen.append((q.method, q.url, r.status_code, r.headers))
+        # Everything exchanged, for the Rust side to check against Microsoft's specs.
+        body = q.body
+        try:
+            text = r.text()
+        except ResponseNotReadError:
+            # The first response of an LRO is streamed to the poller; reading it here would
+            # take it away. Its resource is read again by the poll, which is recorded.
+            text = None
+        EXCHANGES.append({
+            "method": q.method,
+            "url": q.url,
+            "request": json.loads(body) if body else None,
+            "status": r.status_code,
+            "response": json.loads(text) if text else None,
+            "streamed": text is None,
+        })
+
+
+def polled(method, url_part):
+    """The exchanges after the last `method` on a URL containing `url_part`: the initial reply
+    must be an LRO (Azure-AsyncOperation) and the SDK must have polled it to Succeeded."""
+    idx = max(i for i, (m, u, _, _) in enumerate(Recorder.seen) if m == method and url_part in u)
+    first = Recorder.seen[idx]
+    assert "Azure-AsyncOperation" in first[3], f"{method} {url_part}: no Azure-AsyncOperation: {first}"
+    polls = [x for x in Recorder.seen[idx + 1:] if "/operations/" in x[1]]
+    assert polls, f"{method} {url_part}: the SDK did not poll the operation"
+    return first
+
+
+def step(msg):
+    print("sdk:", msg, flush=True)
+
+
+def scaleset(*args):
+    env = dict(os.environ, SCALESET_HOME=HOME)
+    out = subprocess.run([EXE, *args], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"scaleset {args}: {out.stderr}{out.stdout}"
+    return out.stdout
+
+
+def main():
+    kwargs = dict(base_url=ENDPOINT, authentication_policy=BearerOverHttp(), per_call_policies=[Recorder()])
+    compute = ComputeManagementClient(StaticToken(), SUB, **kwargs)
+    network = NetworkManagementClient(StaticToken(), SUB, **kwargs)
+
+    # Outside the SDK: a resource group (azure-mgmt-resource is not under test) and two images.
+    scaleset("group", "create", "-n", RG)
+    for name in ["sdk-img1", "sdk-img2"]:
+        path = os.path.join(HOME, name + ".tar")
+        docker_save(path, name)
+        scaleset("image", "import", "--source", path, "-n", name)
+    image_id = lambda n: f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/{n}"
+
+    step("load balancer")
+    lb_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/loadBalancers/sdk-lb"
+    lb = network.load_balancers.begin_create_or_update(RG, "sdk-lb", nm.LoadBalancer(
+        location="local",
+        sku=nm.LoadBalancerSku(name="Standard"),
+        frontend_ip_configurations=[nm.FrontendIPConfiguration(name="fe", private_ip_address="127.0.0.1")],
+        backend_address_pools=[nm.BackendAddressPool(name="be")],
+        probes=[nm.Probe(name="http", protocol="Http", port=80, request_path="/health",
+                         interval_in_seconds=5, probe_threshold=1)],
+        load_balancing_rules=[nm.LoadBalancingRule(
+            name="web", protocol="Tcp", frontend_port=LB_PORT, backend_port=80,
+            frontend_ip_configuration=nm.SubResource(id=lb_id + "/frontendIPConfigurations/fe"),
+            backend_address_pool=nm.SubResource(id=lb_id + "/backendAddressPools/be"),
+            probe=nm.SubResource(id=lb_id + "/probes/http"))],
+    )).result()
+    assert lb.provisioning_state == "Succeeded", lb
+    assert lb.probes[0].id == lb_id + "/probes/http", lb.probes[0].id
+    assert lb.load_balancing_rules[0].idle_timeout_in_minutes == 4  # Azure's default, filled in
+    assert network.load_balancers.get(RG, "sdk-lb").name == "sdk-lb"
+
+    step("scale set")
+    vmss = compute.virtual_machine_scale_sets.begin_create_or_update(RG, "sdk", cm.VirtualMachineScaleSet(
+        location="local",
+        sku=cm.Sku(name="Standard_B1s", tier="Standard", capacity=0),
+        upgrade_policy=cm.UpgradePolicy(mode="Rolling", rolling_upgrade_policy=cm.RollingUpgradePolicy(
+            max_batch_instance_percent=50, max_unhealthy_instance_percent=50,
+            max_unhealthy_upgraded_instance_percent=20, pause_time_between_batches="PT0S")),
+        virtual_machine_profile=cm.VirtualMachineScaleSetVMProfile(
+            os_profile=cm.VirtualMachineScaleSetOSProfile(
+                computer_name_prefix="sdk", admin_username="azureuser", admin_password="Sdk-Secret-123"),
+            storage_profile=cm.VirtualMachineScaleSetStorageProfile(
+                image_reference=cm.ImageReference(id=image_id("sdk-img1"))),
+            network_profile=cm.VirtualMachineScaleSetNetworkProfile(
+                health_probe=cm.ApiEntityReference(id=lb_id + "/probes/http"),
+                network_interface_configurations=[cm.VirtualMachineScaleSetNetworkConfiguration(
+                    name="nic", primary=True, ip_configurations=[cm.VirtualMachineScaleSetIPConfiguration(
+                        name="ip", load_balancer_backend_address_pools=[
+                            cm.SubResource(id=lb_id + "/backendAddressPools/be")])])])),
+    )).result()
+    assert vmss.provisioning_state == "Succeeded", vmss
+    assert vmss.sku.capacity == 0 and vmss.unique_id
+    assert vmss.virtual_machine_profile.os_profile.admin_password is None  # a secret, never returned
+
+    got = compute.virtual_machine_scale_sets.get(RG, "sdk")
+    assert got.upgrade_policy.mode == "Rolling"
+    assert got.upgrade_policy.rolling_upgrade_policy.max_batch_instance_percent == 50
+    assert got.virtual_machine_profile.storage_profile.image_reference.id == image_id("sdk-img1")
+    assert [s.name for s in compute.virtual_machine_scale_sets.list(RG)] == ["sdk"]
+
+    step("new image (PATCH imageReference.id); the SDK waits for the rolling upgrade")
+    updated = compute.virtual_machine_scale_sets.begin_update(RG, "sdk", cm.VirtualMachineScaleSetUpdate(
+        virtual_machine_profile=cm.VirtualMachineScaleSetUpdateVMProfile(
+            storage_profile=cm.VirtualMachineScaleSetUpdateStorageProfile(
+                image_reference=cm.ImageReference(id=image_id("sdk-img2")))))).result()
+    assert updated.virtual_machine_profile.storage_profile.image_reference.id == image_id("sdk-img2")
+    assert updated.provisioning_state == "Succeeded", updated.provisioning_state
+    polled("PATCH", "/virtualMachineScaleSets/sdk")
+    latest = compute.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, "sdk")
+    assert latest.running_status.code == "Completed", latest.running_status
+
+    step("instances")
+    vms = list(compute.virtual_machine_scale_set_vms.list(RG, "sdk", expand="instanceView"))
+    assert vms == [], vms  # capacity 0: nothing boots in this test
+    view = compute.virtual_machine_scale_sets.get_instance_view(RG, "sdk")
+    assert view.statuses[0].code == "ProvisioningState/succeeded", view.statuses
+
+    step("rolling upgrade")
+    compute.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(RG, "sdk").result()
+    assert polled("POST", "/osRollingUpgrade")[2] == 202
+    latest = compute.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, "sdk")
+    assert latest.running_status.code == "Completed", latest.running_status
+    assert latest.progress.failed_instance_count == 0
+    assert latest.policy.max_batch_instance_percent == 50
+
+    step("images")
+    assert compute.images.get(RG, "sdk-img1").name == "sdk-img1"
+    assert {i.name for i in compute.images.list_by_resource_group(RG)} >= {"sdk-img1", "sdk-img2"}
+
+    step("errors")
+    try:
+        compute.virtual_machine_scale_sets.get(RG, "nope")
+        raise AssertionError("GET of a missing scale set succeeded")
+    except ResourceNotFoundError as e:
+        assert e.error.code == "ResourceNotFound", e.error
+    try:
+        compute.virtual_machine_scale_sets.begin_create_or_update(RG, "bad", cm.VirtualMachineScaleSet(
+            location="local", sku=cm.Sku(capacity=5000))).result()
+        raise AssertionError("capacity 5000 was accepted")
+    except HttpResponseError as e:
+        assert e.status_code == 400 and e.error.code == "InvalidParameter", e
+
+    step("scaleset export azure (checked against the specs by sdk.rs)")
+    scaleset("export", "azure", "-g", RG, "--out", os.path.join(HOME, "export"))
+
+    step("delete (the SDK waits until the scale set is gone, so the LB can go next)")
+    compute.virtual_machine_scale_sets.begin_delete(RG, "sdk").result()
+    assert polled("DELETE", "/virtualMachineScaleSets/sdk")[2] == 202
+    try:
+        compute.virtual_machine_scale_sets.get(RG, "sdk")
+        raise AssertionError("the scale set is still there after its delete completed")
+    except ResourceNotFoundError:
+        pass
+    network.load_balancers.begin_delete(RG, "sdk-lb").result()
+    assert [l.name for l in network.load_balancers.list(RG)] == []
+    compute.images.begin_delete(RG, "sdk-img1").result()
+    with open(os.environ["SDK_EXCHANGES"], "w") as f:
+        json.dump(EXCHANGES, f)
+    print("SDK OK", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
