@@ -47,7 +47,7 @@ pub fn roll_instances(st: &AppState, recs: &[InstanceRecord]) -> Vec<plan::rolli
             plan::rolling::RollInstance {
                 id: r.instance_id,
                 model_version: r.model_version,
-                healthy: o.healthy == Some(true),
+                healthy: o.is_healthy() == Some(true),
                 running: o.running,
                 protected: r.protect_from_scale_set_actions,
                 upgrading: r.upgrading,
@@ -65,8 +65,11 @@ fn clear_interrupted(st: &AppState) {
     };
     for (key, _) in sets {
         for r in st.instances(&key).unwrap_or_default() {
-            if r.upgrading {
-                let _ = st.update_instance(&key, r.instance_id, |r| r.upgrading = false);
+            if r.upgrading || (r.repairing && !r.deleting) {
+                let _ = st.update_instance(&key, r.instance_id, |r| {
+                    r.upgrading = false;
+                    r.repairing = false;
+                });
             }
         }
     }
@@ -75,6 +78,7 @@ fn clear_interrupted(st: &AppState) {
 pub async fn run(st: Arc<AppState>) {
     let eng = Arc::new(Engine::default());
     clear_interrupted(&st);
+    tokio::spawn(app_health_loop(st.clone()));
     if let Err(e) = blocking({
         let st = st.clone();
         move || st.machines.ensure_network(&st.cfg.network)
@@ -199,7 +203,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
     let mut observed = Vec::new();
     for (r, s) in recs.iter().zip(&states) {
         let running = matches!(s, MachineState::Running { .. });
-        let healthy = st.observation(&r.machine).healthy;
+        let healthy = st.observation(&r.machine).is_healthy();
         {
             let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
             obs.entry(r.machine.clone())
@@ -255,6 +259,9 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
     if actions.is_empty() {
         if rolling_active && !doc.deleting {
             rolling_pass(st, eng, key, &res, &doc, &m).await?;
+        } else if !doc.deleting {
+            // Repairs wait for a steady scale set: nothing to reconcile, no rollout running.
+            repairs_pass(st, eng, key, &res, &doc, &m).await?;
         }
         return Ok(());
     }
@@ -535,6 +542,293 @@ async fn rolling_pass(
     Ok(())
 }
 
+/// The repairs service's view of an instance's health: the Application Health extension's
+/// state or the LB probe's verdict (None until either has reported).
+fn repair_health(o: &Observation) -> Option<plan::repairs::Health> {
+    o.health()
+}
+
+/// One automatic repairs step for the scale set: ask `plan::repairs`, record intent, act.
+async fn repairs_pass(
+    st: &Arc<AppState>,
+    eng: &Arc<Engine>,
+    key: &Key,
+    res: &Res,
+    doc: &VmssDoc,
+    m: &model::vmss::VmssModel,
+) -> Result<(), String> {
+    if !m.repairs.enabled {
+        return Ok(());
+    }
+    let now = unix_now();
+    let recs = st.instances(key).map_err(|e| e.to_string())?;
+    // Records from before state changes were timed: their grace period starts now.
+    for r in recs.iter().filter(|r| r.state_changed_at.is_none()) {
+        if r.provisioning_state == "Succeeded" {
+            st.update_instance(key, r.instance_id, |r| r.state_changed_at = Some(now))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let insts: Vec<plan::repairs::RepairInstance> = recs
+        .iter()
+        .map(|r| {
+            let o = st.observation(&r.machine);
+            plan::repairs::RepairInstance {
+                id: r.instance_id,
+                health: repair_health(&o),
+                intent_running: r.intent == PowerIntent::Running,
+                machine_running: o.running,
+                deleting: r.deleting,
+                busy: r.upgrading || r.reimage_requested || r.restart_requested || r.draining,
+                protected: r.protect_from_scale_in || r.protect_from_scale_set_actions,
+                provisioning_failed: r.provisioning_state == "Failed",
+                state_changed_at: r.state_changed_at.unwrap_or(now),
+                repairing: r.repairing,
+                repair_attempts: r.repair_attempts,
+            }
+        })
+        .collect();
+    let grace = st
+        .cfg
+        .repair_grace_secs
+        .unwrap_or(m.repairs.grace_period_secs);
+    let cur = st.repairs_state(res).map_err(|e| e.to_string())?;
+    let d = plan::repairs::decide(true, m.repairs.repair_action, grace, &cur, &insts, now);
+    for id in &d.recovered {
+        info!(vmss = %res.name, instance = id, "automatic repair: instance healthy again");
+        st.update_instance(key, *id, |r| r.repair_attempts = 0)
+            .map_err(|e| e.to_string())?;
+    }
+    if d.state != cur {
+        // Compare-and-set against a resume or suspend that arrived meanwhile.
+        st.update_repairs(res, |s| {
+            if *s == cur {
+                d.state.clone()
+            } else {
+                s.clone()
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if d.state.service_state == plan::repairs::ServiceState::Suspended {
+            warn!(vmss = %res.name, reason = ?d.state.reason, "automatic repairs suspended");
+        }
+    }
+    if d.repair.is_empty() {
+        return Ok(());
+    }
+    let image = m.image.as_ref().map(|i| i.name.clone());
+    let mut tasks = Vec::new();
+    for (id, action) in d.repair {
+        let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
+            continue;
+        };
+        info!(vmss = %res.name, instance = id, ?action, attempts = rec.repair_attempts, "automatic repair");
+        let attempts = rec.repair_attempts + 1;
+        if action == model::vmss::RepairAction::Replace && image.is_none() {
+            continue;
+        }
+        // Intent first, as the durable flags the reconciler already acts on (deletion, restart,
+        // reimage requests): a daemon killed mid-repair finishes the operation by reconciling
+        // (the `repairing` mark itself is cleared at start).
+        st.update_instance(key, id, |r| {
+            r.repairing = true;
+            r.repair_attempts = attempts;
+            match action {
+                model::vmss::RepairAction::Replace => r.deleting = true,
+                model::vmss::RepairAction::Restart => r.restart_requested = true,
+                model::vmss::RepairAction::Reimage => r.reimage_requested = true,
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let (st2, eng2, key2, res2) = (st.clone(), eng.clone(), key.clone(), res.clone());
+        match action {
+            model::vmss::RepairAction::Replace => {
+                let Some(image) = image.clone() else {
+                    continue;
+                };
+                // Delete then create, as Azure does: the new instance gets a new id and address
+                // and the latest model; the old one is drained before it stops.
+                let new = new_instances(st, key, res, doc, &image, 1)?;
+                for n in &new {
+                    st.update_instance(key, n.instance_id, |r| r.repair_attempts = attempts)
+                        .map_err(|e| e.to_string())?;
+                }
+                for n in new {
+                    tasks.push(tokio::spawn(start_instance(
+                        st.clone(),
+                        eng.clone(),
+                        key.clone(),
+                        res.name.clone(),
+                        n,
+                    )));
+                }
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = delete_instance(&st2, &eng2, &key2, &rec).await {
+                        repair_failed(&st2, &key2, &res2, id, e);
+                    }
+                }));
+            }
+            model::vmss::RepairAction::Restart | model::vmss::RepairAction::Reimage => {
+                let target = (image.clone(), doc.model_version);
+                let name = res.name.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = if action == model::vmss::RepairAction::Restart {
+                        restart_instance(&st2, &eng2, &key2, &rec).await
+                    } else {
+                        // Azure's reimage applies the scale set's latest model.
+                        upgrade_instance(&st2, &eng2, &key2, &name, &rec, target).await
+                    };
+                    let _ = st2.update_instance(&key2, id, |r| r.repairing = false);
+                    if let Err(e) = r {
+                        repair_failed(&st2, &key2, &res2, id, e);
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    st.wake.notify_one();
+    Ok(())
+}
+
+fn repair_failed(st: &AppState, key: &Key, res: &Res, id: u32, e: String) {
+    warn!(instance = id, error = %e, "automatic repair failed");
+    let _ = st.update_instance(key, id, |r| r.last_error = Some(e.clone()));
+    let _ = st.update_repairs(res, |s| {
+        plan::repairs::record_failure(s, &format!("instance {id}: {e}"))
+    });
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The Application Health extension, run from the host: every running instance of a scale set
+/// with the extension is probed at its interval (or `SCALESET_PROBE_INTERVAL_MS`), and each result
+/// is fed to the instance's pure state machine.
+async fn app_health_loop(st: Arc<AppState>) {
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(sets) = st.store.list(VMSS, None, None) else {
+            continue;
+        };
+        let mut seen = HashSet::new();
+        for (key, v) in sets {
+            let Ok(doc) = serde_json::from_value::<VmssDoc>(v) else {
+                continue;
+            };
+            let Ok((m, _)) = model::vmss::parse(&doc.arm, &doc.name) else {
+                continue;
+            };
+            let recs = st.instances(&key).unwrap_or_default();
+            let Some(ext) = m.app_health else {
+                // The extension was removed: the LB probe is the health source again.
+                let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
+                for r in &recs {
+                    if let Some(o) = obs.get_mut(&r.machine) {
+                        o.app_health = None;
+                    }
+                }
+                continue;
+            };
+            let interval = st
+                .cfg
+                .probe_interval_ms
+                .unwrap_or(ext.interval_in_seconds as u64 * 1000)
+                .max(100);
+            for r in recs {
+                seen.insert(r.machine.clone());
+                if r.deleting || !st.observation(&r.machine).running {
+                    continue;
+                }
+                if last
+                    .get(&r.machine)
+                    .is_some_and(|t| t.elapsed() < Duration::from_millis(interval))
+                {
+                    continue;
+                }
+                last.insert(r.machine.clone(), Instant::now());
+                tokio::spawn(probe_app_health(
+                    st.clone(),
+                    r.machine,
+                    r.ip,
+                    ext.clone(),
+                    interval,
+                ));
+            }
+        }
+        last.retain(|m, _| seen.contains(m));
+    }
+}
+
+async fn probe_app_health(
+    st: Arc<AppState>,
+    machine: String,
+    ip: std::net::Ipv4Addr,
+    ext: model::vmss::AppHealthExtension,
+    interval_ms: u64,
+) {
+    // Shorter than the interval so probes of one instance never overlap.
+    let timeout = Duration::from_millis((interval_ms * 8 / 10).clamp(100, 5000));
+    let outcome = app_health_request(ip, &ext, timeout).await;
+    let result = plan::app_health::classify(ext.rich, &outcome);
+    let now = now_ms();
+    let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(o) = obs.get_mut(&machine) else {
+        return;
+    };
+    if !o.running {
+        return;
+    }
+    let state = o
+        .app_health
+        .get_or_insert_with(|| plan::app_health::AppHealthState::new(now));
+    if let Some(new) = state.observe(
+        result,
+        now,
+        ext.number_of_probes,
+        ext.grace_period_secs as u64 * 1000,
+    ) {
+        info!(%machine, health = ?new, ?outcome, "application health changed");
+    }
+}
+
+/// One probe of the instance's endpoint from the host (HTTP GET or a TCP handshake).
+async fn app_health_request(
+    ip: std::net::Ipv4Addr,
+    ext: &model::vmss::AppHealthExtension,
+    timeout: Duration,
+) -> plan::app_health::Outcome {
+    use plan::app_health::Outcome;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = std::net::SocketAddr::from((ip, ext.port));
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        match ext.protocol {
+            model::vmss::AppHealthProtocol::Tcp => Some(Outcome::Connected),
+            model::vmss::AppHealthProtocol::Http => {
+                let path = ext.request_path.as_deref().unwrap_or("/");
+                let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nUser-Agent: scaleset-ApplicationHealthExtension\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.ok()?;
+                let mut buf = Vec::new();
+                (&mut s).take(64 * 1024).read_to_end(&mut buf).await.ok()?;
+                Some(plan::app_health::parse_http_response(&buf))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(Outcome::NoAnswer)
+}
+
 /// Records new instances (intent first, durable) with ids, addresses and names.
 fn new_instances(
     st: &AppState,
@@ -601,6 +895,9 @@ fn new_instances(
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
             last_error: None,
+            state_changed_at: None,
+            repairing: false,
+            repair_attempts: 0,
         };
         st.store
             .put_instance(
@@ -658,6 +955,7 @@ async fn start_instance(
                     r.draining = false;
                     r.restart_requested = false;
                     r.last_error = None;
+                    r.state_changed_at = Some(unix_now());
                 });
             }
             Err(e) => {
@@ -687,6 +985,7 @@ fn forget_health(st: &AppState, machine: &str) {
         .get_mut(machine)
     {
         o.healthy = None;
+        o.app_health = None;
     }
 }
 
@@ -745,6 +1044,7 @@ async fn restart_instance(
     st.update_instance(key, rec.instance_id, |r| {
         r.restart_requested = false;
         r.draining = false;
+        r.state_changed_at = Some(unix_now());
     })
     .map_err(|e| e.to_string())?;
     sync_lbs(st, eng).await?;
@@ -782,6 +1082,7 @@ async fn upgrade_instance(
         r.draining = false;
         r.provisioning_state = "Succeeded".into();
         r.last_error = None;
+        r.state_changed_at = Some(unix_now());
     })
     .map_err(|e| e.to_string())?;
     info!(instance = rec.instance_id, image = %image, "reimaged onto the latest model");

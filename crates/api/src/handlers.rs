@@ -84,7 +84,8 @@ pub async fn execute(
         | Route::VmAction(..)
         | Route::RollingStart(_)
         | Route::RollingCancel(_)
-        | Route::Rollback(_) => false,
+        | Route::Rollback(_)
+        | Route::SetOrchestrationServiceState(_) => false,
     };
     let mutating = !is_get;
     let reply = match route {
@@ -117,13 +118,22 @@ pub async fn execute(
         Route::Resource { .. } => Err(ApiError::not_found("NotFound", "Unknown resource type.")),
         Route::VmssInstanceView(res) => {
             let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let _ = doc;
+            let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
             let recs = st.instances(&res.key(VMSS))?.into_iter().map(|r| {
                 let o = st.observation(&r.machine);
                 (r, o)
             });
-            ok(render::vmss_instance_view(&recs.collect::<Vec<_>>()))
+            let repairs = m
+                .repairs
+                .enabled
+                .then(|| st.repairs_state(&res))
+                .transpose()?;
+            ok(render::vmss_instance_view(
+                &recs.collect::<Vec<_>>(),
+                repairs.as_ref(),
+            ))
         }
+        Route::SetOrchestrationServiceState(res) => set_orchestration_state(st, &res, body),
         Route::Vms(res) => {
             let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
             let expand = query
@@ -222,6 +232,52 @@ pub async fn execute(
         st.wake.notify_one();
     }
     reply
+}
+
+/// `POST .../setOrchestrationServiceState` `{"serviceName":"AutomaticRepairs","action":"Resume"|"Suspend"}`.
+fn set_orchestration_state(st: &AppState, res: &Res, body: &[u8]) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let body = require_object(parse_body(body)?)?;
+    let field = |name: &str| -> Result<String, ApiError> {
+        match body.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Err(ApiError::bad_request(
+                "InvalidParameter",
+                format!("Required parameter '{name}' is missing (null)."),
+            )),
+            Some(x) => Err(ApiError::bad_request(
+                "InvalidParameter",
+                format!("The value of parameter '{name}' must be a string, got {x}."),
+            )),
+        }
+    };
+    let service = field("serviceName")?;
+    let action = field("action")?;
+    if !service.eq_ignore_ascii_case("AutomaticRepairs") {
+        return Err(ApiError::bad_request(
+            "InvalidParameter",
+            format!("The value '{service}' of parameter 'serviceName' is not allowed. Allowed values are: AutomaticRepairs."),
+        ));
+    }
+    let resume = match action.to_ascii_lowercase().as_str() {
+        "resume" => true,
+        "suspend" => false,
+        _ => {
+            return Err(ApiError::bad_request(
+                "InvalidParameter",
+                format!("The value '{action}' of parameter 'action' is not allowed. Allowed values are: Resume, Suspend."),
+            ))
+        }
+    };
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
+    if !m.repairs.enabled {
+        return Err(ApiError::conflict(
+            "OperationNotAllowed",
+            format!("Automatic repairs are not enabled on scale set '{}'; set automaticRepairsPolicy.enabled first.", res.name),
+        ));
+    }
+    st.update_repairs(res, |s| plan::repairs::set_service_state(s, resume))?;
+    Ok((StatusCode::OK, Value::Null))
 }
 
 fn group(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
@@ -570,8 +626,8 @@ fn keep_admin_password(existing: Option<&VmssDoc>, body: &mut Value) {
 /// in progress (its target moves); an explicit start while one runs is refused.
 fn start_rollout(st: &AppState, res: &Res, doc: &VmssDoc, explicit: bool) -> Result<(), ApiError> {
     let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
-    if m.health_probe.is_none() {
-        return Err(ApiError::bad_request("OperationNotAllowed", "A rolling upgrade needs a health probe: set virtualMachineProfile.networkProfile.healthProbe.id."));
+    if m.health_probe.is_none() && m.app_health.is_none() {
+        return Err(ApiError::bad_request("OperationNotAllowed", "A rolling upgrade needs a health probe: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
     }
     let target = doc.model_version;
     let previous = doc

@@ -51,11 +51,13 @@ pub fn instance_view(rec: &InstanceRecord, obs: &Observation) -> Value {
             .as_object_mut()
             .map(|o| o.remove("message"));
     }
-    if let Some(h) = obs.healthy {
-        let (code, disp) = if h {
-            ("HealthState/healthy", "The VM is healthy")
-        } else {
-            ("HealthState/unhealthy", "The VM is unhealthy")
+    if let Some(h) = obs.health() {
+        use plan::repairs::Health;
+        let (code, disp) = match h {
+            Health::Healthy => ("HealthState/healthy", "The VM is healthy"),
+            Health::Unhealthy => ("HealthState/unhealthy", "The VM is unhealthy"),
+            Health::Initializing => ("HealthState/initializing", "The VM health is initializing"),
+            Health::Unknown => ("HealthState/unknown", "The VM health is unknown"),
         };
         view["vmHealth"] =
             json!({"status": {"code": code, "level": "Info", "displayStatus": disp}});
@@ -118,14 +120,29 @@ pub fn image(res: &Res, img: &image::Image) -> Value {
 }
 
 /// The aggregate instance view of a scale set (`GET .../instanceView`).
-pub fn vmss_instance_view(recs: &[(InstanceRecord, Observation)]) -> Value {
+/// `repairs` is the automatic repairs service state when the policy is enabled.
+pub fn vmss_instance_view(
+    recs: &[(InstanceRecord, Observation)],
+    repairs: Option<&plan::repairs::RepairsState>,
+) -> Value {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for (r, o) in recs {
         *counts.entry(power_code(r, o).0).or_default() += 1;
     }
+    let service = match repairs {
+        None => json!({"serviceName": "AutomaticRepairs", "serviceState": "NotRunning"}),
+        Some(s) => {
+            let mut v = json!({"serviceName": "AutomaticRepairs", "serviceState": format!("{:?}", s.service_state)});
+            if let Some(reason) = &s.reason {
+                v["message"] = json!(reason);
+            }
+            v
+        }
+    };
     json!({
         "virtualMachine": {"statusesSummary": counts.iter().map(|(c, n)| json!({"code": c, "count": n})).collect::<Vec<_>>()},
         "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"}],
+        "orchestrationServices": [service],
     })
 }
 
@@ -184,4 +201,88 @@ pub fn rolling_status(
         v["properties"]["error"] = json!({"code": e.code, "message": e.message});
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::app_health::AppHealthState;
+    use plan::repairs::Health;
+
+    fn rec() -> InstanceRecord {
+        serde_json::from_value(json!({
+            "instanceId": 0, "createdSeq": 1, "modelVersion": 1, "image": "120",
+            "ip": "10.0.0.4", "computerName": "vm000000", "machine": "m", "timeCreated": "t",
+            "vmId": "id", "intent": "Running", "provisioningState": "Succeeded",
+        }))
+        .unwrap()
+    }
+
+    fn app(results: &[Health]) -> AppHealthState {
+        let mut s = AppHealthState::new(0);
+        for (i, r) in results.iter().enumerate() {
+            s.observe(*r, 1000 * (i as u64 + 1), 1, 2000);
+        }
+        s
+    }
+
+    #[test]
+    fn vm_health_codes() {
+        let obs = |healthy: Option<bool>, app_health: Option<AppHealthState>| Observation {
+            running: true,
+            healthy,
+            app_health,
+        };
+        for (o, want) in [
+            (obs(None, None), None),
+            (obs(Some(true), None), Some("HealthState/healthy")),
+            (obs(Some(false), None), Some("HealthState/unhealthy")),
+            // The extension, when it reports, is the health source (not the LB probe).
+            (
+                obs(Some(true), Some(app(&[Health::Unknown]))),
+                Some("HealthState/initializing"),
+            ),
+            (
+                obs(Some(true), Some(app(&[Health::Unknown; 3]))),
+                Some("HealthState/unknown"),
+            ),
+            (
+                obs(Some(false), Some(app(&[Health::Healthy]))),
+                Some("HealthState/healthy"),
+            ),
+            (
+                obs(Some(true), Some(app(&[Health::Healthy, Health::Unhealthy]))),
+                Some("HealthState/unhealthy"),
+            ),
+        ] {
+            let v = instance_view(&rec(), &o);
+            assert_eq!(
+                v.pointer("/vmHealth/status/code").and_then(Value::as_str),
+                want,
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn orchestration_services() {
+        let none = vmss_instance_view(&[], None);
+        assert_eq!(
+            none["orchestrationServices"],
+            json!([{"serviceName": "AutomaticRepairs", "serviceState": "NotRunning"}])
+        );
+        let s = plan::repairs::record_failure(
+            &plan::repairs::record_failure(
+                &plan::repairs::record_failure(&Default::default(), "instance 1"),
+                "instance 1",
+            ),
+            "instance 1",
+        );
+        let v = vmss_instance_view(&[], Some(&s));
+        assert_eq!(v["orchestrationServices"][0]["serviceState"], "Suspended");
+        assert!(v["orchestrationServices"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance 1"));
+    }
 }

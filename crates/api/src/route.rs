@@ -85,6 +85,8 @@ pub enum Route {
     RollingLatest(Res),
     /// POST rollback (scaleset's extension): the model returns to the last one that completed.
     Rollback(Res),
+    /// POST setOrchestrationServiceState (suspend or resume automatic repairs).
+    SetOrchestrationServiceState(Res),
     /// GET the status (`operations/{id}`) or result (`operationResults/{id}`) of a long-running
     /// operation (see `operations.rs`).
     Operation {
@@ -251,6 +253,9 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         (VMSS, [v]) if eq(v, "virtualMachines") => get_only(Route::Vms(res)),
         (VMSS, [v]) if eq(v, "osRollingUpgrade") => post_only(Route::RollingStart(res)),
         (VMSS, [v]) if eq(v, "rollback") => post_only(Route::Rollback(res)),
+        (VMSS, [v]) if eq(v, "setOrchestrationServiceState") => {
+            post_only(Route::SetOrchestrationServiceState(res))
+        }
         (VMSS, [r, c]) if eq(r, "rollingUpgrades") && eq(c, "cancel") => {
             post_only(Route::RollingCancel(res))
         }
@@ -347,6 +352,7 @@ mod tests {
             (Method::PUT, format!("{p}/microsoft.compute/VIRTUALMACHINESCALESETS/v"), Route::Resource { kind: VMSS, method: Method::PUT, res: res.clone() }),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/manualupgrade"), Route::VmssAction(res.clone(), PowerAction::ManualUpgrade)),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/delete"), Route::VmssAction(res.clone(), PowerAction::DeleteInstances)),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/SetOrchestrationServiceState"), Route::SetOrchestrationServiceState(res.clone())),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines"), Route::Vms(res.clone())),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/instanceView"), Route::VmInstanceView(res.clone(), "3".into())),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/powerOff"), Route::VmAction(res.clone(), "3".into(), PowerAction::PowerOff)),

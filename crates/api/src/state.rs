@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub probe_interval_ms: Option<u64>,
     /// How long a rolling upgrade waits for an upgraded batch to become healthy (Azure: 5 min).
     pub rolling_health_timeout_secs: u64,
+    /// Test knob: replaces every scale set's automatic repairs grace period (Azure's minimum,
+    /// PT10M, is too long for tests). `SCALESET_REPAIR_GRACE_SECS`.
+    pub repair_grace_secs: Option<u64>,
 }
 
 impl DaemonConfig {
@@ -91,6 +94,16 @@ pub struct InstanceRecord {
     pub protect_from_scale_set_actions: bool,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Unix seconds when the last state change (boot, restart, reimage) completed: automatic
+    /// repairs wait a grace period from here.
+    #[serde(default)]
+    pub state_changed_at: Option<u64>,
+    /// An automatic repair is acting on this instance.
+    #[serde(default)]
+    pub repairing: bool,
+    /// Automatic repairs of this instance (or of the one it replaced) not yet followed by health.
+    #[serde(default)]
+    pub repair_attempts: u32,
 }
 
 /// The stored scale set: the ARM body plus our bookkeeping.
@@ -127,6 +140,9 @@ pub struct RolloutDoc {
     pub last_completed_version: Option<u64>,
 }
 
+/// Kind under which a scale set's automatic repairs service state is stored.
+pub const REPAIRS: &str = "scaleset.automaticRepairs";
+
 /// What clients saw during a rollout, from the load balancer's own counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -161,7 +177,32 @@ impl Receipt {
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
     pub running: bool,
+    /// The load balancer probe's verdict.
     pub healthy: Option<bool>,
+    /// The Application Health extension's state, when the scale set has the extension.
+    pub app_health: Option<plan::app_health::AppHealthState>,
+}
+
+impl Observation {
+    /// The instance's health for decisions and views: the Application Health extension's when it
+    /// reports (it replaces the LB probe as the health source), else the LB probe's.
+    pub fn health(&self) -> Option<plan::repairs::Health> {
+        use plan::repairs::Health;
+        match &self.app_health {
+            Some(a) => Some(a.state()),
+            None => self.healthy.map(|h| {
+                if h {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                }
+            }),
+        }
+    }
+
+    pub fn is_healthy(&self) -> Option<bool> {
+        self.health().map(|h| h == plan::repairs::Health::Healthy)
+    }
 }
 
 pub struct AppState {
@@ -288,6 +329,31 @@ impl AppState {
             }
         }
         Ok(cur)
+    }
+
+    pub fn repairs_state(&self, res: &Res) -> Result<plan::repairs::RepairsState, ApiError> {
+        match self.store.get(&res.key(REPAIRS))? {
+            None => Ok(Default::default()),
+            Some(v) => Ok(serde_json::from_value(v).map_err(ApiError::internal)?),
+        }
+    }
+
+    /// Read-modify-write of the repairs service state under the records lock.
+    pub fn update_repairs(
+        &self,
+        res: &Res,
+        f: impl FnOnce(&plan::repairs::RepairsState) -> plan::repairs::RepairsState,
+    ) -> Result<plan::repairs::RepairsState, ApiError> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.repairs_state(res)?;
+        let next = f(&cur);
+        if next != cur {
+            self.store.put(
+                &res.key(REPAIRS),
+                &serde_json::to_value(&next).map_err(ApiError::internal)?,
+            )?;
+        }
+        Ok(next)
     }
 
     pub fn observation(&self, machine: &str) -> Observation {

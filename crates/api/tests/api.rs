@@ -34,6 +34,7 @@ fn env(tag: &str) -> Env {
         base_cache: dir.join("bases"),
         probe_interval_ms: None,
         rolling_health_timeout_secs: 300,
+        repair_grace_secs: None,
     };
     let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
         state_dir: dir.join("machines"),
@@ -475,4 +476,125 @@ async fn microsoft_example_requests() {
         (s, v["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("ResourceNotFound"))
     );
+}
+
+#[tokio::test]
+async fn automatic_repairs_service_state() {
+    let e = env("repairs");
+    let rg = format!("{SUB}/resourceGroups/rg");
+    let lb = format!("{rg}/providers/Microsoft.Network/loadBalancers/lb");
+    let vmss = format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/web");
+    assert!(call(&e, "PUT", &rg, Some(json!({"location": "local"})))
+        .await
+        .0
+        .is_success());
+    assert!(call(&e, "PUT", &lb, Some(lb_body())).await.0.is_success());
+    let probe = json!({"id": format!("{lb}/probes/p")});
+    let set = format!("{vmss}/setOrchestrationServiceState");
+    let suspend = json!({"serviceName": "AutomaticRepairs", "action": "Suspend"});
+
+    // Without the policy: the service is NotRunning and cannot be suspended or resumed.
+    let body = json!({"sku": {"capacity": 0}, "properties": {"virtualMachineProfile": {"networkProfile": {"healthProbe": probe}}}});
+    assert_eq!(
+        call(&e, "PUT", &vmss, Some(body)).await.0,
+        StatusCode::CREATED
+    );
+    let (_, v) = call(&e, "GET", &format!("{vmss}/instanceView"), None).await;
+    assert_eq!(
+        v["orchestrationServices"][0],
+        json!({"serviceName": "AutomaticRepairs", "serviceState": "NotRunning"})
+    );
+    let (s, v) = call(&e, "POST", &set, Some(suspend.clone())).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("OperationNotAllowed")),
+        "{v}"
+    );
+
+    // Policy validation: grace period range, action enum, a health source.
+    for (repairs, want) in [
+        (json!({"enabled": true, "gracePeriod": "PT9M"}), "PT10M"),
+        (json!({"enabled": true, "gracePeriod": "PT91M"}), "PT90M"),
+        (
+            json!({"enabled": true, "repairAction": "Redeploy"}),
+            "Replace, Restart, Reimage",
+        ),
+    ] {
+        let body = json!({"sku": {"capacity": 0}, "properties": {"automaticRepairsPolicy": repairs, "virtualMachineProfile": {"networkProfile": {"healthProbe": probe}}}});
+        let (s, v) = call(&e, "PUT", &vmss, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{v}"
+        );
+    }
+    let (s, v) = call(
+        &e,
+        "PATCH",
+        &vmss,
+        Some(json!({"properties": {"automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT30M", "repairAction": "restart"}}})),
+    )
+    .await;
+    assert!(s.is_success(), "{v}");
+    assert_eq!(
+        v["properties"]["automaticRepairsPolicy"],
+        json!({"enabled": true, "gracePeriod": "PT30M", "repairAction": "Restart"})
+    );
+    assert_eq!(repairs_state(&e, &vmss).await, "Running");
+
+    // Bad bodies change nothing.
+    for (body, want) in [
+        (
+            json!({"serviceName": "AutomaticZoneRebalancing", "action": "Suspend"}),
+            "serviceName",
+        ),
+        (
+            json!({"serviceName": "AutomaticRepairs", "action": "Pause"}),
+            "Resume, Suspend",
+        ),
+        (json!({"serviceName": "AutomaticRepairs"}), "'action'"),
+        (json!({"action": "Suspend"}), "'serviceName'"),
+        (
+            json!({"serviceName": "AutomaticRepairs", "action": 1}),
+            "must be a string",
+        ),
+    ] {
+        let (s, v) = call(&e, "POST", &set, Some(body)).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("InvalidParameter")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{v}"
+        );
+    }
+    assert_eq!(repairs_state(&e, &vmss).await, "Running");
+
+    // Suspend, then resume (names are case-insensitive like ARM's enums).
+    assert_eq!(
+        call(&e, "POST", &set, Some(suspend)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(repairs_state(&e, &vmss).await, "Suspended");
+    let (s, _) = call(
+        &e,
+        "POST",
+        &set,
+        Some(json!({"serviceName": "automaticrepairs", "action": "resume"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(repairs_state(&e, &vmss).await, "Running");
+    // GET is not allowed on the action.
+    assert_eq!(
+        call(&e, "GET", &set, None).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+async fn repairs_state(e: &Env, vmss: &str) -> Value {
+    let (_, v) = call(e, "GET", &format!("{vmss}/instanceView"), None).await;
+    v["orchestrationServices"][0]["serviceState"].clone()
 }

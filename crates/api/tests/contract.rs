@@ -69,6 +69,7 @@ fn env(tag: &str) -> Env {
         base_cache: dir.join("bases"),
         probe_interval_ms: None,
         rolling_health_timeout_secs: 300,
+        repair_grace_secs: None,
     };
     let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
         state_dir: dir.join("machines"),
@@ -373,6 +374,9 @@ fn add_instances(c: &Contract, rg: &str, vmss: &str, n: u32) {
                     protect_from_scale_in: false,
                     protect_from_scale_set_actions: false,
                     last_error: (i == 1).then(|| "boot timed out".to_string()),
+                    state_changed_at: None,
+                    repairing: false,
+                    repair_attempts: 0,
                 },
             )
             .unwrap();
@@ -381,6 +385,7 @@ fn add_instances(c: &Contract, rg: &str, vmss: &str, n: u32) {
             Observation {
                 running: i == 0,
                 healthy: Some(i == 0),
+                app_health: None,
             },
         );
     }

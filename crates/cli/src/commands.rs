@@ -75,6 +75,12 @@ pub enum VmssCmd {
         scale_in_policy: Option<String>,
         #[arg(long)]
         computer_name_prefix: Option<String>,
+        /// Enable automatic repairs with this grace period in minutes (10-90).
+        #[arg(long)]
+        automatic_repairs_grace_period: Option<u32>,
+        /// Repair action for automatic repairs (enables them; default Replace).
+        #[arg(long, value_parser = ["Replace", "Restart", "Reimage"])]
+        automatic_repairs_action: Option<String>,
         #[arg(long)]
         no_wait: bool,
     },
@@ -98,6 +104,14 @@ pub enum VmssCmd {
         t: Target,
         #[arg(long, num_args = 1..)]
         set: Vec<String>,
+        /// Turn automatic repairs on or off.
+        #[arg(long)]
+        enable_automatic_repairs: Option<bool>,
+        /// Automatic repairs grace period in minutes (10-90).
+        #[arg(long)]
+        automatic_repairs_grace_period: Option<u32>,
+        #[arg(long, value_parser = ["Replace", "Restart", "Reimage"])]
+        automatic_repairs_action: Option<String>,
         #[arg(long)]
         no_wait: bool,
     },
@@ -131,6 +145,18 @@ pub enum VmssCmd {
         t: Target,
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Suspend or resume an orchestration service (automatic repairs); its state is in
+    /// `get-instance-view`'s orchestrationServices.
+    SetOrchestrationServiceState {
+        #[command(flatten)]
+        t: Target,
+        /// The service: AutomaticRepairs.
+        #[arg(long)]
+        service_name: String,
+        /// Resume or Suspend.
+        #[arg(long)]
+        action: String,
     },
 }
 
@@ -477,6 +503,8 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             upgrade_policy_mode,
             scale_in_policy,
             computer_name_prefix,
+            automatic_repairs_grace_period,
+            automatic_repairs_action,
             no_wait,
         } => {
             let lbref = match &lb {
@@ -513,6 +541,14 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                     computer_name_prefix.as_deref(),
                 ),
             );
+            let mut body = body;
+            if automatic_repairs_grace_period.is_some() || automatic_repairs_action.is_some() {
+                body["properties"]["automaticRepairsPolicy"] = serde_json::json!({
+                    "enabled": true,
+                    "gracePeriod": format!("PT{}M", automatic_repairs_grace_period.unwrap_or(10)),
+                    "repairAction": automatic_repairs_action.as_deref().unwrap_or("Replace"),
+                });
+            }
             let v = c
                 .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
                 .await?;
@@ -572,7 +608,25 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             };
             print(&with_rg(v), out, output::VMSS_COLS);
         }
-        VmssCmd::Update { t, set, no_wait } => {
+        VmssCmd::Update {
+            t,
+            mut set,
+            enable_automatic_repairs,
+            automatic_repairs_grace_period,
+            automatic_repairs_action,
+            no_wait,
+        } => {
+            // az's automatic repairs flags are shorthands for --set.
+            let repairs = "properties.automaticRepairsPolicy";
+            if let Some(e) = enable_automatic_repairs {
+                set.push(format!("{repairs}.enabled={e}"));
+            }
+            if let Some(m) = automatic_repairs_grace_period {
+                set.push(format!("{repairs}.gracePeriod=PT{m}M"));
+            }
+            if let Some(a) = &automatic_repairs_action {
+                set.push(format!("{repairs}.repairAction={a}"));
+            }
             if set.is_empty() {
                 bail!("nothing to update: pass --set path=value");
             }
@@ -650,6 +704,21 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 bail!("--instance-ids is required (use '*' for all instances)");
             }
             power(&c, i, "manualupgrade").await?
+        }
+        VmssCmd::SetOrchestrationServiceState {
+            t,
+            service_name,
+            action,
+        } => {
+            c.call(
+                "POST",
+                &format!(
+                    "{}/setOrchestrationServiceState",
+                    c.vmss_path(&t.rg, &t.name)
+                ),
+                Some(&serde_json::json!({"serviceName": service_name, "action": action})),
+            )
+            .await?;
         }
         VmssCmd::Rollback { t, no_wait } => {
             let v = c

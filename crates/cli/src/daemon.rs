@@ -81,6 +81,9 @@ pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(plan::rolling::DEFAULT_HEALTH_TIMEOUT_SECS),
+        repair_grace_secs: std::env::var("SCALESET_REPAIR_GRACE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     })
 }
 

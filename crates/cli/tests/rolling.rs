@@ -296,3 +296,162 @@ fn rolling_upgrades_under_load() {
         "Completed"
     );
 }
+
+/// Backends the load balancer would send a new request to: healthy and not draining (None if
+/// the admin socket did not answer).
+fn serving(home: &Path) -> Option<usize> {
+    use std::io::{Read, Write};
+    let dir = std::fs::read_dir(home.join("lb"))
+        .ok()?
+        .flatten()
+        .next()?
+        .path();
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let body = resp.split_once("\r\n\r\n")?.1;
+    let v: Value = serde_json::from_str(&body[body.find('{')?..=body.rfind('}')?]).ok()?;
+    Some(
+        v["backends"]
+            .as_array()?
+            .iter()
+            .filter(|b| b["healthy"] == Value::Bool(true) && b["draining"] == Value::Bool(false))
+            .count(),
+    )
+}
+
+/// maxSurge under load: new-model instances are created and probed up before old ones are
+/// drained and removed, so the serving capacity never drops below the scale set's capacity and
+/// no request fails.
+#[test]
+fn rolling_upgrade_with_max_surge_keeps_capacity() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED rolling_upgrade_with_max_surge_keeps_capacity: {why}");
+        return;
+    }
+    let mut h = Harness::new(
+        "rolling-surge",
+        "10.213.211.0/24",
+        "rps",
+        vec![("SCALESET_PROBE_INTERVAL_MS", "1000".into())],
+    );
+    let home = h.home.clone();
+    let lb_port = free_port();
+    let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
+    let drop = example_drop(&home);
+    let v2 = home.join("drop-v2");
+    copy_dir(&drop, &v2);
+    std::fs::write(v2.join("VERSION"), "2\n").unwrap();
+    for (name, dir) in [("120", &drop), ("121", &v2)] {
+        h.ok(&[
+            "image",
+            "bake",
+            "--package",
+            dir.to_str().unwrap(),
+            "--script",
+            "setupscript.sh",
+            "--name",
+            name,
+        ]);
+    }
+    h.start_serve();
+    h.setup_lb(lb_port, 1);
+    h.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "120",
+        "--instance-count",
+        "3",
+        "--lb",
+        "lb",
+        "--health-probe",
+        "http",
+        "--upgrade-policy-mode",
+        "Rolling",
+    ]);
+    h.ok(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        "properties.upgradePolicy.rollingUpgradePolicy.maxSurge=true",
+    ]);
+    wait_until("3 healthy instances", Duration::from_secs(60), || {
+        healthy(&h.instances()) == 3
+    });
+    let ids = |h: &Harness| -> Vec<String> {
+        h.instances()
+            .iter()
+            .filter_map(|v| v["instanceId"].as_str().map(str::to_string))
+            .collect()
+    };
+    let before = ids(&h);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (stop, home) = (stop.clone(), home.clone());
+        std::thread::spawn(move || {
+            let (mut min, mut samples) = (usize::MAX, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(n) = serving(&home) {
+                    min = min.min(n);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (min, samples)
+        })
+    };
+    let load = Load::start(lb_addr, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, _, err) = h.run(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        "virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/121",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok_n, failed) = load.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (min_serving, samples) = monitor.join().unwrap();
+    assert!(ok, "maxSurge rolling upgrade failed: {err}");
+    assert_eq!(
+        failed, 0,
+        "failed requests during the maxSurge rollout ({ok_n} ok)"
+    );
+    assert!(ok_n > 100, "too little load: {ok_n}");
+    assert!(samples > 20, "too few capacity samples: {samples}");
+    assert!(
+        min_serving >= 3,
+        "serving capacity dropped to {min_serving} during the maxSurge rollout"
+    );
+    let l = latest(&h);
+    assert_eq!(l["properties"]["runningStatus"]["code"], "Completed", "{l}");
+    assert_eq!(l["properties"]["receipt"]["failedRequests"], 0, "{l}");
+    assert_eq!(l["properties"]["receipt"]["non2xxResponses"], 0, "{l}");
+    assert_eq!(images(&h), ["121", "121", "121"]);
+    let after = ids(&h);
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "maxSurge replaces instances with new ids: {before:?} → {after:?}"
+    );
+}

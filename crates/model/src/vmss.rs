@@ -62,6 +62,180 @@ pub struct AutomaticRepairsPolicy {
     pub repair_action: RepairAction,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppHealthProtocol {
+    Http,
+    Tcp,
+}
+
+/// The Application Health extension (`Microsoft.ManagedServices/ApplicationHealthLinux`) of a
+/// scale set: the engine probes each instance's endpoint and this health, not the load
+/// balancer's, drives rolling upgrades and automatic repairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppHealthExtension {
+    pub name: String,
+    pub protocol: AppHealthProtocol,
+    pub port: u16,
+    /// HTTP only.
+    pub request_path: Option<String>,
+    pub interval_in_seconds: u32,
+    /// Consecutive results needed to change state.
+    pub number_of_probes: u32,
+    /// Seconds an instance stays Initializing at most after it boots.
+    pub grace_period_secs: u32,
+    /// typeHandlerVersion 2.x: Rich Health States (Healthy, Unhealthy, Initializing, Unknown);
+    /// 1.x: Binary (HTTP 200 or a TCP handshake is Healthy, anything else Unhealthy).
+    pub rich: bool,
+}
+
+/// Parses the Application Health extension out of `extensionProfile.extensions` (other
+/// extensions are refused by `refuse_unimplemented`).
+fn app_health(body: &Value) -> Result<Option<AppHealthExtension>, ModelError> {
+    let Some(exts) = get(
+        body,
+        &[
+            "properties",
+            "virtualMachineProfile",
+            "extensionProfile",
+            "extensions",
+        ],
+    ) else {
+        return Ok(None);
+    };
+    let exts = exts
+        .as_array()
+        .ok_or_else(|| ModelError::invalid("extensionProfile.extensions must be a list."))?;
+    let mut found = None;
+    for e in exts {
+        let ty = string(e, &["properties", "type"], "extensions.properties.type")?.unwrap_or("");
+        if ty.eq_ignore_ascii_case("ApplicationHealthWindows") {
+            return Err(ModelError::invalid(
+                "ApplicationHealthWindows needs Windows instances; scaleset runs Linux machines: use ApplicationHealthLinux.",
+            ));
+        }
+        if !ty.eq_ignore_ascii_case("ApplicationHealthLinux") {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ModelError::invalid(
+                "A scale set can have only one Application Health extension.",
+            ));
+        }
+        let name = string(e, &["name"], "extensions.name")?
+            .unwrap_or("HealthExtension")
+            .to_string();
+        let publisher = string(
+            e,
+            &["properties", "publisher"],
+            "extensions.properties.publisher",
+        )?;
+        if let Some(p) = publisher {
+            if !p.eq_ignore_ascii_case("Microsoft.ManagedServices") {
+                return Err(ModelError::invalid(format!(
+                    "The publisher of ApplicationHealthLinux is Microsoft.ManagedServices, not '{p}'."
+                )));
+            }
+        }
+        let version = string(
+            e,
+            &["properties", "typeHandlerVersion"],
+            "extensions.properties.typeHandlerVersion",
+        )?
+        .unwrap_or("2.0");
+        let rich = match version.split('.').next() {
+            Some("1") => false,
+            Some("2") => true,
+            _ => {
+                return Err(ModelError::invalid(format!(
+                    "typeHandlerVersion '{version}' of ApplicationHealthLinux is not supported: use 1.0 (binary health states) or 2.0 (rich health states)."
+                )))
+            }
+        };
+        let st = |f: &'static str| -> Vec<&'static str> { vec!["properties", "settings", f] };
+        let protocol = match string(e, &st("protocol"), "settings.protocol")? {
+            None => {
+                return Err(ModelError::invalid(
+                    "The Application Health extension needs settings.protocol (http or tcp).",
+                ))
+            }
+            Some(p) if p.eq_ignore_ascii_case("http") => AppHealthProtocol::Http,
+            Some(p) if p.eq_ignore_ascii_case("tcp") => AppHealthProtocol::Tcp,
+            Some(p) if p.eq_ignore_ascii_case("https") => {
+                return Err(ModelError::invalid(
+                    "settings.protocol https is not available locally (instances serve plain HTTP behind the load balancer): use http or tcp.",
+                ))
+            }
+            Some(p) => {
+                return Err(ModelError::invalid(format!(
+                    "The value '{p}' of parameter 'settings.protocol' is not allowed. Allowed values are: http, https, tcp."
+                )))
+            }
+        };
+        let port = match get(e, &st("port")) {
+            None if protocol == AppHealthProtocol::Tcp => {
+                return Err(ModelError::invalid(
+                    "settings.port is required when settings.protocol is tcp.",
+                ))
+            }
+            None => 80,
+            Some(_) => int_in(e, &st("port"), "settings.port", 1, 65535, 80)? as u16,
+        };
+        let request_path = string(e, &st("requestPath"), "settings.requestPath")?;
+        let request_path = match (protocol, request_path) {
+            (AppHealthProtocol::Tcp, Some(_)) => {
+                return Err(ModelError::invalid(
+                    "settings.requestPath is only allowed with protocol http.",
+                ))
+            }
+            (AppHealthProtocol::Tcp, None) => None,
+            (AppHealthProtocol::Http, None) => Some("/".to_string()),
+            (AppHealthProtocol::Http, Some(p)) => {
+                if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(ModelError::invalid(format!(
+                        "settings.requestPath '{p}' must be an absolute path without spaces."
+                    )));
+                }
+                Some(p.to_string())
+            }
+        };
+        let interval = int_in(
+            e,
+            &st("intervalInSeconds"),
+            "settings.intervalInSeconds",
+            5,
+            60,
+            5,
+        )? as u32;
+        let probes = int_in(
+            e,
+            &st("numberOfProbes"),
+            "settings.numberOfProbes",
+            1,
+            24,
+            1,
+        )? as u32;
+        let grace = int_in(
+            e,
+            &st("gracePeriod"),
+            "settings.gracePeriod",
+            0,
+            14400,
+            (interval * probes) as i64,
+        )? as u32;
+        found = Some(AppHealthExtension {
+            name,
+            protocol,
+            port,
+            request_path,
+            interval_in_seconds: interval,
+            number_of_probes: probes,
+            grace_period_secs: grace,
+            rich,
+        });
+    }
+    Ok(found)
+}
+
 /// The typed, validated view of a scale set's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmssModel {
@@ -76,6 +250,7 @@ pub struct VmssModel {
     pub health_probe: Option<ResourceId>,
     pub backend_pools: Vec<ResourceId>,
     pub repairs: AutomaticRepairsPolicy,
+    pub app_health: Option<AppHealthExtension>,
 }
 
 /// Largest capacity we accept (Azure's Uniform limit with a platform image is 1000).
@@ -482,11 +657,15 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             "automaticRepairsPolicy.gracePeriod must be between PT10M and PT90M.",
         ));
     }
-    if repairs.enabled && health_probe.is_none() {
-        return Err(ModelError::invalid("Automatic repairs need a health source: set virtualMachineProfile.networkProfile.healthProbe.id."));
+    let app_health = app_health(body)?;
+    if repairs.enabled && health_probe.is_none() && app_health.is_none() {
+        return Err(ModelError::invalid("Automatic repairs need a health source: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
     }
-    if upgrade_mode == UpgradeMode::Rolling && health_probe.is_none() {
-        return Err(ModelError::invalid("Rolling upgrade mode requires a health probe: set virtualMachineProfile.networkProfile.healthProbe.id."));
+    if repairs.enabled && health_probe.is_some() && app_health.is_some() {
+        return Err(ModelError::invalid("Automatic repairs need exactly one health source: remove either networkProfile.healthProbe or the Application Health extension."));
+    }
+    if upgrade_mode == UpgradeMode::Rolling && health_probe.is_none() && app_health.is_none() {
+        return Err(ModelError::invalid("Rolling upgrade mode requires a health probe: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
     }
     let model = VmssModel {
         capacity,
@@ -499,6 +678,7 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
         health_probe,
         backend_pools,
         repairs,
+        app_health,
     };
     let mut out = body.clone();
     normalize(&mut out, &model);
@@ -579,8 +759,29 @@ fn refuse_unimplemented(body: &Value) -> Result<(), ModelError> {
             _ => true,
         })
     };
-    if has(&["extensionProfile", "extensions"]) {
-        return Err(ModelError::invalid("VM extensions (virtualMachineProfile.extensionProfile) are not run locally; put the setup into the image (`scaleset image bake`, or PackerBuild@1 in a pipeline)."));
+    // The Application Health extension is run (by the engine, from the host); others are not.
+    if let Some(exts) = get(
+        body,
+        &[
+            "properties",
+            "virtualMachineProfile",
+            "extensionProfile",
+            "extensions",
+        ],
+    )
+    .and_then(Value::as_array)
+    {
+        for e in exts {
+            let ty = e
+                .pointer("/properties/type")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !ty.eq_ignore_ascii_case("ApplicationHealthLinux")
+                && !ty.eq_ignore_ascii_case("ApplicationHealthWindows")
+            {
+                return Err(ModelError::invalid("VM extensions (virtualMachineProfile.extensionProfile.extensions) other than the Application Health extension (ApplicationHealthLinux) are not run locally; put the setup into the image (`scaleset image bake`, or PackerBuild@1 in a pipeline)."));
+            }
+        }
     }
     for (field, what) in [
         (&["osProfile", "customData"][..], "osProfile.customData"),
@@ -827,6 +1028,68 @@ mod tests {
             ),
             (json!([1, 2]), Some("JSON object")),
             (
+                ext(json!({"protocol": "http", "port": 80, "requestPath": "/health"})),
+                None,
+            ),
+            (ext(json!({"protocol": "tcp", "port": 80})), None),
+            (
+                ext(json!({"protocol": "tcp"})),
+                Some("settings.port is required"),
+            ),
+            (
+                ext(json!({"protocol": "tcp", "port": 80, "requestPath": "/"})),
+                Some("only allowed with protocol http"),
+            ),
+            (
+                ext(json!({"protocol": "https", "port": 443})),
+                Some("https is not available"),
+            ),
+            (
+                ext(json!({"protocol": "udp"})),
+                Some("Allowed values are: http, https, tcp"),
+            ),
+            (ext(json!({"port": 80})), Some("settings.protocol")),
+            (
+                ext(json!({"protocol": "http", "port": 0})),
+                Some("settings.port"),
+            ),
+            (
+                ext(json!({"protocol": "http", "intervalInSeconds": 4})),
+                Some("settings.intervalInSeconds"),
+            ),
+            (
+                ext(json!({"protocol": "http", "numberOfProbes": 25})),
+                Some("settings.numberOfProbes"),
+            ),
+            (
+                ext(json!({"protocol": "http", "gracePeriod": 14401})),
+                Some("settings.gracePeriod"),
+            ),
+            (
+                ext(json!({"protocol": "http", "requestPath": "health"})),
+                Some("absolute path"),
+            ),
+            (
+                json!({"sku": {"capacity": 1}, "properties": {"upgradePolicy": {"mode": "Rolling"}, "virtualMachineProfile": {"extensionProfile": {"extensions": [
+                    {"name": "h", "properties": {"publisher": "Microsoft.ManagedServices", "type": "ApplicationHealthLinux", "typeHandlerVersion": "2.0", "settings": {"protocol": "http"}}}]}}}}),
+                None,
+            ),
+            (
+                json!({"sku": {"capacity": 1}, "properties": {"automaticRepairsPolicy": {"enabled": true}, "virtualMachineProfile": {"networkProfile": {"healthProbe": {"id": probe}}, "extensionProfile": {"extensions": [
+                    {"name": "h", "properties": {"publisher": "Microsoft.ManagedServices", "type": "ApplicationHealthLinux", "typeHandlerVersion": "2.0", "settings": {"protocol": "http"}}}]}}}}),
+                Some("exactly one health source"),
+            ),
+            (
+                json!({"sku": {"capacity": 1}, "properties": {"virtualMachineProfile": {"extensionProfile": {"extensions": [
+                    {"name": "h", "properties": {"publisher": "Contoso", "type": "ApplicationHealthLinux", "typeHandlerVersion": "2.0", "settings": {"protocol": "http"}}}]}}}}),
+                Some("Microsoft.ManagedServices"),
+            ),
+            (
+                json!({"sku": {"capacity": 1}, "properties": {"virtualMachineProfile": {"extensionProfile": {"extensions": [
+                    {"name": "h", "properties": {"type": "ApplicationHealthLinux", "typeHandlerVersion": "3.0", "settings": {"protocol": "http"}}}]}}}}),
+                Some("typeHandlerVersion"),
+            ),
+            (
                 body(json!({"orchestrationMode": "Flexible"})),
                 Some("Uniform"),
             ),
@@ -872,6 +1135,41 @@ mod tests {
                 (r, w) => panic!("{b}: got {r:?}, want {w:?}"),
             }
         }
+    }
+
+    fn ext(settings: Value) -> Value {
+        json!({"sku": {"capacity": 1}, "properties": {"virtualMachineProfile": {"extensionProfile": {"extensions": [
+            {"name": "HealthExtension", "properties": {"publisher": "Microsoft.ManagedServices", "type": "ApplicationHealthLinux", "typeHandlerVersion": "1.0", "settings": settings}}]}}}})
+    }
+
+    #[test]
+    fn app_health_defaults() {
+        let (m, _) = parse(&ext(json!({"protocol": "http"})), "vm").unwrap();
+        assert_eq!(
+            m.app_health,
+            Some(AppHealthExtension {
+                name: "HealthExtension".into(),
+                protocol: AppHealthProtocol::Http,
+                port: 80,
+                request_path: Some("/".into()),
+                interval_in_seconds: 5,
+                number_of_probes: 1,
+                grace_period_secs: 5,
+                rich: false,
+            })
+        );
+        let (m, _) = parse(
+            &ext(json!({"protocol": "tcp", "port": 8080, "intervalInSeconds": 10, "numberOfProbes": 3})),
+            "vm",
+        )
+        .unwrap();
+        let a = m.app_health.unwrap();
+        assert_eq!(
+            (a.port, a.grace_period_secs, a.request_path),
+            (8080, 30, None)
+        );
+        let (m, _) = parse(&body(json!({})), "vm").unwrap();
+        assert_eq!(m.app_health, None);
     }
 
     #[test]

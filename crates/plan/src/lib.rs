@@ -3,8 +3,10 @@
 //! and carries out the returned actions; each action is idempotent so a crash between deciding and
 //! doing is repaired by deciding again.
 
+pub mod app_health;
 pub mod naming;
 pub mod reconcile;
+pub mod repairs;
 pub mod rolling;
 pub mod scale_in;
 
