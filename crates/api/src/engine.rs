@@ -91,7 +91,7 @@ pub async fn run(st: Arc<AppState>) {
         tick(&st, &eng).await;
         tokio::select! {
             _ = st.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+            _ = tokio::time::sleep(pause(&st)) => {}
         }
     }
 }
@@ -978,15 +978,28 @@ async fn start_instance(
 /// Forgets an instance's health after its machine (re)booted: the load balancer probes it up
 /// again before it serves, and views must not show the health it had before.
 fn forget_health(st: &AppState, machine: &str) {
-    if let Some(o) = st
+    let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
+    let o = obs.entry(machine.to_string()).or_default();
+    o.healthy = None;
+    o.app_health = None;
+    o.booted_at = Some(Instant::now());
+}
+
+/// Time between engine passes: 1 s, or 100 ms while a machine booted in the last 30 s is not
+/// healthy yet, so that views (and what waits on them: `up`, rolling upgrades) see it healthy
+/// within a pass of the load balancer's verdict.
+fn pause(st: &AppState) -> Duration {
+    let settling = st
         .observed
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get_mut(machine)
-    {
-        o.healthy = None;
-        o.app_health = None;
-    }
+        .values()
+        .any(|o| {
+            o.healthy != Some(true)
+                && o.booted_at
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        });
+    Duration::from_millis(if settling { 100 } else { 1000 })
 }
 
 /// Takes the instance out of rotation and waits for its in-flight requests to finish.

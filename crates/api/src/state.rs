@@ -181,6 +181,8 @@ pub struct Observation {
     pub healthy: Option<bool>,
     /// The Application Health extension's state, when the scale set has the extension.
     pub app_health: Option<plan::app_health::AppHealthState>,
+    /// When the engine last booted the machine (the engine ticks faster until it is healthy).
+    pub booted_at: Option<std::time::Instant>,
 }
 
 impl Observation {
