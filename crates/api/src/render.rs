@@ -232,6 +232,7 @@ mod tests {
             running: true,
             healthy,
             app_health,
+            booted_at: None,
         };
         for (o, want) in [
             (obs(None, None), None),
