@@ -386,6 +386,7 @@ fn add_instances(c: &Contract, rg: &str, vmss: &str, n: u32) {
                 running: i == 0,
                 healthy: Some(i == 0),
                 app_health: None,
+                booted_at: None,
             },
         );
     }
