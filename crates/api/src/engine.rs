@@ -1,7 +1,7 @@
 //! The engine: observes machines and load balancers, asks `plan` what to do, and does it.
 //!
-//! One pass per scale set runs at a time; passes repeat every second or when the API wakes the
-//! engine. Every step is idempotent and the intent is written to the store before the step, so
+//! One pass per scale set runs at a time; passes repeat every second (100 ms while a freshly
+//! booted machine is not yet healthy) or when the API wakes the engine. Every step is idempotent and the intent is written to the store before the step, so
 //! a daemon killed at any point resumes by deciding again. Machines and load balancer processes
 //! are detached from the daemon: they keep serving while it is down and are adopted when it
 //! starts again.
