@@ -340,9 +340,28 @@ pub fn preflight() -> Result<(), RuntimeError> {
         }
     }
     if problems.is_empty() {
+        raise_inotify_limits();
         Ok(())
     } else {
         Err(RuntimeError::Preflight(problems.join("; ")))
+    }
+}
+
+/// Each instance's systemd takes several inotify instances, all counted against root: Debian's
+/// default of 128 per user stops new machines after a few dozen ("Failed to create control
+/// group inotify object: Too many open files"). Raise the limits (never lower them), as
+/// container hosts such as LXD document.
+fn raise_inotify_limits() {
+    for (knob, min) in [
+        ("/proc/sys/fs/inotify/max_user_instances", 8192u64),
+        ("/proc/sys/fs/inotify/max_user_watches", 524_288),
+    ] {
+        let cur = fs::read_to_string(knob)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if cur.is_some_and(|c| c < min) {
+            let _ = fs::write(knob, min.to_string());
+        }
     }
 }
 
