@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -212,6 +212,28 @@ impl Body for ProxyBody {
     }
 }
 
+/// Requests started and finished on one client connection, for its idle
+/// timer.
+#[derive(Default)]
+struct ConnActivity {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// Counts a response as finished when hyper drops its body (fully written or
+/// connection gone).
+struct Finished(Arc<ConnActivity>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Relaxed);
+    }
+}
+
+/// The idle timer checks this often; a connection closes between `idle` and
+/// `idle + idle / IDLE_TICKS` after its last request.
+const IDLE_TICKS: u32 = 8;
+
 pub(crate) async fn serve_conn(
     l: Arc<Listener>,
     stream: TcpStream,
@@ -221,30 +243,83 @@ pub(crate) async fn serve_conn(
     let _ = stream.set_nodelay(true);
     let mut shutdown = l.lb.shutdown.subscribe();
     let xff = HeaderValue::from_str(&peer.ip().to_string()).ok();
+    let activity = Arc::new(ConnActivity::default());
     let svc = {
         let l = l.clone();
+        let activity = activity.clone();
         service_fn(move |req| {
             let l = l.clone();
             let xff = xff.clone();
-            async move { Ok::<_, Infallible>(handle(&l, req, peer, xff).await) }
+            activity.started.fetch_add(1, Relaxed);
+            let done = Finished(activity.clone());
+            async move {
+                let resp = handle(&l, req, peer, xff).await;
+                Ok::<_, Infallible>(resp.map(|body| ConnBody { body, _done: done }))
+            }
         })
     };
-    // Azure idle timeout for client keep-alive connections: hyper's header
-    // read timer starts when the connection starts waiting for a request.
+    // Azure idle timeout for client keep-alive connections. hyper's
+    // header_read_timeout would do it too, but arms and drops a timer entry
+    // (boxed) for every request; this coarse per-connection ticker costs
+    // nothing per request.
     let idle =
         Duration::from_secs(u64::from(l.view.load().rule.idle_timeout_in_minutes.max(1)) * 60);
+    let tick = idle / IDLE_TICKS;
     let conn = server_http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(idle)
+        .header_read_timeout(None)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { debug!(error = %e, "client connection error"); } return; }
-        _ = shutdown.changed() => {}
+    let ticker = tokio::time::sleep(tick);
+    tokio::pin!(ticker);
+    let (mut seen, mut idle_ticks) = (0, 0);
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => { if let Err(e) = r { debug!(error = %e, "client connection error"); } return; }
+            _ = shutdown.changed() => break,
+            _ = ticker.as_mut() => {
+                let started = activity.started.load(Relaxed);
+                if started == seen && activity.finished.load(Relaxed) == started {
+                    idle_ticks += 1;
+                    if idle_ticks >= IDLE_TICKS {
+                        debug!(peer = %peer, "client connection idle timeout");
+                        return;
+                    }
+                } else {
+                    (seen, idle_ticks) = (started, 0);
+                }
+                ticker.as_mut().reset(Instant::now() + tick);
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Response body to the client, tied to its connection's activity count.
+struct ConnBody {
+    body: ProxyBody,
+    _done: Finished,
+}
+
+impl Body for ConnBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -265,6 +340,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names is much cheaper
+    // than seven hashed removes.
+    if !h.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     if let Some(c) = h.get(header::CONNECTION) {
         // Headers named in Connection are hop-by-hop too.
         let named: Vec<HeaderName> = c
