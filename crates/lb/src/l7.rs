@@ -2,16 +2,19 @@
 //! pools, retries, and counting.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client_http1;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -98,6 +101,12 @@ impl Pool {
                 });
             }
         }
+        // Boxed: the connect and handshake futures are large, and every
+        // request's future would otherwise carry (and move) their space.
+        Box::pin(self.connect()).await
+    }
+
+    async fn connect(&self) -> std::io::Result<Conn> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
@@ -273,29 +282,101 @@ pub(crate) async fn serve_conn(
     tokio::pin!(conn);
     let ticker = tokio::time::sleep(tick);
     tokio::pin!(ticker);
+    let changed = shutdown.changed();
+    tokio::pin!(changed);
+    let mut side = SideWake::new();
     let (mut seen, mut idle_ticks) = (0, 0);
-    loop {
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => { if let Err(e) = r { debug!(error = %e, "client connection error"); } return; }
-            _ = shutdown.changed() => break,
-            _ = ticker.as_mut() => {
-                let started = activity.started.load(Relaxed);
-                if started == seen && activity.finished.load(Relaxed) == started {
-                    idle_ticks += 1;
-                    if idle_ticks >= IDLE_TICKS {
-                        debug!(peer = %peer, "client connection idle timeout");
-                        return;
-                    }
-                } else {
-                    (seen, idle_ticks) = (started, 0);
-                }
-                ticker.as_mut().reset(Instant::now() + tick);
+    let shut_down = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            if let Err(e) = r {
+                debug!(error = %e, "client connection error");
             }
+            return Poll::Ready(false);
         }
+        let Some(waker) = side.fired(cx.waker()) else {
+            return Poll::Pending;
+        };
+        let mut scx = Context::from_waker(&waker);
+        if changed.as_mut().poll(&mut scx).is_ready() {
+            return Poll::Ready(true);
+        }
+        while ticker.as_mut().poll(&mut scx).is_ready() {
+            let started = activity.started.load(Relaxed);
+            if started == seen && activity.finished.load(Relaxed) == started {
+                idle_ticks += 1;
+                if idle_ticks >= IDLE_TICKS {
+                    debug!(peer = %peer, "client connection idle timeout");
+                    return Poll::Ready(false);
+                }
+            } else {
+                (seen, idle_ticks) = (started, 0);
+            }
+            ticker.as_mut().reset(Instant::now() + tick);
+        }
+        Poll::Pending
+    })
+    .await;
+    if !shut_down {
+        return;
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Lets a connection task poll its rarely-ready side futures (shutdown
+/// signal, idle ticker) only after one of them woke it, instead of on every
+/// wake-up of the busy HTTP connection (polling `watch::Receiver::changed`
+/// takes a mutex each time).
+struct SideWake {
+    inner: Arc<SideInner>,
+    waker: Waker,
+    /// The task waker last handed to `inner`.
+    task: Option<Waker>,
+}
+
+struct SideInner {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for SideInner {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        if let Some(w) = lock(&self.task).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl SideWake {
+    fn new() -> Self {
+        let inner = Arc::new(SideInner {
+            // Poll the side futures once so that they register.
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        SideWake {
+            waker: Waker::from(inner.clone()),
+            inner,
+            task: None,
+        }
+    }
+
+    /// The waker to poll the side futures with, when one of them fired since
+    /// the last call.
+    fn fired(&mut self, task: &Waker) -> Option<Waker> {
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(task)) {
+            self.task = Some(task.clone());
+            *lock(&self.inner.task) = Some(task.clone());
+        }
+        self.inner
+            .fired
+            .swap(false, Acquire)
+            .then(|| self.waker.clone())
+    }
 }
 
 /// Response body to the client, tied to its connection's activity count.
@@ -329,6 +410,10 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// A const: `HeaderName::from_static` at run time re-validates the name on
+/// every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -339,10 +424,25 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Same set as `HOP_BY_HOP`; a string match (length first) is cheaper than
+/// seven `HeaderName` comparisons.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages carry none: one pass over their few names is much cheaper
     // than seven hashed removes.
-    if !h.keys().any(|n| HOP_BY_HOP.contains(n)) {
+    if !h.keys().any(is_hop_by_hop) {
         return;
     }
     if let Some(c) = h.get(header::CONNECTION) {
@@ -423,20 +523,23 @@ async fn proxy(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     if let Some(v) = xff {
-        match headers
-            .get(HeaderName::from_static("x-forwarded-for"))
-            .and_then(|h| h.to_str().ok())
-        {
-            Some(prev) => {
-                if let Ok(v) =
-                    HeaderValue::from_str(&format!("{prev}, {}", v.to_str().unwrap_or("")))
-                {
-                    headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        // One hashed lookup for both the read and the write.
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            Entry::Occupied(mut e) => match e.get().to_str() {
+                Ok(prev) => {
+                    if let Ok(v) =
+                        HeaderValue::from_str(&format!("{prev}, {}", v.to_str().unwrap_or("")))
+                    {
+                        e.insert(v);
+                    }
                 }
-            }
-            None => {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
+                Err(_) => {
+                    e.insert(v);
+                }
+            },
         }
     }
     let mut head = Head {
@@ -566,5 +669,30 @@ async fn proxy(
         static_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
     } else {
         static_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_match_agrees_with_the_list() {
+        for n in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        for n in [header::HOST, header::CONTENT_LENGTH, X_FORWARDED_FOR] {
+            assert!(!is_hop_by_hop(&n), "{n}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-a"));
+        h.insert(
+            HeaderName::from_static("x-a"),
+            HeaderValue::from_static("1"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
     }
 }
