@@ -81,7 +81,11 @@ def main():
     ap.add_argument("--scaleset", default=os.path.join(REL, "scaleset"))
     ap.add_argument("--out", default=None, help="callgrind.out path")
     ap.add_argument("--no-valgrind", action="store_true", help="run without callgrind")
+    ap.add_argument("--perf", action="store_true",
+                    help="no callgrind; count syscalls and context switches with perf stat")
     a = ap.parse_args()
+    if a.perf:
+        a.no_valgrind = True
 
     tmp = tempfile.mkdtemp(prefix="l7prof-")
     out = a.out or os.path.join(tmp, f"callgrind.out.{a.target}")
@@ -172,9 +176,20 @@ backend l7b
         if a.target == "ours":
             time.sleep(1.5)  # first TCP probes mark both backends up
 
+        perf = {}
+
         def ctl(state):
             def f():
-                if not a.no_valgrind:
+                if a.perf and state == "on":
+                    perf["out"] = os.path.join(tmp, "perf.txt")
+                    perf["p"] = subprocess.Popen(
+                        ["perf", "stat", "-x,", "-o", perf["out"], "-e",
+                         "raw_syscalls:sys_enter,context-switches,task-clock", "-p", str(p.pid)])
+                    time.sleep(0.5)  # perf attaches
+                elif a.perf:
+                    perf["p"].send_signal(signal.SIGINT)
+                    perf["p"].wait(10)
+                elif not a.no_valgrind:
                     subprocess.run(["callgrind_control", "-i", state, str(p.pid)], check=True,
                                    stdout=subprocess.DEVNULL)
             return f
@@ -182,6 +197,13 @@ backend l7b
         res, dt = asyncio.run(drive(PORT, a.conns, a.warm, a.requests, ctl("on"), ctl("off")))
         n = sum(res.values())
         print(f"{a.target}: {n} requests {res} in {dt:.1f}s over {a.conns} conns", flush=True)
+        if a.perf:
+            with open(perf["out"]) as f:
+                for line in f:
+                    parts = line.strip().split(",")
+                    if len(parts) > 3 and parts[0] and parts[0][0].isdigit():
+                        print(f"{a.target}: {parts[2]} {float(parts[0]) / n:.2f} per request"
+                              + (" (ms; µs/req x1000)" if parts[2] == "task-clock" else ""))
         if a.no_valgrind:
             return
         os.kill(p.pid, signal.SIGTERM if a.target != "nginx" else signal.SIGQUIT)
