@@ -28,6 +28,7 @@ mod l7;
 pub mod probe_state;
 pub mod select;
 mod status;
+mod upstream;
 
 pub mod client;
 
