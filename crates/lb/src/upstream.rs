@@ -46,7 +46,13 @@ pub(crate) struct RawConn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
+    /// Header (name, value) offsets of the head being parsed; kept to reuse
+    /// the allocation.
+    spans: Vec<Span>,
 }
+
+/// Offset and length of a header's name and of its value in the read buffer.
+type Span = (usize, usize, usize, usize);
 
 impl RawConn {
     pub fn new(stream: TcpStream) -> Self {
@@ -54,6 +60,7 @@ impl RawConn {
             stream,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
+            spans: Vec::new(),
         }
     }
 
@@ -185,16 +192,17 @@ impl RawConn {
         let reason = res.reason.filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.map(|r| (r.as_ptr() as usize - base, r.len()));
         // Offsets into the buffer, so that values can share it once frozen.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let n = res.headers.len();
-        for (s, h) in spans.iter_mut().zip(res.headers.iter()) {
-            *s = (
+        let spans = &mut self.spans;
+        spans.clear();
+        spans.extend(res.headers.iter().map(|h| {
+            (
                 h.name.as_ptr() as usize - base,
                 h.name.len(),
                 h.value.as_ptr() as usize - base,
                 h.value.len(),
-            );
-        }
+            )
+        }));
+        let n = spans.len();
         let raw = self.rbuf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(n);
         let mut framing = Framing::Close;
@@ -202,7 +210,7 @@ impl RawConn {
         let mut chunked = false;
         let mut te = false;
         let mut close = !http11;
-        for &(no, nl, vo, vl) in &spans[..n] {
+        for &(no, nl, vo, vl) in self.spans.iter() {
             let name = HeaderName::from_bytes(&raw[no..no + nl])
                 .map_err(|_| UpstreamError::Malformed("bad header name"))?;
             let value = HeaderValue::from_maybe_shared(raw.slice(vo..vo + vl))
