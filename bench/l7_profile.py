@@ -202,8 +202,11 @@ backend l7b
                 for line in f:
                     parts = line.strip().split(",")
                     if len(parts) > 3 and parts[0] and parts[0][0].isdigit():
-                        print(f"{a.target}: {parts[2]} {float(parts[0]) / n:.2f} per request"
-                              + (" (ms; µs/req x1000)" if parts[2] == "task-clock" else ""))
+                        v = float(parts[0]) / n
+                        if parts[2] == "task-clock":  # msec
+                            print(f"{a.target}: task-clock {v * 1000:.1f} µs per request (noisy)")
+                        else:
+                            print(f"{a.target}: {parts[2]} {v:.2f} per request")
         if a.no_valgrind:
             return
         os.kill(p.pid, signal.SIGTERM if a.target != "nginx" else signal.SIGQUIT)
