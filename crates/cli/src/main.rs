@@ -61,13 +61,6 @@ enum Cmd {
     },
 }
 
-// The L7 proxy allocates and frees an 8 KiB read buffer per request on each
-// side (hyper parses headers zero-copy, so the buffer is still shared when the
-// next read is set up); glibc serves those from its slow path, mimalloc from a
-// thread-local free list.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCALESET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
