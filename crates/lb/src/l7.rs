@@ -68,10 +68,11 @@ impl Pool {
         drop(drained);
     }
 
-    fn put(&self, backend: &BackendRt, conn: RawConn) {
+    fn put(&self, backend: &BackendRt, mut conn: RawConn) {
         if backend.draining.load(Relaxed) || !conn.is_clean() {
             return;
         }
+        conn.shrink();
         let mut idle = lock(&self.idle);
         if idle.len() < POOL_MAX_IDLE {
             idle.push(Idle {

@@ -23,8 +23,10 @@ use hyper::{Method, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Read buffer growth step.
+/// Read size to start with; it doubles while reads fill it (large bodies),
+/// up to `MAX_READ`, and halves again when they do not.
 const READ_BUF: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
 /// Largest response head (and chunk-size line, and trailer block) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest number of response headers accepted (hyper's client default).
@@ -45,6 +47,8 @@ pub(crate) enum UpstreamError {
 pub(crate) struct RawConn {
     stream: TcpStream,
     rbuf: BytesMut,
+    /// Current read size (adaptive, see `READ_BUF`).
+    read_size: usize,
     wbuf: Vec<u8>,
     /// Header (name, value) offsets of the head being parsed; kept to reuse
     /// the allocation.
@@ -59,6 +63,7 @@ impl RawConn {
         RawConn {
             stream,
             rbuf: BytesMut::new(),
+            read_size: READ_BUF,
             wbuf: Vec::new(),
             spans: Vec::new(),
         }
@@ -93,12 +98,28 @@ impl RawConn {
 
     /// Reads more bytes into `rbuf`; `Ok(0)` is end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_BUF / 4 {
-            self.rbuf.reserve(READ_BUF);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
+            self.rbuf.reserve(self.read_size);
         }
+        let room = self.rbuf.capacity() - self.rbuf.len();
         // `read_buf` is cancel-safe; polling it in place keeps tokio's
         // short-read readiness clearing (no extra EAGAIN read per request).
-        pin!(self.stream.read_buf(&mut self.rbuf)).poll(cx)
+        let n = ready!(pin!(self.stream.read_buf(&mut self.rbuf)).poll(cx))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 2 {
+            self.read_size = (self.read_size / 2).max(READ_BUF);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Drops a read buffer grown by a large body before the connection
+    /// idles in the pool.
+    pub fn shrink(&mut self) {
+        if self.rbuf.capacity() > 4 * READ_BUF {
+            self.rbuf = BytesMut::new();
+            self.read_size = READ_BUF;
+        }
     }
 
     async fn fill(&mut self) -> Result<(), UpstreamError> {
@@ -511,6 +532,26 @@ mod tests {
             String::from_utf8(req).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nhost: b:1\r\nx-a: 1\r\n\r\n"
         );
+    }
+
+    #[tokio::test]
+    async fn large_body_arrives_whole_and_reads_grow() {
+        static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let big = BIG.get_or_init(|| {
+            let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+            let mut r =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            r.extend_from_slice(&body);
+            r
+        });
+        let parts: &'static [&'static [u8]] = Box::leak(Box::new([big.as_slice()]));
+        let (_, frames, reusable, _) = exchange(Method::GET, parts).await;
+        let got = data(&frames);
+        assert_eq!(got.len(), 1_000_000);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert!(reusable);
+        // 8 KiB reads throughout would take more than 120.
+        assert!(frames.len() < 60, "{} reads", frames.len());
     }
 
     #[tokio::test]
