@@ -2,16 +2,19 @@
 //! pools, retries, and counting.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client_http1;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -20,9 +23,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::core::{lock, BackendRt, Listener, OpenGuard, Target};
+use crate::core::{lock, BackendRt, Lb, Listener, OpenGuard, Target};
 use crate::l4::{ActiveGuard, CONNECT_TIMEOUT, MAX_TRIES};
 use crate::select::{pick, FlowKey, PROTO_TCP};
+use crate::upstream::{self, Framing, RawConn, RespHead, Step};
 
 /// Idle pooled connections older than this are discarded.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,11 +36,13 @@ const POOL_MAX_IDLE: usize = 512;
 type Sender = client_http1::SendRequest<ReqBody>;
 
 struct Idle {
-    tx: Sender,
+    conn: RawConn,
     since: Instant,
 }
 
-/// Keep-alive connection pool to one backend address.
+/// Keep-alive connection pool to one backend address. Body-less requests
+/// drive a pooled connection inline (`upstream`); a request with a body
+/// borrows one for hyper's client and gets it back after a clean exchange.
 pub(crate) struct Pool {
     addr: SocketAddr,
     idle: Mutex<Vec<Idle>>,
@@ -46,12 +52,6 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool").field("addr", &self.addr).finish()
     }
-}
-
-/// A checked-out connection.
-struct Conn {
-    tx: Sender,
-    reused: bool,
 }
 
 impl Pool {
@@ -68,55 +68,76 @@ impl Pool {
         drop(drained);
     }
 
-    fn pop(&self) -> Option<Idle> {
-        lock(&self.idle).pop()
-    }
-
-    fn put(&self, backend: &BackendRt, tx: Sender) {
-        if backend.draining.load(Relaxed) || tx.is_closed() {
+    fn put(&self, backend: &BackendRt, mut conn: RawConn) {
+        if backend.draining.load(Relaxed) || !conn.is_clean() {
             return;
         }
+        conn.shrink();
         let mut idle = lock(&self.idle);
         if idle.len() < POOL_MAX_IDLE {
             idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Reuses a live idle connection or opens a new one.
-    async fn get(&self) -> std::io::Result<Conn> {
-        while let Some(mut c) = self.pop() {
-            if c.tx.is_closed() || c.since.elapsed() > POOL_IDLE_TIMEOUT {
-                continue;
-            }
-            if c.tx.ready().await.is_ok() {
-                return Ok(Conn {
-                    tx: c.tx,
-                    reused: true,
-                });
+    /// Reuses a live idle connection or opens a new one; the flag says
+    /// whether it was reused.
+    async fn get(&self) -> std::io::Result<(RawConn, bool)> {
+        loop {
+            let Some(mut c) = lock(&self.idle).pop() else {
+                break;
+            };
+            if c.since.elapsed() <= POOL_IDLE_TIMEOUT && c.conn.is_reusable() {
+                return Ok((c.conn, true));
             }
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let _ = stream.set_nodelay(true);
+        // Boxed: the connect future is large, and every request's future
+        // would otherwise carry (and move) its space.
+        Box::pin(async {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            let _ = stream.set_nodelay(true);
+            Ok((RawConn::new(stream), false))
+        })
+        .await
+    }
+
+    /// Runs hyper's client over a pooled connection for one request with a
+    /// body. The connection comes back to the pool when the whole request
+    /// body went out and the response ended cleanly with keep-alive (the
+    /// lease sets `reuse` then).
+    async fn lend_to_hyper(
+        self: &Arc<Self>,
+        backend: &Arc<BackendRt>,
+        conn: RawConn,
+        sent: Arc<AtomicBool>,
+        reuse: Arc<AtomicBool>,
+    ) -> std::io::Result<Sender> {
         let (tx, conn) = client_http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(conn.into_stream()))
             .await
             .map_err(std::io::Error::other)?;
+        let (pool, backend) = (self.clone(), backend.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Completes once the lease dropped `tx` and the exchange is over.
+            if let Ok(parts) = conn.without_shutdown().await {
+                if sent.load(Acquire) && reuse.load(Acquire) && parts.read_buf.is_empty() {
+                    pool.put(&backend, RawConn::new(parts.io.into_inner()));
+                }
+            }
         });
-        Ok(Conn { tx, reused: false })
+        Ok(tx)
     }
 }
 
-/// Request body sent to a backend.
-enum ReqBody {
-    Incoming(Incoming),
-    Empty,
+/// Request body sent to a backend; `sent` turns true once all of it went
+/// out (only then may the connection be reused).
+struct ReqBody {
+    body: Incoming,
+    sent: Arc<AtomicBool>,
 }
 
 impl Body for ReqBody {
@@ -127,22 +148,20 @@ impl Body for ReqBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ReqBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ReqBody::Empty => Poll::Ready(None),
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.sent.store(true, Release),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.sent.store(true, Release),
+            _ => {}
         }
+        r
     }
     fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Incoming(b) => b.is_end_stream(),
-            ReqBody::Empty => true,
-        }
+        self.body.is_end_stream()
     }
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Incoming(b) => b.size_hint(),
-            ReqBody::Empty => SizeHint::with_exact(0),
-        }
+        self.body.size_hint()
     }
 }
 
@@ -152,7 +171,19 @@ struct Lease {
     tx: Sender,
     target: Target,
     _active: ActiveGuard,
+    /// Read by the connection's task once `tx` is dropped.
+    reuse: Arc<AtomicBool>,
+    keep_alive: bool,
 }
+
+/// Like `Lease`, for an inline-driven connection.
+struct RawLease {
+    conn: RawConn,
+    target: Target,
+    _active: ActiveGuard,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Response body returned to clients.
 enum ProxyBody {
@@ -160,25 +191,39 @@ enum ProxyBody {
         body: Incoming,
         lease: Option<Lease>,
     },
+    Raw {
+        lease: Option<RawLease>,
+        framing: Framing,
+        keep_alive: bool,
+    },
     Static(Option<Bytes>),
 }
 
 impl ProxyBody {
     fn finish(lease: &mut Option<Lease>) {
         if let Some(l) = lease.take() {
-            l.target.pool.put(&l.target.backend, l.tx);
+            l.reuse.store(l.keep_alive, Release);
+            drop(l.tx);
+        }
+    }
+
+    fn finish_raw(lease: &mut Option<RawLease>, reusable: bool) {
+        if let Some(l) = lease.take() {
+            if reusable {
+                l.target.pool.put(&l.target.backend, l.conn);
+            }
         }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Backend { body, lease } => {
                 let r = Pin::new(&mut *body).poll_frame(cx);
@@ -192,7 +237,36 @@ impl Body for ProxyBody {
                     }
                     _ => {}
                 }
-                r
+                r.map_err(Into::into)
+            }
+            ProxyBody::Raw {
+                lease,
+                framing,
+                keep_alive,
+            } => {
+                let Some(l) = lease.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match std::task::ready!(upstream::poll_body(&mut l.conn, framing, *keep_alive, cx))
+                {
+                    Ok(Step::Frame(f)) => {
+                        // Last bytes of a sized body: hand the connection back now.
+                        if *framing == Framing::Length(0) {
+                            Self::finish_raw(lease, *keep_alive);
+                        }
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Ok(Step::End { reusable }) => {
+                        Self::finish_raw(lease, reusable);
+                        Poll::Ready(None)
+                    }
+                    Err(e) => {
+                        if let Some(l) = lease.take() {
+                            l.target.backend.failures.fetch_add(1, Relaxed);
+                        }
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                }
             }
             ProxyBody::Static(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
@@ -200,17 +274,46 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Backend { body, .. } => body.is_end_stream(),
+            ProxyBody::Raw { lease, framing, .. } => {
+                lease.is_none() || *framing == Framing::Length(0)
+            }
             ProxyBody::Static(b) => b.is_none(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Backend { body, .. } => body.size_hint(),
+            ProxyBody::Raw { lease: None, .. } => SizeHint::with_exact(0),
+            ProxyBody::Raw { framing, .. } => framing
+                .exact()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
             ProxyBody::Static(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Static(None) => SizeHint::with_exact(0),
         }
     }
 }
+
+/// Requests started and finished on one client connection, for its idle
+/// timer.
+#[derive(Default)]
+struct ConnActivity {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// Counts a response as finished when hyper drops its body (fully written or
+/// connection gone).
+struct Finished(Arc<ConnActivity>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Relaxed);
+    }
+}
+
+/// The idle timer checks this often; a connection closes between `idle` and
+/// `idle + idle / IDLE_TICKS` after its last request.
+const IDLE_TICKS: u32 = 8;
 
 pub(crate) async fn serve_conn(
     l: Arc<Listener>,
@@ -221,30 +324,155 @@ pub(crate) async fn serve_conn(
     let _ = stream.set_nodelay(true);
     let mut shutdown = l.lb.shutdown.subscribe();
     let xff = HeaderValue::from_str(&peer.ip().to_string()).ok();
+    let activity = Arc::new(ConnActivity::default());
     let svc = {
         let l = l.clone();
+        let activity = activity.clone();
         service_fn(move |req| {
             let l = l.clone();
             let xff = xff.clone();
-            async move { Ok::<_, Infallible>(handle(&l, req, peer, xff).await) }
+            activity.started.fetch_add(1, Relaxed);
+            let done = Finished(activity.clone());
+            async move {
+                let resp = handle(&l, req, peer, xff).await;
+                Ok::<_, Infallible>(resp.map(|body| ConnBody { body, _done: done }))
+            }
         })
     };
-    // Azure idle timeout for client keep-alive connections: hyper's header
-    // read timer starts when the connection starts waiting for a request.
+    // Azure idle timeout for client keep-alive connections. hyper's
+    // header_read_timeout would do it too, but arms and drops a timer entry
+    // (boxed) for every request; this coarse per-connection ticker costs
+    // nothing per request.
     let idle =
         Duration::from_secs(u64::from(l.view.load().rule.idle_timeout_in_minutes.max(1)) * 60);
+    let tick = idle / IDLE_TICKS;
     let conn = server_http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(idle)
+        .header_read_timeout(None)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { debug!(error = %e, "client connection error"); } return; }
-        _ = shutdown.changed() => {}
+    let ticker = tokio::time::sleep(tick);
+    tokio::pin!(ticker);
+    let changed = shutdown.changed();
+    tokio::pin!(changed);
+    let mut side = SideWake::new();
+    let (mut seen, mut idle_ticks) = (0, 0);
+    let shut_down = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            if let Err(e) = r {
+                debug!(error = %e, "client connection error");
+            }
+            return Poll::Ready(false);
+        }
+        let Some(waker) = side.fired(cx.waker()) else {
+            return Poll::Pending;
+        };
+        let mut scx = Context::from_waker(&waker);
+        if changed.as_mut().poll(&mut scx).is_ready() {
+            return Poll::Ready(true);
+        }
+        while ticker.as_mut().poll(&mut scx).is_ready() {
+            let started = activity.started.load(Relaxed);
+            if started == seen && activity.finished.load(Relaxed) == started {
+                idle_ticks += 1;
+                if idle_ticks >= IDLE_TICKS {
+                    debug!(peer = %peer, "client connection idle timeout");
+                    return Poll::Ready(false);
+                }
+            } else {
+                (seen, idle_ticks) = (started, 0);
+            }
+            ticker.as_mut().reset(Instant::now() + tick);
+        }
+        Poll::Pending
+    })
+    .await;
+    if !shut_down {
+        return;
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Lets a connection task poll its rarely-ready side futures (shutdown
+/// signal, idle ticker) only after one of them woke it, instead of on every
+/// wake-up of the busy HTTP connection (polling `watch::Receiver::changed`
+/// takes a mutex each time).
+struct SideWake {
+    inner: Arc<SideInner>,
+    waker: Waker,
+    /// The task waker last handed to `inner`.
+    task: Option<Waker>,
+}
+
+struct SideInner {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for SideInner {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        if let Some(w) = lock(&self.task).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl SideWake {
+    fn new() -> Self {
+        let inner = Arc::new(SideInner {
+            // Poll the side futures once so that they register.
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        SideWake {
+            waker: Waker::from(inner.clone()),
+            inner,
+            task: None,
+        }
+    }
+
+    /// The waker to poll the side futures with, when one of them fired since
+    /// the last call.
+    fn fired(&mut self, task: &Waker) -> Option<Waker> {
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(task)) {
+            self.task = Some(task.clone());
+            *lock(&self.inner.task) = Some(task.clone());
+        }
+        self.inner
+            .fired
+            .swap(false, Acquire)
+            .then(|| self.waker.clone())
+    }
+}
+
+/// Response body to the client, tied to its connection's activity count.
+struct ConnBody {
+    body: ProxyBody,
+    _done: Finished,
+}
+
+impl Body for ConnBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -253,6 +481,10 @@ fn is_idempotent(m: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
 }
+
+/// A const: `HeaderName::from_static` at run time re-validates the name on
+/// every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -264,7 +496,27 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Same set as `HOP_BY_HOP`; a string match (length first) is cheaper than
+/// seven `HeaderName` comparisons.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names is much cheaper
+    // than seven hashed removes.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(c) = h.get(header::CONNECTION) {
         // Headers named in Connection are hop-by-hop too.
         let named: Vec<HeaderName> = c
@@ -296,12 +548,69 @@ struct Head {
     headers: HeaderMap,
 }
 
-fn build(head: &Head, body: ReqBody) -> Request<ReqBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.headers_mut() = head.headers.clone();
-    req
+/// Sends a body-less request over an inline-driven connection and reads
+/// the response head. Errors are logged (and a failed connect marks the
+/// backend suspect) here.
+async fn send_raw(lb: &Arc<Lb>, target: &Target, head: &Head) -> Result<(RawConn, RespHead), ()> {
+    let (mut conn, reused) = match target.pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
+            lb.mark_suspect(&target.backend);
+            return Err(());
+        }
+    };
+    let sent = conn
+        .send_head(&head.method, &head.uri, &head.headers, || {
+            target.addr.to_string()
+        })
+        .await;
+    let res = match sent {
+        Ok(()) => conn.read_head(&head.method).await,
+        Err(e) => Err(e.into()),
+    };
+    match res {
+        Ok(rh) => Ok((conn, rh)),
+        Err(e) => {
+            debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, reused, "backend request failed");
+            Err(())
+        }
+    }
+}
+
+fn raw_response(
+    rh: RespHead,
+    conn: RawConn,
+    target: Target,
+    active: ActiveGuard,
+) -> Response<ProxyBody> {
+    let RespHead {
+        status,
+        mut headers,
+        reason,
+        framing,
+        keep_alive,
+    } = rh;
+    strip_hop_by_hop(&mut headers);
+    let mut lease = Some(RawLease {
+        conn,
+        target,
+        _active: active,
+    });
+    if framing == Framing::Length(0) {
+        ProxyBody::finish_raw(&mut lease, keep_alive);
+    }
+    let mut resp = Response::new(ProxyBody::Raw {
+        lease,
+        framing,
+        keep_alive,
+    });
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    if let Some(r) = reason {
+        resp.extensions_mut().insert(r);
+    }
+    resp
 }
 
 enum TryError {
@@ -343,20 +652,23 @@ async fn proxy(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     if let Some(v) = xff {
-        match headers
-            .get(HeaderName::from_static("x-forwarded-for"))
-            .and_then(|h| h.to_str().ok())
-        {
-            Some(prev) => {
-                if let Ok(v) =
-                    HeaderValue::from_str(&format!("{prev}, {}", v.to_str().unwrap_or("")))
-                {
-                    headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        // One hashed lookup for both the read and the write.
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            Entry::Occupied(mut e) => match e.get().to_str() {
+                Ok(prev) => {
+                    if let Ok(v) =
+                        HeaderValue::from_str(&format!("{prev}, {}", v.to_str().unwrap_or("")))
+                    {
+                        e.insert(v);
+                    }
                 }
-            }
-            None => {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
+                Err(_) => {
+                    e.insert(v);
+                }
+            },
         }
     }
     let mut head = Head {
@@ -371,7 +683,10 @@ async fn proxy(
         headers,
     };
     let mut pending: Option<Request<ReqBody>> = None;
-    let mut first_body = Some(ReqBody::Incoming(body));
+    let mut first_body = Some(ReqBody {
+        body,
+        sent: Arc::new(AtomicBool::new(false)),
+    });
     let key = FlowKey {
         src: peer,
         dst: l.local,
@@ -402,8 +717,23 @@ async fn proxy(
             lb.totals.retries.fetch_add(1, Relaxed);
         }
         let active = ActiveGuard::new(&target.backend);
-        // Request for this try: an unsent one from the previous try, the
-        // original body on the first try, or a rebuilt body-less one.
+        if bodyless {
+            match send_raw(lb, &target, &head).await {
+                Ok((conn, rh)) => return raw_response(rh, conn, target, active),
+                Err(()) => {
+                    target.backend.failures.fetch_add(1, Relaxed);
+                    drop(active);
+                    // Sent or not, a body-less request may go again only when
+                    // it is idempotent (as with hyper's client below).
+                    if !idempotent {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        // Request for this try: an unsent one from the previous try, or the
+        // original body on the first try.
         let req = match (pending.take(), first_body.take()) {
             (Some(r), b) => {
                 first_body = b;
@@ -413,35 +743,39 @@ async fn proxy(
                 let mut r = Request::new(b);
                 *r.method_mut() = head.method.clone();
                 *r.uri_mut() = head.uri.clone();
-                // Keep a copy only when a sent request may be replayed.
-                *r.headers_mut() = if idempotent && bodyless {
-                    head.headers.clone()
-                } else {
-                    std::mem::take(&mut head.headers)
-                };
+                *r.headers_mut() = std::mem::take(&mut head.headers);
                 r
             }
-            (None, None) if bodyless => build(&head, ReqBody::Empty),
             (None, None) => break,
         };
-        let res = match target.pool.get().await {
+        let sent = req.body().sent.clone();
+        let reuse = Arc::new(AtomicBool::new(false));
+        let conn = match target.pool.get().await {
+            Ok((c, reused)) => target
+                .pool
+                .lend_to_hyper(&target.backend, c, sent, reuse.clone())
+                .await
+                .map(|tx| (tx, reused)),
+            Err(e) => Err(e),
+        };
+        let res = match conn {
             Err(e) => {
                 debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
                 lb.mark_suspect(&target.backend);
                 pending = Some(req);
                 Err(TryError::Connect)
             }
-            Ok(mut conn) => {
+            Ok((mut tx, reused)) => {
                 let mut req = req;
                 if !req.headers().contains_key(header::HOST) {
                     if let Ok(h) = HeaderValue::from_str(&target.addr.to_string()) {
                         req.headers_mut().insert(header::HOST, h);
                     }
                 }
-                match conn.tx.try_send_request(req).await {
-                    Ok(resp) => Ok((conn.tx, resp)),
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok((tx, resp)),
                     Err(mut e) => {
-                        debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e.error(), reused = conn.reused, "backend request failed");
+                        debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e.error(), reused, "backend request failed");
                         match e.take_message() {
                             Some(r) => Err(TryError::Unsent(Box::new(r))),
                             None => Err(TryError::Sent),
@@ -453,11 +787,20 @@ async fn proxy(
         match res {
             Ok((tx, resp)) => {
                 let (mut parts, body) = resp.into_parts();
+                let keep_alive = parts.version == hyper::Version::HTTP_11
+                    && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
+                        v.to_str()
+                            .unwrap_or("close")
+                            .split(',')
+                            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+                    });
                 strip_hop_by_hop(&mut parts.headers);
                 let mut lease = Some(Lease {
                     tx,
                     target,
                     _active: active,
+                    reuse,
+                    keep_alive,
                 });
                 if body.is_end_stream() {
                     ProxyBody::finish(&mut lease);
@@ -473,7 +816,8 @@ async fn proxy(
                         pending = Some(*r);
                         idempotent
                     }
-                    TryError::Sent => idempotent && bodyless,
+                    // A streamed body cannot be replayed.
+                    TryError::Sent => false,
                 };
                 if !retry {
                     break;
@@ -486,5 +830,30 @@ async fn proxy(
         static_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
     } else {
         static_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_match_agrees_with_the_list() {
+        for n in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        for n in [header::HOST, header::CONTENT_LENGTH, X_FORWARDED_FOR] {
+            assert!(!is_hop_by_hop(&n), "{n}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-a"));
+        h.insert(
+            HeaderName::from_static("x-a"),
+            HeaderValue::from_static("1"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
     }
 }

@@ -28,6 +28,7 @@ mod l7;
 pub mod probe_state;
 pub mod select;
 mod status;
+mod upstream;
 
 pub mod client;
 
@@ -50,8 +51,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// accepting, lets in-flight connections finish for up to ~10 s).
 ///
 /// Loads `config_path` at start (a missing file is an empty config) and
-/// serves the admin API on `admin_socket`. Call it from a multi-threaded
-/// tokio runtime.
+/// serves the admin API on `admin_socket`. Call it from a tokio runtime with
+/// the I/O and time drivers (multi-threaded, or current-thread when the
+/// process has one CPU).
 pub async fn serve(config_path: &Path, admin_socket: &Path) -> Result<(), LbError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(LbError::Signal)?;

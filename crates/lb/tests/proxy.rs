@@ -608,3 +608,79 @@ async fn l7_source_ip_is_sticky_and_malformed_http_is_rejected() {
     assert_eq!(get_once(front(fport), "/x").await.0, 200);
     h.shutdown().await;
 }
+
+/// Raw HTTP/1.1 backend for the framings a hyper test backend does not
+/// produce: a chunked body written in two pieces, `Connection: close`, and
+/// a HEAD answer. Counts accepted connections.
+fn start_raw_http(l: std::net::TcpListener) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let conns = std::sync::Arc::new(AtomicU64::new(0));
+    let l = tokio::net::TcpListener::from_std(l).unwrap();
+    let count = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut b = [0u8; 1024];
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    if head.starts_with("HEAD ") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+                            .await;
+                    } else if head.starts_with("GET /close ") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                            .await;
+                        return;
+                    } else {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = s.write_all(b"6\r\n world\r\n0\r\n\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    conns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_streams_chunked_head_and_close_responses_and_reuses_connections() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let ips = [ip("127.0.0.46")];
+    let (bport, mut ls) = bind_same_port(&ips);
+    let conns = start_raw_http(ls.remove(0));
+    let fport = free_port();
+    let cfg = LbConfig {
+        name: "framing".into(),
+        rules: vec![rule("http", fport, bport, Layer::L7, None)],
+        probes: vec![],
+        backends: backends(&ips),
+        no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+    };
+    let h = Harness::start("framing", &cfg).await;
+    let mut c = Http::connect(front(fport)).await;
+    for _ in 0..2 {
+        assert_eq!(c.get("/chunked").await, (200, "hello world".to_owned()));
+    }
+    assert_eq!(c.request("HEAD", "/h", "").await, (200, String::new()));
+    assert_eq!(conns.load(SeqCst), 1, "kept alive after chunked and HEAD");
+    assert_eq!(c.get("/close").await, (200, "ok".to_owned()));
+    assert_eq!(c.get("/chunked").await, (200, "hello world".to_owned()));
+    assert_eq!(conns.load(SeqCst), 2, "not reused after Connection: close");
+    let s = h.status().await;
+    assert_eq!((s.totals.requests, s.totals.failed), (5, 0));
+    h.shutdown().await;
+}
