@@ -197,7 +197,13 @@ impl ArmClient {
         let resp = self.send(method, &url, body).await?;
         match lro::start(method, &url, resp.status, &resp.headers) {
             Start::Done => json(&url, &resp.body),
-            Start::Poll(p) => self.wait(p).await,
+            Start::Poll(p) => {
+                // The first poll too waits as the operation asks (ARM's RPC guidelines).
+                let first =
+                    retry::retry_after(&resp.headers, SystemTime::now()).unwrap_or(self.poll_delay);
+                self.sleeper.sleep(first).await;
+                self.wait(p, first).await
+            }
         }
     }
 
@@ -213,8 +219,8 @@ impl ArmClient {
         json(&url, &resp.body)
     }
 
-    async fn wait(&self, mut p: lro::Poller) -> Result<Value, AzureError> {
-        let mut waited = Duration::ZERO;
+    async fn wait(&self, mut p: lro::Poller, waited: Duration) -> Result<Value, AzureError> {
+        let mut waited = waited;
         loop {
             let r = self.send("GET", &p.url, None).await?;
             let ra = retry::retry_after(&r.headers, SystemTime::now());

@@ -276,13 +276,17 @@ impl AzCli {
             ));
         }
         let me = std::env::current_exe().ok();
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        for dir in std::env::split_paths(&path) {
+        AzCli::find_in(&std::env::var_os("PATH").unwrap_or_default(), me.as_deref())
+    }
+
+    /// [`AzCli::find`] over an explicit PATH value and running executable.
+    pub fn find_in(path: &std::ffi::OsStr, me: Option<&Path>) -> Result<AzCli, AzureError> {
+        for dir in std::env::split_paths(path) {
             let cand = dir.join("az");
             if !cand.is_file() {
                 continue;
             }
-            let ours = me.as_deref().is_some_and(|me| {
+            let ours = me.is_some_and(|me| {
                 std::fs::canonicalize(&cand).ok() == std::fs::canonicalize(me).ok()
                     || same_file_contents(&cand, me)
             });

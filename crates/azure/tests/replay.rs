@@ -1,0 +1,929 @@
+//! The azure provider against a local replay server that answers with Microsoft's example
+//! responses (../shared/specs/azure-rest-api) in a scripted order, recording every request.
+//! Delays are recorded by a fake sleeper instead of slept through.
+use azure::client::{ArmClient, Sleeper};
+use azure::credential::{
+    self, AzCli, Cached, ClientSecret, Credential, ManagedIdentity, StaticToken,
+};
+use azure::ops::{ImageTemplate, ImageUpdate};
+use azure::transport::{BoxFuture, CurlTransport, HttpTransport, Transport};
+use azure::{Azure, AzureError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+const SUB: &str = "00000000-0000-0000-0000-0000000000aa";
+const COMPUTE_EX: &str =
+    "compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01/examples";
+const NETWORK_EX: &str = "network/resource-manager/Microsoft.Network/stable/2024-05-01/examples";
+const AIB_EX: &str =
+    "imagebuilder/resource-manager/Microsoft.VirtualMachineImages/stable/2024-02-01/examples";
+
+fn example(rel: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/specs/azure-rest-api/specification")
+        .join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared specs folder sits beside the project)",
+            p.display()
+        )
+    });
+    serde_json::from_str(&text).unwrap()
+}
+
+fn response(rel: &str, status: &str) -> Value {
+    example(rel)["responses"][status]["body"].clone()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    method: String,
+    path: String,
+    auth: Option<String>,
+    body: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    seen: Seen,
+    headers: Vec<(String, String)>,
+    raw_body: String,
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Replay {
+    base: String,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    log: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Replay {
+    async fn start() -> Replay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let r = Replay {
+            base,
+            script: Arc::default(),
+            log: Arc::default(),
+        };
+        let srv = r.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let srv = srv.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let srv = srv.clone();
+                        async move { Ok::<_, std::convert::Infallible>(srv.answer(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        r
+    }
+
+    async fn answer(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Full<Bytes>> {
+        let method = req.method().to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        let raw = req.into_body().collect().await.unwrap().to_bytes();
+        let raw_body = String::from_utf8_lossy(&raw).into_owned();
+        self.log.lock().unwrap().push(Recorded {
+            seen: Seen {
+                method,
+                path,
+                auth,
+                body: serde_json::from_slice(&raw).ok(),
+            },
+            headers,
+            raw_body,
+        });
+        let reply = self.script.lock().unwrap().pop_front().unwrap_or(Reply {
+            status: 599,
+            headers: vec![],
+            body: b"script exhausted".to_vec(),
+        });
+        let mut b = hyper::Response::builder().status(reply.status);
+        for (k, v) in reply.headers {
+            b = b.header(k, v);
+        }
+        b.body(Full::new(Bytes::from(reply.body))).unwrap()
+    }
+
+    /// Queues a reply; `{base}` in header values becomes the server's URL.
+    fn push(&self, status: u16, headers: &[(&str, &str)], body: Option<&Value>) {
+        self.script.lock().unwrap().push_back(Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.replace("{base}", &self.base)))
+                .collect(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+        });
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.seen.clone())
+            .collect()
+    }
+
+    fn recorded(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn exhausted(&self) -> bool {
+        self.script.lock().unwrap().is_empty()
+    }
+}
+
+#[derive(Default)]
+struct RecSleeper(Mutex<Vec<Duration>>);
+
+impl Sleeper for RecSleeper {
+    fn sleep(&self, d: Duration) -> BoxFuture<'_, ()> {
+        self.0.lock().unwrap().push(d);
+        Box::pin(async {})
+    }
+}
+
+impl RecSleeper {
+    fn take(&self) -> Vec<Duration> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+fn azure_with(
+    r: &Replay,
+    transport: Arc<dyn Transport>,
+    cred: Arc<dyn Credential>,
+) -> (Azure, Arc<RecSleeper>) {
+    let sl = Arc::new(RecSleeper::default());
+    let c = ArmClient::new(&r.base, transport, cred)
+        .unwrap()
+        .with_sleeper(sl.clone());
+    (Azure::new(c, SUB), sl)
+}
+
+fn azure(r: &Replay) -> (Azure, Arc<RecSleeper>) {
+    azure_with(
+        r,
+        Arc::new(HttpTransport::new(Duration::from_secs(10))),
+        Arc::new(StaticToken("tok".into())),
+    )
+}
+
+fn req(method: &str, path: &str, body: Option<Value>) -> Seen {
+    Seen {
+        method: method.into(),
+        path: path.into(),
+        auth: Some("Bearer tok".into()),
+        body,
+    }
+}
+
+fn vmss(rg: &str, name: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}")
+}
+
+const V: &str = "?api-version=2024-11-01";
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[tokio::test]
+async fn throttled_get_honours_retry_after_then_returns_the_resource() {
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let body = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Get.json"),
+        "200",
+    );
+    r.push(
+        429,
+        &[("Retry-After", "3")],
+        Some(&json!({"error": {"code": "TooManyRequests", "message": "throttled"}})),
+    );
+    r.push(
+        503,
+        &[(
+            "Retry-After",
+            &httpdate::fmt_http_date(SystemTime::now() + secs(30)),
+        )],
+        None,
+    );
+    r.push(200, &[], Some(&body));
+    let v = az.vmss_get("myResourceGroup", "myScaleSet").await.unwrap();
+    assert_eq!(v, body);
+    let get = req(
+        "GET",
+        &format!("{}{V}", vmss("myResourceGroup", "myScaleSet")),
+        None,
+    );
+    assert_eq!(r.seen(), vec![get.clone(), get.clone(), get]);
+    let slept = sl.take();
+    assert_eq!(slept[0], secs(3));
+    // The HTTP date form: about 30 s from now (whole seconds on the wire).
+    assert!(slept[1] > secs(27) && slept[1] <= secs(30), "{slept:?}");
+    assert_eq!(slept.len(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_then_surfaced() {
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let err = json!({"error": {"code": "InternalServerError", "message": "An unexpected error occured while processing the request."}});
+    for _ in 0..4 {
+        r.push(500, &[], Some(&err));
+    }
+    let e = az.vmss_get("rg", "web").await.unwrap_err();
+    assert_eq!(
+        e,
+        AzureError::Api {
+            status: 500,
+            code: "InternalServerError".into(),
+            message: "An unexpected error occured while processing the request.".into()
+        }
+    );
+    assert_eq!(r.seen().len(), 4);
+    let slept = sl.take();
+    assert_eq!(slept.len(), 3);
+    for (d, base) in slept.iter().zip([0.8, 1.6, 3.2]) {
+        let s = d.as_secs_f64();
+        assert!(s >= base * 0.8 && s <= base * 1.2, "{slept:?}");
+    }
+    // Not retried: a client error.
+    r.push(
+        404,
+        &[],
+        Some(&json!({"error": {"code": "ResourceNotFound", "message": "The Resource 'Microsoft.Compute/virtualMachineScaleSets/web' under resource group 'rg' was not found."}})),
+    );
+    let e = az.vmss_get("rg", "web").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    assert_eq!(r.seen().len(), 5);
+    assert!(sl.take().is_empty());
+}
+
+#[tokio::test]
+async fn patch_polls_azure_async_operation_then_reads_the_resource() {
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let ex = example(&format!(
+        "{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Update_MaximumSet_Gen.json"
+    ));
+    let patch = ex["parameters"]["parameters"].clone();
+    let done = ex["responses"]["200"]["body"].clone();
+    let mut updating = done.clone();
+    updating["properties"]["provisioningState"] = json!("Updating");
+    let op = format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westus/operations/op-1{V}"
+    );
+    r.push(
+        200,
+        &[
+            ("Azure-AsyncOperation", &format!("{{base}}{op}")),
+            ("Retry-After", "1"),
+        ],
+        Some(&updating),
+    );
+    r.push(
+        200,
+        &[("Retry-After", "2")],
+        Some(&json!({"status": "InProgress", "startTime": "2026-11-26T06:00:00Z"})),
+    );
+    r.push(
+        200,
+        &[],
+        Some(&json!({"status": "Succeeded", "startTime": "2026-11-26T06:00:00Z", "endTime": "2026-11-26T06:01:00Z"})),
+    );
+    r.push(200, &[], Some(&done));
+    let v = az.vmss_update("rgcompute", "web", &patch).await.unwrap();
+    assert_eq!(v, done);
+    let res = format!("{}{V}", vmss("rgcompute", "web"));
+    assert_eq!(
+        r.seen(),
+        vec![
+            req("PATCH", &res, Some(patch)),
+            req("GET", &op, None),
+            req("GET", &op, None),
+            req("GET", &res, None),
+        ]
+    );
+    assert_eq!(sl.take(), vec![secs(1), secs(2)]);
+}
+
+#[tokio::test]
+async fn manual_upgrade_polls_location_until_not_202() {
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let ex = example(&format!(
+        "{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_UpdateInstances_MaximumSet_Gen.json"
+    ));
+    let ids: Vec<String> =
+        serde_json::from_value(ex["parameters"]["vmInstanceIDs"]["instanceIds"].clone()).unwrap();
+    let loc = format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westus/operationResults/op-2{V}"
+    );
+    r.push(202, &[("Location", &format!("{{base}}{loc}"))], None);
+    r.push(202, &[("Retry-After", "1")], None);
+    r.push(200, &[], None);
+    az.vmss_manual_upgrade("rgcompute", "web", &ids)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.seen(),
+        vec![
+            req(
+                "POST",
+                &format!("{}/manualupgrade{V}", vmss("rgcompute", "web")),
+                Some(json!({"instanceIds": ids}))
+            ),
+            req("GET", &loc, None),
+            req("GET", &loc, None),
+        ]
+    );
+    // No Retry-After on the 202: the client's default poll interval.
+    assert_eq!(sl.take(), vec![secs(5), secs(1)]);
+}
+
+#[tokio::test]
+async fn operation_urls_elsewhere_do_not_get_the_token() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let ex = example(&format!(
+        "{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_UpdateInstances_MaximumSet_Gen.json"
+    ));
+    // The example's own Location header is another host.
+    let foreign = ex["responses"]["202"]["headers"]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    r.push(202, &[("Location", &foreign)], None);
+    let e = az
+        .vmss_manual_upgrade("rg", "web", &["0".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(e, AzureError::ForeignHost(foreign));
+    assert_eq!(r.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn failed_operation_surfaces_its_error() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let op = format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westus/operations/op-3{V}"
+    );
+    r.push(
+        202,
+        &[
+            ("Azure-AsyncOperation", &format!("{{base}}{op}")),
+            ("Retry-After", "0"),
+        ],
+        None,
+    );
+    r.push(
+        200,
+        &[],
+        Some(&json!({"status": "Failed", "error": {"code": "OperationNotAllowed", "message": "The operation is not allowed while a rolling upgrade is in progress."}})),
+    );
+    let e = az.vmss_delete("rg", "web").await.unwrap_err();
+    assert_eq!(
+        e,
+        AzureError::Operation {
+            status: "Failed".into(),
+            code: "OperationNotAllowed".into(),
+            message: "The operation is not allowed while a rolling upgrade is in progress.".into()
+        }
+    );
+    assert_eq!(e.to_string(), "(OperationNotAllowed) The operation is not allowed while a rolling upgrade is in progress.");
+    assert_eq!(
+        r.seen(),
+        vec![
+            req("DELETE", &format!("{}{V}", vmss("rg", "web")), None),
+            req("GET", &op, None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn list_instances_follows_next_link() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let mut page1 = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSetVM_List_MaximumSet_Gen.json"),
+        "200",
+    );
+    let first_id = page1["value"][0]["instanceId"].clone();
+    let vms = format!("{}/virtualMachines", vmss("rgcompute", "web"));
+    let next = format!("{vms}{V}&$skiptoken=page2");
+    page1["nextLink"] = json!(format!("{}{next}", r.base));
+    let mut item2 = page1["value"][0].clone();
+    item2["instanceId"] = json!("7");
+    let page2 = json!({"value": [item2]});
+    r.push(200, &[], Some(&page1));
+    r.push(200, &[], Some(&page2));
+    let items = az.vmss_list_instances("rgcompute", "web").await.unwrap();
+    let ids: Vec<&Value> = items.iter().map(|i| &i["instanceId"]).collect();
+    assert_eq!(ids, vec![&first_id, &json!("7")]);
+    assert_eq!(
+        r.seen(),
+        vec![
+            req("GET", &format!("{vms}{V}"), None),
+            req("GET", &next, None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn load_balancer_and_image() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let ex = example(&format!("{NETWORK_EX}/LoadBalancerCreateWithZones.json"));
+    let body = ex["parameters"]["parameters"].clone();
+    let created = ex["responses"]["201"]["body"].clone();
+    let got = ex["responses"]["200"]["body"].clone();
+    let lb = format!(
+        "/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Network/loadBalancers/lb"
+    );
+    let op = format!("/subscriptions/{SUB}/providers/Microsoft.Network/locations/eastus/operations/op-4?api-version=2024-05-01");
+    r.push(
+        201,
+        &[
+            ("Azure-AsyncOperation", &format!("{{base}}{op}")),
+            ("Retry-After", "10"),
+        ],
+        Some(&created),
+    );
+    r.push(200, &[], Some(&json!({"status": "Succeeded"})));
+    r.push(200, &[], Some(&got));
+    assert_eq!(
+        az.lb_create_or_update("rg1", "lb", &body).await.unwrap(),
+        got
+    );
+    r.push(200, &[], Some(&got));
+    assert_eq!(az.lb_get("rg1", "lb").await.unwrap(), got);
+    let image = response(&format!("{COMPUTE_EX}/imageExamples/Image_Get.json"), "200");
+    r.push(200, &[], Some(&image));
+    assert_eq!(
+        az.image_get("myResourceGroup", "myImage").await.unwrap(),
+        image
+    );
+    let lbv = format!("{lb}?api-version=2024-05-01");
+    assert_eq!(
+        r.seen(),
+        vec![
+            req("PUT", &lbv, Some(body)),
+            req("GET", &op, None),
+            req("GET", &lbv, None),
+            req("GET", &lbv, None),
+            req("GET", &format!("/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.Compute/images/myImage{V}"), None),
+        ]
+    );
+}
+
+fn image_patch(id: &str) -> Value {
+    json!({"properties": {"virtualMachineProfile": {"storageProfile": {"imageReference": {"id": id}}}}})
+}
+
+const IMG: &str = "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/rg/providers/Microsoft.Compute/images/121";
+
+fn not_found() -> Value {
+    json!({"error": {"code": "NotFound", "message": "The entity was not found."}})
+}
+
+#[tokio::test]
+async fn image_update_manual_upgrades_every_instance() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let updated = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Update_MaximumSet_Gen.json"),
+        "200",
+    );
+    assert_eq!(updated["properties"]["upgradePolicy"]["mode"], "Manual");
+    let mut list = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSetVM_List_MaximumSet_Gen.json"),
+        "200",
+    );
+    list.as_object_mut().unwrap().remove("nextLink");
+    let id = list["value"][0]["instanceId"].as_str().unwrap().to_string();
+    r.push(404, &[], Some(&not_found()));
+    r.push(200, &[], Some(&updated));
+    r.push(200, &[], Some(&list));
+    r.push(200, &[], None);
+    let mut lines = vec![];
+    let out = az
+        .update_image("rg", "web", IMG, &mut |l| lines.push(l.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(out, ImageUpdate::ManualUpgraded(vec![id.clone()]));
+    let s = vmss("rg", "web");
+    assert_eq!(
+        r.seen(),
+        vec![
+            req("GET", &format!("{s}/rollingUpgrades/latest{V}"), None),
+            req("PATCH", &format!("{s}{V}"), Some(image_patch(IMG))),
+            req("GET", &format!("{s}/virtualMachines{V}"), None),
+            req(
+                "POST",
+                &format!("{s}/manualupgrade{V}"),
+                Some(json!({"instanceIds": [id]}))
+            ),
+        ]
+    );
+    assert_eq!(lines, vec!["manual upgrade of 1 instances"]);
+}
+
+#[tokio::test]
+async fn image_update_automatic_does_nothing_more() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let got = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Get.json"),
+        "200",
+    );
+    assert_eq!(got["properties"]["upgradePolicy"]["mode"], "Automatic");
+    r.push(404, &[], Some(&not_found()));
+    r.push(200, &[], Some(&got));
+    let out = az
+        .update_image("rg", "web", IMG, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out, ImageUpdate::Automatic);
+    assert_eq!(r.seen().len(), 2);
+    assert!(r.exhausted());
+}
+
+fn rolling_vmss() -> Value {
+    let mut v = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Get.json"),
+        "200",
+    );
+    v["properties"]["upgradePolicy"]["mode"] = json!("Rolling");
+    v
+}
+
+fn latest(code: &str, start: &str) -> Value {
+    let mut v = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSetRollingUpgrade_GetLatest_MaximumSet_Gen.json"),
+        "200",
+    );
+    v["properties"]["runningStatus"]["code"] = json!(code);
+    v["properties"]["runningStatus"]["startTime"] = json!(start);
+    v
+}
+
+#[tokio::test]
+async fn image_update_rolling_follows_the_new_rollout() {
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let old = latest("Completed", "2026-11-25T10:00:00Z");
+    r.push(200, &[], Some(&old));
+    r.push(200, &[], Some(&rolling_vmss()));
+    // Not started yet: the previous upgrade is still the latest.
+    r.push(200, &[], Some(&old));
+    let running = latest("RollingForward", "2026-11-26T07:00:00Z");
+    r.push(200, &[], Some(&running));
+    r.push(200, &[], Some(&running));
+    r.push(200, &[], Some(&latest("Completed", "2026-11-26T07:00:00Z")));
+    let mut lines = vec![];
+    let out = az
+        .update_image("rg", "web", IMG, &mut |l| lines.push(l.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(out, ImageUpdate::Rolled);
+    assert_eq!(
+        lines,
+        vec!["rolling upgrade RollingForward: 6 succeeded, 25 failed, 20 in progress, 27 pending"]
+    );
+    let s = vmss("rg", "web");
+    let l = req("GET", &format!("{s}/rollingUpgrades/latest{V}"), None);
+    assert_eq!(
+        r.seen(),
+        vec![
+            l.clone(),
+            req("PATCH", &format!("{s}{V}"), Some(image_patch(IMG))),
+            l.clone(),
+            l.clone(),
+            l.clone(),
+            l
+        ]
+    );
+    assert_eq!(sl.take(), vec![secs(5); 3]);
+}
+
+#[tokio::test]
+async fn image_update_rolling_fault_is_an_error() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    r.push(404, &[], Some(&not_found()));
+    r.push(200, &[], Some(&rolling_vmss()));
+    let mut faulted = latest("Faulted", "2026-11-26T07:00:00Z");
+    faulted["properties"]["error"]["code"] =
+        json!("MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade");
+    faulted["properties"]["error"]["message"] = json!("Too many upgraded instances are unhealthy.");
+    r.push(200, &[], Some(&faulted));
+    let e = az
+        .update_image("rg", "web", IMG, &mut |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "(MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade) Too many upgraded instances are unhealthy."
+    );
+    assert!(r.exhausted());
+}
+
+#[tokio::test]
+async fn image_builder_template_run_and_output() {
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let tpl = example(&format!("{AIB_EX}/CreateImageTemplateLinux.json"));
+    let run = example(&format!("{AIB_EX}/RunImageTemplate.json"));
+    let output = response(&format!("{AIB_EX}/GetRunOutput.json"), "200");
+    let t = ImageTemplate {
+        location: "westus".into(),
+        identity: "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/identity_1".into(),
+        source: ("Canonical".into(), "0001-com-ubuntu-server-jammy".into(), "22_04-lts".into(), "latest".into()),
+        files: vec![("https://acct.blob.core.windows.net/drop/drop.tar.gz".into(), "/tmp/drop.tar.gz".into())],
+        inline: vec!["sudo mkdir -p /deployTemp && sudo tar -xzf /tmp/drop.tar.gz -C /deployTemp".into()],
+        image_id: "/subscriptions/s/resourceGroups/rg1/providers/Microsoft.Compute/images/121".into(),
+        run_output_name: "myManagedImageOutput".into(),
+        vm_size: "Standard_D2s_v3".into(),
+    };
+    let api = "?api-version=2024-02-01";
+    let path = format!("/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.VirtualMachineImages/imageTemplates/myImageTemplate");
+    let op1 = format!("/subscriptions/{SUB}/providers/Microsoft.VirtualMachineImages/locations/westus/operations/put-1{api}");
+    // The run's operation URL as Microsoft's example has it, on the replay server.
+    let op2 = run["responses"]["202"]["headers"]["Azure-AsyncOperation"]
+        .as_str()
+        .unwrap()
+        .replace("https://management.azure.com", "")
+        .replace("{subscription-id}", SUB)
+        .replace("{location}", "westus")
+        .replace("{operation-id}", "run-1");
+    r.push(
+        201,
+        &[("Azure-AsyncOperation", &format!("{{base}}{op1}"))],
+        Some(&tpl["responses"]["201"]["body"]),
+    );
+    r.push(200, &[], Some(&json!({"status": "Succeeded"})));
+    r.push(200, &[], Some(&tpl["responses"]["200"]["body"]));
+    r.push(
+        202,
+        &[("Azure-AsyncOperation", &format!("{{base}}{op2}"))],
+        None,
+    );
+    r.push(200, &[], Some(&json!({"status": "Running"})));
+    r.push(200, &[], Some(&json!({"status": "Succeeded"})));
+    r.push(200, &[], Some(&output));
+    let id = az
+        .bake_with_image_builder("myResourceGroup", "myImageTemplate", &t)
+        .await
+        .unwrap();
+    assert_eq!(id, output["properties"]["artifactId"].as_str().unwrap());
+    assert_eq!(
+        r.seen(),
+        vec![
+            req(
+                "PUT",
+                &format!("{path}{api}"),
+                Some(azure::ops::image_template_body(&t))
+            ),
+            req("GET", &op1, None),
+            req("GET", &format!("{path}{api}"), None),
+            req("POST", &format!("{path}/run{api}"), None),
+            req("GET", &op2, None),
+            req("GET", &op2, None),
+            req(
+                "GET",
+                &format!("{path}/runOutputs/myManagedImageOutput{api}"),
+                None
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn curl_transport_speaks_to_the_replay_server() {
+    let r = Replay::start().await;
+    let (az, sl) = azure_with(
+        &r,
+        Arc::new(CurlTransport::new(Duration::from_secs(10))),
+        Arc::new(StaticToken("tok".into())),
+    );
+    let ex = example(&format!("{NETWORK_EX}/LoadBalancerCreateWithZones.json"));
+    let body = ex["parameters"]["parameters"].clone();
+    let got = ex["responses"]["200"]["body"].clone();
+    let op = format!("/subscriptions/{SUB}/providers/Microsoft.Network/locations/eastus/operations/op-5?api-version=2024-05-01");
+    r.push(
+        201,
+        &[
+            ("Azure-AsyncOperation", &format!("{{base}}{op}")),
+            ("Retry-After", "4"),
+        ],
+        Some(&ex["responses"]["201"]["body"]),
+    );
+    r.push(429, &[("Retry-After", "2")], None);
+    r.push(200, &[], Some(&json!({"status": "Succeeded"})));
+    r.push(200, &[], Some(&got));
+    assert_eq!(
+        az.lb_create_or_update("rg1", "lb", &body).await.unwrap(),
+        got
+    );
+    r.push(202, &[("Location", &format!("{{base}}/op-6{V}"))], None);
+    r.push(204, &[], None);
+    az.vmss_start_rolling_upgrade("rg1", "web").await.unwrap();
+    let lbv = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Network/loadBalancers/lb?api-version=2024-05-01");
+    let rec = r.recorded();
+    let seen: Vec<Seen> = rec.iter().map(|x| x.seen.clone()).collect();
+    assert_eq!(
+        seen,
+        vec![
+            req("PUT", &lbv, Some(body)),
+            req("GET", &op, None),
+            req("GET", &op, None),
+            req("GET", &lbv, None),
+            req(
+                "POST",
+                &format!("{}/osRollingUpgrade{V}", vmss("rg1", "web")),
+                None
+            ),
+            req("GET", &format!("/op-6{V}"), None),
+        ]
+    );
+    let h = |i: usize, k: &str| {
+        rec[i]
+            .headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(h(0, "content-type").as_deref(), Some("application/json"));
+    // A body-less POST still says how long it is (ARM answers 411 otherwise).
+    assert_eq!(h(4, "content-length").as_deref(), Some("0"));
+    assert_eq!(sl.take(), vec![secs(4), secs(2), secs(5)]);
+}
+
+#[tokio::test]
+async fn service_principal_token_is_fetched_once_and_used() {
+    let r = Replay::start().await;
+    let http: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(10)));
+    let sp = Cached::new(Box::new(ClientSecret {
+        transport: http.clone(),
+        authority: r.base.clone(),
+        tenant: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        client_id: "app-1".into(),
+        secret: "s3cr&t=".into(),
+    }));
+    r.push(
+        200,
+        &[],
+        Some(&json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "sp-tok"})),
+    );
+    let (az, _) = azure_with(&r, http, Arc::new(sp));
+    r.push(200, &[], Some(&json!({"id": "x"})));
+    r.push(200, &[], Some(&json!({"id": "x"})));
+    az.vmss_get("rg", "web").await.unwrap();
+    az.vmss_get("rg", "web").await.unwrap();
+    let rec = r.recorded();
+    assert_eq!(rec.len(), 3);
+    assert_eq!(rec[0].seen.method, "POST");
+    assert_eq!(
+        rec[0].seen.path,
+        "/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token"
+    );
+    assert_eq!(rec[0].seen.auth, None);
+    assert_eq!(
+        rec[0].raw_body,
+        "grant_type=client_credentials&client_id=app-1&client_secret=s3cr%26t%3D&scope=https%3A%2F%2Fmanagement.azure.com%2F.default"
+    );
+    for x in &rec[1..] {
+        assert_eq!(x.seen.auth.as_deref(), Some("Bearer sp-tok"));
+    }
+}
+
+#[tokio::test]
+async fn managed_identity_asks_imds_and_renews_short_tokens() {
+    let r = Replay::start().await;
+    let mi = Cached::new(Box::new(ManagedIdentity {
+        transport: Arc::new(HttpTransport::new(Duration::from_secs(10))),
+        endpoint: format!("{}/metadata/identity/oauth2/token", r.base),
+        client_id: Some("cid-1".into()),
+    }));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Expires within the renewal margin: fetched again on the next call.
+    r.push(200, &[], Some(&json!({"access_token": "mi-1", "expires_on": (now + 60).to_string(), "resource": "https://management.azure.com/", "token_type": "Bearer"})));
+    r.push(
+        200,
+        &[],
+        Some(&json!({"access_token": "mi-2", "expires_on": (now + 3600).to_string()})),
+    );
+    assert_eq!(mi.get_token().await.unwrap().token, "mi-1");
+    assert_eq!(mi.get_token().await.unwrap().token, "mi-2");
+    assert_eq!(mi.get_token().await.unwrap().token, "mi-2");
+    let rec = r.recorded();
+    assert_eq!(rec.len(), 2);
+    for x in &rec {
+        assert_eq!(x.seen.path, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id=cid-1");
+        assert!(x
+            .headers
+            .iter()
+            .any(|(k, v)| k == "metadata" && v == "true"));
+    }
+    r.push(
+        400,
+        &[],
+        Some(&json!({"error": "invalid_request", "error_description": "Identity not found"})),
+    );
+    let bare = ManagedIdentity {
+        transport: Arc::new(HttpTransport::new(Duration::from_secs(10))),
+        endpoint: format!("{}/metadata/identity/oauth2/token", r.base),
+        client_id: None,
+    };
+    let e = bare.get_token().await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("cannot get an Azure access token: managed identity endpoint answered 400: "),
+        "{e}"
+    );
+    assert!(e.contains("Identity not found"), "{e}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("azure-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn az_cli_credential_skips_our_own_shim() {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe().unwrap();
+    let shim = scratch("shim");
+    // The pipeline's az shim is a copy of the scaleset binary.
+    std::fs::copy(&me, shim.join("az")).unwrap();
+    let real = scratch("real");
+    let script = format!(
+        "#!/bin/sh\n[ \"${}\" = 1 ] || exit 3\necho \"$@\" > {}/args\nprintf '{{\"accessToken\":\"cli-tok\",\"expires_on\":4102444800,\"tokenType\":\"Bearer\"}}'\n",
+        credential::AZ_GUARD_ENV,
+        real.display()
+    );
+    std::fs::write(real.join("az"), script).unwrap();
+    std::fs::set_permissions(real.join("az"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = AzCli::find_in(shim.as_os_str(), Some(&me)).err().unwrap();
+    assert!(e.to_string().contains("no az CLI on PATH"), "{e}");
+    let path = std::env::join_paths([&shim, &real]).unwrap();
+    let cli = AzCli::find_in(&path, Some(&me)).unwrap();
+    assert_eq!(cli.program, real.join("az"));
+    let t = cli.get_token().await.unwrap();
+    assert_eq!(t.token, "cli-tok");
+    assert_eq!(
+        t.expires_at,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(4102444800)
+    );
+    assert_eq!(
+        std::fs::read_to_string(real.join("args")).unwrap(),
+        "account get-access-token --resource https://management.azure.com/ -o json\n"
+    );
+    let _ = std::fs::remove_dir_all(shim);
+    let _ = std::fs::remove_dir_all(real);
+}
