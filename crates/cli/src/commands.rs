@@ -385,6 +385,14 @@ pub async fn wait_vmss(
     gone: bool,
     timeout: Duration,
 ) -> Result<Option<Value>> {
+    if c.is_azure() {
+        // The call itself waited for ARM's long-running operation.
+        return if gone {
+            Ok(None)
+        } else {
+            c.get_opt(&c.vmss_path(rg, name)).await
+        };
+    }
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let v = c.get_opt(&c.vmss_path(rg, name)).await?;
@@ -753,13 +761,16 @@ pub async fn follow_rollout(c: &Client, rg: &str, name: &str) -> Result<Value> {
                     .cloned()
                     .unwrap_or(Value::Null)
             };
-            eprintln!(
-                "receipt: {} requests during the rollout, {} failed, {} non-2xx; per image: {}",
-                r("requests"),
-                r("failedRequests"),
-                r("non2xxResponses"),
-                r("requestsPerImage")
-            );
+            // Only the local daemon writes a deploy receipt (Azure has none).
+            if v.pointer("/properties/receipt").is_some() {
+                eprintln!(
+                    "receipt: {} requests during the rollout, {} failed, {} non-2xx; per image: {}",
+                    r("requests"),
+                    r("failedRequests"),
+                    r("non2xxResponses"),
+                    r("requestsPerImage")
+                );
+            }
             if code == "Faulted" {
                 let code = v
                     .pointer("/properties/error/code")
