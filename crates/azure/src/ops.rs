@@ -1,8 +1,11 @@
 //! The operations the CLI verbs and the release pipeline use on a real subscription: scale sets,
 //! load balancers, images, the image-update flow and Azure VM Image Builder.
-use crate::client::ArmClient;
+use crate::client::{ArmClient, DEFAULT_BASE};
+use crate::credential;
 use crate::error::AzureError;
+use crate::transport::{CurlTransport, HttpTransport, Transport};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Percent-encodes one path segment.
@@ -160,6 +163,31 @@ pub fn image_template_body(t: &ImageTemplate) -> Value {
 }
 
 impl Azure {
+    /// A client for the subscription the environment names (`env` reads a variable):
+    /// `AZURE_SUBSCRIPTION_ID`; credentials as [`credential::choose`] picks them; ARM at
+    /// `SCALESET_AZURE_ENDPOINT` (default https://management.azure.com; plain `http://` is
+    /// for the replay tests). HTTPS goes through the system curl ([`CurlTransport`]).
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Azure, AzureError> {
+        let get = |k: &str| env(k).filter(|v| !v.is_empty());
+        let sub = get("AZURE_SUBSCRIPTION_ID").ok_or_else(|| {
+            AzureError::Credential("the azure provider needs AZURE_SUBSCRIPTION_ID".into())
+        })?;
+        let base = get("SCALESET_AZURE_ENDPOINT").unwrap_or_else(|| DEFAULT_BASE.to_string());
+        let http: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(100)));
+        let https: Arc<dyn Transport> = Arc::new(CurlTransport::new(Duration::from_secs(100)));
+        // IMDS answers at once on an Azure VM and not at all elsewhere.
+        let imds: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(5)));
+        let choice = credential::choose(&get, credential::AzCli::find().is_ok());
+        let cred = credential::build(choice, imds, https.clone())?;
+        let transport = if base.starts_with("http://") {
+            http
+        } else {
+            https
+        };
+        let client = ArmClient::new(&base, transport, Arc::new(cred))?;
+        Ok(Azure::new(client, &sub))
+    }
+
     pub fn new(client: ArmClient, subscription: &str) -> Self {
         Azure {
             client,
@@ -297,12 +325,12 @@ impl Azure {
     /// The release's image update: PATCH `imageReference.id`, then what the upgrade policy
     /// dictates (Manual: manualUpgrade of every instance; Automatic: nothing; Rolling: follow
     /// the rolling upgrade until it completes or faults). `progress` gets one line per change.
-    pub async fn update_image(
+    pub async fn update_image<F: FnMut(&str) + ?Sized>(
         &self,
         rg: &str,
         name: &str,
         image_id: &str,
-        progress: &mut (dyn FnMut(&str) + Send),
+        progress: &mut F,
     ) -> Result<ImageUpdate, AzureError> {
         let before = self.vmss_rolling_latest(rg, name).await?.and_then(|v| {
             v.pointer("/properties/runningStatus/startTime")

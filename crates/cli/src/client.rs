@@ -8,8 +8,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 pub const COMPUTE: &str = "2024-11-01";
 pub const NETWORK: &str = "2024-05-01";
@@ -120,32 +119,13 @@ impl Client {
         }
     }
 
-    /// A client for a real subscription: `AZURE_SUBSCRIPTION_ID`, credentials as
-    /// `azure::credential::choose` picks them, ARM at `SCALESET_AZURE_ENDPOINT` (default
-    /// https://management.azure.com; plain http is for the replay tests).
+    /// A client for a real subscription (`azure::Azure::from_env`: AZURE_SUBSCRIPTION_ID,
+    /// credentials from the environment).
     pub fn azure() -> Result<Self> {
-        use azure::credential;
-        use azure::transport::{CurlTransport, HttpTransport, Transport};
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let sub = env("AZURE_SUBSCRIPTION_ID")
-            .ok_or_else(|| anyhow!("--provider azure needs AZURE_SUBSCRIPTION_ID"))?;
-        let base = env("SCALESET_AZURE_ENDPOINT")
-            .unwrap_or_else(|| azure::client::DEFAULT_BASE.to_string());
-        let http: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(100)));
-        let https: Arc<dyn Transport> = Arc::new(CurlTransport::new(Duration::from_secs(100)));
-        // IMDS answers at once on Azure; elsewhere it does not answer at all.
-        let imds: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(5)));
-        let choice = credential::choose(&env, credential::AzCli::find().is_ok());
-        let cred = credential::build(choice, imds, https.clone())?;
-        let transport = if base.starts_with("http://") {
-            http
-        } else {
-            https
-        };
-        let arm = azure::ArmClient::new(&base, transport, Arc::new(cred))?;
-        let mut c = Self::new(base, String::new());
-        c.sub = sub;
-        c.azure = Some(arm);
+        let az = azure::Azure::from_env(&|k| std::env::var(k).ok())?;
+        let mut c = Self::new(az.client.base().to_string(), String::new());
+        c.sub = az.subscription;
+        c.azure = Some(az.client);
         Ok(c)
     }
 

@@ -191,7 +191,10 @@ async fn list_instances_pages_and_errors_read_like_az() {
     )
     .await;
     assert_eq!(code, 1);
-    assert!(err.contains("needs AZURE_SUBSCRIPTION_ID"), "{err}");
+    assert!(
+        err.contains("the azure provider needs AZURE_SUBSCRIPTION_ID"),
+        "{err}"
+    );
     // Three requests in all: the failing commands sent nothing more than the one 404.
     assert_eq!(r.seen().len(), 3);
 }
