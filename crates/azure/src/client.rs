@@ -148,7 +148,10 @@ impl ArmClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = self.credential.get_token().await?;
+            let token = self
+                .credential
+                .get_token(crate::credential::ARM_RESOURCE)
+                .await?;
             let mut headers = Headers::default();
             headers.push("Authorization", &format!("Bearer {}", token.token));
             headers.push("Accept", "application/json");

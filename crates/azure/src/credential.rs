@@ -4,11 +4,14 @@
 use crate::error::AzureError;
 use crate::transport::{BoxFuture, Headers, Request, Transport};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const ARM_RESOURCE: &str = "https://management.azure.com/";
+/// Blob storage (the drop Image Builder copies).
+pub const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
 pub const IMDS_TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 pub const AUTHORITY: &str = "https://login.microsoftonline.com";
 /// Set in the environment of the `az` we run: if it turns out to be our own shim after all,
@@ -22,7 +25,9 @@ pub struct AccessToken {
 }
 
 pub trait Credential: Send + Sync {
-    fn get_token(&self) -> BoxFuture<'_, Result<AccessToken, AzureError>>;
+    /// A token for `resource` ([`ARM_RESOURCE`], [`STORAGE_RESOURCE`]).
+    fn get_token<'a>(&'a self, resource: &'a str)
+        -> BoxFuture<'a, Result<AccessToken, AzureError>>;
 }
 
 fn cred_err(msg: impl std::fmt::Display) -> AzureError {
@@ -35,11 +40,11 @@ pub fn is_fresh(expires_at: SystemTime, now: SystemTime, margin: Duration) -> bo
     now.checked_add(margin).is_some_and(|t| t < expires_at)
 }
 
-/// Caches the inner credential's token until `margin` before its expiry.
+/// Caches the inner credential's tokens (one per resource) until `margin` before expiry.
 pub struct Cached {
     inner: Box<dyn Credential>,
     margin: Duration,
-    token: tokio::sync::Mutex<Option<AccessToken>>,
+    tokens: tokio::sync::Mutex<HashMap<String, AccessToken>>,
 }
 
 impl Cached {
@@ -47,38 +52,68 @@ impl Cached {
         Cached {
             inner,
             margin: Duration::from_secs(300),
-            token: tokio::sync::Mutex::new(None),
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Credential for Cached {
-    fn get_token(&self) -> BoxFuture<'_, Result<AccessToken, AzureError>> {
+    fn get_token<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<AccessToken, AzureError>> {
         Box::pin(async move {
             // Held across the fetch so concurrent callers wait for one token request.
-            let mut slot = self.token.lock().await;
-            if let Some(t) = slot.as_ref() {
+            let mut tokens = self.tokens.lock().await;
+            if let Some(t) = tokens.get(resource) {
                 if is_fresh(t.expires_at, SystemTime::now(), self.margin) {
                     return Ok(t.clone());
                 }
             }
-            let t = self.inner.get_token().await?;
-            *slot = Some(t.clone());
+            let t = self.inner.get_token(resource).await?;
+            tokens.insert(resource.to_string(), t.clone());
             Ok(t)
         })
     }
 }
 
-/// A token given as is (`AZURE_ACCESS_TOKEN`); its expiry is unknown, so it is never renewed.
-pub struct StaticToken(pub String);
+/// Tokens given as they are (`AZURE_ACCESS_TOKEN` for ARM, `AZURE_STORAGE_ACCESS_TOKEN` for Blob
+/// storage); their expiry is unknown, so they are never renewed.
+pub struct StaticToken {
+    pub arm: String,
+    pub storage: Option<String>,
+}
+
+impl StaticToken {
+    pub fn arm(token: &str) -> StaticToken {
+        StaticToken {
+            arm: token.to_string(),
+            storage: None,
+        }
+    }
+}
 
 impl Credential for StaticToken {
-    fn get_token(&self) -> BoxFuture<'_, Result<AccessToken, AzureError>> {
-        let t = AccessToken {
-            token: self.0.clone(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600 * 24 * 365),
+    fn get_token<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<AccessToken, AzureError>> {
+        let t = match resource {
+            ARM_RESOURCE => Some(self.arm.clone()),
+            STORAGE_RESOURCE => self.storage.clone(),
+            _ => None,
         };
-        Box::pin(async move { Ok(t) })
+        Box::pin(async move {
+            let token = t.ok_or_else(|| {
+                cred_err(format!(
+                    "no static token for {resource} (AZURE_ACCESS_TOKEN is for ARM; set AZURE_STORAGE_ACCESS_TOKEN for Blob storage)"
+                ))
+            })?;
+            Ok(AccessToken {
+                token,
+                expires_at: SystemTime::now() + Duration::from_secs(3600 * 24 * 365),
+            })
+        })
     }
 }
 
@@ -166,12 +201,15 @@ pub struct ManagedIdentity {
 }
 
 impl Credential for ManagedIdentity {
-    fn get_token(&self) -> BoxFuture<'_, Result<AccessToken, AzureError>> {
+    fn get_token<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<AccessToken, AzureError>> {
         Box::pin(async move {
             let mut url = format!(
                 "{}?api-version=2018-02-01&resource={}",
                 self.endpoint,
-                pct(ARM_RESOURCE)
+                pct(resource)
             );
             if let Some(id) = &self.client_id {
                 url.push_str(&format!("&client_id={}", pct(id)));
@@ -210,7 +248,10 @@ pub struct ClientSecret {
 }
 
 impl Credential for ClientSecret {
-    fn get_token(&self) -> BoxFuture<'_, Result<AccessToken, AzureError>> {
+    fn get_token<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<AccessToken, AzureError>> {
         Box::pin(async move {
             // The tenant becomes a path segment: a GUID or a domain name, nothing else.
             if self.tenant.is_empty()
@@ -223,7 +264,7 @@ impl Credential for ClientSecret {
             }
             let mut headers = Headers::default();
             headers.push("Content-Type", "application/x-www-form-urlencoded");
-            let scope = format!("{ARM_RESOURCE}.default");
+            let scope = format!("{resource}.default");
             let body = form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", &self.client_id),
@@ -301,14 +342,17 @@ impl AzCli {
 }
 
 impl Credential for AzCli {
-    fn get_token(&self) -> BoxFuture<'_, Result<AccessToken, AzureError>> {
+    fn get_token<'a>(
+        &'a self,
+        resource: &'a str,
+    ) -> BoxFuture<'a, Result<AccessToken, AzureError>> {
         Box::pin(async move {
             let out = tokio::process::Command::new(&self.program)
                 .args([
                     "account",
                     "get-access-token",
                     "--resource",
-                    ARM_RESOURCE,
+                    resource,
                     "-o",
                     "json",
                 ])
@@ -333,7 +377,10 @@ impl Credential for AzCli {
 /// Which credential the environment asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
-    Static(String),
+    Static {
+        arm: String,
+        storage: Option<String>,
+    },
     ServicePrincipal {
         tenant: String,
         client_id: String,
@@ -354,8 +401,11 @@ pub enum Choice {
 /// user-assigned identity).
 pub fn choose(env: &dyn Fn(&str) -> Option<String>, az_installed: bool) -> Choice {
     let get = |k: &str| env(k).filter(|v| !v.is_empty());
-    if let Some(t) = get("AZURE_ACCESS_TOKEN") {
-        return Choice::Static(t);
+    if let Some(arm) = get("AZURE_ACCESS_TOKEN") {
+        return Choice::Static {
+            arm,
+            storage: get("AZURE_STORAGE_ACCESS_TOKEN"),
+        };
     }
     let mi = || Choice::ManagedIdentity {
         endpoint: get("AZURE_IMDS_ENDPOINT").unwrap_or_else(|| IMDS_TOKEN_URL.into()),
@@ -392,7 +442,7 @@ pub fn build(
     https: Arc<dyn Transport>,
 ) -> Result<Cached, AzureError> {
     let inner: Box<dyn Credential> = match choice {
-        Choice::Static(t) => Box::new(StaticToken(t)),
+        Choice::Static { arm, storage } => Box::new(StaticToken { arm, storage }),
         Choice::ServicePrincipal {
             tenant,
             client_id,
@@ -489,6 +539,10 @@ mod tests {
             ("AZURE_CLIENT_ID", "c"),
             ("AZURE_CLIENT_SECRET", "s"),
         ];
+        let stat = |storage: Option<&str>| Choice::Static {
+            arm: "x".into(),
+            storage: storage.map(str::to_string),
+        };
         let spc = Choice::ServicePrincipal {
             tenant: "t".into(),
             client_id: "c".into(),
@@ -501,15 +555,19 @@ mod tests {
         };
         type Env = Vec<(&'static str, &'static str)>;
         let cases: Vec<(Env, bool, Choice)> = vec![
+            (vec![("AZURE_ACCESS_TOKEN", "x")], false, stat(None)),
             (
-                vec![("AZURE_ACCESS_TOKEN", "x")],
+                vec![
+                    ("AZURE_ACCESS_TOKEN", "x"),
+                    ("AZURE_STORAGE_ACCESS_TOKEN", "y"),
+                ],
                 false,
-                Choice::Static("x".into()),
+                stat(Some("y")),
             ),
             (
                 [&sp[..], &[("AZURE_ACCESS_TOKEN", "x")]].concat(),
                 true,
-                Choice::Static("x".into()),
+                stat(None),
             ),
             (sp.to_vec(), true, spc.clone()),
             (vec![("AZURE_ACCESS_TOKEN", "")], true, Choice::AzCli),

@@ -2,6 +2,7 @@
 //! Manager. Pure decisions ([`retry`], [`lro`], the choices in [`credential`] and [`ops`]) are
 //! plain functions; the network and processes sit behind [`transport::Transport`] and
 //! [`credential::Credential`].
+pub mod blob;
 pub mod client;
 pub mod credential;
 pub mod error;

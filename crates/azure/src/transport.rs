@@ -192,17 +192,23 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// The curl config (read from stdin with `--config -`) that sends `req`.
-pub fn curl_config(req: &Request, timeout: Duration) -> Result<String, AzureError> {
-    let body = match &req.body {
-        Some(b) => Some(
+/// The curl config (read from stdin with `--config -`) that sends `req`. A body that is not
+/// UTF-8 (a drop tarball) cannot be written inline: it is read from `body_file`.
+pub fn curl_config(
+    req: &Request,
+    timeout: Duration,
+    body_file: Option<&std::path::Path>,
+) -> Result<String, AzureError> {
+    let body = match (&req.body, body_file) {
+        (Some(_), Some(_)) => None,
+        (Some(b), None) => Some(
             std::str::from_utf8(b)
                 .map_err(|_| transport_err(&req.url, "curl transport: body is not UTF-8"))?,
         ),
         // ARM wants a Content-Length on body-less POSTs (411 otherwise); an empty data-raw
         // makes curl send `Content-Length: 0`.
-        None if req.method != "GET" && req.method != "HEAD" => Some(""),
-        None => None,
+        (None, _) if req.method != "GET" && req.method != "HEAD" => Some(""),
+        (None, _) => None,
     };
     let mut c = String::new();
     c.push_str("silent\nshow-error\ninclude\nsuppress-connect-headers\n");
@@ -221,6 +227,12 @@ pub fn curl_config(req: &Request, timeout: Duration) -> Result<String, AzureErro
     if let Some(b) = body {
         // data-raw: a leading '@' is data, not a file name.
         c.push_str(&format!("data-raw = {}\n", quote(b)));
+    }
+    if let (Some(_), Some(f)) = (&req.body, body_file) {
+        let f = f
+            .to_str()
+            .ok_or_else(|| transport_err(&req.url, "temporary file name is not UTF-8"))?;
+        c.push_str(&format!("data-binary = {}\n", quote(&format!("@{f}"))));
     }
     Ok(c)
 }
@@ -259,10 +271,53 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A private temporary file, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn write(data: &[u8]) -> std::io::Result<TempFile> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!(
+            "scaleset-curl-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let t = TempFile(path);
+        f.write_all(data)?;
+        Ok(t)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 impl Transport for CurlTransport {
     fn send(&self, req: Request) -> BoxFuture<'_, Result<Response, AzureError>> {
         Box::pin(async move {
-            let config = curl_config(&req, self.timeout)?;
+            let binary = req
+                .body
+                .as_ref()
+                .filter(|b| std::str::from_utf8(b).is_err());
+            let body_file = match binary {
+                Some(b) => Some(TempFile::write(b).map_err(|e| {
+                    transport_err(&req.url, format!("cannot stage the request body: {e}"))
+                })?),
+                None => None,
+            };
+            let config = curl_config(
+                &req,
+                self.timeout,
+                body_file.as_ref().map(|f| f.0.as_path()),
+            )?;
             let mut child = tokio::process::Command::new(&self.program)
                 .args(["--config", "-"])
                 .stdin(Stdio::piped())
@@ -309,7 +364,7 @@ mod tests {
             headers,
             body: Some(b"@/etc/passwd \"q\"\n\\".to_vec()),
         };
-        let c = curl_config(&req, Duration::from_secs(30)).unwrap();
+        let c = curl_config(&req, Duration::from_secs(30), None).unwrap();
         assert!(c.contains("url = \"https://management.azure.com/x?api-version=1\"\n"));
         assert!(c.contains("request = \"PUT\"\n"));
         assert!(c.contains("header = \"Authorization: Bearer t\\\"k\"\n"));
@@ -326,20 +381,39 @@ mod tests {
             headers: Headers::default(),
             body: None,
         };
-        assert!(curl_config(&req, Duration::from_secs(1))
+        assert!(curl_config(&req, Duration::from_secs(1), None)
             .unwrap()
             .contains("data-raw = \"\"\n"));
         let get = Request {
             method: "GET".into(),
             ..req.clone()
         };
-        assert!(!curl_config(&get, Duration::from_secs(1))
+        assert!(!curl_config(&get, Duration::from_secs(1), None)
             .unwrap()
             .contains("data-raw"));
         let mut headers = Headers::default();
         headers.push("X", "a\nurl = \"file:///etc/passwd\"");
         let bad = Request { headers, ..req };
-        assert!(curl_config(&bad, Duration::from_secs(1)).is_err());
+        assert!(curl_config(&bad, Duration::from_secs(1), None).is_err());
+    }
+
+    #[test]
+    fn binary_bodies_come_from_a_file() {
+        let req = Request {
+            method: "PUT".into(),
+            url: "https://acct.blob.core.windows.net/drop/x.tar.gz".into(),
+            headers: Headers::default(),
+            body: Some(vec![0x1f, 0x8b, 0xff]),
+        };
+        assert!(curl_config(&req, Duration::from_secs(1), None).is_err());
+        let c = curl_config(
+            &req,
+            Duration::from_secs(1),
+            Some(std::path::Path::new("/tmp/b")),
+        )
+        .unwrap();
+        assert!(c.contains("data-binary = \"@/tmp/b\"\n"), "{c}");
+        assert!(!c.contains("data-raw"), "{c}");
     }
 
     #[test]

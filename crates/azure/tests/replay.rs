@@ -1,6 +1,7 @@
 //! The azure provider against a local replay server that answers with Microsoft's example
 //! responses (../shared/specs/azure-rest-api) in a scripted order, recording every request.
 //! Delays are recorded by a fake sleeper instead of slept through.
+use azure::blob::{Blobs, DropSpec};
 use azure::client::{ArmClient, Sleeper};
 use azure::credential::{
     self, AzCli, Cached, ClientSecret, Credential, ManagedIdentity, StaticToken,
@@ -57,7 +58,7 @@ fn azure(r: &Replay) -> (Azure, Arc<RecSleeper>) {
     azure_with(
         r,
         Arc::new(HttpTransport::new(Duration::from_secs(10))),
-        Arc::new(StaticToken("tok".into())),
+        Arc::new(StaticToken::arm("tok")),
     )
 }
 
@@ -599,7 +600,7 @@ async fn curl_transport_speaks_to_the_replay_server() {
     let (az, sl) = azure_with(
         &r,
         Arc::new(CurlTransport::new(Duration::from_secs(10))),
-        Arc::new(StaticToken("tok".into())),
+        Arc::new(StaticToken::arm("tok")),
     );
     let ex = example(&format!("{NETWORK_EX}/LoadBalancerCreateWithZones.json"));
     let body = ex["parameters"]["parameters"].clone();
@@ -711,9 +712,18 @@ async fn managed_identity_asks_imds_and_renews_short_tokens() {
         &[],
         Some(&json!({"access_token": "mi-2", "expires_on": (now + 3600).to_string()})),
     );
-    assert_eq!(mi.get_token().await.unwrap().token, "mi-1");
-    assert_eq!(mi.get_token().await.unwrap().token, "mi-2");
-    assert_eq!(mi.get_token().await.unwrap().token, "mi-2");
+    assert_eq!(
+        mi.get_token(credential::ARM_RESOURCE).await.unwrap().token,
+        "mi-1"
+    );
+    assert_eq!(
+        mi.get_token(credential::ARM_RESOURCE).await.unwrap().token,
+        "mi-2"
+    );
+    assert_eq!(
+        mi.get_token(credential::ARM_RESOURCE).await.unwrap().token,
+        "mi-2"
+    );
     let rec = r.recorded();
     assert_eq!(rec.len(), 2);
     for x in &rec {
@@ -733,7 +743,11 @@ async fn managed_identity_asks_imds_and_renews_short_tokens() {
         endpoint: format!("{}/metadata/identity/oauth2/token", r.base),
         client_id: None,
     };
-    let e = bare.get_token().await.unwrap_err().to_string();
+    let e = bare
+        .get_token(credential::ARM_RESOURCE)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("cannot get an Azure access token: managed identity endpoint answered 400: "),
         "{e}"
@@ -768,7 +782,7 @@ async fn az_cli_credential_skips_our_own_shim() {
     let path = std::env::join_paths([&shim, &real]).unwrap();
     let cli = AzCli::find_in(&path, Some(&me)).unwrap();
     assert_eq!(cli.program, real.join("az"));
-    let t = cli.get_token().await.unwrap();
+    let t = cli.get_token(credential::ARM_RESOURCE).await.unwrap();
     assert_eq!(t.token, "cli-tok");
     assert_eq!(
         t.expires_at,
@@ -780,4 +794,154 @@ async fn az_cli_credential_skips_our_own_shim() {
     );
     let _ = std::fs::remove_dir_all(shim);
     let _ = std::fs::remove_dir_all(real);
+}
+
+fn blobs(transport: Arc<dyn Transport>, sl: Arc<RecSleeper>) -> Blobs {
+    Blobs {
+        transport,
+        credential: Arc::new(StaticToken {
+            arm: "tok".into(),
+            storage: Some("stor-tok".into()),
+        }),
+        sleeper: sl,
+        retry: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well() {
+    let r = Replay::start().await;
+    let sl = Arc::new(RecSleeper::default());
+    let b = blobs(
+        Arc::new(CurlTransport::new(Duration::from_secs(10))),
+        sl.clone(),
+    );
+    // Not UTF-8: staged in a temporary file for curl.
+    let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    r.push(503, &[("Retry-After", "1")], None);
+    r.push(201, &[], None);
+    let url = format!("{}/drop/my_app-120.tar.gz", r.base);
+    b.put_block_blob(&url, data.clone(), "application/gzip")
+        .await
+        .unwrap();
+    let rec = r.recorded();
+    assert_eq!(rec.len(), 2);
+    for x in &rec {
+        assert_eq!(x.seen.method, "PUT");
+        assert_eq!(x.seen.path, "/drop/my_app-120.tar.gz");
+        assert_eq!(x.seen.auth.as_deref(), Some("Bearer stor-tok"));
+        assert_eq!(x.raw, data);
+        let h = |k: &str| {
+            x.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(h("x-ms-blob-type"), Some("BlockBlob"));
+        assert_eq!(h("x-ms-version"), Some("2021-08-06"));
+        assert_eq!(h("content-type"), Some("application/gzip"));
+    }
+    assert_eq!(sl.take(), vec![secs(1)]);
+    r.push_raw(
+        403,
+        &[("x-ms-error-code", "AuthorizationPermissionMismatch")],
+        b"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthorizationPermissionMismatch</Code><Message>This request is not authorized to perform this operation using this permission.\nRequestId:1</Message></Error>",
+    );
+    let e = b
+        .put_block_blob(&url, b"x".to_vec(), "application/gzip")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        AzureError::Api {
+            status: 403,
+            code: "AuthorizationPermissionMismatch".into(),
+            message:
+                "This request is not authorized to perform this operation using this permission."
+                    .into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let b = blobs(Arc::new(HttpTransport::new(Duration::from_secs(10))), sl);
+    let pkg = scratch("pkg").join("drop");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("setupscript.sh"),
+        "#!/bin/sh\napt-get install -y nginx\n",
+    )
+    .unwrap();
+    let tpl = example(&format!("{AIB_EX}/CreateImageTemplateLinux.json"));
+    let output = response(&format!("{AIB_EX}/GetRunOutput.json"), "200");
+    let t = ImageTemplate {
+        location: "westus".into(),
+        identity: "/subscriptions/s/resourcegroups/rg1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib".into(),
+        source: ("Canonical".into(), "0001-com-ubuntu-server-jammy".into(), "22_04-lts".into(), "latest".into()),
+        files: vec![],
+        inline: vec![],
+        image_id: "/subscriptions/s/resourceGroups/rg1/providers/Microsoft.Compute/images/120".into(),
+        run_output_name: "myManagedImageOutput".into(),
+        vm_size: "Standard_D2s_v3".into(),
+    };
+    let drop_url = format!("{}/drops/120.tar.gz", r.base);
+    let op = format!("/subscriptions/{SUB}/providers/Microsoft.VirtualMachineImages/locations/westus/operations/o{V}");
+    r.push(201, &[], None);
+    r.push(201, &[], Some(&tpl["responses"]["201"]["body"]));
+    r.push(
+        202,
+        &[("Azure-AsyncOperation", &format!("{{base}}{op}"))],
+        None,
+    );
+    r.push(200, &[], Some(&json!({"status": "Succeeded"})));
+    r.push(200, &[], Some(&output));
+    let id = az
+        .packer_build(
+            &b,
+            "rg1",
+            "img-120",
+            &DropSpec {
+                package: &pkg,
+                script: "setupscript.sh",
+                args: &[],
+                url: &drop_url,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(id, output["properties"]["artifactId"].as_str().unwrap());
+    let rec = r.recorded();
+    assert_eq!(rec[0].seen.path, "/drops/120.tar.gz");
+    assert_eq!(rec[0].seen.auth.as_deref(), Some("Bearer stor-tok"));
+    // The uploaded drop is the package under its folder name.
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&rec[0].raw[..]));
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.contains(&"drop/setupscript.sh".to_string()),
+        "{names:?}"
+    );
+    let put = rec[1].seen.body.clone().unwrap();
+    assert_eq!(rec[1].seen.method, "PUT");
+    assert_eq!(
+        put["properties"]["customize"],
+        json!([
+            {"type": "File", "name": "file0", "sourceUri": drop_url, "destination": "/tmp/scaleset-drop.tar.gz"},
+            {"type": "Shell", "name": "deploy", "inline": [
+                "sudo mkdir -p /deployTemp",
+                "sudo tar -xzf /tmp/scaleset-drop.tar.gz -C /deployTemp",
+                "sudo chmod +x /deployTemp/'drop/setupscript.sh' && cd /deployTemp && sudo './drop/setupscript.sh'",
+                "sudo rm -rf /deployTemp /tmp/scaleset-drop.tar.gz"
+            ]}
+        ])
+    );
+    assert_eq!(rec.len(), 5);
+    let _ = std::fs::remove_dir_all(pkg.parent().unwrap());
 }

@@ -39,6 +39,7 @@ pub struct Recorded {
     pub seen: Seen,
     pub headers: Vec<(String, String)>,
     pub raw_body: String,
+    pub raw: Vec<u8>,
 }
 
 struct Reply {
@@ -114,6 +115,7 @@ impl Replay {
             },
             headers,
             raw_body,
+            raw: raw.to_vec(),
         });
         let reply = self.script.lock().unwrap().pop_front().unwrap_or(Reply {
             status: 599,
@@ -136,6 +138,18 @@ impl Replay {
                 .map(|(k, v)| (k.to_string(), v.replace("{base}", &self.base)))
                 .collect(),
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+        });
+    }
+
+    /// Queues a reply with a body as is (an XML storage error).
+    pub fn push_raw(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.script.lock().unwrap().push_back(Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
         });
     }
 
