@@ -46,6 +46,19 @@ pub struct Blobs {
 }
 
 impl Blobs {
+    /// Uploads with `azure`'s credential (tokens for Blob storage); http URLs (tests) through
+    /// hyper, https through curl.
+    pub fn for_azure(azure: &Azure) -> Blobs {
+        Blobs {
+            transport: Arc::new(crate::transport::AutoTransport::new(
+                std::time::Duration::from_secs(600),
+            )),
+            credential: azure.client.credential(),
+            sleeper: Arc::new(crate::client::TokioSleeper),
+            retry: RetryPolicy::default(),
+        }
+    }
+
     /// Put Blob (a block blob in one request; up to 5000 MiB at this version).
     pub async fn put_block_blob(
         &self,

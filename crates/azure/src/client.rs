@@ -104,6 +104,11 @@ impl ArmClient {
         self
     }
 
+    /// The credential, for other Azure services (Blob storage).
+    pub fn credential(&self) -> Arc<dyn Credential> {
+        self.credential.clone()
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

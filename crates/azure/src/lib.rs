@@ -9,6 +9,7 @@ pub mod error;
 pub mod lro;
 pub mod ops;
 pub mod retry;
+pub mod tasks;
 pub mod transport;
 
 pub use client::ArmClient;

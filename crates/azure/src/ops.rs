@@ -387,8 +387,8 @@ impl Azure {
         }
     }
 
-    /// PackerBuild@1 on Azure: create the image template, run it, wait, and return the managed
-    /// image id from its run output. The files must already be reachable by Image Builder (for
+    /// PackerBuild@1 on Azure: (re)create the image template, run it, wait, and return the
+    /// managed image id from its run output. The files must already be reachable by Image Builder (for
     /// the drop: a Blob storage URL; uploading it is not done here).
     pub async fn bake_with_image_builder(
         &self,
@@ -397,6 +397,11 @@ impl Azure {
         t: &ImageTemplate,
     ) -> Result<String, AzureError> {
         let path = self.template_path(rg, template);
+        // Image templates cannot be updated: a re-run replaces the previous one.
+        match self.client.call("DELETE", &path, None).await {
+            Err(e) if e.status() != Some(404) => return Err(e),
+            _ => {}
+        }
         self.client
             .call("PUT", &path, Some(&image_template_body(t)))
             .await?;

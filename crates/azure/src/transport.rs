@@ -158,6 +158,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Plain HTTP through hyper, HTTPS through curl.
+pub struct AutoTransport {
+    pub http: HttpTransport,
+    pub https: CurlTransport,
+}
+
+impl AutoTransport {
+    pub fn new(timeout: Duration) -> Self {
+        AutoTransport {
+            http: HttpTransport::new(timeout),
+            https: CurlTransport::new(timeout),
+        }
+    }
+}
+
+impl Transport for AutoTransport {
+    fn send(&self, req: Request) -> BoxFuture<'_, Result<Response, AzureError>> {
+        if req.url.starts_with("http://") {
+            self.http.send(req)
+        } else {
+            self.https.send(req)
+        }
+    }
+}
+
 /// HTTPS (and HTTP) through the system `curl` binary.
 pub struct CurlTransport {
     pub program: String,

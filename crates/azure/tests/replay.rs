@@ -552,6 +552,12 @@ async fn image_builder_template_run_and_output() {
         .replace("{subscription-id}", SUB)
         .replace("{location}", "westus")
         .replace("{operation-id}", "run-1");
+    // No template from an earlier run.
+    r.push(
+        404,
+        &[],
+        Some(&json!({"error": {"code": "ResourceNotFound", "message": "not found"}})),
+    );
     r.push(
         201,
         &[("Azure-AsyncOperation", &format!("{{base}}{op1}"))],
@@ -575,6 +581,7 @@ async fn image_builder_template_run_and_output() {
     assert_eq!(
         r.seen(),
         vec![
+            req("DELETE", &format!("{path}{api}"), None),
             req(
                 "PUT",
                 &format!("{path}{api}"),
@@ -890,6 +897,8 @@ async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
     let drop_url = format!("{}/drops/120.tar.gz", r.base);
     let op = format!("/subscriptions/{SUB}/providers/Microsoft.VirtualMachineImages/locations/westus/operations/o{V}");
     r.push(201, &[], None);
+    // A template from an earlier run of the same build is replaced.
+    r.push(200, &[], None);
     r.push(201, &[], Some(&tpl["responses"]["201"]["body"]));
     r.push(
         202,
@@ -928,8 +937,9 @@ async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
         names.contains(&"drop/setupscript.sh".to_string()),
         "{names:?}"
     );
-    let put = rec[1].seen.body.clone().unwrap();
-    assert_eq!(rec[1].seen.method, "PUT");
+    assert_eq!(rec[1].seen.method, "DELETE");
+    let put = rec[2].seen.body.clone().unwrap();
+    assert_eq!(rec[2].seen.method, "PUT");
     assert_eq!(
         put["properties"]["customize"],
         json!([
@@ -942,6 +952,138 @@ async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
             ]}
         ])
     );
-    assert_eq!(rec.len(), 5);
+    assert_eq!(rec.len(), 6);
+    let _ = std::fs::remove_dir_all(pkg.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmss_deployment_task_finds_the_group_and_updates_the_image() {
+    use pipeline::tasks::ScaleSets;
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let mut v = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Get.json"),
+        "200",
+    );
+    let s = vmss("prod", "web");
+    v["id"] = json!(s);
+    v["name"] = json!("web");
+    let mut other = v.clone();
+    other["id"] = json!(vmss("dev", "api"));
+    other["name"] = json!("api");
+    r.push(200, &[], Some(&json!({"value": [other, v]})));
+    r.push(404, &[], Some(&not_found()));
+    r.push(200, &[], Some(&v));
+    let ss = azure::tasks::AzureScaleSets {
+        azure: Arc::new(az),
+        rt: tokio::runtime::Handle::current(),
+    };
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = vec![];
+        ss.update_image(None, "web", "121", &mut |l| lines.push(l.to_string()))
+            .map(|_| lines)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let img =
+        format!("/subscriptions/{SUB}/resourceGroups/prod/providers/Microsoft.Compute/images/121");
+    assert_eq!(
+        r.seen(),
+        vec![
+            req(
+                "GET",
+                &format!(
+                    "/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachineScaleSets{V}"
+                ),
+                None
+            ),
+            req("GET", &format!("{s}/rollingUpgrades/latest{V}"), None),
+            req("PATCH", &format!("{s}{V}"), Some(image_patch(&img))),
+        ]
+    );
+    assert_eq!(
+        lines,
+        vec![format!(
+            "scale set prod/web now uses image {img}; Azure upgrades the instances (Automatic)"
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packer_build_task_bakes_on_image_builder() {
+    use pipeline::tasks::{BakeRequest, Baker};
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let pkg = scratch("task-pkg").join("drop");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("setupscript.sh"), "#!/bin/sh\n").unwrap();
+    let output = response(&format!("{AIB_EX}/GetRunOutput.json"), "200");
+    let op = format!("/subscriptions/{SUB}/providers/Microsoft.VirtualMachineImages/locations/westus/operations/o{V}");
+    r.push(201, &[], None);
+    r.push(204, &[], None);
+    r.push(201, &[], Some(&json!({})));
+    r.push(
+        202,
+        &[("Azure-AsyncOperation", &format!("{{base}}{op}"))],
+        None,
+    );
+    r.push(200, &[], Some(&json!({"status": "Succeeded"})));
+    r.push(200, &[], Some(&output));
+    let baker = azure::tasks::AzureBaker {
+        blobs: blobs(Arc::new(HttpTransport::new(Duration::from_secs(10))), sl),
+        azure: Arc::new(az),
+        settings: azure::tasks::ImageBuilderSettings {
+            location: "westus".into(),
+            identity: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib".into(),
+            drop_container: format!("{}/drops", r.base),
+            base_image: ("Canonical".into(), "ubuntu-24_04-lts".into(), "server".into(), "latest".into()),
+            vm_size: "Standard_D2s_v3".into(),
+        },
+        rt: tokio::runtime::Handle::current(),
+    };
+    let req_for = |rg: Option<&str>| BakeRequest {
+        name: "120".into(),
+        base: "debian:bookworm".into(),
+        package_dir: pkg.clone(),
+        script: "setupscript.sh".into(),
+        args: vec![],
+        resource_group: rg.map(str::to_string),
+    };
+    let (no_rg, baked) = (req_for(None), req_for(Some("rg1")));
+    let (e, img) = tokio::task::spawn_blocking(move || {
+        let e = baker.bake(no_rg, &mut |_| {});
+        (e, baker.bake(baked, &mut |_| {}))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        e.unwrap_err(),
+        "PackerBuild@1 on Azure needs azureResourceGroup"
+    );
+    let img = img.unwrap();
+    assert_eq!(img.name, "120");
+    assert_eq!(img.id, output["properties"]["artifactId"].as_str().unwrap());
+    let paths: Vec<(String, String)> = r.seen().into_iter().map(|s| (s.method, s.path)).collect();
+    let tpl = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.VirtualMachineImages/imageTemplates/scaleset-120");
+    let api = "?api-version=2024-02-01";
+    let want: Vec<(String, String)> = [
+        ("PUT", "/drops/120.tar.gz".to_string()),
+        ("DELETE", format!("{tpl}{api}")),
+        ("PUT", format!("{tpl}{api}")),
+        ("POST", format!("{tpl}/run{api}")),
+        ("GET", op.clone()),
+        ("GET", format!("{tpl}/runOutputs/scaleset{api}")),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_string(), p))
+    .collect();
+    assert_eq!(paths, want);
+    let put = r.seen()[2].body.clone().unwrap();
+    assert_eq!(put["properties"]["source"]["offer"], "ubuntu-24_04-lts");
+    assert_eq!(
+        put["properties"]["distribute"][0]["imageId"],
+        format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/images/120")
+    );
     let _ = std::fs::remove_dir_all(pkg.parent().unwrap());
 }
