@@ -54,6 +54,43 @@ pub struct PipelineService {
     cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     queue_tx: mpsc::UnboundedSender<RunRequest>,
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<RunRequest>>>,
+    /// `SCALESET_PIPELINE_PROVIDER=azure`: PackerBuild@1 and AzureVmssDeployment@1 act on Azure.
+    azure: Option<AzureTasks>,
+}
+
+/// The release tasks' Azure back ends: the subscription, and Image Builder's settings (or why
+/// they are missing, reported by PackerBuild@1 when a pipeline bakes).
+struct AzureTasks {
+    azure: Arc<azure::Azure>,
+    image_builder: Result<azure::tasks::ImageBuilderSettings, String>,
+}
+
+/// A baker that cannot bake: says why.
+struct NoBaker(String);
+
+impl Baker for NoBaker {
+    fn bake(&self, _: BakeRequest, _: &mut dyn FnMut(&str)) -> Result<BakedImage, String> {
+        Err(self.0.clone())
+    }
+}
+
+/// `SCALESET_PIPELINE_PROVIDER`: unset or `local` (the daemon), or `azure` (from the
+/// environment: `azure::Azure::from_env`, `azure::tasks::ImageBuilderSettings::from_env`).
+fn azure_tasks(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<AzureTasks>, String> {
+    match env("SCALESET_PIPELINE_PROVIDER").as_deref() {
+        None | Some("") | Some("local") => Ok(None),
+        Some("azure") => {
+            let az = azure::Azure::from_env(env)
+                .map_err(|e| format!("SCALESET_PIPELINE_PROVIDER=azure: {e}"))?;
+            Ok(Some(AzureTasks {
+                azure: Arc::new(az),
+                image_builder: azure::tasks::ImageBuilderSettings::from_env(env),
+            }))
+        }
+        Some(other) => Err(format!(
+            "SCALESET_PIPELINE_PROVIDER `{other}`: expected local or azure"
+        )),
+    }
 }
 
 impl PipelineService {
@@ -93,6 +130,7 @@ impl PipelineService {
             cancels: Default::default(),
             queue_tx,
             queue_rx: Mutex::new(Some(rx)),
+            azure: azure_tasks(&|k| std::env::var(k).ok())?,
         })
     }
 
@@ -200,6 +238,22 @@ impl PipelineService {
             weak,
             tokio::runtime::Handle::current(),
         )));
+        if let Some(a) = &self.azure {
+            let rt = tokio::runtime::Handle::current();
+            t.scale_sets = Some(Arc::new(azure::tasks::AzureScaleSets {
+                azure: a.azure.clone(),
+                rt: rt.clone(),
+            }));
+            t.baker = Some(match &a.image_builder {
+                Ok(settings) => Arc::new(azure::tasks::AzureBaker {
+                    blobs: azure::blob::Blobs::for_azure(&a.azure),
+                    azure: a.azure.clone(),
+                    settings: settings.clone(),
+                    rt,
+                }),
+                Err(e) => Arc::new(NoBaker(e.clone())),
+            });
+        }
         t.az_shim_dir = Some(self.shim_dir.clone());
         let endpoint = std::fs::read_to_string(st.cfg.home.join("endpoint"))
             .map(|s| s.trim().to_string())
@@ -1130,4 +1184,51 @@ fn no_pipeline(name: &str) -> ApiError {
 
 fn no_run(id: u64) -> ApiError {
     ApiError::not_found("RunNotFound", format!("run {id} does not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_provider_from_env() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(azure_tasks(&with(&[])).unwrap().is_none());
+        assert!(
+            azure_tasks(&with(&[("SCALESET_PIPELINE_PROVIDER", "local")]))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            azure_tasks(&with(&[("SCALESET_PIPELINE_PROVIDER", "aws")])).err(),
+            Some("SCALESET_PIPELINE_PROVIDER `aws`: expected local or azure".to_string())
+        );
+        assert_eq!(
+            azure_tasks(&with(&[("SCALESET_PIPELINE_PROVIDER", "azure")])).err(),
+            Some(
+                "SCALESET_PIPELINE_PROVIDER=azure: the azure provider needs AZURE_SUBSCRIPTION_ID"
+                    .to_string()
+            )
+        );
+        // Without Image Builder settings the scale sets still act on Azure; bakes say why not.
+        let a = azure_tasks(&with(&[
+            ("SCALESET_PIPELINE_PROVIDER", "azure"),
+            ("AZURE_SUBSCRIPTION_ID", "sub"),
+            ("AZURE_ACCESS_TOKEN", "tok"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.azure.subscription, "sub");
+        assert_eq!(
+            a.image_builder.err(),
+            Some("PackerBuild@1 on Azure needs SCALESET_AZURE_LOCATION".to_string())
+        );
+    }
 }

@@ -83,9 +83,8 @@ impl ArmClient {
         credential: Arc<dyn Credential>,
     ) -> Result<Self, AzureError> {
         let base = base.trim_end_matches('/').to_string();
-        let base_origin = origin(&base).ok_or_else(|| AzureError::InvalidResponse {
-            url: base.clone(),
-            reason: "the ARM endpoint must be an http(s) URL".into(),
+        let base_origin = origin(&base).ok_or_else(|| {
+            AzureError::Config(format!("the ARM endpoint {base:?} is not an http(s) URL"))
         })?;
         Ok(ArmClient {
             base,

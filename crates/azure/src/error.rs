@@ -22,6 +22,9 @@ pub enum AzureError {
     Transport { url: String, reason: String },
     #[error("cannot get an Azure access token: {0}")]
     Credential(String),
+    /// The provider is not set up (a missing or malformed setting).
+    #[error("{0}")]
+    Config(String),
     #[error("unexpected response from {url}: {reason}")]
     InvalidResponse { url: String, reason: String },
     #[error("refusing to send the access token to {0}: not the ARM endpoint")]

@@ -170,7 +170,7 @@ impl Azure {
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Azure, AzureError> {
         let get = |k: &str| env(k).filter(|v| !v.is_empty());
         let sub = get("AZURE_SUBSCRIPTION_ID").ok_or_else(|| {
-            AzureError::Credential("the azure provider needs AZURE_SUBSCRIPTION_ID".into())
+            AzureError::Config("the azure provider needs AZURE_SUBSCRIPTION_ID".into())
         })?;
         let base = get("SCALESET_AZURE_ENDPOINT").unwrap_or_else(|| DEFAULT_BASE.to_string());
         let http: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(100)));
