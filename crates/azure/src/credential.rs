@@ -399,7 +399,8 @@ pub enum Choice {
 /// `AZURE_CLIENT_SECRET`); `AZURE_CREDENTIAL=managed-identity|az` to force one; else the az CLI
 /// when a real one is installed, else managed identity (`AZURE_CLIENT_ID` selects a
 /// user-assigned identity).
-pub fn choose(env: &dyn Fn(&str) -> Option<String>, az_installed: bool) -> Choice {
+/// `az_installed` is only asked when nothing else applies (it searches PATH).
+pub fn choose(env: &dyn Fn(&str) -> Option<String>, az_installed: &dyn Fn() -> bool) -> Choice {
     let get = |k: &str| env(k).filter(|v| !v.is_empty());
     if let Some(arm) = get("AZURE_ACCESS_TOKEN") {
         return Choice::Static {
@@ -428,7 +429,7 @@ pub fn choose(env: &dyn Fn(&str) -> Option<String>, az_installed: bool) -> Choic
             authority: get("AZURE_AUTHORITY_HOST").unwrap_or_else(|| AUTHORITY.into()),
         };
     }
-    if az_installed {
+    if az_installed() {
         Choice::AzCli
     } else {
         mi()
@@ -586,7 +587,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            assert_eq!(choose(&|k| m.get(k).cloned(), az), want, "case {i}");
+            assert_eq!(choose(&|k| m.get(k).cloned(), &|| az), want, "case {i}");
         }
     }
 }

@@ -177,7 +177,7 @@ impl Azure {
         let https: Arc<dyn Transport> = Arc::new(CurlTransport::new(Duration::from_secs(100)));
         // IMDS answers at once on an Azure VM and not at all elsewhere.
         let imds: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(5)));
-        let choice = credential::choose(&get, credential::AzCli::find().is_ok());
+        let choice = credential::choose(&get, &|| credential::AzCli::find().is_ok());
         let cred = credential::build(choice, imds, https.clone())?;
         let transport = if base.starts_with("http://") {
             http
