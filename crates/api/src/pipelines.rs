@@ -65,6 +65,23 @@ struct AzureTasks {
     image_builder: Result<azure::tasks::ImageBuilderSettings, String>,
 }
 
+/// The `az` environment of AzureCLI@2 with the azure provider: the shim acts on Azure with an
+/// access token the daemon got for the run (ARM only, masked, expiring within about an hour; an
+/// Azure token cannot be revoked early, unlike the local run tokens). Nothing of the daemon's
+/// own credential (a client secret, the az login) reaches the job.
+fn azure_az_env(az: &azure::Azure, token: Option<&str>) -> Vec<EnvVar> {
+    let mut env = vec![
+        EnvVar::plain("SCALESET_PROVIDER", "azure"),
+        EnvVar::plain("AZURE_SUBSCRIPTION_ID", az.subscription.clone()),
+        EnvVar::plain("SCALESET_AZURE_ENDPOINT", az.client.base()),
+        EnvVar::plain("SCALESET_HOME", "/nonexistent"),
+    ];
+    if let Some(t) = token {
+        env.push(EnvVar::secret("AZURE_ACCESS_TOKEN", t));
+    }
+    env
+}
+
 /// A baker that cannot bake: says why.
 struct NoBaker(String);
 
@@ -229,8 +246,9 @@ impl PipelineService {
             .clone()
     }
 
-    /// The tasks of one run; `run_token` is the run's own ARM credential for the `az` shim.
-    fn tasks(&self, st: &Arc<AppState>, run_token: &str) -> StdTasks {
+    /// The tasks of one run; `run_token` is the run's own ARM credential for the `az` shim, or
+    /// with the azure provider `azure_token` an access token for Azure.
+    fn tasks(&self, st: &Arc<AppState>, run_token: &str, azure_token: Option<&str>) -> StdTasks {
         let mut t = StdTasks::new(self.artifacts.clone());
         let weak = Arc::downgrade(st);
         t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
@@ -264,6 +282,9 @@ impl PipelineService {
             // Nothing of the daemon's home: the shim needs only the endpoint and the token.
             EnvVar::plain("SCALESET_HOME", "/nonexistent"),
         ];
+        if let Some(a) = &self.azure {
+            t.az_env = azure_az_env(&a.azure, azure_token);
+        }
         t
     }
 }
@@ -369,7 +390,23 @@ pub fn start(st: &Arc<AppState>) {
                 .insert(req.run_id, tx);
             let id = req.run_id;
             let run_token = st.mint_run_token(id);
-            let tasks = svc.tasks(&st, &run_token);
+            let azure_token = match &svc.azure {
+                Some(a) => match a
+                    .azure
+                    .client
+                    .credential()
+                    .get_token(azure::credential::ARM_RESOURCE)
+                    .await
+                {
+                    Ok(t) => Some(t.token),
+                    Err(e) => {
+                        tracing::warn!(run = id, error = %e, "no Azure access token for the run's az");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let tasks = svc.tasks(&st, &run_token, azure_token.as_deref());
             let rec = svc.runner.run(req, &tasks, cancel).await;
             st.revoke_run_token(&run_token);
             svc.cancels
@@ -1226,6 +1263,22 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(a.azure.subscription, "sub");
+        let names = |env: Vec<EnvVar>| -> Vec<(String, String, bool)> {
+            env.into_iter()
+                .map(|e| (e.name, e.value, e.secret))
+                .collect()
+        };
+        let plain = |k: &str, v: &str| (k.to_string(), v.to_string(), false);
+        let base = vec![
+            plain("SCALESET_PROVIDER", "azure"),
+            plain("AZURE_SUBSCRIPTION_ID", "sub"),
+            plain("SCALESET_AZURE_ENDPOINT", "https://management.azure.com"),
+            plain("SCALESET_HOME", "/nonexistent"),
+        ];
+        assert_eq!(names(azure_az_env(&a.azure, None)), base);
+        let mut with_token = base.clone();
+        with_token.push(("AZURE_ACCESS_TOKEN".into(), "t1".into(), true));
+        assert_eq!(names(azure_az_env(&a.azure, Some("t1"))), with_token);
         assert_eq!(
             a.image_builder.err(),
             Some("PackerBuild@1 on Azure needs SCALESET_AZURE_LOCATION".to_string())
