@@ -2,6 +2,7 @@
 //! identity (IMDS) or a service principal's client secret, each behind [`Credential`], and a
 //! cache that keeps a token until shortly before it expires.
 use crate::error::AzureError;
+use crate::retry::{self, Decision, Outcome, RetryPolicy};
 use crate::transport::{BoxFuture, Headers, Request, Transport};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -216,24 +217,42 @@ impl Credential for ManagedIdentity {
             }
             let mut headers = Headers::default();
             headers.push("Metadata", "true");
-            let resp = self
-                .transport
-                .send(Request {
-                    method: "GET".into(),
-                    url,
-                    headers,
-                    body: None,
-                })
-                .await
-                .map_err(|e| cred_err(format!("managed identity: {e}")))?;
-            if resp.status != 200 {
-                return Err(cred_err(format!(
-                    "managed identity endpoint answered {}: {}",
-                    resp.status,
-                    String::from_utf8_lossy(&resp.body).trim()
-                )));
+            let policy = RetryPolicy::default();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                // No retry without an answer: off Azure nothing listens, and that should fail fast.
+                let resp = self
+                    .transport
+                    .send(Request {
+                        method: "GET".into(),
+                        url: url.clone(),
+                        headers: headers.clone(),
+                        body: None,
+                    })
+                    .await
+                    .map_err(|e| cred_err(format!("managed identity: {e}")))?;
+                if resp.status == 200 {
+                    return parse_oauth_token(&resp.body, SystemTime::now());
+                }
+                // IMDS also answers 404/410 while an identity is being assigned or IMDS updates.
+                let status = if matches!(resp.status, 404 | 410) {
+                    503
+                } else {
+                    resp.status
+                };
+                let ra = retry::retry_after(&resp.headers, SystemTime::now());
+                match retry::decide(&policy, attempt, Outcome::Status(status), ra, rand::random()) {
+                    Decision::Retry(d) => tokio::time::sleep(d).await,
+                    Decision::Accept | Decision::GiveUp => {
+                        return Err(cred_err(format!(
+                            "managed identity endpoint answered {}: {} (off Azure, set AZURE_ACCESS_TOKEN or a service principal, or az login)",
+                            resp.status,
+                            String::from_utf8_lossy(&resp.body).trim()
+                        )))
+                    }
+                }
             }
-            parse_oauth_token(&resp.body, SystemTime::now())
         })
     }
 }

@@ -712,7 +712,9 @@ async fn managed_identity_asks_imds_and_renews_short_tokens() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    // Expires within the renewal margin: fetched again on the next call.
+    // Expires within the renewal margin: fetched again on the next call. IMDS's transient
+    // errors are retried.
+    r.push(429, &[("Retry-After", "0")], None);
     r.push(200, &[], Some(&json!({"access_token": "mi-1", "expires_on": (now + 60).to_string(), "resource": "https://management.azure.com/", "token_type": "Bearer"})));
     r.push(
         200,
@@ -732,7 +734,7 @@ async fn managed_identity_asks_imds_and_renews_short_tokens() {
         "mi-2"
     );
     let rec = r.recorded();
-    assert_eq!(rec.len(), 2);
+    assert_eq!(rec.len(), 3);
     for x in &rec {
         assert_eq!(x.seen.path, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id=cid-1");
         assert!(x
