@@ -248,6 +248,22 @@ impl Client {
             .await
     }
 
+    /// [`Client::call`] for commands with `--no-wait`: on Azure, `wait: false` returns the first
+    /// response instead of waiting for the long-running operation. The daemon answers at once
+    /// either way (the commands then poll it themselves).
+    pub async fn call_wait(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        wait: bool,
+    ) -> Result<Value> {
+        match &self.azure {
+            Some(a) if !wait => a.call_no_wait(method, path, body).await.map_err(arm_error),
+            _ => self.call(method, path, body).await,
+        }
+    }
+
     /// A call to the daemon's own `/scaleset/...` endpoints (repos, pipelines, runs).
     pub async fn scaleset(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         self.send_json(method, &format!("/scaleset{path}"), body)

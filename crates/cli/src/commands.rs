@@ -522,7 +522,7 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 ),
             );
             let v = c
-                .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
+                .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !no_wait)
                 .await?;
             // In Rolling mode a model change starts a rolling upgrade: show its live progress.
             if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
@@ -565,10 +565,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             no_wait,
         } => {
             let v = c
-                .call(
+                .call_wait(
                     "PATCH",
                     &c.vmss_path(&t.rg, &t.name),
                     Some(&json!({"sku": {"capacity": new_capacity}})),
+                    !no_wait,
                 )
                 .await?;
             let v = if no_wait {
@@ -591,7 +592,7 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 model::setpath::set(&mut body, &path, value).map_err(|e| anyhow!(e.message))?;
             }
             let v = c
-                .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
+                .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !no_wait)
                 .await?;
             // In Rolling mode a model change starts a rolling upgrade: show its live progress.
             if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
@@ -610,7 +611,8 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             if c.get_opt(&c.vmss_path(&t.rg, &t.name)).await?.is_none() {
                 bail!("(ResourceNotFound) The Resource 'Microsoft.Compute/virtualMachineScaleSets/{}' under resource group '{}' was not found.", t.name, t.rg);
             }
-            c.call("DELETE", &c.vmss_path(&t.rg, &t.name), None).await?;
+            c.call_wait("DELETE", &c.vmss_path(&t.rg, &t.name), None, !no_wait)
+                .await?;
             if !no_wait {
                 wait_vmss(&c, &t.rg, &t.name, true, WAIT).await?;
             }
@@ -661,10 +663,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
         }
         VmssCmd::Rollback { t, no_wait } => {
             let v = c
-                .call(
+                .call_wait(
                     "POST",
                     &format!("{}/rollback", c.vmss_path(&t.rg, &t.name)),
                     None,
+                    !no_wait,
                 )
                 .await?;
             if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
@@ -681,10 +684,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
         }
         VmssCmd::RollingUpgrade(r) => match r {
             RollingCmd::Start { t, no_wait } => {
-                c.call(
+                c.call_wait(
                     "POST",
                     &format!("{}/osRollingUpgrade", c.vmss_path(&t.rg, &t.name)),
                     None,
+                    !no_wait,
                 )
                 .await?;
                 if !no_wait {
@@ -819,10 +823,11 @@ async fn power(c: &Client, i: Instances, action: &str) -> Result<()> {
         );
     }
     let body = ids.map(|ids| json!({"instanceIds": ids}));
-    c.call(
+    c.call_wait(
         "POST",
         &format!("{}/{action}", c.vmss_path(&i.t.rg, &i.t.name)),
         body.as_ref(),
+        !i.no_wait,
     )
     .await?;
     if !i.no_wait {

@@ -198,3 +198,47 @@ async fn list_instances_pages_and_errors_read_like_az() {
     // Three requests in all: the failing commands sent nothing more than the one 404.
     assert_eq!(r.seen().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_wait_returns_the_first_response() {
+    let r = Replay::start().await;
+    let mut updating = response(&format!("{EX}/VirtualMachineScaleSet_Get.json"), "200");
+    updating["sku"]["capacity"] = json!(5);
+    updating["properties"]["provisioningState"] = json!("Updating");
+    let op = format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westus/operations/s1{V}"
+    );
+    r.push(
+        200,
+        &[("Azure-AsyncOperation", &format!("{{base}}{op}"))],
+        Some(&updating),
+    );
+    let (code, out, err) = scaleset(
+        &r,
+        &[
+            "vmss",
+            "scale",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "--new-capacity",
+            "5",
+            "--no-wait",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["properties"]["provisioningState"], "Updating");
+    assert_eq!(
+        r.seen(),
+        vec![Seen {
+            method: "PATCH".into(),
+            path: format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web{V}"),
+            auth: Some("Bearer tok".into()),
+            body: Some(json!({"sku": {"capacity": 5}})),
+        }]
+    );
+}
