@@ -387,9 +387,9 @@ impl Azure {
         }
     }
 
-    /// PackerBuild@1 on Azure: (re)create the image template, run it, wait, and return the
-    /// managed image id from its run output. The files must already be reachable by Image Builder (for
-    /// the drop: a Blob storage URL; uploading it is not done here).
+    /// Bakes with Azure VM Image Builder: (re)create the image template, run it, wait, and
+    /// return the managed image id from its run output. The template's files must already be
+    /// reachable by Image Builder (`Azure::packer_build` uploads the drop first).
     pub async fn bake_with_image_builder(
         &self,
         rg: &str,
