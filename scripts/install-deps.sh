@@ -11,6 +11,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v git >/dev/null || need+=(git)
+# The azure provider speaks HTTPS through the system curl (no TLS stack compiled in).
+command -v curl >/dev/null || need+=(curl ca-certificates)
 # The SDK test (crates/cli/tests/sdk.rs) runs Microsoft's Python SDK in a venv.
 command -v python3 >/dev/null || need+=(python3)
 venv_probe=$(mktemp -d)

@@ -54,6 +54,60 @@ pub struct PipelineService {
     cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     queue_tx: mpsc::UnboundedSender<RunRequest>,
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<RunRequest>>>,
+    /// `SCALESET_PIPELINE_PROVIDER=azure`: PackerBuild@1 and AzureVmssDeployment@1 act on Azure.
+    azure: Option<AzureTasks>,
+}
+
+/// The release tasks' Azure back ends: the subscription, and Image Builder's settings (or why
+/// they are missing, reported by PackerBuild@1 when a pipeline bakes).
+struct AzureTasks {
+    azure: Arc<azure::Azure>,
+    image_builder: Result<azure::tasks::ImageBuilderSettings, String>,
+}
+
+/// The `az` environment of AzureCLI@2 with the azure provider: the shim acts on Azure with an
+/// access token the daemon got for the run (ARM only, masked, expiring within about an hour; an
+/// Azure token cannot be revoked early, unlike the local run tokens). Nothing of the daemon's
+/// own credential (a client secret, the az login) reaches the job.
+fn azure_az_env(az: &azure::Azure, token: Option<&str>) -> Vec<EnvVar> {
+    let mut env = vec![
+        EnvVar::plain("SCALESET_PROVIDER", "azure"),
+        EnvVar::plain("AZURE_SUBSCRIPTION_ID", az.subscription.clone()),
+        EnvVar::plain("SCALESET_AZURE_ENDPOINT", az.client.base()),
+        EnvVar::plain("SCALESET_HOME", "/nonexistent"),
+    ];
+    if let Some(t) = token {
+        env.push(EnvVar::secret("AZURE_ACCESS_TOKEN", t));
+    }
+    env
+}
+
+/// A baker that cannot bake: says why.
+struct NoBaker(String);
+
+impl Baker for NoBaker {
+    fn bake(&self, _: BakeRequest, _: &mut dyn FnMut(&str)) -> Result<BakedImage, String> {
+        Err(self.0.clone())
+    }
+}
+
+/// `SCALESET_PIPELINE_PROVIDER`: unset or `local` (the daemon), or `azure` (from the
+/// environment: `azure::Azure::from_env`, `azure::tasks::ImageBuilderSettings::from_env`).
+fn azure_tasks(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<AzureTasks>, String> {
+    match env("SCALESET_PIPELINE_PROVIDER").as_deref() {
+        None | Some("") | Some("local") => Ok(None),
+        Some("azure") => {
+            let az = azure::Azure::from_env(env)
+                .map_err(|e| format!("SCALESET_PIPELINE_PROVIDER=azure: {e}"))?;
+            Ok(Some(AzureTasks {
+                azure: Arc::new(az),
+                image_builder: azure::tasks::ImageBuilderSettings::from_env(env),
+            }))
+        }
+        Some(other) => Err(format!(
+            "SCALESET_PIPELINE_PROVIDER `{other}`: expected local or azure"
+        )),
+    }
 }
 
 impl PipelineService {
@@ -105,6 +159,7 @@ impl PipelineService {
             cancels: Default::default(),
             queue_tx,
             queue_rx: Mutex::new(Some(rx)),
+            azure: azure_tasks(&|k| std::env::var(k).ok())?,
         })
     }
 
@@ -203,8 +258,9 @@ impl PipelineService {
             .clone()
     }
 
-    /// The tasks of one run; `run_token` is the run's own ARM credential for the `az` shim.
-    fn tasks(&self, st: &Arc<AppState>, run_token: &str) -> StdTasks {
+    /// The tasks of one run; `run_token` is the run's own ARM credential for the `az` shim, or
+    /// with the azure provider `azure_token` an access token for Azure.
+    fn tasks(&self, st: &Arc<AppState>, run_token: &str, azure_token: Option<&str>) -> StdTasks {
         let mut t = StdTasks::new(self.artifacts.clone());
         let weak = Arc::downgrade(st);
         t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
@@ -212,6 +268,22 @@ impl PipelineService {
             weak,
             tokio::runtime::Handle::current(),
         )));
+        if let Some(a) = &self.azure {
+            let rt = tokio::runtime::Handle::current();
+            t.scale_sets = Some(Arc::new(azure::tasks::AzureScaleSets {
+                azure: a.azure.clone(),
+                rt: rt.clone(),
+            }));
+            t.baker = Some(match &a.image_builder {
+                Ok(settings) => Arc::new(azure::tasks::AzureBaker {
+                    blobs: azure::blob::Blobs::for_azure(&a.azure),
+                    azure: a.azure.clone(),
+                    settings: settings.clone(),
+                    rt,
+                }),
+                Err(e) => Arc::new(NoBaker(e.clone())),
+            });
+        }
         t.az_shim_dir = Some(self.shim_dir.clone());
         let endpoint = std::fs::read_to_string(st.cfg.home.join("endpoint"))
             .map(|s| s.trim().to_string())
@@ -222,6 +294,9 @@ impl PipelineService {
             // Nothing of the daemon's home: the shim needs only the endpoint and the token.
             EnvVar::plain("SCALESET_HOME", "/nonexistent"),
         ];
+        if let Some(a) = &self.azure {
+            t.az_env = azure_az_env(&a.azure, azure_token);
+        }
         t
     }
 }
@@ -327,7 +402,23 @@ pub fn start(st: &Arc<AppState>) {
                 .insert(req.run_id, tx);
             let id = req.run_id;
             let run_token = st.mint_run_token(id);
-            let tasks = svc.tasks(&st, &run_token);
+            let azure_token = match &svc.azure {
+                Some(a) => match a
+                    .azure
+                    .client
+                    .credential()
+                    .get_token(azure::credential::ARM_RESOURCE)
+                    .await
+                {
+                    Ok(t) => Some(t.token),
+                    Err(e) => {
+                        tracing::warn!(run = id, error = %e, "no Azure access token for the run's az");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let tasks = svc.tasks(&st, &run_token, azure_token.as_deref());
             let rec = svc.runner.run(req, &tasks, cancel).await;
             st.revoke_run_token(&run_token);
             svc.cancels
@@ -1147,4 +1238,67 @@ fn no_pipeline(name: &str) -> ApiError {
 
 fn no_run(id: u64) -> ApiError {
     ApiError::not_found("RunNotFound", format!("run {id} does not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_provider_from_env() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(azure_tasks(&with(&[])).unwrap().is_none());
+        assert!(
+            azure_tasks(&with(&[("SCALESET_PIPELINE_PROVIDER", "local")]))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            azure_tasks(&with(&[("SCALESET_PIPELINE_PROVIDER", "aws")])).err(),
+            Some("SCALESET_PIPELINE_PROVIDER `aws`: expected local or azure".to_string())
+        );
+        assert_eq!(
+            azure_tasks(&with(&[("SCALESET_PIPELINE_PROVIDER", "azure")])).err(),
+            Some(
+                "SCALESET_PIPELINE_PROVIDER=azure: the azure provider needs AZURE_SUBSCRIPTION_ID"
+                    .to_string()
+            )
+        );
+        // Without Image Builder settings the scale sets still act on Azure; bakes say why not.
+        let a = azure_tasks(&with(&[
+            ("SCALESET_PIPELINE_PROVIDER", "azure"),
+            ("AZURE_SUBSCRIPTION_ID", "sub"),
+            ("AZURE_ACCESS_TOKEN", "tok"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.azure.subscription, "sub");
+        let names = |env: Vec<EnvVar>| -> Vec<(String, String, bool)> {
+            env.into_iter()
+                .map(|e| (e.name, e.value, e.secret))
+                .collect()
+        };
+        let plain = |k: &str, v: &str| (k.to_string(), v.to_string(), false);
+        let base = vec![
+            plain("SCALESET_PROVIDER", "azure"),
+            plain("AZURE_SUBSCRIPTION_ID", "sub"),
+            plain("SCALESET_AZURE_ENDPOINT", "https://management.azure.com"),
+            plain("SCALESET_HOME", "/nonexistent"),
+        ];
+        assert_eq!(names(azure_az_env(&a.azure, None)), base);
+        let mut with_token = base.clone();
+        with_token.push(("AZURE_ACCESS_TOKEN".into(), "t1".into(), true));
+        assert_eq!(names(azure_az_env(&a.azure, Some("t1"))), with_token);
+        assert_eq!(
+            a.image_builder.err(),
+            Some("PackerBuild@1 on Azure needs SCALESET_AZURE_LOCATION".to_string())
+        );
+    }
 }

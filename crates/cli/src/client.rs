@@ -1,11 +1,14 @@
 //! A small ARM client for the local daemon: bearer token, api-version, JSON, `{"error":...}`.
-use anyhow::{anyhow, Context, Result};
+//! With `--provider azure` the same calls go to a real subscription through the `azure` crate
+//! (retries, long-running operations, paging, credentials from the environment).
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub const COMPUTE: &str = "2024-11-01";
 pub const NETWORK: &str = "2024-05-01";
@@ -17,6 +20,29 @@ pub struct Client {
     token: String,
     pub sub: String,
     http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// Set with `--provider azure`: ARM calls go to Azure instead of the daemon.
+    azure: Option<azure::ArmClient>,
+}
+
+/// Where the az verbs act.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Provider {
+    /// The local daemon (`scaleset serve`).
+    #[default]
+    Local,
+    /// A real Azure subscription (AZURE_SUBSCRIPTION_ID; credentials from the environment).
+    Azure,
+}
+
+static PROVIDER: OnceLock<Provider> = OnceLock::new();
+
+/// Chosen once by `main` from `--provider` / `SCALESET_PROVIDER`.
+pub fn set_provider(p: Provider) {
+    let _ = PROVIDER.set(p);
+}
+
+fn provider() -> Provider {
+    PROVIDER.get().copied().unwrap_or_default()
 }
 
 pub fn home() -> PathBuf {
@@ -69,6 +95,9 @@ pub fn enc(s: &str) -> String {
 
 impl Client {
     pub fn from_home(home: &Path) -> Result<Self> {
+        if provider() == Provider::Azure {
+            return Self::azure();
+        }
         let endpoint = match std::env::var("SCALESET_ENDPOINT") {
             Ok(e) if !e.is_empty() => e,
             _ => std::fs::read_to_string(home.join("endpoint"))
@@ -99,7 +128,23 @@ impl Client {
             token,
             sub,
             http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            azure: None,
         }
+    }
+
+    /// A client for a real subscription (`azure::Azure::from_env`: AZURE_SUBSCRIPTION_ID,
+    /// credentials from the environment).
+    pub fn azure() -> Result<Self> {
+        let az = azure::Azure::from_env(&|k| std::env::var(k).ok())?;
+        let mut c = Self::new(az.client.base().to_string(), String::new());
+        c.sub = az.subscription;
+        c.azure = Some(az.client);
+        Ok(c)
+    }
+
+    /// Whether calls go to Azure (and so already waited for their long-running operation).
+    pub fn is_azure(&self) -> bool {
+        self.azure.is_some()
     }
 
     pub fn rg_path(&self, rg: &str) -> String {
@@ -139,6 +184,9 @@ impl Client {
         uri: &str,
         body: Option<&Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        if self.azure.is_some() {
+            bail!("repos, pipelines and runs live in the local daemon: not available with --provider azure");
+        }
         let data = body.map(|b| b.to_string()).unwrap_or_default();
         let req = hyper::Request::builder()
             .method(method)
@@ -198,6 +246,9 @@ impl Client {
     /// An ARM call (the api-version is added); 404 on GET becomes `Ok(None)` only through
     /// `get_opt`.
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        if let Some(a) = &self.azure {
+            return a.call(method, path, body).await.map_err(arm_error);
+        }
         let version = if path.contains("Microsoft.Network") {
             NETWORK
         } else if path.contains("/providers/") {
@@ -208,6 +259,22 @@ impl Client {
         let sep = if path.contains('?') { '&' } else { '?' };
         self.send_json(method, &format!("{path}{sep}api-version={version}"), body)
             .await
+    }
+
+    /// [`Client::call`] for commands with `--no-wait`: on Azure, `wait: false` returns the first
+    /// response instead of waiting for the long-running operation. The daemon answers at once
+    /// either way (the commands then poll it themselves).
+    pub async fn call_wait(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        wait: bool,
+    ) -> Result<Value> {
+        match &self.azure {
+            Some(a) if !wait => a.call_no_wait(method, path, body).await.map_err(arm_error),
+            _ => self.call(method, path, body).await,
+        }
     }
 
     /// A call to the daemon's own `/scaleset/...` endpoints (repos, pipelines, runs).
@@ -254,10 +321,31 @@ impl Client {
     }
 
     pub async fn list(&self, path: &str) -> Result<Vec<Value>> {
+        if let Some(a) = &self.azure {
+            return a.list(path).await.map_err(arm_error);
+        }
         let v = self.call("GET", path, None).await?;
         Ok(v.get("value")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default())
+    }
+}
+
+/// Azure's API errors become [`ArmError`]s, so callers treat them like the daemon's (404 as
+/// absence, `(Code) message`).
+fn arm_error(e: azure::AzureError) -> anyhow::Error {
+    match e {
+        azure::AzureError::Api {
+            status,
+            code,
+            message,
+        } => ArmError {
+            status,
+            code,
+            message,
+        }
+        .into(),
+        e => e.into(),
     }
 }

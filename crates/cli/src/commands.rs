@@ -411,6 +411,14 @@ pub async fn wait_vmss(
     gone: bool,
     timeout: Duration,
 ) -> Result<Option<Value>> {
+    if c.is_azure() {
+        // The call itself waited for ARM's long-running operation.
+        return if gone {
+            Ok(None)
+        } else {
+            c.get_opt(&c.vmss_path(rg, name)).await
+        };
+    }
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let v = c.get_opt(&c.vmss_path(rg, name)).await?;
@@ -550,7 +558,7 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 });
             }
             let v = c
-                .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
+                .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !no_wait)
                 .await?;
             // In Rolling mode a model change starts a rolling upgrade: show its live progress.
             if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
@@ -593,10 +601,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             no_wait,
         } => {
             let v = c
-                .call(
+                .call_wait(
                     "PATCH",
                     &c.vmss_path(&t.rg, &t.name),
                     Some(&json!({"sku": {"capacity": new_capacity}})),
+                    !no_wait,
                 )
                 .await?;
             let v = if no_wait {
@@ -637,7 +646,7 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
                 model::setpath::set(&mut body, &path, value).map_err(|e| anyhow!(e.message))?;
             }
             let v = c
-                .call("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body))
+                .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !no_wait)
                 .await?;
             // In Rolling mode a model change starts a rolling upgrade: show its live progress.
             if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
@@ -656,7 +665,8 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
             if c.get_opt(&c.vmss_path(&t.rg, &t.name)).await?.is_none() {
                 bail!("(ResourceNotFound) The Resource 'Microsoft.Compute/virtualMachineScaleSets/{}' under resource group '{}' was not found.", t.name, t.rg);
             }
-            c.call("DELETE", &c.vmss_path(&t.rg, &t.name), None).await?;
+            c.call_wait("DELETE", &c.vmss_path(&t.rg, &t.name), None, !no_wait)
+                .await?;
             if !no_wait {
                 wait_vmss(&c, &t.rg, &t.name, true, WAIT).await?;
             }
@@ -722,10 +732,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
         }
         VmssCmd::Rollback { t, no_wait } => {
             let v = c
-                .call(
+                .call_wait(
                     "POST",
                     &format!("{}/rollback", c.vmss_path(&t.rg, &t.name)),
                     None,
+                    !no_wait,
                 )
                 .await?;
             if !no_wait && rolling_in_progress(&c, &t.rg, &t.name).await? {
@@ -742,10 +753,11 @@ pub async fn vmss(cmd: VmssCmd, out: Output) -> Result<()> {
         }
         VmssCmd::RollingUpgrade(r) => match r {
             RollingCmd::Start { t, no_wait } => {
-                c.call(
+                c.call_wait(
                     "POST",
                     &format!("{}/osRollingUpgrade", c.vmss_path(&t.rg, &t.name)),
                     None,
+                    !no_wait,
                 )
                 .await?;
                 if !no_wait {
@@ -822,13 +834,16 @@ pub async fn follow_rollout(c: &Client, rg: &str, name: &str) -> Result<Value> {
                     .cloned()
                     .unwrap_or(Value::Null)
             };
-            eprintln!(
-                "receipt: {} requests during the rollout, {} failed, {} non-2xx; per image: {}",
-                r("requests"),
-                r("failedRequests"),
-                r("non2xxResponses"),
-                r("requestsPerImage")
-            );
+            // Only the local daemon writes a deploy receipt (Azure has none).
+            if v.pointer("/properties/receipt").is_some() {
+                eprintln!(
+                    "receipt: {} requests during the rollout, {} failed, {} non-2xx; per image: {}",
+                    r("requests"),
+                    r("failedRequests"),
+                    r("non2xxResponses"),
+                    r("requestsPerImage")
+                );
+            }
             if code == "Faulted" {
                 let code = v
                     .pointer("/properties/error/code")
@@ -877,10 +892,11 @@ async fn power(c: &Client, i: Instances, action: &str) -> Result<()> {
         );
     }
     let body = ids.map(|ids| json!({"instanceIds": ids}));
-    c.call(
+    c.call_wait(
         "POST",
         &format!("{}/{action}", c.vmss_path(&i.t.rg, &i.t.name)),
         body.as_ref(),
+        !i.no_wait,
     )
     .await?;
     if !i.no_wait {

@@ -21,6 +21,9 @@ struct Cli {
     /// Output format, as in az.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Json)]
     output: Output,
+    /// Where the verbs act: the local daemon, or a real Azure subscription (see README, "Real Azure").
+    #[arg(long, global = true, value_enum, env = "SCALESET_PROVIDER", default_value_t = client::Provider::Local)]
+    provider: client::Provider,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -96,6 +99,7 @@ fn main() {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    client::set_provider(cli.provider);
     // The LB data plane confined to one CPU (taskset, cpuset) gets nothing from
     // work stealing; the current-thread scheduler wakes and schedules tasks with
     // fewer atomics.
