@@ -655,7 +655,7 @@ def table(res):
     lines.append("-" * 60)
     for g in res["goals"]:
         if g.get("met") is None:
-            verdict = "NOT MEASURED"
+            verdict = "NOT MEASURED" if g.get("value") is None else "(no goal)"
         else:
             verdict = "MET" if g["met"] else "MISSED"
         val = g.get("text") or (f"{g['value']:.2f}x" if g.get("value") is not None else "-")
@@ -700,7 +700,8 @@ def svg(res, path):
     parts.append(f'<text x="10" y="{y}" font-weight="bold">Goals</text>')
     y += 20
     for g in res.get("goals", []):
-        verdict = "NOT MEASURED" if g.get("met") is None else ("MET" if g["met"] else "MISSED")
+        verdict = (("NOT MEASURED" if g.get("value") is None else "(no goal)") if g.get("met") is None
+                   else ("MET" if g["met"] else "MISSED"))
         col = {"MET": "#2a8a2a", "MISSED": "#b03a3a"}.get(verdict, "#777")
         val = g.get("text") or (f"{g['value']:.2f}x" if g.get("value") is not None else "-")
         val = (val[:70] + "…") if len(val) > 70 else val

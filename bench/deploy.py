@@ -647,8 +647,11 @@ def report(m, notes, details):
                 text += " (CI {}, bake {}, rollout {}; {} failed requests)".format(
                     *(f"{sp[k]:.1f} s" if sp.get(k) is not None else "?" for k in ("ci_s", "bake_s", "rollout_s")),
                     sp.get("load_failed"))
-            if key == "pss" and "pss_per_instance_mib" in details:
-                text += f" (median of {len(details['pss_per_instance_mib'])} idle instances)"
+            if key == "pss":
+                per = next((v for k, v in details.items() if k.startswith("pss_per_instance_at_")),
+                           details.get("pss_per_instance_mib"))
+                if per:
+                    text += f" (median of {len(per)} idle instances)"
             rows.append({"row": name, "goal": goal, "value": v, "text": text,
                          "met": ok(v) if ok else None})
         else:
