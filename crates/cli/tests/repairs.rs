@@ -76,36 +76,9 @@ fn automatic_repairs_under_load() {
     let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
     let drop = example_drop(&home);
     // A bad image: its setup script leaves NGINX without a site, so nothing answers on port 80.
-    let bad = home.join("drop-bad");
-    std::fs::create_dir_all(&bad).unwrap();
-    for e in std::fs::read_dir(&drop).unwrap().flatten() {
-        let to = bad.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            assert!(std::process::Command::new("cp")
-                .arg("-a")
-                .arg(e.path())
-                .arg(&to)
-                .status()
-                .unwrap()
-                .success());
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-    let mut script = std::fs::read_to_string(bad.join("setupscript.sh")).unwrap();
-    script.push_str("\nsudo rm -f /etc/nginx/sites-enabled/my_app\n");
-    std::fs::write(bad.join("setupscript.sh"), script).unwrap();
+    let (_, bad) = example_variants(&home, &drop);
     for (name, dir) in [("120", &drop), ("122", &bad)] {
-        h.ok(&[
-            "image",
-            "bake",
-            "--package",
-            dir.to_str().unwrap(),
-            "--script",
-            "setupscript.sh",
-            "--name",
-            name,
-        ]);
+        h.bake(name, dir);
     }
     h.start_serve();
     h.setup_lb(lb_port, 2);

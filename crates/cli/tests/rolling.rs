@@ -10,18 +10,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
-
 fn images(h: &Harness) -> Vec<String> {
     let mut v: Vec<String> = h
         .instances()
@@ -73,25 +61,9 @@ fn rolling_upgrades_under_load() {
     // Three images: v1 (the example), v2 (the example with one more file), bad (its setup
     // script leaves NGINX without a site, so nothing answers on port 80).
     let drop = example_drop(&home);
-    let v2 = home.join("drop-v2");
-    copy_dir(&drop, &v2);
-    std::fs::write(v2.join("VERSION"), "2\n").unwrap();
-    let bad = home.join("drop-bad");
-    copy_dir(&drop, &bad);
-    let mut script = std::fs::read_to_string(bad.join("setupscript.sh")).unwrap();
-    script.push_str("\nsudo rm -f /etc/nginx/sites-enabled/my_app\n");
-    std::fs::write(bad.join("setupscript.sh"), script).unwrap();
+    let (v2, bad) = example_variants(&home, &drop);
     for (name, dir) in [("120", &drop), ("121", &v2), ("122", &bad)] {
-        h.ok(&[
-            "image",
-            "bake",
-            "--package",
-            dir.to_str().unwrap(),
-            "--script",
-            "setupscript.sh",
-            "--name",
-            name,
-        ]);
+        h.bake(name, dir);
     }
 
     h.start_serve();
@@ -349,16 +321,7 @@ fn rolling_upgrade_with_max_surge_keeps_capacity() {
     copy_dir(&drop, &v2);
     std::fs::write(v2.join("VERSION"), "2\n").unwrap();
     for (name, dir) in [("120", &drop), ("121", &v2)] {
-        h.ok(&[
-            "image",
-            "bake",
-            "--package",
-            dir.to_str().unwrap(),
-            "--script",
-            "setupscript.sh",
-            "--name",
-            name,
-        ]);
+        h.bake(name, dir);
     }
     h.start_serve();
     h.setup_lb(lb_port, 1);

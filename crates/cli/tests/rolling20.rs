@@ -6,20 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
 
 #[test]
 fn rolling_upgrade_of_20_instances_under_load() {
@@ -37,20 +24,9 @@ fn rolling_upgrade_of_20_instances_under_load() {
     let lb_port = free_port();
     let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb_port));
     let drop = example_drop(&home);
-    let v2 = home.join("drop-v2");
-    copy_dir(&drop, &v2);
-    std::fs::write(v2.join("VERSION"), "2\n").unwrap();
+    let (v2, _) = example_variants(&home, &drop);
     for (name, dir) in [("120", &drop), ("121", &v2)] {
-        h.ok(&[
-            "image",
-            "bake",
-            "--package",
-            dir.to_str().unwrap(),
-            "--script",
-            "setupscript.sh",
-            "--name",
-            name,
-        ]);
+        h.bake(name, dir);
     }
     h.start_serve();
     h.setup_lb(lb_port, 1);

@@ -325,6 +325,48 @@ pub fn example_drop(dir: &Path) -> PathBuf {
     drop
 }
 
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Variants of the example's drop under `home`: `drop-v2` (one more file, so another image)
+/// and `drop-bad` (its setup script leaves NGINX without a site: nothing answers on port 80).
+pub fn example_variants(home: &Path, drop: &Path) -> (PathBuf, PathBuf) {
+    let v2 = home.join("drop-v2");
+    copy_dir(drop, &v2);
+    std::fs::write(v2.join("VERSION"), "2\n").unwrap();
+    let bad = home.join("drop-bad");
+    copy_dir(drop, &bad);
+    let mut script = std::fs::read_to_string(bad.join("setupscript.sh")).unwrap();
+    script.push_str("\nsudo rm -f /etc/nginx/sites-enabled/my_app\n");
+    std::fs::write(bad.join("setupscript.sh"), script).unwrap();
+    (v2, bad)
+}
+
+impl Harness {
+    /// Bakes `dir` (with its setupscript.sh) on the cached Debian base as image `name`.
+    pub fn bake(&self, name: &str, dir: &Path) {
+        self.ok(&[
+            "image",
+            "bake",
+            "--package",
+            dir.to_str().unwrap(),
+            "--script",
+            "setupscript.sh",
+            "--name",
+            name,
+        ]);
+    }
+}
+
 /// A minimal HTTP/1.1 GET over a kept-alive connection; returns (status, body).
 pub fn http_get(stream: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<(u16, String)> {
     write!(stream.get_mut(), "GET {path} HTTP/1.1\r\nHost: lb\r\n\r\n")?;
