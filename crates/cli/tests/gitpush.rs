@@ -4,6 +4,8 @@
 //! developer clones the repository, edits a page and `git push`es, and the change rolls out to
 //! every instance under load with 0 failed requests.
 mod common;
+#[path = "../../api/tests/support/swagger.rs"]
+mod swagger;
 
 use common::*;
 use serde_json::Value;
@@ -231,5 +233,39 @@ fn up_deploys_through_pipelines_and_git_push_rolls_out_a_change() {
     );
     let run = h.json(&["run", "show", &ci2.to_string(), "-o", "json"]);
     assert_eq!(run["artifacts"][0]["name"], "drop", "{run:#}");
+
+    // The example's deployment exported for real Azure: the ARM template validates against
+    // Microsoft's specs, the pipelines against the Azure Pipelines schema.
+    let out = h.home.join("azure-export");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = h
+        .cmd()
+        .current_dir(&root)
+        .args(["export", "azure", "-g", "vmssdevops2-rg", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let t: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("azuredeploy.json")).unwrap())
+            .unwrap();
+    let specs = root.join("../shared/specs/azure-rest-api/specification");
+    if specs.is_dir() {
+        let v = swagger::Specs::new(specs).check_arm_template(&t);
+        assert!(v.is_empty(), "exported template:\n{}", v.join("\n"));
+    } else {
+        eprintln!(
+            "SKIPPED the template check: no specs at {}",
+            specs.display()
+        );
+    }
+    validate_pipeline_yaml(&[
+        &out.join("azure-pipelines.yml"),
+        &out.join("release-pipeline.yml"),
+    ]);
     drop(up);
 }

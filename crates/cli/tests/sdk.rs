@@ -383,32 +383,10 @@ fn check_export(dir: &Path) {
         "{release}"
     );
     // Both pipeline files against Microsoft's Azure Pipelines JSON schema.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let schema = root.join("../shared/specs/azure-pipelines/service-schema.json");
-    let python = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
-        std::process::Command::new(py)
-            .args(["-c", "import yaml, jsonschema"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    match python {
-        Some(py) if schema.exists() => {
-            let out = std::process::Command::new(py)
-                .arg(root.join("crates/pipeline/tests/validate_examples.py"))
-                .arg(dir.join("azure-pipelines.yml"))
-                .arg(dir.join("release-pipeline.yml"))
-                .env("SCHEMA", &schema)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "exported pipelines do not validate:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        _ => eprintln!("skipped the schema check of the exported pipelines: no python3 with PyYAML and jsonschema, or no schema"),
-    }
+    common::validate_pipeline_yaml(&[
+        &dir.join("azure-pipelines.yml"),
+        &dir.join("release-pipeline.yml"),
+    ]);
     if let Some(specs) = specs() {
         let v = specs.check_arm_template(&t);
         assert!(

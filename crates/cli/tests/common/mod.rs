@@ -325,6 +325,36 @@ pub fn example_drop(dir: &Path) -> PathBuf {
     drop
 }
 
+/// Validates pipeline YAML files against Microsoft's Azure Pipelines JSON schema (through
+/// crates/pipeline/tests/validate_examples.py and a python3 with PyYAML and jsonschema, which
+/// scripts/install-deps.sh installs). Skips, saying so, when neither exists.
+pub fn validate_pipeline_yaml(files: &[&Path]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let schema = root.join("../shared/specs/azure-pipelines/service-schema.json");
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import yaml, jsonschema"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let (Some(py), true) = (python, schema.exists()) else {
+        eprintln!("SKIPPED the pipeline schema check: no python3 with PyYAML and jsonschema, or no schema");
+        return;
+    };
+    let out = Command::new(py)
+        .arg(root.join("crates/pipeline/tests/validate_examples.py"))
+        .args(files)
+        .env("SCHEMA", &schema)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pipelines do not validate against the schema:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap().flatten() {
