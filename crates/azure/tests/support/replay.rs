@@ -9,17 +9,16 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// One of Microsoft's example files, from the copies in crates/azure/tests/fixtures (see the
-/// NOTICE there), by its path in azure-rest-api-specs' `specification/`.
 pub fn example(rel: &str) -> Value {
-    let p = Path::new(file!())
-        .parent()
-        .and_then(Path::parent)
-        .map(|tests| tests.join("fixtures/specification").join(rel))
-        .unwrap_or_default();
-    // file!() is relative to the workspace root, the tests' working directory is the crate's.
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/specs/azure-rest-api/specification")
+        .join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared specs folder sits beside the project)",
+            p.display()
+        )
+    });
     serde_json::from_str(&text).unwrap()
 }
 
