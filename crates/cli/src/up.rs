@@ -15,7 +15,7 @@ pub const VMSS: &str = "vmssdevops2";
 
 #[derive(clap::Args, Clone)]
 pub struct UpArgs {
-    /// App folder: a Cargo package plus its deployment files (setupscript.sh, unit, NGINX site). Default: the example, examples/my_app.
+    /// App folder with its pipelines (azure-pipelines.yml, release-pipeline.yml), pushed as the hosted repository named after it. Default: the example, examples/my_app.
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeArgs,
