@@ -135,10 +135,24 @@ impl PipelineService {
         // own binary (e.g. under /root).
         let az = shim_dir.join("az");
         let tmp = shim_dir.join(".az.new");
-        std::fs::copy(exe, &tmp)
-            .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
-            .and_then(|_| std::fs::rename(&tmp, &az))
-            .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
+        // Skip the copy (tens of MB at every start) when the shim is already this binary: same
+        // size, written after it, executable by jobs.
+        let current = match (std::fs::metadata(exe), std::fs::metadata(&az)) {
+            (Ok(e), Ok(a)) => {
+                e.len() == a.len()
+                    && e.modified().ok() <= a.modified().ok()
+                    && a.permissions().mode() & 0o777 == 0o755
+            }
+            _ => false,
+        };
+        if !current {
+            std::fs::copy(exe, &tmp)
+                .and_then(|_| {
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                })
+                .and_then(|_| std::fs::rename(&tmp, &az))
+                .map_err(|e| format!("cannot create {}: {e}", az.display()))?;
+        }
         let runs = RunStore::new(root.join("runs"));
         let artifacts = ArtifactStore::new(root.join("artifacts"));
         let mut rc = RunnerConfig::new(root.join("work"));
