@@ -54,6 +54,22 @@ fn unhealthy_ids(h: &Harness) -> Vec<String> {
         .collect()
 }
 
+/// `vmss set-orchestration-service-state` for AutomaticRepairs of rg/web.
+fn repairs_service(h: &Harness, action: &str) {
+    h.ok(&[
+        "vmss",
+        "set-orchestration-service-state",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--service-name",
+        "AutomaticRepairs",
+        "--action",
+        action,
+    ]);
+}
+
 #[test]
 fn automatic_repairs_under_load() {
     if let Some(why) = skip_reason() {
@@ -235,18 +251,7 @@ fn automatic_repairs_under_load() {
     assert!(!marker.exists(), "the reimage reset the instance's disk");
 
     // 3. Suspended: an unhealthy instance is left alone; resuming repairs it.
-    h.ok(&[
-        "vmss",
-        "set-orchestration-service-state",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--service-name",
-        "AutomaticRepairs",
-        "--action",
-        "Suspend",
-    ]);
+    repairs_service(&h, "Suspend");
     assert_eq!(service_state(&h), "Suspended");
     let sick = before[2].clone();
     let load = Load::start(lb_addr, 4);
@@ -263,18 +268,7 @@ fn automatic_repairs_under_load() {
         std::slice::from_ref(&sick),
         "repaired while suspended"
     );
-    h.ok(&[
-        "vmss",
-        "set-orchestration-service-state",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--service-name",
-        "AutomaticRepairs",
-        "--action",
-        "Resume",
-    ]);
+    repairs_service(&h, "Resume");
     assert_eq!(service_state(&h), "Running");
     wait_until(
         "the sick instance to be repaired",
@@ -321,18 +315,7 @@ fn automatic_repairs_under_load() {
         Duration::from_secs(30),
         || healthy(&h.instances()) == 3,
     );
-    h.ok(&[
-        "vmss",
-        "set-orchestration-service-state",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--service-name",
-        "AutomaticRepairs",
-        "--action",
-        "Suspend",
-    ]);
+    repairs_service(&h, "Suspend");
     let load = Load::start(lb_addr, 4);
     let sick = before[0].clone();
     kill_web_server(&h, &sick);
@@ -351,18 +334,7 @@ fn automatic_repairs_under_load() {
         Duration::from_secs(20),
         || health_code(&h, &sick).as_deref() == Some("HealthState/unknown"),
     );
-    h.ok(&[
-        "vmss",
-        "set-orchestration-service-state",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--service-name",
-        "AutomaticRepairs",
-        "--action",
-        "Resume",
-    ]);
+    repairs_service(&h, "Resume");
     wait_until(
         "the Unknown instance to be replaced",
         Duration::from_secs(90),
@@ -430,18 +402,7 @@ fn automatic_repairs_under_load() {
         "--set",
         &image_id("120"),
     ]);
-    h.ok(&[
-        "vmss",
-        "set-orchestration-service-state",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--service-name",
-        "AutomaticRepairs",
-        "--action",
-        "Resume",
-    ]);
+    repairs_service(&h, "Resume");
     wait_until(
         "the resumed service to repair with the good image",
         Duration::from_secs(90),
