@@ -14,10 +14,11 @@
 //! `<path>\0<mode>\0<sha256 of content>\n` where mode is `755` for executables, else `644`.
 //! Two artifacts with the same files, contents and executable bits have the same digest.
 
+use crate::sandbox::{self, Identity, PathError, Workspace};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A published artifact.
@@ -72,8 +73,8 @@ pub enum ArtifactError {
     },
     #[error("nothing to publish: {0} does not exist")]
     Missing(PathBuf),
-    #[error("{0}: symbolic links pointing outside the artifact are not supported")]
-    Symlink(PathBuf),
+    #[error(transparent)]
+    Path(crate::sandbox::PathError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt manifest {0}: {1}")]
@@ -110,55 +111,53 @@ pub fn validate_artifact_name(name: &str) -> Result<(), ArtifactError> {
     }
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+impl From<PathError> for ArtifactError {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                ArtifactError::Missing(PathBuf::from(path))
+            }
+            e => ArtifactError::Path(e),
+        }
+    }
+}
+
+/// Copies `src` into a new file `tmp`, hashing what was copied; fsynced.
+fn copy_hashed(src: &mut std::fs::File, tmp: &Path) -> std::io::Result<(String, u64)> {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(tmp)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut n = 0u64;
     loop {
-        let r = f.read(&mut buf)?;
+        let r = src.read(&mut buf)?;
         if r == 0 {
             break;
         }
         n += r as u64;
         h.update(&buf[..r]);
+        out.write_all(&buf[..r])?;
     }
+    out.sync_all()?;
     Ok((hex::encode(h.finalize()), n))
 }
 
-/// Regular files below `dir` (symlinks to files inside `dir` are followed), relative paths.
-fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, ArtifactError> {
-    let root = dir.canonicalize()?;
-    let mut out = Vec::new();
-    let mut stack = vec![(String::new(), dir.to_path_buf())];
-    while let Some((rel, p)) = stack.pop() {
-        for e in std::fs::read_dir(&p)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let path = e.path();
-            let ft = e.file_type()?;
-            if ft.is_symlink() {
-                let target = path
-                    .canonicalize()
-                    .map_err(|_| ArtifactError::Symlink(path.clone()))?;
-                if !target.starts_with(&root) || !target.is_file() {
-                    return Err(ArtifactError::Symlink(path));
-                }
-                out.push((rel, target));
-            } else if ft.is_dir() {
-                stack.push((rel, path));
-            } else if ft.is_file() {
-                out.push((rel, path));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(out)
+/// Writes `data` to `path` durably: a temporary file, fsynced, renamed, the directory fsynced.
+pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// fsync of a directory: its entries (a rename, a new file) survive a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The digest of a list of entries (see the module docs).
@@ -236,14 +235,19 @@ impl ArtifactStore {
         self.run_dir(run_id).join(format!("{name}.json"))
     }
 
-    /// Publish the files below `dir` (or the single file `dir`) as artifact `name` of a run.
-    /// File contents are stored once by sha256; a name can be published once per run.
+    /// Publish the files below `rel` (a directory or a single file) of the job's workspace
+    /// `ws` as artifact `name` of a run. The files are found and opened as `id` (the runner
+    /// user) beneath `ws` ([`crate::sandbox::Workspace::walk`]): no path or symlink leads out.
+    /// File contents are stored once by sha256; a name can be published once per run. Blobs
+    /// and the manifest are on disk (fsynced) before this returns.
     pub fn publish(
         &self,
         run_id: u64,
         pipeline: &str,
         name: &str,
-        dir: &Path,
+        ws: &Path,
+        rel: &Path,
+        id: Option<Identity>,
     ) -> Result<ArtifactRef, ArtifactError> {
         validate_artifact_name(name)?;
         let mpath = self.manifest_path(run_id, name);
@@ -253,49 +257,37 @@ impl ArtifactStore {
                 name: name.to_string(),
             });
         }
-        let files = if dir.is_dir() {
-            walk(dir)?
-        } else if dir.is_file() {
-            let n = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "file".into());
-            vec![(n, dir.to_path_buf())]
-        } else {
-            return Err(ArtifactError::Missing(dir.to_path_buf()));
-        };
-        std::fs::create_dir_all(self.root.join("blobs"))?;
+        let (ws, rel) = (ws.to_path_buf(), rel.to_path_buf());
+        let files = sandbox::as_user(id, move || -> Result<_, ArtifactError> {
+            Ok(Workspace::open(&ws)?.walk(&rel)?)
+        })??;
+        let blobs = self.root.join("blobs");
+        std::fs::create_dir_all(&blobs)?;
         let mut entries = Vec::new();
-        for (rel, path) in files {
-            let (sha, size) = sha256_file(&path)?;
-            let executable = std::fs::metadata(&path)?.permissions().mode() & 0o111 != 0;
-            let blob = self.blob(&sha);
-            if !blob.exists() {
-                let tmp = self.root.join("blobs").join(format!(
-                    ".tmp-{sha}-{}-{}",
-                    std::process::id(),
-                    now_ms()
-                ));
-                std::fs::copy(&path, &tmp)?;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
-                // The content was hashed before the copy; check the copy is what was hashed.
-                let (sha2, _) = sha256_file(&tmp)?;
-                if sha2 != sha {
+        for mut f in files {
+            let tmp = blobs.join(format!(".tmp-{}-{}", std::process::id(), now_ms()));
+            let copied = copy_hashed(&mut f.file, &tmp);
+            let (sha, size) = match copied {
+                Ok(x) => x,
+                Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
-                    return Err(ArtifactError::Io(std::io::Error::other(format!(
-                        "{} changed while it was being published",
-                        path.display()
-                    ))));
+                    return Err(e.into());
                 }
+            };
+            let blob = self.blob(&sha);
+            if blob.exists() {
+                std::fs::remove_file(&tmp)?;
+            } else {
                 std::fs::rename(&tmp, &blob)?;
             }
             entries.push(FileEntry {
-                path: rel,
+                path: f.rel,
                 sha256: sha,
                 size,
-                executable,
+                executable: f.executable,
             });
         }
+        sync_dir(&blobs)?;
         let artifact = ArtifactRef {
             name: name.to_string(),
             run_id,
@@ -309,13 +301,15 @@ impl ArtifactStore {
             created_ms: now_ms(),
             entries,
         };
-        std::fs::create_dir_all(self.run_dir(run_id))?;
-        let tmp = mpath.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?,
+        let run_dir = self.run_dir(run_id);
+        if !run_dir.exists() {
+            std::fs::create_dir_all(&run_dir)?;
+            sync_dir(run_dir.parent().unwrap_or(&self.root))?;
+        }
+        write_durable(
+            &mpath,
+            &serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?,
         )?;
-        std::fs::rename(&tmp, &mpath)?;
         Ok(artifact)
     }
 
@@ -354,15 +348,20 @@ impl ArtifactStore {
     }
 
     /// Write an artifact's files (those passing `patterns`, see [`patterns_match`]; `None` = all)
-    /// below `dest`. `pipeline`, when given, must be the pipeline of the run. Returns the
-    /// number of files written.
+    /// below `rel` of the job's workspace `ws`, as `id` (the runner user) beneath `ws`: a
+    /// symlink the job planted on the way is replaced or refused, never followed out.
+    /// `pipeline`, when given, must be the pipeline of the run. Returns the number of files
+    /// written.
+    #[allow(clippy::too_many_arguments)]
     pub fn download(
         &self,
         pipeline: Option<&str>,
         run_id: u64,
         name: &str,
-        dest: &Path,
+        ws: &Path,
+        rel: &Path,
         patterns: Option<&str>,
+        id: Option<Identity>,
     ) -> Result<usize, ArtifactError> {
         let m = self
             .manifest(run_id, name)?
@@ -379,34 +378,104 @@ impl ArtifactStore {
                 });
             }
         }
-        std::fs::create_dir_all(dest)?;
-        let mut n = 0;
+        // Blobs are the daemon's: opened here, written out by the runner user's thread.
+        let mut files = Vec::new();
         for e in &m.entries {
-            if e.path.split('/').any(|s| s == ".." || s.is_empty()) {
+            if e.path
+                .split('/')
+                .any(|s| s == ".." || s == "." || s.is_empty())
+            {
                 return Err(ArtifactError::Corrupt(
                     self.manifest_path(run_id, name),
                     format!("bad path `{}`", e.path),
                 ));
             }
-            if !patterns.is_none_or(|p| patterns_match(p, &e.path)) {
-                continue;
+            if patterns.is_none_or(|p| patterns_match(p, &e.path)) {
+                let mode = if e.executable { 0o755 } else { 0o644 };
+                files.push((
+                    e.path.clone(),
+                    std::fs::File::open(self.blob(&e.sha256))?,
+                    mode,
+                ));
             }
-            let to = dest.join(&e.path);
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let _ = std::fs::remove_file(&to);
-            std::fs::copy(self.blob(&e.sha256), &to)?;
-            let mode = if e.executable { 0o755 } else { 0o644 };
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
-            n += 1;
         }
+        let n = files.len();
+        let (ws, rel) = (ws.to_path_buf(), rel.to_path_buf());
+        sandbox::as_user(id, move || -> Result<(), ArtifactError> {
+            let w = Workspace::open(&ws)?;
+            w.create_dirs(&rel)?;
+            for (path, mut src, mode) in files {
+                let mut f = w.create_file(&rel.join(path), mode)?;
+                std::io::copy(&mut src, &mut f)?;
+            }
+            Ok(())
+        })??;
         Ok(n)
     }
 
-    /// Download by [`ArtifactRef`].
+    /// A private copy of the folder `rel` of the job's workspace `ws` (read as `id` beneath
+    /// `ws`, like [`publish`](Self::publish)), at `<returned dir>/<last component of rel>`,
+    /// in a folder only the daemon can enter. Modes keep only the executable bit (no setuid).
+    /// Remove the returned directory when done.
+    pub fn stage(
+        &self,
+        ws: &Path,
+        rel: &Path,
+        id: Option<Identity>,
+    ) -> Result<PathBuf, ArtifactError> {
+        let (w, r) = (ws.to_path_buf(), rel.to_path_buf());
+        let (files, is_dir) = sandbox::as_user(id, move || -> Result<_, ArtifactError> {
+            let w = Workspace::open(&w)?;
+            let is_dir = w.kind(&r)?.is_some_and(|k| k.is_dir());
+            Ok((w.walk(&r)?, is_dir))
+        })??;
+        if !is_dir {
+            return Err(ArtifactError::Io(std::io::Error::other(format!(
+                "{} is not a directory",
+                ws.join(rel).display()
+            ))));
+        }
+        let stage = self
+            .root
+            .join("stage")
+            .join(format!("{}-{}", std::process::id(), now_ms()));
+        let top = stage.join(rel.file_name().unwrap_or("package".as_ref()));
+        std::fs::create_dir_all(&top)?;
+        let copy = || -> std::io::Result<()> {
+            for mut f in files {
+                let to = top.join(&f.rel);
+                if let Some(p) = to.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                let mode = if f.executable { 0o755 } else { 0o644 };
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&to)?;
+                std::io::copy(&mut f.file, &mut out)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = copy() {
+            let _ = std::fs::remove_dir_all(&stage);
+            return Err(e.into());
+        }
+        Ok(stage)
+    }
+
+    /// Download by [`ArtifactRef`] into `dest` (a directory the caller owns).
     pub fn download_ref(&self, r: &ArtifactRef, dest: &Path) -> Result<usize, ArtifactError> {
-        self.download(Some(&r.pipeline), r.run_id, &r.name, dest, None)
+        std::fs::create_dir_all(dest)?;
+        self.download(
+            Some(&r.pipeline),
+            r.run_id,
+            &r.name,
+            dest,
+            Path::new(""),
+            None,
+            None,
+        )
     }
 
     /// Forget a run's artifacts (blobs stay until [`gc`](Self::gc)).
@@ -450,6 +519,7 @@ impl ArtifactStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn globs() {
@@ -484,13 +554,17 @@ mod tests {
         std::fs::write(src.join("nginx/my_app"), b"server {}").unwrap();
         std::fs::write(src.join("copy"), b"binary").unwrap();
         let store = ArtifactStore::new(base.join("store"));
-        let a = store.publish(1, "ci", "drop", &src).unwrap();
+        let a = store
+            .publish(1, "ci", "drop", &base, Path::new("src"), None)
+            .unwrap();
         assert_eq!((a.files, a.bytes), (3, 6 + 9 + 6));
         assert!(matches!(
-            store.publish(1, "ci", "drop", &src),
+            store.publish(1, "ci", "drop", &base, Path::new("src"), None),
             Err(ArtifactError::Exists { .. })
         ));
-        let b = store.publish(2, "ci", "drop", &src).unwrap();
+        let b = store
+            .publish(2, "ci", "drop", &base, Path::new("src"), None)
+            .unwrap();
         assert_eq!(a.digest, b.digest);
         assert_eq!(
             std::fs::read_dir(base.join("store/blobs")).unwrap().count(),
@@ -510,17 +584,35 @@ mod tests {
         let only = base.join("only");
         assert_eq!(
             store
-                .download(None, 1, "drop", &only, Some("nginx/**"))
+                .download(
+                    None,
+                    1,
+                    "drop",
+                    &base,
+                    Path::new("only"),
+                    Some("nginx/**"),
+                    None
+                )
                 .unwrap(),
             1
         );
         assert!(matches!(
-            store.download(Some("other"), 1, "drop", &only, None),
+            store.download(
+                Some("other"),
+                1,
+                "drop",
+                &base,
+                Path::new("only"),
+                None,
+                None
+            ),
             Err(ArtifactError::WrongPipeline { .. })
         ));
         assert_eq!(store.list(1).unwrap(), vec![a.clone()]);
         std::fs::write(src.join("copy"), b"changed").unwrap();
-        let c = store.publish(3, "ci", "drop", &src).unwrap();
+        let c = store
+            .publish(3, "ci", "drop", &base, Path::new("src"), None)
+            .unwrap();
         assert_ne!(c.digest, a.digest);
         store.delete_run(1).unwrap();
         store.delete_run(2).unwrap();

@@ -8,6 +8,7 @@
 use crate::expr::{self, Context, Value};
 use crate::model::{Job, Step, StepKind};
 use crate::plan::RunResult;
+use crate::sandbox::{self, Jail};
 use crate::vars::{parse_logging_command, temp_dir, Masker, SetVariable, Var, Variables};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -108,12 +109,10 @@ pub struct ExecConfig {
     pub base_env: Vec<(String, String)>,
     /// The shell for `script`/`bash` steps (default `bash`).
     pub shell: PathBuf,
-    /// Run processes as this uid/gid (setgroups([]), setgid, setuid before exec).
-    pub uid_gid: Option<(u32, u32)>,
-    /// Read-only views for job processes, `(source, mount point)`: with `uid_gid`, each process
-    /// gets its own mount namespace with these bind mounts (how a job as an unprivileged user
-    /// reaches tools installed under a private home, e.g. rustup's toolchains under /root).
-    pub bind_ro: Vec<(PathBuf, PathBuf)>,
+    /// What job processes run in: the runner user, its mount namespace (read-only
+    /// toolchains, only this pipeline's build directory) and the run's cgroup. Its identity
+    /// is also the one the daemon's file operations in the workspace take.
+    pub jail: Jail,
     /// Becomes true to cancel the job.
     pub cancel: Option<watch::Receiver<bool>>,
     /// Pause between retries of a failed step.
@@ -132,8 +131,7 @@ impl ExecConfig {
             variables,
             base_env: vec![("PATH".into(), path), ("LANG".into(), "C.UTF-8".into())],
             shell: PathBuf::from("bash"),
-            uid_gid: None,
-            bind_ro: vec![],
+            jail: Jail::default(),
             cancel: None,
             retry_delay: Duration::from_secs(1),
             kill_grace: Duration::from_secs(2),
@@ -373,19 +371,9 @@ pub async fn run_script(
     cfg: &ExecConfig,
     log: &LogSink,
 ) -> std::io::Result<ProcessOutcome> {
-    let tmp = temp_dir(&cfg.workspace);
-    std::fs::create_dir_all(&tmp)?;
     let n = SCRIPT_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = tmp.join(format!("step-{}-{n}.sh", std::process::id()));
-    std::fs::write(&path, spec.script)?;
-    if let Some((uid, gid)) = cfg.uid_gid {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(std::io::Error::other)?;
-        // SAFETY: c is a valid NUL-terminated path.
-        unsafe {
-            libc::chown(c.as_ptr(), uid, gid);
-        }
-    }
+    let path = temp_dir(&cfg.workspace).join(format!("step-{}-{n}.sh", std::process::id()));
+    write_job_file(cfg, &path, spec.script.as_bytes(), 0o600).await?;
     let mut cmd = tokio::process::Command::new(&cfg.shell);
     cmd.arg("--noprofile")
         .arg("--norc")
@@ -398,68 +386,16 @@ pub async fn run_script(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some((uid, gid)) = cfg.uid_gid {
-        let binds: Vec<(std::ffi::CString, std::ffi::CString)> = cfg
-            .bind_ro
-            .iter()
-            .filter_map(|(src, dst)| {
-                Some((
-                    std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).ok()?,
-                    std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).ok()?,
-                ))
-            })
-            .collect();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if !binds.is_empty() {
-                    let root = c"/";
-                    if libc::unshare(libc::CLONE_NEWNS) != 0
-                        || libc::mount(
-                            std::ptr::null(),
-                            root.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_REC | libc::MS_PRIVATE,
-                            std::ptr::null(),
-                        ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    for (src, dst) in &binds {
-                        if libc::mount(
-                            src.as_ptr(),
-                            dst.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND | libc::MS_REC,
-                            std::ptr::null(),
-                        ) != 0
-                            || libc::mount(
-                                std::ptr::null(),
-                                dst.as_ptr(),
-                                std::ptr::null(),
-                                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                                std::ptr::null(),
-                            ) != 0
-                        {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                }
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    let jail = cfg.jail.prepare()?;
+    // SAFETY: PreparedJail::enter makes only async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || jail.enter());
     }
     let spawned = cmd.spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = remove_job_file(cfg, &path).await;
             return Err(e);
         }
     };
@@ -537,8 +473,54 @@ pub async fn run_script(
     for r in readers {
         r.abort();
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = remove_job_file(cfg, &path).await;
     Ok(out)
+}
+
+/// Writes `path` (inside the workspace) as the runner user, beneath the workspace: a symlink
+/// the job planted there is replaced, never followed.
+pub async fn write_job_file(
+    cfg: &ExecConfig,
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    let (ws, path, data) = (cfg.workspace.clone(), path.to_path_buf(), data.to_vec());
+    let id = cfg.jail.identity;
+    blocking_io(move || {
+        sandbox::as_user(id, move || {
+            let w = sandbox::Workspace::open(&ws)?;
+            let rel = w
+                .relative(&ws, &path.to_string_lossy())
+                .map_err(std::io::Error::other)?;
+            let mut f = w.create_file(&rel, mode).map_err(std::io::Error::other)?;
+            std::io::Write::write_all(&mut f, &data)
+        })?
+    })
+    .await
+}
+
+async fn remove_job_file(cfg: &ExecConfig, path: &Path) -> std::io::Result<()> {
+    let (ws, path) = (cfg.workspace.clone(), path.to_path_buf());
+    let id = cfg.jail.identity;
+    blocking_io(move || {
+        sandbox::as_user(id, move || {
+            let w = sandbox::Workspace::open(&ws)?;
+            let rel = w
+                .relative(&ws, &path.to_string_lossy())
+                .map_err(std::io::Error::other)?;
+            w.remove(&rel).map_err(std::io::Error::other)
+        })?
+    })
+    .await
+}
+
+async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 struct StepCtx<'a> {

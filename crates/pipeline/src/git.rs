@@ -432,66 +432,49 @@ pub fn read_file_at(repo: &Path, commit: &str, path: &str) -> Result<Option<Vec<
     run_git(repo, &["show", &spec]).map(Some)
 }
 
-/// Write the files of `commit` into `dest` (created if needed): `git archive | tar -x`. Does not
-/// touch the repository (no index, no work tree).
-pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), GitError> {
-    if commit.starts_with('-') {
-        return Err(GitError::Git(format!("bad commit `{commit}`")));
-    }
-    std::fs::create_dir_all(dest)?;
-    let mut archive = git_cmd(repo)
-        .args(["archive", "--format=tar", commit])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = archive
-        .stdout
-        .take()
-        .ok_or_else(|| GitError::Git("no stdout".into()))?;
-    let tar = Command::new("tar")
-        .arg("-x")
-        .arg("--no-same-owner")
-        .arg("-C")
-        .arg(dest)
-        .stdin(stdout)
-        .stderr(Stdio::piped())
-        .output()?;
-    let a = archive.wait_with_output()?;
-    if !a.status.success() {
-        return Err(GitError::Git(format!(
-            "git archive {commit} failed: {}",
-            String::from_utf8_lossy(&a.stderr).trim()
-        )));
-    }
-    if !tar.status.success() {
-        return Err(GitError::Git(format!(
-            "tar -x failed: {}",
-            String::from_utf8_lossy(&tar.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 /// Checks `commit` out into `dest` the way a self-hosted agent reuses its sources directory:
 /// tracked files are made exactly those of `commit` (files deleted since the last checkout are
 /// removed, modified ones reset), untracked files such as build outputs are kept. `index` is
-/// the workspace's own index file, kept between checkouts.
-pub fn checkout_incremental(
+/// the workspace's own index file, kept between checkouts (a missing one checks out afresh).
+///
+/// `dest` and `index` belong to a job, so git runs as the job would, inside `jail` (the runner
+/// user): whatever a previous job planted there (symlinks included) can only lead git where the
+/// runner user may write anyway. The repository is the daemon's and private; with `mount`,
+/// git reads it through a read-only bind mount at that (empty) directory.
+pub fn checkout_jailed(
     repo: &Path,
     commit: &str,
     dest: &Path,
     index: &Path,
+    jail: &crate::sandbox::Jail,
+    mount: Option<&Path>,
 ) -> Result<(), GitError> {
-    if commit.starts_with('-') {
+    if commit.starts_with('-') || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(GitError::Git(format!("bad commit `{commit}`")));
     }
-    std::fs::create_dir_all(dest)?;
-    let out = git_cmd(repo)
-        .arg("--work-tree")
+    let mut jail = jail.clone();
+    let git_dir = match mount {
+        Some(m) => {
+            jail.bind_ro.push((repo.to_path_buf(), m.to_path_buf()));
+            m
+        }
+        None => repo,
+    };
+    let prepared = jail.prepare()?;
+    let mut c = git_cmd(git_dir);
+    c.arg("--work-tree")
         .arg(dest)
         .env("GIT_INDEX_FILE", index)
-        .args(["read-tree", "--reset", "-u", commit])
-        .output()?;
+        // The repository is root's; the runner user reads it without owning it.
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "safe.directory")
+        .env("GIT_CONFIG_VALUE_0", "*")
+        .args(["read-tree", "--reset", "-u", commit]);
+    // SAFETY: PreparedJail::enter makes only async-signal-safe system calls.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || prepared.enter());
+    }
+    let out = c.output()?;
     if !out.status.success() {
         return Err(GitError::Git(format!(
             "git read-tree {commit} failed: {}",

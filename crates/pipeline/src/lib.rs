@@ -26,10 +26,14 @@
 //! - [`artifacts`]: the content-addressed artifact store ([`artifacts::ArtifactStore`]).
 //! - [`tasks`]: [`tasks::StdTasks`], the standard tasks, with the [`tasks::Baker`] and
 //!   [`tasks::ScaleSets`] back ends the daemon injects.
+//! - [`sandbox`]: the job sandbox: file operations for a job as the runner user beneath its
+//!   workspace ([`sandbox::Workspace`], [`sandbox::as_user`]), and what job processes get
+//!   before exec ([`sandbox::Jail`]); [`cgroup`]: one cgroup per run, killed as a whole.
 //! - [`runner`]: whole runs ([`runner::Runner`]), durable records and logs
 //!   ([`runner::RunStore`]), push and pipeline-resource trigger helpers.
 
 pub mod artifacts;
+pub mod cgroup;
 pub mod error;
 pub mod exec;
 pub mod expr;
@@ -38,6 +42,7 @@ pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod runner;
+pub mod sandbox;
 pub mod tasks;
 pub mod trigger;
 pub mod vars;

@@ -45,10 +45,12 @@
 //!   [`pipelines_for_completed_run`] reads release YAML at the definition's default branch.
 
 use crate::artifacts::{ArtifactRef, ArtifactStore};
+use crate::cgroup::{Hierarchy, RunCgroup};
 use crate::exec::{check_tasks, run_job, ExecConfig, LogLine, LogSink, Stream, TaskRunner};
 use crate::git::{self, RefUpdate, RepoStore};
 use crate::model::{Pipeline, DEFAULT_NAME};
 use crate::plan::{JobRef, RunResult, RunState, Status};
+use crate::sandbox::{self, Identity, Jail, Workspace};
 use crate::vars::{self, Masker, RunInfo, Variables};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -580,10 +582,22 @@ pub struct RunnerConfig {
     /// The only environment jobs inherit (e.g. PATH, HOME, LANG); never the daemon's own.
     pub base_env: Vec<(String, String)>,
     pub shell: PathBuf,
-    /// Run job processes as this uid/gid (the workspace is chowned to it).
-    pub uid_gid: Option<(u32, u32)>,
-    /// Read-only bind mounts for job processes (see [`ExecConfig::bind_ro`]).
+    /// Run job processes, and the daemon's file operations in their workspaces, as this user
+    /// (see [`crate::sandbox`]).
+    pub identity: Option<Identity>,
+    /// Why no job may run at all (e.g. the runner user is missing): every run fails with it.
+    pub unavailable: Option<String>,
+    /// Read-only bind mounts `(source, mount point)` in job processes (toolchains).
     pub bind_ro: Vec<(PathBuf, PathBuf)>,
+    /// Each pipeline's own home `homes_root/p-<pipeline>`: HOME and CARGO_HOME of its jobs.
+    pub homes_root: Option<PathBuf>,
+    /// A job sees its own build directory and home only, not other pipelines' (needs
+    /// `identity`: it is done in the job's mount namespace).
+    pub isolate: bool,
+    /// One cgroup per run, killed as a whole when the run ends ([`crate::cgroup`]).
+    pub cgroups: Option<Hierarchy>,
+    /// An empty directory where checkouts see the (private) repository, read-only.
+    pub repo_mount: Option<PathBuf>,
     /// Length of a `timeoutInMinutes` minute (tests shorten it).
     pub minute: Duration,
     pub retry_delay: Duration,
@@ -606,8 +620,13 @@ impl RunnerConfig {
             work_root: work_root.into(),
             base_env: d.base_env,
             shell: d.shell,
-            uid_gid: None,
+            identity: None,
+            unavailable: None,
             bind_ro: vec![],
+            homes_root: None,
+            isolate: false,
+            cgroups: None,
+            repo_mount: None,
             minute: d.minute,
             retry_delay: d.retry_delay,
             kill_grace: d.kill_grace,
@@ -686,38 +705,22 @@ fn status_of(s: Status) -> (RunStatus, Option<RunResult>) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
-    let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .output()
-        .map_err(|e| format!("cp: {e}"))?;
+/// `cp -a from/. to` as the job would (inside `jail`): `to` is the job's.
+fn copy_dir(from: &Path, to: &Path, jail: &Jail) -> Result<(), String> {
+    let prepared = jail.prepare().map_err(|e| e.to_string())?;
+    let mut c = std::process::Command::new("cp");
+    c.arg("-a").arg(format!("{}/.", from.display())).arg(to);
+    // SAFETY: PreparedJail::enter makes only async-signal-safe system calls.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || prepared.enter());
+    }
+    let out = c.output().map_err(|e| format!("cp: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "copying {} failed: {}",
             from.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
-    }
-    Ok(())
-}
-
-fn reset_dir(p: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_dir_all(p);
-    std::fs::create_dir_all(p)
-}
-
-fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    let out = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(p)
-        .output()
-        .map_err(|e| format!("chown: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
     Ok(())
 }
@@ -779,24 +782,106 @@ impl Runner {
         self.config.work_root.join(req.run_id.to_string())
     }
 
-    async fn checkout(&self, repo: &Path, commit: &str, ws: &Path) -> Result<(), String> {
+    async fn checkout(
+        &self,
+        repo: &Path,
+        commit: &str,
+        ws: &Path,
+        jail: &Jail,
+    ) -> Result<(), String> {
         let (r, c, s, index) = (
             repo.to_path_buf(),
             commit.to_string(),
             vars::sources_dir(ws),
             ws.join(".index"),
         );
-        let reuse = self.config.reuse_sources;
+        let (jail, mount) = (jail.clone(), self.config.repo_mount.clone());
         tokio::task::spawn_blocking(move || {
-            if reuse {
-                git::checkout_incremental(&r, &c, &s, &index)
-            } else {
-                git::checkout(&r, &c, &s)
-            }
+            git::checkout_jailed(&r, &c, &s, &index, &jail, mount.as_deref())
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+    }
+
+    /// The home of a pipeline's jobs (see [`RunnerConfig::homes_root`]).
+    fn home_dir(&self, pipeline: &str) -> Option<PathBuf> {
+        let build = self.build_dir(pipeline);
+        let name = build.file_name()?;
+        Some(self.config.homes_root.as_ref()?.join(name))
+    }
+
+    /// Creates `dir` (in a folder of the daemon's) for the runner user, mode 0700.
+    fn own_dir(&self, dir: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |e: std::io::Error| format!("cannot create {}: {e}", dir.display());
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(err(e)),
+            _ => {}
+        }
+        if let Some(id) = self.config.identity {
+            std::os::unix::fs::lchown(dir, Some(id.uid), Some(id.gid)).map_err(err)?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    }
+
+    /// The run's jail: identity, toolchains, only this pipeline's folders, the run's cgroup.
+    fn jail(&self, req: &RunRequest, ws: &Path, cgroup: Option<&RunCgroup>) -> Jail {
+        let mut j = Jail {
+            identity: self.config.identity,
+            bind_ro: self.config.bind_ro.clone(),
+            ..Jail::default()
+        };
+        if self.config.isolate && self.config.identity.is_some() {
+            j.private
+                .push((self.config.work_root.clone(), ws.to_path_buf()));
+            if let (Some(root), Some(home)) =
+                (&self.config.homes_root, self.home_dir(&req.pipeline_name))
+            {
+                j.private.push((root.clone(), home));
+            }
+        }
+        if let Some(cg) = cgroup {
+            j.cgroup_procs = cg.procs_files();
+        }
+        j
+    }
+
+    /// Empties the run's folders as the runner user, beneath the workspace: `a/`, `b/`,
+    /// `_temp/` always, everything when `all`; then, unless `after` (the run is over),
+    /// creates `s/ a/ b/ _temp/`.
+    async fn reset_workspace(&self, ws: &Path, all: bool, after: bool) -> Result<(), String> {
+        self.own_dir(ws)?;
+        let (ws, id) = (ws.to_path_buf(), self.config.identity);
+        let r = tokio::task::spawn_blocking(move || {
+            sandbox::as_user(id, move || -> Result<(), String> {
+                let w = Workspace::open(&ws).map_err(|e| e.to_string())?;
+                let clear: &[&str] = if all {
+                    &["s", "a", "b", "_temp", ".index"]
+                } else {
+                    &["a", "b", "_temp"]
+                };
+                for d in clear {
+                    w.remove(Path::new(d)).map_err(|e| e.to_string())?;
+                }
+                let make: &[&str] = if after {
+                    &[]
+                } else {
+                    &["s", "a", "b", "_temp"]
+                };
+                for d in make {
+                    w.create_dirs(Path::new(d))
+                        .map_err(|e| format!("cannot create workspace folder {d}: {e}"))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?
+        })
+        .await;
+        r.map_err(|e| e.to_string())?
     }
 
     pub fn new(config: RunnerConfig, store: RunStore) -> Runner {
@@ -812,6 +897,23 @@ impl Runner {
     pub fn with_artifacts(mut self, artifacts: ArtifactStore) -> Runner {
         self.artifacts = Some(artifacts);
         self
+    }
+
+    /// Checks that jobs may run, creates the pipeline's home and the run's cgroup.
+    fn prepare_run(&self, req: &RunRequest) -> Result<Option<RunCgroup>, String> {
+        if let Some(why) = &self.config.unavailable {
+            return Err(why.clone());
+        }
+        if let Some(home) = self.home_dir(&req.pipeline_name) {
+            self.own_dir(&home)?;
+        }
+        match &self.config.cgroups {
+            Some(h) => h
+                .create(&format!("run-{}", req.run_id))
+                .map(Some)
+                .map_err(|e| format!("cannot create the run's cgroup: {e}")),
+            None => Ok(None),
+        }
     }
 
     /// Run `req` to completion; returns (and stores) the completed record.
@@ -832,9 +934,29 @@ impl Runner {
         let masker = Masker::new(req.variables.secrets());
         let log = RunLog::open(&self.store.log_path(req.run_id), masker);
         let ws = self.workspace(&req);
-        let outcome = self
-            .run_inner(&req, &mut rec, &ws, &log, tasks, cancel)
-            .await;
+        let outcome = match self.prepare_run(&req) {
+            Ok(cgroup) => {
+                let jail = self.jail(&req, &ws, cgroup.as_ref());
+                let r = self
+                    .run_inner(&req, &mut rec, &ws, &log, tasks, cancel, &jail)
+                    .await;
+                // Nothing the run started outlives it (setsid and double forks included).
+                if let Some(cg) = &cgroup {
+                    if let Err(e) = tokio::task::spawn_blocking({
+                        let cg = cg.clone();
+                        move || cg.remove()
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    {
+                        log.run_line(&format!("##[warning]cleaning up the run's processes: {e}"));
+                    }
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
         if let Err(msg) = outcome {
             log.run_line(&format!("##[error]{msg}"));
             rec.message = Some(msg);
@@ -851,20 +973,16 @@ impl Runner {
             rec.result.unwrap_or(RunResult::Failed)
         ));
         if self.config.reuse_sources {
-            for d in [
-                vars::staging_dir(&ws),
-                vars::binaries_dir(&ws),
-                vars::temp_dir(&ws),
-            ] {
-                let _ = std::fs::remove_dir_all(d);
-            }
+            let _ = self.reset_workspace(&ws, false, true).await;
         } else if !self.config.keep_workspace {
+            // std's remove_dir_all never follows symlinks; the work root is the daemon's.
             let _ = std::fs::remove_dir_all(&ws);
         }
         let _ = self.store.save(&rec);
         rec
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_inner(
         &self,
         req: &RunRequest,
@@ -873,6 +991,7 @@ impl Runner {
         log: &RunLog,
         tasks: &dyn TaskRunner,
         cancel: watch::Receiver<bool>,
+        jail: &Jail,
     ) -> Result<(), String> {
         log.run_line(&format!(
             "Run {} of pipeline `{}` ({}), {} {}",
@@ -882,34 +1001,16 @@ impl Runner {
             rec.source_branch,
             req.commit
         ));
-        if self.config.reuse_sources {
-            for d in [
-                vars::staging_dir(ws),
-                vars::binaries_dir(ws),
-                vars::temp_dir(ws),
-            ] {
-                let _ = std::fs::remove_dir_all(d);
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(ws);
-        }
-        for d in [
-            vars::sources_dir(ws),
-            vars::staging_dir(ws),
-            vars::binaries_dir(ws),
-            vars::temp_dir(ws),
-        ] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| format!("cannot create workspace {}: {e}", d.display()))?;
-        }
+        self.reset_workspace(ws, !self.config.reuse_sources, false)
+            .await?;
         let src = vars::sources_dir(ws);
         let repo_name = match &req.source {
             SourceSpec::Dir(d) => {
-                copy_dir(d, &src)?;
+                copy_dir(d, &src, jail)?;
                 req.pipeline_name.clone()
             }
             SourceSpec::Repo { name, path, commit } => {
-                self.checkout(path, commit, ws)
+                self.checkout(path, commit, ws, jail)
                     .await
                     .map_err(|e| format!("checkout of {name} at {commit} failed: {e}"))?;
                 name.clone()
@@ -940,9 +1041,8 @@ impl Runner {
         if self.config.reuse_sources && clean_sources {
             if let SourceSpec::Repo { path, commit, .. } = &req.source {
                 log.run_line("workspace.clean: checking out into an empty sources directory");
-                let _ = std::fs::remove_dir_all(&src);
-                let _ = std::fs::remove_file(ws.join(".index"));
-                self.checkout(path, commit, ws)
+                self.reset_workspace(ws, true, false).await?;
+                self.checkout(path, commit, ws, jail)
                     .await
                     .map_err(|e| format!("clean checkout at {commit} failed: {e}"))?;
             }
@@ -1075,10 +1175,6 @@ impl Runner {
             .collect();
         let _ = self.store.save(rec);
 
-        if let Some((uid, gid)) = self.config.uid_gid {
-            chown_tree(ws, uid, gid).map_err(|e| format!("chown of the workspace failed: {e}"))?;
-        }
-
         let mut state = RunState::new(&p);
         loop {
             if *cancel.borrow() && !state.canceled {
@@ -1107,7 +1203,7 @@ impl Runner {
             }
             for jr in adv.start {
                 let (result, outputs) = self
-                    .run_one_job(&p, &jr, rec, ws, log, tasks, &run_vars, &cancel)
+                    .run_one_job(&p, &jr, rec, ws, log, tasks, &run_vars, &cancel, jail)
                     .await;
                 state.complete_job(&jr, result, outputs);
                 sync_record(rec, &state);
@@ -1132,6 +1228,7 @@ impl Runner {
         tasks: &dyn TaskRunner,
         run_vars: &Variables,
         cancel: &watch::Receiver<bool>,
+        jail: &Jail,
     ) -> (RunResult, BTreeMap<String, String>) {
         let (Some(stage), Some(job)) = (
             p.stage(&jr.stage),
@@ -1144,15 +1241,9 @@ impl Runner {
         } else {
             format!("{}/{}", stage.name, display(&job.name, &None))
         };
-        for d in [
-            vars::staging_dir(ws),
-            vars::binaries_dir(ws),
-            vars::temp_dir(ws),
-        ] {
-            let _ = reset_dir(&d);
-            if let Some((uid, gid)) = self.config.uid_gid {
-                let _ = chown_tree(&d, uid, gid);
-            }
+        if let Err(e) = self.reset_workspace(ws, false, false).await {
+            log.write(&prefix, "", &format!("##[error]{e}"));
+            return (RunResult::Failed, BTreeMap::new());
         }
         let mut v = run_vars.clone();
         v.extend(&stage.variables);
@@ -1162,9 +1253,16 @@ impl Runner {
         let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
         let mut cfg = ExecConfig::new(ws, v.clone());
         cfg.base_env = self.config.base_env.clone();
+        if let Some(home) = self.home_dir(&rec.pipeline) {
+            let home = home.to_string_lossy().into_owned();
+            cfg.base_env
+                .retain(|(k, _)| k != "HOME" && k != "CARGO_HOME");
+            cfg.base_env.push(("HOME".into(), home.clone()));
+            cfg.base_env
+                .push(("CARGO_HOME".into(), format!("{home}/.cargo")));
+        }
         cfg.shell = self.config.shell.clone();
-        cfg.uid_gid = self.config.uid_gid;
-        cfg.bind_ro = self.config.bind_ro.clone();
+        cfg.jail = jail.clone();
         cfg.cancel = Some(cancel.clone());
         cfg.minute = self.config.minute;
         cfg.retry_delay = self.config.retry_delay;

@@ -195,13 +195,17 @@ fn flag(inv: &TaskInvocation<'_>, name: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
-fn resolve_path(inv: &TaskInvocation<'_>, p: &str) -> PathBuf {
-    let p = PathBuf::from(p);
-    if p.is_absolute() {
-        p
-    } else {
-        inv.working_directory.join(p)
-    }
+/// A path input (absolute, or relative to the step's working directory) as a path relative to
+/// the run's workspace; anything outside it (an absolute path elsewhere, `..` above it) fails
+/// the step. Symlinks are checked when the path is opened (beneath the workspace).
+fn job_path(inv: &TaskInvocation<'_>, input: &str, p: &str) -> Result<PathBuf, String> {
+    crate::sandbox::relative_to(&inv.config.workspace, &inv.working_directory, p)
+        .map_err(|e| format!("{}: {input}: {e}", inv.name))
+}
+
+/// The absolute form of a path from [`job_path`] (for messages and for processes the job runs).
+fn in_workspace(inv: &TaskInvocation<'_>, rel: &Path) -> PathBuf {
+    inv.config.workspace.join(rel)
 }
 
 fn set_var(name: &str, value: &str) -> SetVariable {
@@ -303,6 +307,19 @@ pub fn map_base_image(base: &str) -> Result<(String, Option<String>), String> {
 }
 
 impl StdTasks {
+    /// See [`ArtifactStore::stage`].
+    async fn stage_package(&self, inv: &TaskInvocation<'_>, rel: &Path) -> Result<PathBuf, String> {
+        let store = self.artifacts.clone();
+        let (ws, rel, id) = (
+            inv.config.workspace.clone(),
+            rel.to_path_buf(),
+            inv.config.jail.identity,
+        );
+        blocking(move || store.stage(&ws, &rel, id))
+            .await?
+            .map_err(|e| e.to_string())
+    }
+
     async fn publish(&self, inv: &TaskInvocation<'_>, build: bool) -> TaskOutcome {
         let (path, name) = if build {
             (
@@ -336,17 +353,21 @@ impl StdTasks {
             .get("Build.DefinitionName")
             .unwrap_or("")
             .to_string();
-        let dir = resolve_path(inv, &path);
+        let rel = match job_path(inv, "path to publish", &path) {
+            Ok(r) => r,
+            Err(e) => return TaskOutcome::failed(e),
+        };
         inv.log.line(
             Stream::Stdout,
             &format!(
                 "Publishing {} as artifact `{name}` of run {run_id}",
-                dir.display()
+                in_workspace(inv, &rel).display()
             ),
         );
         let store = self.artifacts.clone();
         let n2 = name.clone();
-        match blocking(move || store.publish(run_id, &pipeline, &n2, &dir)).await {
+        let (ws, id) = (inv.config.workspace.clone(), inv.config.jail.identity);
+        match blocking(move || store.publish(run_id, &pipeline, &n2, &ws, &rel, id)).await {
             Ok(Ok(a)) => {
                 inv.log.line(
                     Stream::Stdout,
@@ -396,9 +417,13 @@ impl StdTasks {
             }
         };
         let dest = input(inv, &["path", "targetPath", "downloadPath"])
-            .map(|p| resolve_path(inv, p))
-            .or_else(|| vars.get("Pipeline.Workspace").map(PathBuf::from))
-            .unwrap_or_else(|| inv.working_directory.clone());
+            .map(str::to_string)
+            .or_else(|| vars.get("Pipeline.Workspace").map(str::to_string))
+            .unwrap_or_else(|| inv.working_directory.to_string_lossy().into_owned());
+        let dest = match job_path(inv, "download path", &dest) {
+            Ok(r) => r,
+            Err(e) => return TaskOutcome::failed(e),
+        };
         let patterns = input(inv, &["patterns", "itemPattern"])
             .unwrap_or("**")
             .to_string();
@@ -417,17 +442,26 @@ impl StdTasks {
                 Err(e) => return TaskOutcome::failed(e.to_string()),
             },
         };
+        let (ws, id) = (inv.config.workspace.clone(), inv.config.jail.identity);
         for (name, to) in names {
             let store = store.clone();
-            let (p, pat, n2, to2) = (pipeline.clone(), patterns.clone(), name.clone(), to.clone());
-            let r =
-                blocking(move || store.download(p.as_deref(), run_id, &n2, &to2, Some(&pat))).await;
+            let (p, pat, n2, to2, ws) = (
+                pipeline.clone(),
+                patterns.clone(),
+                name.clone(),
+                to.clone(),
+                ws.clone(),
+            );
+            let r = blocking(move || {
+                store.download(p.as_deref(), run_id, &n2, &ws, &to2, Some(&pat), id)
+            })
+            .await;
             match r {
                 Ok(Ok(n)) => inv.log.line(
                     Stream::Stdout,
                     &format!(
                         "Downloaded {n} files of artifact `{name}` (run {run_id}) to {}",
-                        to.display()
+                        in_workspace(inv, &to).display()
                     ),
                 ),
                 Ok(Err(e)) => return TaskOutcome::failed(format!("download failed: {e}")),
@@ -478,13 +512,10 @@ impl StdTasks {
         let Some(package) = input(inv, &["packagePath"]) else {
             return TaskOutcome::failed("PackerBuild@1: packagePath is required");
         };
-        let package_dir = resolve_path(inv, package);
-        if !package_dir.is_dir() {
-            return TaskOutcome::failed(format!(
-                "PackerBuild@1: packagePath {} is not a directory",
-                package_dir.display()
-            ));
-        }
+        let package_rel = match job_path(inv, "packagePath", package) {
+            Ok(r) => r,
+            Err(e) => return TaskOutcome::failed(e),
+        };
         let Some(script) = input(inv, &["deployScriptPath"]) else {
             return TaskOutcome::failed("PackerBuild@1: deployScriptPath is required");
         };
@@ -494,10 +525,18 @@ impl StdTasks {
                 "PackerBuild@1: deployScriptPath `{script}` must be relative to packagePath"
             ));
         }
+        // The bake reads a copy the daemon owns, made as the runner user beneath the
+        // workspace: the job can neither point it elsewhere nor change it mid-bake.
+        let stage = match self.stage_package(inv, &package_rel).await {
+            Ok(s) => s,
+            Err(e) => return TaskOutcome::failed(format!("PackerBuild@1: packagePath: {e}")),
+        };
+        let package_dir = stage.join(package_rel.file_name().unwrap_or("package".as_ref()));
         if !package_dir.join(&script).is_file() {
+            let _ = std::fs::remove_dir_all(&stage);
             return TaskOutcome::failed(format!(
                 "PackerBuild@1: deploy script `{script}` is not in the package {}",
-                package_dir.display()
+                in_workspace(inv, &package_rel).display()
             ));
         }
         let req = BakeRequest {
@@ -524,6 +563,7 @@ impl StdTasks {
             baker.bake(req, &mut f)
         })
         .await;
+        let _ = std::fs::remove_dir_all(&stage);
         let img = match r {
             Ok(Ok(img)) => img,
             Ok(Err(e)) => return TaskOutcome::failed(format!("PackerBuild@1: bake failed: {e}")),
@@ -570,7 +610,10 @@ impl StdTasks {
             let Some(p) = input(inv, &["scriptPath"]) else {
                 return TaskOutcome::failed("AzureCLI@2: scriptPath is required");
             };
-            let p = resolve_path(inv, p);
+            let p = match job_path(inv, "scriptPath", p) {
+                Ok(r) => in_workspace(inv, &r),
+                Err(e) => return TaskOutcome::failed(e),
+            };
             if !p.is_file() {
                 return TaskOutcome::failed(format!(
                     "AzureCLI@2: script {} does not exist",
@@ -602,9 +645,13 @@ impl StdTasks {
             env.retain(|(k, _)| k != &e.name);
             env.push((e.name.clone(), e.value.clone()));
         }
-        let cwd = input(inv, &["workingDirectory", "cwd"])
-            .map(|d| resolve_path(inv, d))
-            .unwrap_or_else(|| inv.working_directory.clone());
+        let cwd = match input(inv, &["workingDirectory", "cwd"]) {
+            Some(d) => match job_path(inv, "workingDirectory", d) {
+                Ok(r) => in_workspace(inv, &r),
+                Err(e) => return TaskOutcome::failed(e),
+            },
+            None => inv.working_directory.clone(),
+        };
         if !cwd.is_dir() {
             return TaskOutcome::failed(format!(
                 "AzureCLI@2: working directory {} does not exist",
