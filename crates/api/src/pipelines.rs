@@ -125,6 +125,8 @@ impl PipelineService {
             (root.join("runs"), 0o700),
             (root.join("artifacts"), 0o700),
             (root.join("work"), 0o711),
+            (root.join("homes"), 0o711),
+            (root.join("agent"), 0o755),
             (shim_dir.clone(), 0o755),
         ] {
             std::fs::create_dir_all(&d)
@@ -316,31 +318,39 @@ impl PipelineService {
 }
 
 /// Jobs run as the unprivileged user `$SCALESET_RUNNER_USER` (default `scaleset-runner`, which
-/// scripts/install-deps.sh creates) with their own HOME and CARGO_HOME; the daemon's rustup
-/// toolchains and cargo binaries are bind-mounted read-only at `root/agent/{rustup,cargo-bin}`
-/// in each job's mount namespace (like an agent's tool cache). Without that user, jobs run as
-/// the daemon's user and the daemon says so at start.
+/// scripts/install-deps.sh creates), never as root: without that user every run fails with a
+/// message saying how to create it. Each pipeline has its own home `root/homes/p-<pipeline>`
+/// (HOME and CARGO_HOME); a job's mount namespace shows it only its own build directory and
+/// home, and the daemon's rustup toolchains and cargo binaries read-only at
+/// `root/agent/{rustup,cargo-bin}` (like an agent's tool cache). Each run has its own cgroup.
 fn agent_identity(root: &Path, rc: &mut RunnerConfig) {
     let name = std::env::var("SCALESET_RUNNER_USER")
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "scaleset-runner".into());
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some((uid, gid, home)) = passwd.lines().find_map(|l| {
+    let found = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 6 && f[0] == name)
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, PathBuf::from(f[5]))))
+            .then(|| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)))
             .flatten()
-    }) else {
-        tracing::warn!(user = %name, "no such user: pipeline jobs run as the daemon's own user (create it with scripts/install-deps.sh)");
-        return;
+    });
+    let (uid, gid) = match found {
+        Some((0, _)) | Some((_, 0)) => {
+            rc.unavailable = Some(format!(
+                "the runner user `{name}` is root: pipeline jobs never run as root"
+            ));
+            return;
+        }
+        Some(x) => x,
+        None => {
+            tracing::error!(user = %name, "no such user: pipeline runs will fail (create it with scripts/install-deps.sh)");
+            rc.unavailable = Some(format!(
+                "pipeline jobs run as the unprivileged user `{name}`, which does not exist on this machine: create it (scripts/install-deps.sh does) or set SCALESET_RUNNER_USER"
+            ));
+            return;
+        }
     };
-    let home: PathBuf = home;
-    if !home.is_dir() && std::fs::create_dir_all(&home).is_ok() {
-        let c = std::ffi::CString::new(home.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: c is a valid NUL-terminated path.
-        unsafe { libc::chown(c.as_ptr(), uid, gid) };
-    }
     let own_home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"));
@@ -354,13 +364,8 @@ fn agent_identity(root: &Path, rc: &mut RunnerConfig) {
     let agent = root.join("agent");
     let mut path = String::new();
     let mut env = vec![
-        ("HOME".to_string(), home.to_string_lossy().into_owned()),
         ("USER".to_string(), name.clone()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
-        (
-            "CARGO_HOME".to_string(),
-            home.join(".cargo").to_string_lossy().into_owned(),
-        ),
     ];
     for (src, mnt) in [(&rustup, "rustup"), (&cargo_bin, "cargo-bin")] {
         let dst = agent.join(mnt);
@@ -376,8 +381,29 @@ fn agent_identity(root: &Path, rc: &mut RunnerConfig) {
     path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     env.push(("PATH".into(), path));
     rc.base_env = env;
-    rc.uid_gid = Some((uid, gid));
+    rc.identity = Some(pipeline::sandbox::Identity { uid, gid });
+    rc.homes_root = Some(root.join("homes"));
+    rc.isolate = true;
+    let repo_mount = agent.join("repo");
+    if std::fs::create_dir_all(&repo_mount).is_ok() {
+        rc.repo_mount = Some(repo_mount);
+    }
+    match pipeline::cgroup::Hierarchy::detect(&cgroup_group(root)) {
+        Ok(h) => rc.cgroups = Some(h),
+        Err(e) => {
+            rc.unavailable = Some(format!(
+                "pipeline runs need a cgroup of their own so that nothing they start outlives them: {e}"
+            ))
+        }
+    }
     tracing::info!(user = %name, uid, "pipeline jobs run as an unprivileged user");
+}
+
+/// The cgroup folder of this daemon's runs: one per home, so test daemons don't collide.
+fn cgroup_group(root: &Path) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    format!("scaleset-runs-{}", hex::encode(&h[..6]))
 }
 
 /// Completes runs interrupted by a restart and starts the run worker (call once, from `serve`).
@@ -385,11 +411,32 @@ pub fn start(st: &Arc<AppState>) {
     let Some(svc) = st.pipelines.clone() else {
         return;
     };
+    // Processes of runs a previous daemon left behind die before anything new runs.
+    if let Some(h) = &svc.runner.config.cgroups {
+        for name in h.existing() {
+            if let Err(e) = h.get(&name).remove() {
+                tracing::error!(cgroup = %name, error = %e, "cannot clean up a previous run's processes");
+            }
+        }
+    }
     match svc.runs.fail_interrupted() {
         Ok(ids) if !ids.is_empty() => tracing::warn!(?ids, "runs interrupted by a restart failed"),
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "cannot scan pipeline runs"),
     }
+    // Acknowledged runs are resumed, in order, before anything new is queued.
+    for r in svc.runs.queued().unwrap_or_default() {
+        match r.request(&svc.repos) {
+            Some(req) => {
+                tracing::info!(run = r.id, pipeline = %r.pipeline, "resuming a queued run");
+                let _ = svc.queue_tx.send(req);
+            }
+            None => {
+                let _ = svc.runs.cancel_queued(r.id);
+            }
+        }
+    }
+    catch_up(&svc);
     let Some(mut rx) = svc
         .queue_rx
         .lock()
@@ -789,15 +836,21 @@ async fn git_request(
 }
 
 /// Matches a push's ref updates against the repository's pipelines and queues runs. Returns
-/// human-readable lines (also stored as the repository's last push).
+/// human-readable lines (also stored as the repository's last push). The refs are compared
+/// with those the last processed push left (`before` only when none is recorded), and the
+/// runs are queued in one transaction with `after`: a daemon that dies between git moving the
+/// refs and this point replays the push at start ([`catch_up`]).
 fn on_push(
     svc: &PipelineService,
     repo: &str,
     before: &std::collections::BTreeMap<String, String>,
     after: &std::collections::BTreeMap<String, String>,
 ) -> Vec<String> {
+    let before = match svc.runs.processed_refs(repo) {
+        Ok(Some(p)) => p,
+        _ => before.clone(),
+    };
     let mut notes = Vec::new();
-    let mut queued = Vec::new();
     let default_branch = svc
         .repos
         .get(repo)
@@ -805,7 +858,8 @@ fn on_push(
         .flatten()
         .map(|i| PipelineService::default_branch(&i))
         .unwrap_or_else(|| "main".into());
-    for u in git::diff_refs(before, after) {
+    let mut matches = Vec::new();
+    for u in git::diff_refs(&before, after) {
         let defs = if u.is_delete() {
             vec![]
         } else {
@@ -814,34 +868,48 @@ fn on_push(
         match pipelines_for_push(&defs, &svc.repos, repo, &u) {
             Ok(m) => {
                 notes.extend(m.notes.iter().cloned());
-                for t in &m.runs {
-                    match svc.enqueue(t) {
-                        Ok(id) => {
-                            if t.reason == (RunReason::Push { batched: true }) {
-                                for old in svc
-                                    .runs
-                                    .batch_into(&t.definition.name, &t.branch, id)
-                                    .unwrap_or_default()
-                                {
-                                    notes.push(format!(
-                                        "run {old}, still queued, was batched into run {id}"
-                                    ));
-                                }
-                            }
-                            queued.push(id);
-                            notes.push(format!(
-                                "queued run {id} of pipeline `{}` for {} at {}",
-                                t.definition.name,
-                                u.name,
-                                &u.new[..u.new.len().min(12)]
-                            ));
-                        }
-                        Err(e) => notes.push(format!("cannot queue `{}`: {e}", t.definition.name)),
-                    }
-                }
+                matches.extend(m.runs.into_iter().map(|t| (t, u.clone())));
             }
             Err(e) => notes.push(format!("{}: {e}", u.name)),
         }
+    }
+    let mut reqs = Vec::new();
+    for (t, _) in &matches {
+        match svc.runs.next_id() {
+            Ok(id) => reqs.push(t.request(id, &svc.repos)),
+            Err(e) => notes.push(format!("cannot queue `{}`: {e}", t.definition.name)),
+        }
+    }
+    if let Err(e) = svc.runs.commit_push(repo, after, &reqs) {
+        notes.push(format!("cannot queue the push's runs: {e}"));
+        return notes;
+    }
+    let mut queued = Vec::new();
+    for ((t, u), req) in matches.iter().zip(reqs) {
+        let id = req.run_id;
+        if svc.queue_tx.send(req).is_err() {
+            notes.push(format!(
+                "run {id} is queued; it starts when the daemon restarts"
+            ));
+        }
+        if t.reason == (RunReason::Push { batched: true }) {
+            for old in svc
+                .runs
+                .batch_into(&t.definition.name, &t.branch, id)
+                .unwrap_or_default()
+            {
+                notes.push(format!(
+                    "run {old}, still queued, was batched into run {id}"
+                ));
+            }
+        }
+        queued.push(id);
+        notes.push(format!(
+            "queued run {id} of pipeline `{}` for {} at {}",
+            t.definition.name,
+            u.name,
+            &u.new[..u.new.len().min(12)]
+        ));
     }
     let rec = json!({"repository": repo, "time": crate::state::now_rfc3339(), "runs": queued, "notes": notes});
     let _ = std::fs::write(
@@ -849,6 +917,36 @@ fn on_push(
         rec.to_string(),
     );
     notes
+}
+
+/// A new repository's refs (a mirror's, as cloned) count as processed: only later pushes run.
+fn record_refs(svc: &PipelineService, name: &str) -> Result<(), ApiError> {
+    let refs = svc.repos.refs(name).map_err(git_err)?;
+    svc.runs
+        .commit_push(name, &refs, &[])
+        .map_err(ApiError::internal)
+}
+
+/// At start: pushes whose refs moved but whose runs were never queued (the daemon died in
+/// between) are matched now; a repository without a record starts from its current refs.
+fn catch_up(svc: &PipelineService) {
+    for info in svc.repos.list().unwrap_or_default() {
+        let now = svc.repos.refs(&info.name).unwrap_or_default();
+        match svc.runs.processed_refs(&info.name) {
+            Ok(Some(done)) if done != now => {
+                for n in on_push(svc, &info.name, &done, &now) {
+                    tracing::warn!(repo = %info.name, "push replayed at start: {n}");
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(e) = svc.runs.commit_push(&info.name, &now, &[]) {
+                    tracing::error!(repo = %info.name, error = %e, "cannot record the repository's refs");
+                }
+            }
+            Err(e) => tracing::error!(repo = %info.name, error = %e, "cannot read processed refs"),
+        }
+    }
 }
 
 type Reply = Result<Response, ApiError>;
@@ -1073,6 +1171,7 @@ async fn api(
                         git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
                         e => git_err(e),
                     })?;
+                record_refs(svc, &info.name)?;
                 return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
             }
             if svc.repos.get(name).map_err(git_err)?.is_some() {
@@ -1084,6 +1183,7 @@ async fn api(
                 return json_ok(StatusCode::OK, repo_json(svc, st, &info));
             }
             let info = svc.repos.create(name).map_err(git_err)?;
+            record_refs(svc, &info.name)?;
             json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
         }
         ("DELETE", ["repos", name]) => {
@@ -1095,6 +1195,7 @@ async fn api(
                 .map(|d| d.name)
                 .collect();
             svc.repos.delete(name).map_err(git_err)?;
+            let _ = svc.runs.forget_repo(name);
             for p in pipelines {
                 let _ = std::fs::remove_dir_all(svc.runner.build_dir(&p));
             }

@@ -335,9 +335,68 @@ pub fn parse_sub_list(method: &Method, path: &str) -> Option<Route> {
     })
 }
 
+/// What a pipeline run's own credential (the `az` shim's) may do: read, and what a release
+/// does to a scale set — update its model (PUT/PATCH), manual or rolling upgrades. Nothing
+/// else: no deletes, no power actions, no resource groups, load balancers or images.
+pub fn release_may(route: &Route) -> bool {
+    let read = |m: &Method| m == Method::GET || m == Method::HEAD;
+    match route {
+        Route::ListGroups { .. }
+        | Route::List { .. }
+        | Route::VmssInstanceView(_)
+        | Route::Vms(_)
+        | Route::VmInstanceView(..)
+        | Route::RollingLatest(_)
+        | Route::Operation { .. } => true,
+        Route::Group { method, .. } | Route::Vm { method, .. } => read(method),
+        Route::Resource { kind, method, .. } => {
+            read(method) || (*kind == VMSS && (method == Method::PUT || method == Method::PATCH))
+        }
+        Route::VmssAction(_, a) => *a == PowerAction::ManualUpgrade,
+        Route::RollingStart(_) | Route::RollingCancel(_) => true,
+        Route::VmAction(..) | Route::Rollback(_) | Route::SetOrchestrationServiceState(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_run_credential_may_do() {
+        let p = "/subscriptions/s/resourceGroups/rg/providers";
+        let v = format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v");
+        let may = |m: Method, path: &str| release_may(&parse(&m, path).unwrap());
+        assert!(may(Method::GET, "/subscriptions/s/resourcegroups"));
+        assert!(may(Method::GET, &v));
+        assert!(may(Method::PUT, &v));
+        assert!(may(Method::PATCH, &v));
+        assert!(may(Method::POST, &format!("{v}/manualUpgrade")));
+        assert!(may(Method::POST, &format!("{v}/osRollingUpgrade")));
+        assert!(may(Method::GET, &format!("{v}/rollingUpgrades/latest")));
+        assert!(may(
+            Method::GET,
+            &format!("{p}/Microsoft.Network/loadBalancers/lb")
+        ));
+        assert!(!may(Method::DELETE, &v));
+        assert!(!may(Method::POST, &format!("{v}/delete")));
+        assert!(!may(Method::POST, &format!("{v}/restart")));
+        assert!(!may(
+            Method::POST,
+            &format!("{v}/virtualMachines/3/powerOff")
+        ));
+        assert!(!may(Method::POST, &format!("{v}/rollback")));
+        assert!(!may(Method::PUT, "/subscriptions/s/resourcegroups/rg2"));
+        assert!(!may(Method::DELETE, "/subscriptions/s/resourcegroups/rg"));
+        assert!(!may(
+            Method::PUT,
+            &format!("{p}/Microsoft.Network/loadBalancers/lb")
+        ));
+        assert!(!may(
+            Method::DELETE,
+            &format!("{p}/Microsoft.Compute/images/i")
+        ));
+    }
 
     #[test]
     fn table() {

@@ -27,7 +27,9 @@
 //!   durable record: `get`,
 //!   `list`, `logs`, [`RunStore::follow`] (tails the log until the run completes), `next_id`,
 //!   `queue`, `cancel_queued`. At daemon start, [`RunStore::fail_interrupted`] completes runs
-//!   left queued/running by a crash.
+//!   left running by a crash; [`RunStore::queued`] lists the acknowledged runs to resume.
+//!   [`RunStore::commit_push`] queues a push's runs together with the refs it processed, so a
+//!   push whose refs moved is matched again at start if the daemon died in between.
 //! - Log lines: `<RFC 3339 time> [<stage>/<job>] <step label> | <text>`, masked.
 //! - Workspaces live in `RunnerConfig::work_root/<id>/{s,a,b,_temp}` and are deleted at the
 //!   end (`keep_workspace` keeps them for debugging). Each job starts with empty `a/`, `b/`,
@@ -260,6 +262,31 @@ impl RunRecord {
         }
     }
 
+    /// The request that queued this run again (to resume it after a restart); `None` for runs
+    /// whose sources were not a hosted repository.
+    pub fn request(&self, repos: &RepoStore) -> Option<RunRequest> {
+        let repo = self.repository.as_ref()?;
+        let mut r = RunRequest::new(
+            self.id,
+            &self.pipeline,
+            SourceSpec::Repo {
+                name: repo.clone(),
+                path: repos.path(repo),
+                commit: self.source_version.clone(),
+            },
+            &self.yaml_path,
+        );
+        r.reason = self.reason.clone();
+        r.branch = self.source_branch.clone();
+        r.commit = self.source_version.clone();
+        r.requested_for = self.requested_for.clone();
+        r.resources = self.resources.clone();
+        if self.run_number != self.id.to_string() {
+            r.run_number = Some(self.run_number.clone());
+        }
+        Some(r)
+    }
+
     /// Every step, with its stage and job names.
     pub fn steps(&self) -> impl Iterator<Item = (&str, &str, &StepRecord)> {
         self.stages.iter().flat_map(|s| {
@@ -352,7 +379,11 @@ impl RunStore {
                  status TEXT NOT NULL,
                  record TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, id);",
+             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, id);
+             CREATE TABLE IF NOT EXISTS repo_refs (
+                 repo TEXT PRIMARY KEY COLLATE NOCASE,
+                 refs TEXT NOT NULL
+             );",
         )
         .map_err(std::io::Error::other)?;
         // Stores written before runs moved to SQLite kept `<id>/run.json` files: import them once.
@@ -466,19 +497,16 @@ impl RunStore {
         Ok(out)
     }
 
-    /// After a daemon restart: complete every queued or running record as Failed (running) or
-    /// Canceled (queued). Returns their ids.
+    /// After a daemon restart: complete every running record as Failed (its processes died
+    /// with the daemon or were killed at start). Queued runs stay queued: see
+    /// [`queued`](Self::queued). Returns the failed ids.
     pub fn fail_interrupted(&self) -> std::io::Result<Vec<u64>> {
         let mut out = vec![];
         for mut r in self.query(
-            "SELECT record FROM runs WHERE status != 'completed' ORDER BY id",
+            "SELECT record FROM runs WHERE status = 'running' ORDER BY id",
             None,
         )? {
-            r.result = Some(if r.status == RunStatus::Running {
-                RunResult::Failed
-            } else {
-                RunResult::Canceled
-            });
+            r.result = Some(RunResult::Failed);
             r.message = Some("the daemon stopped while the run was not complete".into());
             r.status = RunStatus::Completed;
             r.finished_ms = Some(now_ms());
@@ -486,6 +514,65 @@ impl RunStore {
             out.push(r.id);
         }
         Ok(out)
+    }
+
+    /// The runs acknowledged as queued and not started, oldest first (resumed at start).
+    pub fn queued(&self) -> std::io::Result<Vec<RunRecord>> {
+        self.query(
+            "SELECT record FROM runs WHERE status = 'queued' ORDER BY id",
+            None,
+        )
+    }
+
+    /// The refs of `repo` whose pushes have been matched against its pipelines (`None`: never
+    /// recorded).
+    pub fn processed_refs(&self, repo: &str) -> std::io::Result<Option<BTreeMap<String, String>>> {
+        self.with_db(|c, _| {
+            let t: Option<String> = c
+                .query_row("SELECT refs FROM repo_refs WHERE repo = ?1", [repo], |r| {
+                    r.get(0)
+                })
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .map_err(std::io::Error::other)?;
+            t.map(|t| serde_json::from_str(&t).map_err(std::io::Error::other))
+                .transpose()
+        })
+    }
+
+    /// In one transaction: queue `reqs` and record `refs` as the processed refs of `repo`, so
+    /// a push's runs are either all acknowledged with its refs or replayed at start.
+    pub fn commit_push(
+        &self,
+        repo: &str,
+        refs: &BTreeMap<String, String>,
+        reqs: &[RunRequest],
+    ) -> std::io::Result<()> {
+        let refs = serde_json::to_string(refs).map_err(std::io::Error::other)?;
+        self.with_db(|c, _| {
+            let tx = c.unchecked_transaction().map_err(std::io::Error::other)?;
+            for r in reqs {
+                insert(&tx, &RunRecord::from_request(r))?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO repo_refs (repo, refs) VALUES (?1, ?2)",
+                rusqlite::params![repo, refs],
+            )
+            .map_err(std::io::Error::other)?;
+            tx.commit().map_err(std::io::Error::other)
+        })
+    }
+
+    /// Forgets a deleted repository's processed refs.
+    pub fn forget_repo(&self, repo: &str) -> std::io::Result<()> {
+        self.with_db(|c, _| {
+            c.execute("DELETE FROM repo_refs WHERE repo = ?1", [repo])
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        })
     }
 
     pub fn get(&self, id: u64) -> std::io::Result<Option<RunRecord>> {

@@ -401,7 +401,7 @@ pub struct Jail {
 pub struct PreparedJail {
     identity: Option<Identity>,
     binds: Vec<(CString, CString, bool)>,
-    hide: Vec<(CString, CString, CString, OwnedFd)>,
+    hide: Vec<(CString, CString)>,
     procs: Vec<OwnedFd>,
 }
 
@@ -418,14 +418,7 @@ impl Jail {
         }
         let mut hide = Vec::new();
         for (cover, keep) in &self.private {
-            let fd: OwnedFd = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .open(keep)?
-                .into();
-            let src = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                .map_err(io::Error::other)?;
-            hide.push((cstr(cover)?, cstr(keep)?, src, fd));
+            hide.push((cstr(cover)?, cstr(keep)?));
         }
         let mut procs = Vec::new();
         for p in &self.cgroup_procs {
@@ -475,7 +468,22 @@ impl PreparedJail {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            for (cover, keep, src, _fd) in &self.hide {
+            for (cover, keep) in &self.hide {
+                // A detached copy of `keep`, taken in the new namespace, goes back on top of
+                // the tmpfs that covers its parent.
+                const OPEN_TREE_CLONE: libc::c_uint = 1;
+                const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+                let tree = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    keep.as_ptr(),
+                    OPEN_TREE_CLONE
+                        | libc::O_CLOEXEC as libc::c_uint
+                        | libc::AT_RECURSIVE as libc::c_uint,
+                );
+                if tree < 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 check(libc::mount(
                     c"tmpfs".as_ptr(),
                     cover.as_ptr(),
@@ -484,13 +492,18 @@ impl PreparedJail {
                     c"mode=0711,size=1m".as_ptr().cast(),
                 ))?;
                 check(libc::mkdir(keep.as_ptr(), 0o700))?;
-                check(libc::mount(
-                    src.as_ptr(),
+                let moved = libc::syscall(
+                    libc::SYS_move_mount,
+                    tree as libc::c_int,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
                     keep.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ))?;
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                libc::close(tree as libc::c_int);
+                if moved != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             for (src, dst, ro) in &self.binds {
                 check(libc::mount(
@@ -593,6 +606,69 @@ mod tests {
         ws.remove(Path::new("s")).unwrap();
         assert!(t.join("outside/keep").is_dir());
         assert!(!t.join("ws/s").exists());
+        let _ = std::fs::remove_dir_all(&t);
+    }
+
+    /// Root only (mount namespaces, cgroups): fails under CI without root.
+    fn root_or_skip() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "this test needs root");
+        eprintln!("SKIPPED: needs root");
+        false
+    }
+
+    #[test]
+    fn a_jailed_process_sees_only_its_build_dir_and_dies_with_its_cgroup() {
+        if !root_or_skip() {
+            return;
+        }
+        let t = std::env::temp_dir().join(format!("jail-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        for d in ["work/p-a", "work/p-b"] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        std::fs::write(t.join("work/p-b/secret"), "b").unwrap();
+        let h = crate::cgroup::Hierarchy::detect(&format!("scaleset-test-{}", std::process::id()))
+            .unwrap();
+        let cg = h.create("run-1").unwrap();
+        let jail = Jail {
+            private: vec![(t.join("work"), t.join("work/p-a"))],
+            cgroup_procs: cg.procs_files(),
+            ..Jail::default()
+        };
+        let prepared = jail.prepare().unwrap();
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg(format!(
+            "ls {w}; touch {w}/p-a/mine; setsid sleep 600 >/dev/null 2>&1 & echo started",
+            w = t.join("work").display()
+        ));
+        // SAFETY: enter makes only async-signal-safe calls.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || prepared.enter());
+        }
+        let out = c.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout, "p-a\nstarted\n");
+        assert!(
+            t.join("work/p-a/mine").exists(),
+            "writes reach the real build dir"
+        );
+        // The setsid'd sleep outlived its parent; the cgroup finds and kills it.
+        assert_eq!(cg.members().len(), 1, "{:?}", cg.members());
+        cg.remove().unwrap();
+        assert!(cg.members().is_empty());
+        assert!(h.existing().is_empty());
+        for d in h.existing() {
+            let _ = h.get(&d).remove();
+        }
+        if let crate::cgroup::Hierarchy::V1 { freezer, pids } = &h {
+            let _ = std::fs::remove_dir(freezer);
+            let _ = std::fs::remove_dir(pids);
+        }
         let _ = std::fs::remove_dir_all(&t);
     }
 }
