@@ -51,7 +51,9 @@ fn pct_decode(s: &str) -> String {
     route::decode_segment(&s.replace('+', " "))
 }
 
-fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the bearer token; `Ok(true)` for a pipeline run's own credential (see
+/// [`route::release_may`]), `Ok(false)` for the daemon's.
+fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<bool, ApiError> {
     let unauth = |code: &'static str, message: &str| ApiError::Client {
         status: StatusCode::UNAUTHORIZED,
         code,
@@ -80,13 +82,16 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             .zip(b)
             .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
     // A pipeline run's own credential (the `az` shim's) reaches the ARM API while the run lasts.
-    if diff != 0 && !st.is_run_token(token) {
+    if diff == 0 {
+        return Ok(false);
+    }
+    if !st.is_run_token(token) {
         return Err(unauth(
             "InvalidAuthenticationToken",
             "The access token is invalid.",
         ));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn check_api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
@@ -129,7 +134,7 @@ async fn dispatch(
     }
     let q = query_map(&uri);
     let result = async {
-        check_auth(&st, &headers)?;
+        let run_credential = check_auth(&st, &headers)?;
         let path = uri.path();
         let route = match route::parse_sub_list(&method, path)
             .or_else(|| route::parse_operation(&method, path))
@@ -137,6 +142,15 @@ async fn dispatch(
             Some(r) => r,
             None => route::parse(&method, path)?,
         };
+        if run_credential && !route::release_may(&route) {
+            return Err(ApiError::Client {
+                status: StatusCode::FORBIDDEN,
+                code: "AuthorizationFailed",
+                message: format!(
+                    "The pipeline run's credential does not have authorization to perform action '{method}' over scope '{path}': a run may read, update a scale set's model and start or cancel its upgrades."
+                ),
+            });
+        }
         check_api_version(&q)?;
         let reply = handlers::execute(&st, route.clone(), &q, &body).await?;
         Ok::<_, ApiError>((route, reply))
@@ -204,7 +218,11 @@ pub fn open_state(
                 .mode(0o600)
                 .open(&token_path)
                 .map_err(|e| format!("cannot write {}: {e}", token_path.display()))?;
-            std::io::Write::write_all(&mut f, t.as_bytes()).map_err(|e| e.to_string())?;
+            // On disk before any client can have seen it.
+            std::io::Write::write_all(&mut f, t.as_bytes())
+                .and_then(|_| f.sync_all())
+                .and_then(|_| std::fs::File::open(&cfg.home)?.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", token_path.display()))?;
             t
         }
     };
