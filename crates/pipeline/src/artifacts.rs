@@ -581,7 +581,6 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o755);
-        let only = base.join("only");
         assert_eq!(
             store
                 .download(
@@ -596,6 +595,7 @@ mod tests {
                 .unwrap(),
             1
         );
+        assert!(base.join("only/nginx/my_app").is_file() && !base.join("only/my_app").exists());
         assert!(matches!(
             store.download(
                 Some("other"),

@@ -574,7 +574,7 @@ mod tests {
         std::os::unix::fs::symlink("/", t.join("ws/root")).unwrap();
         let ws = Workspace::open(&t.join("ws")).unwrap();
         for p in ["s/abs", "s/rel", "root/etc/passwd"] {
-            let e = ws.open_file(Path::new(p)).err().expect(p);
+            let e = ws.open_file(Path::new(p)).expect_err(p);
             assert!(matches!(e, PathError::Escapes(_)), "{p}: {e}");
         }
         assert!(ws.open_file(Path::new("s/inside")).is_ok());
