@@ -53,6 +53,7 @@ pub async fn http_backend(
     idle: Duration,
 ) -> Result<(CgiResponse, Vec<u8>), CgiError> {
     if req.content_length.is_some_and(|n| n > cap) {
+        crate::limits::linger(body);
         return Err(CgiError::TooLarge(cap));
     }
     if req.path_info.split('/').any(|s| s == "..") {
@@ -177,6 +178,7 @@ async fn feed(
         };
         total += data.len() as u64;
         if total > cap {
+            crate::limits::linger(body);
             return Err(CgiError::TooLarge(cap));
         }
         let room = PREFIX.saturating_sub(prefix.len()).min(data.len());

@@ -128,7 +128,8 @@ async fn dispatch(
         return pipelines::handle(st, method, uri, headers, body).await;
     }
     let q = query_map(&uri);
-    let result = async {
+    // Everything that needs no body is checked before a byte of it is read.
+    let checked = (|| {
         check_auth(&st, &headers)?;
         let path = uri.path();
         let route = match route::parse_sub_list(&method, path)
@@ -138,13 +139,15 @@ async fn dispatch(
             None => route::parse(&method, path)?,
         };
         check_api_version(&q)?;
-        let body = limits::read_body(
-            body,
-            &headers,
-            limits::ARM_BODY_LIMIT,
-            st.cfg.limits.body_timeout,
-        )
-        .await?;
+        Ok::<_, ApiError>(route)
+    })();
+    let route = match checked {
+        Ok(r) => r,
+        Err(e) => return limits::refuse(e, Some(body)),
+    };
+    let result = async {
+        let limit = limits::ARM_BODY_LIMIT;
+        let body = limits::read_body(body, &headers, limit, st.cfg.limits.body_timeout).await?;
         let reply = handlers::execute(&st, route.clone(), &q, &body).await?;
         Ok::<_, ApiError>((route, reply, body))
     }
@@ -172,7 +175,7 @@ async fn dispatch(
             }
             resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => limits::refuse(e, None),
     }
 }
 

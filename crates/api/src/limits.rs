@@ -164,8 +164,54 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// What a refused client may still send after the answer, read and dropped, and for how long:
+/// enough for it to read the answer instead of a connection reset (HTTP clients, git's curl
+/// among them, stop sending when they see an error), little next to what was refused.
+pub const LINGER_BYTES: u64 = 32 << 20;
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Drops the rest of a refused request's body in the background, bounded by `LINGER_BYTES`
+/// and `LINGER_TIME`; the connection closes after.
+pub fn linger(body: Body) {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let (mut body, mut n) = (body, 0u64);
+            while let Some(Ok(f)) = body.frame().await {
+                n += f.data_ref().map_or(0, |d| d.len() as u64);
+                if n > LINGER_BYTES {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
+/// An error answer to a request whose body was not (all) read: `unread` lingers, and the
+/// connection closes after the answer.
+pub fn refuse(e: ApiError, unread: Option<Body>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut r = e.into_response();
+    let pending = unread
+        .as_ref()
+        .is_some_and(|b| !http_body::Body::is_end_stream(b));
+    if pending || r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let close = axum::http::HeaderValue::from_static("close");
+        r.headers_mut()
+            .insert(axum::http::header::CONNECTION, close);
+    }
+    if let Some(b) = unread {
+        linger(b);
+    }
+    r
+}
+
 /// Reads a whole body of at most `limit` bytes within `timeout`. A `Content-Length` over the
-/// limit is refused before anything is read.
+/// limit is refused before anything is read. A refused body lingers (see `linger`).
 pub async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -173,6 +219,7 @@ pub async fn read_body(
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     if content_length(headers).is_some_and(|n| n > limit as u64) {
+        linger(body);
         return Err(too_large(limit as u64));
     }
     let read = async {
@@ -189,6 +236,7 @@ pub async fn read_body(
                 continue; // trailers
             };
             if buf.len() + data.len() > limit {
+                linger(body);
                 return Err(too_large(limit as u64));
             }
             buf.extend_from_slice(&data);

@@ -654,28 +654,25 @@ pub async fn handle(
     // Webhooks authenticate with the repository's own secret, never the daemon token.
     if let Some(name) = uri.path().strip_prefix("/scaleset/hooks/") {
         if method != Method::POST {
-            return ApiError::Client {
+            let e = ApiError::Client {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 code: "MethodNotAllowed",
                 message: "webhooks are POST requests".into(),
-            }
-            .into_response();
+            };
+            return crate::limits::refuse(e, Some(body));
         }
         let Some(svc) = st.pipelines.clone() else {
-            return unavailable().into_response();
+            return crate::limits::refuse(unavailable(), Some(body));
         };
-        return match webhook(&st, &svc, name, &headers, body).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        };
+        return webhook(&st, &svc, name, &headers, body).await;
     }
     let Some(user) = bearer_or_basic_ok(&st, &headers) else {
-        let mut r = ApiError::Client {
+        let e = ApiError::Client {
             status: StatusCode::UNAUTHORIZED,
             code: "AuthenticationFailed",
             message: "Authentication failed: send the daemon token as a Bearer token or as the HTTP Basic password.".into(),
-        }
-        .into_response();
+        };
+        let mut r = crate::limits::refuse(e, Some(body));
         r.headers_mut().insert(
             "www-authenticate",
             HeaderValue::from_static("Basic realm=\"scaleset\""),
@@ -683,7 +680,7 @@ pub async fn handle(
         return r;
     };
     let Some(svc) = st.pipelines.clone() else {
-        return unavailable().into_response();
+        return crate::limits::refuse(unavailable(), Some(body));
     };
     let path = uri
         .path()
@@ -708,7 +705,7 @@ pub async fn handle(
     let body =
         match crate::limits::read_body(body, &headers, limit, st.cfg.limits.body_timeout).await {
             Ok(b) => b,
-            Err(e) => return e.into_response(),
+            Err(e) => return crate::limits::refuse(e, None),
         };
     match api(&st, &svc, &method, &path, &q, &body).await {
         Ok(r) => r,
@@ -728,21 +725,21 @@ async fn git_request(
     user: &str,
 ) -> Response {
     let Some(gp) = git::parse_path_info(method.as_str(), path_info, query) else {
-        return ApiError::not_found(
+        let e = ApiError::not_found(
             "RepositoryNotFound",
             format!("no repository at {path_info}"),
-        )
-        .into_response();
+        );
+        return crate::limits::refuse(e, Some(body));
     };
     if !svc.repos.path(&gp.repo).is_dir() {
-        return ApiError::not_found(
+        let e = ApiError::not_found(
             "RepositoryNotFound",
             format!(
                 "repository `{}` does not exist; create it with `scaleset repo create {}`",
                 gp.repo, gp.repo
             ),
-        )
-        .into_response();
+        );
+        return crate::limits::refuse(e, Some(body));
     }
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let req = crate::gitcgi::Request {
@@ -771,7 +768,7 @@ async fn git_request(
     let (resp, prefix) =
         match crate::gitcgi::http_backend(svc.repos.root(), &req, body, cap, idle).await {
             Ok(r) => r,
-            Err(e) => return git_body_error(&gp.repo, e).into_response(),
+            Err(e) => return crate::limits::refuse(git_body_error(&gp.repo, e), None),
         };
     let mut out_body = resp.body;
     if gp.is_push_post && resp.status < 300 {
@@ -899,34 +896,86 @@ async fn webhook(
     name: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Reply {
-    use pipeline::webhook::{authenticate, parse, HookEvent};
+) -> Response {
     let name = crate::route::decode_segment(name);
+    let auth = match webhook_credentials(svc, &name, headers) {
+        Ok(a) => a,
+        Err(e) => return crate::limits::refuse(e, Some(body)),
+    };
+    let limit = crate::limits::WEBHOOK_BODY_LIMIT;
+    let body =
+        match crate::limits::read_body(body, headers, limit, st.cfg.limits.body_timeout).await {
+            Ok(b) => b,
+            Err(e) => return crate::limits::refuse(e, None),
+        };
+    match webhook_push(svc, &name, headers, &auth, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A webhook call's credentials: the mirror's secret, the signature, the Basic password.
+struct HookAuth {
+    secret: String,
+    signature: Option<String>,
+    password: Option<String>,
+}
+
+fn hook_unauthenticated(e: pipeline::webhook::HookError) -> ApiError {
+    ApiError::Client {
+        status: StatusCode::UNAUTHORIZED,
+        code: "AuthenticationFailed",
+        message: e.to_string(),
+    }
+}
+
+/// Everything about a webhook's authentication that needs no body: a mirror with a secret, and
+/// a signature or a password (which is checked here). Nothing is read before this passes.
+fn webhook_credentials(
+    svc: &PipelineService,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<HookAuth, ApiError> {
+    use pipeline::webhook::authenticate;
     // Unknown repositories and repositories without a secret look the same as a bad secret.
-    let secret = svc.repos.webhook_secret(&name).unwrap_or_default();
+    let secret = svc.repos.webhook_secret(name).unwrap_or_default();
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let password = h("authorization")
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| b64_decode(b.trim()))
         .and_then(|d| String::from_utf8(d).ok())
         .and_then(|up| up.split_once(':').map(|(_, p)| p.to_string()));
-    let signature = h("x-hub-signature-256");
-    let unauthenticated = |e: pipeline::webhook::HookError| ApiError::Client {
-        status: StatusCode::UNAUTHORIZED,
-        code: "AuthenticationFailed",
-        message: e.to_string(),
-    };
-    // Nothing is read before the call can be authentic: a mirror with a secret, and a
-    // signature or a password (which needs no body: checked now).
+    let signature = h("x-hub-signature-256").map(str::to_string);
     if signature.is_none() {
-        authenticate(&secret, b"", None, password.as_deref()).map_err(unauthenticated)?;
+        authenticate(&secret, b"", None, password.as_deref()).map_err(hook_unauthenticated)?;
     } else if secret.is_empty() {
-        authenticate("", b"", signature, None).map_err(unauthenticated)?;
+        authenticate("", b"", signature.as_deref(), None).map_err(hook_unauthenticated)?;
     }
-    let limit = crate::limits::WEBHOOK_BODY_LIMIT;
-    let body = crate::limits::read_body(body, headers, limit, st.cfg.limits.body_timeout).await?;
-    let body = &body[..];
-    authenticate(&secret, body, signature, password.as_deref()).map_err(unauthenticated)?;
+    Ok(HookAuth {
+        secret,
+        signature,
+        password,
+    })
+}
+
+/// An authenticated webhook's payload: fetch the mirror, trigger what really moved.
+async fn webhook_push(
+    svc: &Arc<PipelineService>,
+    name: &str,
+    headers: &HeaderMap,
+    auth: &HookAuth,
+    body: &[u8],
+) -> Reply {
+    use pipeline::webhook::{authenticate, parse, HookEvent};
+    let name = name.to_string();
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    authenticate(
+        &auth.secret,
+        body,
+        auth.signature.as_deref(),
+        auth.password.as_deref(),
+    )
+    .map_err(hook_unauthenticated)?;
     let refs = match parse(h("x-github-event"), body)
         .map_err(|e| ApiError::bad_request("InvalidWebhookPayload", e.to_string()))?
     {
