@@ -530,6 +530,14 @@ fn lb_body(ip: &str) -> String {
     .to_string()
 }
 
+/// An L7 load balancer (no backends) with one rule on `ip:port`.
+fn lb_with_rule(ip: &str, port: u16) -> String {
+    let mut v: Value = serde_json::from_str(&lb_body(ip)).unwrap();
+    v["properties"]["loadBalancingRules"] = json!([{"name": "web", "properties":
+        {"protocol": "Tcp", "frontendPort": port, "backendPort": 80}}]);
+    v.to_string()
+}
+
 #[test]
 fn lb_frontends_listen_only_on_allowed_addresses() {
     if !prerequisites("lb_frontends_listen_only_on_allowed_addresses") {
@@ -560,13 +568,74 @@ fn lb_frontends_listen_only_on_allowed_addresses() {
 
     // The allowed ranges come from the daemon's configuration.
     h.kill_serve();
-    h.env = vec![("SCALESET_LB_ALLOWED_ADDRESSES", "127.0.0.5/32".into())];
+    h.env = vec![
+        ("SCALESET_LB_ALLOWED_ADDRESSES", "127.0.0.5/32".into()),
+        ("SCALESET_LB_MAX_CONNECTIONS", "7".into()),
+        ("SCALESET_LB_HEADER_TIMEOUT_MS", "1500".into()),
+    ];
     h.start_serve();
-    let r = request(api, "PUT", &lb("other"), Some(&tok), &lb_body("127.0.0.1"));
+    let port = free_port();
+    let r = request(
+        api,
+        "PUT",
+        &lb("other"),
+        Some(&tok),
+        &lb_with_rule("127.0.0.1", port),
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("(127.0.0.5/32)"), "{}", r.body);
-    let r = request(api, "PUT", &lb("other"), Some(&tok), &lb_body("127.0.0.5"));
+    let r = request(
+        api,
+        "PUT",
+        &lb("other"),
+        Some(&tok),
+        &lb_with_rule("127.0.0.5", port),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
+
+    // The daemon hands its frontend limits to the LB process, whose frontend then cuts a
+    // half-sent request head at the header timeout.
+    let front = SocketAddr::from(([127, 0, 0, 5], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut slow = loop {
+        if let Ok(s) = TcpStream::connect(front) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the LB frontend {front} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The listener is bound just before the config file is written: wait for the file.
+    let limits = loop {
+        let config = std::fs::read_dir(h.home.join("lb"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("config.json")).ok())
+            .filter_map(|s| serde_json::from_str::<Value>(&s).ok())
+            .find(|c| c["name"] == "other" && c["rules"].as_array().is_some_and(|r| r.len() == 1));
+        if let Some(c) = config {
+            break c["frontendLimits"].clone();
+        }
+        assert!(Instant::now() < deadline, "no config file for LB other");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        limits,
+        json!({"maxConnections": 7, "headerTimeoutMs": 1500})
+    );
+    slow.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let r = slow.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
     let list = h.json(&["network", "lb", "list", "-g", "rg"]);
     let mut names: Vec<&str> = list
         .as_array()
