@@ -952,6 +952,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tick_plan_covers_both_timeouts() {
+        let s = Duration::from_secs;
+        // Azure's 4 min idle with the default 10 s header timeout: 2.5 s ticks.
+        assert_eq!(
+            tick_plan(s(240), s(10)),
+            (Duration::from_millis(2500), 96, 4)
+        );
+        // A long header timeout: the idle timeout sets the pace, as before.
+        assert_eq!(tick_plan(s(240), s(3600)), (s(30), 8, 120));
+        // Rounding up: a timeout never fires early.
+        assert_eq!(
+            tick_plan(s(240), Duration::from_millis(1000)),
+            (Duration::from_millis(250), 960, 4)
+        );
+        assert_eq!(tick_plan(s(1), s(1)).0, Duration::from_millis(125));
+    }
+
+    #[test]
+    fn head_pending_follows_reads_and_requests() {
+        let a = ConnActivity::new();
+        assert!(a.head_overdue(0), "a new connection owes a head");
+        a.ticks.store(4, Relaxed);
+        assert!(a.head_overdue(4) && !a.head_overdue(5));
+        a.head_parsed();
+        assert!(!a.head_overdue(0));
+        // Body bytes of the request in flight start no head.
+        a.bytes_read();
+        assert!(!a.head_overdue(0));
+        a.finished.fetch_add(1, Relaxed);
+        a.ticks.store(10, Relaxed);
+        // Idle keep-alive: no head pending until a byte arrives.
+        assert!(!a.head_overdue(0));
+        a.bytes_read();
+        a.ticks.store(13, Relaxed);
+        assert!(a.head_overdue(3) && !a.head_overdue(4));
+    }
+
+    #[test]
     fn hop_by_hop_match_agrees_with_the_list() {
         for n in &HOP_BY_HOP {
             assert!(is_hop_by_hop(n), "{n}");
