@@ -1267,14 +1267,19 @@ pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, 
     let rules = m
         .rules
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             let ip = m
                 .frontends
                 .iter()
                 .find(|f| f.0 == r.frontend)
                 .map(|f| f.1)
                 .unwrap_or([127, 0, 0, 1].into());
-            lb::Rule {
+            // Stored before `--lb-allowed-addresses` was narrowed: not served.
+            if !st.cfg.limits.lb_address_allowed(ip) {
+                tracing::debug!(lb = %key.name, rule = %r.name, %ip, "frontend address not allowed; rule not served");
+                return None;
+            }
+            Some(lb::Rule {
                 name: r.name.clone(),
                 frontend: std::net::SocketAddr::new(ip, r.frontend_port),
                 backend_port: r.backend_port,
@@ -1289,7 +1294,7 @@ pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, 
                 idle_timeout_in_minutes: r.idle_timeout_in_minutes,
                 enable_tcp_reset: r.enable_tcp_reset,
                 probe: r.probe.clone(),
-            }
+            })
         })
         .collect();
     Ok(lb::LbConfig {
@@ -1302,6 +1307,7 @@ pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, 
         } else {
             lb::NoHealthyBackendsBehavior::AllProbedDown
         },
+        frontend_limits: st.cfg.limits.lb_frontend,
     })
 }
 

@@ -915,6 +915,7 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
                 _ => body,
             };
             let (m, arm) = model::lb::parse(&merged)?;
+            check_frontend_addresses(st, &m)?;
             // Frontends are real sockets on this machine: two load balancers cannot share one.
             for (k, other) in st.store.list(LB, None, None)? {
                 if k.path() == key.path() {
@@ -984,6 +985,22 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
         _ => Err(ApiError::bad_request(
             "MethodNotAllowed",
             "unsupported method",
+        )),
+    }
+}
+
+/// Frontends listen on this machine, only where `scaleset serve --lb-allowed-addresses` lets
+/// them (loopback by default): an address outside would expose instances to the network.
+fn check_frontend_addresses(st: &AppState, m: &model::lb::LbModel) -> Result<(), ApiError> {
+    let limits = &st.cfg.limits;
+    match m.frontends.iter().find(|f| !limits.lb_address_allowed(f.1)) {
+        None => Ok(()),
+        Some((name, ip)) => Err(ApiError::bad_request(
+            "InvalidParameter",
+            format!(
+                "Frontend IP configuration '{name}': privateIPAddress {ip} is outside the addresses load balancers may listen on ({}). Use one of them, or start the daemon with --lb-allowed-addresses (SCALESET_LB_ALLOWED_ADDRESSES) including it.",
+                limits.lb_allowed_list()
+            ),
         )),
     }
 }

@@ -4,14 +4,17 @@
 //! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon.
 pub mod engine;
 pub mod error;
+mod gitcgi;
 pub mod handlers;
+pub mod limits;
 pub mod operations;
 pub mod pipelines;
 pub mod render;
 pub mod route;
+mod server;
 pub mod state;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -24,12 +27,9 @@ use std::sync::Arc;
 pub use state::DaemonConfig;
 
 /// The API router. Every request goes through one dispatcher: auth, api-version, route parse,
-/// execute, and one error mapping.
+/// body (read only then, up to the route's limit), execute, and one error mapping.
 pub fn app(st: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
-        .with_state(st)
+    Router::new().fallback(dispatch).with_state(st)
 }
 
 fn query_map(uri: &Uri) -> HashMap<String, String> {
@@ -127,13 +127,14 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if uri.path().starts_with("/scaleset/") {
         return pipelines::handle(st, method, uri, headers, body).await;
     }
     let q = query_map(&uri);
-    let result = async {
+    // Everything that needs no body is checked before a byte of it is read.
+    let checked = (|| {
         let run_credential = check_auth(&st, &headers)?;
         let path = uri.path();
         let route = match route::parse_sub_list(&method, path)
@@ -152,12 +153,21 @@ async fn dispatch(
             });
         }
         check_api_version(&q)?;
+        Ok::<_, ApiError>(route)
+    })();
+    let route = match checked {
+        Ok(r) => r,
+        Err(e) => return limits::refuse(e, Some(body)),
+    };
+    let result = async {
+        let limit = limits::ARM_BODY_LIMIT;
+        let body = limits::read_body(body, &headers, limit, st.cfg.limits.body_timeout).await?;
         let reply = handlers::execute(&st, route.clone(), &q, &body).await?;
-        Ok::<_, ApiError>((route, reply))
+        Ok::<_, ApiError>((route, reply, body))
     }
     .await;
     match result {
-        Ok((route, (status, v))) => {
+        Ok((route, (status, v), body)) => {
             // Clients poll the URLs of long-running operations where they reached us.
             let base = match headers.get("host").and_then(|h| h.to_str().ok()) {
                 Some(h) => format!("http://{h}"),
@@ -179,7 +189,7 @@ async fn dispatch(
             }
             resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => limits::refuse(e, None),
     }
 }
 
@@ -249,8 +259,8 @@ pub async fn serve(
     st: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(st.cfg.listen)
-        .await
+    limits::raise_nofile_limit();
+    let listener = server::bind(st.cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", st.cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     std::fs::write(st.cfg.home.join("endpoint"), format!("http://{addr}"))
@@ -258,10 +268,8 @@ pub async fn serve(
     tracing::info!(%addr, home = %st.cfg.home.display(), "scaleset daemon listening");
     let engine = tokio::spawn(engine::run(st.clone()));
     pipelines::start(&st);
-    let r = axum::serve(listener, app(st))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string());
+    let limits = st.cfg.limits.clone();
+    server::run(listener, app(st), &limits, shutdown).await;
     engine.abort();
-    r
+    Ok(())
 }

@@ -30,7 +30,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use pipeline::artifacts::ArtifactStore;
-use pipeline::git::{self, CgiRequest, RepoStore};
+use pipeline::git::{self, RepoStore};
 use pipeline::runner::{
     pipelines_for_completed_run, pipelines_for_push, PipelineDefinition, RunReason, RunRequest,
     RunStatus, RunStore, Runner, RunnerConfig, TriggerMatch,
@@ -696,33 +696,30 @@ pub async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     // Webhooks authenticate with the repository's own secret, never the daemon token.
     if let Some(name) = uri.path().strip_prefix("/scaleset/hooks/") {
         if method != Method::POST {
-            return ApiError::Client {
+            let e = ApiError::Client {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 code: "MethodNotAllowed",
                 message: "webhooks are POST requests".into(),
-            }
-            .into_response();
+            };
+            return crate::limits::refuse(e, Some(body));
         }
         let Some(svc) = st.pipelines.clone() else {
-            return unavailable().into_response();
+            return crate::limits::refuse(unavailable(), Some(body));
         };
-        return match webhook(&svc, name, &headers, &body).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        };
+        return webhook(&st, &svc, name, &headers, body).await;
     }
     let Some(user) = bearer_or_basic_ok(&st, &headers) else {
-        let mut r = ApiError::Client {
+        let e = ApiError::Client {
             status: StatusCode::UNAUTHORIZED,
             code: "AuthenticationFailed",
             message: "Authentication failed: send the daemon token as a Bearer token or as the HTTP Basic password.".into(),
-        }
-        .into_response();
+        };
+        let mut r = crate::limits::refuse(e, Some(body));
         r.headers_mut().insert(
             "www-authenticate",
             HeaderValue::from_static("Basic realm=\"scaleset\""),
@@ -730,7 +727,7 @@ pub async fn handle(
         return r;
     };
     let Some(svc) = st.pipelines.clone() else {
-        return unavailable().into_response();
+        return crate::limits::refuse(unavailable(), Some(body));
     };
     let path = uri
         .path()
@@ -739,58 +736,67 @@ pub async fn handle(
         .to_string();
     if let Some(rest) = path.strip_prefix("/git") {
         return git_request(
+            &st,
             &svc,
             &method,
             rest,
             uri.query().unwrap_or(""),
             &headers,
-            &body,
+            body,
             &user,
         )
         .await;
     }
     let q = crate::query_map(&uri);
+    let limit = crate::limits::JSON_BODY_LIMIT;
+    let body =
+        match crate::limits::read_body(body, &headers, limit, st.cfg.limits.body_timeout).await {
+            Ok(b) => b,
+            Err(e) => return crate::limits::refuse(e, None),
+        };
     match api(&st, &svc, &method, &path, &q, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn git_request(
+    st: &AppState,
     svc: &Arc<PipelineService>,
     method: &Method,
     path_info: &str,
     query: &str,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Body,
     user: &str,
 ) -> Response {
     let Some(gp) = git::parse_path_info(method.as_str(), path_info, query) else {
-        return ApiError::not_found(
+        let e = ApiError::not_found(
             "RepositoryNotFound",
             format!("no repository at {path_info}"),
-        )
-        .into_response();
+        );
+        return crate::limits::refuse(e, Some(body));
     };
     if !svc.repos.path(&gp.repo).is_dir() {
-        return ApiError::not_found(
+        let e = ApiError::not_found(
             "RepositoryNotFound",
             format!(
                 "repository `{}` does not exist; create it with `scaleset repo create {}`",
                 gp.repo, gp.repo
             ),
-        )
-        .into_response();
+        );
+        return crate::limits::refuse(e, Some(body));
     }
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let req = CgiRequest {
+    let req = crate::gitcgi::Request {
         method: method.as_str(),
         path_info,
         query,
         content_type: h("content-type"),
         content_encoding: h("content-encoding"),
         git_protocol: h("git-protocol"),
-        body,
+        content_length: crate::limits::content_length(headers),
         remote_user: Some(user),
         remote_addr: Some("127.0.0.1"),
     };
@@ -805,15 +811,18 @@ async fn git_request(
     } else {
         Default::default()
     };
-    let resp = match git::http_backend(svc.repos.root(), &req).await {
-        Ok(r) => r,
-        Err(e) => return ApiError::internal(format!("git http-backend: {e}")).into_response(),
-    };
+    let (cap, idle) = (st.cfg.limits.max_push_bytes, st.cfg.limits.body_timeout);
+    let (resp, prefix) =
+        match crate::gitcgi::http_backend(svc.repos.root(), &req, body, cap, idle).await {
+            Ok(r) => r,
+            Err(e) => return crate::limits::refuse(git_body_error(&gp.repo, e), None),
+        };
     let mut out_body = resp.body;
     if gp.is_push_post && resp.status < 300 {
         let after = svc.repos.refs(&gp.repo).unwrap_or_default();
         let notes = on_push(svc, &gp.repo, &before, &after);
-        let sideband = body.windows(9).any(|w| w == b"side-band");
+        // The capabilities are on the first command line, well within the prefix.
+        let sideband = prefix.windows(9).any(|w| w == b"side-band");
         if sideband && out_body.ends_with(b"0000") {
             out_body.truncate(out_body.len() - 4);
             for n in &notes {
@@ -833,6 +842,30 @@ async fn git_request(
     }
     r.body(Body::from(out_body))
         .unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+/// A git request body the daemon refused: too large, too slow, or broken.
+fn git_body_error(repo: &str, e: crate::gitcgi::CgiError) -> ApiError {
+    use crate::gitcgi::CgiError;
+    let (status, code) = match &e {
+        CgiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PushTooLarge"),
+        CgiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
+        CgiError::Client(_) => (StatusCode::BAD_REQUEST, "InvalidRequestContent"),
+        CgiError::Io(_) => return ApiError::internal(e),
+    };
+    let message = match &e {
+        CgiError::TooLarge(cap) => format!(
+            "the push to `{repo}` is larger than this daemon's limit of {cap} bytes \
+             (scaleset serve --max-push-bytes, SCALESET_MAX_PUSH_BYTES); nothing was changed"
+        ),
+        e => format!("push to `{repo}`: {e}; nothing was changed"),
+    };
+    tracing::warn!(repo, %message, "git request refused");
+    ApiError::Client {
+        status,
+        code,
+        message,
+    }
 }
 
 /// Matches a push's ref updates against the repository's pipelines and queues runs. Returns
@@ -956,28 +989,91 @@ type Reply = Result<Response, ApiError>;
 /// refs moved: the mirror is fetched and the refs that really moved trigger pipelines like a
 /// push.
 async fn webhook(
+    st: &AppState,
     svc: &Arc<PipelineService>,
     name: &str,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Reply {
-    use pipeline::webhook::{authenticate, parse, HookEvent};
+    body: Body,
+) -> Response {
     let name = crate::route::decode_segment(name);
+    let auth = match webhook_credentials(svc, &name, headers) {
+        Ok(a) => a,
+        Err(e) => return crate::limits::refuse(e, Some(body)),
+    };
+    let limit = crate::limits::WEBHOOK_BODY_LIMIT;
+    let body =
+        match crate::limits::read_body(body, headers, limit, st.cfg.limits.body_timeout).await {
+            Ok(b) => b,
+            Err(e) => return crate::limits::refuse(e, None),
+        };
+    match webhook_push(svc, &name, headers, &auth, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A webhook call's credentials: the mirror's secret, the signature, the Basic password.
+struct HookAuth {
+    secret: String,
+    signature: Option<String>,
+    password: Option<String>,
+}
+
+fn hook_unauthenticated(e: pipeline::webhook::HookError) -> ApiError {
+    ApiError::Client {
+        status: StatusCode::UNAUTHORIZED,
+        code: "AuthenticationFailed",
+        message: e.to_string(),
+    }
+}
+
+/// Everything about a webhook's authentication that needs no body: a mirror with a secret, and
+/// a signature or a password (which is checked here). Nothing is read before this passes.
+fn webhook_credentials(
+    svc: &PipelineService,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<HookAuth, ApiError> {
+    use pipeline::webhook::authenticate;
     // Unknown repositories and repositories without a secret look the same as a bad secret.
-    let secret = svc.repos.webhook_secret(&name).unwrap_or_default();
+    let secret = svc.repos.webhook_secret(name).unwrap_or_default();
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let password = h("authorization")
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| b64_decode(b.trim()))
         .and_then(|d| String::from_utf8(d).ok())
         .and_then(|up| up.split_once(':').map(|(_, p)| p.to_string()));
-    authenticate(&secret, body, h("x-hub-signature-256"), password.as_deref()).map_err(|e| {
-        ApiError::Client {
-            status: StatusCode::UNAUTHORIZED,
-            code: "AuthenticationFailed",
-            message: e.to_string(),
-        }
-    })?;
+    let signature = h("x-hub-signature-256").map(str::to_string);
+    if signature.is_none() {
+        authenticate(&secret, b"", None, password.as_deref()).map_err(hook_unauthenticated)?;
+    } else if secret.is_empty() {
+        authenticate("", b"", signature.as_deref(), None).map_err(hook_unauthenticated)?;
+    }
+    Ok(HookAuth {
+        secret,
+        signature,
+        password,
+    })
+}
+
+/// An authenticated webhook's payload: fetch the mirror, trigger what really moved.
+async fn webhook_push(
+    svc: &Arc<PipelineService>,
+    name: &str,
+    headers: &HeaderMap,
+    auth: &HookAuth,
+    body: &[u8],
+) -> Reply {
+    use pipeline::webhook::{authenticate, parse, HookEvent};
+    let name = name.to_string();
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    authenticate(
+        &auth.secret,
+        body,
+        auth.signature.as_deref(),
+        auth.password.as_deref(),
+    )
+    .map_err(hook_unauthenticated)?;
     let refs = match parse(h("x-github-event"), body)
         .map_err(|e| ApiError::bad_request("InvalidWebhookPayload", e.to_string()))?
     {

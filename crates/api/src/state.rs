@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     /// Test knob: replaces every scale set's automatic repairs grace period (Azure's minimum,
     /// PT10M, is too long for tests). `SCALESET_REPAIR_GRACE_SECS`.
     pub repair_grace_secs: Option<u64>,
+    /// Body sizes, timeouts, connection caps, allowed LB frontend addresses.
+    pub limits: crate::limits::Limits,
 }
 
 impl DaemonConfig {

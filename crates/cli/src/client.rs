@@ -127,7 +127,12 @@ impl Client {
             endpoint,
             token,
             sub,
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            // Under the daemon's default header timeout (10 s), which also closes idle
+            // keep-alive connections: a pooled connection is dropped here before the daemon
+            // closes it under a request.
+            http: HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
+                .build_http(),
             azure: None,
         }
     }

@@ -3,6 +3,7 @@ use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args, Clone)]
 pub struct ServeArgs {
@@ -15,6 +16,45 @@ pub struct ServeArgs {
     /// Virtual network for instances (default: a free /24 in 10.213.0.0/16, chosen once and kept).
     #[arg(long, env = "SCALESET_SUBNET")]
     pub subnet: Option<String>,
+    /// Seconds a client has to send a request's headers (also closes idle keep-alive connections).
+    #[arg(long, env = "SCALESET_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request body (ARM, webhook); for a push, the longest pause.
+    #[arg(long, env = "SCALESET_BODY_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_secs: u64,
+    /// Open API connections at most; more wait until one closes.
+    #[arg(long, env = "SCALESET_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Largest git push (request body, bytes); a larger push fails and changes nothing.
+    #[arg(long, env = "SCALESET_MAX_PUSH_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_push_bytes: u64,
+    /// Address ranges load balancer frontends may listen on (privateIPAddress), comma-separated.
+    #[arg(long, env = "SCALESET_LB_ALLOWED_ADDRESSES", default_value = api::limits::DEFAULT_LB_ALLOWED)]
+    pub lb_allowed_addresses: String,
+    /// Open connections per load balancer frontend; more wait until one closes.
+    #[arg(long, env = "SCALESET_LB_MAX_CONNECTIONS", default_value_t = lb::config::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub lb_max_connections: u32,
+    /// Milliseconds an L7 frontend's client has to send a request's headers.
+    #[arg(long, env = "SCALESET_LB_HEADER_TIMEOUT_MS", default_value_t = lb::config::DEFAULT_HEADER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub lb_header_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> Result<api::limits::Limits> {
+        let lb_allowed = api::limits::Cidr::parse_list(&self.lb_allowed_addresses)
+            .map_err(|e| anyhow!("invalid --lb-allowed-addresses: {e}"))?;
+        Ok(api::limits::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            max_connections: self.max_connections as usize,
+            max_push_bytes: self.max_push_bytes,
+            lb_allowed,
+            lb_frontend: lb::FrontendLimits {
+                max_connections: self.lb_max_connections,
+                header_timeout_ms: self.lb_header_timeout_ms,
+            },
+        })
+    }
 }
 
 /// Loads or chooses the daemon configuration for `home`. The subnet is chosen once and
@@ -84,6 +124,7 @@ pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
         repair_grace_secs: std::env::var("SCALESET_REPAIR_GRACE_SECS")
             .ok()
             .and_then(|v| v.parse().ok()),
+        limits: args.limits()?,
     })
 }
 

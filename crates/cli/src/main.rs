@@ -128,6 +128,8 @@ fn main() {
             }
             Cmd::LbServe { config, admin } => {
                 init_tracing("info");
+                // Each connection is a descriptor or two: let the frontend cap decide.
+                api::limits::raise_nofile_limit();
                 lb::serve(&config, &admin)
                     .await
                     .map_err(|e| anyhow::anyhow!(api::error::error_chain(&e)))

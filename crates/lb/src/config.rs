@@ -28,6 +28,50 @@ pub struct LbConfig {
     pub backends: Vec<Backend>,
     #[serde(default)]
     pub no_healthy_backends_behavior: NoHealthyBackendsBehavior,
+    /// Per-frontend limits against clients that hold connections (slowloris).
+    #[serde(default)]
+    pub frontend_limits: FrontendLimits,
+}
+
+/// Default open connections per frontend (L7 client connections or L4 flows).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Default time for a request head on an L7 frontend.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+
+/// Limits of every frontend of one load balancer. Not Azure's (a Standard LB has no such
+/// knobs): the daemon sets them from `scaleset serve`'s flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendLimits {
+    /// Open connections per frontend; further ones wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// L7: a connection must deliver a complete request head within this time of its first
+    /// byte (or of being accepted); idle keep-alive connections get the rule's idle timeout.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+fn default_max_connections() -> u32 {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_header_timeout_ms() -> u64 {
+    DEFAULT_HEADER_TIMEOUT_MS
+}
+
+impl Default for FrontendLimits {
+    fn default() -> Self {
+        FrontendLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+        }
+    }
+}
+
+impl FrontendLimits {
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.header_timeout_ms)
+    }
 }
 
 /// What to do with a new flow when no backend of a rule is healthy.
@@ -159,6 +203,13 @@ impl LbConfig {
     /// Validates the configuration against Azure's rules.
     pub fn validate(&self) -> Result<(), LbError> {
         let bad = |m: String| Err(LbError::InvalidConfig(m));
+        let fl = &self.frontend_limits;
+        if !(1..=1_000_000).contains(&fl.max_connections) {
+            return bad("frontendLimits.maxConnections must be 1..=1000000".into());
+        }
+        if !(100..=3_600_000).contains(&fl.header_timeout_ms) {
+            return bad("frontendLimits.headerTimeoutMs must be 100..=3600000".into());
+        }
         let mut probe_names = HashSet::new();
         for p in &self.probes {
             if p.name.is_empty() {
@@ -347,6 +398,10 @@ mod tests {
             }),
             ("unicast", |c| c.backends[0].ip = "0.0.0.0".parse().unwrap()),
             ("name must not be empty", |c| c.rules[0].name.clear()),
+            ("maxConnections", |c| c.frontend_limits.max_connections = 0),
+            ("headerTimeoutMs", |c| {
+                c.frontend_limits.header_timeout_ms = 99
+            }),
         ];
         for (want, mutate) in cases {
             let mut c = base();

@@ -9,16 +9,16 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::config::{Layer, LbConfig, NoHealthyBackendsBehavior, Probe, Rule};
+use crate::config::{FrontendLimits, Layer, LbConfig, NoHealthyBackendsBehavior, Probe, Rule};
 use crate::l7::Pool;
 use crate::probe_state::ProbeState;
 use crate::select::member_key;
@@ -99,6 +99,7 @@ pub(crate) struct Target {
 #[derive(Debug)]
 pub(crate) struct RuleView {
     pub rule: Rule,
+    pub limits: FrontendLimits,
     /// Candidates for new flows (healthy, or the AllProbedUp fallback).
     pub targets: Vec<Target>,
 }
@@ -111,6 +112,29 @@ pub(crate) struct Listener {
     /// Per-request rotation counter for L7 `Default`.
     pub rotation: AtomicU64,
     pub local: SocketAddr,
+    /// One permit per open connection (`frontendLimits.maxConnections`); the accept loop
+    /// waits for a permit, so excess clients wait in the listen backlog.
+    pub conns: Arc<Semaphore>,
+    /// The permits `conns` is sized for (control path only).
+    cap: AtomicU32,
+}
+
+impl Listener {
+    /// Resizes the connection cap (control path). Shrinking takes the permits as open
+    /// connections close.
+    fn set_cap(&self, cap: u32) {
+        let old = self.cap.swap(cap, Relaxed);
+        if cap > old {
+            self.conns.add_permits((cap - old) as usize);
+        } else if cap < old {
+            let sem = self.conns.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(old - cap).await {
+                    p.forget();
+                }
+            });
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -157,13 +181,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts an open client connection while alive.
-pub(crate) struct OpenGuard(pub Arc<Lb>);
+/// Counts an open client connection while alive and holds its frontend's connection permit.
+pub(crate) struct OpenGuard(
+    pub Arc<Lb>,
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+);
 
 impl OpenGuard {
-    pub fn new(lb: &Arc<Lb>) -> Self {
+    pub fn new(lb: &Arc<Lb>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         lb.open.fetch_add(1, Relaxed);
-        OpenGuard(lb.clone())
+        OpenGuard(lb.clone(), permit)
     }
 }
 
@@ -304,20 +331,27 @@ impl Lb {
             }
             k
         });
+        for e in ctl.listeners.values() {
+            e.listener.set_cap(cfg.frontend_limits.max_connections);
+        }
         ctl.config = cfg;
         for (addr, tcp) in bound {
             let rule = match ctl.config.rules.iter().find(|r| r.frontend == addr) {
                 Some(r) => r.clone(),
                 None => continue,
             };
+            let cap = ctl.config.frontend_limits.max_connections;
             let listener = Arc::new(Listener {
                 lb: self.clone(),
                 view: ArcSwap::from_pointee(RuleView {
                     rule,
+                    limits: ctl.config.frontend_limits,
                     targets: Vec::new(),
                 }),
                 rotation: AtomicU64::new(0),
                 local: addr,
+                conns: Arc::new(Semaphore::new(cap as usize)),
+                cap: AtomicU32::new(cap),
             });
             let (stop, stop_rx) = watch::channel(false);
             info!(lb = %ctl.config.name, frontend = %addr, "listener added");
@@ -373,6 +407,7 @@ impl Lb {
             }
             entry.listener.view.store(Arc::new(RuleView {
                 rule: rule.clone(),
+                limits: cfg.frontend_limits,
                 targets: healthy,
             }));
         }
@@ -506,6 +541,17 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, LbError> {
 async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener, mut stop: watch::Receiver<bool>) {
     let mut shutdown = listener.lb.shutdown.subscribe();
     loop {
+        // A permit first: at the cap, new clients wait in the backlog instead of taking
+        // memory and descriptors (the header and idle timeouts free the slots).
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = shutdown.changed() => break,
+            p = listener.conns.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -516,7 +562,7 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener, mut stop: watch:
             Ok((stream, peer)) => {
                 let lb = &listener.lb;
                 lb.totals.connections.fetch_add(1, Relaxed);
-                let guard = OpenGuard::new(lb);
+                let guard = OpenGuard::new(lb, permit);
                 let l = listener.clone();
                 match l.view.load().rule.layer {
                     Layer::L4 => tokio::spawn(crate::l4::serve_conn(l, stream, peer, guard)),

@@ -293,12 +293,100 @@ impl Body for ProxyBody {
     }
 }
 
-/// Requests started and finished on one client connection, for its idle
-/// timer.
-#[derive(Default)]
+/// Requests started and finished on one client connection, for its idle and
+/// header timers. Only this connection's task touches it (relaxed atomics, no
+/// contention).
 struct ConnActivity {
     started: AtomicU64,
     finished: AtomicU64,
+    /// Ticks of the connection's ticker so far.
+    ticks: AtomicU64,
+    /// A request head is being read: set by the first byte that arrives while
+    /// no request is in flight (and at accept), cleared when a head is parsed.
+    head_pending: AtomicBool,
+    /// `ticks` when `head_pending` was set.
+    head_since: AtomicU64,
+}
+
+impl ConnActivity {
+    fn new() -> Self {
+        ConnActivity {
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            // A new connection owes its first head from the moment it is accepted.
+            head_pending: AtomicBool::new(true),
+            head_since: AtomicU64::new(0),
+        }
+    }
+
+    fn bytes_read(&self) {
+        if !self.head_pending.load(Relaxed)
+            && self.started.load(Relaxed) == self.finished.load(Relaxed)
+        {
+            self.head_since.store(self.ticks.load(Relaxed), Relaxed);
+            self.head_pending.store(true, Relaxed);
+        }
+    }
+
+    fn head_parsed(&self) {
+        self.head_pending.store(false, Relaxed);
+        self.started.fetch_add(1, Relaxed);
+    }
+
+    /// Whether a pending head has had `limit` ticks.
+    fn head_overdue(&self, limit: u64) -> bool {
+        self.head_pending.load(Relaxed)
+            && self.ticks.load(Relaxed) - self.head_since.load(Relaxed) >= limit
+    }
+}
+
+/// The client stream, telling the connection's activity when bytes arrive.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<ConnActivity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Counts a response as finished when hyper drops its body (fully written or
@@ -311,9 +399,21 @@ impl Drop for Finished {
     }
 }
 
-/// The idle timer checks this often; a connection closes between `idle` and
-/// `idle + idle / IDLE_TICKS` after its last request.
+/// The idle timer checks at least this often per idle timeout; a connection
+/// closes between `idle` and `idle + idle / IDLE_TICKS` after its last request.
 const IDLE_TICKS: u32 = 8;
+/// Likewise per header timeout.
+const HEADER_TICKS: u32 = 4;
+
+/// The connection ticker's period and how many ticks make the idle and the
+/// header timeouts.
+fn tick_plan(idle: Duration, header: Duration) -> (Duration, u64, u64) {
+    let tick = (idle / IDLE_TICKS)
+        .min(header / HEADER_TICKS)
+        .max(Duration::from_millis(10));
+    let ticks = |d: Duration| d.as_nanos().div_ceil(tick.as_nanos()).max(1) as u64;
+    (tick, ticks(idle), ticks(header))
+}
 
 pub(crate) async fn serve_conn(
     l: Arc<Listener>,
@@ -324,14 +424,14 @@ pub(crate) async fn serve_conn(
     let _ = stream.set_nodelay(true);
     let mut shutdown = l.lb.shutdown.subscribe();
     let xff = HeaderValue::from_str(&peer.ip().to_string()).ok();
-    let activity = Arc::new(ConnActivity::default());
+    let activity = Arc::new(ConnActivity::new());
     let svc = {
         let l = l.clone();
         let activity = activity.clone();
         service_fn(move |req| {
             let l = l.clone();
             let xff = xff.clone();
-            activity.started.fetch_add(1, Relaxed);
+            activity.head_parsed();
             let done = Finished(activity.clone());
             async move {
                 let resp = handle(&l, req, peer, xff).await;
@@ -339,18 +439,27 @@ pub(crate) async fn serve_conn(
             }
         })
     };
-    // Azure idle timeout for client keep-alive connections. hyper's
-    // header_read_timeout would do it too, but arms and drops a timer entry
-    // (boxed) for every request; this coarse per-connection ticker costs
-    // nothing per request.
-    let idle =
-        Duration::from_secs(u64::from(l.view.load().rule.idle_timeout_in_minutes.max(1)) * 60);
-    let tick = idle / IDLE_TICKS;
+    // Azure idle timeout for client keep-alive connections, and the header
+    // timeout (slowloris). hyper's header_read_timeout would do the latter,
+    // but arms and drops a timer entry (boxed) for every request; this coarse
+    // per-connection ticker costs nothing per request.
+    let (idle, header) = {
+        let v = l.view.load();
+        (
+            Duration::from_secs(u64::from(v.rule.idle_timeout_in_minutes.max(1)) * 60),
+            v.limits.header_timeout(),
+        )
+    };
+    let (tick, idle_limit, header_limit) = tick_plan(idle, header);
+    let io = Watched {
+        io: stream,
+        activity: activity.clone(),
+    };
     let conn = server_http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .serve_connection(TokioIo::new(stream), svc);
+        .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let ticker = tokio::time::sleep(tick);
     tokio::pin!(ticker);
@@ -373,10 +482,15 @@ pub(crate) async fn serve_conn(
             return Poll::Ready(true);
         }
         while ticker.as_mut().poll(&mut scx).is_ready() {
+            activity.ticks.fetch_add(1, Relaxed);
+            if activity.head_overdue(header_limit) {
+                debug!(peer = %peer, "client connection header timeout");
+                return Poll::Ready(false);
+            }
             let started = activity.started.load(Relaxed);
             if started == seen && activity.finished.load(Relaxed) == started {
                 idle_ticks += 1;
-                if idle_ticks >= IDLE_TICKS {
+                if idle_ticks >= idle_limit {
                     debug!(peer = %peer, "client connection idle timeout");
                     return Poll::Ready(false);
                 }
@@ -836,6 +950,44 @@ async fn proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_plan_covers_both_timeouts() {
+        let s = Duration::from_secs;
+        // Azure's 4 min idle with the default 10 s header timeout: 2.5 s ticks.
+        assert_eq!(
+            tick_plan(s(240), s(10)),
+            (Duration::from_millis(2500), 96, 4)
+        );
+        // A long header timeout: the idle timeout sets the pace, as before.
+        assert_eq!(tick_plan(s(240), s(3600)), (s(30), 8, 120));
+        // Rounding up: a timeout never fires early.
+        assert_eq!(
+            tick_plan(s(240), Duration::from_millis(1000)),
+            (Duration::from_millis(250), 960, 4)
+        );
+        assert_eq!(tick_plan(s(1), s(1)).0, Duration::from_millis(125));
+    }
+
+    #[test]
+    fn head_pending_follows_reads_and_requests() {
+        let a = ConnActivity::new();
+        assert!(a.head_overdue(0), "a new connection owes a head");
+        a.ticks.store(4, Relaxed);
+        assert!(a.head_overdue(4) && !a.head_overdue(5));
+        a.head_parsed();
+        assert!(!a.head_overdue(0));
+        // Body bytes of the request in flight start no head.
+        a.bytes_read();
+        assert!(!a.head_overdue(0));
+        a.finished.fetch_add(1, Relaxed);
+        a.ticks.store(10, Relaxed);
+        // Idle keep-alive: no head pending until a byte arrives.
+        assert!(!a.head_overdue(0));
+        a.bytes_read();
+        a.ticks.store(13, Relaxed);
+        assert!(a.head_overdue(3) && !a.head_overdue(4));
+    }
 
     #[test]
     fn hop_by_hop_match_agrees_with_the_list() {

@@ -38,8 +38,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 pub use config::{
-    Backend, Layer, LbConfig, LoadDistribution, NoHealthyBackendsBehavior, Probe, ProbeProtocol,
-    Rule,
+    Backend, FrontendLimits, Layer, LbConfig, LoadDistribution, NoHealthyBackendsBehavior, Probe,
+    ProbeProtocol, Rule,
 };
 pub use error::LbError;
 pub use status::{BackendStatus, Counters, LbStatus};

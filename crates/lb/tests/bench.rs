@@ -66,6 +66,7 @@ async fn bench_l7_and_l4() {
             })
             .collect(),
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+        frontend_limits: Default::default(),
     };
     let h = Harness::start("bench", &cfg).await;
     let d = Duration::from_secs(3);

@@ -58,6 +58,7 @@ fn l7_config(name: &str, fport: u16, bport: u16, ips: &[IpAddr]) -> LbConfig {
         probes: vec![http_probe(bport)],
         backends: backends(ips),
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+        frontend_limits: Default::default(),
     }
 }
 
@@ -429,6 +430,7 @@ async fn l4_proxies_and_established_flow_survives_unhealthy_backend() {
         }],
         backends: backends(&ips),
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+        frontend_limits: Default::default(),
     };
     let h = Harness::start("l4", &cfg).await;
     h.wait_healthy(&["b0", "b1"]).await;
@@ -669,6 +671,7 @@ async fn l7_streams_chunked_head_and_close_responses_and_reuses_connections() {
         probes: vec![],
         backends: backends(&ips),
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+        frontend_limits: Default::default(),
     };
     let h = Harness::start("framing", &cfg).await;
     let mut c = Http::connect(front(fport)).await;
