@@ -411,3 +411,86 @@ fn without_the_runner_user_jobs_do_not_run() {
     h.kill_serve();
     let _ = std::fs::remove_dir_all(&h.home);
 }
+
+/// Nothing acknowledged is lost: a run acknowledged as queued survives a daemon crash, a run
+/// cut off by it fails (and its processes die), and a push whose refs moved while the daemon
+/// was not there to queue its runs (the crash window between git and the queue) still runs.
+#[test]
+fn queued_runs_and_unprocessed_pushes_survive_a_daemon_crash() {
+    if !prerequisites() {
+        return;
+    }
+    let mut h = harness("scaleset-sec-durable");
+    h.start_serve();
+    let token = std::fs::read_to_string(h.home.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let yaml = "trigger:\n  branches:\n    include: [main]\nsteps:\n- script: |\n    echo commit $(Build.SourceVersion)\n    test -e slow && sleep 600\n    true\n";
+    let out = push_repo(
+        &h,
+        &token,
+        "dur",
+        &[
+            ("azure-pipelines.yml", yaml.into()),
+            ("slow", String::new()),
+        ],
+    );
+    assert!(out.contains("queued run 1"), "{out}");
+    let work = h.home.join("src-dur");
+    let url = format!("http://x:{token}@{}/scaleset/git/dur.git", h.api);
+    std::fs::remove_file(work.join("slow")).unwrap();
+    assert!(git(&work, &["commit", "-qam", "fast"]).0);
+    let (ok, out) = git(&work, &["push", &url, "main"]);
+    assert!(ok && out.contains("queued run 2"), "{out}");
+    // Run 1 sleeps; run 2 waits behind it. The daemon dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.json(&["run", "show", "1"])["status"] != "running" {
+        assert!(Instant::now() < deadline, "run 1 did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    h.kill_serve();
+    // A ref moves while nobody is there to match it.
+    std::fs::write(work.join("third.txt"), "3\n").unwrap();
+    assert!(git(&work, &["add", "."]).0);
+    assert!(git(&work, &["commit", "-qm", "third"]).0);
+    let bare = format!("file://{}", h.home.join("repos/dur.git").display());
+    let (ok, out) = git(&work, &["push", &bare, "main"]);
+    assert!(ok, "{out}");
+    let (_, head) = git(&work, &["rev-parse", "HEAD"]);
+    h.start_serve();
+    let wait = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = h.json(&["run", "show", id]);
+            if r["status"] == "completed" {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "run {id} did not complete: {r}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let r1 = wait("1");
+    assert_eq!(r1["state"], "failed", "{r1}");
+    assert!(r1["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("daemon stopped"));
+    let r2 = wait("2");
+    assert_eq!(
+        r2["state"], "succeeded",
+        "the queued run was not resumed: {r2}"
+    );
+    let r3 = wait("3");
+    assert_eq!(r3["state"], "succeeded", "{r3}");
+    assert_eq!(r3["source_version"], head.trim(), "{r3}");
+    assert_eq!(h.json(&["run", "list"]).as_array().unwrap().len(), 3);
+    assert_eq!(
+        runner_processes(),
+        Vec::<String>::new(),
+        "run 1's sleep survived"
+    );
+    h.kill_serve();
+    let _ = std::fs::remove_dir_all(&h.home);
+}
