@@ -108,9 +108,11 @@ use sha2::{Digest, Sha256};
 
 mod bake;
 mod oci;
+mod sandbox;
 mod store;
 
 pub use bake::BakeEvent;
+pub use sandbox::DROPPED_CAPS;
 pub use store::GcReport;
 
 /// The empty base.
@@ -180,6 +182,13 @@ pub enum ImageError {
     },
     #[error("corrupt image record {path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    /// The bake's network namespace or the bridge/firewall it joins could not be set up.
+    #[error("bake of image {name:?}: network setup failed")]
+    Network {
+        name: String,
+        #[source]
+        source: runtime::RuntimeError,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
@@ -326,10 +335,19 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// Records and seals are written durably ([`runtime::durable::atomic_write`]): an image
+/// reported baked or imported survives a host crash.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
-    fs::write(&tmp, data).map_err(io_err(format!("write {}", tmp.display())))?;
-    fs::rename(&tmp, path).map_err(io_err(format!("rename {}", path.display())))
+    runtime::durable::atomic_write(path, data).map_err(io_err(format!("write {}", path.display())))
+}
+
+/// `dir` (created if missing) with mode 0700, also when it already existed with a wider mode:
+/// layers and bases hold setuid binaries, and only root may reach them on the host.
+fn private_dir(dir: &Path) -> Result<(), ImageError> {
+    runtime::private_dir(dir).map_err(io_err(format!(
+        "create {} with mode 0700",
+        dir.display()
+    )))
 }
 
 fn mountpoints_under(p: &Path) -> Vec<PathBuf> {
@@ -587,6 +605,19 @@ impl Flock {
     }
 }
 
+impl Flock {
+    /// Non-blocking attempt, creating the lock file if needed: `Ok(None)` when held elsewhere.
+    fn try_create_exclusive(path: &Path) -> Result<Option<Self>, ImageError> {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open lock {}", path.display())))?;
+        Self::try_exclusive(path)
+    }
+}
+
 impl Drop for Flock {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
@@ -665,6 +696,8 @@ impl ImageStore {
     }
 
     fn mkdirs(&self) -> Result<(), ImageError> {
+        // The store root is the one gate: nothing below it is reachable by other host users.
+        private_dir(&self.root)?;
         for d in ["images", "layers", "logs", "tmp", "seals", "scratch"] {
             let p = self.root.join(d);
             fs::create_dir_all(&p).map_err(io_err(format!("mkdir {}", p.display())))?;
@@ -699,11 +732,11 @@ impl ImageStore {
         let suite = parse_base(base)?;
         let dir = self.base_dir(base)?;
         let rootfs = dir.join("rootfs");
+        // Also narrows a cache created wider by an older scaleset.
+        private_dir(&self.base_cache)?;
         if rootfs.is_dir() && dir.join("id").is_file() {
             return Ok(rootfs);
         }
-        fs::create_dir_all(&self.base_cache)
-            .map_err(io_err(format!("mkdir {}", self.base_cache.display())))?;
         let _lock = Flock::exclusive(&self.base_cache.join(format!(".debian-{suite}.lock")))?;
         if rootfs.is_dir() && dir.join("id").is_file() {
             return Ok(rootfs);
@@ -750,6 +783,9 @@ impl ImageStore {
         if !hosts.exists() {
             fs::write(&hosts, BASE_HOSTS).map_err(io_err(format!("write {}", hosts.display())))?;
         }
+        // debootstrap leaves /dev/{null,console,...}: nspawn mounts its own /dev in bakes and
+        // machines, so a layer never needs device nodes (and none are kept on the host).
+        remove_device_nodes(&tmp.join("rootfs/dev"))?;
         let id = hex::encode(Sha256::digest(format!(
             "{base}\0{}\0{mirror}\0{}",
             BASE_PACKAGES.join(","),
@@ -757,7 +793,10 @@ impl ImageStore {
         )));
         fs::write(tmp.join("id"), format!("{id}\n"))
             .map_err(io_err(format!("write {}", tmp.join("id").display())))?;
-        fs::rename(&tmp, &dir).map_err(io_err(format!("rename base into {}", dir.display())))?;
+        // The rootfs and its id are on disk before the base is published under its name.
+        runtime::durable::sync_tree(&tmp)
+            .and_then(|()| runtime::durable::rename_durable(&tmp, &dir))
+            .map_err(io_err(format!("rename base into {}", dir.display())))?;
         drop(guard);
         let _ = writeln!(log, "scaleset: base {base} ready at {}", rootfs.display());
         Ok(rootfs)
@@ -808,6 +847,20 @@ impl ImageStore {
         check_package_links(&pkg, Path::new("")).map_err(bad)?;
         Ok((pkg, script, pkg_name))
     }
+}
+
+/// Remove the character and block devices directly in `dev` (a fresh debootstrap's `/dev`).
+fn remove_device_nodes(dev: &Path) -> Result<(), ImageError> {
+    let Ok(rd) = fs::read_dir(dev) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_char_device() || ft.is_block_device() {
+            fs::remove_file(e.path()).map_err(io_err(format!("remove {}", e.path().display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuse symlinks in the package whose target is absolute or climbs out
