@@ -1194,7 +1194,9 @@ pub async fn image(cmd: ImageCmd, out: Output) -> Result<()> {
             if !no_network {
                 // The bake joins the home's instance network (outbound NAT only): choose it now
                 // if no daemon has yet, as `scaleset serve` would.
-                let subnet = std::env::var("SCALESET_SUBNET").ok().filter(|s| !s.is_empty());
+                let subnet = std::env::var("SCALESET_SUBNET")
+                    .ok()
+                    .filter(|s| !s.is_empty());
                 crate::daemon::network(&home, subnet.as_deref())?;
             }
             let store =

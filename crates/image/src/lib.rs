@@ -344,10 +344,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
 /// `dir` (created if missing) with mode 0700, also when it already existed with a wider mode:
 /// layers and bases hold setuid binaries, and only root may reach them on the host.
 fn private_dir(dir: &Path) -> Result<(), ImageError> {
-    runtime::private_dir(dir).map_err(io_err(format!(
-        "create {} with mode 0700",
-        dir.display()
-    )))
+    runtime::private_dir(dir).map_err(io_err(format!("create {} with mode 0700", dir.display())))
 }
 
 fn mountpoints_under(p: &Path) -> Vec<PathBuf> {

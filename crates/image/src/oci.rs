@@ -96,7 +96,10 @@ fn sanitize(p: &Path) -> Result<Option<PathBuf>, String> {
 /// `/usr/bin/foo -> /etc/alternatives/foo` must.
 fn check_symlink(rel: &Path, target: &Path) -> Result<(), String> {
     if target.as_os_str().is_empty() {
-        return Err(format!("entry {:?} is a symlink without a target", rel.display().to_string()));
+        return Err(format!(
+            "entry {:?} is a symlink without a target",
+            rel.display().to_string()
+        ));
     }
     if target.is_absolute() {
         return Ok(());
@@ -204,7 +207,13 @@ fn hard_link_source<R: Read>(
         .map_err(|e| format!("bad link name: {e}"))?
         .ok_or_else(|| format!("hard link {:?} without target", rel.display().to_string()))?;
     let t = sanitize(&target)
-        .map_err(|m| format!("hard link {:?} to {:?}: {m}", rel.display().to_string(), target.display().to_string()))?
+        .map_err(|m| {
+            format!(
+                "hard link {:?} to {:?}: {m}",
+                rel.display().to_string(),
+                target.display().to_string()
+            )
+        })?
         .ok_or_else(|| format!("hard link {:?} to the root", rel.display().to_string()))?;
     let tparent = ensure_dirs(dest, t.parent().unwrap_or(Path::new("")))?;
     let src = tparent.join(t.file_name().unwrap_or_default());
@@ -222,8 +231,7 @@ fn hard_link_source<R: Read>(
 /// the import read a host file).
 fn layout_file(layout: &Path, rel: &Path) -> Result<PathBuf, String> {
     let root = fs::canonicalize(layout).map_err(|e| format!("{}: {e}", layout.display()))?;
-    let p = fs::canonicalize(layout.join(rel))
-        .map_err(|e| format!("{}: {e}", rel.display()))?;
+    let p = fs::canonicalize(layout.join(rel)).map_err(|e| format!("{}: {e}", rel.display()))?;
     if !p.starts_with(&root) {
         return Err(format!(
             "{} resolves to {}, outside the image: refused",

@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp_files() {
-        let d = std::env::temp_dir().join(format!("ss-durable-{}-{}", std::process::id(), unique()));
+        let d =
+            std::env::temp_dir().join(format!("ss-durable-{}-{}", std::process::id(), unique()));
         fs::create_dir_all(&d).unwrap();
         let p = d.join("rec.json");
         atomic_write(&p, b"one").unwrap();

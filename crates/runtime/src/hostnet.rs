@@ -225,11 +225,13 @@ fn nft(ctx: &str, script: &str) -> Result<(), RuntimeError> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(script.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|source| RuntimeError::Io {
-        machine: ctx.into(),
-        what: format!("wait for `{cmd}`"),
-        source,
-    })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| RuntimeError::Io {
+            machine: ctx.into(),
+            what: format!("wait for `{cmd}`"),
+            source,
+        })?;
     if !out.status.success() {
         return Err(RuntimeError::Command {
             machine: ctx.into(),
