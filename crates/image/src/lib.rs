@@ -14,9 +14,13 @@
 //! Bake environment (documented contract for setup scripts):
 //! * `cd /deployTemp && <pkg>/<script> <args...>`, as root, `HOME=/root`,
 //!   `DEBIAN_FRONTEND=noninteractive`.
-//! * Host network (with the host's resolv.conf bind-mounted) when
-//!   `BakeSpec::network`, otherwise a private network namespace with only
-//!   loopback.
+//! * With `BakeSpec::network`: its own network namespace on the instance
+//!   bridge of the store's home (`<home>/network.json`), outbound through the
+//!   host's NAT only; the host (daemon, loopback, LB sockets) is unreachable
+//!   (see `sandbox.rs`). The host's resolv.conf is bind-mounted read-only.
+//!   Otherwise a private network namespace with only loopback.
+//! * Without `CAP_NET_RAW`, `CAP_NET_ADMIN`, `CAP_MKNOD`, `CAP_SYS_ADMIN` and
+//!   a few more ([`DROPPED_CAPS`]): no raw sockets, no device nodes.
 //! * `systemctl`: a shim at `/usr/local/sbin/systemctl` forwards
 //!   `enable|disable|mask|unmask|preset|is-enabled|...` to the real
 //!   systemctl in offline mode (`SYSTEMD_OFFLINE=1`) and logs
@@ -36,7 +40,35 @@
 //! (overlayfs-form trees), `seals/<hex>.json` (written once a layer is
 //! completely in the store: digest, files, bytes), `logs/<name>-<time>.log`,
 //! `tmp/` (bakes, imports, exports in progress; each holds a `lock`),
-//! `scratch/` (the empty lower dir of bakes on `scratch`), `.lock`.
+//! `scratch/` (the empty lower dir of bakes on `scratch`), `.lock`,
+//! `.bakenet-<slot>.lock` (the bake network slots).
+//!
+//! # Host safety
+//! * The store root and the base cache are mode 0700 (narrowed on every use,
+//!   also when an older version created them wider), like the runtime's
+//!   `machines/`: no host user but root can reach a layer, a base or a
+//!   machine root.
+//! * Setuid files are kept in layers as baked or imported (instances need
+//!   `sudo`, `su`, `mount`, ...). They are only ever executed inside
+//!   containers: the daemon runs nothing from a layer, the 0700 directories
+//!   keep other host users from executing them, and the bake's host-side
+//!   overlay is mounted `nosuid,nodev`.
+//! * No device nodes: imports refuse character and block devices, bakes run
+//!   without `CAP_MKNOD`, a new debootstrap base loses debootstrap's `/dev`
+//!   nodes (nspawn mounts its own `/dev`), exports skip device nodes. The one
+//!   exception is overlayfs's whiteout (a 0/0 character device, which no
+//!   driver backs).
+//! * Imports refuse entries with `..` components or absolute paths, symlinks
+//!   whose relative target climbs out of the image (absolute targets resolve
+//!   inside the image's root and stay), hard links to anything but an earlier
+//!   file of the same layer, and in the outer archive any symlink that leaves
+//!   it; the error names the entry and nothing is stored.
+//!
+//! # Durability
+//! Image records, seals and deletions are written with
+//! [`runtime::durable`]; a layer tree and a new base are synced (`syncfs`)
+//! before their rename into place, and the rename is synced before the image
+//! naming them is recorded.
 //!
 //! # Bases (`BakeSpec::base`)
 //! * `debian:<suite>` — the debootstrap base above (outside the store, in
@@ -695,6 +727,9 @@ impl ImageStore {
     fn mkdirs(&self) -> Result<(), ImageError> {
         // The store root is the one gate: nothing below it is reachable by other host users.
         private_dir(&self.root)?;
+        if self.base_cache.is_dir() {
+            private_dir(&self.base_cache)?;
+        }
         for d in ["images", "layers", "logs", "tmp", "seals", "scratch"] {
             let p = self.root.join(d);
             fs::create_dir_all(&p).map_err(io_err(format!("mkdir {}", p.display())))?;

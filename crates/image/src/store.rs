@@ -345,6 +345,8 @@ impl ImageStore {
     /// not change the modes the guest sees; re-done after a reboot by the
     /// next call). A tampered layer → [`ImageError::Tampered`] naming it.
     pub fn open_for_use(&self, name: &str) -> Result<Image, ImageError> {
+        // A store created by an older version may still be world-traversable.
+        crate::private_dir(&self.root)?;
         let img = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;

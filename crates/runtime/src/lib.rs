@@ -11,6 +11,12 @@
 //! `spec.json` (the last [`MachineSpec`]), `upper/`, `work/`, `root/`
 //! (overlay mount point), `pid` (`<pid> <starttime>`), `console.log`.
 //!
+//! The state dir is mode 0700 (machine roots hold setuid files). The bridge's
+//! nftables firewall and NAT ([`hostnet`]) keep instances (and bakes, which
+//! join the same bridge) from opening connections to the host, while the host
+//! reaches them. [`durable`] is the one helper for durable file writes outside
+//! SQLite (specs, pid files, image records, ...).
+//!
 //! The API is blocking; async callers should use `spawn_blocking`.
 //!
 //! Survival caveat: nspawn runs with `--keep-unit`, i.e. in the caller's

@@ -154,6 +154,7 @@ fn boot_serve_stop_start_reimage_delete() {
         gateway: subnet.host(1),
     };
     guard.net = Some(net.clone());
+    fs::create_dir_all(&dir).unwrap();
     net.save(&dir.join("network.json")).unwrap();
 
     // Bake the web image.
