@@ -101,6 +101,18 @@ impl LineSink<'_> {
     }
 }
 
+/// `e` with its sources, "a: b: c" (the kept log says why, not only what).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
 fn is_enospc(e: &ImageError) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -282,7 +294,7 @@ impl ImageStore {
         let img = match r {
             Ok(img) => img,
             Err(e) if is_enospc(&e) => {
-                let _ = writeln!(log_file, "scaleset: bake failed: {e}");
+                let _ = writeln!(log_file, "scaleset: bake failed: {}", chain(&e));
                 return Err(ImageError::DiskFull {
                     name: spec.name.clone(),
                     path: self.root.join("tmp"),
@@ -290,7 +302,7 @@ impl ImageStore {
                 });
             }
             Err(e) => {
-                let _ = writeln!(log_file, "scaleset: bake failed: {e}");
+                let _ = writeln!(log_file, "scaleset: bake failed: {}", chain(&e));
                 return Err(e);
             }
         };
