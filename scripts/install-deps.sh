@@ -9,6 +9,8 @@ need=()
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
+# The instance bridge's firewall and NAT (bakes and instances reach out, never into the host).
+command -v nft >/dev/null || need+=(nftables)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v git >/dev/null || need+=(git)
 # The azure provider speaks HTTPS through the system curl (no TLS stack compiled in).

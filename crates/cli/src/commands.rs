@@ -1191,6 +1191,14 @@ pub async fn image(cmd: ImageCmd, out: Output) -> Result<()> {
             crate::daemon::preflight()?;
             model::names::network_or_image("image", &name).map_err(|e| anyhow!(e.message))?;
             let home = client::home();
+            if !no_network {
+                // The bake joins the home's instance network (outbound NAT only): choose it now
+                // if no daemon has yet, as `scaleset serve` would.
+                let subnet = std::env::var("SCALESET_SUBNET")
+                    .ok()
+                    .filter(|s| !s.is_empty());
+                crate::daemon::network(&home, subnet.as_deref())?;
+            }
             let store =
                 image::ImageStore::new(home.join("images"), image::default_base_cache(&home));
             let spec = image::BakeSpec {

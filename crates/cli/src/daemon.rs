@@ -57,17 +57,16 @@ impl ServeArgs {
     }
 }
 
-/// Loads or chooses the daemon configuration for `home`. The subnet is chosen once and
-/// persisted so that restarts keep instance addresses.
-pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
-    std::fs::create_dir_all(&args.home)
-        .with_context(|| format!("cannot create {}", args.home.display()))?;
-    let netfile = args.home.join("network.json");
+/// Loads or chooses the instance network of `home` (`network.json`: chosen once and kept, so
+/// restarts keep instance addresses; `subnet` overrides the saved one). Bakes join it too.
+pub fn network(home: &std::path::Path, subnet: Option<&str>) -> Result<runtime::NetworkSpec> {
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    let netfile = home.join("network.json");
     let saved: Option<serde_json::Value> = std::fs::read_to_string(&netfile)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
     let subnet: runtime::Ipv4Net = match (
-        &args.subnet,
+        subnet,
         saved
             .as_ref()
             .and_then(|v| v.get("subnet"))
@@ -93,20 +92,25 @@ pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
             subnet.prefix_len
         ));
     }
-    let prefix = std::env::var("SCALESET_PREFIX")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "ss".into());
     let bridge = saved
         .as_ref()
         .and_then(|v| v.get("bridge"))
         .and_then(|s| s.as_str())
         .map(str::to_string);
-    let network = api::DaemonConfig::network_for(&args.home, subnet, bridge);
-    std::fs::write(
-        &netfile,
-        serde_json::json!({"subnet": subnet.to_string(), "bridge": network.bridge}).to_string(),
-    )?;
+    let network = api::DaemonConfig::network_for(home, subnet, bridge);
+    network
+        .save(&netfile)
+        .with_context(|| format!("cannot write {}", netfile.display()))?;
+    Ok(network)
+}
+
+/// Loads or chooses the daemon configuration for `home`.
+pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
+    let network = network(&args.home, args.subnet.as_deref())?;
+    let prefix = std::env::var("SCALESET_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "ss".into());
     Ok(api::DaemonConfig {
         home: args.home.clone(),
         listen: args.listen,

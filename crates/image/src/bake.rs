@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::sandbox::{resolv_conf_mode, DROPPED_CAPS};
 use crate::{
     deprovision, io_err, now_secs, parse_base, remove_entry, remove_tree, rfc3339, run_streaming,
     tree_digest, unique_suffix, BakeDir, BakeSpec, Flock, Image, ImageError, ImageStore,
@@ -98,6 +99,18 @@ impl LineSink<'_> {
             (self.on_event)(BakeEvent::ScriptLine(text));
         }
     }
+}
+
+/// `e` with its sources, "a: b: c" (the kept log says why, not only what).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
 }
 
 fn is_enospc(e: &ImageError) -> bool {
@@ -281,7 +294,7 @@ impl ImageStore {
         let img = match r {
             Ok(img) => img,
             Err(e) if is_enospc(&e) => {
-                let _ = writeln!(log_file, "scaleset: bake failed: {e}");
+                let _ = writeln!(log_file, "scaleset: bake failed: {}", chain(&e));
                 return Err(ImageError::DiskFull {
                     name: spec.name.clone(),
                     path: self.root.join("tmp"),
@@ -289,7 +302,7 @@ impl ImageStore {
                 });
             }
             Err(e) => {
-                let _ = writeln!(log_file, "scaleset: bake failed: {e}");
+                let _ = writeln!(log_file, "scaleset: bake failed: {}", chain(&e));
                 return Err(e);
             }
         };
@@ -339,11 +352,13 @@ impl ImageStore {
             upper.display(),
             work.display()
         );
+        // nosuid,nodev: nothing in the tree is a working setuid file or device through this
+        // mount (see `sandbox`).
         nix::mount::mount(
             Some("overlay"),
             &merged,
             Some("overlay"),
-            nix::mount::MsFlags::empty(),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
             Some(data.as_str()),
         )
         .map_err(|e| ImageError::Io {
@@ -447,6 +462,18 @@ impl ImageStore {
             "scaleset: baking {} from {} (package {pkg_name}, script {script_rel}, network {})",
             spec.name, spec.base, spec.network
         );
+        // Held until the script has finished: the namespace goes with it.
+        let bake_net = if spec.network {
+            let bn = self.join_bake_network(&spec.name)?;
+            let _ = writeln!(
+                log_file,
+                "scaleset: bake network: namespace {} on bridge {} (outbound through NAT only; the host is not reachable)",
+                bn.link.netns, bn.net.bridge
+            );
+            Some(bn)
+        } else {
+            None
+        };
         let mut cmd = Command::new("systemd-nspawn");
         cmd.args([
             "--quiet",
@@ -465,13 +492,15 @@ impl ImageStore {
         ))
         .arg("-D")
         .arg(&merged)
-        .arg(if spec.network {
-            "--resolv-conf=bind-host"
-        } else {
-            "--resolv-conf=off"
-        });
-        if !spec.network {
-            cmd.arg("--private-network");
+        .arg(format!("--drop-capability={}", DROPPED_CAPS.join(",")));
+        match &bake_net {
+            Some(bn) => {
+                cmd.arg(format!("--network-namespace-path={}", bn.link.netns_path()))
+                    .arg(format!("--resolv-conf={}", resolv_conf_mode(log_file)));
+            }
+            None => {
+                cmd.args(["--private-network", "--resolv-conf=off"]);
+            }
         }
         for env in [
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -511,6 +540,7 @@ impl ImageStore {
             "cannot run systemd-nspawn (apt-get install systemd-container)",
         ))?;
         lines.finish();
+        drop(bake_net);
         let on_event = lines.on_event;
         let _ = writeln!(
             log_file,

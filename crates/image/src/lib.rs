@@ -14,9 +14,13 @@
 //! Bake environment (documented contract for setup scripts):
 //! * `cd /deployTemp && <pkg>/<script> <args...>`, as root, `HOME=/root`,
 //!   `DEBIAN_FRONTEND=noninteractive`.
-//! * Host network (with the host's resolv.conf bind-mounted) when
-//!   `BakeSpec::network`, otherwise a private network namespace with only
-//!   loopback.
+//! * With `BakeSpec::network`: its own network namespace on the instance
+//!   bridge of the store's home (`<home>/network.json`), outbound through the
+//!   host's NAT only; the host (daemon, loopback, LB sockets) is unreachable
+//!   (see `sandbox.rs`). The host's resolv.conf is bind-mounted read-only.
+//!   Otherwise a private network namespace with only loopback.
+//! * Without `CAP_NET_RAW`, `CAP_NET_ADMIN`, `CAP_MKNOD`, `CAP_SYS_ADMIN` and
+//!   a few more ([`DROPPED_CAPS`]): no raw sockets, no device nodes.
 //! * `systemctl`: a shim at `/usr/local/sbin/systemctl` forwards
 //!   `enable|disable|mask|unmask|preset|is-enabled|...` to the real
 //!   systemctl in offline mode (`SYSTEMD_OFFLINE=1`) and logs
@@ -36,7 +40,35 @@
 //! (overlayfs-form trees), `seals/<hex>.json` (written once a layer is
 //! completely in the store: digest, files, bytes), `logs/<name>-<time>.log`,
 //! `tmp/` (bakes, imports, exports in progress; each holds a `lock`),
-//! `scratch/` (the empty lower dir of bakes on `scratch`), `.lock`.
+//! `scratch/` (the empty lower dir of bakes on `scratch`), `.lock`,
+//! `.bakenet-<slot>.lock` (the bake network slots).
+//!
+//! # Host safety
+//! * The store root and the base cache are mode 0700 (narrowed on every use,
+//!   also when an older version created them wider), like the runtime's
+//!   `machines/`: no host user but root can reach a layer, a base or a
+//!   machine root.
+//! * Setuid files are kept in layers as baked or imported (instances need
+//!   `sudo`, `su`, `mount`, ...). They are only ever executed inside
+//!   containers: the daemon runs nothing from a layer, the 0700 directories
+//!   keep other host users from executing them, and the bake's host-side
+//!   overlay is mounted `nosuid,nodev`.
+//! * No device nodes: imports refuse character and block devices, bakes run
+//!   without `CAP_MKNOD`, a new debootstrap base loses debootstrap's `/dev`
+//!   nodes (nspawn mounts its own `/dev`), exports skip device nodes. The one
+//!   exception is overlayfs's whiteout (a 0/0 character device, which no
+//!   driver backs).
+//! * Imports refuse entries with `..` components or absolute paths, symlinks
+//!   whose relative target climbs out of the image (absolute targets resolve
+//!   inside the image's root and stay), hard links to anything but an earlier
+//!   file of the same layer, and in the outer archive any symlink that leaves
+//!   it; the error names the entry and nothing is stored.
+//!
+//! # Durability
+//! Image records, seals and deletions are written with
+//! [`runtime::durable`]; a layer tree and a new base are synced (`syncfs`)
+//! before their rename into place, and the rename is synced before the image
+//! naming them is recorded.
 //!
 //! # Bases (`BakeSpec::base`)
 //! * `debian:<suite>` — the debootstrap base above (outside the store, in
@@ -108,9 +140,11 @@ use sha2::{Digest, Sha256};
 
 mod bake;
 mod oci;
+mod sandbox;
 mod store;
 
 pub use bake::BakeEvent;
+pub use sandbox::DROPPED_CAPS;
 pub use store::GcReport;
 
 /// The empty base.
@@ -180,6 +214,13 @@ pub enum ImageError {
     },
     #[error("corrupt image record {path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    /// The bake's network namespace or the bridge/firewall it joins could not be set up.
+    #[error("bake of image {name:?}: network setup failed")]
+    Network {
+        name: String,
+        #[source]
+        source: runtime::RuntimeError,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
@@ -326,10 +367,16 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// Records and seals are written durably ([`runtime::durable::atomic_write`]): an image
+/// reported baked or imported survives a host crash.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
-    fs::write(&tmp, data).map_err(io_err(format!("write {}", tmp.display())))?;
-    fs::rename(&tmp, path).map_err(io_err(format!("rename {}", path.display())))
+    runtime::durable::atomic_write(path, data).map_err(io_err(format!("write {}", path.display())))
+}
+
+/// `dir` (created if missing) with mode 0700, also when it already existed with a wider mode:
+/// layers and bases hold setuid binaries, and only root may reach them on the host.
+fn private_dir(dir: &Path) -> Result<(), ImageError> {
+    runtime::private_dir(dir).map_err(io_err(format!("create {} with mode 0700", dir.display())))
 }
 
 fn mountpoints_under(p: &Path) -> Vec<PathBuf> {
@@ -587,6 +634,19 @@ impl Flock {
     }
 }
 
+impl Flock {
+    /// Non-blocking attempt, creating the lock file if needed: `Ok(None)` when held elsewhere.
+    fn try_create_exclusive(path: &Path) -> Result<Option<Self>, ImageError> {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open lock {}", path.display())))?;
+        Self::try_exclusive(path)
+    }
+}
+
 impl Drop for Flock {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
@@ -665,6 +725,11 @@ impl ImageStore {
     }
 
     fn mkdirs(&self) -> Result<(), ImageError> {
+        // The store root is the one gate: nothing below it is reachable by other host users.
+        private_dir(&self.root)?;
+        if self.base_cache.is_dir() {
+            private_dir(&self.base_cache)?;
+        }
         for d in ["images", "layers", "logs", "tmp", "seals", "scratch"] {
             let p = self.root.join(d);
             fs::create_dir_all(&p).map_err(io_err(format!("mkdir {}", p.display())))?;
@@ -699,11 +764,11 @@ impl ImageStore {
         let suite = parse_base(base)?;
         let dir = self.base_dir(base)?;
         let rootfs = dir.join("rootfs");
+        // Also narrows a cache created wider by an older scaleset.
+        private_dir(&self.base_cache)?;
         if rootfs.is_dir() && dir.join("id").is_file() {
             return Ok(rootfs);
         }
-        fs::create_dir_all(&self.base_cache)
-            .map_err(io_err(format!("mkdir {}", self.base_cache.display())))?;
         let _lock = Flock::exclusive(&self.base_cache.join(format!(".debian-{suite}.lock")))?;
         if rootfs.is_dir() && dir.join("id").is_file() {
             return Ok(rootfs);
@@ -750,6 +815,9 @@ impl ImageStore {
         if !hosts.exists() {
             fs::write(&hosts, BASE_HOSTS).map_err(io_err(format!("write {}", hosts.display())))?;
         }
+        // debootstrap leaves /dev/{null,console,...}: nspawn mounts its own /dev in bakes and
+        // machines, so a layer never needs device nodes (and none are kept on the host).
+        remove_device_nodes(&tmp.join("rootfs/dev"))?;
         let id = hex::encode(Sha256::digest(format!(
             "{base}\0{}\0{mirror}\0{}",
             BASE_PACKAGES.join(","),
@@ -757,7 +825,10 @@ impl ImageStore {
         )));
         fs::write(tmp.join("id"), format!("{id}\n"))
             .map_err(io_err(format!("write {}", tmp.join("id").display())))?;
-        fs::rename(&tmp, &dir).map_err(io_err(format!("rename base into {}", dir.display())))?;
+        // The rootfs and its id are on disk before the base is published under its name.
+        runtime::durable::sync_tree(&tmp)
+            .and_then(|()| runtime::durable::rename_durable(&tmp, &dir))
+            .map_err(io_err(format!("rename base into {}", dir.display())))?;
         drop(guard);
         let _ = writeln!(log, "scaleset: base {base} ready at {}", rootfs.display());
         Ok(rootfs)
@@ -808,6 +879,20 @@ impl ImageStore {
         check_package_links(&pkg, Path::new("")).map_err(bad)?;
         Ok((pkg, script, pkg_name))
     }
+}
+
+/// Remove the character and block devices directly in `dev` (a fresh debootstrap's `/dev`).
+fn remove_device_nodes(dev: &Path) -> Result<(), ImageError> {
+    let Ok(rd) = fs::read_dir(dev) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_char_device() || ft.is_block_device() {
+            fs::remove_file(e.path()).map_err(io_err(format!("remove {}", e.path().display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuse symlinks in the package whose target is absolute or climbs out

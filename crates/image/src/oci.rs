@@ -61,15 +61,26 @@ fn sha256_file(path: &Path) -> Result<String, String> {
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
-/// Relative, `..`-free form of an archive path; `None` for the root.
+/// The normal form of an archive path (`./a/b` → `a/b`); `None` for the root. Absolute paths
+/// and `..` components are refused, naming the entry: nothing in an archive may point
+/// anywhere but below the directory it is unpacked into.
 fn sanitize(p: &Path) -> Result<Option<PathBuf>, String> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!("entry {} escapes the layer", p.display()))
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "entry {:?} has an absolute path: refused",
+                    p.display().to_string()
+                ))
+            }
+            Component::ParentDir => {
+                return Err(format!(
+                    "entry {:?} has a '..' component: refused",
+                    p.display().to_string()
+                ))
             }
         }
     }
@@ -78,6 +89,157 @@ fn sanitize(p: &Path) -> Result<Option<PathBuf>, String> {
     } else {
         Some(out)
     })
+}
+
+/// Refuse a relative symlink target that climbs above the archive root from entry `rel`
+/// (`a/l -> ../../x`). Absolute targets stay: they resolve inside the image's own root, as
+/// `/usr/bin/foo -> /etc/alternatives/foo` must.
+fn check_symlink(rel: &Path, target: &Path) -> Result<(), String> {
+    if target.as_os_str().is_empty() {
+        return Err(format!(
+            "entry {:?} is a symlink without a target",
+            rel.display().to_string()
+        ));
+    }
+    if target.is_absolute() {
+        return Ok(());
+    }
+    let mut depth = rel.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return Err(format!(
+                "entry {:?} is a symlink to {:?}, which points outside the image: refused",
+                rel.display().to_string(),
+                target.display().to_string()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn device_refused(raw: &Path, kind: &str, h: &tar::Header) -> String {
+    format!(
+        "entry {:?} is a {kind} device node ({}:{}): device nodes are refused",
+        raw.display().to_string(),
+        h.device_major().ok().flatten().unwrap_or(0),
+        h.device_minor().ok().flatten().unwrap_or(0)
+    )
+}
+
+/// Unpack the outer archive (an OCI layout or a `docker save`) into `dest`: directories,
+/// regular files, hard links to earlier files and symlinks that stay inside (docker's legacy
+/// format links shared layers); any other entry type, or a path or link leaving `dest`, is
+/// refused naming the entry.
+fn unpack_archive(r: impl Read, dest: &Path) -> Result<(), String> {
+    use tar::EntryType as T;
+    let mut ar = tar::Archive::new(r);
+    for entry in ar.entries().map_err(|e| format!("read archive: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("read archive: {e}"))?;
+        let raw = entry
+            .path()
+            .map_err(|e| format!("bad path: {e}"))?
+            .into_owned();
+        let kind = entry.header().entry_type();
+        let Some(rel) = sanitize(&raw)? else { continue };
+        let parent = ensure_dirs(dest, rel.parent().unwrap_or(Path::new("")))?;
+        let full = parent.join(rel.file_name().unwrap_or_default());
+        match kind {
+            T::Directory => {
+                ensure_dirs(dest, &rel)?;
+            }
+            T::Regular | T::Continuous => {
+                remove_any(&full)?;
+                let mut f = fs::File::create(&full)
+                    .map_err(|e| format!("create {}: {e}", full.display()))?;
+                io::copy(&mut entry, &mut f)
+                    .map_err(|e| format!("write {}: {e}", full.display()))?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| format!("bad link name: {e}"))?
+                    .unwrap_or_default()
+                    .into_owned();
+                check_symlink(&rel, &target)?;
+                if target.is_absolute() {
+                    return Err(format!(
+                        "entry {:?} is a symlink to the absolute path {:?}: refused in an archive",
+                        raw.display().to_string(),
+                        target.display().to_string()
+                    ));
+                }
+                remove_any(&full)?;
+                std::os::unix::fs::symlink(&target, &full)
+                    .map_err(|e| format!("symlink {}: {e}", full.display()))?;
+            }
+            T::Link => {
+                let src = hard_link_source(&entry, &rel, dest)?;
+                remove_any(&full)?;
+                fs::hard_link(&src, &full).map_err(|e| format!("link {}: {e}", full.display()))?;
+            }
+            T::Char => return Err(device_refused(&raw, "character", entry.header())),
+            T::Block => return Err(device_refused(&raw, "block", entry.header())),
+            T::Fifo => {
+                return Err(format!(
+                    "entry {:?} is a fifo: refused in an archive",
+                    raw.display().to_string()
+                ))
+            }
+            _ => {} // pax/gnu extension headers are consumed by `tar`
+        }
+    }
+    Ok(())
+}
+
+/// The existing regular file of `dest` that hard link entry `rel` names.
+fn hard_link_source<R: Read>(
+    entry: &tar::Entry<R>,
+    rel: &Path,
+    dest: &Path,
+) -> Result<PathBuf, String> {
+    let target = entry
+        .link_name()
+        .map_err(|e| format!("bad link name: {e}"))?
+        .ok_or_else(|| format!("hard link {:?} without target", rel.display().to_string()))?;
+    let t = sanitize(&target)
+        .map_err(|m| {
+            format!(
+                "hard link {:?} to {:?}: {m}",
+                rel.display().to_string(),
+                target.display().to_string()
+            )
+        })?
+        .ok_or_else(|| format!("hard link {:?} to the root", rel.display().to_string()))?;
+    let tparent = ensure_dirs(dest, t.parent().unwrap_or(Path::new("")))?;
+    let src = tparent.join(t.file_name().unwrap_or_default());
+    if !fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+        return Err(format!(
+            "hard link {:?} to {:?}, which is not an earlier file of the archive: refused",
+            rel.display().to_string(),
+            t.display().to_string()
+        ));
+    }
+    Ok(src)
+}
+
+/// `layout/rel`, resolved, if it stays inside `layout` (a symlink in a layout must not make
+/// the import read a host file).
+fn layout_file(layout: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let root = fs::canonicalize(layout).map_err(|e| format!("{}: {e}", layout.display()))?;
+    let p = fs::canonicalize(layout.join(rel)).map_err(|e| format!("{}: {e}", rel.display()))?;
+    if !p.starts_with(&root) {
+        return Err(format!(
+            "{} resolves to {}, outside the image: refused",
+            rel.display(),
+            p.display()
+        ));
+    }
+    Ok(p)
 }
 
 /// `dest/rel`, creating missing directories, never through a symlink.
@@ -165,10 +327,6 @@ pub(crate) fn apply_layer_tar(r: impl Read, dest: &Path) -> Result<(), String> {
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
         let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
         let mtime = h.mtime().unwrap_or(0);
-        let dev = nix::sys::stat::makedev(
-            h.device_major().ok().flatten().unwrap_or(0).into(),
-            h.device_minor().ok().flatten().unwrap_or(0).into(),
-        );
         let Some(rel) = sanitize(&raw)? else {
             if kind == T::Directory {
                 std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
@@ -215,39 +373,21 @@ pub(crate) fn apply_layer_tar(r: impl Read, dest: &Path) -> Result<(), String> {
                 let target = entry
                     .link_name()
                     .map_err(|e| format!("bad link name: {e}"))?
-                    .ok_or_else(|| format!("symlink {} without target", rel.display()))?;
+                    .unwrap_or_default();
+                check_symlink(&rel, &target)?;
                 remove_any(&full)?;
                 std::os::unix::fs::symlink(&target, &full)
                     .map_err(|e| format!("symlink {}: {e}", full.display()))?;
             }
             T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| format!("bad link name: {e}"))?
-                    .ok_or_else(|| format!("hard link {} without target", rel.display()))?;
-                let t = sanitize(&target)?
-                    .ok_or_else(|| format!("hard link {} to the root", rel.display()))?;
-                let tparent = ensure_dirs(dest, t.parent().unwrap_or(Path::new("")))?;
-                let src = tparent.join(t.file_name().unwrap_or_default());
-                if !fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
-                    return Err(format!(
-                        "hard link {} to {} which is not a file of this layer",
-                        rel.display(),
-                        t.display()
-                    ));
-                }
+                let src = hard_link_source(&entry, &rel, dest)?;
                 remove_any(&full)?;
                 fs::hard_link(&src, &full).map_err(|e| format!("link {}: {e}", full.display()))?;
                 continue;
             }
-            T::Char => {
-                remove_any(&full)?;
-                mknod(&full, nix::sys::stat::SFlag::S_IFCHR, mode, dev)?;
-            }
-            T::Block => {
-                remove_any(&full)?;
-                mknod(&full, nix::sys::stat::SFlag::S_IFBLK, mode, dev)?;
-            }
+            // No layer may carry a device node (whiteouts come as `.wh.` files).
+            T::Char => return Err(device_refused(&raw, "character", h)),
+            T::Block => return Err(device_refused(&raw, "block", h)),
             T::Fifo => {
                 remove_any(&full)?;
                 mknod(&full, nix::sys::stat::SFlag::S_IFIFO, mode, 0)?;
@@ -332,21 +472,12 @@ pub(crate) fn write_layer_tar<W: Write>(
         w.set_size(0);
         w.set_mtime(md.mtime().max(0) as u64);
         b.append_data(&mut w, wh, io::empty())?;
-    } else if ft.is_char_device() || ft.is_block_device() {
-        h.set_entry_type(if ft.is_char_device() {
-            T::Char
-        } else {
-            T::Block
-        });
-        let rdev = md.rdev();
-        h.set_device_major(libc::major(rdev))?;
-        h.set_device_minor(libc::minor(rdev))?;
-        b.append_data(&mut h, &name, io::empty())?;
     } else if ft.is_fifo() {
         h.set_entry_type(T::Fifo);
         b.append_data(&mut h, &name, io::empty())?;
     }
-    // sockets are not archived
+    // Sockets and device nodes are not archived: import refuses devices, and instances get
+    // their /dev from nspawn (bases built by older versions still carry debootstrap's).
     Ok(())
 }
 
@@ -408,9 +539,7 @@ impl ImageStore {
             let dir = tmp.join("archive");
             fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
             let r = open_maybe_compressed(src).map_err(ierr)?;
-            tar::Archive::new(r)
-                .unpack(&dir)
-                .map_err(|e| ierr(format!("unpack archive: {e}")))?;
+            unpack_archive(r, &dir).map_err(|m| ierr(format!("{m}; nothing was imported")))?;
             dir
         } else {
             return Err(ierr("no such file or directory".into()));
@@ -439,7 +568,17 @@ impl ImageStore {
             let dir = tmp.join(format!("layer-{i}"));
             fs::create_dir_all(&dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
             let r = open_maybe_compressed(blob).map_err(ierr)?;
-            apply_layer_tar(r, &dir).map_err(|m| ierr(format!("layer {}: {m}", i + 1)))?;
+            apply_layer_tar(r, &dir).map_err(|m| {
+                let at = fs::canonicalize(&layout)
+                    .ok()
+                    .and_then(|l| blob.strip_prefix(l).ok().map(Path::to_path_buf))
+                    .unwrap_or_else(|| blob.clone());
+                ierr(format!(
+                    "layer {} ({}): {m}; nothing was imported",
+                    i + 1,
+                    at.display()
+                ))
+            })?;
             let _ = writeln!(
                 log,
                 "scaleset: import {name}: layer {}/{} unpacked",
@@ -577,13 +716,15 @@ impl ImageStore {
             for n in names {
                 b.append_path_with_name(blobs.join(&n), Path::new("blobs/sha256").join(&n))?;
             }
-            b.into_inner()?.flush()
+            let f = b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()
         })();
         if let Err(e) = r {
             let _ = fs::remove_file(&part);
             return Err(io_err(format!("write {}", dest.display()))(e));
         }
-        fs::rename(&part, dest).map_err(io_err(format!("rename to {}", dest.display())))?;
+        runtime::durable::rename_durable(&part, dest)
+            .map_err(io_err(format!("rename to {}", dest.display())))?;
         Ok(man_digest)
     }
 }
@@ -596,7 +737,7 @@ fn read_json(p: &Path) -> Result<Value, String> {
 fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, String> {
     match digest.split_once(':') {
         Some(("sha256", h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(layout.join("blobs/sha256").join(h))
+            layout_file(layout, &Path::new("blobs/sha256").join(h))
         }
         _ => Err(format!("unsupported blob digest {digest:?}")),
     }
@@ -605,7 +746,7 @@ fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, String> {
 /// Layer blobs (bottom first, with their expected digests) of the image an
 /// OCI layout's index points at.
 fn oci_layers(layout: &Path) -> Result<Vec<(PathBuf, Option<String>)>, String> {
-    let mut v = read_json(&layout.join("index.json"))?;
+    let mut v = read_json(&layout_file(layout, Path::new("index.json"))?)?;
     for _ in 0..8 {
         if let Some(layers) = v.get("layers").and_then(Value::as_array) {
             return layers
@@ -647,7 +788,7 @@ fn oci_layers(layout: &Path) -> Result<Vec<(PathBuf, Option<String>)>, String> {
 
 /// Layer tarballs (bottom first) of the first image of a `docker save`.
 fn docker_layers(layout: &Path) -> Result<Vec<(PathBuf, Option<String>)>, String> {
-    let m = read_json(&layout.join("manifest.json"))?;
+    let m = read_json(&layout_file(layout, Path::new("manifest.json"))?)?;
     let layers = m
         .get(0)
         .and_then(|e| e.get("Layers"))
@@ -658,7 +799,7 @@ fn docker_layers(layout: &Path) -> Result<Vec<(PathBuf, Option<String>)>, String
         .map(|l| {
             let s = l.as_str().ok_or("layer entry is not a string")?;
             let rel = sanitize(Path::new(s))?.ok_or("empty layer path")?;
-            Ok((layout.join(rel), None))
+            Ok((layout_file(layout, &rel)?, None))
         })
         .collect()
 }

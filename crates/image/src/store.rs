@@ -135,7 +135,11 @@ impl ImageStore {
         let hexd = digest.trim_start_matches("sha256:").to_string();
         let layer = self.layers_dir().join(&hexd);
         if !layer.is_dir() {
-            match fs::rename(tree, &layer) {
+            // The content is on disk before the layer appears under its digest, and the
+            // rename is on disk before the image naming it is recorded.
+            runtime::durable::sync_tree(tree)
+                .map_err(io_err(format!("sync layer {}", tree.display())))?;
+            match runtime::durable::rename_durable(tree, &layer) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                     // tmp/ on another file system: copy, then rename.
@@ -156,7 +160,8 @@ impl ImageStore {
                             layer.display()
                         ))(e));
                     }
-                    fs::rename(&part, &layer)
+                    runtime::durable::sync_tree(&part)
+                        .and_then(|()| runtime::durable::rename_durable(&part, &layer))
                         .map_err(io_err(format!("move layer into {}", layer.display())))?;
                 }
                 Err(e) => {
@@ -276,7 +281,7 @@ impl ImageStore {
             return Ok(());
         };
         let p = self.images_dir().join(format!("{name}.json"));
-        fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;
+        runtime::durable::remove_durable(&p).map_err(io_err(format!("remove {}", p.display())))?;
         self.gc_layers(&img.layers)
     }
 
@@ -340,6 +345,8 @@ impl ImageStore {
     /// not change the modes the guest sees; re-done after a reboot by the
     /// next call). A tampered layer → [`ImageError::Tampered`] naming it.
     pub fn open_for_use(&self, name: &str) -> Result<Image, ImageError> {
+        // A store created by an older version may still be world-traversable.
+        crate::private_dir(&self.root)?;
         let img = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;

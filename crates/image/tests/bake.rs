@@ -390,3 +390,52 @@ fn ensure_base_from_scratch_concurrently() {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")));
 }
+
+/// A networked bake joins its home's instance network; without `network.json` it is refused
+/// before the script runs, saying what to do, and nothing is registered or left behind.
+#[test]
+fn networked_bake_without_a_home_network_is_refused() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED networked_bake_without_a_home_network_is_refused: {why}");
+        return;
+    }
+    let t = TestDir::new("nonet");
+    let store = ImageStore::new(t.0.join("images"), base_cache());
+    let pkg = t.0.join("src/pkg");
+    write_exec(&pkg.join("s.sh"), "#!/bin/sh\ntouch /etc/ran\n");
+    let err = store
+        .bake(
+            &BakeSpec {
+                name: "n".into(),
+                base: "debian:bookworm".into(),
+                package_dir: pkg,
+                script: "s.sh".into(),
+                args: vec![],
+                network: true,
+                mirror: None,
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap_err();
+    let msg = err.to_string();
+    let want = t.0.join("network.json").display().to_string();
+    assert!(
+        matches!(err, ImageError::InvalidSpec { .. })
+            && msg.contains(&want)
+            && msg.contains("--no-network"),
+        "{msg}"
+    );
+    assert!(store.get("n").unwrap().is_none());
+    assert_eq!(fs::read_dir(t.0.join("images/tmp")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(t.0.join("images/layers")).unwrap().count(), 0);
+    // The store is root's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        fs::metadata(t.0.join("images"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+}

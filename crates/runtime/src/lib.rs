@@ -11,6 +11,12 @@
 //! `spec.json` (the last [`MachineSpec`]), `upper/`, `work/`, `root/`
 //! (overlay mount point), `pid` (`<pid> <starttime>`), `console.log`.
 //!
+//! The state dir is mode 0700 (machine roots hold setuid files). The bridge's
+//! nftables firewall and NAT ([`hostnet`]) keep instances (and bakes, which
+//! join the same bridge) from opening connections to the host, while the host
+//! reaches them. [`durable`] is the one helper for durable file writes outside
+//! SQLite (specs, pid files, image records, ...).
+//!
 //! The API is blocking; async callers should use `spawn_blocking`.
 //!
 //! Survival caveat: nspawn runs with `--keep-unit`, i.e. in the caller's
@@ -30,6 +36,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub mod durable;
+pub mod hostnet;
+pub use hostnet::{attach_netns, bake_link, detach_netns, NetnsLink, BAKE_SLOTS};
 
 /// Errors of this crate. Messages name the machine / command and include the
 /// command's stderr; they do not repeat the wrapped source.
@@ -136,6 +146,41 @@ pub struct NetworkSpec {
 }
 
 impl NetworkSpec {
+    /// The network of a home as `network.json` records it (`{"subnet", "bridge"}`, the
+    /// gateway is the subnet's `.1`); `Ok(None)` when the file does not exist.
+    pub fn load(path: &Path) -> Result<Option<NetworkSpec>, String> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
+        };
+        let bad = |what: &str| format!("{}: {what}", path.display());
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON ({e})")))?;
+        let subnet: Ipv4Net = v["subnet"]
+            .as_str()
+            .ok_or_else(|| bad("no \"subnet\""))?
+            .parse()
+            .map_err(|e: String| bad(&e))?;
+        let bridge = v["bridge"]
+            .as_str()
+            .ok_or_else(|| bad("no \"bridge\""))?
+            .to_string();
+        let net = NetworkSpec {
+            bridge,
+            gateway: subnet.host(1),
+            subnet,
+        };
+        net.validate().map_err(|e| bad(&e))?;
+        Ok(Some(net))
+    }
+
+    /// Write `network.json` (durably: instance addresses depend on it across restarts).
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let v = serde_json::json!({"subnet": self.subnet.to_string(), "bridge": self.bridge});
+        durable::atomic_write(path, v.to_string().as_bytes())
+    }
+
     fn validate(&self) -> Result<(), String> {
         validate_ifname(&self.bridge)?;
         if !self.subnet.contains(self.gateway) {
@@ -316,6 +361,9 @@ pub fn preflight() -> Result<(), RuntimeError> {
     if which("ip").is_none() {
         missing.push("iproute2");
     }
+    if which("nft").is_none() {
+        missing.push("nftables");
+    }
     if !missing.is_empty() {
         problems.push(format!(
             "missing tools: run `apt-get install {}`",
@@ -365,7 +413,9 @@ fn raise_inotify_limits() {
     }
 }
 
-fn ensure_bridge(net: &NetworkSpec) -> Result<(), RuntimeError> {
+/// Idempotent: the bridge exists, has the gateway address, is up, and has its firewall and
+/// NAT ([`hostnet::ensure_firewall`]).
+pub fn ensure_bridge(net: &NetworkSpec) -> Result<(), RuntimeError> {
     net.validate().map_err(|msg| RuntimeError::InvalidSpec {
         machine: "-".into(),
         msg,
@@ -382,11 +432,14 @@ fn ensure_bridge(net: &NetworkSpec) -> Result<(), RuntimeError> {
     let addr = format!("{}/{}", net.gateway, net.subnet.prefix_len);
     run(&ctx, "ip", &["addr", "replace", &addr, "dev", &net.bridge])?;
     run(&ctx, "ip", &["link", "set", &net.bridge, "up"])?;
-    Ok(())
+    hostnet::ensure_firewall(net)
 }
 
-/// Remove the bridge (instances' veths are detached by the kernel).
+/// Remove the bridge (instances' veths are detached by the kernel) and its firewall.
 pub fn teardown_network(net: &NetworkSpec) -> Result<(), RuntimeError> {
+    if which("nft").is_some() {
+        hostnet::remove_firewall(net)?;
+    }
     if link_exists(&net.bridge) {
         let ctx = format!("bridge {}", net.bridge);
         if let Err(e) = run(&ctx, "ip", &["link", "del", &net.bridge]) {
@@ -626,10 +679,16 @@ impl Drop for MachineLock {
     }
 }
 
+/// Durable (see [`durable::atomic_write`]): a machine's spec must survive a host crash.
 fn write_atomic(machine: &str, path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, data).map_err(io_err(machine, format!("write {}", tmp.display())))?;
-    fs::rename(&tmp, path).map_err(io_err(machine, format!("rename to {}", path.display())))
+    durable::atomic_write(path, data).map_err(io_err(machine, format!("write {}", path.display())))
+}
+
+/// Make `dir` (created if missing) enterable by root only: machine roots hold setuid files and
+/// device-less but still privileged trees that no other host user may reach.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 impl NspawnMachines {
@@ -647,9 +706,9 @@ impl NspawnMachines {
                 cfg.prefix
             )));
         }
-        fs::create_dir_all(&cfg.state_dir).map_err(io_err(
+        private_dir(&cfg.state_dir).map_err(io_err(
             "-",
-            format!("create state dir {}", cfg.state_dir.display()),
+            format!("create state dir {} (mode 0700)", cfg.state_dir.display()),
         ))?;
         Ok(NspawnMachines { cfg, short_prefix })
     }
@@ -834,98 +893,21 @@ impl NspawnMachines {
         })
     }
 
+    fn link(&self, name: &str) -> NetnsLink {
+        let n = self.names(name);
+        NetnsLink {
+            netns: n.netns,
+            veth_host: n.veth_host,
+            veth_guest: n.veth_guest,
+        }
+    }
+
     fn setup_netns(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
-        let n = self.names(&spec.name);
-        let m = spec.name.as_str();
-        if !netns_exists(&n.netns) {
-            run(m, "ip", &["netns", "add", &n.netns])?;
-        }
-        if !link_exists(&n.veth_host) {
-            // A half-created pair might linger inside the netns: drop it.
-            let _ = run(m, "ip", &["-n", &n.netns, "link", "del", "eth0"]);
-            run(
-                m,
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &n.veth_host,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &n.veth_guest,
-                ],
-            )?;
-            run(m, "ip", &["link", "set", &n.veth_guest, "netns", &n.netns])?;
-            run(
-                m,
-                "ip",
-                &["-n", &n.netns, "link", "set", &n.veth_guest, "name", "eth0"],
-            )?;
-        }
-        run(
-            m,
-            "ip",
-            &["link", "set", &n.veth_host, "master", &spec.network.bridge],
-        )?;
-        run(m, "ip", &["link", "set", &n.veth_host, "up"])?;
-        let addr = format!("{}/{}", spec.ip, spec.network.subnet.prefix_len);
-        // Replace any address left over from a previous spec.
-        run(m, "ip", &["-n", &n.netns, "addr", "flush", "dev", "eth0"])?;
-        run(
-            m,
-            "ip",
-            &["-n", &n.netns, "addr", "add", &addr, "dev", "eth0"],
-        )?;
-        // The MAC follows the IP: an address reused by a new instance keeps its MAC, so the
-        // host's ARP cache is never stale (a stale entry blackholed new instances for ~30 s).
-        let o = spec.ip.octets();
-        let mac = format!("02:5c:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
-        run(
-            m,
-            "ip",
-            &["-n", &n.netns, "link", "set", "eth0", "address", &mac],
-        )?;
-        let _ = run(
-            m,
-            "ip",
-            &[
-                "neigh",
-                "del",
-                &spec.ip.to_string(),
-                "dev",
-                &spec.network.bridge,
-            ],
-        );
-        run(m, "ip", &["-n", &n.netns, "link", "set", "eth0", "up"])?;
-        run(m, "ip", &["-n", &n.netns, "link", "set", "lo", "up"])?;
-        let gw = spec.network.gateway.to_string();
-        run(
-            m,
-            "ip",
-            &["-n", &n.netns, "route", "replace", "default", "via", &gw],
-        )?;
-        Ok(())
+        attach_netns(&spec.name, &self.link(&spec.name), spec.ip, &spec.network)
     }
 
     fn teardown_netns(&self, name: &str) -> Result<(), RuntimeError> {
-        let n = self.names(name);
-        if link_exists(&n.veth_host) {
-            if let Err(e) = run(name, "ip", &["link", "del", &n.veth_host]) {
-                if link_exists(&n.veth_host) {
-                    return Err(e);
-                }
-            }
-        }
-        if netns_exists(&n.netns) {
-            if let Err(e) = run(name, "ip", &["netns", "del", &n.netns]) {
-                if netns_exists(&n.netns) {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+        detach_netns(name, &self.link(name))
     }
 
     /// Write hostname, machine-id and the spec's files through the overlay.

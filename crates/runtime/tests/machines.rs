@@ -146,6 +146,17 @@ fn boot_serve_stop_start_reimage_delete() {
         net: None,
     };
 
+    // Network (a networked bake joins it: `network.json` of the store's home).
+    let subnet = pick_subnet(&host_routes().unwrap()).expect("a free /24");
+    let net = NetworkSpec {
+        bridge: format!("ssbr{tag}"),
+        subnet,
+        gateway: subnet.host(1),
+    };
+    guard.net = Some(net.clone());
+    fs::create_dir_all(&dir).unwrap();
+    net.save(&dir.join("network.json")).unwrap();
+
     // Bake the web image.
     let pkg = dir.join("pkg/webapp");
     fs::create_dir_all(&pkg).unwrap();
@@ -171,14 +182,6 @@ fn boot_serve_stop_start_reimage_delete() {
         t0.elapsed().as_secs_f64()
     );
 
-    // Network.
-    let subnet = pick_subnet(&host_routes().unwrap()).expect("a free /24");
-    let net = NetworkSpec {
-        bridge: format!("ssbr{tag}"),
-        subnet,
-        gateway: subnet.host(1),
-    };
-    guard.net = Some(net.clone());
     let m = NspawnMachines::new(cfg.clone()).unwrap();
     m.ensure_network(&net).unwrap();
     m.ensure_network(&net).unwrap(); // idempotent
