@@ -15,6 +15,7 @@
 //! Two artifacts with the same files, contents and executable bits have the same digest.
 
 use crate::sandbox::{self, Identity, PathError, Workspace};
+use runtime::durable::{atomic_write, fsync_dir};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -145,21 +146,6 @@ fn copy_hashed(src: &mut std::fs::File, tmp: &Path) -> std::io::Result<(String, 
     Ok((hex::encode(h.finalize()), n))
 }
 
-/// Writes `data` to `path` durably: a temporary file, fsynced, renamed, the directory fsynced.
-pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// fsync of a directory: its entries (a rename, a new file) survive a crash.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// The digest of a list of entries (see the module docs).
 pub fn tree_digest(entries: &[FileEntry]) -> String {
     let mut h = Sha256::new();
@@ -287,7 +273,7 @@ impl ArtifactStore {
                 executable: f.executable,
             });
         }
-        sync_dir(&blobs)?;
+        fsync_dir(&blobs)?;
         let artifact = ArtifactRef {
             name: name.to_string(),
             run_id,
@@ -304,9 +290,9 @@ impl ArtifactStore {
         let run_dir = self.run_dir(run_id);
         if !run_dir.exists() {
             std::fs::create_dir_all(&run_dir)?;
-            sync_dir(run_dir.parent().unwrap_or(&self.root))?;
+            fsync_dir(run_dir.parent().unwrap_or(&self.root))?;
         }
-        write_durable(
+        atomic_write(
             &mpath,
             &serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?,
         )?;
