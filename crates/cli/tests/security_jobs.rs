@@ -107,7 +107,8 @@ fn git(dir: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn harness(tag: &str) -> Harness {
+/// A daemon home `tag-<pid>` on its own subnet (tests of this file run in parallel).
+fn harness(tag: &str, subnet: &'static str) -> Harness {
     let home = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).unwrap();
@@ -115,7 +116,7 @@ fn harness(tag: &str) -> Harness {
         home,
         api: SocketAddr::from(([127, 0, 0, 1], free_port())),
         serve: None,
-        subnet: "10.213.240.0/24",
+        subnet,
         prefix: "sec",
         env: vec![],
     }
@@ -207,17 +208,35 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Live processes of the runner user (zombies are dead: they wait for PID 1 to reap them).
-fn runner_processes() -> Vec<String> {
-    let out = Command::new("pgrep")
-        .args(["-a", "-u", "scaleset-runner"])
+/// Live processes of the runner user working under `home` (zombies are dead: they wait for
+/// PID 1 to reap them; other tests' daemons have other homes).
+fn runner_processes(home: &Path) -> Vec<String> {
+    let uid = Command::new("id")
+        .args(["-u", "scaleset-runner"])
         .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.ends_with("<defunct>"))
-        .map(str::to_string)
-        .collect()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        let owner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("");
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        let cwd = std::fs::read_link(p.join("cwd")).unwrap_or_default();
+        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let ours = cwd.starts_with(home) || cmd.contains(&*home.to_string_lossy());
+        if owner == uid && !zombie && ours {
+            out.push(format!("{} {cmd} (in {})", p.display(), cwd.display()));
+        }
+    }
+    out
 }
 
 #[test]
@@ -225,7 +244,7 @@ fn pushed_pipelines_cannot_reach_the_daemon_or_outlive_their_runs() {
     if !prerequisites() {
         return;
     }
-    let mut h = harness("scaleset-sec-jobs");
+    let mut h = harness("scaleset-sec-jobs", "10.213.240.0/24");
     h.start_serve();
     let home = h.home.clone();
     let token = std::fs::read_to_string(home.join("token"))
@@ -329,7 +348,7 @@ fn pushed_pipelines_cannot_reach_the_daemon_or_outlive_their_runs() {
     );
     assert!(run["artifacts"].as_array().unwrap().is_empty(), "{run}");
     assert_eq!(
-        runner_processes(),
+        runner_processes(&home),
         Vec::<String>::new(),
         "a process outlived its run"
     );
@@ -389,7 +408,7 @@ fn without_the_runner_user_jobs_do_not_run() {
     if !prerequisites() {
         return;
     }
-    let mut h = harness("scaleset-sec-nouser");
+    let mut h = harness("scaleset-sec-nouser", "10.213.241.0/24");
     h.env
         .push(("SCALESET_RUNNER_USER", "scaleset-no-such-user".into()));
     h.start_serve();
@@ -420,7 +439,7 @@ fn queued_runs_and_unprocessed_pushes_survive_a_daemon_crash() {
     if !prerequisites() {
         return;
     }
-    let mut h = harness("scaleset-sec-durable");
+    let mut h = harness("scaleset-sec-durable", "10.213.242.0/24");
     h.start_serve();
     let token = std::fs::read_to_string(h.home.join("token"))
         .unwrap()
@@ -487,7 +506,7 @@ fn queued_runs_and_unprocessed_pushes_survive_a_daemon_crash() {
     assert_eq!(r3["source_version"], head.trim(), "{r3}");
     assert_eq!(h.json(&["run", "list"]).as_array().unwrap().len(), 3);
     assert_eq!(
-        runner_processes(),
+        runner_processes(&h.home),
         Vec::<String>::new(),
         "run 1's sleep survived"
     );

@@ -671,4 +671,35 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(&t);
     }
+
+    #[test]
+    fn as_user_takes_the_users_file_permissions() {
+        if !root_or_skip() {
+            return;
+        }
+        let t = std::env::temp_dir().join(format!("as-user-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        std::fs::create_dir_all(&t).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = t.join("secret");
+        std::fs::write(&secret, "root only").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let nobody = Some(Identity {
+            uid: 65534,
+            gid: 65534,
+        });
+        let s2 = secret.clone();
+        let denied = as_user(nobody, move || std::fs::read(&s2)).unwrap();
+        assert_eq!(denied.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        let s2 = secret.clone();
+        assert!(as_user(None, move || std::fs::read(&s2)).unwrap().is_ok());
+        // The daemon's own thread keeps root's credentials.
+        assert!(std::fs::read(&secret).is_ok());
+        let made = t.join("made-by-nobody");
+        let m2 = made.clone();
+        let created = as_user(nobody, move || std::fs::write(&m2, "x")).unwrap();
+        assert_eq!(created.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        let _ = std::fs::remove_dir_all(&t);
+    }
 }
