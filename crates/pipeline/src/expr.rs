@@ -896,4 +896,60 @@ mod tests {
             let _ = eval_condition(&s, &c);
         }
     }
+
+    fn eval_str(src: &str) -> Result<Value, ExprError> {
+        eval(&parse(src).unwrap(), &EmptyContext)
+    }
+
+    #[test]
+    fn nested_replace_cannot_multiply_without_bound() {
+        // 40 doublings of 16 bytes would be 16 TiB; the 17th crosses 1 MiB.
+        let mut e = String::from("'aaaaaaaaaaaaaaaa'");
+        for _ in 0..40 {
+            e = format!("replace({e}, 'a', 'aa')");
+        }
+        let err = eval_str(&e).unwrap_err();
+        assert_eq!(
+            err.message,
+            "a string in the expression would be 2 MiB long; the limit is 1 MiB"
+        );
+        // Exactly at the limit is allowed: 16 * 2^16 bytes.
+        let mut e = String::from("'aaaaaaaaaaaaaaaa'");
+        for _ in 0..16 {
+            e = format!("replace({e}, 'a', 'aa')");
+        }
+        assert_eq!(eval_str(&e).unwrap(), Value::Str("a".repeat(MAX_STRING_BYTES)));
+        // An empty pattern inserts between every character.
+        assert_eq!(eval_str("replace('ab', '', '-')").unwrap(), Value::Str("-a-b-".into()));
+    }
+
+    #[test]
+    fn format_output_is_capped() {
+        // 2000 copies of 2000 copies: 4 MB from a 12 KB expression.
+        let placeholders = "{0}".repeat(2000);
+        let e = format!("format('{placeholders}', format('{placeholders}', 'x'))");
+        let err = eval_str(&e).unwrap_err();
+        assert!(err.message.starts_with("a string in the expression would be"), "{err}");
+    }
+
+    #[test]
+    fn one_evaluation_produces_at_most_the_budget() {
+        // Each R is 16 * 256 * 256 bytes = 1 MiB (allowed); seven fit in 8 MiB, eight do not.
+        let r = format!(
+            "replace(replace('{}', 'a', '{}'), 'b', '{}')",
+            "a".repeat(16),
+            "b".repeat(256),
+            "c".repeat(256)
+        );
+        let ors = |n: usize| {
+            let args: Vec<String> = (0..n).map(|_| format!("eq({r}, '')")).collect();
+            eval_str(&format!("or({})", args.join(", ")))
+        };
+        assert_eq!(ors(7).unwrap(), Value::Bool(false));
+        let err = ors(8).unwrap_err();
+        assert_eq!(
+            err.message,
+            "the expression produces more than 8 MiB of text; that is the limit"
+        );
+    }
 }

@@ -810,3 +810,70 @@ pub fn commit_dir(
     let _ = std::fs::remove_file(&index);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn read_file_at_reads_only_regular_files_within_the_cap() {
+        let dir = std::env::temp_dir().join(format!("scaleset-readat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        sh(&dir, &["init", "-q"]);
+        std::fs::write(dir.join("ok.yml"), "steps: []\n").unwrap();
+        std::fs::write(dir.join("sub/x.yml"), "a: 1\n").unwrap();
+        std::fs::write(dir.join("run.sh"), "#!/bin/sh\n").unwrap();
+        sh(&dir, &["update-index", "--add", "--chmod=+x", "run.sh"]);
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link.yml")).unwrap();
+        std::fs::write(dir.join("big.yml"), vec![b'#'; MAX_READ_BYTES + 1]).unwrap();
+        std::fs::write(dir.join("max.yml"), vec![b'#'; MAX_READ_BYTES]).unwrap();
+        sh(&dir, &["add", "."]);
+        let blob = sh(&dir, &["hash-object", "-w", "ok.yml"]);
+        let gitlink = format!("160000,{blob},mod.yml");
+        sh(&dir, &["update-index", "--add", "--cacheinfo", &gitlink]);
+        sh(&dir, &["commit", "-qm", "x"]);
+        let commit = sh(&dir, &["rev-parse", "HEAD"]);
+        let repo = dir.join(".git");
+        let read = |p: &str| read_file_at(&repo, &commit, p);
+        assert_eq!(read("ok.yml").unwrap().unwrap(), b"steps: []\n");
+        assert_eq!(read("/sub/x.yml").unwrap().unwrap(), b"a: 1\n");
+        assert_eq!(read("./run.sh").unwrap().unwrap(), b"#!/bin/sh\n");
+        assert_eq!(read("max.yml").unwrap().unwrap().len(), MAX_READ_BYTES);
+        assert_eq!(read("nope.yml").unwrap(), None);
+        assert_eq!(read("*.yml").unwrap(), None, "paths are literal, not patterns");
+        assert_eq!(read("sub/x.yml/").unwrap(), None);
+        assert_eq!(read_file_at(&repo, "--all", "ok.yml").unwrap(), None);
+        let short = &commit[..12];
+        let unusable = |p: &str| read(p).unwrap_err().to_string();
+        assert_eq!(
+            unusable("link.yml"),
+            format!("link.yml at commit {short} is a symbolic link (mode 120000); a pipeline file must be a regular file")
+        );
+        assert_eq!(
+            unusable("mod.yml"),
+            format!("mod.yml at commit {short} is a submodule (mode 160000); a pipeline file must be a regular file")
+        );
+        assert_eq!(
+            unusable("sub"),
+            format!("sub at commit {short} is a directory (mode 040000); a pipeline file must be a regular file")
+        );
+        assert_eq!(
+            unusable("big.yml"),
+            format!("big.yml at commit {short} is 2 MiB (2097153 bytes); the limit is 2 MiB")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

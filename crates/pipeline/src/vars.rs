@@ -596,15 +596,96 @@ mod tests {
             for (k, val) in *defs {
                 v.set(k, *val);
             }
-            v.resolve_nested();
+            v.resolve_nested().unwrap();
             assert_eq!(v.get(name), Some(*want), "{defs:?}");
         }
         // A cycle terminates and keeps a literal reference.
         let mut v = Variables::new();
         v.set("a", "$(b)");
         v.set("b", "$(a)");
-        v.resolve_nested();
+        v.resolve_nested().unwrap();
         assert!(v.get("a").unwrap().contains("$("));
+    }
+
+    /// `v0: xxxxxxxxxx`, `vI: $(vI-1)` repeated `fan` times, for I up to `levels`.
+    fn laughs(levels: usize, fan: usize) -> Variables {
+        let mut v = Variables::new();
+        v.set("v0", "xxxxxxxxxx");
+        for i in 1..=levels {
+            v.set(&format!("v{i}"), format!("$(v{})", i - 1).repeat(fan));
+        }
+        v
+    }
+
+    #[test]
+    fn a_billion_laughs_fails_naming_the_variable() {
+        // 10 references per level, 30 levels: 10^8 copies at the resolution depth of 8, more
+        // than 1 GB per variable before the cap.
+        let mut v = laughs(30, 10);
+        let before = v.clone();
+        // Pass 5 makes v6 and up 6 MB long; v10 is the first of them in name order.
+        let e = v.resolve_nested().unwrap_err();
+        assert_eq!(
+            e,
+            ExpandError {
+                name: Some("v10".into()),
+                limit: MAX_VALUE_BYTES,
+                total: false
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "variable `v10`: expanding its `$(...)` references makes it longer than 1 MiB, the limit for one value (do variables refer to each other many times over?)"
+        );
+        assert_eq!(v, before, "nothing is changed on failure");
+    }
+
+    #[test]
+    fn doubling_stops_at_the_resolution_depth() {
+        // Two references per level: at depth 8, v30 is 2^8 copies of v22's text.
+        let mut v = laughs(30, 2);
+        v.resolve_nested().unwrap();
+        assert_eq!(v.get("v30").unwrap().len(), 256 * "$(v21)$(v21)".len());
+        assert_eq!(v.get("v8").unwrap(), "x".repeat(10 * 256));
+    }
+
+    #[test]
+    fn all_variables_together_are_capped() {
+        let mut v = Variables::new();
+        v.set("big", "x".repeat(MAX_VALUE_BYTES));
+        for i in 0..20 {
+            v.set(&format!("copy{i:02}"), "$(big)");
+        }
+        let e = v.resolve_nested().unwrap_err();
+        // The big value and 14 copies (plus the others' short texts) pass 16 MiB at the 15th.
+        assert_eq!(e.name.as_deref(), Some("copy14"));
+        assert!(e.total);
+        assert_eq!(
+            e.to_string(),
+            "variables: expanding `$(...)` references makes the variables longer than 16 MiB together, the limit (reached at variable `copy14`)"
+        );
+    }
+
+    #[test]
+    fn expanding_a_text_is_capped() {
+        let mut v = Variables::new();
+        v.set("a", "0123456789");
+        let text = "$(a)".repeat(200_000);
+        let e = v.try_expand(&text).unwrap_err();
+        assert_eq!(e.limit, MAX_VALUE_BYTES);
+        assert_eq!(
+            e.to_string(),
+            "expanding `$(...)` references makes the text longer than 1 MiB, the limit"
+        );
+        // The infallible form stops substituting at the cap and keeps the rest literal.
+        let out = v.expand(&text);
+        let done = MAX_VALUE_BYTES / 10;
+        assert_eq!(out.len(), done * 10 + (200_000 - done) * 4);
+        assert!(out.starts_with("0123456789") && out.ends_with("$(a)"));
+        // A long text without growth is fine.
+        let plain = "y".repeat(3 * MAX_VALUE_BYTES);
+        assert_eq!(v.try_expand(&plain).unwrap(), plain);
+        assert_eq!(v.try_expand("$(a)-$(b)").unwrap(), "0123456789-$(b)");
     }
 
     use super::*;

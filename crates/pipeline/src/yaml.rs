@@ -87,6 +87,10 @@ pub fn human_bytes(n: usize) -> String {
     format!("{n} bytes")
 }
 
+fn too_deep() -> String {
+    format!("mappings and lists are nested more than {MAX_DEPTH} levels deep; that is the limit")
+}
+
 enum Frame {
     Seq(Pos, Vec<Node>),
     /// Entries, the key waiting for its value, and the keys seen (duplicates in O(1)).
@@ -120,10 +124,7 @@ impl Builder {
 
     fn open(&mut self, p: Pos, frame: Frame) {
         if self.stack.len() >= MAX_DEPTH {
-            self.fail(
-                p,
-                format!("mappings and lists are nested more than {MAX_DEPTH} levels deep; that is the limit"),
-            );
+            self.fail(p, too_deep());
             return;
         }
         self.stack.push(frame);
@@ -137,8 +138,8 @@ impl Builder {
             NodeKind::Scalar { value, .. } if value.len() > MAX_KEY_BYTES => Err((
                 node.pos,
                 format!(
-                    "a mapping key is {} long; keys may be at most {MAX_KEY_BYTES} bytes",
-                    human_bytes(value.len())
+                    "a mapping key is {} bytes long; keys may be at most {MAX_KEY_BYTES} bytes",
+                    value.len()
                 ),
             )),
             NodeKind::Scalar { value, .. } if !seen.insert(value.clone()) => Err((
@@ -257,7 +258,12 @@ pub fn parse(file: &str, text: &str) -> Result<Node, YamlError> {
     let mut parser = Parser::new_from_str(text);
     loop {
         let (ev, mark) = parser.next_token().map_err(|e| {
-            YamlError::new(file, pos(e.marker()), format!("invalid YAML: {}", e.info()))
+            // The scanner looks ahead through flow collections and stops at 255 levels.
+            let msg = match e.info() {
+                "recursion limit exceeded" => too_deep(),
+                info => format!("invalid YAML: {info}"),
+            };
+            YamlError::new(file, pos(e.marker()), msg)
         })?;
         if ev == Event::StreamEnd {
             break;
@@ -317,5 +323,114 @@ mod tests {
             parse("f", "# only a comment\n").unwrap().kind,
             NodeKind::Null
         );
+    }
+
+    fn flow_list(items: usize) -> String {
+        format!("[{}]", vec!["1"; items].join(","))
+    }
+
+    #[test]
+    fn file_size_is_capped_before_parsing() {
+        let big = format!("#{}\n", "x".repeat(MAX_FILE_BYTES));
+        let e = parse("big.yml", &big).unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (1, 1));
+        assert_eq!(
+            e.to_string(),
+            format!("big.yml:1:1: the pipeline file is 2 MiB ({} bytes); the limit is 2 MiB (Azure Pipelines' practical limit)", MAX_FILE_BYTES + 2)
+        );
+        let at_limit = format!("#{}\n", "x".repeat(MAX_FILE_BYTES - 2));
+        assert_eq!(at_limit.len(), MAX_FILE_BYTES);
+        assert_eq!(parse("f", &at_limit).unwrap().kind, NodeKind::Null);
+    }
+
+    #[test]
+    fn nesting_is_capped_without_recursion() {
+        let ok = format!("{}x\n", "- ".repeat(MAX_DEPTH));
+        assert!(parse("f", &ok).is_ok());
+        let e = parse("f", &format!("{}x\n", "- ".repeat(MAX_DEPTH + 1))).unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (1, 2 * MAX_DEPTH + 1));
+        assert_eq!(
+            e.message,
+            "mappings and lists are nested more than 100 levels deep; that is the limit"
+        );
+        // 100,000 levels: yaml-rust2's recursive loader (and a recursive drop of the tree)
+        // overflowed the stack and aborted the process.
+        let e = parse("f", &format!("{}x\n", "- ".repeat(100_000))).unwrap_err();
+        assert_eq!(e.pos.column, 2 * MAX_DEPTH + 1);
+        for deep in ["[".repeat(100_000), "{a: ".repeat(100_000)] {
+            let e = parse("f", &deep).unwrap_err();
+            assert!(e.message.contains("nested more than 100 levels"), "{e}");
+        }
+        let mut block = String::new();
+        for i in 0..=MAX_DEPTH {
+            block.push_str(&format!("{}a:\n", " ".repeat(i)));
+        }
+        let e = parse("f", &block).unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (MAX_DEPTH + 1, MAX_DEPTH + 2));
+    }
+
+    #[test]
+    fn node_count_is_capped() {
+        // The list itself is one node.
+        let n = parse("f", &flow_list(MAX_NODES - 1)).unwrap();
+        let NodeKind::Seq(items) = n.kind else {
+            panic!()
+        };
+        assert_eq!(items.len(), MAX_NODES - 1);
+        let e = parse("f", &flow_list(MAX_NODES)).unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (1, 2 * MAX_NODES));
+        assert_eq!(
+            e.message,
+            "the pipeline has more than 200000 YAML nodes (keys, values and list items together); that is the limit"
+        );
+    }
+
+    #[test]
+    fn key_length_is_capped() {
+        let ok = format!("{}: 1\n", "k".repeat(MAX_KEY_BYTES));
+        assert!(parse("f", &ok).is_ok());
+        // Implicit keys stop at 1024 characters in YAML itself; explicit ones are checked here.
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        let e = parse("f", &format!("a: 1\n? {long}\n: 1\n")).unwrap_err();
+        assert_eq!((e.pos.line, e.pos.column), (2, 3));
+        assert_eq!(
+            e.message,
+            "a mapping key is 1025 bytes long; keys may be at most 1024 bytes"
+        );
+        let e = parse("f", &format!("{long}: 1\n")).unwrap_err();
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_in_a_large_mapping() {
+        // 90,000 distinct keys (checked through a hash set), then one repeated.
+        let mut m = String::from("{");
+        for i in 0..90_000 {
+            m.push_str(&format!("k{i}: 1, "));
+        }
+        let n = parse("f", &format!("{m}}}")).unwrap();
+        let NodeKind::Map(e) = n.kind else { panic!() };
+        assert_eq!(e.len(), 90_000);
+        let dup = format!("{m}k17: 2}}");
+        let e = parse("f", &dup).unwrap_err();
+        assert_eq!(e.message, "duplicate key `k17` in mapping");
+        assert_eq!(e.pos.column, m.len() + 1);
+        // Keys are compared as written (case-sensitive, as YAML is).
+        assert!(parse("f", "a: 1\nA: 2\n").is_ok());
+    }
+
+    #[test]
+    fn a_second_document_is_refused_where_it_starts() {
+        let e = parse("f", "a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(e.message, "a pipeline file must contain a single YAML document");
+        assert_eq!(e.pos.line, 2);
+    }
+
+    #[test]
+    fn sizes_for_messages() {
+        assert_eq!(human_bytes(10), "10 bytes");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(2 * 1024 * 1024), "2 MiB");
+        assert_eq!(human_bytes(10 * 1024 * 1024 + 9), "10 MiB");
     }
 }
