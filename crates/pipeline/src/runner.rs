@@ -1258,7 +1258,12 @@ fn read_pipeline_file(source: &SourceSpec, file: &str) -> Result<String, String>
     let cannot = |why: String| format!("{file}: cannot read the pipeline file: {why}");
     let bytes = match source {
         SourceSpec::Repo { path, commit, .. } => git::read_file_at(path, commit, file)
-            .map_err(|e| cannot(e.to_string()))?
+            .map_err(|e| match e {
+                git::GitError::Unusable { commit, why, .. } => {
+                    format!("{file}: the pipeline file at commit {commit} {why}")
+                }
+                e => cannot(e.to_string()),
+            })?
             .ok_or_else(|| cannot(format!("it does not exist at commit {commit}")))?,
         SourceSpec::Dir(dir) => read_regular_file(&dir.join(file.trim_start_matches('/')))
             .map_err(|e| match e.kind() {
