@@ -487,8 +487,13 @@ pub fn start(st: &Arc<AppState>) {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
             tracing::info!(run = id, pipeline = %rec.pipeline, result = ?rec.result, "pipeline run finished");
-            let defs = svc.all_definitions();
-            let m = pipelines_for_completed_run(&defs, &svc.repos, &rec);
+            // Reads and compiles YAML: off the async workers.
+            let (s2, r2) = (svc.clone(), rec.clone());
+            let m = tokio::task::spawn_blocking(move || {
+                pipelines_for_completed_run(&s2.all_definitions(), &s2.repos, &r2)
+            })
+            .await
+            .unwrap_or_default();
             for n in &m.notes {
                 tracing::warn!(run = id, "{n}");
             }
@@ -820,7 +825,7 @@ async fn git_request(
     let mut out_body = resp.body;
     if gp.is_push_post && resp.status < 300 {
         let after = svc.repos.refs(&gp.repo).unwrap_or_default();
-        let notes = on_push(svc, &gp.repo, &before, &after);
+        let notes = on_push_blocking(svc, &gp.repo, &before, &after).await;
         // The capabilities are on the first command line, well within the prefix.
         let sideband = prefix.windows(9).any(|w| w == b"side-band");
         if sideband && out_body.ends_with(b"0000") {
@@ -866,6 +871,19 @@ fn git_body_error(repo: &str, e: crate::gitcgi::CgiError) -> ApiError {
         code,
         message,
     }
+}
+
+/// [`on_push`] on a blocking thread: it runs git and compiles every pipeline's YAML.
+async fn on_push_blocking(
+    svc: &Arc<PipelineService>,
+    repo: &str,
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let (svc, repo, before, after) = (svc.clone(), repo.to_string(), before.clone(), after.clone());
+    tokio::task::spawn_blocking(move || on_push(&svc, &repo, &before, &after))
+        .await
+        .unwrap_or_else(|e| vec![format!("matching the push against pipelines failed: {e}")])
 }
 
 /// Matches a push's ref updates against the repository's pipelines and queues runs. Returns
@@ -1099,7 +1117,7 @@ async fn webhook_push(
             message: e.to_string(),
         })?;
     let after = svc.repos.refs(&name).map_err(git_err)?;
-    let mut notes = on_push(svc, &name, &before, &after);
+    let mut notes = on_push_blocking(svc, &name, &before, &after).await;
     for r in refs {
         if after.get(&r.name) != Some(&r.new) && !r.new.bytes().all(|b| b == b'0') {
             notes.push(format!(

@@ -430,19 +430,85 @@ fn equals(a: &Value, b: &Value) -> bool {
     compare(a, b) == Some(std::cmp::Ordering::Equal)
 }
 
-/// Evaluate an expression.
+/// Most bytes of one string an expression may produce (`replace`, `format`, a variable).
+pub const MAX_STRING_BYTES: usize = 1024 * 1024;
+/// Most bytes of strings one evaluation may produce in all (literals, values and results), so
+/// that nested `replace`/`format` calls cannot multiply their way to gigabytes.
+pub const MAX_EVAL_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes an evaluation may still produce.
+type Budget = std::cell::Cell<usize>;
+
+/// Evaluate an expression (within [`MAX_STRING_BYTES`] and [`MAX_EVAL_BYTES`]).
 pub fn eval(e: &Expr, ctx: &dyn Context) -> Result<Value, ExprError> {
-    Ok(match e {
-        Expr::Null => Value::Null,
-        Expr::Bool(b) => Value::Bool(*b),
-        Expr::Num(n) => Value::Num(*n),
-        Expr::Str(s) => Value::Str(s.clone()),
-        Expr::Path(root, path) => ctx.lookup(root, path),
-        Expr::Call(name, args) => call(name, args, ctx)?,
-    })
+    eval_in(e, ctx, &Budget::new(MAX_EVAL_BYTES))
 }
 
-fn status_names(args: &[Expr], ctx: &dyn Context) -> Result<Vec<RunResult>, ExprError> {
+fn eval_in(e: &Expr, ctx: &dyn Context, budget: &Budget) -> Result<Value, ExprError> {
+    spend(
+        budget,
+        match e {
+            Expr::Null => Value::Null,
+            Expr::Bool(b) => Value::Bool(*b),
+            Expr::Num(n) => Value::Num(*n),
+            Expr::Str(s) => Value::Str(s.clone()),
+            Expr::Path(root, path) => ctx.lookup(root, path),
+            Expr::Call(name, args) => call(name, args, ctx, budget)?,
+        },
+    )
+}
+
+/// Charges a string value to the budget.
+fn spend(budget: &Budget, v: Value) -> Result<Value, ExprError> {
+    if let Value::Str(s) = &v {
+        check_len(s.len())?;
+        match budget.get().checked_sub(s.len()) {
+            Some(left) => budget.set(left),
+            None => {
+                return err(
+                    0,
+                    format!(
+                        "the expression produces more than {} of text; that is the limit",
+                        crate::yaml::human_bytes(MAX_EVAL_BYTES)
+                    ),
+                )
+            }
+        }
+    }
+    Ok(v)
+}
+
+fn check_len(n: usize) -> Result<(), ExprError> {
+    if n > MAX_STRING_BYTES {
+        return err(
+            0,
+            format!(
+                "a string in the expression would be {} long; the limit is {}",
+                crate::yaml::human_bytes(n),
+                crate::yaml::human_bytes(MAX_STRING_BYTES)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `replace(s, from, to)`, its length checked before anything is allocated.
+fn replace(s: &str, from: &str, to: &str) -> Result<String, ExprError> {
+    let count = if from.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(from).count()
+    };
+    let len = (s.len() - count * from.len()).saturating_add(count.saturating_mul(to.len()));
+    check_len(len)?;
+    Ok(s.replace(from, to))
+}
+
+fn status_names(
+    args: &[Expr],
+    ctx: &dyn Context,
+    budget: &Budget,
+) -> Result<Vec<RunResult>, ExprError> {
     if args.is_empty() {
         return ctx.results(None).map_err(|n| ExprError {
             offset: 0,
@@ -451,7 +517,7 @@ fn status_names(args: &[Expr], ctx: &dyn Context) -> Result<Vec<RunResult>, Expr
     }
     let mut names = Vec::new();
     for a in args {
-        names.push(eval(a, ctx)?.to_text());
+        names.push(eval_in(a, ctx, budget)?.to_text());
     }
     ctx.results(Some(&names)).map_err(|n| ExprError {
         offset: 0,
@@ -459,24 +525,25 @@ fn status_names(args: &[Expr], ctx: &dyn Context) -> Result<Vec<RunResult>, Expr
     })
 }
 
-fn call(name: &str, args: &[Expr], ctx: &dyn Context) -> Result<Value, ExprError> {
+fn call(name: &str, args: &[Expr], ctx: &dyn Context, budget: &Budget) -> Result<Value, ExprError> {
+    let eval = |e: &Expr, ctx: &dyn Context| eval_in(e, ctx, budget);
     let arg = |i: usize| eval(&args[i], ctx);
     let text = |i: usize| -> Result<String, ExprError> { Ok(eval(&args[i], ctx)?.to_text()) };
     Ok(Value::Bool(match name {
         "always" => true,
         "canceled" => ctx.canceled(),
         "succeeded" => {
-            let r = status_names(args, ctx)?;
+            let r = status_names(args, ctx, budget)?;
             !ctx.canceled()
                 && r.iter()
                     .all(|r| matches!(r, RunResult::Succeeded | RunResult::SucceededWithIssues))
         }
         "failed" => {
-            let r = status_names(args, ctx)?;
+            let r = status_names(args, ctx, budget)?;
             !ctx.canceled() && r.contains(&RunResult::Failed)
         }
         "succeededorfailed" => {
-            let r = status_names(args, ctx)?;
+            let r = status_names(args, ctx, budget)?;
             !ctx.canceled()
                 && r.iter().all(|r| {
                     matches!(
@@ -536,7 +603,7 @@ fn call(name: &str, args: &[Expr], ctx: &dyn Context) -> Result<Value, ExprError
         "lower" => return Ok(Value::Str(text(0)?.to_lowercase())),
         "upper" => return Ok(Value::Str(text(0)?.to_uppercase())),
         "length" => return Ok(Value::Num(text(0)?.chars().count() as f64)),
-        "replace" => return Ok(Value::Str(text(0)?.replace(&text(1)?, &text(2)?))),
+        "replace" => return Ok(Value::Str(replace(&text(0)?, &text(1)?, &text(2)?)?)),
         "coalesce" => {
             for a in args {
                 let v = eval(a, ctx)?;
@@ -581,7 +648,10 @@ fn format_str(f: &str, vals: &[String]) -> Result<String, ExprError> {
                     }
                 }
                 match idx.parse::<usize>().ok().and_then(|k| vals.get(k)) {
-                    Some(v) => out.push_str(v),
+                    Some(v) => {
+                        check_len(out.len() + v.len())?;
+                        out.push_str(v)
+                    }
                     None => return err(i, "format placeholder index out of range"),
                 }
             }
@@ -825,5 +895,71 @@ mod tests {
             }
             let _ = eval_condition(&s, &c);
         }
+    }
+
+    fn eval_str(src: &str) -> Result<Value, ExprError> {
+        eval(&parse(src).unwrap(), &EmptyContext)
+    }
+
+    #[test]
+    fn nested_replace_cannot_multiply_without_bound() {
+        // 40 doublings of 16 bytes would be 16 TiB; the 17th crosses 1 MiB.
+        let mut e = String::from("'aaaaaaaaaaaaaaaa'");
+        for _ in 0..40 {
+            e = format!("replace({e}, 'a', 'aa')");
+        }
+        let err = eval_str(&e).unwrap_err();
+        assert_eq!(
+            err.message,
+            "a string in the expression would be 2 MiB long; the limit is 1 MiB"
+        );
+        // Exactly at the limit is allowed: 16 * 2^16 bytes.
+        let mut e = String::from("'aaaaaaaaaaaaaaaa'");
+        for _ in 0..16 {
+            e = format!("replace({e}, 'a', 'aa')");
+        }
+        assert_eq!(
+            eval_str(&e).unwrap(),
+            Value::Str("a".repeat(MAX_STRING_BYTES))
+        );
+        // An empty pattern inserts between every character.
+        assert_eq!(
+            eval_str("replace('ab', '', '-')").unwrap(),
+            Value::Str("-a-b-".into())
+        );
+    }
+
+    #[test]
+    fn format_output_is_capped() {
+        // 2000 copies of 2000 copies: 4 MB from a 12 KB expression.
+        let placeholders = "{0}".repeat(2000);
+        let e = format!("format('{placeholders}', format('{placeholders}', 'x'))");
+        let err = eval_str(&e).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("a string in the expression would be"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_evaluation_produces_at_most_the_budget() {
+        // Each R is 16 * 256 * 256 bytes = 1 MiB (allowed); seven fit in 8 MiB, eight do not.
+        let r = format!(
+            "replace(replace('{}', 'a', '{}'), 'b', '{}')",
+            "a".repeat(16),
+            "b".repeat(256),
+            "c".repeat(256)
+        );
+        let ors = |n: usize| {
+            let args: Vec<String> = (0..n).map(|_| format!("eq({r}, '')")).collect();
+            eval_str(&format!("or({})", args.join(", ")))
+        };
+        assert_eq!(ors(7).unwrap(), Value::Bool(false));
+        let err = ors(8).unwrap_err();
+        assert_eq!(
+            err.message,
+            "the expression produces more than 8 MiB of text; that is the limit"
+        );
     }
 }

@@ -41,6 +41,13 @@ pub enum GitError {
     NotFound(String),
     #[error("{0}")]
     Git(String),
+    /// A file that exists at a commit but must not be read (see [`read_file_at`]).
+    #[error("{path} at commit {commit} {why}")]
+    Unusable {
+        path: String,
+        commit: String,
+        why: String,
+    },
 }
 
 impl From<std::io::Error> for GitError {
@@ -415,21 +422,91 @@ pub fn resolve(repo: &Path, rev: &str) -> Result<Option<String>, GitError> {
     ))
 }
 
-/// The content of `path` at `commit` (`git show commit:path`), `Ok(None)` if there is no such
-/// file.
+/// Largest file [`read_file_at`] reads: the pipeline file cap, [`crate::yaml::MAX_FILE_BYTES`].
+pub const MAX_READ_BYTES: usize = crate::yaml::MAX_FILE_BYTES;
+
+/// The content of `path` at `commit`, read from git's objects (never from a work tree),
+/// `Ok(None)` if there is no such entry. The tree entry must be a regular file (mode 100644 or
+/// 100755) of at most [`MAX_READ_BYTES`], both checked before the blob is read; a symbolic
+/// link, a submodule, a directory or a larger file is a [`GitError::Unusable`].
 pub fn read_file_at(repo: &Path, commit: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
-    if commit.starts_with('-') {
+    let path = path.trim_start_matches("./").trim_start_matches('/');
+    if commit.starts_with('-') || path.is_empty() {
         return Ok(None);
     }
-    let spec = format!(
-        "{commit}:{}",
-        path.trim_start_matches("./").trim_start_matches('/')
-    );
-    let kind = git_cmd(repo).args(["cat-file", "-t", &spec]).output()?;
-    if !kind.status.success() || String::from_utf8_lossy(&kind.stdout).trim() != "blob" {
+    let Some(entry) = tree_entry(repo, commit, path)? else {
+        return Ok(None);
+    };
+    let unusable = |why: String| GitError::Unusable {
+        path: path.to_string(),
+        commit: commit[..commit.len().min(12)].to_string(),
+        why,
+    };
+    let what = match entry.mode.as_str() {
+        "100644" | "100755" => None,
+        "120000" => Some("a symbolic link"),
+        "160000" => Some("a submodule"),
+        "040000" => Some("a directory"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(what) = what {
+        return Err(unusable(format!(
+            "is {what} (mode {}); a pipeline file must be a regular file",
+            entry.mode
+        )));
+    }
+    let too_large = |size: usize| {
+        unusable(format!(
+            "is {} ({size} bytes); the limit is {}",
+            crate::yaml::human_bytes(size),
+            crate::yaml::human_bytes(MAX_READ_BYTES)
+        ))
+    };
+    if entry.size > MAX_READ_BYTES {
+        return Err(too_large(entry.size));
+    }
+    let data = run_git(repo, &["cat-file", "blob", &entry.oid])?;
+    if data.len() > MAX_READ_BYTES {
+        return Err(too_large(data.len()));
+    }
+    Ok(Some(data))
+}
+
+/// One entry of a tree, as `git ls-tree -l` lists it.
+struct TreeEntry {
+    mode: String,
+    oid: String,
+    size: usize,
+}
+
+/// The entry named exactly `path` in `commit`'s tree (`None` for a bad commit or no entry).
+fn tree_entry(repo: &Path, commit: &str, path: &str) -> Result<Option<TreeEntry>, GitError> {
+    let out = git_cmd(repo)
+        .env("GIT_LITERAL_PATHSPECS", "1")
+        .args(["ls-tree", "-z", "-l", "--full-tree", commit, "--", path])
+        .output()?;
+    if !out.status.success() {
         return Ok(None);
     }
-    run_git(repo, &["show", &spec]).map(Some)
+    // `<mode> <type> <oid> <size>\t<path>`, NUL-terminated; size is `-` for trees/submodules.
+    for rec in out.stdout.split(|b| *b == 0) {
+        let rec = String::from_utf8_lossy(rec);
+        let Some((meta, name)) = rec.split_once('\t') else {
+            continue;
+        };
+        if name != path {
+            continue;
+        }
+        let f: Vec<&str> = meta.split_whitespace().collect();
+        if let [mode, _kind, oid, size] = f[..] {
+            return Ok(Some(TreeEntry {
+                mode: mode.to_string(),
+                oid: oid.to_string(),
+                size: size.parse().unwrap_or(0),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Checks `commit` out into `dest` the way a self-hosted agent reuses its sources directory:
@@ -715,4 +792,75 @@ pub fn commit_dir(
     })();
     let _ = std::fs::remove_file(&index);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn read_file_at_reads_only_regular_files_within_the_cap() {
+        let dir = std::env::temp_dir().join(format!("scaleset-readat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        sh(&dir, &["init", "-q"]);
+        std::fs::write(dir.join("ok.yml"), "steps: []\n").unwrap();
+        std::fs::write(dir.join("sub/x.yml"), "a: 1\n").unwrap();
+        std::fs::write(dir.join("run.sh"), "#!/bin/sh\n").unwrap();
+        sh(&dir, &["update-index", "--add", "--chmod=+x", "run.sh"]);
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link.yml")).unwrap();
+        std::fs::write(dir.join("big.yml"), vec![b'#'; MAX_READ_BYTES + 1]).unwrap();
+        std::fs::write(dir.join("max.yml"), vec![b'#'; MAX_READ_BYTES]).unwrap();
+        sh(&dir, &["add", "."]);
+        let blob = sh(&dir, &["hash-object", "-w", "ok.yml"]);
+        let gitlink = format!("160000,{blob},mod.yml");
+        sh(&dir, &["update-index", "--add", "--cacheinfo", &gitlink]);
+        sh(&dir, &["commit", "-qm", "x"]);
+        let commit = sh(&dir, &["rev-parse", "HEAD"]);
+        let repo = dir.join(".git");
+        let read = |p: &str| read_file_at(&repo, &commit, p);
+        assert_eq!(read("ok.yml").unwrap().unwrap(), b"steps: []\n");
+        assert_eq!(read("/sub/x.yml").unwrap().unwrap(), b"a: 1\n");
+        assert_eq!(read("./run.sh").unwrap().unwrap(), b"#!/bin/sh\n");
+        assert_eq!(read("max.yml").unwrap().unwrap().len(), MAX_READ_BYTES);
+        assert_eq!(read("nope.yml").unwrap(), None);
+        assert_eq!(
+            read("*.yml").unwrap(),
+            None,
+            "paths are literal, not patterns"
+        );
+        assert_eq!(read("sub/x.yml/").unwrap(), None);
+        assert_eq!(read_file_at(&repo, "--all", "ok.yml").unwrap(), None);
+        let short = &commit[..12];
+        let unusable = |p: &str| read(p).unwrap_err().to_string();
+        assert_eq!(
+            unusable("link.yml"),
+            format!("link.yml at commit {short} is a symbolic link (mode 120000); a pipeline file must be a regular file")
+        );
+        assert_eq!(
+            unusable("mod.yml"),
+            format!("mod.yml at commit {short} is a submodule (mode 160000); a pipeline file must be a regular file")
+        );
+        assert_eq!(
+            unusable("sub"),
+            format!("sub at commit {short} is a directory (mode 040000); a pipeline file must be a regular file")
+        );
+        assert_eq!(
+            unusable("big.yml"),
+            format!("big.yml at commit {short} is 2 MiB (2097153 bytes); the limit is 2 MiB")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -5,7 +5,8 @@ use crate::expr::{self, Context, Value};
 use crate::model::*;
 use crate::vars::{Var, Variables};
 use crate::yaml::{self, Node, NodeKind};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 type R<T> = Result<T, YamlError>;
 
@@ -22,6 +23,8 @@ pub fn compile(file: &str, text: &str, parameters: &BTreeMap<String, String>) ->
         file,
         params: BTreeMap::new(),
         vars: Variables::new(),
+        scope: Variables::new(),
+        template_budget: Cell::new(MAX_TEMPLATE_BYTES),
     };
     c.pipeline(&root, parameters)
 }
@@ -32,7 +35,16 @@ struct Compiler<'a> {
     params: BTreeMap<String, String>,
     /// Pipeline variables known at compile time.
     vars: Variables,
+    /// The variables block being compiled (a stage's or job's shadow the pipeline's).
+    scope: Variables,
+    /// Bytes `${{ }}` expressions may still produce in this file.
+    template_budget: Cell<usize>,
 }
+
+/// Most bytes all `${{ }}` expressions of one file may produce together: variables that
+/// repeat each other (`b: ${{ variables.a }}${{ variables.a }}`, and so on) would otherwise
+/// double their size at every line.
+pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024 * 1024;
 
 impl Context for Compiler<'_> {
     fn lookup(&self, root: &str, path: &[String]) -> Value {
@@ -43,8 +55,9 @@ impl Context for Compiler<'_> {
                 .map(|v| Value::Str(v.clone()))
                 .unwrap_or(Value::Null),
             ("variables", [name]) => self
-                .vars
+                .scope
                 .get(name)
+                .or_else(|| self.vars.get(name))
                 .map(|v| Value::Str(v.to_string()))
                 .unwrap_or(Value::Null),
             _ => Value::Null,
@@ -143,11 +156,38 @@ impl<'a> Compiler<'a> {
                         format!("in template expression `${{{{ {src} }}}}`: {e}"),
                     )
                 })?;
-            out.push_str(&v.to_text());
+            let v = v.to_text();
+            self.spend_template(pos, v.len())?;
+            if out.len() + v.len() > crate::vars::MAX_VALUE_BYTES.max(s.len()) {
+                return self.err(
+                    pos,
+                    format!(
+                        "`${{{{ {src} }}}}` makes this value longer than {}, the limit for one value",
+                        crate::yaml::human_bytes(crate::vars::MAX_VALUE_BYTES.max(s.len()))
+                    ),
+                );
+            }
+            out.push_str(&v);
             rest = &after[end + 2..];
         }
         out.push_str(rest);
         Ok(out)
+    }
+
+    fn spend_template(&self, pos: Pos, n: usize) -> R<()> {
+        match self.template_budget.get().checked_sub(n) {
+            Some(left) => {
+                self.template_budget.set(left);
+                Ok(())
+            }
+            None => self.err(
+                pos,
+                format!(
+                    "`${{{{ }}}}` expressions in this file produce more than {} together; that is the limit",
+                    crate::yaml::human_bytes(MAX_TEMPLATE_BYTES)
+                ),
+            ),
+        }
     }
 
     fn undeclared_parameter(&self, e: &expr::Expr) -> Option<String> {
@@ -288,6 +328,7 @@ impl<'a> Compiler<'a> {
         let variables = match get("variables") {
             Some(n) => {
                 let v = self.variables(n)?;
+                self.check_expansion(n, &v)?;
                 self.vars = v.clone();
                 v
             }
@@ -441,22 +482,25 @@ impl<'a> Compiler<'a> {
                 decl.push((p.pos, param));
             }
         }
+        let declared: HashSet<String> = decl.iter().map(|(_, p)| p.name.to_lowercase()).collect();
         for k in given.keys() {
-            if !decl.iter().any(|(_, p)| p.name.eq_ignore_ascii_case(k)) {
+            if !declared.contains(&k.to_lowercase()) {
                 return self.err(
                     n.pos,
                     format!("parameter `{k}` is not declared by this pipeline"),
                 );
             }
         }
+        let given: HashMap<String, &String> =
+            given.iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
+        let mut names = HashSet::new();
         for (pos, mut p) in decl {
-            if out.iter().any(|o| o.name.eq_ignore_ascii_case(&p.name)) {
+            if !names.insert(p.name.to_lowercase()) {
                 return self.err(pos, format!("parameter `{}` is declared twice", p.name));
             }
             let value = given
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&p.name))
-                .map(|(_, v)| v.clone())
+                .get(&p.name.to_lowercase())
+                .map(|v| v.to_string())
                 .or_else(|| p.default.clone());
             let Some(value) = value else {
                 return self.err(
@@ -498,17 +542,23 @@ impl<'a> Compiler<'a> {
         Ok(out)
     }
 
+    /// A variables block. While it is compiled, `${{ variables.x }}` sees its earlier entries
+    /// over the pipeline's (through `self.scope`, so nothing is copied per block).
     fn variables(&mut self, n: &Node) -> R<Variables> {
-        let mut vars = Variables::new();
+        self.scope = Variables::new();
+        let r = self.variables_into_scope(n);
+        let vars = std::mem::take(&mut self.scope);
+        r.map(|()| vars)
+    }
+
+    fn variables_into_scope(&mut self, n: &Node) -> R<()> {
         match &n.kind {
             NodeKind::Map(entries) => {
                 for (k, v) in entries {
                     let name = k.as_str().unwrap_or("").to_string();
                     self.check_var_name(k.pos, &name)?;
                     let value = self.string(v, &name)?;
-                    vars.set(&name, value);
-                    self.vars
-                        .set(&name, vars.get(&name).unwrap_or_default().to_string());
+                    self.scope.set(&name, value);
                 }
             }
             _ => {
@@ -540,17 +590,31 @@ impl<'a> Compiler<'a> {
                         );
                     };
                     self.check_var_name(pos, &name)?;
-                    vars.insert(Var {
-                        name: name.clone(),
-                        value: value.clone(),
+                    self.scope.insert(Var {
+                        name,
+                        value,
                         secret: false,
                         readonly,
                     });
-                    self.vars.set(&name, value);
                 }
             }
         }
-        Ok(vars)
+        Ok(())
+    }
+
+    /// Fails at compile time, at the variable's key, when the pipeline's own variables expand
+    /// (`a: $(b)$(b)`, ...) past the caps of [`Variables::resolve_nested`].
+    fn check_expansion(&self, n: &Node, vars: &Variables) -> R<()> {
+        let mut v = vars.clone();
+        let Err(e) = v.resolve_nested() else {
+            return Ok(());
+        };
+        let pos = e
+            .name
+            .as_deref()
+            .and_then(|name| var_pos(n, name))
+            .unwrap_or(n.pos);
+        self.err(pos, e.to_string())
     }
 
     fn check_var_name(&self, pos: Pos, name: &str) -> R<()> {
@@ -599,6 +663,7 @@ impl<'a> Compiler<'a> {
 
     fn resources(&self, n: &Node) -> R<Resources> {
         let mut r = Resources::default();
+        let mut aliases = HashSet::new();
         for (k, v) in self.map(
             n,
             &[
@@ -658,10 +723,7 @@ impl<'a> Compiler<'a> {
                         ),
                     );
                 }
-                if r.pipelines
-                    .iter()
-                    .any(|o| o.alias.eq_ignore_ascii_case(&res.alias))
-                {
+                if !aliases.insert(res.alias.to_lowercase()) {
                     return self.err(
                         p.pos,
                         format!("pipeline resource `{}` is declared twice", res.alias),
@@ -772,11 +834,7 @@ impl<'a> Compiler<'a> {
                 "displayName" => s.display_name = self.opt_string(v, k)?,
                 "dependsOn" => deps = Some(self.depends_on(v)?),
                 "condition" => s.condition = self.condition(v)?,
-                "variables" => {
-                    let saved = self.vars.clone();
-                    s.variables = self.variables(v)?;
-                    self.vars = saved;
-                }
+                "variables" => s.variables = self.variables(v)?,
                 "jobs" => jobs = Some(v),
                 "pool" | "lockBehavior" | "isSkippable" | "templateContext" => {}
                 _ => unreachable!(),
@@ -875,11 +933,7 @@ impl<'a> Compiler<'a> {
                 "continueOnError" => j.continue_on_error = self.boolean(v, k)?,
                 "timeoutInMinutes" => j.timeout_in_minutes = self.number(v, k)?,
                 "cancelTimeoutInMinutes" => j.cancel_timeout_in_minutes = Some(self.number(v, k)?),
-                "variables" => {
-                    let saved = self.vars.clone();
-                    j.variables = self.variables(v)?;
-                    self.vars = saved;
-                }
+                "variables" => j.variables = self.variables(v)?,
                 "steps" => steps = Some(v),
                 "pool" => j.pool = self.pool(v)?,
                 "workspace" => {
@@ -907,14 +961,11 @@ impl<'a> Compiler<'a> {
 
     fn steps(&self, n: &Node) -> R<Vec<Step>> {
         let mut steps: Vec<Step> = Vec::new();
+        let mut names = HashSet::new();
         for s in self.seq(n, "steps")? {
             let step = self.step(s)?;
             if let Some(name) = &step.name {
-                if steps.iter().any(|o| {
-                    o.name
-                        .as_deref()
-                        .is_some_and(|o| o.eq_ignore_ascii_case(name))
-                }) {
+                if !names.insert(name.to_lowercase()) {
                     return self.err(
                         s.pos,
                         format!("step name `{name}` is used twice in this job"),
@@ -1117,60 +1168,79 @@ impl<'a> Compiler<'a> {
     }
 
     /// Resolve the `PREVIOUS` placeholder is done by the caller; here: names exist, no self or
-    /// duplicate names, no cycles.
+    /// duplicate names, no cycles. Linear in the number of items and dependencies.
     fn check_graph(&self, what: &str, items: &[(String, Vec<String>, Pos)]) -> R<()> {
-        let mut seen = BTreeSet::new();
-        for (name, _, pos) in items {
-            if !seen.insert(name.to_lowercase()) {
+        let mut index = HashMap::with_capacity(items.len());
+        for (i, (name, _, pos)) in items.iter().enumerate() {
+            if index.insert(name.to_lowercase(), i).is_some() {
                 return self.err(*pos, format!("{what} name `{name}` is used twice"));
             }
         }
-        for (name, deps, pos) in items {
-            for d in deps {
-                if d == PREVIOUS {
-                    continue;
-                }
+        let names = |idx: &mut dyn Iterator<Item = usize>| {
+            let all: Vec<&str> = idx.map(|i| items[i].0.as_str()).collect();
+            match all.len() {
+                n if n > 20 => format!("{}, ... ({n} in all)", all[..20].join(", ")),
+                _ => all.join(", "),
+            }
+        };
+        // Kahn's algorithm over explicit dependencies.
+        let mut waiting = vec![0usize; items.len()];
+        let mut dependents = vec![Vec::new(); items.len()];
+        for (i, (name, deps, pos)) in items.iter().enumerate() {
+            for d in deps.iter().filter(|d| *d != PREVIOUS) {
                 if d.eq_ignore_ascii_case(name) {
                     return self.err(*pos, format!("{what} `{name}` depends on itself"));
                 }
-                if !items.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(d)) {
-                    let known: Vec<&str> = items.iter().map(|(n, _, _)| n.as_str()).collect();
+                let Some(&j) = index.get(&d.to_lowercase()) else {
                     return self.err(
                         *pos,
                         format!(
                             "`dependsOn` refers to {what} `{d}` which does not exist (known: {})",
-                            known.join(", ")
+                            names(&mut (0..items.len()))
                         ),
                     );
+                };
+                waiting[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+        let mut ready: Vec<usize> = (0..items.len()).filter(|&i| waiting[i] == 0).collect();
+        let mut done = vec![false; items.len()];
+        while let Some(i) = ready.pop() {
+            done[i] = true;
+            for &k in &dependents[i] {
+                waiting[k] -= 1;
+                if waiting[k] == 0 {
+                    ready.push(k);
                 }
             }
         }
-        // Cycle detection (Kahn) over explicit dependencies.
-        let idx = |d: &str| items.iter().position(|(n, _, _)| n.eq_ignore_ascii_case(d));
-        let dep_idx: Vec<BTreeSet<usize>> = items
-            .iter()
-            .map(|(_, d, _)| d.iter().filter_map(|d| idx(d)).collect())
-            .collect();
-        let mut done = vec![false; items.len()];
-        while let Some(i) =
-            (0..items.len()).find(|&i| !done[i] && dep_idx[i].iter().all(|&d| done[d]))
-        {
-            done[i] = true;
-        }
         if let Some(i) = (0..items.len()).find(|&i| !done[i]) {
-            let cycle: Vec<&str> = (0..items.len())
-                .filter(|&i| !done[i])
-                .map(|i| items[i].0.as_str())
-                .collect();
             return self.err(
                 items[i].2,
                 format!(
                     "{what}s depend on each other in a cycle: {}",
-                    cycle.join(", ")
+                    names(&mut (0..items.len()).filter(|&i| !done[i]))
                 ),
             );
         }
         Ok(())
+    }
+}
+
+/// Where variable `name` is defined in a variables block (mapping or `- name:` list).
+fn var_pos(n: &Node, name: &str) -> Option<Pos> {
+    let is = |k: &Node| k.as_str().is_some_and(|k| k.eq_ignore_ascii_case(name));
+    match &n.kind {
+        NodeKind::Map(e) => e.iter().find(|(k, _)| is(k)).map(|(k, _)| k.pos),
+        NodeKind::Seq(items) => items.iter().find_map(|item| match &item.kind {
+            NodeKind::Map(e) => e
+                .iter()
+                .find(|(k, v)| k.as_str() == Some("name") && is(v))
+                .map(|(_, v)| v.pos),
+            _ => None,
+        }),
+        _ => None,
     }
 }
 

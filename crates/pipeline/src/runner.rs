@@ -1104,20 +1104,7 @@ impl Runner {
             }
         };
         log.run_line(&format!("Sources are in {}", src.display()));
-        let yaml_file = src.join(req.yaml_path.trim_start_matches('/'));
-        let text = std::fs::read_to_string(&yaml_file).map_err(|e| {
-            format!(
-                "{}: cannot read the pipeline file: {}",
-                req.yaml_path,
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    "it does not exist in the sources".to_string()
-                } else {
-                    e.to_string()
-                }
-            )
-        })?;
-        let p =
-            crate::compile(&req.yaml_path, &text, &req.parameters).map_err(|e| e.to_string())?;
+        let p = load_pipeline(req).await?;
         check_tasks(&req.yaml_path, &p, tasks).map_err(|e| e.to_string())?;
         crate::plan::execution_order(&p).map_err(|e| format!("{}: {e}", req.yaml_path))?;
         let clean_sources = p
@@ -1336,7 +1323,14 @@ impl Runner {
         v.extend(&stage.variables);
         v.extend(&job.variables);
         v.extend(&vars::job_variables(&stage.name, &job.name, 1));
-        v.resolve_nested();
+        if let Err(e) = v.resolve_nested() {
+            let msg = format!("job {prefix}: {e}");
+            log.write(&prefix, "", &format!("##[error]{msg}"));
+            if let Some(j) = job_record(rec, jr) {
+                j.message = Some(msg);
+            }
+            return (RunResult::Failed, BTreeMap::new());
+        }
         let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
         let mut cfg = ExecConfig::new(ws, v.clone());
         cfg.base_env = self.config.base_env.clone();
@@ -1424,6 +1418,90 @@ impl Runner {
         }
         (out.result, out.outputs)
     }
+}
+
+/// Reads and compiles a run's pipeline file off the async workers. The file comes from git's
+/// objects at the run's commit, never from the sources directory (a previous job of the
+/// pipeline controls that one, and could have planted a symbolic link there).
+async fn load_pipeline(req: &RunRequest) -> Result<Pipeline, String> {
+    let (source, file, params) = (
+        req.source.clone(),
+        req.yaml_path.clone(),
+        req.parameters.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let text = read_pipeline_file(&source, &file)?;
+        crate::compile(&file, &text, &params).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("{}: compiling the pipeline failed: {e}", req.yaml_path))?
+}
+
+/// The pipeline file's text: from the commit for a repository, or (local runs and tests) from
+/// the given directory, opened without following a symbolic link and only if regular.
+fn read_pipeline_file(source: &SourceSpec, file: &str) -> Result<String, String> {
+    let cannot = |why: String| format!("{file}: cannot read the pipeline file: {why}");
+    let bytes = match source {
+        SourceSpec::Repo { path, commit, .. } => git::read_file_at(path, commit, file)
+            .map_err(|e| match e {
+                git::GitError::Unusable { commit, why, .. } => {
+                    format!("{file}: the pipeline file at commit {commit} {why}")
+                }
+                e => cannot(e.to_string()),
+            })?
+            .ok_or_else(|| cannot(format!("it does not exist at commit {commit}")))?,
+        SourceSpec::Dir(dir) => read_regular_file(&dir.join(file.trim_start_matches('/')))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => cannot("it does not exist in the sources".into()),
+                _ => cannot(e.to_string()),
+            })?,
+    };
+    String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))
+}
+
+/// A regular file's bytes, refusing a symbolic link at the last component (`O_NOFOLLOW`),
+/// `..` components, anything not regular and anything over the pipeline file cap.
+fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(bad("the path may not contain `..`".into()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                bad("it is a symbolic link; a pipeline file must be a regular file".into())
+            }
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".into()));
+    }
+    let max = crate::yaml::MAX_FILE_BYTES;
+    if meta.len() > max as u64 {
+        return Err(bad(format!(
+            "it is {} bytes; the limit is {}",
+            meta.len(),
+            crate::yaml::human_bytes(max)
+        )));
+    }
+    let mut out = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > max {
+        return Err(bad(format!(
+            "it is larger than {}",
+            crate::yaml::human_bytes(max)
+        )));
+    }
+    Ok(out)
 }
 
 /// A step's (started, finished) times in ms since the epoch.
@@ -1538,15 +1616,25 @@ pub fn pipelines_for_push(
     let path = repos.path(repo);
     let changed = git::changed_paths(&path, &update.old, &update.new)?;
     for d in defs.iter().filter(|d| d.repo == repo) {
-        let Some(text) = git::read_file_at(&path, &update.new, &d.yaml_path)? else {
-            m.notes.push(format!(
-                "pipeline `{}`: {} does not exist at {}",
-                d.name, d.yaml_path, update.new
-            ));
-            continue;
+        let compiled = match git::read_file_at(&path, &update.new, &d.yaml_path) {
+            Ok(Some(text)) => crate::compile(
+                &d.yaml_path,
+                &String::from_utf8_lossy(&text),
+                &BTreeMap::new(),
+            )
+            .map_err(|e| e.to_string()),
+            Ok(None) => {
+                m.notes.push(format!(
+                    "pipeline `{}`: {} does not exist at {}",
+                    d.name, d.yaml_path, update.new
+                ));
+                continue;
+            }
+            // A symlink or an oversized file: the run fails with this, so the user sees it.
+            Err(e @ git::GitError::Unusable { .. }) => Err(e.to_string()),
+            Err(e) => return Err(e),
         };
-        let text = String::from_utf8_lossy(&text);
-        let (fire, batched) = match crate::compile(&d.yaml_path, &text, &BTreeMap::new()) {
+        let (fire, batched) = match compiled {
             Ok(p) => (
                 crate::trigger::push_triggers(&p.trigger, &update.name, Some(&changed)),
                 p.trigger.batch,

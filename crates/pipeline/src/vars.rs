@@ -99,36 +99,142 @@ impl Variables {
     /// Resolves `$(other)` references inside variable values, as Azure does when a job
     /// starts (`two: $(one)-suffix`). References to unknown variables stay as written; a cycle
     /// (`a: $(b)`, `b: $(a)`) stops after a bounded depth and leaves the rest literal.
-    pub fn resolve_nested(&mut self) {
+    ///
+    /// Each pass expands every value once from the previous pass's values (pass `d` is what
+    /// a recursion `d` levels deep would give), so the work is linear in the output, which is
+    /// capped: no value may grow past [`MAX_VALUE_BYTES`] and all of them together past
+    /// [`MAX_TOTAL_BYTES`]. A "billion laughs" of references fails on the first pass that
+    /// crosses a cap, naming the variable; nothing is changed then.
+    pub fn resolve_nested(&mut self) -> Result<(), ExpandError> {
         const DEPTH: usize = 8;
-        fn resolve(vars: &Variables, name: &str, depth: usize) -> Option<String> {
-            let v = vars.get(name)?;
-            if depth == 0 || !v.contains("$(") {
-                return Some(v.to_string());
-            }
-            Some(expand_macros(v, |n| resolve(vars, n, depth - 1)))
-        }
-        let resolved: Vec<(String, String)> = self
+        let keys: Vec<String> = self
             .map
             .iter()
             .filter(|(_, v)| v.value.contains("$("))
-            .filter_map(|(k, v)| {
-                let r = resolve(self, &v.name, DEPTH)?;
-                (r != v.value).then(|| (k.clone(), r))
-            })
+            .map(|(k, _)| k.clone())
             .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let unresolved = self.map.values().map(|v| v.value.len()).sum::<usize>();
+        let mut cur: BTreeMap<&str, String> = keys
+            .iter()
+            .map(|k| (k.as_str(), self.map[k].value.clone()))
+            .collect();
+        for _ in 0..DEPTH {
+            let mut total = unresolved;
+            let mut next = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let raw = &self.map[k];
+                let lookup = |n: &str| {
+                    let n = n.to_lowercase();
+                    match cur.get(n.as_str()) {
+                        Some(v) => Some(v.as_str()),
+                        None => self.map.get(&n).map(|v| v.value.as_str()),
+                    }
+                };
+                let limit = MAX_VALUE_BYTES.max(raw.value.len());
+                let v = expand_bounded(&raw.value, lookup, limit)
+                    .ok_or_else(|| ExpandError::value(&raw.name, limit))?;
+                total = (total + v.len()).saturating_sub(raw.value.len());
+                if total > MAX_TOTAL_BYTES {
+                    return Err(ExpandError::total(&raw.name));
+                }
+                next.push(v);
+            }
+            let changed = keys.iter().zip(&next).any(|(k, v)| cur[k.as_str()] != *v);
+            for (k, v) in keys.iter().zip(next) {
+                cur.insert(k.as_str(), v);
+            }
+            if !changed {
+                break;
+            }
+        }
+        let resolved: Vec<(String, String)> =
+            cur.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (k, value) in resolved {
             if let Some(v) = self.map.get_mut(&k) {
                 v.value = value;
             }
         }
+        Ok(())
     }
 
-    /// Expand `$(name)` macros in `text` (see [`expand_macros`]).
+    /// Expand `$(name)` macros in `text` (see [`expand_macros`]). Past [`MAX_VALUE_BYTES`] of
+    /// output (or the text's own length, if longer) the remaining references stay literal;
+    /// use [`Variables::try_expand`] where that can be reported.
     pub fn expand(&self, text: &str) -> String {
         expand_macros(text, |n| self.get(n).map(str::to_string))
     }
+
+    /// [`Variables::expand`], failing instead of leaving references literal when the output
+    /// would be longer than [`MAX_VALUE_BYTES`] (or the text's own length, if longer).
+    pub fn try_expand(&self, text: &str) -> Result<String, ExpandError> {
+        let limit = MAX_VALUE_BYTES.max(text.len());
+        expand_bounded(text, |n| self.get(n), limit).ok_or(ExpandError {
+            name: None,
+            limit,
+            total: false,
+        })
+    }
 }
+
+/// Most bytes one value (a variable or an expanded text) may reach by expanding `$(...)`
+/// references. Larger ones cannot be passed to a process anyway (Linux caps one environment
+/// string at 128 KiB).
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most bytes all of a job's variables together may reach by [`Variables::resolve_nested`].
+pub const MAX_TOTAL_BYTES: usize = 16 * 1024 * 1024;
+
+/// Expanding `$(...)` references would have produced more than a cap allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandError {
+    /// The variable whose value grew too large (none for a text).
+    pub name: Option<String>,
+    pub limit: usize,
+    /// True when the cap crossed is [`MAX_TOTAL_BYTES`] (all variables together).
+    pub total: bool,
+}
+
+impl ExpandError {
+    fn value(name: &str, limit: usize) -> Self {
+        ExpandError {
+            name: Some(name.to_string()),
+            limit,
+            total: false,
+        }
+    }
+
+    fn total(name: &str) -> Self {
+        ExpandError {
+            name: Some(name.to_string()),
+            limit: MAX_TOTAL_BYTES,
+            total: true,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limit = crate::yaml::human_bytes(self.limit);
+        match (&self.name, self.total) {
+            (Some(n), false) => write!(
+                f,
+                "variable `{n}`: expanding its `$(...)` references makes it longer than {limit}, the limit for one value (do variables refer to each other many times over?)"
+            ),
+            (Some(n), true) => write!(
+                f,
+                "variables: expanding `$(...)` references makes the variables longer than {limit} together, the limit (reached at variable `{n}`)"
+            ),
+            (None, _) => write!(
+                f,
+                "expanding `$(...)` references makes the text longer than {limit}, the limit"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ExpandError {}
 
 /// The environment-variable name of a variable: upper-cased, `.` and spaces → `_`.
 /// `Build.BuildId` → `BUILD_BUILDID`.
@@ -142,34 +248,71 @@ pub fn env_name(name: &str) -> String {
 }
 
 /// Replace `$(name)` by `lookup(name)`. Unknown names are left as written (Azure's behaviour),
-/// values are not expanded again, and `$(` without a valid name and `)` stays literal.
+/// values are not expanded again, and `$(` without a valid name and `)` stays literal. Once
+/// the output would pass [`MAX_VALUE_BYTES`] (or the text's own length, if longer), the
+/// remaining references are left as written.
 pub fn expand_macros(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let limit = MAX_VALUE_BYTES.max(text.len());
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("$(") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find(')');
-        let name = end.map(|e| &after[..e]);
+    if let Err(stopped) = expand_into(text, &mut out, lookup, limit) {
+        out.push_str(&text[stopped..]);
+    }
+    out
+}
+
+/// Like [`expand_macros`] with borrowed values; `None` when the output would pass `limit`.
+fn expand_bounded<'v>(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<&'v str>,
+    limit: usize,
+) -> Option<String> {
+    let mut out = String::with_capacity(text.len().min(limit));
+    expand_into(text, &mut out, lookup, limit).ok()?;
+    Some(out)
+}
+
+/// Appends `text` with its references replaced to `out`. Stops before `out` would pass
+/// `limit`, returning the offset in `text` where it stopped (nothing past the limit is ever
+/// allocated).
+fn expand_into<V: AsRef<str>>(
+    text: &str,
+    out: &mut String,
+    lookup: impl Fn(&str) -> Option<V>,
+    limit: usize,
+) -> Result<(), usize> {
+    let mut at = 0;
+    while let Some(i) = text[at..].find("$(").map(|i| at + i) {
+        if out.len() + (i - at) > limit {
+            return Err(at);
+        }
+        out.push_str(&text[at..i]);
+        let after = &text[i + 2..];
+        let name = after.find(')').map(|e| &after[..e]);
         match name {
-            Some(n) if is_macro_name(n) => match lookup(n) {
-                Some(v) => {
-                    out.push_str(&v);
-                    rest = &after[n.len() + 1..];
+            Some(n) if is_macro_name(n) => {
+                let end = i + 2 + n.len() + 1;
+                match lookup(n) {
+                    Some(v) => {
+                        if out.len() + v.as_ref().len() > limit {
+                            return Err(i);
+                        }
+                        out.push_str(v.as_ref());
+                    }
+                    None => out.push_str(&text[i..end]),
                 }
-                None => {
-                    out.push_str(&rest[i..i + 2 + n.len() + 1]);
-                    rest = &after[n.len() + 1..];
-                }
-            },
+                at = end;
+            }
             _ => {
                 out.push_str("$(");
-                rest = after;
+                at = i + 2;
             }
         }
     }
-    out.push_str(rest);
-    out
+    if out.len() + (text.len() - at) > limit {
+        return Err(at);
+    }
+    out.push_str(&text[at..]);
+    Ok(())
 }
 
 fn is_macro_name(n: &str) -> bool {
@@ -453,15 +596,96 @@ mod tests {
             for (k, val) in *defs {
                 v.set(k, *val);
             }
-            v.resolve_nested();
+            v.resolve_nested().unwrap();
             assert_eq!(v.get(name), Some(*want), "{defs:?}");
         }
         // A cycle terminates and keeps a literal reference.
         let mut v = Variables::new();
         v.set("a", "$(b)");
         v.set("b", "$(a)");
-        v.resolve_nested();
+        v.resolve_nested().unwrap();
         assert!(v.get("a").unwrap().contains("$("));
+    }
+
+    /// `v0: xxxxxxxxxx`, `vI: $(vI-1)` repeated `fan` times, for I up to `levels`.
+    fn laughs(levels: usize, fan: usize) -> Variables {
+        let mut v = Variables::new();
+        v.set("v0", "xxxxxxxxxx");
+        for i in 1..=levels {
+            v.set(&format!("v{i}"), format!("$(v{})", i - 1).repeat(fan));
+        }
+        v
+    }
+
+    #[test]
+    fn a_billion_laughs_fails_naming_the_variable() {
+        // 10 references per level, 30 levels: 10^8 copies at the resolution depth of 8, more
+        // than 1 GB per variable before the cap.
+        let mut v = laughs(30, 10);
+        let before = v.clone();
+        // Pass 5 makes v6 and up 6 MB long; v10 is the first of them in name order.
+        let e = v.resolve_nested().unwrap_err();
+        assert_eq!(
+            e,
+            ExpandError {
+                name: Some("v10".into()),
+                limit: MAX_VALUE_BYTES,
+                total: false
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "variable `v10`: expanding its `$(...)` references makes it longer than 1 MiB, the limit for one value (do variables refer to each other many times over?)"
+        );
+        assert_eq!(v, before, "nothing is changed on failure");
+    }
+
+    #[test]
+    fn doubling_stops_at_the_resolution_depth() {
+        // Two references per level: at depth 8, v30 is 2^8 copies of v22's text.
+        let mut v = laughs(30, 2);
+        v.resolve_nested().unwrap();
+        assert_eq!(v.get("v30").unwrap().len(), 256 * "$(v21)$(v21)".len());
+        assert_eq!(v.get("v8").unwrap(), "x".repeat(10 * 256));
+    }
+
+    #[test]
+    fn all_variables_together_are_capped() {
+        let mut v = Variables::new();
+        v.set("big", "x".repeat(MAX_VALUE_BYTES));
+        for i in 0..20 {
+            v.set(&format!("copy{i:02}"), "$(big)");
+        }
+        let e = v.resolve_nested().unwrap_err();
+        // The big value and 14 copies (plus the others' short texts) pass 16 MiB at the 15th.
+        assert_eq!(e.name.as_deref(), Some("copy14"));
+        assert!(e.total);
+        assert_eq!(
+            e.to_string(),
+            "variables: expanding `$(...)` references makes the variables longer than 16 MiB together, the limit (reached at variable `copy14`)"
+        );
+    }
+
+    #[test]
+    fn expanding_a_text_is_capped() {
+        let mut v = Variables::new();
+        v.set("a", "0123456789");
+        let text = "$(a)".repeat(200_000);
+        let e = v.try_expand(&text).unwrap_err();
+        assert_eq!(e.limit, MAX_VALUE_BYTES);
+        assert_eq!(
+            e.to_string(),
+            "expanding `$(...)` references makes the text longer than 1 MiB, the limit"
+        );
+        // The infallible form stops substituting at the cap and keeps the rest literal.
+        let out = v.expand(&text);
+        let done = MAX_VALUE_BYTES / 10;
+        assert_eq!(out.len(), done * 10 + (200_000 - done) * 4);
+        assert!(out.starts_with("0123456789") && out.ends_with("$(a)"));
+        // A long text without growth is fine.
+        let plain = "y".repeat(3 * MAX_VALUE_BYTES);
+        assert_eq!(v.try_expand(&plain).unwrap(), plain);
+        assert_eq!(v.try_expand("$(a)-$(b)").unwrap(), "0123456789-$(b)");
     }
 
     use super::*;
