@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod durable;
+pub mod fake;
 pub mod hostnet;
 pub use hostnet::{attach_netns, bake_link, detach_netns, NetnsLink, BAKE_SLOTS};
 
