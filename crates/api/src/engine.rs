@@ -26,7 +26,64 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Engine {
     busy: Mutex<HashSet<String>>,
     pushed: tokio::sync::Mutex<HashMap<String, lb::LbConfig>>,
-    failed_at: Mutex<HashMap<String, Instant>>,
+    /// When (clock ms) a machine last failed to start: its restart waits a few seconds.
+    failed_at: Mutex<HashMap<String, u64>>,
+    clock: Clock,
+}
+
+/// The engine's wall clock (Unix time). Tests drive a manual one, so that grace periods and
+/// health timeouts pass without waiting for them.
+#[derive(Default)]
+pub struct Clock(Option<std::sync::atomic::AtomicU64>);
+
+impl Clock {
+    /// A clock that moves only when told, starting at the current time.
+    pub fn manual() -> Clock {
+        Clock(Some(now_ms().into()))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        match &self.0 {
+            Some(ms) => ms.load(std::sync::atomic::Ordering::SeqCst),
+            None => now_ms(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+
+    /// Moves a manual clock forward (no effect on the system clock).
+    pub fn advance(&self, by: Duration) {
+        if let Some(ms) = &self.0 {
+            ms.fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(clock: Clock) -> Engine {
+        Engine {
+            clock,
+            ..Default::default()
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Scale sets with a pass in flight.
+    pub fn busy(&self) -> usize {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Waits until every pass `tick` started has finished.
+    pub async fn settle(&self) {
+        while self.busy() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 type Shared = (Arc<AppState>, Arc<Engine>);
@@ -59,7 +116,7 @@ pub fn roll_instances(st: &AppState, recs: &[InstanceRecord]) -> Vec<plan::rolli
 
 /// After a restart nothing is in flight: clear `upgrading` marks so the rollout planner asks again
 /// for what was interrupted.
-fn clear_interrupted(st: &AppState) {
+pub fn clear_interrupted(st: &AppState) {
     let Ok(sets) = st.store.list(VMSS, None, None) else {
         return;
     };
@@ -293,7 +350,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&rec.machine)
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                    .is_some_and(|t| eng.clock.now_ms().saturating_sub(*t) < 5000);
                 if !recent {
                     tasks.push(tokio::spawn(start_instance(
                         st.clone(),
@@ -423,7 +480,7 @@ async fn rolling_pass(
         &m.rolling,
         &cur.state,
         &insts,
-        unix_now(),
+        eng.clock.now(),
         st.cfg.rolling_health_timeout_secs,
     );
     // Compare-and-set: a cancel or a new model that arrived meanwhile wins; decide again next tick.
@@ -560,7 +617,7 @@ async fn repairs_pass(
     if !m.repairs.enabled {
         return Ok(());
     }
-    let now = unix_now();
+    let now = eng.clock.now();
     let recs = st.instances(key).map_err(|e| e.to_string())?;
     // Records from before state changes were timed: their grace period starts now.
     for r in recs.iter().filter(|r| r.state_changed_at.is_none()) {
@@ -955,7 +1012,7 @@ async fn start_instance(
                     r.draining = false;
                     r.restart_requested = false;
                     r.last_error = None;
-                    r.state_changed_at = Some(unix_now());
+                    r.state_changed_at = Some(eng.clock.now());
                 });
             }
             Err(e) => {
@@ -963,7 +1020,7 @@ async fn start_instance(
                 eng.failed_at
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(rec.machine.clone(), Instant::now());
+                    .insert(rec.machine.clone(), eng.clock.now_ms());
                 let _ = st.update_instance(&key, rec.instance_id, |r| {
                     r.provisioning_state = "Failed".into();
                     r.last_error = Some(e.clone());
@@ -1057,7 +1114,7 @@ async fn restart_instance(
     st.update_instance(key, rec.instance_id, |r| {
         r.restart_requested = false;
         r.draining = false;
-        r.state_changed_at = Some(unix_now());
+        r.state_changed_at = Some(eng.clock.now());
     })
     .map_err(|e| e.to_string())?;
     sync_lbs(st, eng).await?;
@@ -1095,7 +1152,7 @@ async fn upgrade_instance(
         r.draining = false;
         r.provisioning_state = "Succeeded".into();
         r.last_error = None;
-        r.state_changed_at = Some(unix_now());
+        r.state_changed_at = Some(eng.clock.now());
     })
     .map_err(|e| e.to_string())?;
     info!(instance = rec.instance_id, image = %image, "reimaged onto the latest model");

@@ -244,14 +244,20 @@ impl Machines for FakeMachines {
         let mut g = self.lock();
         g.next_pid += 1;
         let pid = g.next_pid + 1000;
-        let m = g.machines.get_mut(name).ok_or_else(|| Self::not_found(name))?;
+        let m = g
+            .machines
+            .get_mut(name)
+            .ok_or_else(|| Self::not_found(name))?;
         Ok(*m.pid.get_or_insert(pid))
     }
 
     fn stop(&self, name: &str, _timeout: Duration) -> Result<(), RuntimeError> {
         self.enter(Op::Stop, name, None)?;
         let mut g = self.lock();
-        let m = g.machines.get_mut(name).ok_or_else(|| Self::not_found(name))?;
+        let m = g
+            .machines
+            .get_mut(name)
+            .ok_or_else(|| Self::not_found(name))?;
         m.pid = None;
         Ok(())
     }
@@ -259,7 +265,10 @@ impl Machines for FakeMachines {
     fn kill(&self, name: &str) -> Result<(), RuntimeError> {
         self.enter(Op::Kill, name, None)?;
         let mut g = self.lock();
-        let m = g.machines.get_mut(name).ok_or_else(|| Self::not_found(name))?;
+        let m = g
+            .machines
+            .get_mut(name)
+            .ok_or_else(|| Self::not_found(name))?;
         m.pid = None;
         Ok(())
     }
@@ -329,8 +338,15 @@ mod tests {
         f.create(&spec("a", "/good")).unwrap();
         assert_eq!(f.state("a").unwrap(), MachineState::Stopped);
         let pid = f.start("a").unwrap();
-        assert_eq!(f.start("a").unwrap(), pid, "start of a running machine is its pid");
-        assert!(f.reimage(&spec("a", "/bad")).is_err(), "reimage needs a stop");
+        assert_eq!(
+            f.start("a").unwrap(),
+            pid,
+            "start of a running machine is its pid"
+        );
+        assert!(
+            f.reimage(&spec("a", "/bad")).is_err(),
+            "reimage needs a stop"
+        );
         assert!(f.die("a"));
         f.fail_layer(Op::Start, "/bad", "no init");
         f.reimage(&spec("a", "/bad")).unwrap();

@@ -1,0 +1,503 @@
+//! The engine's behaviour without root: the real API and engine in-process over
+//! `runtime::fake::FakeMachines`, a manual clock, and the test as the health source (it writes
+//! the verdicts the load balancer's `/status` would; the LB processes cannot start, so the
+//! engine's own LB sync reports nothing). Each pass is awaited, so every test is deterministic
+//! and takes milliseconds.
+use api::engine::{self, Clock, Engine};
+use api::state::{AppState, InstanceRecord};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use runtime::fake::{FakeMachines, Op};
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceExt;
+
+const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000";
+
+struct Env {
+    st: Arc<AppState>,
+    eng: Arc<Engine>,
+    fake: Arc<FakeMachines>,
+    dir: std::path::PathBuf,
+    /// Machines the "load balancer" reports down whatever their image.
+    sick: Mutex<BTreeSet<String>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(dir: &std::path::Path) -> api::DaemonConfig {
+    let subnet: runtime::Ipv4Net = "10.213.251.0/24".parse().unwrap();
+    api::DaemonConfig {
+        home: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        network: api::DaemonConfig::network_for(dir, subnet, None),
+        prefix: "t".into(),
+        // Not executable: no LB process can start, so the engine's LB sync fails fast and the
+        // test reports health.
+        exe: dir.join("not-executable"),
+        base_cache: dir.join("bases"),
+        probe_interval_ms: None,
+        rolling_health_timeout_secs: 30,
+        repair_grace_secs: Some(0),
+        limits: Default::default(),
+    }
+}
+
+fn env(tag: &str) -> Env {
+    let dir = std::env::temp_dir().join(format!("scaleset-engine-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("not-executable"), "").unwrap();
+    let fake = Arc::new(FakeMachines::new());
+    let st = api::open_state(config(&dir), fake.clone()).unwrap();
+    for name in ["good", "good2", "bad"] {
+        import_image(&st, &dir, name);
+    }
+    Env {
+        st,
+        eng: Arc::new(Engine::new(Clock::manual())),
+        fake,
+        dir,
+        sick: Default::default(),
+    }
+}
+
+/// The daemon restarted: new state and engine over the same home, the same machines.
+fn restart(e: &mut Env) {
+    e.st = api::open_state(config(&e.dir), e.fake.clone()).unwrap();
+    e.eng = Arc::new(Engine::new(Clock::manual()));
+}
+
+/// An image in the store without baking: a one-file `docker save` archive, imported.
+fn import_image(st: &AppState, dir: &std::path::Path, name: &str) {
+    let entry = |h: &mut tar::Header, len: usize| {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(len as u64);
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    let data = format!("image {name}\n");
+    let mut h = tar::Header::new_gnu();
+    entry(&mut h, data.len());
+    layer
+        .append_data(&mut h, "etc/scaleset-image", data.as_bytes())
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff = hex::encode(sha2::Sha256::digest(&layer));
+    let cfg = json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff}")]}});
+    let manifest = json!([{"Config": "cfg.json", "RepoTags": [format!("{name}:1")], "Layers": ["l/layer.tar"]}]);
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d) in [
+        ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+        ("cfg.json", serde_json::to_vec(&cfg).unwrap()),
+        ("l/layer.tar", layer),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        entry(&mut h, d.len());
+        b.append_data(&mut h, p, d.as_slice()).unwrap();
+    }
+    let archive = dir.join(format!("{name}.tar"));
+    std::fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    st.images
+        .import(&archive, name, &mut std::io::sink())
+        .unwrap();
+}
+
+async fn call(e: &Env, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{path}?api-version=2024-11-01"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", e.st.token))
+        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    let resp = api::app(e.st.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, v)
+}
+
+fn rg() -> String {
+    format!("{SUB}/resourceGroups/rg")
+}
+
+fn vmss_path() -> String {
+    format!(
+        "{}/providers/Microsoft.Compute/virtualMachineScaleSets/web",
+        rg()
+    )
+}
+
+fn lb_id() -> String {
+    format!("{}/providers/Microsoft.Network/loadBalancers/lb", rg())
+}
+
+fn lb_body() -> Value {
+    let id = lb_id();
+    json!({"location": "local", "properties": {
+        "frontendIPConfigurations": [{"name": "fe", "properties": {"privateIPAddress": "127.0.0.1"}}],
+        "backendAddressPools": [{"name": "be"}],
+        "probes": [{"name": "p", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health"}}],
+        "loadBalancingRules": [{"name": "r", "properties": {"protocol": "Tcp", "frontendPort": 18080, "backendPort": 80,
+            "frontendIPConfiguration": {"id": format!("{id}/frontendIPConfigurations/fe")},
+            "backendAddressPool": {"id": format!("{id}/backendAddressPools/be")},
+            "probe": {"id": format!("{id}/probes/p")}}}],
+    }})
+}
+
+/// A scale set body: `extra` is merged into `properties` (upgrade and repair policies).
+fn vmss_body(image: &str, capacity: u32, extra: Value) -> Value {
+    let lb = lb_id();
+    let mut props = json!({
+        "upgradePolicy": {"mode": "Manual"},
+        "virtualMachineProfile": {
+            "osProfile": {"computerNamePrefix": "web", "adminUsername": "azureuser"},
+            "storageProfile": {"imageReference": {"id": format!("{}/providers/Microsoft.Compute/images/{image}", rg())}},
+            "networkProfile": {
+                "healthProbe": {"id": format!("{lb}/probes/p")},
+                "networkInterfaceConfigurations": [{"name": "nic", "properties": {"primary": true, "ipConfigurations": [
+                    {"name": "ip", "properties": {"loadBalancerBackendAddressPools": [{"id": format!("{lb}/backendAddressPools/be")}]}}]}}]
+            }
+        }
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        props[k] = v.clone();
+    }
+    json!({"location": "local", "sku": {"name": "Standard_B1s", "capacity": capacity}, "properties": props})
+}
+
+/// Resource group and load balancer, then the scale set.
+async fn create(e: &Env, body: Value) {
+    let (s, v) = call(e, "PUT", &rg(), Some(json!({"location": "local"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(e, "PUT", &lb_id(), Some(lb_body())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    put(e, body).await;
+}
+
+async fn put(e: &Env, body: Value) {
+    let (s, v) = call(e, "PUT", &vmss_path(), Some(body)).await;
+    assert!(s.is_success(), "{s} {v}");
+}
+
+/// The image a fake machine was created or reimaged with (from its instance.env).
+fn image_of(e: &Env, machine: &str) -> Option<String> {
+    let m = e.fake.machine(machine)?;
+    let env = &m.spec.files.first()?.1;
+    env.lines()
+        .find_map(|l| l.strip_prefix("SCALESET_IMAGE="))
+        .map(str::to_string)
+}
+
+/// What the load balancer's probe would report: machines that run an image other than `bad`
+/// answer, sick ones do not.
+fn report_health(e: &Env) {
+    let running = e.fake.running();
+    let sick = e.sick.lock().unwrap().clone();
+    let mut obs = e.st.observed.lock().unwrap();
+    for m in running {
+        let up = image_of(e, &m).is_some_and(|i| i != "bad") && !sick.contains(&m);
+        obs.entry(m).or_default().healthy = Some(up);
+    }
+}
+
+/// One engine pass, awaited, then the health verdicts it will see next.
+async fn pass(e: &Env) {
+    engine::tick(&e.st, &e.eng).await;
+    e.eng.settle().await;
+    report_health(e);
+}
+
+const ACTING: [Op; 6] = [
+    Op::Create,
+    Op::Start,
+    Op::Stop,
+    Op::Kill,
+    Op::Reimage,
+    Op::Delete,
+];
+
+fn acting_calls(e: &Env) -> usize {
+    e.fake
+        .calls()
+        .iter()
+        .filter(|c| ACTING.contains(&c.op))
+        .count()
+}
+
+/// Passes until one acts on no machine (at most `max`); returns how many passes it took.
+async fn settle(e: &Env, max: usize) -> usize {
+    for n in 1..=max {
+        let before = acting_calls(e);
+        pass(e).await;
+        if acting_calls(e) == before {
+            return n;
+        }
+    }
+    panic!("the engine still acts after {max} passes");
+}
+
+fn records(e: &Env) -> Vec<InstanceRecord> {
+    let key = store::Key::new(api::route::VMSS, &SUB[15..], "rg", "web");
+    e.st.instances(&key).unwrap()
+}
+
+/// The provisioning state as stored (and rendered).
+fn provisioning(r: &InstanceRecord) -> String {
+    serde_json::to_value(&r.provisioning_state).unwrap()["provisioningState"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            serde_json::to_value(&r.provisioning_state)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+}
+
+fn ids(e: &Env) -> Vec<u32> {
+    records(e).iter().map(|r| r.instance_id).collect()
+}
+
+async fn rollout(e: &Env) -> Value {
+    let (s, v) = call(
+        e,
+        "GET",
+        &format!("{}/rollingUpgrades/latest", vmss_path()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn scale_out_and_in() {
+    let e = env("scale");
+    let scale_in = json!({"scaleInPolicy": {"rules": ["OldestVM"]}});
+    create(&e, vmss_body("good", 3, scale_in.clone())).await;
+    settle(&e, 10).await;
+    assert_eq!(ids(&e), vec![0, 1, 2]);
+    assert_eq!(e.fake.calls_of(Op::Create).len(), 3);
+    assert_eq!(e.fake.running().len(), 3);
+    for r in records(&e) {
+        assert_eq!(provisioning(&r), "Succeeded");
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good"));
+    }
+    let (_, v) = call(&e, "GET", &vmss_path(), None).await;
+    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+
+    // Scale in to 1: OldestVM removes 0 and 1, each stopped (drained) and deleted.
+    put(&e, vmss_body("good", 1, scale_in.clone())).await;
+    settle(&e, 10).await;
+    assert_eq!(ids(&e), vec![2]);
+    assert_eq!(e.fake.calls_of(Op::Delete).len(), 2);
+    assert_eq!(e.fake.running(), vec![records(&e)[0].machine.clone()]);
+
+    // Out again: new ids, never reused.
+    put(&e, vmss_body("good", 3, scale_in)).await;
+    settle(&e, 10).await;
+    assert_eq!(ids(&e), vec![2, 3, 4]);
+    assert_eq!(e.fake.running().len(), 3);
+}
+
+#[tokio::test]
+async fn one_pass_per_scale_set_at_a_time() {
+    let e = env("busy");
+    create(&e, vmss_body("good", 2, json!({}))).await;
+    // Slow boots: ticks while the first pass runs must not start a second one.
+    e.fake.delay(Op::Start, None, Duration::from_millis(50));
+    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
+    e.eng.settle().await;
+    assert_eq!(e.fake.calls_of(Op::Create).len(), 2);
+    assert_eq!(ids(&e), vec![0, 1]);
+}
+
+#[tokio::test]
+async fn a_machine_that_dies_is_restarted() {
+    let e = env("crash");
+    create(&e, vmss_body("good", 2, json!({}))).await;
+    settle(&e, 10).await;
+    let victim = records(&e)[1].machine.clone();
+    e.fake.clear_calls();
+    assert!(e.fake.die(&victim));
+    settle(&e, 10).await;
+    // Healed in place: the same machine (create is idempotent and keeps its disk) booted again.
+    assert_eq!(e.fake.calls_of(Op::Start), vec![victim.clone()]);
+    assert_eq!(e.fake.calls_of(Op::Create), vec![victim.clone()]);
+    assert_eq!(e.fake.calls_of(Op::Delete), Vec::<String>::new());
+    assert_eq!(e.fake.running().len(), 2);
+
+    // A start that fails is recorded on the instance and retried only after a pause.
+    e.fake.clear_calls();
+    e.fake.fail(Op::Start, Some(&victim), 1, "nspawn exited");
+    assert!(e.fake.die(&victim));
+    pass(&e).await;
+    let rec = records(&e)
+        .into_iter()
+        .find(|r| r.machine == victim)
+        .unwrap();
+    assert_eq!(provisioning(&rec), "Failed");
+    assert!(rec.last_error.as_deref().unwrap().contains("nspawn exited"));
+    pass(&e).await;
+    assert_eq!(
+        e.fake.calls_of(Op::Start).len(),
+        1,
+        "held back right after a failure"
+    );
+    e.eng.clock().advance(Duration::from_secs(6));
+    settle(&e, 10).await;
+    assert_eq!(e.fake.calls_of(Op::Start).len(), 2);
+    let rec = records(&e)
+        .into_iter()
+        .find(|r| r.machine == victim)
+        .unwrap();
+    assert_eq!(provisioning(&rec), "Succeeded");
+    assert_eq!(rec.last_error, None);
+}
+
+#[tokio::test]
+async fn daemon_restart_adopts_running_machines() {
+    let mut e = env("adopt");
+    create(&e, vmss_body("good", 2, json!({}))).await;
+    settle(&e, 10).await;
+    let before = records(&e);
+    // A rollout's mark from before the restart: nothing is in flight any more.
+    let key = store::Key::new(api::route::VMSS, &SUB[15..], "rg", "web");
+    e.st.update_instance(&key, 0, |r| r.upgrading = true)
+        .unwrap();
+    restart(&mut e);
+    engine::clear_interrupted(&e.st);
+    e.fake.clear_calls();
+    report_health(&e);
+    assert_eq!(settle(&e, 10).await, 1, "the first pass acts on nothing");
+    assert_eq!(acting_calls(&e), 0, "{:?}", e.fake.calls());
+    assert_eq!(records(&e), before);
+}
+
+fn rolling(rollback: bool) -> Value {
+    json!({"upgradePolicy": {"mode": "Rolling", "rollingUpgradePolicy": {
+        "maxBatchInstancePercent": 20, "maxUnhealthyInstancePercent": 50,
+        "maxUnhealthyUpgradedInstancePercent": 20, "pauseTimeBetweenBatches": "PT0S",
+        "rollbackFailedInstancesOnPolicyBreach": rollback}}})
+}
+
+/// Passes until the rollout is no longer RollingForward, advancing the clock 10 s a pass.
+async fn run_rollout(e: &Env) -> Value {
+    for _ in 0..60 {
+        pass(e).await;
+        e.eng.clock().advance(Duration::from_secs(10));
+        let v = rollout(e).await;
+        if v["properties"]["runningStatus"]["code"] != "RollingForward" {
+            settle(e, 10).await;
+            return rollout(e).await;
+        }
+    }
+    panic!("the rollout did not finish: {}", rollout(e).await);
+}
+
+#[tokio::test]
+async fn rolling_upgrade_goes_one_instance_at_a_time() {
+    let e = env("roll");
+    create(&e, vmss_body("good", 3, rolling(true))).await;
+    settle(&e, 10).await;
+    e.fake.clear_calls();
+    put(&e, vmss_body("good2", 3, rolling(true))).await;
+    let v = run_rollout(&e).await;
+    assert_eq!(v["properties"]["runningStatus"]["code"], "Completed", "{v}");
+    assert_eq!(v["properties"]["progress"]["successfulInstanceCount"], 3);
+    let recs = records(&e);
+    for r in &recs {
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good2"));
+        assert_eq!(r.model_version, 2);
+    }
+    // One at a time (3 instances): each machine stopped, reimaged and started before the next.
+    let order: Vec<(Op, String)> = e
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| ACTING.contains(&c.op))
+        .map(|c| (c.op, c.machine))
+        .collect();
+    let expected: Vec<(Op, String)> = recs
+        .iter()
+        .flat_map(|r| [Op::Stop, Op::Reimage, Op::Start].map(|op| (op, r.machine.clone())))
+        .collect();
+    assert_eq!(order, expected);
+}
+
+#[tokio::test]
+async fn rolling_upgrade_to_a_bad_image_rolls_back() {
+    let e = env("rollback");
+    create(&e, vmss_body("good", 3, rolling(true))).await;
+    settle(&e, 10).await;
+    e.fake.clear_calls();
+    put(&e, vmss_body("bad", 3, rolling(true))).await;
+    let v = run_rollout(&e).await;
+    assert_eq!(v["properties"]["runningStatus"]["code"], "Faulted", "{v}");
+    assert_eq!(
+        v["properties"]["error"]["code"],
+        plan::rolling::CODE_MAX_UNHEALTHY_UPGRADED
+    );
+    // The first batch (instance 0) broke the policy and went back; 1 and 2 were never touched.
+    let recs = records(&e);
+    let first = recs[0].machine.clone();
+    assert_eq!(e.fake.calls_of(Op::Reimage), vec![first.clone(), first]);
+    for r in &recs {
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good"), "{r:?}");
+    }
+    assert_eq!(e.fake.running().len(), 3);
+}
+
+#[tokio::test]
+async fn automatic_repairs_replace_an_unhealthy_instance() {
+    let e = env("repair");
+    let repairs = json!({"automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT10M", "repairAction": "Replace"}});
+    create(&e, vmss_body("good", 3, repairs)).await;
+    settle(&e, 10).await;
+    assert_eq!(ids(&e), vec![0, 1, 2]);
+    let sick = records(&e)[1].machine.clone();
+    e.sick.lock().unwrap().insert(sick.clone());
+    report_health(&e);
+    e.fake.clear_calls();
+    pass(&e).await;
+    // Replaced as Azure does: deleted, and a new instance (new id) on the latest model.
+    assert_eq!(ids(&e), vec![0, 2, 3]);
+    assert_eq!(e.fake.calls_of(Op::Delete), vec![sick]);
+    assert_eq!(e.fake.calls_of(Op::Create).len(), 1);
+    let new = records(&e)
+        .into_iter()
+        .find(|r| r.instance_id == 3)
+        .unwrap();
+    assert_eq!(
+        new.repair_attempts, 1,
+        "the replacement carries the attempt"
+    );
+    assert!(!new.repairing);
+    assert_eq!(e.fake.running().len(), 3);
+    // Healthy on the next pass: the attempts are forgotten and nothing else is repaired.
+    settle(&e, 10).await;
+    let new = records(&e)
+        .into_iter()
+        .find(|r| r.instance_id == 3)
+        .unwrap();
+    assert_eq!(new.repair_attempts, 0);
+    assert_eq!(ids(&e), vec![0, 2, 3]);
+    assert_eq!(e.fake.calls_of(Op::Delete).len(), 1);
+}
