@@ -6,6 +6,7 @@ use crate::render;
 use crate::route::{PowerAction, Res, Route, Scope, IMAGE, LB, RG, VMSS};
 use crate::state::{now_rfc3339, uuid, AppState, InstanceRecord, VmssDoc};
 use axum::http::{Method, StatusCode};
+use control::ProvisioningState;
 use model::ids::ResourceId;
 use plan::PowerIntent;
 use serde_json::{json, Value};
@@ -435,7 +436,7 @@ pub(crate) fn vmss_provisioning(
     let active = recs.iter().filter(|r| !r.deleting).count();
     let busy = recs.iter().any(|r| {
         r.deleting
-            || r.provisioning_state != "Succeeded"
+            || r.provisioning_state != ProvisioningState::Succeeded
             || r.reimage_requested
             || r.restart_requested
     });

@@ -650,12 +650,7 @@ fn bearer_or_basic_ok(st: &AppState, headers: &HeaderMap) -> Option<String> {
             p.to_string(),
         )
     };
-    let (a, b) = (token.as_bytes(), st.token.as_bytes());
-    let diff = a.len() ^ b.len()
-        | a.iter()
-            .zip(b)
-            .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
-    (diff == 0).then_some(user)
+    control::ct_eq(token.as_bytes(), st.auth.token.as_bytes()).then_some(user)
 }
 
 fn b64_decode(s: &str) -> Option<Vec<u8>> {

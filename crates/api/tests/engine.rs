@@ -116,7 +116,7 @@ async fn call(e: &Env, method: &str, path: &str, body: Option<Value>) -> (Status
         .method(method)
         .uri(format!("{path}?api-version=2024-11-01"))
         .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", e.st.token))
+        .header("authorization", format!("Bearer {}", e.st.auth.token))
         .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
         .unwrap();
     let resp = api::app(e.st.clone()).oneshot(req).await.unwrap();
@@ -216,7 +216,7 @@ fn report_health(e: &Env) {
 
 /// One engine pass, awaited, then the health verdicts it will see next.
 async fn pass(e: &Env) {
-    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st.core, &e.eng).await;
     e.eng.settle().await;
     report_health(e);
 }
@@ -255,18 +255,8 @@ fn records(e: &Env) -> Vec<InstanceRecord> {
     e.st.instances(&key).unwrap()
 }
 
-/// The provisioning state as stored (and rendered).
-fn provisioning(r: &InstanceRecord) -> String {
-    serde_json::to_value(&r.provisioning_state).unwrap()["provisioningState"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            serde_json::to_value(&r.provisioning_state)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+fn provisioning(r: &InstanceRecord) -> &'static str {
+    r.provisioning_state.as_str()
 }
 
 fn ids(e: &Env) -> Vec<u32> {
@@ -321,9 +311,9 @@ async fn one_pass_per_scale_set_at_a_time() {
     create(&e, vmss_body("good", 2, json!({}))).await;
     // Slow boots: ticks while the first pass runs must not start a second one.
     e.fake.delay(Op::Start, None, Duration::from_millis(50));
-    engine::tick(&e.st, &e.eng).await;
-    engine::tick(&e.st, &e.eng).await;
-    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st.core, &e.eng).await;
+    engine::tick(&e.st.core, &e.eng).await;
+    engine::tick(&e.st.core, &e.eng).await;
     e.eng.settle().await;
     assert_eq!(e.fake.calls_of(Op::Create).len(), 2);
     assert_eq!(ids(&e), vec![0, 1]);

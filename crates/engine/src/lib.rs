@@ -5,9 +5,10 @@
 //! a daemon killed at any point resumes by deciding again. Machines and load balancer processes
 //! are detached from the daemon: they keep serving while it is down and are adopted when it
 //! starts again.
-use crate::error::error_chain;
-use crate::route::{Res, LB, VMSS};
-use crate::state::{now_rfc3339, short_hash, uuid, AppState, InstanceRecord, Observation, VmssDoc};
+use control::{
+    error_chain, now_ms, now_rfc3339, short_hash, uuid, Cidr, ControlPlane, InstanceRecord,
+    Observation, ProvisioningState, Res, VmssDoc, LB, VMSS,
+};
 use plan::{Action, InstanceState, Observed, PowerIntent};
 use runtime::{MachineSpec, MachineState};
 use serde_json::Value;
@@ -86,17 +87,56 @@ impl Engine {
     }
 }
 
-type Shared = (Arc<AppState>, Arc<Engine>);
+type Shared = (Arc<Core>, Arc<Engine>);
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+pub use control::unix_now;
+
+/// What the engine needs of the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// State root: machines, images, load balancers.
+    pub home: PathBuf,
+    pub network: runtime::NetworkSpec,
+    /// Short tag in machine, netns and interface names.
+    pub prefix: String,
+    /// The `scaleset` executable, run as `scaleset lb-serve` for each load balancer.
+    pub exe: PathBuf,
+    /// Probe interval override in ms for tests (Azure's minimum is 5 s).
+    pub probe_interval_ms: Option<u64>,
+    /// How long a rolling upgrade waits for an upgraded batch to become healthy.
+    pub rolling_health_timeout_secs: u64,
+    /// Replaces every scale set's automatic repairs grace period (tests).
+    pub repair_grace_secs: Option<u64>,
+    /// Where load balancer frontends may listen.
+    pub lb_allowed: Vec<Cidr>,
+    /// Connection cap and header timeout of every load balancer frontend.
+    pub lb_frontend: lb::FrontendLimits,
+}
+
+impl EngineConfig {
+    pub fn lb_address_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.lb_allowed.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// What the engine works on: the control plane's records, the machines, the images.
+pub struct Core {
+    pub cfg: EngineConfig,
+    pub cp: ControlPlane,
+    pub machines: Arc<dyn runtime::Machines>,
+    pub images: image::ImageStore,
+}
+
+/// The control plane's records and observations are the engine's working state.
+impl std::ops::Deref for Core {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        &self.cp
+    }
 }
 
 /// The rolling-upgrade planner's view of a scale set's instances.
-pub fn roll_instances(st: &AppState, recs: &[InstanceRecord]) -> Vec<plan::rolling::RollInstance> {
+pub fn roll_instances(st: &Core, recs: &[InstanceRecord]) -> Vec<plan::rolling::RollInstance> {
     recs.iter()
         .filter(|r| !r.deleting || r.upgrading)
         .map(|r| {
@@ -116,7 +156,7 @@ pub fn roll_instances(st: &AppState, recs: &[InstanceRecord]) -> Vec<plan::rolli
 
 /// After a restart nothing is in flight: clear `upgrading` marks so the rollout planner asks again
 /// for what was interrupted.
-pub fn clear_interrupted(st: &AppState) {
+pub fn clear_interrupted(st: &Core) {
     let Ok(sets) = st.store.list(VMSS, None, None) else {
         return;
     };
@@ -132,7 +172,7 @@ pub fn clear_interrupted(st: &AppState) {
     }
 }
 
-pub async fn run(st: Arc<AppState>) {
+pub async fn run(st: Arc<Core>) {
     let eng = Arc::new(Engine::default());
     clear_interrupted(&st);
     tokio::spawn(app_health_loop(st.clone()));
@@ -164,7 +204,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// One engine pass: load balancers first (so health is fresh), then each scale set.
-pub async fn tick(st: &Arc<AppState>, eng: &Arc<Engine>) {
+pub async fn tick(st: &Arc<Core>, eng: &Arc<Engine>) {
     tracing::debug!("engine tick");
     if let Err(e) = sync_lbs(st, eng).await {
         warn!(error = %e, "load balancer sync failed");
@@ -203,7 +243,7 @@ pub async fn tick(st: &Arc<AppState>, eng: &Arc<Engine>) {
     }
 }
 
-fn spec_for(st: &AppState, vmss: &str, rec: &InstanceRecord) -> Result<MachineSpec, String> {
+fn spec_for(st: &Core, vmss: &str, rec: &InstanceRecord) -> Result<MachineSpec, String> {
     // Verified on use: a tampered layer is refused instead of booted.
     let img = st
         .images
@@ -229,7 +269,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
         rg: key.rg.clone(),
         name: key.name.clone(),
     };
-    let Some(doc) = st.vmss_doc(&res).map_err(|e| e.to_string())? else {
+    let Some(doc) = st.vmss_doc(&res).map_err(|e| error_chain(&e))? else {
         return Ok(());
     };
     let res = Res {
@@ -237,11 +277,11 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
         rg: doc.resource_group.clone(),
         ..res
     };
-    let (m, _) = model::vmss::parse(&doc.arm, &doc.name).map_err(|e| e.to_string())?;
-    let recs = st.instances(key).map_err(|e| e.to_string())?;
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name).map_err(|e| error_chain(&e))?;
+    let recs = st.instances(key).map_err(|e| error_chain(&e))?;
     if doc.deleting && recs.is_empty() {
         st.store.delete(key).map_err(|e| error_chain(&e))?;
-        let _ = st.store.delete(&res.key(crate::state::ROLLOUT));
+        let _ = st.store.delete(&res.key(control::ROLLOUT));
         info!(vmss = %res.name, "scale set deleted");
         st.wake.notify_one();
         return Ok(());
@@ -285,7 +325,7 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
             restart_requested: r.restart_requested,
         });
     }
-    let rollout = st.rollout(&res).map_err(|e| e.to_string())?;
+    let rollout = st.rollout(&res).map_err(|e| error_chain(&e))?;
     let rolling_active = rollout
         .as_ref()
         .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done);
@@ -407,10 +447,10 @@ async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), String> {
 
 /// Updates the deploy receipt from the scale set's load balancers' counters.
 async fn observe_receipt(
-    st: &AppState,
+    st: &Core,
     m: &model::vmss::VmssModel,
     recs: &[InstanceRecord],
-    receipt: &mut crate::state::Receipt,
+    receipt: &mut control::Receipt,
 ) {
     let mut totals = [0u64; 5];
     let mut any = false;
@@ -462,15 +502,15 @@ async fn observe_receipt(
 
 /// One step of the scale set's rolling upgrade: ask the planner, persist, act.
 async fn rolling_pass(
-    st: &Arc<AppState>,
+    st: &Arc<Core>,
     eng: &Arc<Engine>,
     key: &Key,
     res: &Res,
     doc: &VmssDoc,
     m: &model::vmss::VmssModel,
 ) -> Result<(), String> {
-    let recs = st.instances(key).map_err(|e| e.to_string())?;
-    let Some(cur) = st.rollout(res).map_err(|e| e.to_string())? else {
+    let recs = st.instances(key).map_err(|e| error_chain(&e))?;
+    let Some(cur) = st.rollout(res).map_err(|e| error_chain(&e))? else {
         return Ok(());
     };
     let insts = roll_instances(st, &recs);
@@ -496,7 +536,7 @@ async fn rolling_pass(
             false
         }
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     if raced {
         return Ok(());
     }
@@ -534,7 +574,7 @@ async fn rolling_pass(
                     continue;
                 };
                 st.update_instance(key, id, |r| r.upgrading = true)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| error_chain(&e))?;
                 let (st, eng, key, name, image) = (
                     st.clone(),
                     eng.clone(),
@@ -579,7 +619,7 @@ async fn rolling_pass(
                     r.upgrading = true;
                     r.deleting = true;
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
                 let (st, eng, key) = (st.clone(), eng.clone(), key.clone());
                 tasks.push(tokio::spawn(async move {
                     if let Err(e) = delete_instance(&st, &eng, &key, &rec).await {
@@ -607,7 +647,7 @@ fn repair_health(o: &Observation) -> Option<plan::repairs::Health> {
 
 /// One automatic repairs step for the scale set: ask `plan::repairs`, record intent, act.
 async fn repairs_pass(
-    st: &Arc<AppState>,
+    st: &Arc<Core>,
     eng: &Arc<Engine>,
     key: &Key,
     res: &Res,
@@ -618,12 +658,12 @@ async fn repairs_pass(
         return Ok(());
     }
     let now = eng.clock.now();
-    let recs = st.instances(key).map_err(|e| e.to_string())?;
+    let recs = st.instances(key).map_err(|e| error_chain(&e))?;
     // Records from before state changes were timed: their grace period starts now.
     for r in recs.iter().filter(|r| r.state_changed_at.is_none()) {
-        if r.provisioning_state == "Succeeded" {
+        if r.provisioning_state == ProvisioningState::Succeeded {
             st.update_instance(key, r.instance_id, |r| r.state_changed_at = Some(now))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
         }
     }
     let insts: Vec<plan::repairs::RepairInstance> = recs
@@ -638,7 +678,7 @@ async fn repairs_pass(
                 deleting: r.deleting,
                 busy: r.upgrading || r.reimage_requested || r.restart_requested || r.draining,
                 protected: r.protect_from_scale_in || r.protect_from_scale_set_actions,
-                provisioning_failed: r.provisioning_state == "Failed",
+                provisioning_failed: r.provisioning_state == ProvisioningState::Failed,
                 state_changed_at: r.state_changed_at.unwrap_or(now),
                 repairing: r.repairing,
                 repair_attempts: r.repair_attempts,
@@ -649,12 +689,12 @@ async fn repairs_pass(
         .cfg
         .repair_grace_secs
         .unwrap_or(m.repairs.grace_period_secs);
-    let cur = st.repairs_state(res).map_err(|e| e.to_string())?;
+    let cur = st.repairs_state(res).map_err(|e| error_chain(&e))?;
     let d = plan::repairs::decide(true, m.repairs.repair_action, grace, &cur, &insts, now);
     for id in &d.recovered {
         info!(vmss = %res.name, instance = id, "automatic repair: instance healthy again");
         st.update_instance(key, *id, |r| r.repair_attempts = 0)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
     }
     if d.state != cur {
         // Compare-and-set against a resume or suspend that arrived meanwhile.
@@ -665,7 +705,7 @@ async fn repairs_pass(
                 s.clone()
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
         if d.state.service_state == plan::repairs::ServiceState::Suspended {
             warn!(vmss = %res.name, reason = ?d.state.reason, "automatic repairs suspended");
         }
@@ -696,7 +736,7 @@ async fn repairs_pass(
                 model::vmss::RepairAction::Reimage => r.reimage_requested = true,
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
         let (st2, eng2, key2, res2) = (st.clone(), eng.clone(), key.clone(), res.clone());
         match action {
             model::vmss::RepairAction::Replace => {
@@ -708,7 +748,7 @@ async fn repairs_pass(
                 let new = new_instances(st, key, res, doc, &image, 1)?;
                 for n in &new {
                     st.update_instance(key, n.instance_id, |r| r.repair_attempts = attempts)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| error_chain(&e))?;
                 }
                 for n in new {
                     tasks.push(tokio::spawn(start_instance(
@@ -750,7 +790,7 @@ async fn repairs_pass(
     Ok(())
 }
 
-fn repair_failed(st: &AppState, key: &Key, res: &Res, id: u32, e: String) {
+fn repair_failed(st: &Core, key: &Key, res: &Res, id: u32, e: String) {
     warn!(instance = id, error = %e, "automatic repair failed");
     let _ = st.update_instance(key, id, |r| r.last_error = Some(e.clone()));
     let _ = st.update_repairs(res, |s| {
@@ -758,17 +798,10 @@ fn repair_failed(st: &AppState, key: &Key, res: &Res, id: u32, e: String) {
     });
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The Application Health extension, run from the host: every running instance of a scale set
 /// with the extension is probed at its interval (or `SCALESET_PROBE_INTERVAL_MS`), and each result
 /// is fed to the instance's pure state machine.
-async fn app_health_loop(st: Arc<AppState>) {
+async fn app_health_loop(st: Arc<Core>) {
     let mut last: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -825,7 +858,7 @@ async fn app_health_loop(st: Arc<AppState>) {
 }
 
 async fn probe_app_health(
-    st: Arc<AppState>,
+    st: Arc<Core>,
     machine: String,
     ip: std::net::Ipv4Addr,
     ext: model::vmss::AppHealthExtension,
@@ -888,14 +921,14 @@ async fn app_health_request(
 
 /// Records new instances (intent first, durable) with ids, addresses and names.
 fn new_instances(
-    st: &AppState,
+    st: &Core,
     key: &Key,
     res: &Res,
     doc: &VmssDoc,
     image: &str,
     count: u32,
 ) -> Result<Vec<InstanceRecord>, String> {
-    let (m, _) = model::vmss::parse(&doc.arm, &doc.name).map_err(|e| e.to_string())?;
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name).map_err(|e| error_chain(&e))?;
     let _g = st.records.lock().unwrap_or_else(|e| e.into_inner());
     let mut used = Vec::new();
     for (k, _) in st
@@ -943,7 +976,7 @@ fn new_instances(
             time_created: now_rfc3339(),
             vm_id: uuid(),
             intent: PowerIntent::Running,
-            provisioning_state: "Creating".into(),
+            provisioning_state: ProvisioningState::Creating,
             deleting: false,
             reimage_requested: false,
             restart_requested: false,
@@ -960,7 +993,7 @@ fn new_instances(
             .put_instance(
                 key,
                 id,
-                &serde_json::to_value(&rec).map_err(|e| e.to_string())?,
+                &serde_json::to_value(&rec).map_err(|e| error_chain(&e))?,
             )
             .map_err(|e| error_chain(&e))?;
         info!(vmss = %res.name, instance = id, %ip, "instance recorded");
@@ -985,7 +1018,7 @@ fn sanitize(s: &str) -> String {
 }
 
 async fn start_instance(
-    st: Arc<AppState>,
+    st: Arc<Core>,
     eng: Arc<Engine>,
     key: Key,
     vmss: String,
@@ -1008,7 +1041,7 @@ async fn start_instance(
                 info!(pid, "machine booted");
                 forget_health(&st, &rec.machine);
                 let _ = st.update_instance(&key, rec.instance_id, |r| {
-                    r.provisioning_state = "Succeeded".into();
+                    r.provisioning_state = ProvisioningState::Succeeded;
                     r.draining = false;
                     r.restart_requested = false;
                     r.last_error = None;
@@ -1022,7 +1055,7 @@ async fn start_instance(
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(rec.machine.clone(), eng.clock.now_ms());
                 let _ = st.update_instance(&key, rec.instance_id, |r| {
-                    r.provisioning_state = "Failed".into();
+                    r.provisioning_state = ProvisioningState::Failed;
                     r.last_error = Some(e.clone());
                 });
             }
@@ -1034,7 +1067,7 @@ async fn start_instance(
 
 /// Forgets an instance's health after its machine (re)booted: the load balancer probes it up
 /// again before it serves, and views must not show the health it had before.
-fn forget_health(st: &AppState, machine: &str) {
+fn forget_health(st: &Core, machine: &str) {
     let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
     let o = obs.entry(machine.to_string()).or_default();
     o.healthy = None;
@@ -1045,7 +1078,7 @@ fn forget_health(st: &AppState, machine: &str) {
 /// Time between engine passes: 1 s, or 100 ms while a machine booted in the last 30 s is not
 /// healthy yet, so that views (and what waits on them: `up`, rolling upgrades) see it healthy
 /// within a pass of the load balancer's verdict.
-fn pause(st: &AppState) -> Duration {
+fn pause(st: &Core) -> Duration {
     let settling = st
         .observed
         .lock()
@@ -1060,7 +1093,7 @@ fn pause(st: &AppState) -> Duration {
 }
 
 /// Takes the instance out of rotation and waits for its in-flight requests to finish.
-async fn drain(st: &Arc<AppState>, eng: &Arc<Engine>, key: &Key, rec: &InstanceRecord) {
+async fn drain(st: &Arc<Core>, eng: &Arc<Engine>, key: &Key, rec: &InstanceRecord) {
     let _ = st.update_instance(key, rec.instance_id, |r| r.draining = true);
     if let Err(e) = sync_lbs(st, eng).await {
         warn!(error = %e, "load balancer sync during drain failed");
@@ -1089,7 +1122,7 @@ async fn drain(st: &Arc<AppState>, eng: &Arc<Engine>, key: &Key, rec: &InstanceR
 }
 
 async fn stop_instance(
-    st: &Arc<AppState>,
+    st: &Arc<Core>,
     eng: &Arc<Engine>,
     key: &Key,
     rec: &InstanceRecord,
@@ -1102,7 +1135,7 @@ async fn stop_instance(
 }
 
 async fn restart_instance(
-    st: &Arc<AppState>,
+    st: &Arc<Core>,
     eng: &Arc<Engine>,
     key: &Key,
     rec: &InstanceRecord,
@@ -1116,13 +1149,13 @@ async fn restart_instance(
         r.draining = false;
         r.state_changed_at = Some(eng.clock.now());
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     sync_lbs(st, eng).await?;
     Ok(())
 }
 
 async fn upgrade_instance(
-    st: &Arc<AppState>,
+    st: &Arc<Core>,
     eng: &Arc<Engine>,
     key: &Key,
     vmss: &str,
@@ -1131,9 +1164,9 @@ async fn upgrade_instance(
 ) -> Result<(), String> {
     let image = image.ok_or("the scale set model has no image")?;
     st.update_instance(key, rec.instance_id, |r| {
-        r.provisioning_state = "Updating".into()
+        r.provisioning_state = ProvisioningState::Updating
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     stop_instance(st, eng, key, rec).await?;
     let mut next = rec.clone();
     next.image = image.clone();
@@ -1150,27 +1183,27 @@ async fn upgrade_instance(
         r.model_version = version;
         r.reimage_requested = false;
         r.draining = false;
-        r.provisioning_state = "Succeeded".into();
+        r.provisioning_state = ProvisioningState::Succeeded;
         r.last_error = None;
         r.state_changed_at = Some(eng.clock.now());
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     info!(instance = rec.instance_id, image = %image, "reimaged onto the latest model");
     sync_lbs(st, eng).await?;
     Ok(())
 }
 
 async fn delete_instance(
-    st: &Arc<AppState>,
+    st: &Arc<Core>,
     eng: &Arc<Engine>,
     key: &Key,
     rec: &InstanceRecord,
 ) -> Result<(), String> {
     st.update_instance(key, rec.instance_id, |r| {
         r.deleting = true;
-        r.provisioning_state = "Deleting".into();
+        r.provisioning_state = ProvisioningState::Deleting;
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     drain(st, eng, key, rec).await;
     let (m, name) = (st.machines.clone(), rec.machine.clone());
     blocking(move || m.delete(&name)).await?;
@@ -1201,11 +1234,11 @@ async fn lb_call<T>(
     }
 }
 
-fn lb_dir(st: &AppState, key: &Key) -> PathBuf {
+fn lb_dir(st: &Core, key: &Key) -> PathBuf {
     st.cfg.home.join("lb").join(short_hash(&key.path(), 12))
 }
 
-fn lb_sockets(st: &AppState) -> Vec<PathBuf> {
+fn lb_sockets(st: &Core) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(st.cfg.home.join("lb")) else {
         return vec![];
     };
@@ -1222,7 +1255,7 @@ fn pid_alive(pid: i32, needle: &str) -> bool {
 }
 
 /// Starts the LB process for `dir` unless one is already running (adoption).
-fn ensure_lb_process(st: &AppState, dir: &std::path::Path) -> Result<PathBuf, String> {
+fn ensure_lb_process(st: &Core, dir: &std::path::Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let sock = dir.join("admin.sock");
     let pidfile = dir.join("pid");
@@ -1240,7 +1273,7 @@ fn ensure_lb_process(st: &AppState, dir: &std::path::Path) -> Result<PathBuf, St
         .append(true)
         .open(dir.join("lb.log"))
         .map_err(|e| format!("cannot open LB log: {e}"))?;
-    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| error_chain(&e))?;
     let _ = std::fs::remove_file(&sock);
     let mut cmd = std::process::Command::new(&st.cfg.exe);
     cmd.arg("lb-serve")
@@ -1266,7 +1299,7 @@ fn ensure_lb_process(st: &AppState, dir: &std::path::Path) -> Result<PathBuf, St
             st.cfg.exe.display()
         )
     })?;
-    std::fs::write(&pidfile, child.id().to_string()).map_err(|e| e.to_string())?;
+    std::fs::write(&pidfile, child.id().to_string()).map_err(|e| error_chain(&e))?;
     info!(pid = child.id(), dir = %dir.display(), "load balancer process started");
     // The child is reaped by nobody when the daemon dies; while it lives, a thread reaps it.
     std::thread::spawn(move || {
@@ -1277,8 +1310,8 @@ fn ensure_lb_process(st: &AppState, dir: &std::path::Path) -> Result<PathBuf, St
 }
 
 /// The LB's data-plane config from its ARM model and the scale sets in its pools.
-pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, String> {
-    let (m, _) = model::lb::parse(arm).map_err(|e| e.to_string())?;
+pub fn lb_config(st: &Core, key: &Key, arm: &Value) -> Result<lb::LbConfig, String> {
+    let (m, _) = model::lb::parse(arm).map_err(|e| error_chain(&e))?;
     let mut backends = Vec::new();
     for (vk, v) in st
         .store
@@ -1297,7 +1330,7 @@ pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, 
         if !member {
             continue;
         }
-        for r in st.instances(&vk).map_err(|e| e.to_string())? {
+        for r in st.instances(&vk).map_err(|e| error_chain(&e))? {
             backends.push(lb::Backend {
                 id: r.machine.clone(),
                 ip: r.ip.into(),
@@ -1332,7 +1365,7 @@ pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, 
                 .map(|f| f.1)
                 .unwrap_or([127, 0, 0, 1].into());
             // Stored before `--lb-allowed-addresses` was narrowed: not served.
-            if !st.cfg.limits.lb_address_allowed(ip) {
+            if !st.cfg.lb_address_allowed(ip) {
                 tracing::debug!(lb = %key.name, rule = %r.name, %ip, "frontend address not allowed; rule not served");
                 return None;
             }
@@ -1364,12 +1397,12 @@ pub fn lb_config(st: &AppState, key: &Key, arm: &Value) -> Result<lb::LbConfig, 
         } else {
             lb::NoHealthyBackendsBehavior::AllProbedDown
         },
-        frontend_limits: st.cfg.limits.lb_frontend,
+        frontend_limits: st.cfg.lb_frontend,
     })
 }
 
 /// Makes the LB processes match the LB resources, pushes changed configs, reads health.
-pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), String> {
+pub async fn sync_lbs(st: &Arc<Core>, eng: &Arc<Engine>) -> Result<(), String> {
     let mut pushed = eng.pushed.lock().await;
     let lbs = st.store.list(LB, None, None).map_err(|e| error_chain(&e))?;
     let mut live = HashSet::new();
@@ -1381,7 +1414,7 @@ pub async fn sync_lbs(st: &Arc<AppState>, eng: &Arc<Engine>) -> Result<(), Strin
         let (st2, dir2) = (st.clone(), dir.clone());
         let sock = tokio::task::spawn_blocking(move || ensure_lb_process(&st2, &dir2))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| error_chain(&e))??;
         let _ = std::fs::write(dir.join("key"), key.path());
         // Wait briefly for a freshly started process to open its socket.
         for _ in 0..50 {
@@ -1466,7 +1499,7 @@ fn stop_lb_dir(dir: &std::path::Path) {
 
 /// Stops every machine and load balancer process of this daemon's home (used by `scaleset up`
 /// on Ctrl-C). State is kept: the next start boots the same instances again.
-pub async fn stop_everything(st: &Arc<AppState>) {
+pub async fn stop_everything(st: &Core) {
     let machines = st.machines.clone();
     let _ = blocking(move || {
         let names = machines.list()?;
