@@ -15,7 +15,13 @@ const HTTP_FRAMEWORKS: [&str; 4] = ["axum", "hyper", "hyper-util", "http-body-ut
 fn workspace_dependencies() -> BTreeMap<String, Vec<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
@@ -54,7 +60,9 @@ fn only_the_binary_depends_on_the_http_crate() {
 fn the_engine_and_control_plane_know_no_http_framework() {
     let deps = workspace_dependencies();
     for krate in ["engine", "control"] {
-        let d = deps.get(krate).unwrap_or_else(|| panic!("no `{krate}` crate"));
+        let d = deps
+            .get(krate)
+            .unwrap_or_else(|| panic!("no `{krate}` crate"));
         let http: Vec<&String> = d
             .iter()
             .filter(|n| HTTP_FRAMEWORKS.contains(&n.as_str()) || *n == HTTP_CRATE)
