@@ -64,6 +64,18 @@ impl From<store::StoreError> for ApiError {
 
 pub use control::error_chain;
 
+impl From<control::CommandError> for ApiError {
+    fn from(e: control::CommandError) -> Self {
+        use control::CommandError as C;
+        match e {
+            C::Invalid { code, message } => Self::bad_request(code, message),
+            C::NotFound { code, message } => Self::not_found(code, message),
+            C::Conflict { code, message } => Self::conflict(code, message),
+            C::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
 impl From<control::ControlError> for ApiError {
     fn from(e: control::ControlError) -> Self {
         Self::internal(error_chain(&e))

@@ -24,7 +24,6 @@
 //!   `GET /scaleset/runs/{id}/logs[?follow=true]` (text; follow streams until the run ends),
 //!   `POST /scaleset/runs/{id}/cancel`.
 use crate::error::ApiError;
-use crate::route::Route;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -280,10 +279,7 @@ impl PipelineService {
         let mut t = StdTasks::new(self.artifacts.clone());
         let weak = Arc::downgrade(st);
         t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
-        t.scale_sets = Some(Arc::new(DaemonScaleSets(
-            weak,
-            tokio::runtime::Handle::current(),
-        )));
+        t.scale_sets = Some(Arc::new(DaemonScaleSets(weak)));
         if let Some(a) = &self.azure {
             let rt = tokio::runtime::Handle::current();
             t.scale_sets = Some(Arc::new(azure::tasks::AzureScaleSets {
@@ -560,8 +556,9 @@ impl Baker for DaemonBaker {
 
 const DEFAULT_SUB: &str = "00000000-0000-0000-0000-000000000000";
 
-/// AzureVmssDeployment@1 → the same GET/--set/PUT path as `az vmss update`.
-struct DaemonScaleSets(Weak<AppState>, tokio::runtime::Handle);
+/// AzureVmssDeployment@1 → the control plane's `set_image` (what `az vmss update --set
+/// virtualMachineProfile.storageProfile.imageReference.id=...` does through the API).
+struct DaemonScaleSets(Weak<AppState>);
 
 impl ScaleSets for DaemonScaleSets {
     fn update_image(
@@ -574,57 +571,28 @@ impl ScaleSets for DaemonScaleSets {
         let st = self.0.upgrade().ok_or("the daemon is shutting down")?;
         let rg = match resource_group {
             Some(rg) => rg.to_string(),
-            None => find_vmss_rg(&st, vmss)?,
+            None => st
+                .find_vmss_group(DEFAULT_SUB, vmss)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("scale set `{vmss}` not found in any resource group"))?,
         };
         let image_id = if image_id.starts_with('/') {
             image_id.to_string()
         } else {
             format!("/subscriptions/{DEFAULT_SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/images/{image_id}")
         };
-        let path = format!(
-            "/subscriptions/{DEFAULT_SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}"
-        );
-        let q: HashMap<String, String> = HashMap::new();
-        let run = |method: Method, body: Vec<u8>| -> Result<Value, String> {
-            let route = crate::route::parse(&method, &path).map_err(|e| e.to_string())?;
-            self.1
-                .block_on(crate::handlers::execute(&st, route, &q, &body))
-                .map(|(_, v)| v)
-                .map_err(|e| e.to_string())
+        let res = control::Res {
+            sub: DEFAULT_SUB.into(),
+            rg: rg.clone(),
+            name: vmss.to_string(),
         };
-        let mut body = run(Method::GET, vec![])?;
-        let (p, v) = model::setpath::parse_assignment(&format!(
-            "virtualMachineProfile.storageProfile.imageReference.id={image_id}"
-        ))
-        .map_err(|e| e.message)?;
-        model::setpath::set(&mut body, &p, v).map_err(|e| e.message)?;
-        run(Method::PUT, body.to_string().into_bytes())?;
+        model::names::vmss(vmss).map_err(|e| e.message)?;
+        st.cp
+            .set_image(&st.images, &res, &image_id)
+            .map_err(|e| e.to_string())?;
         log(&format!("scale set {rg}/{vmss} now uses image {image_id}"));
         Ok(())
     }
-}
-
-fn find_vmss_rg(st: &AppState, vmss: &str) -> Result<String, String> {
-    let path =
-        format!("/subscriptions/{DEFAULT_SUB}/providers/Microsoft.Compute/virtualMachineScaleSets");
-    let route: Route = crate::route::parse(&Method::GET, &path).map_err(|e| e.to_string())?;
-    let v = tokio::runtime::Handle::current()
-        .block_on(crate::handlers::execute(st, route, &HashMap::new(), &[]))
-        .map_err(|e| e.to_string())?
-        .1;
-    v["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| {
-            s["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(vmss))
-        })
-        .and_then(|s| s["id"].as_str())
-        .and_then(|id| id.split('/').nth(4))
-        .map(str::to_string)
-        .ok_or_else(|| format!("scale set `{vmss}` not found in any resource group"))
 }
 
 fn bearer_or_basic_ok(st: &AppState, headers: &HeaderMap) -> Option<String> {

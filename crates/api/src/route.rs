@@ -13,18 +13,7 @@ pub struct Scope {
     pub rg: Option<String>,
 }
 
-/// POST actions on a scale set or on one of its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    Start,
-    PowerOff,
-    Deallocate,
-    Restart,
-    Reimage,
-    ReimageAll,
-    ManualUpgrade,
-    DeleteInstances,
-}
+pub use control::PowerAction;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

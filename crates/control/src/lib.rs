@@ -14,8 +14,10 @@ use std::sync::Mutex;
 use store::{Key, Store};
 use tokio::sync::Notify;
 
+pub mod commands;
 mod net;
 mod util;
+pub use commands::{CommandError, PowerAction, Put, Stored};
 pub use net::Cidr;
 pub use util::{ct_eq, error_chain, now_ms, now_rfc3339, short_hash, unix_now, uuid};
 
