@@ -115,36 +115,11 @@ pub async fn execute(
             res,
         } => images(st, method, &res),
         Route::Resource { .. } => Err(ApiError::not_found("NotFound", "Unknown resource type.")),
-        Route::VmssInstanceView(res) => {
-            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
-            let recs = st.instances(&res.key(VMSS))?.into_iter().map(|r| {
-                let o = st.observation(&r.machine);
-                (r, o)
-            });
-            let repairs = m
-                .repairs
-                .enabled
-                .then(|| st.repairs_state(&res))
-                .transpose()?;
-            ok(render::vmss_instance_view(
-                &recs.collect::<Vec<_>>(),
-                repairs.as_ref(),
-            ))
-        }
+        Route::VmssInstanceView(res) => vmss_instance_view(st, &res),
+        Route::Vms(res) => vms(st, &res, query),
+        Route::VmssAction(res, act) => power(st, &res, act, instance_ids(&parse_body(body)?)?),
+        Route::RollingLatest(res) => rolling_latest(st, &res),
         Route::SetOrchestrationServiceState(res) => set_orchestration_state(st, &res, body),
-        Route::Vms(res) => {
-            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let expand = query
-                .get("$expand")
-                .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
-            let v: Vec<Value> = st
-                .instances(&res.key(VMSS))?
-                .iter()
-                .map(|r| render::vm(&res, &doc, r, &st.observation(&r.machine), expand))
-                .collect();
-            ok(json!({"value": v}))
-        }
         Route::Vm {
             method,
             res,
@@ -153,31 +128,6 @@ pub async fn execute(
         Route::VmInstanceView(res, instance) => {
             let (_, rec) = find_vm(st, &res, &instance)?;
             ok(render::instance_view(&rec, &st.observation(&rec.machine)))
-        }
-        Route::VmssAction(res, act) => {
-            let body = parse_body(body)?;
-            let ids = match body.get("instanceIds") {
-                None | Some(Value::Null) => None,
-                Some(Value::Array(a)) => Some(
-                    a.iter()
-                        .map(|x| {
-                            x.as_str().map(str::to_string).ok_or_else(|| {
-                                ApiError::bad_request(
-                                    "InvalidParameter",
-                                    "instanceIds must be a list of strings.",
-                                )
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "InvalidParameter",
-                        "instanceIds must be a list of strings.",
-                    ))
-                }
-            };
-            power(st, &res, act, ids)
         }
         Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
         Route::RollingStart(res) => {
@@ -194,27 +144,84 @@ pub async fn execute(
             ok(render::vmss(&res, &stored.doc, &p))
         }
         Route::Operation { sub, id, result } => crate::operations::get(st, &sub, &id, result),
-        Route::RollingLatest(res) => {
-            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let doc = st.rollout(&res)?.ok_or_else(|| {
-                ApiError::not_found(
-                    "NotFound",
-                    format!("No rolling upgrade has run on scale set '{}'.", res.name),
-                )
-            })?;
-            let recs = st.instances(&res.key(VMSS))?;
-            let insts = crate::engine::roll_instances(st, &recs);
-            ok(render::rolling_status(
-                &res,
-                &doc,
-                plan::rolling::progress(&doc.state, &insts),
-            ))
-        }
     };
     if reply.is_ok() && mutating {
         st.wake.notify_one();
     }
     reply
+}
+
+fn vmss_instance_view(st: &AppState, res: &Res) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
+    let recs = st.instances(&res.key(VMSS))?.into_iter().map(|r| {
+        let o = st.observation(&r.machine);
+        (r, o)
+    });
+    let repairs = m
+        .repairs
+        .enabled
+        .then(|| st.repairs_state(res))
+        .transpose()?;
+    ok(render::vmss_instance_view(
+        &recs.collect::<Vec<_>>(),
+        repairs.as_ref(),
+    ))
+}
+
+fn vms(st: &AppState, res: &Res, query: &HashMap<String, String>) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let expand = query
+        .get("$expand")
+        .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+    let v: Vec<Value> = st
+        .instances(&res.key(VMSS))?
+        .iter()
+        .map(|r| render::vm(res, &doc, r, &st.observation(&r.machine), expand))
+        .collect();
+    ok(json!({"value": v}))
+}
+
+/// `instanceIds` of a scale set action's body (absent: every instance).
+fn instance_ids(body: &Value) -> Result<Option<Vec<String>>, ApiError> {
+    Ok(match body.get("instanceIds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|x| {
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "InvalidParameter",
+                            "instanceIds must be a list of strings.",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "InvalidParameter",
+                "instanceIds must be a list of strings.",
+            ))
+        }
+    })
+}
+
+fn rolling_latest(st: &AppState, res: &Res) -> Reply {
+    st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let doc = st.rollout(res)?.ok_or_else(|| {
+        ApiError::not_found(
+            "NotFound",
+            format!("No rolling upgrade has run on scale set '{}'.", res.name),
+        )
+    })?;
+    let recs = st.instances(&res.key(VMSS))?;
+    let insts = crate::engine::roll_instances(st, &recs);
+    ok(render::rolling_status(
+        res,
+        &doc,
+        plan::rolling::progress(&doc.state, &insts),
+    ))
 }
 
 /// `POST .../setOrchestrationServiceState` `{"serviceName":"AutomaticRepairs","action":"Resume"|"Suspend"}`.

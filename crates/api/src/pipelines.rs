@@ -1198,53 +1198,7 @@ async fn api(
             })?;
             json_ok(StatusCode::OK, repo_json(svc, st, &info))
         }
-        ("PUT", ["repos", name]) => {
-            let spec = json_body(body)?;
-            if let Some(url) = spec.get("mirror") {
-                let url = url.as_str().ok_or_else(|| {
-                    ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
-                })?;
-                let secret = spec["webhookSecret"].as_str().ok_or_else(|| {
-                    ApiError::bad_request(
-                        "InvalidParameter",
-                        "a mirror needs `webhookSecret`: webhook calls are authenticated with it",
-                    )
-                })?;
-                if svc.repos.get(name).map_err(git_err)?.is_some() {
-                    return Err(ApiError::Client {
-                        status: StatusCode::CONFLICT,
-                        code: "RepositoryExists",
-                        message: format!("repository `{name}` already exists"),
-                    });
-                }
-                let (repos, n, u, sec) = (
-                    svc.repos.clone(),
-                    name.to_string(),
-                    url.to_string(),
-                    secret.to_string(),
-                );
-                let info = tokio::task::spawn_blocking(move || repos.create_mirror(&n, &u, &sec))
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(|e| match e {
-                        git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
-                        e => git_err(e),
-                    })?;
-                record_refs(svc, &info.name)?;
-                return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
-            }
-            if svc.repos.get(name).map_err(git_err)?.is_some() {
-                let info = svc
-                    .repos
-                    .get(name)
-                    .map_err(git_err)?
-                    .ok_or_else(|| ApiError::internal("vanished"))?;
-                return json_ok(StatusCode::OK, repo_json(svc, st, &info));
-            }
-            let info = svc.repos.create(name).map_err(git_err)?;
-            record_refs(svc, &info.name)?;
-            json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
-        }
+        ("PUT", ["repos", name]) => put_repo(st, svc, name, body).await,
         ("DELETE", ["repos", name]) => {
             // The build directories of its pipelines go with it.
             let pipelines: Vec<String> = svc
@@ -1282,37 +1236,7 @@ async fn api(
                 .collect();
             json_ok(StatusCode::OK, json!({ "value": v }))
         }
-        ("POST", ["pipelines", name, "runs"]) => {
-            let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
-            let req = json_body(body)?;
-            let branch = req["branch"]
-                .as_str()
-                .unwrap_or(&d.default_branch)
-                .to_string();
-            let full = pipeline::trigger::full_ref(&branch);
-            let commit = git::resolve(&svc.repos.path(&d.repo), &full)
-                .map_err(git_err)?
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "BranchNotFound",
-                        format!("repository `{}` has no branch `{branch}`", d.repo),
-                    )
-                })?;
-            let t = TriggerMatch {
-                definition: d,
-                branch: full,
-                commit,
-                reason: RunReason::Manual,
-                resources: vec![],
-            };
-            let id = svc.enqueue(&t).map_err(ApiError::internal)?;
-            let rec = svc
-                .runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::internal("run vanished"))?;
-            json_ok(StatusCode::CREATED, run_json(&rec))
-        }
+        ("POST", ["pipelines", name, "runs"]) => queue_run(svc, name, body),
         ("GET", ["runs"]) => {
             let list = match q.get("pipeline") {
                 Some(p) => svc.runs.list_pipeline(p),
@@ -1331,76 +1255,168 @@ async fn api(
                 .ok_or_else(|| no_run(id))?;
             json_ok(StatusCode::OK, run_json(&rec))
         }
-        ("GET", ["runs", id, "logs"]) => {
-            let id = run_id(id)?;
-            svc.runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| no_run(id))?;
-            let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
-            if !follow {
-                let text = svc.runs.logs(id).map_err(ApiError::internal)?;
-                return Ok((
-                    StatusCode::OK,
-                    [("content-type", "text/plain; charset=utf-8")],
-                    text,
-                )
-                    .into_response());
-            }
-            let (tx, rx) = mpsc::unbounded_channel::<String>();
-            let runs = svc.runs.clone();
-            tokio::spawn(async move {
-                let _ = runs
-                    .follow(id, |line| tx.send(format!("{line}\n")).is_ok())
-                    .await;
-            });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|s| (Ok::<_, std::io::Error>(Bytes::from(s)), rx))
-            });
-            Ok((
-                StatusCode::OK,
-                [("content-type", "text/plain; charset=utf-8")],
-                Body::from_stream(stream),
-            )
-                .into_response())
-        }
-        ("POST", ["runs", id, "cancel"]) => {
-            let id = run_id(id)?;
-            let rec = svc
-                .runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| no_run(id))?;
-            if rec.status == RunStatus::Completed {
-                return Err(ApiError::conflict(
-                    "RunCompleted",
-                    format!("run {id} already completed"),
-                ));
-            }
-            if !svc.runs.cancel_queued(id).map_err(ApiError::internal)? {
-                if let Some(tx) = svc
-                    .cancels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&id)
-                {
-                    let _ = tx.send(true);
-                }
-            }
-            let rec = svc
-                .runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| no_run(id))?;
-            json_ok(StatusCode::ACCEPTED, run_json(&rec))
-        }
+        ("GET", ["runs", id, "logs"]) => run_logs(svc, run_id(id)?, q),
+        ("POST", ["runs", id, "cancel"]) => cancel_run(svc, run_id(id)?),
         _ => Err(ApiError::not_found(
             "NotFound",
             format!("no such endpoint: {method} /scaleset{path}"),
         )),
     }
+}
+
+/// `PUT /scaleset/repos/{name}`: a hosted repository, or a mirror of `mirror` (with its webhook
+/// secret).
+async fn put_repo(
+    st: &Arc<AppState>,
+    svc: &Arc<PipelineService>,
+    name: &str,
+    body: &[u8],
+) -> Reply {
+    let spec = json_body(body)?;
+    if let Some(url) = spec.get("mirror") {
+        let url = url.as_str().ok_or_else(|| {
+            ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
+        })?;
+        let secret = spec["webhookSecret"].as_str().ok_or_else(|| {
+            ApiError::bad_request(
+                "InvalidParameter",
+                "a mirror needs `webhookSecret`: webhook calls are authenticated with it",
+            )
+        })?;
+        if svc.repos.get(name).map_err(git_err)?.is_some() {
+            return Err(ApiError::Client {
+                status: StatusCode::CONFLICT,
+                code: "RepositoryExists",
+                message: format!("repository `{name}` already exists"),
+            });
+        }
+        let (repos, n, u, sec) = (
+            svc.repos.clone(),
+            name.to_string(),
+            url.to_string(),
+            secret.to_string(),
+        );
+        let info = tokio::task::spawn_blocking(move || repos.create_mirror(&n, &u, &sec))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| match e {
+                git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
+                e => git_err(e),
+            })?;
+        record_refs(svc, &info.name)?;
+        return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
+    }
+    if svc.repos.get(name).map_err(git_err)?.is_some() {
+        let info = svc
+            .repos
+            .get(name)
+            .map_err(git_err)?
+            .ok_or_else(|| ApiError::internal("vanished"))?;
+        return json_ok(StatusCode::OK, repo_json(svc, st, &info));
+    }
+    let info = svc.repos.create(name).map_err(git_err)?;
+    record_refs(svc, &info.name)?;
+    json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
+}
+
+/// `POST /scaleset/pipelines/{name}/runs`: queues a manual run of a branch.
+fn queue_run(svc: &Arc<PipelineService>, name: &str, body: &[u8]) -> Reply {
+    let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
+    let req = json_body(body)?;
+    let branch = req["branch"]
+        .as_str()
+        .unwrap_or(&d.default_branch)
+        .to_string();
+    let full = pipeline::trigger::full_ref(&branch);
+    let commit = git::resolve(&svc.repos.path(&d.repo), &full)
+        .map_err(git_err)?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "BranchNotFound",
+                format!("repository `{}` has no branch `{branch}`", d.repo),
+            )
+        })?;
+    let t = TriggerMatch {
+        definition: d,
+        branch: full,
+        commit,
+        reason: RunReason::Manual,
+        resources: vec![],
+    };
+    let id = svc.enqueue(&t).map_err(ApiError::internal)?;
+    let rec = svc
+        .runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("run vanished"))?;
+    json_ok(StatusCode::CREATED, run_json(&rec))
+}
+
+/// `GET /scaleset/runs/{id}/logs[?follow=true]`.
+fn run_logs(svc: &Arc<PipelineService>, id: u64, q: &HashMap<String, String>) -> Reply {
+    svc.runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
+    let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+    if !follow {
+        let text = svc.runs.logs(id).map_err(ApiError::internal)?;
+        return Ok((
+            StatusCode::OK,
+            [("content-type", "text/plain; charset=utf-8")],
+            text,
+        )
+            .into_response());
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let runs = svc.runs.clone();
+    tokio::spawn(async move {
+        let _ = runs
+            .follow(id, |line| tx.send(format!("{line}\n")).is_ok())
+            .await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|s| (Ok::<_, std::io::Error>(Bytes::from(s)), rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [("content-type", "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `POST /scaleset/runs/{id}/cancel`.
+fn cancel_run(svc: &Arc<PipelineService>, id: u64) -> Reply {
+    let rec = svc
+        .runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
+    if rec.status == RunStatus::Completed {
+        return Err(ApiError::conflict(
+            "RunCompleted",
+            format!("run {id} already completed"),
+        ));
+    }
+    if !svc.runs.cancel_queued(id).map_err(ApiError::internal)? {
+        if let Some(tx) = svc
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            let _ = tx.send(true);
+        }
+    }
+    let rec = svc
+        .runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
+    json_ok(StatusCode::ACCEPTED, run_json(&rec))
 }
 
 fn no_pipeline(name: &str) -> ApiError {
