@@ -491,3 +491,50 @@ async fn automatic_repairs_replace_an_unhealthy_instance() {
     assert_eq!(ids(&e), vec![0, 2, 3]);
     assert_eq!(e.fake.calls_of(Op::Delete).len(), 1);
 }
+
+/// AzureVmssDeployment@1's command: the CI service sets the image through the control plane
+/// (no ARM URL), which is a model change like `az vmss update --set ...imageReference.id`.
+#[tokio::test]
+async fn set_image_is_a_model_change_that_rolls_out() {
+    let e = env("setimage");
+    create(&e, vmss_body("good", 2, rolling(true))).await;
+    settle(&e, 10).await;
+    let sub = &SUB[15..];
+    assert_eq!(
+        e.st.cp.find_vmss_group(sub, "WEB").unwrap().as_deref(),
+        Some("rg")
+    );
+    assert_eq!(e.st.cp.find_vmss_group(sub, "nope").unwrap(), None);
+    let res = api::route::Res {
+        sub: sub.into(),
+        rg: "rg".into(),
+        name: "web".into(),
+    };
+    let image = |name: &str| format!("{}/providers/Microsoft.Compute/images/{name}", rg());
+    let err = e.st.cp.set_image(&e.st.images, &res, &image("missing"));
+    assert!(
+        matches!(&err, Err(control::CommandError::NotFound { code: "ImageNotFound", .. })),
+        "{err:?}"
+    );
+    let other = api::route::Res {
+        name: "other".into(),
+        ..res.clone()
+    };
+    let err = e.st.cp.set_image(&e.st.images, &other, &image("good2"));
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "The Resource 'Microsoft.Compute/virtualMachineScaleSets/other' under resource group 'rg' was not found."
+    );
+    let stored = e.st.cp.set_image(&e.st.images, &res, &image("good2")).unwrap();
+    assert!(!stored.created);
+    assert_eq!(stored.doc.model_version, 2);
+    assert_eq!(stored.doc.versions.get(&2).map(String::as_str), Some("good2"));
+    let v = run_rollout(&e).await;
+    assert_eq!(v["properties"]["runningStatus"]["code"], "Completed", "{v}");
+    for r in records(&e) {
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good2"));
+    }
+    // The same image again changes nothing.
+    let again = e.st.cp.set_image(&e.st.images, &res, &image("good2")).unwrap();
+    assert_eq!(again.doc.model_version, 2);
+}
