@@ -6,7 +6,6 @@ use crate::render;
 use crate::route::{PowerAction, Res, Route, Scope, IMAGE, LB, RG, VMSS};
 use crate::state::{AppState, InstanceRecord, VmssDoc};
 use axum::http::{Method, StatusCode};
-use control::ProvisioningState;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -401,41 +400,13 @@ fn list(st: &AppState, kind: &'static str, scope: &Scope) -> Reply {
     ok(json!({"value": out}))
 }
 
-/// Creating/Updating while instances are being provisioned, Succeeded when all are.
+/// The scale set's provisioning state (`ControlPlane::vmss_provisioning`).
 pub(crate) fn vmss_provisioning(
     st: &AppState,
     res: &Res,
     doc: &VmssDoc,
 ) -> Result<String, ApiError> {
-    if doc.deleting {
-        return Ok("Deleting".into());
-    }
-    if st
-        .rollout(res)?
-        .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
-    {
-        return Ok("Updating".into());
-    }
-    let recs = st.instances(&res.key(VMSS))?;
-    let cap = doc
-        .arm
-        .pointer("/sku/capacity")
-        .and_then(Value::as_u64)
-        .unwrap_or(0) as usize;
-    let active = recs.iter().filter(|r| !r.deleting).count();
-    let busy = recs.iter().any(|r| {
-        r.deleting
-            || r.provisioning_state != ProvisioningState::Succeeded
-            || r.reimage_requested
-            || r.restart_requested
-    });
-    Ok(if active == cap && !busy {
-        "Succeeded".into()
-    } else if recs.is_empty() {
-        "Creating".into()
-    } else {
-        "Updating".into()
-    })
+    Ok(st.cp.vmss_provisioning(res, doc)?.to_string())
 }
 
 fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {

@@ -363,4 +363,38 @@ impl ControlPlane {
             .cloned()
             .unwrap_or_default()
     }
+
+    /// The scale set's provisioning state: Deleting, Updating while a rollout runs or instances
+    /// are being provisioned, Creating before the first instance, Succeeded when all are.
+    pub fn vmss_provisioning(&self, res: &Res, doc: &VmssDoc) -> Result<ProvisioningState> {
+        if doc.deleting {
+            return Ok(ProvisioningState::Deleting);
+        }
+        if self
+            .rollout(res)?
+            .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
+        {
+            return Ok(ProvisioningState::Updating);
+        }
+        let recs = self.instances(&res.key(VMSS))?;
+        let cap = doc
+            .arm
+            .pointer("/sku/capacity")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize;
+        let active = recs.iter().filter(|r| !r.deleting).count();
+        let busy = recs.iter().any(|r| {
+            r.deleting
+                || r.provisioning_state != ProvisioningState::Succeeded
+                || r.reimage_requested
+                || r.restart_requested
+        });
+        Ok(if active == cap && !busy {
+            ProvisioningState::Succeeded
+        } else if recs.is_empty() {
+            ProvisioningState::Creating
+        } else {
+            ProvisioningState::Updating
+        })
+    }
 }

@@ -1,25 +1,22 @@
-//! The engine's behaviour without root: the real API and engine in-process over
-//! `runtime::fake::FakeMachines`, a manual clock, and the test as the health source (it writes
-//! the verdicts the load balancer's `/status` would; the LB processes cannot start, so the
-//! engine's own LB sync reports nothing). Each pass is awaited, so every test is deterministic
-//! and takes milliseconds.
-use api::engine::{self, Clock, Engine};
-use api::state::{AppState, InstanceRecord};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+//! The engine's behaviour without root: the real engine in-process over
+//! `runtime::fake::FakeMachines` and the control plane's typed commands, a manual clock, and the
+//! test as the health source (it writes the verdicts the load balancer's `/status` would; the LB
+//! process cannot start, so the engine's own LB sync reports nothing). Each pass is awaited, so
+//! every test is deterministic and takes milliseconds.
+use control::{InstanceRecord, ProvisioningState, Put, Res, Stored, LB, VMSS};
+use engine::{Clock, Core, Engine, EngineConfig};
+use plan::rolling::RunningStatus;
 use runtime::fake::{FakeMachines, Op};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower::ServiceExt;
 
 const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000";
 
 struct Env {
-    st: Arc<AppState>,
+    st: Arc<Core>,
     eng: Arc<Engine>,
     fake: Arc<FakeMachines>,
     dir: std::path::PathBuf,
@@ -33,31 +30,41 @@ impl Drop for Env {
     }
 }
 
-fn config(dir: &std::path::Path) -> api::DaemonConfig {
+fn config(dir: &std::path::Path) -> EngineConfig {
     let subnet: runtime::Ipv4Net = "10.213.251.0/24".parse().unwrap();
-    api::DaemonConfig {
+    EngineConfig {
         home: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        network: api::DaemonConfig::network_for(dir, subnet, None),
+        network: runtime::NetworkSpec {
+            bridge: "ssbrtest".into(),
+            gateway: subnet.host(1),
+            subnet,
+        },
         prefix: "t".into(),
-        // Not executable: no LB process can start, so the engine's LB sync fails fast and the
-        // test reports health.
-        exe: dir.join("not-executable"),
-        base_cache: dir.join("bases"),
+        // No LB process can start: the engine's LB sync fails fast and the test reports health.
+        exe: dir.join("no-such-scaleset"),
         probe_interval_ms: None,
         rolling_health_timeout_secs: 30,
         repair_grace_secs: Some(0),
-        limits: Default::default(),
+        lb_allowed: control::Cidr::parse_list("127.0.0.0/8").unwrap(),
+        lb_frontend: Default::default(),
     }
+}
+
+fn open(dir: &std::path::Path, fake: &Arc<FakeMachines>) -> Arc<Core> {
+    Arc::new(Core {
+        cfg: config(dir),
+        cp: control::ControlPlane::new(store::Store::open(&dir.join("state.db")).unwrap()),
+        machines: fake.clone(),
+        images: image::ImageStore::new(dir.join("images"), dir.join("bases")),
+    })
 }
 
 fn env(tag: &str) -> Env {
     let dir = std::env::temp_dir().join(format!("scaleset-engine-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("not-executable"), "").unwrap();
     let fake = Arc::new(FakeMachines::new());
-    let st = api::open_state(config(&dir), fake.clone()).unwrap();
+    let st = open(&dir, &fake);
     for name in ["good", "good2", "bad"] {
         import_image(&st, &dir, name);
     }
@@ -72,12 +79,12 @@ fn env(tag: &str) -> Env {
 
 /// The daemon restarted: new state and engine over the same home, the same machines.
 fn restart(e: &mut Env) {
-    e.st = api::open_state(config(&e.dir), e.fake.clone()).unwrap();
+    e.st = open(&e.dir, &e.fake);
     e.eng = Arc::new(Engine::new(Clock::manual()));
 }
 
 /// An image in the store without baking: a one-file `docker save` archive, imported.
-fn import_image(st: &AppState, dir: &std::path::Path, name: &str) {
+fn import_image(st: &Core, dir: &std::path::Path, name: &str) {
     let entry = |h: &mut tar::Header, len: usize| {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o644);
@@ -111,34 +118,8 @@ fn import_image(st: &AppState, dir: &std::path::Path, name: &str) {
         .unwrap();
 }
 
-async fn call(e: &Env, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("{path}?api-version=2024-11-01"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", e.st.auth.token))
-        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-        .unwrap();
-    let resp = api::app(e.st.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (status, v)
-}
-
 fn rg() -> String {
     format!("{SUB}/resourceGroups/rg")
-}
-
-fn vmss_path() -> String {
-    format!(
-        "{}/providers/Microsoft.Compute/virtualMachineScaleSets/web",
-        rg()
-    )
 }
 
 fn lb_id() -> String {
@@ -179,18 +160,30 @@ fn vmss_body(image: &str, capacity: u32, extra: Value) -> Value {
     json!({"location": "local", "sku": {"name": "Standard_B1s", "capacity": capacity}, "properties": props})
 }
 
-/// Resource group and load balancer, then the scale set.
-async fn create(e: &Env, body: Value) {
-    let (s, v) = call(e, "PUT", &rg(), Some(json!({"location": "local"}))).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = call(e, "PUT", &lb_id(), Some(lb_body())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    put(e, body).await;
+fn res() -> Res {
+    Res {
+        sub: SUB[15..].into(),
+        rg: "rg".into(),
+        name: "web".into(),
+    }
 }
 
-async fn put(e: &Env, body: Value) {
-    let (s, v) = call(e, "PUT", &vmss_path(), Some(body)).await;
-    assert!(s.is_success(), "{s} {v}");
+/// The load balancer (stored as the API stores it), then the scale set.
+fn create(e: &Env, body: Value) {
+    let lb = Res {
+        name: "lb".into(),
+        ..res()
+    };
+    let (_, arm) = model::lb::parse(&lb_body()).unwrap();
+    e.st.store.put(&lb.key(LB), &arm).unwrap();
+    let stored = put(e, body);
+    assert!(stored.created);
+}
+
+fn put(e: &Env, body: Value) -> Stored {
+    e.st.cp
+        .put_vmss(&e.st.images, &res(), Put::Replace(body))
+        .unwrap()
 }
 
 /// The image a fake machine was created or reimaged with (from its instance.env).
@@ -216,7 +209,7 @@ fn report_health(e: &Env) {
 
 /// One engine pass, awaited, then the health verdicts it will see next.
 async fn pass(e: &Env) {
-    engine::tick(&e.st.core, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
     e.eng.settle().await;
     report_health(e);
 }
@@ -251,8 +244,7 @@ async fn settle(e: &Env, max: usize) -> usize {
 }
 
 fn records(e: &Env) -> Vec<InstanceRecord> {
-    let key = store::Key::new(api::route::VMSS, &SUB[15..], "rg", "web");
-    e.st.instances(&key).unwrap()
+    e.st.instances(&res().key(VMSS)).unwrap()
 }
 
 fn provisioning(r: &InstanceRecord) -> &'static str {
@@ -263,23 +255,15 @@ fn ids(e: &Env) -> Vec<u32> {
     records(e).iter().map(|r| r.instance_id).collect()
 }
 
-async fn rollout(e: &Env) -> Value {
-    let (s, v) = call(
-        e,
-        "GET",
-        &format!("{}/rollingUpgrades/latest", vmss_path()),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    v
+fn rollout(e: &Env) -> plan::rolling::RolloutState {
+    e.st.rollout(&res()).unwrap().expect("a rollout").state
 }
 
 #[tokio::test]
 async fn scale_out_and_in() {
     let e = env("scale");
     let scale_in = json!({"scaleInPolicy": {"rules": ["OldestVM"]}});
-    create(&e, vmss_body("good", 3, scale_in.clone())).await;
+    create(&e, vmss_body("good", 3, scale_in.clone()));
     settle(&e, 10).await;
     assert_eq!(ids(&e), vec![0, 1, 2]);
     assert_eq!(e.fake.calls_of(Op::Create).len(), 3);
@@ -288,18 +272,21 @@ async fn scale_out_and_in() {
         assert_eq!(provisioning(&r), "Succeeded");
         assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good"));
     }
-    let (_, v) = call(&e, "GET", &vmss_path(), None).await;
-    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+    let doc = e.st.vmss_doc(&res()).unwrap().unwrap();
+    assert_eq!(
+        e.st.vmss_provisioning(&res(), &doc).unwrap(),
+        ProvisioningState::Succeeded
+    );
 
     // Scale in to 1: OldestVM removes 0 and 1, each stopped (drained) and deleted.
-    put(&e, vmss_body("good", 1, scale_in.clone())).await;
+    put(&e, vmss_body("good", 1, scale_in.clone()));
     settle(&e, 10).await;
     assert_eq!(ids(&e), vec![2]);
     assert_eq!(e.fake.calls_of(Op::Delete).len(), 2);
     assert_eq!(e.fake.running(), vec![records(&e)[0].machine.clone()]);
 
     // Out again: new ids, never reused.
-    put(&e, vmss_body("good", 3, scale_in)).await;
+    put(&e, vmss_body("good", 3, scale_in));
     settle(&e, 10).await;
     assert_eq!(ids(&e), vec![2, 3, 4]);
     assert_eq!(e.fake.running().len(), 3);
@@ -308,12 +295,12 @@ async fn scale_out_and_in() {
 #[tokio::test]
 async fn one_pass_per_scale_set_at_a_time() {
     let e = env("busy");
-    create(&e, vmss_body("good", 2, json!({}))).await;
+    create(&e, vmss_body("good", 2, json!({})));
     // Slow boots: ticks while the first pass runs must not start a second one.
     e.fake.delay(Op::Start, None, Duration::from_millis(50));
-    engine::tick(&e.st.core, &e.eng).await;
-    engine::tick(&e.st.core, &e.eng).await;
-    engine::tick(&e.st.core, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
     e.eng.settle().await;
     assert_eq!(e.fake.calls_of(Op::Create).len(), 2);
     assert_eq!(ids(&e), vec![0, 1]);
@@ -322,7 +309,7 @@ async fn one_pass_per_scale_set_at_a_time() {
 #[tokio::test]
 async fn a_machine_that_dies_is_restarted() {
     let e = env("crash");
-    create(&e, vmss_body("good", 2, json!({}))).await;
+    create(&e, vmss_body("good", 2, json!({})));
     settle(&e, 10).await;
     let victim = records(&e)[1].machine.clone();
     e.fake.clear_calls();
@@ -365,11 +352,11 @@ async fn a_machine_that_dies_is_restarted() {
 #[tokio::test]
 async fn daemon_restart_adopts_running_machines() {
     let mut e = env("adopt");
-    create(&e, vmss_body("good", 2, json!({}))).await;
+    create(&e, vmss_body("good", 2, json!({})));
     settle(&e, 10).await;
     let before = records(&e);
     // A rollout's mark from before the restart: nothing is in flight any more.
-    let key = store::Key::new(api::route::VMSS, &SUB[15..], "rg", "web");
+    let key = res().key(VMSS);
     e.st.update_instance(&key, 0, |r| r.upgrading = true)
         .unwrap();
     restart(&mut e);
@@ -389,29 +376,34 @@ fn rolling(rollback: bool) -> Value {
 }
 
 /// Passes until the rollout is no longer RollingForward, advancing the clock 10 s a pass.
-async fn run_rollout(e: &Env) -> Value {
+async fn run_rollout(e: &Env) -> plan::rolling::RolloutState {
     for _ in 0..60 {
         pass(e).await;
         e.eng.clock().advance(Duration::from_secs(10));
-        let v = rollout(e).await;
-        if v["properties"]["runningStatus"]["code"] != "RollingForward" {
+        if rollout(e).status != RunningStatus::RollingForward {
             settle(e, 10).await;
-            return rollout(e).await;
+            return rollout(e);
         }
     }
-    panic!("the rollout did not finish: {}", rollout(e).await);
+    panic!("the rollout did not finish: {:?}", rollout(e));
+}
+
+/// Azure's progress counts of the rollout now.
+fn progress(e: &Env) -> plan::rolling::Progress {
+    let insts = engine::roll_instances(&e.st, &records(e));
+    plan::rolling::progress(&rollout(e), &insts)
 }
 
 #[tokio::test]
 async fn rolling_upgrade_goes_one_instance_at_a_time() {
     let e = env("roll");
-    create(&e, vmss_body("good", 3, rolling(true))).await;
+    create(&e, vmss_body("good", 3, rolling(true)));
     settle(&e, 10).await;
     e.fake.clear_calls();
-    put(&e, vmss_body("good2", 3, rolling(true))).await;
+    put(&e, vmss_body("good2", 3, rolling(true)));
     let v = run_rollout(&e).await;
-    assert_eq!(v["properties"]["runningStatus"]["code"], "Completed", "{v}");
-    assert_eq!(v["properties"]["progress"]["successfulInstanceCount"], 3);
+    assert_eq!(v.status, RunningStatus::Completed, "{v:?}");
+    assert_eq!(progress(&e).successful, 3);
     let recs = records(&e);
     for r in &recs {
         assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good2"));
@@ -435,16 +427,17 @@ async fn rolling_upgrade_goes_one_instance_at_a_time() {
 #[tokio::test]
 async fn rolling_upgrade_to_a_bad_image_rolls_back() {
     let e = env("rollback");
-    create(&e, vmss_body("good", 3, rolling(true))).await;
+    create(&e, vmss_body("good", 3, rolling(true)));
     settle(&e, 10).await;
     e.fake.clear_calls();
-    put(&e, vmss_body("bad", 3, rolling(true))).await;
+    put(&e, vmss_body("bad", 3, rolling(true)));
     let v = run_rollout(&e).await;
-    assert_eq!(v["properties"]["runningStatus"]["code"], "Faulted", "{v}");
+    assert_eq!(v.status, RunningStatus::Faulted, "{v:?}");
     assert_eq!(
-        v["properties"]["error"]["code"],
-        plan::rolling::CODE_MAX_UNHEALTHY_UPGRADED
+        v.error.as_ref().map(|e| e.code.as_str()),
+        Some(plan::rolling::CODE_MAX_UNHEALTHY_UPGRADED)
     );
+    assert_eq!(v.rolled_back, vec![0]);
     // The first batch (instance 0) broke the policy and went back; 1 and 2 were never touched.
     let recs = records(&e);
     let first = recs[0].machine.clone();
@@ -459,7 +452,7 @@ async fn rolling_upgrade_to_a_bad_image_rolls_back() {
 async fn automatic_repairs_replace_an_unhealthy_instance() {
     let e = env("repair");
     let repairs = json!({"automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT10M", "repairAction": "Replace"}});
-    create(&e, vmss_body("good", 3, repairs)).await;
+    create(&e, vmss_body("good", 3, repairs));
     settle(&e, 10).await;
     assert_eq!(ids(&e), vec![0, 1, 2]);
     let sick = records(&e)[1].machine.clone();
@@ -497,7 +490,7 @@ async fn automatic_repairs_replace_an_unhealthy_instance() {
 #[tokio::test]
 async fn set_image_is_a_model_change_that_rolls_out() {
     let e = env("setimage");
-    create(&e, vmss_body("good", 2, rolling(true))).await;
+    create(&e, vmss_body("good", 2, rolling(true)));
     settle(&e, 10).await;
     let sub = &SUB[15..];
     assert_eq!(
@@ -505,18 +498,20 @@ async fn set_image_is_a_model_change_that_rolls_out() {
         Some("rg")
     );
     assert_eq!(e.st.cp.find_vmss_group(sub, "nope").unwrap(), None);
-    let res = api::route::Res {
-        sub: sub.into(),
-        rg: "rg".into(),
-        name: "web".into(),
-    };
+    let res = res();
     let image = |name: &str| format!("{}/providers/Microsoft.Compute/images/{name}", rg());
     let err = e.st.cp.set_image(&e.st.images, &res, &image("missing"));
     assert!(
-        matches!(&err, Err(control::CommandError::NotFound { code: "ImageNotFound", .. })),
+        matches!(
+            &err,
+            Err(control::CommandError::NotFound {
+                code: "ImageNotFound",
+                ..
+            })
+        ),
         "{err:?}"
     );
-    let other = api::route::Res {
+    let other = Res {
         name: "other".into(),
         ..res.clone()
     };
@@ -525,16 +520,25 @@ async fn set_image_is_a_model_change_that_rolls_out() {
         err.unwrap_err().to_string(),
         "The Resource 'Microsoft.Compute/virtualMachineScaleSets/other' under resource group 'rg' was not found."
     );
-    let stored = e.st.cp.set_image(&e.st.images, &res, &image("good2")).unwrap();
+    let stored =
+        e.st.cp
+            .set_image(&e.st.images, &res, &image("good2"))
+            .unwrap();
     assert!(!stored.created);
     assert_eq!(stored.doc.model_version, 2);
-    assert_eq!(stored.doc.versions.get(&2).map(String::as_str), Some("good2"));
+    assert_eq!(
+        stored.doc.versions.get(&2).map(String::as_str),
+        Some("good2")
+    );
     let v = run_rollout(&e).await;
-    assert_eq!(v["properties"]["runningStatus"]["code"], "Completed", "{v}");
+    assert_eq!(v.status, RunningStatus::Completed, "{v:?}");
     for r in records(&e) {
         assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good2"));
     }
     // The same image again changes nothing.
-    let again = e.st.cp.set_image(&e.st.images, &res, &image("good2")).unwrap();
+    let again =
+        e.st.cp
+            .set_image(&e.st.images, &res, &image("good2"))
+            .unwrap();
     assert_eq!(again.doc.model_version, 2);
 }
