@@ -42,9 +42,7 @@ async fn observe(
         let healthy = st.observation(&r.machine).is_healthy();
         {
             let mut obs = st.observed.lock().unwrap_or_else(|e| e.into_inner());
-            obs.entry(r.machine.clone())
-                .or_insert_with(Observation::default)
-                .running = running;
+            obs.entry(r.machine.clone()).or_default().running = running;
         }
         observed.push(InstanceState {
             id: r.instance_id,
