@@ -10,16 +10,8 @@ pub fn short_hash(s: &str, n: usize) -> String {
     format!("{h:016x}")[..n].to_string()
 }
 
-pub fn unix_now() -> u64 {
-    now_ms() / 1000
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use sys::clock::{now_ms, unix_now};
+pub use sys::ct_eq;
 
 pub fn now_rfc3339() -> String {
     image::rfc3339(unix_now())
@@ -44,13 +36,4 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
-}
-
-/// Compares secrets in time that depends only on their lengths.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let diff = a.len() ^ b.len()
-        | a.iter()
-            .zip(b)
-            .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
-    diff == 0
 }

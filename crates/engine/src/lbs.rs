@@ -28,9 +28,7 @@ pub(crate) fn lb_sockets(st: &Core) -> Vec<PathBuf> {
 }
 
 pub(crate) fn pid_alive(pid: i32, needle: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(needle))
-        .unwrap_or(false)
+    pid > 0 && sys::proc::cmdline_contains(pid as u32, needle)
 }
 
 /// Starts the LB process for `dir` unless one is already running (adoption).

@@ -1,6 +1,6 @@
 //! The dependency invariants of ARCHITECTURE.md, read from `cargo metadata`: only the binary
-//! depends on the HTTP crate, and neither the engine nor the control plane depends on an HTTP
-//! framework.
+//! depends on the HTTP crate, neither the engine nor the control plane depends on an HTTP
+//! framework, and the OS helpers (`sys`) sit below every workspace crate.
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -74,5 +74,20 @@ fn the_engine_and_control_plane_know_no_http_framework() {
                 assert!(d.iter().any(|n| n == must), "`engine` should use `{must}`");
             }
         }
+    }
+}
+
+#[test]
+fn the_os_helpers_depend_on_no_workspace_crate() {
+    let deps = workspace_dependencies();
+    let sys = deps.get("sys").expect("no `sys` crate");
+    let inner: Vec<&String> = sys.iter().filter(|n| deps.contains_key(*n)).collect();
+    assert!(inner.is_empty(), "`sys` depends on {inner:?}");
+    // Everything that touches the OS shares it.
+    for user in ["runtime", "image", "pipeline", "control", "engine"] {
+        assert!(
+            deps[user].iter().any(|n| n == "sys"),
+            "`{user}` should use `sys`"
+        );
     }
 }
