@@ -1,10 +1,14 @@
 //! The engine: observes machines and load balancers, asks `plan` what to do, and does it.
 //!
 //! One pass per scale set runs at a time; passes repeat every second (100 ms while a freshly
-//! booted machine is not yet healthy) or when the API wakes the engine. Every step is idempotent and the intent is written to the store before the step, so
-//! a daemon killed at any point resumes by deciding again. Machines and load balancer processes
-//! are detached from the daemon: they keep serving while it is down and are adopted when it
-//! starts again.
+//! booted machine is not yet healthy) or when the control plane wakes the engine. Every step is
+//! idempotent and the intent is written to the store before the step, so a daemon killed at any
+//! point resumes by deciding again. Machines and load balancer processes are detached from the
+//! daemon: they keep serving while it is down and are adopted when it starts again.
+//!
+//! Modules: `reconcile` (one scale set's pass), `instances` (operations on one instance),
+//! `rolling`, `repairs`, `health` (the Application Health extension), `lbs` (LB processes).
+//! This crate knows no HTTP framework (see `tests/dependencies.rs`).
 use control::{
     error_chain, now_ms, now_rfc3339, short_hash, uuid, Cidr, ControlPlane, InstanceRecord,
     Observation, ProvisioningState, Res, VmssDoc, LB, VMSS,
