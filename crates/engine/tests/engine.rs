@@ -7,6 +7,7 @@ use control::{InstanceRecord, ProvisioningState, Put, Res, Stored, LB, VMSS};
 use engine::{Clock, Core, Engine, EngineConfig};
 use plan::rolling::RunningStatus;
 use runtime::fake::{FakeMachines, Op};
+use runtime::Machines;
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::collections::BTreeSet;
@@ -251,7 +252,7 @@ fn provisioning(r: &InstanceRecord) -> &'static str {
     r.provisioning_state.as_str()
 }
 
-fn ids(e: &Env) -> Vec<u32> {
+fn ids_of(e: &Env) -> Vec<u32> {
     records(e).iter().map(|r| r.instance_id).collect()
 }
 
@@ -265,7 +266,7 @@ async fn scale_out_and_in() {
     let scale_in = json!({"scaleInPolicy": {"rules": ["OldestVM"]}});
     create(&e, vmss_body("good", 3, scale_in.clone()));
     settle(&e, 10).await;
-    assert_eq!(ids(&e), vec![0, 1, 2]);
+    assert_eq!(ids_of(&e), vec![0, 1, 2]);
     assert_eq!(e.fake.calls_of(Op::Create).len(), 3);
     assert_eq!(e.fake.running().len(), 3);
     for r in records(&e) {
@@ -281,14 +282,14 @@ async fn scale_out_and_in() {
     // Scale in to 1: OldestVM removes 0 and 1, each stopped (drained) and deleted.
     put(&e, vmss_body("good", 1, scale_in.clone()));
     settle(&e, 10).await;
-    assert_eq!(ids(&e), vec![2]);
+    assert_eq!(ids_of(&e), vec![2]);
     assert_eq!(e.fake.calls_of(Op::Delete).len(), 2);
     assert_eq!(e.fake.running(), vec![records(&e)[0].machine.clone()]);
 
     // Out again: new ids, never reused.
     put(&e, vmss_body("good", 3, scale_in));
     settle(&e, 10).await;
-    assert_eq!(ids(&e), vec![2, 3, 4]);
+    assert_eq!(ids_of(&e), vec![2, 3, 4]);
     assert_eq!(e.fake.running().len(), 3);
 }
 
@@ -303,7 +304,7 @@ async fn one_pass_per_scale_set_at_a_time() {
     engine::tick(&e.st, &e.eng).await;
     e.eng.settle().await;
     assert_eq!(e.fake.calls_of(Op::Create).len(), 2);
-    assert_eq!(ids(&e), vec![0, 1]);
+    assert_eq!(ids_of(&e), vec![0, 1]);
 }
 
 #[tokio::test]
@@ -454,14 +455,14 @@ async fn automatic_repairs_replace_an_unhealthy_instance() {
     let repairs = json!({"automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT10M", "repairAction": "Replace"}});
     create(&e, vmss_body("good", 3, repairs));
     settle(&e, 10).await;
-    assert_eq!(ids(&e), vec![0, 1, 2]);
+    assert_eq!(ids_of(&e), vec![0, 1, 2]);
     let sick = records(&e)[1].machine.clone();
     e.sick.lock().unwrap().insert(sick.clone());
     report_health(&e);
     e.fake.clear_calls();
     pass(&e).await;
     // Replaced as Azure does: deleted, and a new instance (new id) on the latest model.
-    assert_eq!(ids(&e), vec![0, 2, 3]);
+    assert_eq!(ids_of(&e), vec![0, 2, 3]);
     assert_eq!(e.fake.calls_of(Op::Delete), vec![sick]);
     assert_eq!(e.fake.calls_of(Op::Create).len(), 1);
     let new = records(&e)
@@ -481,7 +482,7 @@ async fn automatic_repairs_replace_an_unhealthy_instance() {
         .find(|r| r.instance_id == 3)
         .unwrap();
     assert_eq!(new.repair_attempts, 0);
-    assert_eq!(ids(&e), vec![0, 2, 3]);
+    assert_eq!(ids_of(&e), vec![0, 2, 3]);
     assert_eq!(e.fake.calls_of(Op::Delete).len(), 1);
 }
 
@@ -541,4 +542,67 @@ async fn set_image_is_a_model_change_that_rolls_out() {
             .set_image(&e.st.images, &res, &image("good2"))
             .unwrap();
     assert_eq!(again.doc.model_version, 2);
+}
+
+/// Power actions and deletion are intent the engine carries out: stop (drained first), start,
+/// reimage onto the latest model, delete instances (capacity lowered), delete the scale set.
+#[tokio::test]
+async fn power_actions_reimage_and_deletion() {
+    let e = env("power");
+    create(&e, vmss_body("good", 3, json!({})));
+    settle(&e, 10).await;
+    let m = |i: usize| records(&e)[i].machine.clone();
+    let (m0, m1) = (m(0), m(1));
+    let ids = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    e.fake.clear_calls();
+    e.st.cp
+        .power(&res(), control::PowerAction::PowerOff, ids(&["1"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert_eq!(e.fake.calls_of(Op::Stop), vec![m1.clone()]);
+    assert!(!e.fake.running().contains(&m1));
+    assert_eq!(records(&e)[1].intent, plan::PowerIntent::Stopped);
+    e.st.cp
+        .power(&res(), control::PowerAction::Start, ids(&["1"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert!(e.fake.running().contains(&m1));
+
+    // Manual mode: a new model applies to instance 0 only when it is reimaged.
+    put(&e, vmss_body("good2", 3, json!({})));
+    settle(&e, 10).await;
+    assert_eq!(image_of(&e, &m0).as_deref(), Some("good"));
+    e.fake.clear_calls();
+    e.st.cp
+        .power(&res(), control::PowerAction::Reimage, ids(&["0"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert_eq!(e.fake.calls_of(Op::Reimage), vec![m0.clone()]);
+    assert_eq!(image_of(&e, &m0).as_deref(), Some("good2"));
+    assert_eq!(records(&e)[0].model_version, 2);
+
+    let err =
+        e.st.cp
+            .power(&res(), control::PowerAction::DeleteInstances, ids(&["7"]))
+            .unwrap_err();
+    assert!(matches!(
+        err,
+        control::CommandError::Invalid {
+            code: "InvalidParameter",
+            ..
+        }
+    ));
+    e.st.cp
+        .power(&res(), control::PowerAction::DeleteInstances, ids(&["2"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), vec![0, 1]);
+    let doc = e.st.vmss_doc(&res()).unwrap().unwrap();
+    assert_eq!(doc.arm["sku"]["capacity"], 2);
+
+    assert!(e.st.cp.delete_vmss(&res()).unwrap());
+    settle(&e, 10).await;
+    assert!(e.st.vmss_doc(&res()).unwrap().is_none());
+    assert_eq!(e.fake.list().unwrap(), Vec::<String>::new());
+    assert!(!e.st.cp.delete_vmss(&res()).unwrap());
 }
