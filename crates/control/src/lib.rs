@@ -398,3 +398,41 @@ impl ControlPlane {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records written before the enum (a `provisioningState` string, flags missing) still read,
+    /// and the enum writes the same strings back.
+    #[test]
+    fn instance_records_keep_their_stored_form() {
+        let old = serde_json::json!({
+            "instanceId": 3, "createdSeq": 9, "modelVersion": 2, "image": "img",
+            "ip": "10.0.0.4", "computerName": "web000003", "machine": "t-web-3-abcd",
+            "timeCreated": "2026-01-01T00:00:00Z", "vmId": "x", "intent": "Running",
+            "provisioningState": "Updating"
+        });
+        let r: InstanceRecord = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(r.provisioning_state, ProvisioningState::Updating);
+        assert!(!r.deleting && !r.upgrading && !r.repairing);
+        let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(back["provisioningState"], "Updating");
+        for (k, v) in old.as_object().unwrap() {
+            assert_eq!(&back[k], v, "{k}");
+        }
+        for s in [
+            ProvisioningState::Creating,
+            ProvisioningState::Succeeded,
+            ProvisioningState::Updating,
+            ProvisioningState::Deleting,
+            ProvisioningState::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        let bad = serde_json::json!({"provisioningState": "Sideways"});
+        let mut v = old;
+        v["provisioningState"] = bad["provisioningState"].clone();
+        assert!(serde_json::from_value::<InstanceRecord>(v).is_err());
+    }
+}
