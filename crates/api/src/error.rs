@@ -62,16 +62,24 @@ impl From<store::StoreError> for ApiError {
     }
 }
 
-/// Formats an error with its sources, "a: b: c".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
+pub use control::error_chain;
+
+impl From<control::CommandError> for ApiError {
+    fn from(e: control::CommandError) -> Self {
+        use control::CommandError as C;
+        match e {
+            C::Invalid { code, message } => Self::bad_request(code, message),
+            C::NotFound { code, message } => Self::not_found(code, message),
+            C::Conflict { code, message } => Self::conflict(code, message),
+            C::Internal(m) => Self::Internal(m),
+        }
     }
-    s
+}
+
+impl From<control::ControlError> for ApiError {
+    fn from(e: control::ControlError) -> Self {
+        Self::internal(error_chain(&e))
+    }
 }
 
 impl IntoResponse for ApiError {

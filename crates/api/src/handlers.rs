@@ -4,10 +4,8 @@
 use crate::error::ApiError;
 use crate::render;
 use crate::route::{PowerAction, Res, Route, Scope, IMAGE, LB, RG, VMSS};
-use crate::state::{now_rfc3339, uuid, AppState, InstanceRecord, VmssDoc};
+use crate::state::{AppState, InstanceRecord, VmssDoc};
 use axum::http::{Method, StatusCode};
-use model::ids::ResourceId;
-use plan::PowerIntent;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -116,36 +114,11 @@ pub async fn execute(
             res,
         } => images(st, method, &res),
         Route::Resource { .. } => Err(ApiError::not_found("NotFound", "Unknown resource type.")),
-        Route::VmssInstanceView(res) => {
-            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
-            let recs = st.instances(&res.key(VMSS))?.into_iter().map(|r| {
-                let o = st.observation(&r.machine);
-                (r, o)
-            });
-            let repairs = m
-                .repairs
-                .enabled
-                .then(|| st.repairs_state(&res))
-                .transpose()?;
-            ok(render::vmss_instance_view(
-                &recs.collect::<Vec<_>>(),
-                repairs.as_ref(),
-            ))
-        }
+        Route::VmssInstanceView(res) => vmss_instance_view(st, &res),
+        Route::Vms(res) => vms(st, &res, query),
+        Route::VmssAction(res, act) => power(st, &res, act, instance_ids(&parse_body(body)?)?),
+        Route::RollingLatest(res) => rolling_latest(st, &res),
         Route::SetOrchestrationServiceState(res) => set_orchestration_state(st, &res, body),
-        Route::Vms(res) => {
-            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let expand = query
-                .get("$expand")
-                .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
-            let v: Vec<Value> = st
-                .instances(&res.key(VMSS))?
-                .iter()
-                .map(|r| render::vm(&res, &doc, r, &st.observation(&r.machine), expand))
-                .collect();
-            ok(json!({"value": v}))
-        }
         Route::Vm {
             method,
             res,
@@ -155,83 +128,99 @@ pub async fn execute(
             let (_, rec) = find_vm(st, &res, &instance)?;
             ok(render::instance_view(&rec, &st.observation(&rec.machine)))
         }
-        Route::VmssAction(res, act) => {
-            let body = parse_body(body)?;
-            let ids = match body.get("instanceIds") {
-                None | Some(Value::Null) => None,
-                Some(Value::Array(a)) => Some(
-                    a.iter()
-                        .map(|x| {
-                            x.as_str().map(str::to_string).ok_or_else(|| {
-                                ApiError::bad_request(
-                                    "InvalidParameter",
-                                    "instanceIds must be a list of strings.",
-                                )
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "InvalidParameter",
-                        "instanceIds must be a list of strings.",
-                    ))
-                }
-            };
-            power(st, &res, act, ids)
-        }
         Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
         Route::RollingStart(res) => {
-            let doc = st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            start_rollout(st, &res, &doc, true)?;
+            st.start_rollout(&res)?;
             Ok((StatusCode::ACCEPTED, Value::Null))
         }
         Route::RollingCancel(res) => {
-            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let now = crate::engine::unix_now();
-            let mut active = false;
-            st.update_rollout(&res, |cur| match cur {
-                Some(d) if d.state.phase != plan::rolling::Phase::Done => {
-                    active = true;
-                    d.state = plan::rolling::cancel(&d.state, now);
-                    true
-                }
-                _ => false,
-            })?;
-            if !active {
-                return Err(ApiError::conflict(
-                    "OperationNotAllowed",
-                    format!(
-                        "There is no rolling upgrade in progress on scale set '{}' to cancel.",
-                        res.name
-                    ),
-                ));
-            }
+            st.cancel_rollout(&res, crate::engine::unix_now())?;
             Ok((StatusCode::ACCEPTED, Value::Null))
         }
-        Route::Rollback(res) => rollback(st, &res),
-        Route::Operation { sub, id, result } => crate::operations::get(st, &sub, &id, result),
-        Route::RollingLatest(res) => {
-            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
-            let doc = st.rollout(&res)?.ok_or_else(|| {
-                ApiError::not_found(
-                    "NotFound",
-                    format!("No rolling upgrade has run on scale set '{}'.", res.name),
-                )
-            })?;
-            let recs = st.instances(&res.key(VMSS))?;
-            let insts = crate::engine::roll_instances(st, &recs);
-            ok(render::rolling_status(
-                &res,
-                &doc,
-                plan::rolling::progress(&doc.state, &insts),
-            ))
+        Route::Rollback(res) => {
+            let stored = st.cp.rollback(&st.images, &res)?;
+            let p = vmss_provisioning(st, &res, &stored.doc)?;
+            ok(render::vmss(&res, &stored.doc, &p))
         }
+        Route::Operation { sub, id, result } => crate::operations::get(st, &sub, &id, result),
     };
     if reply.is_ok() && mutating {
         st.wake.notify_one();
     }
     reply
+}
+
+fn vmss_instance_view(st: &AppState, res: &Res) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
+    let recs = st.instances(&res.key(VMSS))?.into_iter().map(|r| {
+        let o = st.observation(&r.machine);
+        (r, o)
+    });
+    let repairs = m
+        .repairs
+        .enabled
+        .then(|| st.repairs_state(res))
+        .transpose()?;
+    ok(render::vmss_instance_view(
+        &recs.collect::<Vec<_>>(),
+        repairs.as_ref(),
+    ))
+}
+
+fn vms(st: &AppState, res: &Res, query: &HashMap<String, String>) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let expand = query
+        .get("$expand")
+        .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+    let v: Vec<Value> = st
+        .instances(&res.key(VMSS))?
+        .iter()
+        .map(|r| render::vm(res, &doc, r, &st.observation(&r.machine), expand))
+        .collect();
+    ok(json!({"value": v}))
+}
+
+/// `instanceIds` of a scale set action's body (absent: every instance).
+fn instance_ids(body: &Value) -> Result<Option<Vec<String>>, ApiError> {
+    Ok(match body.get("instanceIds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|x| {
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "InvalidParameter",
+                            "instanceIds must be a list of strings.",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "InvalidParameter",
+                "instanceIds must be a list of strings.",
+            ))
+        }
+    })
+}
+
+fn rolling_latest(st: &AppState, res: &Res) -> Reply {
+    st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    let doc = st.rollout(res)?.ok_or_else(|| {
+        ApiError::not_found(
+            "NotFound",
+            format!("No rolling upgrade has run on scale set '{}'.", res.name),
+        )
+    })?;
+    let recs = st.instances(&res.key(VMSS))?;
+    let insts = crate::engine::roll_instances(st, &recs);
+    ok(render::rolling_status(
+        res,
+        &doc,
+        plan::rolling::progress(&doc.state, &insts),
+    ))
 }
 
 /// `POST .../setOrchestrationServiceState` `{"serviceName":"AutomaticRepairs","action":"Resume"|"Suspend"}`.
@@ -411,110 +400,17 @@ fn list(st: &AppState, kind: &'static str, scope: &Scope) -> Reply {
     ok(json!({"value": out}))
 }
 
-/// Creating/Updating while instances are being provisioned, Succeeded when all are.
+/// The scale set's provisioning state (`ControlPlane::vmss_provisioning`).
 pub(crate) fn vmss_provisioning(
     st: &AppState,
     res: &Res,
     doc: &VmssDoc,
 ) -> Result<String, ApiError> {
-    if doc.deleting {
-        return Ok("Deleting".into());
-    }
-    if st
-        .rollout(res)?
-        .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
-    {
-        return Ok("Updating".into());
-    }
-    let recs = st.instances(&res.key(VMSS))?;
-    let cap = doc
-        .arm
-        .pointer("/sku/capacity")
-        .and_then(Value::as_u64)
-        .unwrap_or(0) as usize;
-    let active = recs.iter().filter(|r| !r.deleting).count();
-    let busy = recs.iter().any(|r| {
-        r.deleting
-            || r.provisioning_state != "Succeeded"
-            || r.reimage_requested
-            || r.restart_requested
-    });
-    Ok(if active == cap && !busy {
-        "Succeeded".into()
-    } else if recs.is_empty() {
-        "Creating".into()
-    } else {
-        "Updating".into()
-    })
-}
-
-/// Checks a scale set's references: backend pools and health probe exist, image exists.
-fn check_refs(st: &AppState, res: &Res, m: &model::vmss::VmssModel) -> Result<(), ApiError> {
-    let lb_model = |id: &ResourceId| -> Result<model::lb::LbModel, ApiError> {
-        let r = Res {
-            sub: id.subscription.clone(),
-            rg: id.resource_group.clone(),
-            name: id.name.clone(),
-        };
-        let v = st.store.get(&r.key(LB))?.ok_or_else(|| ApiError::not_found("NotFound", format!("Load balancer '{}' referenced by the scale set was not found in resource group '{}'.", id.name, id.resource_group)))?;
-        Ok(model::lb::parse(&v)?.0)
-    };
-    for pool in &m.backend_pools {
-        let lbm = lb_model(pool)?;
-        let name = &pool.child.as_ref().map(|c| c.1.clone()).unwrap_or_default();
-        if !lbm.pools.iter().any(|p| p.eq_ignore_ascii_case(name)) {
-            return Err(ApiError::not_found(
-                "InvalidResourceReference",
-                format!(
-                    "Backend address pool '{name}' was not found in load balancer '{}'.",
-                    pool.name
-                ),
-            ));
-        }
-    }
-    if let Some(probe) = &m.health_probe {
-        let lbm = lb_model(probe)?;
-        let name = probe
-            .child
-            .as_ref()
-            .map(|c| c.1.clone())
-            .unwrap_or_default();
-        if !lbm
-            .probes
-            .iter()
-            .any(|p| p.name.eq_ignore_ascii_case(&name))
-        {
-            return Err(ApiError::not_found(
-                "InvalidResourceReference",
-                format!(
-                    "Health probe '{name}' was not found in load balancer '{}'.",
-                    probe.name
-                ),
-            ));
-        }
-    }
-    if let Some(img) = &m.image {
-        if st
-            .images
-            .get(&img.name)
-            .map_err(ApiError::internal)?
-            .is_none()
-        {
-            return Err(ApiError::not_found("ImageNotFound", format!("The platform image or managed image '{}' referenced by the scale set was not found. Bake it with `scaleset image bake --name {}`.", img, img.name)));
-        }
-    } else if m.capacity > 0 {
-        return Err(ApiError::bad_request(
-            "InvalidParameter",
-            "virtualMachineProfile.storageProfile.imageReference.id is required.",
-        ));
-    }
-    let _ = res;
-    Ok(())
+    Ok(st.cp.vmss_provisioning(res, doc)?.to_string())
 }
 
 fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
     model::names::vmss(&res.name)?;
-    let key = res.key(VMSS);
     let existing = st.vmss_doc(res)?;
     match method {
         Method::GET => {
@@ -525,60 +421,12 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
         Method::PUT | Method::PATCH => {
             require_group(st, res)?;
             let body = require_object(parse_body(body)?)?;
-            if existing.as_ref().is_some_and(|d| d.deleting) {
-                return Err(ApiError::conflict(
-                    "OperationNotAllowed",
-                    format!("Scale set '{}' is being deleted.", res.name),
-                ));
-            }
-            let merged = match (&method, &existing) {
-                (&Method::PATCH, None) => return Err(not_found(VMSS, res)),
-                (&Method::PATCH, Some(doc)) => {
-                    let mut m = doc.arm.clone();
-                    model::vmss::merge_patch(&mut m, &body);
-                    m
-                }
-                _ => body,
+            let put = if method == Method::PATCH {
+                control::Put::Merge(body)
+            } else {
+                control::Put::Replace(body)
             };
-            let mut merged = merged;
-            keep_admin_password(existing.as_ref(), &mut merged);
-            let (m, arm) = model::vmss::parse(&merged, &res.name)?;
-            check_refs(st, res, &m)?;
-            let created = existing.is_none();
-            let mut model_changed = false;
-            let doc = match existing {
-                None => VmssDoc {
-                    name: res.name.clone(),
-                    resource_group: res.rg.clone(),
-                    versions: m.image.iter().map(|i| (1, i.name.clone())).collect(),
-                    arm,
-                    deleting: false,
-                    model_version: 1,
-                    unique_id: uuid(),
-                    time_created: now_rfc3339(),
-                },
-                Some(mut doc) => {
-                    let changed = doc.arm.pointer("/properties/virtualMachineProfile")
-                        != arm.pointer("/properties/virtualMachineProfile");
-                    if changed {
-                        doc.model_version += 1;
-                        model_changed = true;
-                        if let Some(img) = &m.image {
-                            doc.versions.insert(doc.model_version, img.name.clone());
-                        }
-                    }
-                    doc.arm = arm;
-                    doc
-                }
-            };
-            st.store.put(
-                &key,
-                &serde_json::to_value(&doc).map_err(ApiError::internal)?,
-            )?;
-            tracing::info!(vmss = %res.name, model_version = doc.model_version, capacity = m.capacity, "scale set model stored");
-            if model_changed && m.upgrade_mode == model::vmss::UpgradeMode::Rolling {
-                start_rollout(st, res, &doc, false)?;
-            }
+            let control::Stored { doc, created } = st.cp.put_vmss(&st.images, res, put)?;
             let p = vmss_provisioning(st, res, &doc)?;
             Ok((
                 if created {
@@ -590,16 +438,8 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             ))
         }
         Method::DELETE => {
-            let Some(mut doc) = existing else {
+            if !st.delete_vmss(res)? {
                 return Ok((StatusCode::NO_CONTENT, Value::Null));
-            };
-            doc.deleting = true;
-            st.store.put(
-                &key,
-                &serde_json::to_value(&doc).map_err(ApiError::internal)?,
-            )?;
-            for r in st.instances(&key)? {
-                st.update_instance(&key, r.instance_id, |r| r.deleting = true)?;
             }
             Ok((StatusCode::ACCEPTED, Value::Null))
         }
@@ -608,118 +448,6 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             "unsupported method",
         )),
     }
-}
-
-/// GET never returns adminPassword (x-ms-secret), so a GET body PUT back (az's generic update)
-/// lacks it; like Azure, keep the stored one instead of treating that as a model change.
-fn keep_admin_password(existing: Option<&VmssDoc>, body: &mut Value) {
-    const PTR: &str = "/properties/virtualMachineProfile/osProfile";
-    let Some(old) = existing.and_then(|d| d.arm.pointer(&format!("{PTR}/adminPassword"))) else {
-        return;
-    };
-    if let Some(os) = body.pointer_mut(PTR).and_then(Value::as_object_mut) {
-        os.entry("adminPassword").or_insert_with(|| old.clone());
-    }
-}
-
-/// Starts a rolling upgrade towards the scale set's latest model. A model change replaces a rollout
-/// in progress (its target moves); an explicit start while one runs is refused.
-fn start_rollout(st: &AppState, res: &Res, doc: &VmssDoc, explicit: bool) -> Result<(), ApiError> {
-    let (m, _) = model::vmss::parse(&doc.arm, &doc.name)?;
-    if m.health_probe.is_none() && m.app_health.is_none() {
-        return Err(ApiError::bad_request("OperationNotAllowed", "A rolling upgrade needs a health probe: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
-    }
-    let target = doc.model_version;
-    let previous = doc
-        .versions
-        .range(..target)
-        .next_back()
-        .map(|(v, _)| *v)
-        .unwrap_or(target.saturating_sub(1));
-    let now = crate::engine::unix_now();
-    let mut refused = false;
-    st.update_rollout(res, |cur| {
-        if explicit
-            && cur
-                .as_ref()
-                .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
-        {
-            refused = true;
-            return false;
-        }
-        let last_completed_version = match cur.as_ref() {
-            Some(old) if old.state.status == plan::rolling::RunningStatus::Completed => {
-                Some(old.state.target_version)
-            }
-            Some(old) => old.last_completed_version,
-            None => None,
-        };
-        *cur = Some(crate::state::RolloutDoc {
-            state: plan::rolling::start(&m.rolling, target, previous, now),
-            receipt: Default::default(),
-            last_completed_version,
-        });
-        true
-    })?;
-    if refused {
-        return Err(ApiError::conflict(
-            "OperationNotAllowed",
-            format!(
-                "A rolling upgrade is already in progress on scale set '{}'; cancel it first.",
-                res.name
-            ),
-        ));
-    }
-    tracing::info!(vmss = %res.name, target, previous, "rolling upgrade started");
-    Ok(())
-}
-
-/// Points the model back at the image of the last model version whose rollout completed (or,
-/// without rollout history, the version before the current one). A model change like any other:
-/// in Rolling mode it rolls out with the policy; earlier images stay cached so it takes seconds.
-fn rollback(st: &AppState, res: &Res) -> Reply {
-    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
-    let latest = st.rollout(res)?;
-    if latest
-        .as_ref()
-        .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done)
-    {
-        return Err(ApiError::conflict(
-            "OperationNotAllowed",
-            format!(
-                "A rolling upgrade is in progress on scale set '{}'; cancel it first.",
-                res.name
-            ),
-        ));
-    }
-    let target = latest
-        .as_ref()
-        .and_then(|d| d.last_completed_version)
-        .or_else(|| {
-            doc.versions
-                .range(..doc.model_version)
-                .next_back()
-                .map(|(v, _)| *v)
-        })
-        .ok_or_else(|| {
-            ApiError::conflict(
-                "OperationNotAllowed",
-                format!(
-                    "Scale set '{}' has no earlier model to roll back to.",
-                    res.name
-                ),
-            )
-        })?;
-    let image = doc.versions.get(&target).cloned().ok_or_else(|| {
-        ApiError::conflict(
-            "OperationNotAllowed",
-            format!("The image of model version {target} is not known."),
-        )
-    })?;
-    let mut body = doc.arm.clone();
-    body["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"] = json!({"id": format!("/subscriptions/{}/resourceGroups/{}/providers/{}/{image}", res.sub, res.rg, IMAGE)});
-    tracing::info!(vmss = %res.name, target, image = %image, "rollback to the last completed model");
-    vmss(st, Method::PUT, res, body.to_string().as_bytes())
 }
 
 fn find_vm(
@@ -818,75 +546,7 @@ fn vm(
 }
 
 fn power(st: &AppState, res: &Res, act: PowerAction, ids: Option<Vec<String>>) -> Reply {
-    let key = res.key(VMSS);
-    let mut doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
-    let recs: Vec<InstanceRecord> = st
-        .instances(&key)?
-        .into_iter()
-        .filter(|r| !r.deleting)
-        .collect();
-    if ids.is_none()
-        && matches!(
-            act,
-            PowerAction::ManualUpgrade | PowerAction::DeleteInstances
-        )
-    {
-        return Err(ApiError::bad_request(
-            "InvalidParameter",
-            "instanceIds is required for this operation.",
-        ));
-    }
-    let targets: Vec<u32> = match &ids {
-        None => recs.iter().map(|r| r.instance_id).collect(),
-        Some(ids) if ids.is_empty() => {
-            return Err(ApiError::bad_request(
-                "InvalidParameter",
-                "instanceIds must not be empty.",
-            ))
-        }
-        Some(ids) => {
-            let mut out = Vec::new();
-            for s in ids {
-                let found = s
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|id| recs.iter().any(|r| r.instance_id == *id));
-                match found {
-                    Some(id) if !out.contains(&id) => out.push(id),
-                    Some(_) => {}
-                    None => return Err(ApiError::bad_request("InvalidParameter", format!("The provided instanceId {s} is not an active Virtual Machine Scale Set VM instanceId."))),
-                }
-            }
-            out
-        }
-    };
-    if act == PowerAction::DeleteInstances {
-        // Azure lowers capacity by the number of deleted instances.
-        let cap = doc
-            .arm
-            .pointer("/sku/capacity")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        doc.arm["sku"]["capacity"] = json!(cap.saturating_sub(targets.len() as u64));
-        st.store.put(
-            &key,
-            &serde_json::to_value(&doc).map_err(ApiError::internal)?,
-        )?;
-    }
-    for id in targets {
-        st.update_instance(&key, id, |r| match act {
-            PowerAction::Start => r.intent = PowerIntent::Running,
-            PowerAction::PowerOff | PowerAction::Deallocate => r.intent = PowerIntent::Stopped,
-            PowerAction::Restart => {
-                r.intent = PowerIntent::Running;
-                r.restart_requested = true;
-            }
-            PowerAction::Reimage | PowerAction::ReimageAll | PowerAction::ManualUpgrade => {
-                r.reimage_requested = true
-            }
-            PowerAction::DeleteInstances => r.deleting = true,
-        })?;
-    }
+    st.cp.power(res, act, ids)?;
     // Accepted: the engine carries it out; the operation URLs (operations.rs) report when done.
     Ok((StatusCode::ACCEPTED, Value::Null))
 }

@@ -2,7 +2,6 @@
 //! engine that drives machines and load balancers to match it.
 //!
 //! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon.
-pub mod engine;
 pub mod error;
 mod gitcgi;
 pub mod handlers;
@@ -13,6 +12,9 @@ pub mod render;
 pub mod route;
 mod server;
 pub mod state;
+
+/// The engine (its own crate; re-exported for the binary and tests).
+pub use ::engine;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -76,13 +78,8 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<bool, ApiError> {
             )
         })?;
     // Constant-time comparison: the token is the daemon's only credential.
-    let (a, b) = (token.as_bytes(), st.token.as_bytes());
-    let diff = a.len() ^ b.len()
-        | a.iter()
-            .zip(b)
-            .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
     // A pipeline run's own credential (the `az` shim's) reaches the ARM API while the run lasts.
-    if diff == 0 {
+    if control::ct_eq(token.as_bytes(), st.auth.token.as_bytes()) {
         return Ok(false);
     }
     if !st.is_run_token(token) {
@@ -240,17 +237,20 @@ pub fn open_state(
     let pipelines = Some(Arc::new(pipelines::PipelineService::open(
         &cfg.home, &cfg.exe,
     )?));
+    let core = Arc::new(engine::Core {
+        cfg: cfg.engine(),
+        cp: control::ControlPlane::new(store),
+        machines,
+        images,
+    });
     Ok(Arc::new(AppState {
         pipelines,
         cfg,
-        store,
-        token,
-        machines,
-        images,
-        wake: Default::default(),
-        run_tokens: Default::default(),
-        records: Default::default(),
-        observed: Default::default(),
+        auth: state::Auth {
+            token,
+            run_tokens: Default::default(),
+        },
+        core,
     }))
 }
 
@@ -266,7 +266,7 @@ pub async fn serve(
     std::fs::write(st.cfg.home.join("endpoint"), format!("http://{addr}"))
         .map_err(|e| e.to_string())?;
     tracing::info!(%addr, home = %st.cfg.home.display(), "scaleset daemon listening");
-    let engine = tokio::spawn(engine::run(st.clone()));
+    let engine = tokio::spawn(engine::run(st.core.clone()));
     pipelines::start(&st);
     let limits = st.cfg.limits.clone();
     server::run(listener, app(st), &limits, shutdown).await;

@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::route::{PowerAction, Res, Route, VMSS};
 use crate::state::AppState;
 use axum::http::{Method, StatusCode};
+use control::ProvisioningState;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -230,7 +231,7 @@ fn state(st: &AppState, sub: &str, op: &OpId) -> Result<State, ApiError> {
                 if r.deleting {
                     continue;
                 }
-                if r.provisioning_state == "Failed" {
+                if r.provisioning_state == ProvisioningState::Failed {
                     out = State::Failed(
                         "VMProvisioningFailed".into(),
                         format!(
@@ -244,7 +245,7 @@ fn state(st: &AppState, sub: &str, op: &OpId) -> Result<State, ApiError> {
                 let running = st.observation(&r.machine).running;
                 let settled = !r.reimage_requested
                     && !r.restart_requested
-                    && r.provisioning_state == "Succeeded"
+                    && r.provisioning_state == ProvisioningState::Succeeded
                     && running == (r.intent == plan::PowerIntent::Running);
                 if !settled {
                     out = State::InProgress;

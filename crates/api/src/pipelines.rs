@@ -24,7 +24,6 @@
 //!   `GET /scaleset/runs/{id}/logs[?follow=true]` (text; follow streams until the run ends),
 //!   `POST /scaleset/runs/{id}/cancel`.
 use crate::error::ApiError;
-use crate::route::Route;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -280,10 +279,7 @@ impl PipelineService {
         let mut t = StdTasks::new(self.artifacts.clone());
         let weak = Arc::downgrade(st);
         t.baker = Some(Arc::new(DaemonBaker(weak.clone())));
-        t.scale_sets = Some(Arc::new(DaemonScaleSets(
-            weak,
-            tokio::runtime::Handle::current(),
-        )));
+        t.scale_sets = Some(Arc::new(DaemonScaleSets(weak)));
         if let Some(a) = &self.azure {
             let rt = tokio::runtime::Handle::current();
             t.scale_sets = Some(Arc::new(azure::tasks::AzureScaleSets {
@@ -565,8 +561,9 @@ impl Baker for DaemonBaker {
 
 const DEFAULT_SUB: &str = "00000000-0000-0000-0000-000000000000";
 
-/// AzureVmssDeployment@1 → the same GET/--set/PUT path as `az vmss update`.
-struct DaemonScaleSets(Weak<AppState>, tokio::runtime::Handle);
+/// AzureVmssDeployment@1 → the control plane's `set_image` (what `az vmss update --set
+/// virtualMachineProfile.storageProfile.imageReference.id=...` does through the API).
+struct DaemonScaleSets(Weak<AppState>);
 
 impl ScaleSets for DaemonScaleSets {
     fn update_image(
@@ -579,57 +576,28 @@ impl ScaleSets for DaemonScaleSets {
         let st = self.0.upgrade().ok_or("the daemon is shutting down")?;
         let rg = match resource_group {
             Some(rg) => rg.to_string(),
-            None => find_vmss_rg(&st, vmss)?,
+            None => st
+                .find_vmss_group(DEFAULT_SUB, vmss)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("scale set `{vmss}` not found in any resource group"))?,
         };
         let image_id = if image_id.starts_with('/') {
             image_id.to_string()
         } else {
             format!("/subscriptions/{DEFAULT_SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/images/{image_id}")
         };
-        let path = format!(
-            "/subscriptions/{DEFAULT_SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}"
-        );
-        let q: HashMap<String, String> = HashMap::new();
-        let run = |method: Method, body: Vec<u8>| -> Result<Value, String> {
-            let route = crate::route::parse(&method, &path).map_err(|e| e.to_string())?;
-            self.1
-                .block_on(crate::handlers::execute(&st, route, &q, &body))
-                .map(|(_, v)| v)
-                .map_err(|e| e.to_string())
+        let res = control::Res {
+            sub: DEFAULT_SUB.into(),
+            rg: rg.clone(),
+            name: vmss.to_string(),
         };
-        let mut body = run(Method::GET, vec![])?;
-        let (p, v) = model::setpath::parse_assignment(&format!(
-            "virtualMachineProfile.storageProfile.imageReference.id={image_id}"
-        ))
-        .map_err(|e| e.message)?;
-        model::setpath::set(&mut body, &p, v).map_err(|e| e.message)?;
-        run(Method::PUT, body.to_string().into_bytes())?;
+        model::names::vmss(vmss).map_err(|e| e.message)?;
+        st.cp
+            .set_image(&st.images, &res, &image_id)
+            .map_err(|e| e.to_string())?;
         log(&format!("scale set {rg}/{vmss} now uses image {image_id}"));
         Ok(())
     }
-}
-
-fn find_vmss_rg(st: &AppState, vmss: &str) -> Result<String, String> {
-    let path =
-        format!("/subscriptions/{DEFAULT_SUB}/providers/Microsoft.Compute/virtualMachineScaleSets");
-    let route: Route = crate::route::parse(&Method::GET, &path).map_err(|e| e.to_string())?;
-    let v = tokio::runtime::Handle::current()
-        .block_on(crate::handlers::execute(st, route, &HashMap::new(), &[]))
-        .map_err(|e| e.to_string())?
-        .1;
-    v["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| {
-            s["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(vmss))
-        })
-        .and_then(|s| s["id"].as_str())
-        .and_then(|id| id.split('/').nth(4))
-        .map(str::to_string)
-        .ok_or_else(|| format!("scale set `{vmss}` not found in any resource group"))
 }
 
 fn bearer_or_basic_ok(st: &AppState, headers: &HeaderMap) -> Option<String> {
@@ -655,12 +623,7 @@ fn bearer_or_basic_ok(st: &AppState, headers: &HeaderMap) -> Option<String> {
             p.to_string(),
         )
     };
-    let (a, b) = (token.as_bytes(), st.token.as_bytes());
-    let diff = a.len() ^ b.len()
-        | a.iter()
-            .zip(b)
-            .fold(0, |acc, (x, y)| acc | (*x ^ *y) as usize);
-    (diff == 0).then_some(user)
+    control::ct_eq(token.as_bytes(), st.auth.token.as_bytes()).then_some(user)
 }
 
 fn b64_decode(s: &str) -> Option<Vec<u8>> {
@@ -1253,53 +1216,7 @@ async fn api(
             })?;
             json_ok(StatusCode::OK, repo_json(svc, st, &info))
         }
-        ("PUT", ["repos", name]) => {
-            let spec = json_body(body)?;
-            if let Some(url) = spec.get("mirror") {
-                let url = url.as_str().ok_or_else(|| {
-                    ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
-                })?;
-                let secret = spec["webhookSecret"].as_str().ok_or_else(|| {
-                    ApiError::bad_request(
-                        "InvalidParameter",
-                        "a mirror needs `webhookSecret`: webhook calls are authenticated with it",
-                    )
-                })?;
-                if svc.repos.get(name).map_err(git_err)?.is_some() {
-                    return Err(ApiError::Client {
-                        status: StatusCode::CONFLICT,
-                        code: "RepositoryExists",
-                        message: format!("repository `{name}` already exists"),
-                    });
-                }
-                let (repos, n, u, sec) = (
-                    svc.repos.clone(),
-                    name.to_string(),
-                    url.to_string(),
-                    secret.to_string(),
-                );
-                let info = tokio::task::spawn_blocking(move || repos.create_mirror(&n, &u, &sec))
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(|e| match e {
-                        git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
-                        e => git_err(e),
-                    })?;
-                record_refs(svc, &info.name)?;
-                return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
-            }
-            if svc.repos.get(name).map_err(git_err)?.is_some() {
-                let info = svc
-                    .repos
-                    .get(name)
-                    .map_err(git_err)?
-                    .ok_or_else(|| ApiError::internal("vanished"))?;
-                return json_ok(StatusCode::OK, repo_json(svc, st, &info));
-            }
-            let info = svc.repos.create(name).map_err(git_err)?;
-            record_refs(svc, &info.name)?;
-            json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
-        }
+        ("PUT", ["repos", name]) => put_repo(st, svc, name, body).await,
         ("DELETE", ["repos", name]) => {
             // The build directories of its pipelines go with it.
             let pipelines: Vec<String> = svc
@@ -1337,37 +1254,7 @@ async fn api(
                 .collect();
             json_ok(StatusCode::OK, json!({ "value": v }))
         }
-        ("POST", ["pipelines", name, "runs"]) => {
-            let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
-            let req = json_body(body)?;
-            let branch = req["branch"]
-                .as_str()
-                .unwrap_or(&d.default_branch)
-                .to_string();
-            let full = pipeline::trigger::full_ref(&branch);
-            let commit = git::resolve(&svc.repos.path(&d.repo), &full)
-                .map_err(git_err)?
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "BranchNotFound",
-                        format!("repository `{}` has no branch `{branch}`", d.repo),
-                    )
-                })?;
-            let t = TriggerMatch {
-                definition: d,
-                branch: full,
-                commit,
-                reason: RunReason::Manual,
-                resources: vec![],
-            };
-            let id = svc.enqueue(&t).map_err(ApiError::internal)?;
-            let rec = svc
-                .runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::internal("run vanished"))?;
-            json_ok(StatusCode::CREATED, run_json(&rec))
-        }
+        ("POST", ["pipelines", name, "runs"]) => queue_run(svc, name, body),
         ("GET", ["runs"]) => {
             let list = match q.get("pipeline") {
                 Some(p) => svc.runs.list_pipeline(p),
@@ -1386,76 +1273,168 @@ async fn api(
                 .ok_or_else(|| no_run(id))?;
             json_ok(StatusCode::OK, run_json(&rec))
         }
-        ("GET", ["runs", id, "logs"]) => {
-            let id = run_id(id)?;
-            svc.runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| no_run(id))?;
-            let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
-            if !follow {
-                let text = svc.runs.logs(id).map_err(ApiError::internal)?;
-                return Ok((
-                    StatusCode::OK,
-                    [("content-type", "text/plain; charset=utf-8")],
-                    text,
-                )
-                    .into_response());
-            }
-            let (tx, rx) = mpsc::unbounded_channel::<String>();
-            let runs = svc.runs.clone();
-            tokio::spawn(async move {
-                let _ = runs
-                    .follow(id, |line| tx.send(format!("{line}\n")).is_ok())
-                    .await;
-            });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|s| (Ok::<_, std::io::Error>(Bytes::from(s)), rx))
-            });
-            Ok((
-                StatusCode::OK,
-                [("content-type", "text/plain; charset=utf-8")],
-                Body::from_stream(stream),
-            )
-                .into_response())
-        }
-        ("POST", ["runs", id, "cancel"]) => {
-            let id = run_id(id)?;
-            let rec = svc
-                .runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| no_run(id))?;
-            if rec.status == RunStatus::Completed {
-                return Err(ApiError::conflict(
-                    "RunCompleted",
-                    format!("run {id} already completed"),
-                ));
-            }
-            if !svc.runs.cancel_queued(id).map_err(ApiError::internal)? {
-                if let Some(tx) = svc
-                    .cancels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&id)
-                {
-                    let _ = tx.send(true);
-                }
-            }
-            let rec = svc
-                .runs
-                .get(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| no_run(id))?;
-            json_ok(StatusCode::ACCEPTED, run_json(&rec))
-        }
+        ("GET", ["runs", id, "logs"]) => run_logs(svc, run_id(id)?, q),
+        ("POST", ["runs", id, "cancel"]) => cancel_run(svc, run_id(id)?),
         _ => Err(ApiError::not_found(
             "NotFound",
             format!("no such endpoint: {method} /scaleset{path}"),
         )),
     }
+}
+
+/// `PUT /scaleset/repos/{name}`: a hosted repository, or a mirror of `mirror` (with its webhook
+/// secret).
+async fn put_repo(
+    st: &Arc<AppState>,
+    svc: &Arc<PipelineService>,
+    name: &str,
+    body: &[u8],
+) -> Reply {
+    let spec = json_body(body)?;
+    if let Some(url) = spec.get("mirror") {
+        let url = url.as_str().ok_or_else(|| {
+            ApiError::bad_request("InvalidParameter", "`mirror` must be a repository URL")
+        })?;
+        let secret = spec["webhookSecret"].as_str().ok_or_else(|| {
+            ApiError::bad_request(
+                "InvalidParameter",
+                "a mirror needs `webhookSecret`: webhook calls are authenticated with it",
+            )
+        })?;
+        if svc.repos.get(name).map_err(git_err)?.is_some() {
+            return Err(ApiError::Client {
+                status: StatusCode::CONFLICT,
+                code: "RepositoryExists",
+                message: format!("repository `{name}` already exists"),
+            });
+        }
+        let (repos, n, u, sec) = (
+            svc.repos.clone(),
+            name.to_string(),
+            url.to_string(),
+            secret.to_string(),
+        );
+        let info = tokio::task::spawn_blocking(move || repos.create_mirror(&n, &u, &sec))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| match e {
+                git::GitError::Git(m) => ApiError::bad_request("InvalidMirror", m),
+                e => git_err(e),
+            })?;
+        record_refs(svc, &info.name)?;
+        return json_ok(StatusCode::CREATED, repo_json(svc, st, &info));
+    }
+    if svc.repos.get(name).map_err(git_err)?.is_some() {
+        let info = svc
+            .repos
+            .get(name)
+            .map_err(git_err)?
+            .ok_or_else(|| ApiError::internal("vanished"))?;
+        return json_ok(StatusCode::OK, repo_json(svc, st, &info));
+    }
+    let info = svc.repos.create(name).map_err(git_err)?;
+    record_refs(svc, &info.name)?;
+    json_ok(StatusCode::CREATED, repo_json(svc, st, &info))
+}
+
+/// `POST /scaleset/pipelines/{name}/runs`: queues a manual run of a branch.
+fn queue_run(svc: &Arc<PipelineService>, name: &str, body: &[u8]) -> Reply {
+    let d = svc.find_definition(name).ok_or_else(|| no_pipeline(name))?;
+    let req = json_body(body)?;
+    let branch = req["branch"]
+        .as_str()
+        .unwrap_or(&d.default_branch)
+        .to_string();
+    let full = pipeline::trigger::full_ref(&branch);
+    let commit = git::resolve(&svc.repos.path(&d.repo), &full)
+        .map_err(git_err)?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "BranchNotFound",
+                format!("repository `{}` has no branch `{branch}`", d.repo),
+            )
+        })?;
+    let t = TriggerMatch {
+        definition: d,
+        branch: full,
+        commit,
+        reason: RunReason::Manual,
+        resources: vec![],
+    };
+    let id = svc.enqueue(&t).map_err(ApiError::internal)?;
+    let rec = svc
+        .runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("run vanished"))?;
+    json_ok(StatusCode::CREATED, run_json(&rec))
+}
+
+/// `GET /scaleset/runs/{id}/logs[?follow=true]`.
+fn run_logs(svc: &Arc<PipelineService>, id: u64, q: &HashMap<String, String>) -> Reply {
+    svc.runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
+    let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+    if !follow {
+        let text = svc.runs.logs(id).map_err(ApiError::internal)?;
+        return Ok((
+            StatusCode::OK,
+            [("content-type", "text/plain; charset=utf-8")],
+            text,
+        )
+            .into_response());
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let runs = svc.runs.clone();
+    tokio::spawn(async move {
+        let _ = runs
+            .follow(id, |line| tx.send(format!("{line}\n")).is_ok())
+            .await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|s| (Ok::<_, std::io::Error>(Bytes::from(s)), rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [("content-type", "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `POST /scaleset/runs/{id}/cancel`.
+fn cancel_run(svc: &Arc<PipelineService>, id: u64) -> Reply {
+    let rec = svc
+        .runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
+    if rec.status == RunStatus::Completed {
+        return Err(ApiError::conflict(
+            "RunCompleted",
+            format!("run {id} already completed"),
+        ));
+    }
+    if !svc.runs.cancel_queued(id).map_err(ApiError::internal)? {
+        if let Some(tx) = svc
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            let _ = tx.send(true);
+        }
+    }
+    let rec = svc
+        .runs
+        .get(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
+    json_ok(StatusCode::ACCEPTED, run_json(&rec))
 }
 
 fn no_pipeline(name: &str) -> ApiError {

@@ -1,6 +1,7 @@
 //! ARM JSON for what we return: scale sets, their VMs and instance views, images.
 use crate::route::{Res, IMAGE, VMSS};
 use crate::state::{InstanceRecord, Observation, VmssDoc};
+use control::ProvisioningState;
 use serde_json::{json, Value};
 
 pub fn vmss(res: &Res, doc: &VmssDoc, provisioning: &str) -> Value {
@@ -23,8 +24,8 @@ pub fn vmss(res: &Res, doc: &VmssDoc, provisioning: &str) -> Value {
 }
 
 fn power_code(rec: &InstanceRecord, obs: &Observation) -> (&'static str, &'static str) {
-    match (rec.intent, obs.running, rec.provisioning_state.as_str()) {
-        (_, _, "Deleting") => ("PowerState/stopping", "VM stopping"),
+    match (rec.intent, obs.running, rec.provisioning_state) {
+        (_, _, ProvisioningState::Deleting) => ("PowerState/stopping", "VM stopping"),
         (plan::PowerIntent::Running, true, _) => ("PowerState/running", "VM running"),
         (plan::PowerIntent::Running, false, _) => ("PowerState/starting", "VM starting"),
         (plan::PowerIntent::Stopped, true, _) => ("PowerState/stopping", "VM stopping"),
@@ -34,7 +35,7 @@ fn power_code(rec: &InstanceRecord, obs: &Observation) -> (&'static str, &'stati
 
 pub fn instance_view(rec: &InstanceRecord, obs: &Observation) -> Value {
     let (pcode, pdisp) = power_code(rec, obs);
-    let prov = rec.provisioning_state.to_ascii_lowercase();
+    let prov = rec.provisioning_state.as_str().to_ascii_lowercase();
     let mut view = json!({
         "platformUpdateDomain": 0,
         "platformFaultDomain": 0,

@@ -3,10 +3,7 @@
 use crate::error::ApiError;
 pub use axum::http::Method;
 
-pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
-pub const LB: &str = "Microsoft.Network/loadBalancers";
-pub const IMAGE: &str = "Microsoft.Compute/images";
-pub const RG: &str = "Microsoft.Resources/resourceGroups";
+pub use control::{Res, IMAGE, LB, RG, VMSS};
 /// The api-version put into the operation URLs we hand out (any valid version is accepted).
 pub const COMPUTE_OPERATIONS_API_VERSION: &str = "2024-11-01";
 
@@ -16,40 +13,7 @@ pub struct Scope {
     pub rg: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Res {
-    pub sub: String,
-    pub rg: String,
-    pub name: String,
-}
-
-impl Res {
-    pub fn key(&self, kind: &str) -> store::Key {
-        store::Key::new(kind, &self.sub, &self.rg, &self.name)
-    }
-    pub fn id(&self, kind: &str) -> String {
-        if kind == RG {
-            return format!("/subscriptions/{}/resourceGroups/{}", self.sub, self.rg);
-        }
-        format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/{}/{}",
-            self.sub, self.rg, kind, self.name
-        )
-    }
-}
-
-/// POST actions on a scale set or on one of its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    Start,
-    PowerOff,
-    Deallocate,
-    Restart,
-    Reimage,
-    ReimageAll,
-    ManualUpgrade,
-    DeleteInstances,
-}
+pub use control::PowerAction;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

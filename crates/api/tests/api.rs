@@ -74,7 +74,7 @@ async fn call_raw(
         .uri(uri)
         .header("content-type", "application/json");
     if auth {
-        req = req.header("authorization", format!("Bearer {}", e.st.token));
+        req = req.header("authorization", format!("Bearer {}", e.st.auth.token));
     }
     let resp = api::app(e.st.clone())
         .oneshot(req.body(Body::from(body.unwrap_or_default())).unwrap())

@@ -177,7 +177,7 @@ impl Contract {
             .method(method)
             .uri(uri)
             .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", self.e.st.token));
+            .header("authorization", format!("Bearer {}", self.e.st.auth.token));
         let resp = api::app(self.e.st.clone())
             .oneshot(
                 req.body(Body::from(
@@ -251,7 +251,7 @@ impl Contract {
             .unwrap_or(url);
         let req = Request::builder()
             .uri(path)
-            .header("authorization", format!("Bearer {}", self.e.st.token));
+            .header("authorization", format!("Bearer {}", self.e.st.auth.token));
         let resp = api::app(self.e.st.clone())
             .oneshot(req.body(Body::empty()).unwrap())
             .await
@@ -366,7 +366,7 @@ fn add_instances(c: &Contract, rg: &str, vmss: &str, n: u32) {
                     time_created: "2026-01-01T00:00:00Z".into(),
                     vm_id: api::state::uuid(),
                     intent: plan::PowerIntent::Running,
-                    provisioning_state: "Succeeded".into(),
+                    provisioning_state: api::state::ProvisioningState::Succeeded,
                     deleting: false,
                     reimage_requested: false,
                     restart_requested: false,

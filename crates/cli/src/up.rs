@@ -347,7 +347,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let server = tokio::spawn(api::serve(st.clone(), async move {
         let _ = rx.await;
     }));
-    let c = Client::new(format!("http://{}", args.serve.listen), st.token.clone());
+    let c = Client::new(
+        format!("http://{}", args.serve.listen),
+        st.auth.token.clone(),
+    );
     wait_api(&c).await.context(
         "the daemon did not start (is another `scaleset serve` using the port? pass --listen)",
     )?;

@@ -343,10 +343,7 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    sys::clock::unix_now()
 }
 
 fn unique_suffix() -> String {
@@ -379,20 +376,7 @@ fn private_dir(dir: &Path) -> Result<(), ImageError> {
     runtime::private_dir(dir).map_err(io_err(format!("create {} with mode 0700", dir.display())))
 }
 
-fn mountpoints_under(p: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|mp| PathBuf::from(mp.replace("\\040", " ")))
-        .filter(|mp| mp.starts_with(p))
-        .collect();
-    // Deepest first.
-    v.sort_by_key(|b| std::cmp::Reverse(b.as_os_str().len()));
-    v
-}
+use sys::mounts::mountpoints_under;
 
 /// Unmount everything at or below `p` (lazy as a last resort).
 fn unmount_under(p: &Path) {
@@ -590,68 +574,33 @@ fn parse_base(base: &str) -> Result<&str, ImageError> {
     }
 }
 
-struct Flock(fs::File);
+/// An exclusive lock file (`sys::flock`), with this crate's errors.
+struct Flock(#[allow(dead_code)] sys::flock::Flock);
+
+fn lock_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError {
+    io_err(format!("lock {}", path.display()))
+}
 
 impl Flock {
     fn exclusive(path: &Path) -> Result<Self, ImageError> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(format!("open lock {}", path.display())))?;
-        use std::os::fd::AsRawFd;
-        loop {
-            // SAFETY: flock on an fd we own.
-            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-            if r == 0 {
-                return Ok(Flock(f));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err(format!("flock {}", path.display()))(e));
-            }
-        }
+        sys::flock::Flock::exclusive(path)
+            .map(Flock)
+            .map_err(lock_err(path))
     }
-}
 
-impl Flock {
     /// Non-blocking attempt on an existing lock file: `Ok(None)` when held
     /// elsewhere, `Err` when the file does not exist.
     fn try_exclusive(path: &Path) -> Result<Option<Self>, ImageError> {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_err(format!("open lock {}", path.display())))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on an fd we own.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            Ok(Some(Flock(f)))
-        } else {
-            Ok(None)
-        }
+        Ok(sys::flock::Flock::try_exclusive(path)
+            .map_err(lock_err(path))?
+            .map(Flock))
     }
-}
 
-impl Flock {
     /// Non-blocking attempt, creating the lock file if needed: `Ok(None)` when held elsewhere.
     fn try_create_exclusive(path: &Path) -> Result<Option<Self>, ImageError> {
-        fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(format!("open lock {}", path.display())))?;
-        Self::try_exclusive(path)
-    }
-}
-
-impl Drop for Flock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking an fd we own.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        Ok(sys::flock::Flock::try_create_exclusive(path)
+            .map_err(lock_err(path))?
+            .map(Flock))
     }
 }
 

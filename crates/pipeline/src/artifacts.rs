@@ -88,12 +88,7 @@ pub struct ArtifactStore {
     root: PathBuf,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use sys::clock::now_ms;
 
 /// Artifact names: 1–100 of letters, digits, `.`, `_`, `-`, space; not `.`/`..`.
 pub fn validate_artifact_name(name: &str) -> Result<(), ArtifactError> {

@@ -299,12 +299,7 @@ impl RunRecord {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use sys::clock::now_ms;
 
 /// `2024-05-01T12:00:00.123Z`.
 pub fn rfc3339(ms: u64) -> String {

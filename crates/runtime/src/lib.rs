@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub mod durable;
+pub mod fake;
+/// Durable file writes (one implementation, in `sys`).
+pub use sys::durable;
 pub mod hostnet;
 pub use hostnet::{attach_netns, bake_link, detach_netns, NetnsLink, BAKE_SLOTS};
 
@@ -451,39 +453,7 @@ pub fn teardown_network(net: &NetworkSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn is_mountpoint(p: &Path) -> bool {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    text.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|mp| unescape_mountinfo(mp) == want)
-            .unwrap_or(false)
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|t| u8::from_str_radix(t, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use sys::mounts::is_mountpoint;
 
 fn unmount(machine: &str, p: &Path) -> Result<(), RuntimeError> {
     for _ in 0..50 {
@@ -608,43 +578,7 @@ fn random_hex16() -> String {
     hex::encode(buf)
 }
 
-/// `(pid, starttime)` of a live, non-zombie process.
-fn proc_starttime(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // f[0] = state (field 3), starttime = field 22 → f[19]
-    if f.first().is_some_and(|s| *s == "Z" || *s == "X") {
-        return None;
-    }
-    f.get(19)?.parse().ok()
-}
-
-fn proc_ppid(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
-}
-
-fn proc_cmdline(pid: u32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| proc_ppid(p) == Some(pid))
-        .collect()
-}
+use sys::proc::{children_of, cmdline as proc_cmdline, starttime as proc_starttime};
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
@@ -669,15 +603,7 @@ pub struct NspawnMachines {
 }
 
 /// Exclusive per-machine `flock`, released on drop.
-struct MachineLock(fs::File);
-
-impl Drop for MachineLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking an fd we own.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
+type MachineLock = sys::flock::Flock;
 
 /// Durable (see [`durable::atomic_write`]): a machine's spec must survive a host crash.
 fn write_atomic(machine: &str, path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
@@ -731,26 +657,10 @@ impl NspawnMachines {
 
     /// Serializes mutating operations on one machine (across processes).
     fn lock(&self, name: &str) -> Result<MachineLock, RuntimeError> {
-        use std::os::fd::AsRawFd;
         let dir = self.cfg.state_dir.join(".locks");
         fs::create_dir_all(&dir).map_err(io_err(name, format!("mkdir {}", dir.display())))?;
         let p = dir.join(format!("{name}.lock"));
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(io_err(name, format!("open {}", p.display())))?;
-        loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(MachineLock(f));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err(name, format!("flock {}", p.display()))(e));
-            }
-        }
+        sys::flock::Flock::exclusive(&p).map_err(io_err(name, format!("flock {}", p.display())))
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -1359,7 +1269,7 @@ br0\t0007D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
 
     #[test]
     fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(sys::mounts::unescape("/a\\040b"), "/a b");
+        assert_eq!(sys::mounts::unescape("/plain"), "/plain");
     }
 }

@@ -1,0 +1,608 @@
+//! The engine's behaviour without root: the real engine in-process over
+//! `runtime::fake::FakeMachines` and the control plane's typed commands, a manual clock, and the
+//! test as the health source (it writes the verdicts the load balancer's `/status` would; the LB
+//! process cannot start, so the engine's own LB sync reports nothing). Each pass is awaited, so
+//! every test is deterministic and takes milliseconds.
+use control::{InstanceRecord, ProvisioningState, Put, Res, Stored, LB, VMSS};
+use engine::{Clock, Core, Engine, EngineConfig};
+use plan::rolling::RunningStatus;
+use runtime::fake::{FakeMachines, Op};
+use runtime::Machines;
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000";
+
+struct Env {
+    st: Arc<Core>,
+    eng: Arc<Engine>,
+    fake: Arc<FakeMachines>,
+    dir: std::path::PathBuf,
+    /// Machines the "load balancer" reports down whatever their image.
+    sick: Mutex<BTreeSet<String>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(dir: &std::path::Path) -> EngineConfig {
+    let subnet: runtime::Ipv4Net = "10.213.251.0/24".parse().unwrap();
+    EngineConfig {
+        home: dir.to_path_buf(),
+        network: runtime::NetworkSpec {
+            bridge: "ssbrtest".into(),
+            gateway: subnet.host(1),
+            subnet,
+        },
+        prefix: "t".into(),
+        // No LB process can start: the engine's LB sync fails fast and the test reports health.
+        exe: dir.join("no-such-scaleset"),
+        probe_interval_ms: None,
+        rolling_health_timeout_secs: 30,
+        repair_grace_secs: Some(0),
+        lb_allowed: control::Cidr::parse_list("127.0.0.0/8").unwrap(),
+        lb_frontend: Default::default(),
+    }
+}
+
+fn open(dir: &std::path::Path, fake: &Arc<FakeMachines>) -> Arc<Core> {
+    Arc::new(Core {
+        cfg: config(dir),
+        cp: control::ControlPlane::new(store::Store::open(&dir.join("state.db")).unwrap()),
+        machines: fake.clone(),
+        images: image::ImageStore::new(dir.join("images"), dir.join("bases")),
+    })
+}
+
+fn env(tag: &str) -> Env {
+    let dir = std::env::temp_dir().join(format!("scaleset-engine-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = Arc::new(FakeMachines::new());
+    let st = open(&dir, &fake);
+    for name in ["good", "good2", "bad"] {
+        import_image(&st, &dir, name);
+    }
+    Env {
+        st,
+        eng: Arc::new(Engine::new(Clock::manual())),
+        fake,
+        dir,
+        sick: Default::default(),
+    }
+}
+
+/// The daemon restarted: new state and engine over the same home, the same machines.
+fn restart(e: &mut Env) {
+    e.st = open(&e.dir, &e.fake);
+    e.eng = Arc::new(Engine::new(Clock::manual()));
+}
+
+/// An image in the store without baking: a one-file `docker save` archive, imported.
+fn import_image(st: &Core, dir: &std::path::Path, name: &str) {
+    let entry = |h: &mut tar::Header, len: usize| {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(len as u64);
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    let data = format!("image {name}\n");
+    let mut h = tar::Header::new_gnu();
+    entry(&mut h, data.len());
+    layer
+        .append_data(&mut h, "etc/scaleset-image", data.as_bytes())
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff = hex::encode(sha2::Sha256::digest(&layer));
+    let cfg = json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff}")]}});
+    let manifest = json!([{"Config": "cfg.json", "RepoTags": [format!("{name}:1")], "Layers": ["l/layer.tar"]}]);
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d) in [
+        ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+        ("cfg.json", serde_json::to_vec(&cfg).unwrap()),
+        ("l/layer.tar", layer),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        entry(&mut h, d.len());
+        b.append_data(&mut h, p, d.as_slice()).unwrap();
+    }
+    let archive = dir.join(format!("{name}.tar"));
+    std::fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    st.images
+        .import(&archive, name, &mut std::io::sink())
+        .unwrap();
+}
+
+fn rg() -> String {
+    format!("{SUB}/resourceGroups/rg")
+}
+
+fn lb_id() -> String {
+    format!("{}/providers/Microsoft.Network/loadBalancers/lb", rg())
+}
+
+fn lb_body() -> Value {
+    let id = lb_id();
+    json!({"location": "local", "properties": {
+        "frontendIPConfigurations": [{"name": "fe", "properties": {"privateIPAddress": "127.0.0.1"}}],
+        "backendAddressPools": [{"name": "be"}],
+        "probes": [{"name": "p", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health"}}],
+        "loadBalancingRules": [{"name": "r", "properties": {"protocol": "Tcp", "frontendPort": 18080, "backendPort": 80,
+            "frontendIPConfiguration": {"id": format!("{id}/frontendIPConfigurations/fe")},
+            "backendAddressPool": {"id": format!("{id}/backendAddressPools/be")},
+            "probe": {"id": format!("{id}/probes/p")}}}],
+    }})
+}
+
+/// A scale set body: `extra` is merged into `properties` (upgrade and repair policies).
+fn vmss_body(image: &str, capacity: u32, extra: Value) -> Value {
+    let lb = lb_id();
+    let mut props = json!({
+        "upgradePolicy": {"mode": "Manual"},
+        "virtualMachineProfile": {
+            "osProfile": {"computerNamePrefix": "web", "adminUsername": "azureuser"},
+            "storageProfile": {"imageReference": {"id": format!("{}/providers/Microsoft.Compute/images/{image}", rg())}},
+            "networkProfile": {
+                "healthProbe": {"id": format!("{lb}/probes/p")},
+                "networkInterfaceConfigurations": [{"name": "nic", "properties": {"primary": true, "ipConfigurations": [
+                    {"name": "ip", "properties": {"loadBalancerBackendAddressPools": [{"id": format!("{lb}/backendAddressPools/be")}]}}]}}]
+            }
+        }
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        props[k] = v.clone();
+    }
+    json!({"location": "local", "sku": {"name": "Standard_B1s", "capacity": capacity}, "properties": props})
+}
+
+fn res() -> Res {
+    Res {
+        sub: SUB[15..].into(),
+        rg: "rg".into(),
+        name: "web".into(),
+    }
+}
+
+/// The load balancer (stored as the API stores it), then the scale set.
+fn create(e: &Env, body: Value) {
+    let lb = Res {
+        name: "lb".into(),
+        ..res()
+    };
+    let (_, arm) = model::lb::parse(&lb_body()).unwrap();
+    e.st.store.put(&lb.key(LB), &arm).unwrap();
+    let stored = put(e, body);
+    assert!(stored.created);
+}
+
+fn put(e: &Env, body: Value) -> Stored {
+    e.st.cp
+        .put_vmss(&e.st.images, &res(), Put::Replace(body))
+        .unwrap()
+}
+
+/// The image a fake machine was created or reimaged with (from its instance.env).
+fn image_of(e: &Env, machine: &str) -> Option<String> {
+    let m = e.fake.machine(machine)?;
+    let env = &m.spec.files.first()?.1;
+    env.lines()
+        .find_map(|l| l.strip_prefix("SCALESET_IMAGE="))
+        .map(str::to_string)
+}
+
+/// What the load balancer's probe would report: machines that run an image other than `bad`
+/// answer, sick ones do not.
+fn report_health(e: &Env) {
+    let running = e.fake.running();
+    let sick = e.sick.lock().unwrap().clone();
+    let mut obs = e.st.observed.lock().unwrap();
+    for m in running {
+        let up = image_of(e, &m).is_some_and(|i| i != "bad") && !sick.contains(&m);
+        obs.entry(m).or_default().healthy = Some(up);
+    }
+}
+
+/// One engine pass, awaited, then the health verdicts it will see next.
+async fn pass(e: &Env) {
+    engine::tick(&e.st, &e.eng).await;
+    e.eng.settle().await;
+    report_health(e);
+}
+
+const ACTING: [Op; 6] = [
+    Op::Create,
+    Op::Start,
+    Op::Stop,
+    Op::Kill,
+    Op::Reimage,
+    Op::Delete,
+];
+
+fn acting_calls(e: &Env) -> usize {
+    e.fake
+        .calls()
+        .iter()
+        .filter(|c| ACTING.contains(&c.op))
+        .count()
+}
+
+/// Passes until one acts on no machine (at most `max`); returns how many passes it took.
+async fn settle(e: &Env, max: usize) -> usize {
+    for n in 1..=max {
+        let before = acting_calls(e);
+        pass(e).await;
+        if acting_calls(e) == before {
+            return n;
+        }
+    }
+    panic!("the engine still acts after {max} passes");
+}
+
+fn records(e: &Env) -> Vec<InstanceRecord> {
+    e.st.instances(&res().key(VMSS)).unwrap()
+}
+
+fn provisioning(r: &InstanceRecord) -> &'static str {
+    r.provisioning_state.as_str()
+}
+
+fn ids_of(e: &Env) -> Vec<u32> {
+    records(e).iter().map(|r| r.instance_id).collect()
+}
+
+fn rollout(e: &Env) -> plan::rolling::RolloutState {
+    e.st.rollout(&res()).unwrap().expect("a rollout").state
+}
+
+#[tokio::test]
+async fn scale_out_and_in() {
+    let e = env("scale");
+    let scale_in = json!({"scaleInPolicy": {"rules": ["OldestVM"]}});
+    create(&e, vmss_body("good", 3, scale_in.clone()));
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), vec![0, 1, 2]);
+    assert_eq!(e.fake.calls_of(Op::Create).len(), 3);
+    assert_eq!(e.fake.running().len(), 3);
+    for r in records(&e) {
+        assert_eq!(provisioning(&r), "Succeeded");
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good"));
+    }
+    let doc = e.st.vmss_doc(&res()).unwrap().unwrap();
+    assert_eq!(
+        e.st.vmss_provisioning(&res(), &doc).unwrap(),
+        ProvisioningState::Succeeded
+    );
+
+    // Scale in to 1: OldestVM removes 0 and 1, each stopped (drained) and deleted.
+    put(&e, vmss_body("good", 1, scale_in.clone()));
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), vec![2]);
+    assert_eq!(e.fake.calls_of(Op::Delete).len(), 2);
+    assert_eq!(e.fake.running(), vec![records(&e)[0].machine.clone()]);
+
+    // Out again: new ids, never reused.
+    put(&e, vmss_body("good", 3, scale_in));
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), vec![2, 3, 4]);
+    assert_eq!(e.fake.running().len(), 3);
+}
+
+#[tokio::test]
+async fn one_pass_per_scale_set_at_a_time() {
+    let e = env("busy");
+    create(&e, vmss_body("good", 2, json!({})));
+    // Slow boots: ticks while the first pass runs must not start a second one.
+    e.fake.delay(Op::Start, None, Duration::from_millis(50));
+    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
+    engine::tick(&e.st, &e.eng).await;
+    e.eng.settle().await;
+    assert_eq!(e.fake.calls_of(Op::Create).len(), 2);
+    assert_eq!(ids_of(&e), vec![0, 1]);
+}
+
+#[tokio::test]
+async fn a_machine_that_dies_is_restarted() {
+    let e = env("crash");
+    create(&e, vmss_body("good", 2, json!({})));
+    settle(&e, 10).await;
+    let victim = records(&e)[1].machine.clone();
+    e.fake.clear_calls();
+    assert!(e.fake.die(&victim));
+    settle(&e, 10).await;
+    // Healed in place: the same machine (create is idempotent and keeps its disk) booted again.
+    assert_eq!(e.fake.calls_of(Op::Start), vec![victim.clone()]);
+    assert_eq!(e.fake.calls_of(Op::Create), vec![victim.clone()]);
+    assert_eq!(e.fake.calls_of(Op::Delete), Vec::<String>::new());
+    assert_eq!(e.fake.running().len(), 2);
+
+    // A start that fails is recorded on the instance and retried only after a pause.
+    e.fake.clear_calls();
+    e.fake.fail(Op::Start, Some(&victim), 1, "nspawn exited");
+    assert!(e.fake.die(&victim));
+    pass(&e).await;
+    let rec = records(&e)
+        .into_iter()
+        .find(|r| r.machine == victim)
+        .unwrap();
+    assert_eq!(provisioning(&rec), "Failed");
+    assert!(rec.last_error.as_deref().unwrap().contains("nspawn exited"));
+    pass(&e).await;
+    assert_eq!(
+        e.fake.calls_of(Op::Start).len(),
+        1,
+        "held back right after a failure"
+    );
+    e.eng.clock().advance(Duration::from_secs(6));
+    settle(&e, 10).await;
+    assert_eq!(e.fake.calls_of(Op::Start).len(), 2);
+    let rec = records(&e)
+        .into_iter()
+        .find(|r| r.machine == victim)
+        .unwrap();
+    assert_eq!(provisioning(&rec), "Succeeded");
+    assert_eq!(rec.last_error, None);
+}
+
+#[tokio::test]
+async fn daemon_restart_adopts_running_machines() {
+    let mut e = env("adopt");
+    create(&e, vmss_body("good", 2, json!({})));
+    settle(&e, 10).await;
+    let before = records(&e);
+    // A rollout's mark from before the restart: nothing is in flight any more.
+    let key = res().key(VMSS);
+    e.st.update_instance(&key, 0, |r| r.upgrading = true)
+        .unwrap();
+    restart(&mut e);
+    engine::clear_interrupted(&e.st);
+    e.fake.clear_calls();
+    report_health(&e);
+    assert_eq!(settle(&e, 10).await, 1, "the first pass acts on nothing");
+    assert_eq!(acting_calls(&e), 0, "{:?}", e.fake.calls());
+    assert_eq!(records(&e), before);
+}
+
+fn rolling(rollback: bool) -> Value {
+    json!({"upgradePolicy": {"mode": "Rolling", "rollingUpgradePolicy": {
+        "maxBatchInstancePercent": 20, "maxUnhealthyInstancePercent": 50,
+        "maxUnhealthyUpgradedInstancePercent": 20, "pauseTimeBetweenBatches": "PT0S",
+        "rollbackFailedInstancesOnPolicyBreach": rollback}}})
+}
+
+/// Passes until the rollout is no longer RollingForward, advancing the clock 10 s a pass.
+async fn run_rollout(e: &Env) -> plan::rolling::RolloutState {
+    for _ in 0..60 {
+        pass(e).await;
+        e.eng.clock().advance(Duration::from_secs(10));
+        if rollout(e).status != RunningStatus::RollingForward {
+            settle(e, 10).await;
+            return rollout(e);
+        }
+    }
+    panic!("the rollout did not finish: {:?}", rollout(e));
+}
+
+/// Azure's progress counts of the rollout now.
+fn progress(e: &Env) -> plan::rolling::Progress {
+    let insts = engine::roll_instances(&e.st, &records(e));
+    plan::rolling::progress(&rollout(e), &insts)
+}
+
+#[tokio::test]
+async fn rolling_upgrade_goes_one_instance_at_a_time() {
+    let e = env("roll");
+    create(&e, vmss_body("good", 3, rolling(true)));
+    settle(&e, 10).await;
+    e.fake.clear_calls();
+    put(&e, vmss_body("good2", 3, rolling(true)));
+    let v = run_rollout(&e).await;
+    assert_eq!(v.status, RunningStatus::Completed, "{v:?}");
+    assert_eq!(progress(&e).successful, 3);
+    let recs = records(&e);
+    for r in &recs {
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good2"));
+        assert_eq!(r.model_version, 2);
+    }
+    // One at a time (3 instances): each machine stopped, reimaged and started before the next.
+    let order: Vec<(Op, String)> = e
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| ACTING.contains(&c.op))
+        .map(|c| (c.op, c.machine))
+        .collect();
+    let expected: Vec<(Op, String)> = recs
+        .iter()
+        .flat_map(|r| [Op::Stop, Op::Reimage, Op::Start].map(|op| (op, r.machine.clone())))
+        .collect();
+    assert_eq!(order, expected);
+}
+
+#[tokio::test]
+async fn rolling_upgrade_to_a_bad_image_rolls_back() {
+    let e = env("rollback");
+    create(&e, vmss_body("good", 3, rolling(true)));
+    settle(&e, 10).await;
+    e.fake.clear_calls();
+    put(&e, vmss_body("bad", 3, rolling(true)));
+    let v = run_rollout(&e).await;
+    assert_eq!(v.status, RunningStatus::Faulted, "{v:?}");
+    assert_eq!(
+        v.error.as_ref().map(|e| e.code.as_str()),
+        Some(plan::rolling::CODE_MAX_UNHEALTHY_UPGRADED)
+    );
+    assert_eq!(v.rolled_back, vec![0]);
+    // The first batch (instance 0) broke the policy and went back; 1 and 2 were never touched.
+    let recs = records(&e);
+    let first = recs[0].machine.clone();
+    assert_eq!(e.fake.calls_of(Op::Reimage), vec![first.clone(), first]);
+    for r in &recs {
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good"), "{r:?}");
+    }
+    assert_eq!(e.fake.running().len(), 3);
+}
+
+#[tokio::test]
+async fn automatic_repairs_replace_an_unhealthy_instance() {
+    let e = env("repair");
+    let repairs = json!({"automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT10M", "repairAction": "Replace"}});
+    create(&e, vmss_body("good", 3, repairs));
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), vec![0, 1, 2]);
+    let sick = records(&e)[1].machine.clone();
+    e.sick.lock().unwrap().insert(sick.clone());
+    report_health(&e);
+    e.fake.clear_calls();
+    pass(&e).await;
+    // Replaced as Azure does: deleted, and a new instance (new id) on the latest model.
+    assert_eq!(ids_of(&e), vec![0, 2, 3]);
+    assert_eq!(e.fake.calls_of(Op::Delete), vec![sick]);
+    assert_eq!(e.fake.calls_of(Op::Create).len(), 1);
+    let new = records(&e)
+        .into_iter()
+        .find(|r| r.instance_id == 3)
+        .unwrap();
+    assert_eq!(
+        new.repair_attempts, 1,
+        "the replacement carries the attempt"
+    );
+    assert!(!new.repairing);
+    assert_eq!(e.fake.running().len(), 3);
+    // Healthy on the next pass: the attempts are forgotten and nothing else is repaired.
+    settle(&e, 10).await;
+    let new = records(&e)
+        .into_iter()
+        .find(|r| r.instance_id == 3)
+        .unwrap();
+    assert_eq!(new.repair_attempts, 0);
+    assert_eq!(ids_of(&e), vec![0, 2, 3]);
+    assert_eq!(e.fake.calls_of(Op::Delete).len(), 1);
+}
+
+/// AzureVmssDeployment@1's command: the CI service sets the image through the control plane
+/// (no ARM URL), which is a model change like `az vmss update --set ...imageReference.id`.
+#[tokio::test]
+async fn set_image_is_a_model_change_that_rolls_out() {
+    let e = env("setimage");
+    create(&e, vmss_body("good", 2, rolling(true)));
+    settle(&e, 10).await;
+    let sub = &SUB[15..];
+    assert_eq!(
+        e.st.cp.find_vmss_group(sub, "WEB").unwrap().as_deref(),
+        Some("rg")
+    );
+    assert_eq!(e.st.cp.find_vmss_group(sub, "nope").unwrap(), None);
+    let res = res();
+    let image = |name: &str| format!("{}/providers/Microsoft.Compute/images/{name}", rg());
+    let err = e.st.cp.set_image(&e.st.images, &res, &image("missing"));
+    assert!(
+        matches!(
+            &err,
+            Err(control::CommandError::NotFound {
+                code: "ImageNotFound",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let other = Res {
+        name: "other".into(),
+        ..res.clone()
+    };
+    let err = e.st.cp.set_image(&e.st.images, &other, &image("good2"));
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "The Resource 'Microsoft.Compute/virtualMachineScaleSets/other' under resource group 'rg' was not found."
+    );
+    let stored =
+        e.st.cp
+            .set_image(&e.st.images, &res, &image("good2"))
+            .unwrap();
+    assert!(!stored.created);
+    assert_eq!(stored.doc.model_version, 2);
+    assert_eq!(
+        stored.doc.versions.get(&2).map(String::as_str),
+        Some("good2")
+    );
+    let v = run_rollout(&e).await;
+    assert_eq!(v.status, RunningStatus::Completed, "{v:?}");
+    for r in records(&e) {
+        assert_eq!(image_of(&e, &r.machine).as_deref(), Some("good2"));
+    }
+    // The same image again changes nothing.
+    let again =
+        e.st.cp
+            .set_image(&e.st.images, &res, &image("good2"))
+            .unwrap();
+    assert_eq!(again.doc.model_version, 2);
+}
+
+/// Power actions and deletion are intent the engine carries out: stop (drained first), start,
+/// reimage onto the latest model, delete instances (capacity lowered), delete the scale set.
+#[tokio::test]
+async fn power_actions_reimage_and_deletion() {
+    let e = env("power");
+    create(&e, vmss_body("good", 3, json!({})));
+    settle(&e, 10).await;
+    let m = |i: usize| records(&e)[i].machine.clone();
+    let (m0, m1) = (m(0), m(1));
+    let ids = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    e.fake.clear_calls();
+    e.st.cp
+        .power(&res(), control::PowerAction::PowerOff, ids(&["1"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert_eq!(e.fake.calls_of(Op::Stop), vec![m1.clone()]);
+    assert!(!e.fake.running().contains(&m1));
+    assert_eq!(records(&e)[1].intent, plan::PowerIntent::Stopped);
+    e.st.cp
+        .power(&res(), control::PowerAction::Start, ids(&["1"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert!(e.fake.running().contains(&m1));
+
+    // Manual mode: a new model applies to instance 0 only when it is reimaged.
+    put(&e, vmss_body("good2", 3, json!({})));
+    settle(&e, 10).await;
+    assert_eq!(image_of(&e, &m0).as_deref(), Some("good"));
+    e.fake.clear_calls();
+    e.st.cp
+        .power(&res(), control::PowerAction::Reimage, ids(&["0"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert_eq!(e.fake.calls_of(Op::Reimage), vec![m0.clone()]);
+    assert_eq!(image_of(&e, &m0).as_deref(), Some("good2"));
+    assert_eq!(records(&e)[0].model_version, 2);
+
+    let err =
+        e.st.cp
+            .power(&res(), control::PowerAction::DeleteInstances, ids(&["7"]))
+            .unwrap_err();
+    assert!(matches!(
+        err,
+        control::CommandError::Invalid {
+            code: "InvalidParameter",
+            ..
+        }
+    ));
+    e.st.cp
+        .power(&res(), control::PowerAction::DeleteInstances, ids(&["2"]))
+        .unwrap();
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), vec![0, 1]);
+    let doc = e.st.vmss_doc(&res()).unwrap().unwrap();
+    assert_eq!(doc.arm["sku"]["capacity"], 2);
+
+    assert!(e.st.cp.delete_vmss(&res()).unwrap());
+    settle(&e, 10).await;
+    assert!(e.st.vmss_doc(&res()).unwrap().is_none());
+    assert_eq!(e.fake.list().unwrap(), Vec::<String>::new());
+    assert!(!e.st.cp.delete_vmss(&res()).unwrap());
+}
