@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn scale_set_behind_load_balancer() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED scale_set_behind_load_balancer: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let mut h = Harness::new("e2e", "10.213.201.0/24", "e2e", vec![]);

@@ -16,30 +16,14 @@ fn base_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-test-base"))
 }
 
+/// Why the test cannot run here.
 fn skip_reason() -> Option<String> {
-    if !nix_is_root() {
-        return Some("not root".into());
-    }
-    for tool in ["systemd-nspawn", "debootstrap"] {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
-}
-
-fn nix_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    testkit::missing_root().or_else(|| {
+        testkit::missing_tools(
+            &["systemd-nspawn", "debootstrap"],
+            "systemd-container debootstrap",
+        )
+    })
 }
 
 /// Temp dir removed (after unmounting anything below it) on drop.
@@ -101,8 +85,7 @@ echo done
 
 #[test]
 fn bake_cache_failure_and_escape() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED bake_cache_failure_and_escape: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let t = TestDir::new("bake");
@@ -343,8 +326,7 @@ fn bake_cache_failure_and_escape() {
 #[test]
 #[ignore]
 fn ensure_base_from_scratch_concurrently() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED ensure_base_from_scratch_concurrently: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let t = TestDir::new("base");
@@ -395,8 +377,7 @@ fn ensure_base_from_scratch_concurrently() {
 /// before the script runs, saying what to do, and nothing is registered or left behind.
 #[test]
 fn networked_bake_without_a_home_network_is_refused() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED networked_bake_without_a_home_network_is_refused: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let t = TestDir::new("nonet");
