@@ -161,20 +161,25 @@ fn bake_cache_failure_and_escape() {
     assert!(store.verify(&img).unwrap());
     assert_eq!(store.get("first").unwrap().as_ref(), Some(&img));
 
-    // Same key → cache hit, fast, new name registered.
-    let t0 = Instant::now();
+    // Same key → cache hit: the script does not run again (its log is only the hit), and the
+    // new name is registered on the same layers. (Its speed is in bench/, not asserted here.)
+    let mut log = Vec::new();
     let again = store
         .bake(
             &BakeSpec {
                 name: "second".into(),
                 ..spec.clone()
             },
-            &mut std::io::sink(),
+            &mut log,
         )
         .unwrap();
-    let hit = t0.elapsed();
-    eprintln!("cache hit: {hit:?}");
-    assert!(hit.as_millis() < 1000, "cache hit took {hit:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        format!(
+            "scaleset: cache hit: second reuses layer {} of image first\n",
+            img.digest
+        )
+    );
     assert_eq!(again.digest, img.digest);
     assert_eq!(again.layers, img.layers);
     let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();

@@ -628,7 +628,13 @@ fn layered_bake_progress_disk_full_and_timings() {
             ..
         })
     ));
-    assert!(hit.as_millis() < 1000, "{hit:?}");
+    // A hit runs nothing (no copy, script or capture): the base is ready, the bake is done.
+    // Its speed is reported below and in bench/, not asserted.
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        matches!(&events[0], BakeEvent::BaseReady { cached: true, .. }),
+        "{events:?}"
+    );
 
     // Verify on use (full re-hash of the baked layer; base id check).
     let t0 = Instant::now();
