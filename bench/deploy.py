@@ -47,6 +47,9 @@ GOALS = [
     ("artifact_to_serving", "Artifact-to-all-serving (3)", "<= 10 s", lambda v: v <= 10.0),
     ("git_push", "Git-push-to-all-serving", "<= 60 s", lambda v: v <= 60.0),
     ("pss", "Idle memory per instance (PSS)", "<= 40 MiB", lambda v: v <= 40.0),
+    # `up`'s probe: intervalInSeconds 5, probeThreshold 1 (crates/cli/src/up.rs), + 2 s slack.
+    # Moved here from crates/cli/tests/e2e.rs, which asserts the behaviour, not the time.
+    ("hung_out_of_rotation", "Hung app out of rotation", "<= 7 s", lambda v: v <= 7.0),
     ("scale_all_healthy", "100 instances: time to all healthy", "(none)", None),
     ("rolling_100", "Rolling upgrade 100 @ 20%", "<= 120 s", lambda v: v <= 120.0),
 ]
@@ -192,6 +195,40 @@ def wait_healthy(env, n, timeout, phases=None, old_ids=()):
             return time.time()
         time.sleep(0.1)
     raise RuntimeError(f"{n} instances not healthy within {timeout}s")
+
+
+def app_pid(tree):
+    """The my_app process in one machine's process tree, or None."""
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "my_app":
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def failover_row(env, home, m, details, log):
+    """SIGSTOPs my_app in one instance (systemd would restart a killed one at once), times
+    until one instance fewer is healthy, then SIGCONTs it and waits for all of them again."""
+    pids = [p for p in (app_pid(t) for t in machine_pids(home).values()) if p]
+    if not pids:
+        raise RuntimeError("no my_app process found in the machines")
+    n = healthy(cli(env, "vmss", "list-instances", "-g", RG, "-n", VMSS))
+    t0 = time.time()
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        deadline = t0 + 60
+        while healthy(cli(env, "vmss", "list-instances", "-g", RG, "-n", VMSS)) != n - 1:
+            if time.time() > deadline:
+                raise RuntimeError("the hung instance stayed healthy for 60 s")
+            time.sleep(0.1)
+        m["hung_out_of_rotation"] = time.time() - t0
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    log(f"deploy: hung app out of rotation after {m['hung_out_of_rotation']:.2f}s")
+    wait_healthy(env, n, 120)
 
 
 def machine_pids(home):
@@ -389,6 +426,12 @@ def run(cfg, tmp, log, scale=0):
             m["pss"] = sorted(per)[len(per) // 2]
             details["pss_per_instance_mib"] = per
             log("deploy: idle PSS per instance " + ", ".join(f"{p:.1f}" for p in per) + " MiB")
+
+        # 3b. one instance's app hangs (SIGSTOP): time until the LB's probe takes it out.
+        try:
+            failover_row(env, home, m, details, log)
+        except (RuntimeError, OSError) as e:
+            notes["hung_out_of_rotation"] = f"not measured: {e}"
 
         # 4. git push of a one-line page change, under load.
         first_image = image_of(env)

@@ -399,12 +399,11 @@ async fn resources_and_validation() {
 /// clear error where scaleset differs on purpose.
 #[tokio::test]
 async fn microsoft_example_requests() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/specs/azure-rest-api/specification");
-    if !root.is_dir() {
-        eprintln!("SKIPPED microsoft_example_requests: {} is not here (the shared folder sits beside the project in CI)", root.display());
+    const SPECS: &str = "specs/azure-rest-api/specification";
+    if !testkit::require(testkit::missing_shared(SPECS)) {
         return;
     }
+    let root = testkit::shared_dir().join(SPECS);
     let example = |rel: &str| -> Value {
         let v: Value =
             serde_json::from_str(&std::fs::read_to_string(root.join(rel)).unwrap()).unwrap();

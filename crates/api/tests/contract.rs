@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use support::swagger::{At, Dir, Specs};
 use tower::ServiceExt;
@@ -30,18 +30,10 @@ fn spec_files() -> [String; 3] {
     ]
 }
 
+/// Microsoft's specs, `None` (after [`testkit::require`]) when they are not beside the project.
 fn spec_root() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/specs/azure-rest-api/specification");
-    if root.is_dir() {
-        Some(root)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is not here (the shared folder sits beside the project in CI)",
-            root.display()
-        );
-        None
-    }
+    const SPECS: &str = "specs/azure-rest-api/specification";
+    testkit::require(testkit::missing_shared(SPECS)).then(|| testkit::shared_dir().join(SPECS))
 }
 
 struct Env {

@@ -83,7 +83,7 @@ fn secs(s: u64) -> Duration {
 
 #[tokio::test]
 async fn throttled_get_honours_retry_after_then_returns_the_resource() {
-    if !have_specs("throttled_get_honours_retry_after_then_returns_the_resource") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -123,7 +123,7 @@ async fn throttled_get_honours_retry_after_then_returns_the_resource() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_then_surfaced() {
-    if !have_specs("server_errors_are_retried_with_backoff_then_surfaced") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -162,7 +162,7 @@ async fn server_errors_are_retried_with_backoff_then_surfaced() {
 
 #[tokio::test]
 async fn patch_polls_azure_async_operation_then_reads_the_resource() {
-    if !have_specs("patch_polls_azure_async_operation_then_reads_the_resource") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -213,7 +213,7 @@ async fn patch_polls_azure_async_operation_then_reads_the_resource() {
 
 #[tokio::test]
 async fn manual_upgrade_polls_location_until_not_202() {
-    if !have_specs("manual_upgrade_polls_location_until_not_202") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -250,7 +250,7 @@ async fn manual_upgrade_polls_location_until_not_202() {
 
 #[tokio::test]
 async fn operation_urls_elsewhere_do_not_get_the_token() {
-    if !have_specs("operation_urls_elsewhere_do_not_get_the_token") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -274,7 +274,7 @@ async fn operation_urls_elsewhere_do_not_get_the_token() {
 
 #[tokio::test]
 async fn failed_operation_surfaces_its_error() {
-    if !have_specs("failed_operation_surfaces_its_error") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -316,7 +316,7 @@ async fn failed_operation_surfaces_its_error() {
 
 #[tokio::test]
 async fn list_instances_follows_next_link() {
-    if !have_specs("list_instances_follows_next_link") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -348,7 +348,7 @@ async fn list_instances_follows_next_link() {
 
 #[tokio::test]
 async fn load_balancer_and_image() {
-    if !have_specs("load_balancer_and_image") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -408,7 +408,7 @@ fn not_found() -> Value {
 
 #[tokio::test]
 async fn image_update_manual_upgrades_every_instance() {
-    if !have_specs("image_update_manual_upgrades_every_instance") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -453,7 +453,7 @@ async fn image_update_manual_upgrades_every_instance() {
 
 #[tokio::test]
 async fn image_update_automatic_does_nothing_more() {
-    if !have_specs("image_update_automatic_does_nothing_more") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -495,7 +495,7 @@ fn latest(code: &str, start: &str) -> Value {
 
 #[tokio::test]
 async fn image_update_rolling_follows_the_new_rollout() {
-    if !have_specs("image_update_rolling_follows_the_new_rollout") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -537,7 +537,7 @@ async fn image_update_rolling_follows_the_new_rollout() {
 
 #[tokio::test]
 async fn image_update_rolling_fault_is_an_error() {
-    if !have_specs("image_update_rolling_fault_is_an_error") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -562,7 +562,7 @@ async fn image_update_rolling_fault_is_an_error() {
 
 #[tokio::test]
 async fn image_builder_template_run_and_output() {
-    if !have_specs("image_builder_template_run_and_output") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -642,7 +642,7 @@ async fn image_builder_template_run_and_output() {
 
 #[tokio::test]
 async fn curl_transport_speaks_to_the_replay_server() {
-    if !have_specs("curl_transport_speaks_to_the_replay_server") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -706,7 +706,7 @@ async fn curl_transport_speaks_to_the_replay_server() {
 
 #[tokio::test]
 async fn service_principal_token_is_fetched_once_and_used() {
-    if !have_specs("service_principal_token_is_fetched_once_and_used") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -747,7 +747,7 @@ async fn service_principal_token_is_fetched_once_and_used() {
 
 #[tokio::test]
 async fn managed_identity_asks_imds_and_renews_short_tokens() {
-    if !have_specs("managed_identity_asks_imds_and_renews_short_tokens") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -821,7 +821,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn az_cli_credential_skips_our_own_shim() {
-    if !have_specs("az_cli_credential_skips_our_own_shim") {
+    if !have_specs() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -870,7 +870,7 @@ fn blobs(transport: Arc<dyn Transport>, sl: Arc<RecSleeper>) -> Blobs {
 
 #[tokio::test]
 async fn drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well() {
-    if !have_specs("drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -928,7 +928,7 @@ async fn drop_upload_through_curl_is_byte_exact_and_storage_errors_read_well() {
 
 #[tokio::test]
 async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
-    if !have_specs("packer_build_uploads_the_drop_then_bakes_with_image_builder") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -1017,7 +1017,7 @@ async fn packer_build_uploads_the_drop_then_bakes_with_image_builder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmss_deployment_task_finds_the_group_and_updates_the_image() {
-    if !have_specs("vmss_deployment_task_finds_the_group_and_updates_the_image") {
+    if !have_specs() {
         return;
     }
     use pipeline::tasks::ScaleSets;
@@ -1074,7 +1074,7 @@ async fn vmss_deployment_task_finds_the_group_and_updates_the_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packer_build_task_bakes_on_image_builder() {
-    if !have_specs("packer_build_task_bakes_on_image_builder") {
+    if !have_specs() {
         return;
     }
     use pipeline::tasks::{BakeRequest, Baker};

@@ -43,7 +43,7 @@ fn get(path: &str) -> Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmss_update_sets_the_image_on_azure() {
-    if !have_specs("vmss_update_sets_the_image_on_azure") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -136,7 +136,7 @@ async fn vmss_update_sets_the_image_on_azure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_instances_pages_and_errors_read_like_az() {
-    if !have_specs("list_instances_pages_and_errors_read_like_az") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;
@@ -207,7 +207,7 @@ async fn list_instances_pages_and_errors_read_like_az() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wait_returns_the_first_response() {
-    if !have_specs("no_wait_returns_the_first_response") {
+    if !have_specs() {
         return;
     }
     let r = Replay::start().await;

@@ -11,12 +11,11 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn scale_set_behind_load_balancer() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED scale_set_behind_load_balancer: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let mut h = Harness::new("e2e", "10.213.201.0/24", "e2e", vec![]);
@@ -193,33 +192,24 @@ fn scale_set_behind_load_balancer() {
     );
 
     // The web server inside instance 1 dies (the machine stays up): the probe takes it out of
-    // rotation within intervalInSeconds × probeThreshold, and no request fails.
+    // rotation, and no request fails. How fast is a benchmark (bench/: "Hung app out of
+    // rotation"); the 20 s here only guards against waiting forever.
     let before = h.machine_pids();
     assert_eq!(before.len(), 3);
     let load = Load::start(lb_addr, 4);
     std::thread::sleep(Duration::from_secs(1));
     let (sick, sick_pid) = before[1].clone();
-    let killed_at = Instant::now();
     let n = kill_in_machine(sick_pid, "nginx");
     assert!(n >= 1, "no nginx process found in {sick}");
-    let mut out_after = None;
     wait_until(
         "the instance without a web server to be probed down",
         Duration::from_secs(20),
         || {
             let s = lb_status(&home);
-            let down = s["backends"].as_array().unwrap().iter().any(|b| {
+            s["backends"].as_array().unwrap().iter().any(|b| {
                 b["id"] == Value::String(sick.clone()) && b["healthy"] == Value::Bool(false)
-            });
-            if down {
-                out_after = Some(killed_at.elapsed());
-            }
-            down
+            })
         },
-    );
-    assert!(
-        out_after.unwrap() <= Duration::from_secs(5 * 2 + 2),
-        "took {out_after:?}"
     );
     wait_until(
         "the instance view to show it unhealthy",

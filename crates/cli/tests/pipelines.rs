@@ -120,9 +120,7 @@ fn wait_run(h: &Harness, id: u64) -> Value {
 
 #[test]
 fn push_triggers_ci_then_release_with_az() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the daemon needs root");
+    if !testkit::require(testkit::missing_root()) {
         return;
     }
     let mut h = daemon_harness("scaleset-pipelines", "10.213.203.0/24", "pip");
@@ -371,8 +369,7 @@ steps:
 /// seed's inline script points the scale set at it (az vmss update).
 #[test]
 fn pipeline_bakes_and_updates_scale_set() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED pipeline_bakes_and_updates_scale_set: {why}");
+    if !testkit::require(common::skip_reason()) {
         return;
     }
     let mut h = daemon_harness("scaleset-pipedeploy", "10.213.204.0/24", "ppd");
@@ -480,9 +477,7 @@ fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &str) ->
 /// the mirror fetched; bad signatures change nothing; the mirror refuses pushes.
 #[test]
 fn webhooks_from_github_and_azure_repos_trigger_runs() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the daemon needs root");
+    if !testkit::require(testkit::missing_root()) {
         return;
     }
     let mut h = daemon_harness("scaleset-webhooks", "10.213.206.0/24", "whk");

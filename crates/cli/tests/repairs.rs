@@ -72,8 +72,7 @@ fn repairs_service(h: &Harness, action: &str) {
 
 #[test]
 fn automatic_repairs_under_load() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED automatic_repairs_under_load: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let mut h = Harness::new(

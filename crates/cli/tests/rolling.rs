@@ -39,8 +39,7 @@ fn latest(h: &Harness) -> Value {
 
 #[test]
 fn rolling_upgrades_under_load() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED rolling_upgrades_under_load: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let mut h = Harness::new(
@@ -303,8 +302,7 @@ fn serving(home: &Path) -> Option<usize> {
 /// no request fails.
 #[test]
 fn rolling_upgrade_with_max_surge_keeps_capacity() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED rolling_upgrade_with_max_surge_keeps_capacity: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let mut h = Harness::new(

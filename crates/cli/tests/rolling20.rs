@@ -10,8 +10,7 @@ use std::time::Duration;
 
 #[test]
 fn rolling_upgrade_of_20_instances_under_load() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED rolling_upgrade_of_20_instances_under_load: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let mut h = Harness::new(

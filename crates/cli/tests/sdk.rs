@@ -25,8 +25,9 @@ fn venv_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-sdk-venv"))
 }
 
-/// The venv with the pinned SDK, built under a lock (tests and engineers share it).
-fn ensure_venv(requirements: &Path) -> PathBuf {
+/// The venv with the pinned SDK, built under a lock (tests and engineers share it); `Err` says
+/// why it could not be built (no python3-venv, or PyPI out of reach the first time).
+fn ensure_venv(requirements: &Path) -> Result<PathBuf, String> {
     let dir = venv_dir();
     // The venv is tied to the interpreter that made it, so its version is part of the marker.
     let python = Command::new("python3").arg("--version").output().unwrap();
@@ -40,44 +41,47 @@ fn ensure_venv(requirements: &Path) -> PathBuf {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let marker = dir.join("scaleset-requirements.txt");
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(want.as_str()) {
-        return dir;
+        return Ok(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let run = |c: &mut Command| {
-        let out = c.output().expect("run python3");
-        assert!(
-            out.status.success(),
-            "{c:?} failed (Debian needs python3-venv: scripts/install-deps.sh):\n{}{}",
+    let run = |c: &mut Command| -> Result<(), String> {
+        let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{c:?} failed (Debian needs python3-venv: scripts/install-deps.sh; pip needs PyPI):\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        ))
     };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     run(Command::new(dir.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(requirements));
+        .arg(requirements))?;
     std::fs::File::create(&marker)
         .unwrap()
         .write_all(want.as_bytes())
         .unwrap();
-    dir
+    Ok(dir)
 }
 
 #[test]
 fn microsofts_python_sdk_drives_the_api() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!(
-            "\n*** SKIPPED microsofts_python_sdk_drives_the_api: python3 is not installed \
-             (scripts/install-deps.sh installs python3 and python3-venv; CI has them) ***\n"
-        );
-        return;
-    }
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED microsofts_python_sdk_drives_the_api: the daemon cannot run: {why}");
+    // python3 with venv and ensurepip: Debian's python3-venv (scripts/install-deps.sh).
+    let python = testkit::missing_python_modules(&["venv", "ensurepip"]);
+    if !testkit::require(python.or_else(common::skip_reason)) {
         return;
     }
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
-    let venv = ensure_venv(&here.join("requirements.txt"));
+    // Building the venv needs PyPI the first time: without it the SDK cannot be had.
+    let venv = match ensure_venv(&here.join("requirements.txt")) {
+        Ok(venv) => venv,
+        Err(why) => {
+            testkit::require(Some(format!("the SDK venv cannot be built: {why}")));
+            return;
+        }
+    };
     let mut h = Harness::new("sdk", "10.213.206.0/24", "sdk", vec![]);
     h.start_serve();
     let exchanges = h.home.join("exchanges.json");
@@ -220,8 +224,7 @@ fn relay(
 /// proxy, against Microsoft's specs.
 #[test]
 fn cli_traffic_matches_the_specs() {
-    if let Some(why) = common::skip_reason() {
-        eprintln!("SKIPPED cli_traffic_matches_the_specs: the daemon cannot run: {why}");
+    if !testkit::require(common::skip_reason()) {
         return;
     }
     let mut h = Harness::new("sdk-cli", "10.213.207.0/24", "sdkc", vec![]);
@@ -292,18 +295,11 @@ fn cli_traffic_matches_the_specs() {
     check_exchanges(&file, 15);
 }
 
-/// Microsoft's specs from the shared folder, or None (said loudly) when it is not there.
+/// Microsoft's specs from the shared folder, or None (a counted skip; under CI a failure).
 fn specs() -> Option<swagger::Specs> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/specs/azure-rest-api/specification");
-    if !root.is_dir() {
-        eprintln!(
-            "SKIPPED the spec checks: {} is not here (the shared folder sits beside the project in CI)",
-            root.display()
-        );
-        return None;
-    }
-    Some(swagger::Specs::new(root))
+    const SPECS: &str = "specs/azure-rest-api/specification";
+    testkit::require(testkit::missing_shared(SPECS))
+        .then(|| swagger::Specs::new(testkit::shared_dir().join(SPECS)))
 }
 
 /// Recorded exchanges (at least `min`) against the specs of the operations they hit.

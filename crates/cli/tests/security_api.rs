@@ -4,8 +4,8 @@
 //! a connection cap holds; load balancer frontends listen only where the daemon allows.
 //! No machines boot; each test's daemon still sets up its own bridge, hence its own subnet.
 //!
-//! Needs root, systemd-nspawn, ip and git. Without them the tests say SKIPPED, except under
-//! `CI=true`, where they fail.
+//! Needs root, systemd-nspawn, ip and git. Without them the tests are counted as skipped, except
+//! under CI, where they fail.
 mod common;
 
 use common::*;
@@ -19,31 +19,14 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000";
 
-/// Whether the tests can run here; under CI a missing prerequisite is a failure.
-fn prerequisites(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let mut missing = if unsafe { libc::geteuid() } != 0 {
-        vec!["root".to_string()]
-    } else {
-        vec![]
-    };
-    for tool in ["systemd-nspawn", "ip", "git"] {
-        let found = ["/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!("needs {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {why} (CI=true: prerequisites must be installed)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-    false
+/// Whether the tests can run here ([`testkit::require`]: under CI a missing one is a failure).
+fn prerequisites() -> bool {
+    testkit::require(testkit::missing_root().or_else(|| {
+        testkit::missing_tools(
+            &["systemd-nspawn", "ip", "git"],
+            "systemd-container iproute2 git",
+        )
+    }))
 }
 
 fn token(h: &Harness) -> String {
@@ -197,7 +180,7 @@ fn assert_not_read(what: &str, r: &Reply, allowed: u64) {
 
 #[test]
 fn gigabyte_bodies_are_refused_before_they_are_buffered() {
-    if !prerequisites("gigabyte_bodies_are_refused_before_they_are_buffered") {
+    if !prerequisites() {
         return;
     }
     let mut h = Harness::new(
@@ -354,7 +337,7 @@ fn gigabyte_bodies_are_refused_before_they_are_buffered() {
 
 #[test]
 fn a_push_over_the_cap_fails_and_moves_no_ref() {
-    if !prerequisites("a_push_over_the_cap_fails_and_moves_no_ref") {
+    if !prerequisites() {
         return;
     }
     let mut h = Harness::new(
@@ -457,7 +440,7 @@ fn wait_closed(conns: &[TcpStream], within: Duration) -> usize {
 
 #[test]
 fn a_thousand_idle_connections_do_not_starve_the_daemon() {
-    if !prerequisites("a_thousand_idle_connections_do_not_starve_the_daemon") {
+    if !prerequisites() {
         return;
     }
     raise_own_nofile(4096);
@@ -540,7 +523,7 @@ fn lb_with_rule(ip: &str, port: u16) -> String {
 
 #[test]
 fn lb_frontends_listen_only_on_allowed_addresses() {
-    if !prerequisites("lb_frontends_listen_only_on_allowed_addresses") {
+    if !prerequisites() {
         return;
     }
     let mut h = Harness::new("sec-lb", "10.213.223.0/24", "sl", vec![]);

@@ -14,20 +14,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// `false` (after saying why) when the prerequisites are missing; under CI that is a failure.
-fn can_run(test: &str) -> bool {
-    let why = skip_reason().or_else(|| {
-        (!Path::new("/usr/sbin/nft").exists() && !Path::new("/sbin/nft").exists())
-            .then(|| "nft is not installed (scripts/install-deps.sh)".to_string())
-    });
-    match why {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{test} cannot run in CI: {why}"),
-        Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+/// Root, nspawn, debootstrap, ip and nft ([`testkit::require`]: under CI a missing one fails).
+fn can_run() -> bool {
+    testkit::require(skip_reason().or_else(|| testkit::missing_tools(&["nft"], "nftables")))
 }
 
 fn write_script(pkg: &Path, name: &str, body: &str) {
@@ -125,7 +114,7 @@ exit 0
 /// sees none of `$SCALESET_HOME`; name lookups and outbound TCP work (through the NAT).
 #[test]
 fn bake_cannot_reach_the_host_but_reaches_out() {
-    if !can_run("bake_cannot_reach_the_host_but_reaches_out") {
+    if !can_run() {
         return;
     }
     let mut h = Harness::new("secbake-net", "10.213.230.0/24", "sbn", vec![]);
@@ -197,18 +186,10 @@ chmod 4755 /usr/local/bin/rootsh
 /// even reach it) from the host, because the store, the base cache and the machines are 0700.
 #[test]
 fn setuid_shell_from_a_bake_is_out_of_the_runners_reach() {
-    if !can_run("setuid_shell_from_a_bake_is_out_of_the_runners_reach") {
+    if !can_run() {
         return;
     }
-    let runner = Command::new("id")
-        .args(["-u", "scaleset-runner"])
-        .output()
-        .unwrap();
-    if !runner.status.success() {
-        if std::env::var_os("CI").is_some() {
-            panic!("the runner user is missing (scripts/install-deps.sh creates it)");
-        }
-        eprintln!("SKIPPED setuid test: no scaleset-runner user");
+    if !testkit::require(testkit::missing_user("scaleset-runner")) {
         return;
     }
     let h = Harness::new("secbake-suid", "10.213.233.0/24", "sbs", vec![]);
@@ -329,7 +310,7 @@ fn docker_save(dest: &Path, layer: &[u8], outer: &[(&str, tar::EntryType, &str)]
 /// each import fails naming the entry, nothing is imported, nothing is written outside.
 #[test]
 fn import_refuses_device_nodes_and_escaping_entries() {
-    if !can_run("import_refuses_device_nodes_and_escaping_entries") {
+    if !can_run() {
         return;
     }
     let h = Harness::new("secbake-imp", "10.213.234.0/24", "sbi", vec![]);
@@ -461,7 +442,7 @@ test -L /etc/systemd/system/multi-user.target.wants/svc.service && echo enabled 
 /// chown and unit enabling work as setup scripts need them.
 #[test]
 fn bake_has_no_raw_sockets_or_mknod_and_apt_still_works() {
-    if !can_run("bake_has_no_raw_sockets_or_mknod_and_apt_still_works") {
+    if !can_run() {
         return;
     }
     let h = Harness::new("secbake-caps", "10.213.231.0/24", "sbc", vec![]);
@@ -473,11 +454,9 @@ fn bake_has_no_raw_sockets_or_mknod_and_apt_still_works() {
         .arg(pkg.join("rawsock"))
         .arg(h.home.join("rawsock.c"))
         .status();
-    if !cc.is_ok_and(|s| s.success()) {
-        if std::env::var_os("CI").is_some() {
-            panic!("no static C toolchain (gcc libc6-dev)");
-        }
-        eprintln!("SKIPPED capabilities test: no static C toolchain");
+    let no_cc =
+        "no static C toolchain (cc -static; scripts/install-deps.sh installs gcc libc6-dev)";
+    if !testkit::require((!cc.is_ok_and(|s| s.success())).then_some(no_cc)) {
         return;
     }
     // Control: as root on the host the same program gets both sockets.

@@ -124,21 +124,7 @@ fn harness(tag: &str, subnet: &'static str) -> Harness {
 
 /// Root and the runner user are prerequisites: under CI their absence fails the test.
 fn prerequisites() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let runner = Command::new("id")
-        .arg("scaleset-runner")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && runner {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "needs root and the user scaleset-runner (scripts/install-deps.sh)"
-    );
-    eprintln!("SKIPPED: needs root and the user scaleset-runner");
-    false
+    testkit::require(testkit::missing_root().or_else(|| testkit::missing_user("scaleset-runner")))
 }
 
 /// Creates repo `name` with `files`, pushes it, returns the push output.

@@ -193,13 +193,7 @@ fn queued_run(push_output: &str) -> Option<u64> {
 
 #[test]
 fn adversarial_pipeline_files_fail_clearly_and_the_daemon_keeps_answering() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the daemon needs root, and CI must run this test"
-        );
-        eprintln!("SKIPPED: the daemon needs root");
+    if !testkit::require(testkit::missing_root()) {
         return;
     }
     let mut h = daemon_harness("scaleset-security-yaml", "10.213.230.0/24", "syl");

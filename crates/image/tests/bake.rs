@@ -16,30 +16,14 @@ fn base_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-test-base"))
 }
 
+/// Why the test cannot run here.
 fn skip_reason() -> Option<String> {
-    if !nix_is_root() {
-        return Some("not root".into());
-    }
-    for tool in ["systemd-nspawn", "debootstrap"] {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
-}
-
-fn nix_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    testkit::missing_root().or_else(|| {
+        testkit::missing_tools(
+            &["systemd-nspawn", "debootstrap"],
+            "systemd-container debootstrap",
+        )
+    })
 }
 
 /// Temp dir removed (after unmounting anything below it) on drop.
@@ -101,8 +85,7 @@ echo done
 
 #[test]
 fn bake_cache_failure_and_escape() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED bake_cache_failure_and_escape: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let t = TestDir::new("bake");
@@ -178,20 +161,25 @@ fn bake_cache_failure_and_escape() {
     assert!(store.verify(&img).unwrap());
     assert_eq!(store.get("first").unwrap().as_ref(), Some(&img));
 
-    // Same key → cache hit, fast, new name registered.
-    let t0 = Instant::now();
+    // Same key → cache hit: the script does not run again (its log is only the hit), and the
+    // new name is registered on the same layers. (Its speed is in bench/, not asserted here.)
+    let mut log = Vec::new();
     let again = store
         .bake(
             &BakeSpec {
                 name: "second".into(),
                 ..spec.clone()
             },
-            &mut std::io::sink(),
+            &mut log,
         )
         .unwrap();
-    let hit = t0.elapsed();
-    eprintln!("cache hit: {hit:?}");
-    assert!(hit.as_millis() < 1000, "cache hit took {hit:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        format!(
+            "scaleset: cache hit: second reuses layer {} of image first\n",
+            img.digest
+        )
+    );
     assert_eq!(again.digest, img.digest);
     assert_eq!(again.layers, img.layers);
     let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
@@ -343,8 +331,7 @@ fn bake_cache_failure_and_escape() {
 #[test]
 #[ignore]
 fn ensure_base_from_scratch_concurrently() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED ensure_base_from_scratch_concurrently: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let t = TestDir::new("base");
@@ -395,8 +382,7 @@ fn ensure_base_from_scratch_concurrently() {
 /// before the script runs, saying what to do, and nothing is registered or left behind.
 #[test]
 fn networked_bake_without_a_home_network_is_refused() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED networked_bake_without_a_home_network_is_refused: {why}");
+    if !testkit::require(skip_reason()) {
         return;
     }
     let t = TestDir::new("nonet");

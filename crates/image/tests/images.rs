@@ -20,34 +20,15 @@ fn base_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/scaleset-test-base"))
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
+/// Why the test cannot run here (root, systemd-nspawn and, for Debian bakes, debootstrap).
 fn skip_reason(debian: bool) -> Option<String> {
-    if !is_root() {
-        return Some("not root".into());
-    }
-    let mut tools = vec!["systemd-nspawn"];
-    if debian {
-        tools.push("debootstrap");
-    }
-    for tool in tools {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
+    let tools: &[&str] = if debian {
+        &["systemd-nspawn", "debootstrap"]
+    } else {
+        &["systemd-nspawn"]
+    };
+    testkit::missing_root()
+        .or_else(|| testkit::missing_tools(tools, "systemd-container debootstrap"))
 }
 
 /// Temp dir removed (after unmounting anything below it) on drop.
@@ -286,8 +267,7 @@ fn spec(name: &str, base: &str, pkg: &Path, script: &str) -> BakeSpec {
 
 #[test]
 fn import_scratch_layered_verify_export_gc() {
-    if let Some(why) = skip_reason(false) {
-        eprintln!("SKIPPED import_scratch_layered_verify_export_gc: {why}");
+    if !testkit::require(skip_reason(false)) {
         return;
     }
     let t = TestDir::new("oci");
@@ -435,7 +415,12 @@ fn import_scratch_layered_verify_export_gc() {
     );
     assert!(store.get("s-sh").unwrap().is_none());
     match static_setup(&t.0) {
-        None => eprintln!("no static C toolchain: scratch bake parts skipped"),
+        None => {
+            // Only the scratch-bake part needs it; the rest of the test still runs.
+            testkit::require(Some(
+                "no static C toolchain for the scratch bakes (cc -static; scripts/install-deps.sh installs gcc libc6-dev)",
+            ));
+        }
         Some(bin) => {
             fs::copy(&bin, pkg.join("setup")).unwrap();
             fs::set_permissions(pkg.join("setup"), fs::Permissions::from_mode(0o644)).unwrap();
@@ -564,8 +549,7 @@ sudo echo sudo-ok
 
 #[test]
 fn layered_bake_progress_disk_full_and_timings() {
-    if let Some(why) = skip_reason(true) {
-        eprintln!("SKIPPED layered_bake_progress_disk_full_and_timings: {why}");
+    if !testkit::require(skip_reason(true)) {
         return;
     }
     let t = TestDir::new("layered");
@@ -644,7 +628,13 @@ fn layered_bake_progress_disk_full_and_timings() {
             ..
         })
     ));
-    assert!(hit.as_millis() < 1000, "{hit:?}");
+    // A hit runs nothing (no copy, script or capture): the base is ready, the bake is done.
+    // Its speed is reported below and in bench/, not asserted.
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        matches!(&events[0], BakeEvent::BaseReady { cached: true, .. }),
+        "{events:?}"
+    );
 
     // Verify on use (full re-hash of the baked layer; base id check).
     let t0 = Instant::now();

@@ -566,9 +566,10 @@ async fn shutdown_stops_accepting_and_lets_inflight_finish() {
     h.wait_for("in flight", |s| s.backends[0].active_connections == 1)
         .await;
     let sock = h.sock.clone();
-    let started = std::time::Instant::now();
-    h.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // A guard against a hang, not a speed check: shutdown returns once the request is done.
+    tokio::time::timeout(Duration::from_secs(60), h.shutdown())
+        .await
+        .expect("shutdown waits only for the in-flight request");
     assert_eq!(slow.await.unwrap().0, 200, "in-flight request completed");
     assert!(
         TcpStream::connect(front(fport)).await.is_err(),

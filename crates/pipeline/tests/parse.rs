@@ -248,27 +248,19 @@ fn errors_have_positions_and_rules() {
     }
 }
 
-/// Runs tests/validate_examples.py (Microsoft's JSON schema) when python3 has PyYAML and
-/// jsonschema; skips otherwise.
+/// Runs tests/validate_examples.py (Microsoft's JSON schema in ../shared) with a python3 that has
+/// PyYAML and jsonschema (Debian's python3-yaml and python3-jsonschema, scripts/install-deps.sh).
 #[test]
 fn examples_validate_against_microsoft_schema() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let schema = dir.join("../../../shared/specs/azure-pipelines/service-schema.json");
-    if !schema.exists() {
-        eprintln!("skipped: no schema at {}", schema.display());
+    const SCHEMA: &str = "specs/azure-pipelines/service-schema.json";
+    let missing = testkit::missing_shared(SCHEMA)
+        .or_else(|| testkit::missing_python_modules(&["yaml", "jsonschema"]));
+    if !testkit::require(missing) {
         return;
     }
-    // Debian's python3-yaml and python3-jsonschema (scripts/install-deps.sh) or any python3
-    // that has them.
-    let Some(python) = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
-        std::process::Command::new(py)
-            .args(["-c", "import yaml, jsonschema"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        eprintln!("skipped: no python3 with PyYAML and jsonschema (scripts/install-deps.sh installs them)");
-        return;
-    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = testkit::shared_dir().join(SCHEMA);
+    let python = testkit::find_tool("python3").unwrap();
     let out = std::process::Command::new(python)
         .arg(dir.join("tests/validate_examples.py"))
         .env("SCHEMA", &schema)

@@ -119,12 +119,11 @@ systemctl enable nginx
 
 #[test]
 fn boot_serve_stop_start_reimage_delete() {
-    if let Err(e) = preflight() {
-        eprintln!("SKIPPED boot_serve_stop_start_reimage_delete: {e}");
-        return;
-    }
-    if !Path::new("/usr/sbin/debootstrap").exists() {
-        eprintln!("SKIPPED boot_serve_stop_start_reimage_delete: debootstrap not installed");
+    let missing = preflight()
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| testkit::missing_tools(&["debootstrap"], "debootstrap"));
+    if !testkit::require(missing) {
         return;
     }
     let tag = format!("t{:x}", std::process::id() % 0xfff);

@@ -6,30 +6,18 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-fn specs_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/specs/azure-rest-api/specification")
-}
+const SPECS: &str = "specs/azure-rest-api/specification";
 
-/// False (after saying so) when Microsoft's examples are not beside the project: CI has the
-/// shared folder; a checkout elsewhere skips these tests instead of failing.
-pub fn have_specs(test: &str) -> bool {
-    let ok = specs_root().is_dir();
-    if !ok {
-        eprintln!(
-            "SKIPPED {test}: Microsoft's example responses are not at {}",
-            specs_root().display()
-        );
-    }
-    ok
+/// Whether Microsoft's examples are beside the project (CI has the shared folder): under CI
+/// their absence fails the test, elsewhere the test is recorded as skipped ([`testkit::require`]).
+pub fn have_specs() -> bool {
+    testkit::require(testkit::missing_shared(SPECS))
 }
 
 pub fn example(rel: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/specs/azure-rest-api/specification")
-        .join(rel);
+    let p = testkit::shared_dir().join(SPECS).join(rel);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (the shared specs folder sits beside the project)",

@@ -285,22 +285,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Why the daemon cannot run machines here (root, systemd-nspawn, debootstrap, iproute2), for
+/// [`testkit::require`]: under CI a reason fails the test, elsewhere it is a counted skip.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    for tool in ["systemd-nspawn", "debootstrap", "ip"] {
-        let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!(
-                "{tool} is not installed (apt-get install systemd-container debootstrap iproute2)"
-            ));
-        }
-    }
-    None
+    testkit::missing_root().or_else(|| {
+        testkit::missing_tools(
+            &["systemd-nspawn", "debootstrap", "ip"],
+            "systemd-container debootstrap iproute2",
+        )
+    })
 }
 
 /// The example's drop: the release-built my_app binary plus its deployment files.
@@ -327,20 +320,18 @@ pub fn example_drop(dir: &Path) -> PathBuf {
 
 /// Validates pipeline YAML files against Microsoft's Azure Pipelines JSON schema (through
 /// crates/pipeline/tests/validate_examples.py and a python3 with PyYAML and jsonschema, which
-/// scripts/install-deps.sh installs). Skips, saying so, when neither exists.
+/// scripts/install-deps.sh installs). Without them (or the schema in ../shared) this check is a
+/// counted skip, and a failure under CI.
 pub fn validate_pipeline_yaml(files: &[&Path]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let schema = root.join("../shared/specs/azure-pipelines/service-schema.json");
-    let python = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import yaml, jsonschema"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let (Some(py), true) = (python, schema.exists()) else {
-        eprintln!("SKIPPED the pipeline schema check: no python3 with PyYAML and jsonschema, or no schema");
+    const SCHEMA: &str = "specs/azure-pipelines/service-schema.json";
+    let missing = testkit::missing_shared(SCHEMA)
+        .or_else(|| testkit::missing_python_modules(&["yaml", "jsonschema"]));
+    if !testkit::require(missing) {
         return;
-    };
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let schema = testkit::shared_dir().join(SCHEMA);
+    let py = testkit::find_tool("python3").unwrap();
     let out = Command::new(py)
         .arg(root.join("crates/pipeline/tests/validate_examples.py"))
         .args(files)
