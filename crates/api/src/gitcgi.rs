@@ -7,7 +7,6 @@ use axum::body::Body;
 use http_body_util::BodyExt;
 use pipeline::git::{parse_cgi_response, CgiResponse};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -115,44 +114,20 @@ fn no_pipe(what: &str) -> CgiError {
     CgiError::Io(std::io::Error::other(format!("no {what} pipe")))
 }
 
-/// The CGI environment: only these variables, not the daemon's.
+/// The one `git http-backend` command (`pipeline::git::backend_command`), the body streamed.
 fn command(root: &Path, req: &Request<'_>) -> tokio::process::Command {
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut cmd = tokio::process::Command::new("git");
-    cmd.arg("http-backend")
-        .env_clear()
-        .env("PATH", path)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("GATEWAY_INTERFACE", "CGI/1.1")
-        .env("SERVER_PROTOCOL", "HTTP/1.1")
-        .env("REQUEST_METHOD", req.method)
-        .env("PATH_INFO", req.path_info)
-        .env("QUERY_STRING", req.query)
-        .env("CONTENT_TYPE", req.content_type.unwrap_or(""))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let optional = [
-        ("CONTENT_LENGTH", req.content_length.map(|n| n.to_string())),
-        ("REMOTE_USER", req.remote_user.map(str::to_string)),
-        ("REMOTE_ADDR", req.remote_addr.map(str::to_string)),
-        (
-            "HTTP_CONTENT_ENCODING",
-            req.content_encoding.map(str::to_string),
-        ),
-        ("HTTP_GIT_PROTOCOL", req.git_protocol.map(str::to_string)),
-        ("GIT_PROTOCOL", req.git_protocol.map(str::to_string)),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    cmd
+    let head = pipeline::git::CgiRequest {
+        method: req.method,
+        path_info: req.path_info,
+        query: req.query,
+        content_type: req.content_type,
+        content_encoding: req.content_encoding,
+        git_protocol: req.git_protocol,
+        body: &[],
+        remote_user: req.remote_user,
+        remote_addr: req.remote_addr,
+    };
+    pipeline::git::backend_command(root, &head, req.content_length)
 }
 
 /// Copies the body into the backend's stdin, counting; stops at the cap, a pause longer than

@@ -561,6 +561,52 @@ pub fn checkout_jailed(
     Ok(())
 }
 
+/// `git http-backend` for `req` with only the CGI environment (never the daemon's), stdin,
+/// stdout and stderr piped; `content_length` is the body's declared length (`None`: chunked,
+/// read to the end). [`http_backend`] and the daemon's streaming front end both start it here.
+pub fn backend_command(
+    root: &Path,
+    req: &CgiRequest<'_>,
+    content_length: Option<u64>,
+) -> tokio::process::Command {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env("PATH", path)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("REQUEST_METHOD", req.method)
+        .env("PATH_INFO", req.path_info)
+        .env("QUERY_STRING", req.query)
+        .env("CONTENT_TYPE", req.content_type.unwrap_or(""))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let optional = [
+        ("CONTENT_LENGTH", content_length.map(|n| n.to_string())),
+        ("REMOTE_USER", req.remote_user.map(str::to_string)),
+        ("REMOTE_ADDR", req.remote_addr.map(str::to_string)),
+        (
+            "HTTP_CONTENT_ENCODING",
+            req.content_encoding.map(str::to_string),
+        ),
+        ("HTTP_GIT_PROTOCOL", req.git_protocol.map(str::to_string)),
+        ("GIT_PROTOCOL", req.git_protocol.map(str::to_string)),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 /// A smart-HTTP request for [`http_backend`].
 #[derive(Debug, Clone, Default)]
 pub struct CgiRequest<'a> {
@@ -630,39 +676,7 @@ pub async fn http_backend(root: &Path, req: &CgiRequest<'_>) -> std::io::Result<
             body: b"bad path\n".to_vec(),
         });
     }
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut cmd = tokio::process::Command::new("git");
-    cmd.arg("http-backend")
-        .env_clear()
-        .env("PATH", path)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("GATEWAY_INTERFACE", "CGI/1.1")
-        .env("SERVER_PROTOCOL", "HTTP/1.1")
-        .env("REQUEST_METHOD", req.method)
-        .env("PATH_INFO", req.path_info)
-        .env("QUERY_STRING", req.query)
-        .env("CONTENT_LENGTH", req.body.len().to_string())
-        .env("CONTENT_TYPE", req.content_type.unwrap_or(""))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(u) = req.remote_user {
-        cmd.env("REMOTE_USER", u);
-    }
-    if let Some(a) = req.remote_addr {
-        cmd.env("REMOTE_ADDR", a);
-    }
-    if let Some(e) = req.content_encoding {
-        cmd.env("HTTP_CONTENT_ENCODING", e);
-    }
-    if let Some(p) = req.git_protocol {
-        cmd.env("HTTP_GIT_PROTOCOL", p);
-        cmd.env("GIT_PROTOCOL", p);
-    }
+    let mut cmd = backend_command(root, req, Some(req.body.len() as u64));
     let mut child = cmd.spawn()?;
     let mut stdin = child.stdin.take();
     let mut stdout = child.stdout.take().expect("piped");
