@@ -3,11 +3,9 @@
 //! (download + AzureCLI@2 running our `az`), and a push without a pipeline file is accepted.
 mod common;
 
-use common::{free_port, Harness};
-use serde_json::Value;
+use common::{daemon_harness, git, wait_run};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CI: &str = r#"trigger:
@@ -62,61 +60,6 @@ steps:
       if az repo list; then echo "the run credential reached /scaleset"; exit 1; fi
       echo "$SCALESET_TOKEN" > TOKEN_FILE
 "#;
-
-fn git(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("run git");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// A harness whose home is named `tag-<pid>` under the temp dir (not started).
-fn daemon_harness(tag: &str, subnet: &'static str, prefix: &'static str) -> Harness {
-    use std::os::unix::fs::PermissionsExt;
-    let home = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    // Like a home from mkdtemp: the daemon must still let its jobs reach their build dirs.
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    Harness {
-        home,
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet,
-        prefix,
-        env: vec![],
-    }
-}
-
-fn wait_run(h: &Harness, id: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let r = h.json(&["run", "show", &id.to_string()]);
-        if r["status"] == "completed" {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn push_triggers_ci_then_release_with_az() {

@@ -590,3 +590,52 @@ pub fn healthy(vms: &[Value]) -> usize {
         })
         .count()
 }
+
+/// `git` in `dir` with a test identity and `main` as the default branch; (success, output).
+pub fn git(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("run git");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A harness whose home is `tag-<pid>` under the temp dir, mode 0700 like a home from mkdtemp
+/// (the daemon must still let its jobs reach their build dirs); not started.
+pub fn daemon_harness(tag: &str, subnet: &'static str, prefix: &'static str) -> Harness {
+    use std::os::unix::fs::PermissionsExt;
+    let home = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Harness {
+        home,
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        serve: None,
+        subnet,
+        prefix,
+        env: vec![],
+    }
+}
+
+/// Waits (at most 120 s) for run `id` to complete; its record.
+pub fn wait_run(h: &Harness, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = h.json(&["run", "show", &id.to_string()]);
+        if r["status"] == "completed" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
