@@ -4,9 +4,8 @@
 //! run starts may outlive it.
 mod common;
 
-use common::{free_port, Harness};
+use common::{daemon_harness, git, Harness};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -57,6 +56,12 @@ steps:
     echo pwned > WORK_ROOT/p-other/s/README.md
   displayName: write another pipeline's build directory
   continueOnError: true
+- script: ln -s HOME_DIR/repos/other.git "$(Pipeline.Workspace)/repolink"
+  displayName: link to a private repository
+- script: cat HEAD config
+  displayName: read a private repository through workingDirectory
+  workingDirectory: $(Pipeline.Workspace)/repolink
+  continueOnError: true
 - script: |
     setsid bash -c 'while true; do grep -ah SCALESET_TOKEN /proc/[0-9]*/environ >> "$HOME/stolen" 2>/dev/null; sleep 0.05; done' </dev/null >/dev/null 2>&1 &
     echo "left a spy behind"
@@ -89,38 +94,6 @@ steps:
       az group list -o table
       if az group delete -n sec-rg; then echo "the run credential deleted a group"; exit 1; fi
 "#;
-
-fn git(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("run git");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// A daemon home `tag-<pid>` on its own subnet (tests of this file run in parallel).
-fn harness(tag: &str, subnet: &'static str) -> Harness {
-    let home = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).unwrap();
-    Harness {
-        home,
-        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        serve: None,
-        subnet,
-        prefix: "sec",
-        env: vec![],
-    }
-}
 
 /// Root and the runner user are prerequisites: under CI their absence fails the test.
 fn prerequisites() -> bool {
@@ -230,7 +203,7 @@ fn pushed_pipelines_cannot_reach_the_daemon_or_outlive_their_runs() {
     if !prerequisites() {
         return;
     }
-    let mut h = harness("scaleset-sec-jobs", "10.213.240.0/24");
+    let mut h = daemon_harness("scaleset-sec-jobs", "10.213.240.0/24", "sec");
     h.start_serve();
     let home = h.home.clone();
     let token = std::fs::read_to_string(home.join("token"))
@@ -323,6 +296,13 @@ fn pushed_pipelines_cannot_reach_the_daemon_or_outlive_their_runs() {
         .collect();
     assert!(listed.is_empty(), "{log}");
     assert!(log.contains("cannot open directory"), "{log}");
+    // The daemon does not enter a job's working directory as root: the private repository
+    // behind the link stays out of reach.
+    failed(
+        "read a private repository through workingDirectory",
+        "does not exist",
+    );
+    assert!(!log.contains("repositoryformatversion"), "{log}");
     assert_eq!(step(&all, "leave a spy process").1, "Succeeded", "{log}");
     assert_eq!(run["state"], "succeededwithissues", "{run}");
     // Nothing was written through the planted links, and the run's processes are all gone.
@@ -394,7 +374,7 @@ fn without_the_runner_user_jobs_do_not_run() {
     if !prerequisites() {
         return;
     }
-    let mut h = harness("scaleset-sec-nouser", "10.213.241.0/24");
+    let mut h = daemon_harness("scaleset-sec-nouser", "10.213.241.0/24", "sec");
     h.env
         .push(("SCALESET_RUNNER_USER", "scaleset-no-such-user".into()));
     h.start_serve();
@@ -425,7 +405,7 @@ fn queued_runs_and_unprocessed_pushes_survive_a_daemon_crash() {
     if !prerequisites() {
         return;
     }
-    let mut h = harness("scaleset-sec-durable", "10.213.242.0/24");
+    let mut h = daemon_harness("scaleset-sec-durable", "10.213.242.0/24", "sec");
     h.start_serve();
     let token = std::fs::read_to_string(h.home.join("token"))
         .unwrap()

@@ -380,13 +380,14 @@ pub async fn run_script(
         .arg(&path)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(spec.working_directory)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let jail = cfg.jail.prepare()?;
+    let mut jail = cfg.jail.clone();
+    jail.cwd = Some(spec.working_directory.to_path_buf());
+    let jail = jail.prepare()?;
     // SAFETY: PreparedJail::enter makes only async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || jail.enter());
@@ -813,7 +814,7 @@ async fn run_step(
             script,
             fail_on_stderr,
         } => {
-            if !dir.is_dir() {
+            if !sandbox::is_kind_as(cfg.jail.identity, &dir, true) {
                 return (
                     RunResult::Failed,
                     None,

@@ -161,6 +161,13 @@ pub fn as_user<T: Send + 'static>(
         .map_err(|_| io::Error::other("the job file thread panicked"))?
 }
 
+/// Whether `p` is a directory (`dir`) or a regular file, as `id` sees it: a job's path is
+/// never looked up with root's permissions, even to answer a question.
+pub fn is_kind_as(id: Option<Identity>, p: &Path, dir: bool) -> bool {
+    let p = p.to_path_buf();
+    as_user(id, move || if dir { p.is_dir() } else { p.is_file() }).unwrap_or(false)
+}
+
 /// A job's workspace, opened once; every path below is resolved beneath it.
 pub struct Workspace {
     root: PathBuf,
@@ -186,10 +193,6 @@ impl Workspace {
             root: root.to_path_buf(),
             fd: f.into(),
         })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// A path a job gave (absolute, or relative to `base`), relative to the workspace.
@@ -386,35 +389,35 @@ pub struct Jail {
     pub identity: Option<Identity>,
     /// Read-only bind mounts `(source, mount point)` (toolchains under a private home).
     pub bind_ro: Vec<(PathBuf, PathBuf)>,
-    /// Read-write bind mounts `(source, mount point)`.
-    pub bind_rw: Vec<(PathBuf, PathBuf)>,
     /// `(cover, keep)` pairs: an empty tmpfs covers `cover` and only `keep` (a directory
     /// directly in it) is mounted back, so one pipeline's job cannot reach another pipeline's
     /// build directory or home.
     pub private: Vec<(PathBuf, PathBuf)>,
     /// `cgroup.procs` files the process joins before exec.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The working directory, entered last, as the runner user: a job-controlled path is never
+    /// resolved with root's permissions (unlike `Command::current_dir`, which runs before
+    /// `pre_exec`).
+    pub cwd: Option<PathBuf>,
 }
 
 /// The parts of a [`Jail`] prepared for the child: C strings and open descriptors, so the
 /// code between fork and exec only makes system calls.
 pub struct PreparedJail {
     identity: Option<Identity>,
-    binds: Vec<(CString, CString, bool)>,
+    binds_ro: Vec<(CString, CString)>,
     hide: Vec<(CString, CString)>,
     procs: Vec<OwnedFd>,
+    cwd: Option<CString>,
 }
 
 impl Jail {
     /// Opens what the child needs. Call in the parent, then hand [`PreparedJail::enter`] to
     /// `pre_exec`.
     pub fn prepare(&self) -> io::Result<PreparedJail> {
-        let mut binds = Vec::new();
+        let mut binds_ro = Vec::new();
         for (src, dst) in &self.bind_ro {
-            binds.push((cstr(src)?, cstr(dst)?, true));
-        }
-        for (src, dst) in &self.bind_rw {
-            binds.push((cstr(src)?, cstr(dst)?, false));
+            binds_ro.push((cstr(src)?, cstr(dst)?));
         }
         let mut hide = Vec::new();
         for (cover, keep) in &self.private {
@@ -432,9 +435,10 @@ impl Jail {
         }
         Ok(PreparedJail {
             identity: self.identity,
-            binds,
+            binds_ro,
             hide,
             procs,
+            cwd: self.cwd.as_deref().map(cstr).transpose()?,
         })
     }
 }
@@ -458,7 +462,7 @@ impl PreparedJail {
                 return Err(io::Error::last_os_error());
             }
         }
-        if !self.binds.is_empty() || !self.hide.is_empty() {
+        if !self.binds_ro.is_empty() || !self.hide.is_empty() {
             let null = std::ptr::null();
             check(libc::unshare(libc::CLONE_NEWNS))?;
             check(libc::mount(
@@ -505,7 +509,7 @@ impl PreparedJail {
                     return Err(io::Error::last_os_error());
                 }
             }
-            for (src, dst, ro) in &self.binds {
+            for (src, dst) in &self.binds_ro {
                 check(libc::mount(
                     src.as_ptr(),
                     dst.as_ptr(),
@@ -513,15 +517,13 @@ impl PreparedJail {
                     libc::MS_BIND | libc::MS_REC,
                     std::ptr::null(),
                 ))?;
-                if *ro {
-                    check(libc::mount(
-                        null,
-                        dst.as_ptr(),
-                        null,
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                        std::ptr::null(),
-                    ))?;
-                }
+                check(libc::mount(
+                    null,
+                    dst.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
             }
         }
         if let Some(id) = self.identity {
@@ -529,6 +531,9 @@ impl PreparedJail {
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setgid(id.gid))?;
             check(libc::setuid(id.uid))?;
+        }
+        if let Some(cwd) = &self.cwd {
+            check(libc::chdir(cwd.as_ptr()))?;
         }
         Ok(())
     }
@@ -611,13 +616,7 @@ mod tests {
 
     /// Root only (mount namespaces, cgroups): fails under CI without root.
     fn root_or_skip() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        assert!(std::env::var_os("CI").is_none(), "this test needs root");
-        eprintln!("SKIPPED: needs root");
-        false
+        testkit::require(testkit::missing_root())
     }
 
     #[test]

@@ -614,7 +614,7 @@ impl StdTasks {
                 Ok(r) => in_workspace(inv, &r),
                 Err(e) => return TaskOutcome::failed(e),
             };
-            if !p.is_file() {
+            if !crate::sandbox::is_kind_as(inv.config.jail.identity, &p, false) {
                 return TaskOutcome::failed(format!(
                     "AzureCLI@2: script {} does not exist",
                     p.display()
@@ -652,7 +652,7 @@ impl StdTasks {
             },
             None => inv.working_directory.clone(),
         };
-        if !cwd.is_dir() {
+        if !crate::sandbox::is_kind_as(inv.config.jail.identity, &cwd, true) {
             return TaskOutcome::failed(format!(
                 "AzureCLI@2: working directory {} does not exist",
                 cwd.display()
