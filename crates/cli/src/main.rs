@@ -1,14 +1,12 @@
 //! `scaleset`: the daemon, the az-compatible CLI, the load balancer process and `up`.
+mod az;
 mod client;
-mod commands;
-mod daemon;
-mod export;
+mod cmd;
 mod output;
-mod pipelines;
-mod up;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use cmd::{export, group, image, pipeline, repo, run, serve, up, vmss};
 use output::Output;
 
 #[derive(Parser)]
@@ -33,28 +31,28 @@ enum Cmd {
     /// Start the daemon and deploy the example (or DIR) through its own pipelines: push it to a hosted repo, run CI and the release (bake, az vmss update), scale to 3 instances behind the load balancer, and show them live. Ctrl-C stops everything.
     Up(up::UpArgs),
     /// Run the control-plane daemon (API on 127.0.0.1, state in SQLite).
-    Serve(daemon::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Manage resource groups.
     #[command(subcommand)]
-    Group(commands::GroupCmd),
+    Group(group::GroupCmd),
     /// Manage virtual machine scale sets.
     #[command(subcommand)]
-    Vmss(commands::VmssCmd),
+    Vmss(vmss::VmssCmd),
     /// Manage network resources.
     #[command(subcommand)]
-    Network(commands::NetworkCmd),
+    Network(cmd::lb::NetworkCmd),
     /// Manage machine images.
     #[command(subcommand)]
-    Image(commands::ImageCmd),
+    Image(image::ImageCmd),
     /// Hosted git repositories (push over HTTP to trigger pipelines).
     #[command(subcommand)]
-    Repo(pipelines::RepoCmd),
+    Repo(repo::RepoCmd),
     /// Pipelines from Azure Pipelines YAML in the hosted repositories.
     #[command(subcommand)]
-    Pipeline(pipelines::PipelineCmd),
+    Pipeline(pipeline::PipelineCmd),
     /// Pipeline runs.
     #[command(subcommand)]
-    Run(pipelines::RunCmd),
+    Run(run::RunCmd),
     /// Export the local deployment for another platform (`azure`: ARM template + pipelines).
     #[command(subcommand)]
     Export(export::ExportCmd),
@@ -86,7 +84,7 @@ fn main() {
         .and_then(|a| std::path::Path::new(a).file_name())
         .is_some_and(|f| f == "az");
     let cli = if is_az {
-        Cli::parse_from(pipelines::az_args(argv))
+        Cli::parse_from(az::az_args(argv))
     } else {
         Cli::parse()
     };
@@ -124,7 +122,7 @@ fn main() {
             }
             Cmd::Serve(a) => {
                 init_tracing("info");
-                daemon::run(a).await
+                serve::run(a).await
             }
             Cmd::LbServe { config, admin } => {
                 init_tracing("info");
@@ -134,13 +132,13 @@ fn main() {
                     .await
                     .map_err(|e| anyhow::anyhow!(api::error::error_chain(&e)))
             }
-            Cmd::Group(c) => commands::group(c, cli.output).await,
-            Cmd::Vmss(c) => commands::vmss(c, cli.output).await,
-            Cmd::Network(c) => commands::network(c, cli.output).await,
-            Cmd::Image(c) => commands::image(c, cli.output).await,
-            Cmd::Repo(c) => pipelines::repo(c, cli.output).await,
-            Cmd::Pipeline(c) => pipelines::pipeline(c, cli.output).await,
-            Cmd::Run(c) => pipelines::run(c, cli.output).await,
+            Cmd::Group(c) => group::run(c, cli.output).await,
+            Cmd::Vmss(c) => vmss::run(c, cli.output).await,
+            Cmd::Network(c) => cmd::lb::run(c, cli.output).await,
+            Cmd::Image(c) => image::run(c, cli.output).await,
+            Cmd::Repo(c) => repo::run(c, cli.output).await,
+            Cmd::Pipeline(c) => pipeline::run(c, cli.output).await,
+            Cmd::Run(c) => run::run(c, cli.output).await,
             Cmd::Export(c) => export::run(c).await,
         }
     });

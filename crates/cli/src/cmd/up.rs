@@ -1,7 +1,8 @@
 //! `scaleset up`: the whole local deployment in one command.
+use super::lb::lb_body;
+use super::serve::{self, ServeArgs};
+use super::vmss::{list_instances, vmss_body};
 use crate::client::Client;
-use crate::commands::{lb_body, list_instances, vmss_body};
-use crate::daemon::{self, ServeArgs};
 use crate::output::{self, render, Output};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -321,7 +322,7 @@ fn healthy_count(vms: &[Value]) -> usize {
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let started = Instant::now();
-    daemon::preflight()?;
+    serve::preflight()?;
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => example_dir()?,
@@ -338,11 +339,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow!("{}: cannot name a repository after it", dir.display()))?
         .to_string();
-    let cfg = daemon::config(&args.serve)?;
+    let cfg = serve::config(&args.serve)?;
     let home = cfg.home.clone();
 
     // Daemon, in this process.
-    let st = daemon::open(cfg)?;
+    let st = serve::open(cfg)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(st.clone(), async move {
         let _ = rx.await;
@@ -356,7 +357,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     )?;
 
     // From here on machines may be running: Ctrl-C at any point stops them cleanly.
-    let ctrl_c = daemon::shutdown_signal();
+    let ctrl_c = serve::shutdown_signal();
     tokio::pin!(ctrl_c);
     let deploy = async {
         c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))

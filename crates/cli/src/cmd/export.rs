@@ -16,7 +16,7 @@ pub enum ExportCmd {
 
 #[derive(Args)]
 pub struct AzureArgs {
-    #[arg(long, short = 'g', default_value = crate::up::RG)]
+    #[arg(long, short = 'g', default_value = super::up::RG)]
     resource_group: String,
     /// Folder the files are written to.
     #[arg(long, default_value = "azure")]
@@ -97,7 +97,7 @@ pub async fn run(cmd: ExportCmd) -> Result<()> {
     let ExportCmd::Azure(a) = cmd;
     let dir = match a.app {
         Some(d) => d,
-        None => crate::up::example_dir()?,
+        None => super::up::example_dir()?,
     };
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
         .with_context(|| format!("{} has no Cargo.toml", dir.display()))?;

@@ -1,0 +1,205 @@
+//! `scaleset image`: bake, import, export and collect images in the home's store (no daemon
+//! needed), and list/show/delete them through the API.
+use super::{client, print, serve, Target};
+use crate::output::{self, Output};
+use anyhow::{anyhow, Result};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Bake an image: base + package folder + deployment script (PackerBuild@1's builtin template).
+    Bake {
+        /// Base image, e.g. debian:bookworm.
+        #[arg(long, default_value = "debian:bookworm")]
+        base: String,
+        /// The deployment package folder (the CI's drop).
+        #[arg(long)]
+        package: std::path::PathBuf,
+        /// Deployment script, relative to the package folder.
+        #[arg(long)]
+        script: String,
+        /// Arguments passed to the script.
+        #[arg(long, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+        /// Image name (the seed names images by build id).
+        #[arg(long, short = 'n')]
+        name: String,
+        /// Bake without network access.
+        #[arg(long)]
+        no_network: bool,
+        /// Debian mirror for the base image.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Import a base from an OCI image layout (directory or tarball) or a `docker save` tarball.
+    Import {
+        /// The OCI layout or tarball.
+        #[arg(long)]
+        source: std::path::PathBuf,
+        #[arg(long, short = 'n')]
+        name: String,
+    },
+    /// Export an image as an OCI image layout tarball.
+    Export {
+        #[arg(long, short = 'n')]
+        name: String,
+        /// Destination tarball.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Remove layers no image references (and leftovers of crashed bakes).
+    Gc,
+    List {
+        #[arg(long = "resource-group", short = 'g')]
+        rg: Option<String>,
+    },
+    Show(Target),
+    Delete(Target),
+}
+
+pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
+    match cmd {
+        ImageCmd::Bake {
+            base,
+            package,
+            script,
+            args,
+            name,
+            no_network,
+            mirror,
+        } => {
+            let spec = image::BakeSpec {
+                name,
+                base,
+                package_dir: package,
+                script,
+                args,
+                network: !no_network,
+                mirror,
+            };
+            bake(spec, out).await?;
+        }
+        ImageCmd::Import { source, name } => {
+            serve::preflight()?;
+            model::names::network_or_image("image", &name).map_err(|e| anyhow!(e.message))?;
+            let store = store();
+            let img = tokio::task::spawn_blocking(move || {
+                store.import(&source, &name, &mut std::io::stderr())
+            })
+            .await?
+            .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            print(
+                &json!({"name": img.name, "digest": img.digest, "base": img.base}),
+                out,
+                &[("Name", "/name"), ("Digest", "/digest"), ("Base", "/base")],
+            );
+        }
+        ImageCmd::Export { name, file } => {
+            let store = store();
+            let f = file.clone();
+            let digest = tokio::task::spawn_blocking(move || store.export(&name, &f))
+                .await?
+                .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            print(
+                &json!({"file": file, "manifestDigest": digest}),
+                out,
+                &[("File", "/file"), ("ManifestDigest", "/manifestDigest")],
+            );
+        }
+        ImageCmd::Gc => {
+            let store = store();
+            let r = tokio::task::spawn_blocking(move || store.gc())
+                .await?
+                .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+            print(
+                &json!({"removedLayers": r.removed_layers, "freedBytes": r.freed_bytes}),
+                out,
+                &[
+                    ("RemovedLayers", "/removedLayers"),
+                    ("FreedBytes", "/freedBytes"),
+                ],
+            );
+        }
+        ImageCmd::List { rg } => {
+            let c = client()?;
+            let path = format!(
+                "{}/providers/Microsoft.Compute/images",
+                c.rg_path(rg.as_deref().unwrap_or("images"))
+            );
+            print(&Value::Array(c.list(&path).await?), out, output::IMAGE_COLS);
+        }
+        ImageCmd::Show(t) => {
+            let c = client()?;
+            print(
+                &c.call("GET", &c.image_path(&t.rg, &t.name), None).await?,
+                out,
+                output::IMAGE_COLS,
+            );
+        }
+        ImageCmd::Delete(t) => {
+            let c = client()?;
+            c.call("DELETE", &c.image_path(&t.rg, &t.name), None)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The image store of the home (the daemon's, when it runs).
+fn store() -> image::ImageStore {
+    let home = crate::client::home();
+    image::ImageStore::new(home.join("images"), image::default_base_cache(&home))
+}
+
+async fn bake(spec: image::BakeSpec, out: Output) -> Result<()> {
+    serve::preflight()?;
+    model::names::network_or_image("image", &spec.name).map_err(|e| anyhow!(e.message))?;
+    if spec.network {
+        // The bake joins the home's instance network (outbound NAT only): choose it now
+        // if no daemon has yet, as `scaleset serve` would.
+        let subnet = std::env::var("SCALESET_SUBNET")
+            .ok()
+            .filter(|s| !s.is_empty());
+        serve::network(&crate::client::home(), subnet.as_deref())?;
+    }
+    let store = store();
+    let img = tokio::task::spawn_blocking(move || {
+        // The full log is kept with the image (or the failed bake); the terminal gets
+        // the stages and the script's output live.
+        store.bake_with_progress(&spec, &mut std::io::sink(), &mut print_bake_event)
+    })
+    .await?
+    .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+    print(
+        &json!({"name": img.name, "digest": img.digest, "base": img.base, "created": img.created, "log": img.log}),
+        out,
+        &[("Name", "/name"), ("Digest", "/digest"), ("Base", "/base")],
+    );
+    Ok(())
+}
+
+fn print_bake_event(e: image::BakeEvent) {
+    match e {
+        image::BakeEvent::BaseReady { base, cached, secs } => eprintln!(
+            "==> base {base} ready ({}, {secs:.1}s)",
+            if cached { "cached" } else { "built" }
+        ),
+        image::BakeEvent::Copying { files, bytes } => eprintln!(
+            "==> copying the package to /deployTemp ({files} files, {} KiB)",
+            bytes / 1024
+        ),
+        image::BakeEvent::ScriptStarted { command } => eprintln!("==> running {command}"),
+        image::BakeEvent::ScriptLine(l) => eprintln!("    {l}"),
+        image::BakeEvent::Deprovisioning => eprintln!("==> deprovisioning"),
+        image::BakeEvent::Capturing => eprintln!("==> capturing the layer"),
+        image::BakeEvent::Done {
+            digest,
+            cache_hit,
+            secs,
+        } => eprintln!(
+            "==> {digest}{} in {secs:.2}s",
+            if cache_hit { " (cache hit)" } else { "" }
+        ),
+    }
+}
