@@ -5,9 +5,13 @@ use super::vmss::{list_instances, vmss_body};
 use crate::client::Client;
 use crate::output::{self, render, Output};
 use anyhow::{anyhow, bail, Context, Result};
+use api::state::AppState;
 use serde_json::{json, Value};
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const RG: &str = "vmssdevops2-rg";
@@ -323,22 +327,7 @@ fn healthy_count(vms: &[Value]) -> usize {
 pub async fn run(args: UpArgs) -> Result<()> {
     let started = Instant::now();
     serve::preflight()?;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => example_dir()?,
-    };
-    if !dir.join("azure-pipelines.yml").is_file() {
-        bail!(
-            "{} has no azure-pipelines.yml: `scaleset up` pushes the folder to a hosted repository whose pipelines build and deploy it (see examples/my_app)",
-            dir.display()
-        );
-    }
-    let dir = std::fs::canonicalize(&dir)?;
-    let repo = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow!("{}: cannot name a repository after it", dir.display()))?
-        .to_string();
+    let (dir, repo) = source(&args)?;
     let cfg = serve::config(&args.serve)?;
     let home = cfg.home.clone();
 
@@ -359,159 +348,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // From here on machines may be running: Ctrl-C at any point stops them cleanly.
     let ctrl_c = serve::shutdown_signal();
     tokio::pin!(ctrl_c);
-    let deploy = async {
-        c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
-            .await?;
-        let mut lb = lb_body(
-            "LoadBalancerFrontEnd",
-            &args.frontend.ip().to_string(),
-            "bepool",
-            "L7",
-        );
-        lb["properties"]["probes"] = json!([{"name": "http-health", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health", "intervalInSeconds": 5, "probeThreshold": 1}}]);
-        let lb_id = c.lb_path(RG, LB);
-        lb["properties"]["loadBalancingRules"] = json!([{"name": "http", "properties": {
-            "protocol": "Tcp", "frontendPort": args.frontend.port(), "backendPort": 80,
-            "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/LoadBalancerFrontEnd")},
-            "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/bepool")},
-            "probe": {"id": format!("{lb_id}/probes/http-health")},
-            "loadDistribution": "Default", "idleTimeoutInMinutes": 4,
-        }}]);
-        c.call("PUT", &lb_id, Some(&lb)).await?;
-
-        // A new scale set starts empty on the plain base OS, in Rolling mode: the release
-        // pipeline points it at the app's image, then it is scaled out.
-        let vmss_path = c.vmss_path(RG, VMSS);
-        if c.get_opt(&vmss_path).await?.is_none() {
-            eprintln!(
-                "==> creating {VMSS} (empty, Rolling upgrades) behind {LB} at http://{}",
-                args.frontend
-            );
-            let st2 = st.clone();
-            let pkg = home.join("up").join("base");
-            std::fs::create_dir_all(&pkg)?;
-            std::fs::write(
-                pkg.join("setupscript.sh"),
-                "#!/bin/sh\n# The plain base OS; scale sets created by `scaleset up` start from it.\ntrue\n",
-            )?;
-            let spec = image::BakeSpec {
-                name: BASE_IMAGE.into(),
-                base: "debian:bookworm".into(),
-                package_dir: pkg,
-                script: "setupscript.sh".into(),
-                args: vec![],
-                network: false,
-                mirror: None,
-            };
-            let log = home.join("up-base.log");
-            eprintln!("    preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})", log.display());
-            tokio::task::spawn_blocking(move || {
-                let mut f = std::fs::File::create(&log)?;
-                st2.images
-                    .bake(&spec, &mut f)
-                    .map_err(|e| anyhow!(api::error::error_chain(&e)))
-            })
-            .await??;
-            let body = vmss_body(
-                &c,
-                RG,
-                BASE_IMAGE,
-                0,
-                Some((LB, "bepool", Some("http-health"))),
-                ("Rolling", None, Some(VMSS)),
-            );
-            c.call("PUT", &vmss_path, Some(&body)).await?;
-        }
-
-        // The app's source goes to the hosted repository; its pipelines build and deploy it.
-        if c.get_opt_scaleset(&format!("/repos/{}", crate::client::enc(&repo)))
-            .await?
-            .is_none()
-        {
-            c.scaleset(
-                "PUT",
-                &format!("/repos/{}", crate::client::enc(&repo)),
-                None,
-            )
-            .await?;
-        }
-        let url = format!("{}/scaleset/git/{repo}.git", c.endpoint());
-        eprintln!("==> pushing {} to {url}", dir.display());
-        let (h, d, u, tok) = (
-            home.clone(),
-            dir.clone(),
-            url.clone(),
-            c.token().to_string(),
-        );
-        let pushed = tokio::task::spawn_blocking(move || sync_repo(&h, &d, &u, &tok)).await??;
-        let vmss = c.call("GET", &vmss_path, None).await?;
-        let on_base = vmss
-            .pointer("/properties/virtualMachineProfile/storageProfile/imageReference/id")
-            .and_then(Value::as_str)
-            .is_some_and(|id| id.ends_with(&format!("/images/{BASE_IMAGE}")));
-        let ci = match &pushed {
-            Some(commit) => Some(run_for_commit(&c, &repo, commit).await?),
-            None if on_base => {
-                // Unchanged source but never released (an earlier `up` stopped half-way).
-                let v = c
-                    .scaleset(
-                        "POST",
-                        &format!("/pipelines/{}/runs", crate::client::enc(&repo)),
-                        Some(&json!({"branch": "main"})),
-                    )
-                    .await?;
-                v["id"].as_u64()
-            }
-            None => {
-                eprintln!("    unchanged since the last `up`: nothing to build");
-                None
-            }
-        };
-        if let Some(ci) = ci {
-            let t = Instant::now();
-            eprintln!("==> CI: run {ci} of pipeline `{repo}`");
-            follow_run(&c, ci).await?;
-            let ci_s = t.elapsed().as_secs_f64();
-            let rel = triggered_by(&c, ci).await?;
-            let t = Instant::now();
-            eprintln!("==> release: run {rel} (bake the image named by the build id, then `az vmss update`)");
-            let r = follow_run(&c, rel).await?;
-            eprintln!(
-                "    deployed by `{}`: CI {ci_s:.1}s, release {:.1}s",
-                r["pipeline"].as_str().unwrap_or("?"),
-                t.elapsed().as_secs_f64()
-            );
-        }
-
-        // Capacity (a new scale set was created empty).
-        let mut vmss = c.call("GET", &vmss_path, None).await?;
-        if vmss.pointer("/sku/capacity").and_then(Value::as_u64) != Some(args.capacity as u64) {
-            eprintln!("==> scaling {VMSS} to {} instances", args.capacity);
-            vmss["sku"]["capacity"] = json!(args.capacity);
-            c.call("PUT", &vmss_path, Some(&vmss)).await?;
-        }
-
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let vms = list_instances(&c, RG, VMSS).await?;
-            if healthy_count(&vms) >= args.capacity as usize && vms.len() == args.capacity as usize
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "{}",
-                    render(&Value::Array(vms), Output::Table, output::VM_COLS)
-                );
-                bail!(
-                    "instances did not become healthy within 600 s; see {}/machines/*/console.log",
-                    home.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        anyhow::Ok(())
-    };
+    let deploy = deploy(&c, &st, &args, &home, &dir, &repo);
     let outcome = tokio::select! {
         r = deploy => Some(r),
         _ = &mut ctrl_c => None,
@@ -526,6 +363,232 @@ pub async fn run(args: UpArgs) -> Result<()> {
             _ => Ok(()),
         };
     }
+    banner(&c, &args, &home, &repo, started);
+
+    if args.detach {
+        // Leave machines and the LB running; stop only the API.
+        let _ = tx.send(());
+        let _ = server.await;
+        return Ok(());
+    }
+    watch(&c, &args, ctrl_c.as_mut()).await;
+    eprintln!("==> stopping instances and the load balancer");
+    let _ = tx.send(());
+    let _ = server.await;
+    api::engine::stop_everything(&st).await;
+    eprintln!("stopped. `scaleset up` again restarts them from the cached image.");
+    Ok(())
+}
+
+/// The folder to deploy (DIR or the example) and the hosted repository named after it.
+fn source(args: &UpArgs) -> Result<(PathBuf, String)> {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => example_dir()?,
+    };
+    if !dir.join("azure-pipelines.yml").is_file() {
+        bail!(
+            "{} has no azure-pipelines.yml: `scaleset up` pushes the folder to a hosted repository whose pipelines build and deploy it (see examples/my_app)",
+            dir.display()
+        );
+    }
+    let dir = std::fs::canonicalize(&dir)?;
+    let repo = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{}: cannot name a repository after it", dir.display()))?
+        .to_string();
+    Ok((dir, repo))
+}
+
+/// Everything up to a healthy scale set: resource group, load balancer, the scale set (empty,
+/// on the base image, the first time), the push and its pipelines, the capacity.
+async fn deploy(
+    c: &Client,
+    st: &Arc<AppState>,
+    args: &UpArgs,
+    home: &Path,
+    dir: &Path,
+    repo: &str,
+) -> Result<()> {
+    put_lb(c, args).await?;
+    let vmss_path = c.vmss_path(RG, VMSS);
+    if c.get_opt(&vmss_path).await?.is_none() {
+        create_empty_vmss(c, st, args, home).await?;
+    }
+    push_and_release(c, home, dir, repo).await?;
+    scale_and_wait(c, args, home).await
+}
+
+/// The resource group and the load balancer (HTTP probe on /health, one rule on --frontend).
+async fn put_lb(c: &Client, args: &UpArgs) -> Result<()> {
+    c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
+        .await?;
+    let mut lb = lb_body(
+        "LoadBalancerFrontEnd",
+        &args.frontend.ip().to_string(),
+        "bepool",
+        "L7",
+    );
+    lb["properties"]["probes"] = json!([{"name": "http-health", "properties": {"protocol": "Http", "port": 80, "requestPath": "/health", "intervalInSeconds": 5, "probeThreshold": 1}}]);
+    let lb_id = c.lb_path(RG, LB);
+    lb["properties"]["loadBalancingRules"] = json!([{"name": "http", "properties": {
+        "protocol": "Tcp", "frontendPort": args.frontend.port(), "backendPort": 80,
+        "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/LoadBalancerFrontEnd")},
+        "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/bepool")},
+        "probe": {"id": format!("{lb_id}/probes/http-health")},
+        "loadDistribution": "Default", "idleTimeoutInMinutes": 4,
+    }}]);
+    c.call("PUT", &lb_id, Some(&lb)).await?;
+
+    Ok(())
+}
+
+/// A new scale set starts empty on the plain base OS, in Rolling mode: the release
+/// pipeline points it at the app's image, then it is scaled out.
+async fn create_empty_vmss(
+    c: &Client,
+    st: &Arc<AppState>,
+    args: &UpArgs,
+    home: &Path,
+) -> Result<()> {
+    let vmss_path = c.vmss_path(RG, VMSS);
+    eprintln!(
+        "==> creating {VMSS} (empty, Rolling upgrades) behind {LB} at http://{}",
+        args.frontend
+    );
+    let st2 = st.clone();
+    let pkg = home.join("up").join("base");
+    std::fs::create_dir_all(&pkg)?;
+    std::fs::write(
+        pkg.join("setupscript.sh"),
+        "#!/bin/sh\n# The plain base OS; scale sets created by `scaleset up` start from it.\ntrue\n",
+    )?;
+    let spec = image::BakeSpec {
+        name: BASE_IMAGE.into(),
+        base: "debian:bookworm".into(),
+        package_dir: pkg,
+        script: "setupscript.sh".into(),
+        args: vec![],
+        network: false,
+        mirror: None,
+    };
+    let log = home.join("up-base.log");
+    eprintln!("    preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})", log.display());
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::create(&log)?;
+        st2.images
+            .bake(&spec, &mut f)
+            .map_err(|e| anyhow!(api::error::error_chain(&e)))
+    })
+    .await??;
+    let body = vmss_body(
+        c,
+        RG,
+        BASE_IMAGE,
+        0,
+        Some((LB, "bepool", Some("http-health"))),
+        ("Rolling", None, Some(VMSS)),
+    );
+    c.call("PUT", &vmss_path, Some(&body)).await?;
+    Ok(())
+}
+
+/// The app's source goes to the hosted repository; its pipelines build and deploy it.
+async fn push_and_release(c: &Client, home: &Path, dir: &Path, repo: &str) -> Result<()> {
+    let vmss_path = c.vmss_path(RG, VMSS);
+    if c.get_opt_scaleset(&format!("/repos/{}", crate::client::enc(repo)))
+        .await?
+        .is_none()
+    {
+        c.scaleset("PUT", &format!("/repos/{}", crate::client::enc(repo)), None)
+            .await?;
+    }
+    let url = format!("{}/scaleset/git/{repo}.git", c.endpoint());
+    eprintln!("==> pushing {} to {url}", dir.display());
+    let (h, d, u, tok) = (
+        home.to_path_buf(),
+        dir.to_path_buf(),
+        url.clone(),
+        c.token().to_string(),
+    );
+    let pushed = tokio::task::spawn_blocking(move || sync_repo(&h, &d, &u, &tok)).await??;
+    let vmss = c.call("GET", &vmss_path, None).await?;
+    let on_base = vmss
+        .pointer("/properties/virtualMachineProfile/storageProfile/imageReference/id")
+        .and_then(Value::as_str)
+        .is_some_and(|id| id.ends_with(&format!("/images/{BASE_IMAGE}")));
+    let ci = match &pushed {
+        Some(commit) => Some(run_for_commit(c, repo, commit).await?),
+        None if on_base => {
+            // Unchanged source but never released (an earlier `up` stopped half-way).
+            let v = c
+                .scaleset(
+                    "POST",
+                    &format!("/pipelines/{}/runs", crate::client::enc(repo)),
+                    Some(&json!({"branch": "main"})),
+                )
+                .await?;
+            v["id"].as_u64()
+        }
+        None => {
+            eprintln!("    unchanged since the last `up`: nothing to build");
+            None
+        }
+    };
+    if let Some(ci) = ci {
+        let t = Instant::now();
+        eprintln!("==> CI: run {ci} of pipeline `{repo}`");
+        follow_run(c, ci).await?;
+        let ci_s = t.elapsed().as_secs_f64();
+        let rel = triggered_by(c, ci).await?;
+        let t = Instant::now();
+        eprintln!(
+            "==> release: run {rel} (bake the image named by the build id, then `az vmss update`)"
+        );
+        let r = follow_run(c, rel).await?;
+        eprintln!(
+            "    deployed by `{}`: CI {ci_s:.1}s, release {:.1}s",
+            r["pipeline"].as_str().unwrap_or("?"),
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    Ok(())
+}
+
+/// Capacity (a new scale set was created empty), then waits for every instance to be healthy.
+async fn scale_and_wait(c: &Client, args: &UpArgs, home: &Path) -> Result<()> {
+    let vmss_path = c.vmss_path(RG, VMSS);
+    let mut vmss = c.call("GET", &vmss_path, None).await?;
+    if vmss.pointer("/sku/capacity").and_then(Value::as_u64) != Some(args.capacity as u64) {
+        eprintln!("==> scaling {VMSS} to {} instances", args.capacity);
+        vmss["sku"]["capacity"] = json!(args.capacity);
+        c.call("PUT", &vmss_path, Some(&vmss)).await?;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let vms = list_instances(c, RG, VMSS).await?;
+        if healthy_count(&vms) >= args.capacity as usize && vms.len() == args.capacity as usize {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "{}",
+                render(&Value::Array(vms), Output::Table, output::VM_COLS)
+            );
+            bail!(
+                "instances did not become healthy within 600 s; see {}/machines/*/console.log",
+                home.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+fn banner(c: &Client, args: &UpArgs, home: &Path, repo: &str, started: Instant) {
     println!(
         "\nServing at http://{}  ({} healthy instances, ready {:.1}s after start)\n",
         args.frontend,
@@ -542,17 +605,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
         home.display()
     );
     println!("(CLI state: SCALESET_HOME={})\n", home.display());
+}
 
-    if args.detach {
-        // Leave machines and the LB running; stop only the API.
-        let _ = tx.send(());
-        let _ = server.await;
-        return Ok(());
-    }
+/// Prints the instance table whenever it changes (redrawn in place on a terminal) until `stop`.
+async fn watch(c: &Client, args: &UpArgs, mut stop: Pin<&mut impl Future<Output = ()>>) {
     let live = !args.no_live && std::io::stdout().is_terminal();
     let mut last = String::new();
     loop {
-        let table = match list_instances(&c, RG, VMSS).await {
+        let table = match list_instances(c, RG, VMSS).await {
             Ok(vms) => render(&Value::Array(vms), Output::Table, output::VM_COLS),
             Err(e) => format!("(cannot list instances: {e})"),
         };
@@ -568,14 +628,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
             last = table;
         }
         tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = &mut stop => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    eprintln!("==> stopping instances and the load balancer");
-    let _ = tx.send(());
-    let _ = server.await;
-    api::engine::stop_everything(&st).await;
-    eprintln!("stopped. `scaleset up` again restarts them from the cached image.");
-    Ok(())
 }

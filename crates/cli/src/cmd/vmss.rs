@@ -24,38 +24,7 @@ pub struct Instances {
 #[derive(Subcommand)]
 pub enum VmssCmd {
     /// Create a scale set (waits until its instances are provisioned unless --no-wait).
-    Create {
-        #[command(flatten)]
-        t: Target,
-        /// Image name or full id (Microsoft.Compute/images).
-        #[arg(long)]
-        image: String,
-        #[arg(long, default_value_t = 2)]
-        instance_count: u32,
-        /// Load balancer (name or id) whose backend pool the instances join.
-        #[arg(long)]
-        lb: Option<String>,
-        /// Backend pool of --lb (default: its only pool).
-        #[arg(long)]
-        backend_pool_name: Option<String>,
-        /// Health probe of --lb used as the scale set's health source (name or id).
-        #[arg(long)]
-        health_probe: Option<String>,
-        #[arg(long, value_parser = ["Automatic", "Manual", "Rolling"], default_value = "Manual")]
-        upgrade_policy_mode: String,
-        #[arg(long, value_parser = ["Default", "NewestVM", "OldestVM"])]
-        scale_in_policy: Option<String>,
-        #[arg(long)]
-        computer_name_prefix: Option<String>,
-        /// Enable automatic repairs with this grace period in minutes (10-90).
-        #[arg(long)]
-        automatic_repairs_grace_period: Option<u32>,
-        /// Repair action for automatic repairs (enables them; default Replace).
-        #[arg(long, value_parser = ["Replace", "Restart", "Reimage"])]
-        automatic_repairs_action: Option<String>,
-        #[arg(long)]
-        no_wait: bool,
-    },
+    Create(CreateArgs),
     Show(Target),
     List {
         #[arg(long = "resource-group", short = 'g')]
@@ -71,22 +40,7 @@ pub enum VmssCmd {
         no_wait: bool,
     },
     /// Generic update: --set path.to.field=value (repeatable).
-    Update {
-        #[command(flatten)]
-        t: Target,
-        #[arg(long, num_args = 1..)]
-        set: Vec<String>,
-        /// Turn automatic repairs on or off.
-        #[arg(long)]
-        enable_automatic_repairs: Option<bool>,
-        /// Automatic repairs grace period in minutes (10-90).
-        #[arg(long)]
-        automatic_repairs_grace_period: Option<u32>,
-        #[arg(long, value_parser = ["Replace", "Restart", "Reimage"])]
-        automatic_repairs_action: Option<String>,
-        #[arg(long)]
-        no_wait: bool,
-    },
+    Update(UpdateArgs),
     Delete {
         #[command(flatten)]
         t: Target,
@@ -130,6 +84,58 @@ pub enum VmssCmd {
         #[arg(long)]
         action: String,
     },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub t: Target,
+    /// Image name or full id (Microsoft.Compute/images).
+    #[arg(long)]
+    pub image: String,
+    #[arg(long, default_value_t = 2)]
+    pub instance_count: u32,
+    /// Load balancer (name or id) whose backend pool the instances join.
+    #[arg(long)]
+    pub lb: Option<String>,
+    /// Backend pool of --lb (default: its only pool).
+    #[arg(long)]
+    pub backend_pool_name: Option<String>,
+    /// Health probe of --lb used as the scale set's health source (name or id).
+    #[arg(long)]
+    pub health_probe: Option<String>,
+    #[arg(long, value_parser = ["Automatic", "Manual", "Rolling"], default_value = "Manual")]
+    pub upgrade_policy_mode: String,
+    #[arg(long, value_parser = ["Default", "NewestVM", "OldestVM"])]
+    pub scale_in_policy: Option<String>,
+    #[arg(long)]
+    pub computer_name_prefix: Option<String>,
+    /// Enable automatic repairs with this grace period in minutes (10-90).
+    #[arg(long)]
+    pub automatic_repairs_grace_period: Option<u32>,
+    /// Repair action for automatic repairs (enables them; default Replace).
+    #[arg(long, value_parser = ["Replace", "Restart", "Reimage"])]
+    pub automatic_repairs_action: Option<String>,
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub t: Target,
+    #[arg(long, num_args = 1..)]
+    pub set: Vec<String>,
+    /// Turn automatic repairs on or off.
+    #[arg(long)]
+    pub enable_automatic_repairs: Option<bool>,
+    /// Automatic repairs grace period in minutes (10-90).
+    #[arg(long)]
+    pub automatic_repairs_grace_period: Option<u32>,
+    #[arg(long, value_parser = ["Replace", "Restart", "Reimage"])]
+    pub automatic_repairs_action: Option<String>,
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 fn lb_id(c: &Client, rg: &str, lb: &str) -> String {
@@ -239,54 +245,7 @@ pub fn vmss_body(
 pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
     let c = client()?;
     match cmd {
-        VmssCmd::Create {
-            t,
-            image,
-            instance_count,
-            lb,
-            backend_pool_name,
-            health_probe,
-            upgrade_policy_mode,
-            scale_in_policy,
-            computer_name_prefix,
-            automatic_repairs_grace_period,
-            automatic_repairs_action,
-            no_wait,
-        } => {
-            let lbref = match &lb {
-                None => None,
-                Some(lb) => Some((
-                    lb.clone(),
-                    backend_pool(&c, &t.rg, lb, &backend_pool_name).await?,
-                )),
-            };
-            let mut body = vmss_body(
-                &c,
-                &t.rg,
-                &image,
-                instance_count,
-                lbref
-                    .as_ref()
-                    .map(|(l, p)| (l.as_str(), p.as_str(), health_probe.as_deref())),
-                (
-                    &upgrade_policy_mode,
-                    scale_in_policy.as_deref(),
-                    computer_name_prefix.as_deref(),
-                ),
-            );
-            if automatic_repairs_grace_period.is_some() || automatic_repairs_action.is_some() {
-                body["properties"]["automaticRepairsPolicy"] = serde_json::json!({
-                    "enabled": true,
-                    "gracePeriod": format!("PT{}M", automatic_repairs_grace_period.unwrap_or(10)),
-                    "repairAction": automatic_repairs_action.as_deref().unwrap_or("Replace"),
-                });
-            }
-            let v = c
-                .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !no_wait)
-                .await?;
-            let v = settle(&c, &t, v, no_wait, true).await?;
-            print(&with_rg(v), out, output::VMSS_COLS);
-        }
+        VmssCmd::Create(a) => create(&c, a, out).await?,
         VmssCmd::Show(t) => print(
             &with_rg(c.call("GET", &c.vmss_path(&t.rg, &t.name), None).await?),
             out,
@@ -309,27 +268,7 @@ pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
             let v = settle(&c, &t, v, no_wait, false).await?;
             print(&with_rg(v), out, output::VMSS_COLS);
         }
-        VmssCmd::Update {
-            t,
-            mut set,
-            enable_automatic_repairs,
-            automatic_repairs_grace_period,
-            automatic_repairs_action,
-            no_wait,
-        } => {
-            // az's automatic repairs flags are shorthands for --set.
-            let repairs = "properties.automaticRepairsPolicy";
-            if let Some(e) = enable_automatic_repairs {
-                set.push(format!("{repairs}.enabled={e}"));
-            }
-            if let Some(m) = automatic_repairs_grace_period {
-                set.push(format!("{repairs}.gracePeriod=PT{m}M"));
-            }
-            if let Some(a) = &automatic_repairs_action {
-                set.push(format!("{repairs}.repairAction={a}"));
-            }
-            update(&c, &t, &set, no_wait, out).await?;
-        }
+        VmssCmd::Update(a) => update(&c, a, out).await?,
         VmssCmd::Delete { t, no_wait } => delete(&c, &t, no_wait).await?,
         VmssCmd::ListInstances(t) => print(
             &Value::Array(list_instances(&c, &t.rg, &t.name).await?),
@@ -388,6 +327,44 @@ pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
     Ok(())
 }
 
+async fn create(c: &Client, a: CreateArgs, out: Output) -> Result<()> {
+    let t = &a.t;
+    let lbref = match &a.lb {
+        None => None,
+        Some(lb) => Some((
+            lb.clone(),
+            backend_pool(c, &t.rg, lb, &a.backend_pool_name).await?,
+        )),
+    };
+    let mut body = vmss_body(
+        c,
+        &t.rg,
+        &a.image,
+        a.instance_count,
+        lbref
+            .as_ref()
+            .map(|(l, p)| (l.as_str(), p.as_str(), a.health_probe.as_deref())),
+        (
+            &a.upgrade_policy_mode,
+            a.scale_in_policy.as_deref(),
+            a.computer_name_prefix.as_deref(),
+        ),
+    );
+    if a.automatic_repairs_grace_period.is_some() || a.automatic_repairs_action.is_some() {
+        body["properties"]["automaticRepairsPolicy"] = serde_json::json!({
+            "enabled": true,
+            "gracePeriod": format!("PT{}M", a.automatic_repairs_grace_period.unwrap_or(10)),
+            "repairAction": a.automatic_repairs_action.as_deref().unwrap_or("Replace"),
+        });
+    }
+    let v = c
+        .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !a.no_wait)
+        .await?;
+    let v = settle(c, t, v, a.no_wait, true).await?;
+    print(&with_rg(v), out, output::VMSS_COLS);
+    Ok(())
+}
+
 /// The backend pool of `lb` the instances join: `--backend-pool-name`, else its only pool.
 async fn backend_pool(c: &Client, rg: &str, lb: &str, named: &Option<String>) -> Result<String> {
     let lbv = c.call("GET", &lb_id(c, rg, lb), None).await?;
@@ -443,19 +420,31 @@ async fn list(c: &Client, rg: Option<&str>, out: Output) -> Result<()> {
 }
 
 /// `vmss update --set path=value...`: read, edit, put back.
-async fn update(c: &Client, t: &Target, set: &[String], no_wait: bool, out: Output) -> Result<()> {
+async fn update(c: &Client, a: UpdateArgs, out: Output) -> Result<()> {
+    let (t, mut set) = (&a.t, a.set.clone());
+    // az's automatic repairs flags are shorthands for --set.
+    let repairs = "properties.automaticRepairsPolicy";
+    if let Some(e) = a.enable_automatic_repairs {
+        set.push(format!("{repairs}.enabled={e}"));
+    }
+    if let Some(m) = a.automatic_repairs_grace_period {
+        set.push(format!("{repairs}.gracePeriod=PT{m}M"));
+    }
+    if let Some(x) = &a.automatic_repairs_action {
+        set.push(format!("{repairs}.repairAction={x}"));
+    }
     if set.is_empty() {
         bail!("nothing to update: pass --set path=value");
     }
     let mut body = c.call("GET", &c.vmss_path(&t.rg, &t.name), None).await?;
-    for s in set {
+    for s in &set {
         let (path, value) = model::setpath::parse_assignment(s).map_err(|e| anyhow!(e.message))?;
         model::setpath::set(&mut body, &path, value).map_err(|e| anyhow!(e.message))?;
     }
     let v = c
-        .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !no_wait)
+        .call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !a.no_wait)
         .await?;
-    let v = settle(c, t, v, no_wait, true).await?;
+    let v = settle(c, t, v, a.no_wait, true).await?;
     print(&with_rg(v), out, output::VMSS_COLS);
     Ok(())
 }
