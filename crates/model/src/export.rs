@@ -66,93 +66,7 @@ pub fn azure_template(rg: &str, lbs: &[Value], scale_sets: &[Value]) -> Result<V
     let mut outputs = serde_json::Map::new();
 
     for lb in lbs {
-        let name = lb_name(lb)?;
-        let (m, _) = crate::lb::parse(lb)?;
-        let mut depends = Vec::new();
-        let mut frontends = Vec::new();
-        for (fe, _) in &m.frontends {
-            // A local frontend is an address on this machine; in Azure it is a public IP.
-            let pip = format!("{name}-{fe}-ip");
-            resources.push(json!({
-                "type": PIP, "apiVersion": NETWORK_API_VERSION, "name": pip,
-                "location": "[parameters('location')]",
-                "sku": {"name": "Standard", "tier": "Regional"},
-                "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
-            }));
-            depends.push(rid(PIP, &[&pip]));
-            frontends.push(
-                json!({"name": fe, "properties": {"publicIPAddress": {"id": rid(PIP, &[&pip])}}}),
-            );
-            outputs.insert(
-                format!("{}{}Address", name.replace(['-', '.', '_'], ""), fe.replace(['-', '.', '_'], "")),
-                json!({"type": "string", "value": format!("[reference({}).ipAddress]", rid_call(PIP, &[&pip]))}),
-            );
-        }
-        let probes: Vec<Value> = m
-            .probes
-            .iter()
-            .map(|p| {
-                let mut props = json!({
-                    "protocol": format!("{:?}", p.protocol),
-                    "port": p.port,
-                    "intervalInSeconds": p.interval_in_seconds,
-                    "probeThreshold": p.probe_threshold,
-                });
-                if let Some(path) = &p.request_path {
-                    props["requestPath"] = json!(path);
-                }
-                if p.all_probed_up {
-                    props["noHealthyBackendsBehavior"] = json!("AllProbedUp");
-                }
-                json!({"name": p.name, "properties": props})
-            })
-            .collect();
-        let rules: Vec<Value> = m
-            .rules
-            .iter()
-            .map(|r| {
-                let mut props = json!({
-                    // Locally "All" proxies TCP; in Azure "All" means HA ports.
-                    "protocol": "Tcp",
-                    "frontendPort": r.frontend_port,
-                    "backendPort": r.backend_port,
-                    "idleTimeoutInMinutes": r.idle_timeout_in_minutes,
-                    "enableTcpReset": r.enable_tcp_reset,
-                    "loadDistribution": format!("{:?}", r.load_distribution),
-                    "disableOutboundSnat": false,
-                    "frontendIPConfiguration": {"id": rid(&format!("{LB}/frontendIPConfigurations"), &[&name, &r.frontend])},
-                    "backendAddressPool": {"id": rid(&format!("{LB}/backendAddressPools"), &[&name, &r.pool])},
-                });
-                if let Some(p) = &r.probe {
-                    props["probe"] = json!({"id": rid(&format!("{LB}/probes"), &[&name, p])});
-                }
-                json!({"name": r.name, "properties": props})
-            })
-            .collect();
-        for r in &m.rules {
-            let priority = 100 + nsg_rules.len();
-            nsg_rules.push(json!({
-                "name": format!("allow-{name}-{}", r.name),
-                "properties": {
-                    "description": format!("Clients of load balancer {name}, rule {} (port {} → {})", r.name, r.frontend_port, r.backend_port),
-                    "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": r.backend_port.to_string(),
-                    "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*",
-                    "access": "Allow", "priority": priority, "direction": "Inbound",
-                },
-            }));
-        }
-        resources.push(json!({
-            "type": LB, "apiVersion": NETWORK_API_VERSION, "name": name,
-            "location": "[parameters('location')]",
-            "sku": {"name": "Standard", "tier": "Regional"},
-            "dependsOn": depends,
-            "properties": {
-                "frontendIPConfigurations": frontends,
-                "backendAddressPools": m.pools.iter().map(|p| json!({"name": p})).collect::<Vec<_>>(),
-                "probes": probes,
-                "loadBalancingRules": rules,
-            },
-        }));
+        export_lb(lb, &mut resources, &mut nsg_rules, &mut outputs)?;
     }
 
     resources.push(json!({
@@ -185,91 +99,7 @@ pub fn azure_template(rg: &str, lbs: &[Value], scale_sets: &[Value]) -> Result<V
     );
 
     for s in scale_sets {
-        let name = s
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ModelError::invalid("A scale set without a name cannot be exported."))?
-            .to_string();
-        let (m, _) = crate::vmss::parse(s, &name)?;
-        let mut depends = vec![rid(VNET, &[&vnet])];
-        let child_rid = |id: &crate::ids::ResourceId, kind: &str| {
-            let child = id.child.as_ref().map(|c| c.1.as_str()).unwrap_or_default();
-            rid(&format!("{LB}/{kind}"), &[&id.name, child])
-        };
-        for lb in m.backend_pools.iter().chain(m.health_probe.iter()) {
-            let d = rid(LB, &[&lb.name]);
-            if !depends.contains(&d) {
-                depends.push(d);
-            }
-        }
-        let r = &m.rolling;
-        let mut props = json!({
-            "orchestrationMode": "Uniform",
-            "overprovision": false,
-            "upgradePolicy": {
-                "mode": format!("{:?}", m.upgrade_mode),
-            },
-            "scaleInPolicy": {"rules": [format!("{:?}", m.scale_in)]},
-            "virtualMachineProfile": {
-                "osProfile": {
-                    "computerNamePrefix": m.computer_name_prefix,
-                    "adminUsername": "[parameters('adminUsername')]",
-                    "linuxConfiguration": {
-                        "disablePasswordAuthentication": true,
-                        "ssh": {"publicKeys": [{
-                            "path": "[format('/home/{0}/.ssh/authorized_keys', parameters('adminUsername'))]",
-                            "keyData": "[parameters('adminSshPublicKey')]",
-                        }]},
-                    },
-                },
-                "storageProfile": {
-                    "imageReference": {"id": "[parameters('imageId')]"},
-                    "osDisk": {"createOption": "FromImage", "caching": "ReadWrite", "managedDisk": {"storageAccountType": "Standard_LRS"}},
-                },
-                "networkProfile": {
-                    "networkInterfaceConfigurations": [{"name": format!("{name}-nic"), "properties": {
-                        "primary": true,
-                        "ipConfigurations": [{"name": "ipconfig", "properties": {
-                            "subnet": {"id": rid(&format!("{VNET}/subnets"), &[&vnet, subnet])},
-                            "loadBalancerBackendAddressPools": m.backend_pools.iter().map(|p| json!({"id": child_rid(p, "backendAddressPools")})).collect::<Vec<_>>(),
-                        }}],
-                    }}],
-                },
-                "diagnosticsProfile": {"bootDiagnostics": {"enabled": true}},
-            },
-        });
-        if m.upgrade_mode == crate::vmss::UpgradeMode::Rolling {
-            props["upgradePolicy"]["rollingUpgradePolicy"] = json!({
-                "maxBatchInstancePercent": r.max_batch_instance_percent,
-                "maxUnhealthyInstancePercent": r.max_unhealthy_instance_percent,
-                "maxUnhealthyUpgradedInstancePercent": r.max_unhealthy_upgraded_instance_percent,
-                "pauseTimeBetweenBatches": crate::vmss::format_iso8601_duration(r.pause_time_between_batches_secs),
-                "prioritizeUnhealthyInstances": r.prioritize_unhealthy_instances,
-                "rollbackFailedInstancesOnPolicyBreach": r.rollback_failed_instances_on_policy_breach,
-                "maxSurge": r.max_surge,
-            });
-        }
-        if let Some(p) = &m.health_probe {
-            props["virtualMachineProfile"]["networkProfile"]["healthProbe"] =
-                json!({"id": child_rid(p, "probes")});
-        }
-        if m.repairs.enabled {
-            props["automaticRepairsPolicy"] = json!({
-                "enabled": true,
-                "gracePeriod": crate::vmss::format_iso8601_duration(m.repairs.grace_period_secs),
-                "repairAction": format!("{:?}", m.repairs.repair_action),
-            });
-        }
-        resources.push(json!({
-            "type": VMSS, "apiVersion": COMPUTE_API_VERSION, "name": name,
-            // The first release deploys the network and storage only; Packer needs the storage
-            // account before there is an image for the scale set.
-            "condition": "[parameters('deployScaleSet')]",
-            "location": "[parameters('location')]",
-            "sku": {"name": m.sku_name, "tier": "Standard", "capacity": m.capacity},
-            "dependsOn": depends,
-            "properties": props,
-        }));
+        resources.push(export_vmss(s, &vnet, subnet)?);
     }
 
     Ok(json!({
@@ -289,6 +119,189 @@ pub fn azure_template(rg: &str, lbs: &[Value], scale_sets: &[Value]) -> Result<V
         "variables": {"storageAccountName": "[concat('sset', uniqueString(resourceGroup().id))]"},
         "resources": resources,
         "outputs": outputs,
+    }))
+}
+
+/// A load balancer and its public IPs; each rule opens its backend port in the NSG and each
+/// frontend's address is an output.
+fn export_lb(
+    lb: &Value,
+    resources: &mut Vec<Value>,
+    nsg_rules: &mut Vec<Value>,
+    outputs: &mut serde_json::Map<String, Value>,
+) -> Result<(), ModelError> {
+    let name = lb_name(lb)?;
+    let (m, _) = crate::lb::parse(lb)?;
+    let mut depends = Vec::new();
+    let mut frontends = Vec::new();
+    for (fe, _) in &m.frontends {
+        // A local frontend is an address on this machine; in Azure it is a public IP.
+        let pip = format!("{name}-{fe}-ip");
+        resources.push(json!({
+            "type": PIP, "apiVersion": NETWORK_API_VERSION, "name": pip,
+            "location": "[parameters('location')]",
+            "sku": {"name": "Standard", "tier": "Regional"},
+            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+        }));
+        depends.push(rid(PIP, &[&pip]));
+        frontends.push(
+            json!({"name": fe, "properties": {"publicIPAddress": {"id": rid(PIP, &[&pip])}}}),
+        );
+        outputs.insert(
+            format!("{}{}Address", name.replace(['-', '.', '_'], ""), fe.replace(['-', '.', '_'], "")),
+            json!({"type": "string", "value": format!("[reference({}).ipAddress]", rid_call(PIP, &[&pip]))}),
+        );
+    }
+    let probes: Vec<Value> = m.probes.iter().map(probe_json).collect();
+    let rules: Vec<Value> = m.rules.iter().map(|r| rule_json(&name, r)).collect();
+    for r in &m.rules {
+        let priority = 100 + nsg_rules.len();
+        nsg_rules.push(json!({
+            "name": format!("allow-{name}-{}", r.name),
+            "properties": {
+                "description": format!("Clients of load balancer {name}, rule {} (port {} → {})", r.name, r.frontend_port, r.backend_port),
+                "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": r.backend_port.to_string(),
+                "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*",
+                "access": "Allow", "priority": priority, "direction": "Inbound",
+            },
+        }));
+    }
+    resources.push(json!({
+        "type": LB, "apiVersion": NETWORK_API_VERSION, "name": name,
+        "location": "[parameters('location')]",
+        "sku": {"name": "Standard", "tier": "Regional"},
+        "dependsOn": depends,
+        "properties": {
+            "frontendIPConfigurations": frontends,
+            "backendAddressPools": m.pools.iter().map(|p| json!({"name": p})).collect::<Vec<_>>(),
+            "probes": probes,
+            "loadBalancingRules": rules,
+        },
+    }));
+    Ok(())
+}
+
+fn probe_json(p: &crate::lb::ProbeModel) -> Value {
+    let mut props = json!({
+        "protocol": format!("{:?}", p.protocol),
+        "port": p.port,
+        "intervalInSeconds": p.interval_in_seconds,
+        "probeThreshold": p.probe_threshold,
+    });
+    if let Some(path) = &p.request_path {
+        props["requestPath"] = json!(path);
+    }
+    if p.all_probed_up {
+        props["noHealthyBackendsBehavior"] = json!("AllProbedUp");
+    }
+    json!({"name": p.name, "properties": props})
+}
+
+fn rule_json(name: &str, r: &crate::lb::RuleModel) -> Value {
+    let mut props = json!({
+        // Locally "All" proxies TCP; in Azure "All" means HA ports.
+        "protocol": "Tcp",
+        "frontendPort": r.frontend_port,
+        "backendPort": r.backend_port,
+        "idleTimeoutInMinutes": r.idle_timeout_in_minutes,
+        "enableTcpReset": r.enable_tcp_reset,
+        "loadDistribution": format!("{:?}", r.load_distribution),
+        "disableOutboundSnat": false,
+        "frontendIPConfiguration": {"id": rid(&format!("{LB}/frontendIPConfigurations"), &[&name, &r.frontend])},
+        "backendAddressPool": {"id": rid(&format!("{LB}/backendAddressPools"), &[&name, &r.pool])},
+    });
+    if let Some(p) = &r.probe {
+        props["probe"] = json!({"id": rid(&format!("{LB}/probes"), &[&name, p])});
+    }
+    json!({"name": r.name, "properties": props})
+}
+
+/// A scale set on the subnet, running the `imageId` parameter's image.
+fn export_vmss(s: &Value, vnet: &str, subnet: &str) -> Result<Value, ModelError> {
+    let name = s
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ModelError::invalid("A scale set without a name cannot be exported."))?
+        .to_string();
+    let (m, _) = crate::vmss::parse(s, &name)?;
+    let mut depends = vec![rid(VNET, &[&vnet])];
+    let child_rid = |id: &crate::ids::ResourceId, kind: &str| {
+        let child = id.child.as_ref().map(|c| c.1.as_str()).unwrap_or_default();
+        rid(&format!("{LB}/{kind}"), &[&id.name, child])
+    };
+    for lb in m.backend_pools.iter().chain(m.health_probe.iter()) {
+        let d = rid(LB, &[&lb.name]);
+        if !depends.contains(&d) {
+            depends.push(d);
+        }
+    }
+    let r = &m.rolling;
+    let mut props = json!({
+        "orchestrationMode": "Uniform",
+        "overprovision": false,
+        "upgradePolicy": {
+            "mode": format!("{:?}", m.upgrade_mode),
+        },
+        "scaleInPolicy": {"rules": [format!("{:?}", m.scale_in)]},
+        "virtualMachineProfile": {
+            "osProfile": {
+                "computerNamePrefix": m.computer_name_prefix,
+                "adminUsername": "[parameters('adminUsername')]",
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": true,
+                    "ssh": {"publicKeys": [{
+                        "path": "[format('/home/{0}/.ssh/authorized_keys', parameters('adminUsername'))]",
+                        "keyData": "[parameters('adminSshPublicKey')]",
+                    }]},
+                },
+            },
+            "storageProfile": {
+                "imageReference": {"id": "[parameters('imageId')]"},
+                "osDisk": {"createOption": "FromImage", "caching": "ReadWrite", "managedDisk": {"storageAccountType": "Standard_LRS"}},
+            },
+            "networkProfile": {
+                "networkInterfaceConfigurations": [{"name": format!("{name}-nic"), "properties": {
+                    "primary": true,
+                    "ipConfigurations": [{"name": "ipconfig", "properties": {
+                        "subnet": {"id": rid(&format!("{VNET}/subnets"), &[&vnet, subnet])},
+                        "loadBalancerBackendAddressPools": m.backend_pools.iter().map(|p| json!({"id": child_rid(p, "backendAddressPools")})).collect::<Vec<_>>(),
+                    }}],
+                }}],
+            },
+            "diagnosticsProfile": {"bootDiagnostics": {"enabled": true}},
+        },
+    });
+    if m.upgrade_mode == crate::vmss::UpgradeMode::Rolling {
+        props["upgradePolicy"]["rollingUpgradePolicy"] = json!({
+            "maxBatchInstancePercent": r.max_batch_instance_percent,
+            "maxUnhealthyInstancePercent": r.max_unhealthy_instance_percent,
+            "maxUnhealthyUpgradedInstancePercent": r.max_unhealthy_upgraded_instance_percent,
+            "pauseTimeBetweenBatches": crate::vmss::format_iso8601_duration(r.pause_time_between_batches_secs),
+            "prioritizeUnhealthyInstances": r.prioritize_unhealthy_instances,
+            "rollbackFailedInstancesOnPolicyBreach": r.rollback_failed_instances_on_policy_breach,
+            "maxSurge": r.max_surge,
+        });
+    }
+    if let Some(p) = &m.health_probe {
+        props["virtualMachineProfile"]["networkProfile"]["healthProbe"] =
+            json!({"id": child_rid(p, "probes")});
+    }
+    if m.repairs.enabled {
+        props["automaticRepairsPolicy"] = json!({
+            "enabled": true,
+            "gracePeriod": crate::vmss::format_iso8601_duration(m.repairs.grace_period_secs),
+            "repairAction": format!("{:?}", m.repairs.repair_action),
+        });
+    }
+    Ok(json!({
+        "type": VMSS, "apiVersion": COMPUTE_API_VERSION, "name": name,
+        // The first release deploys the network and storage only; Packer needs the storage
+        // account before there is an image for the scale set.
+        "condition": "[parameters('deployScaleSet')]",
+        "location": "[parameters('location')]",
+        "sku": {"name": m.sku_name, "tier": "Standard", "capacity": m.capacity},
+        "dependsOn": depends,
+        "properties": props,
     }))
 }
 

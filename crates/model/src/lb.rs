@@ -146,195 +146,244 @@ pub fn parse(body: &Value) -> Result<(LbModel, Value), ModelError> {
             )))
         }
     };
-    let mut frontends = Vec::new();
-    for f in list(body, "frontendIPConfigurations")? {
-        let name = name_of("frontend IP configuration", f)?;
-        let ip = match props(f).get("privateIPAddress").and_then(Value::as_str) {
-            None => IpAddr::from([127, 0, 0, 1]),
-            Some(s) => s.parse().map_err(|_| {
-                ModelError::invalid(format!(
-                    "privateIPAddress '{s}' of frontend '{name}' is not an IP address."
-                ))
-            })?,
-        };
-        frontends.push((name, ip));
-    }
+    let frontends = list(body, "frontendIPConfigurations")?
+        .iter()
+        .map(frontend)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut pools = Vec::new();
     for p in list(body, "backendAddressPools")? {
         pools.push(name_of("backend address pool", p)?);
     }
-    let mut probes = Vec::new();
-    for p in list(body, "probes")? {
-        let name = name_of("probe", p)?;
-        let pp = props(p);
-        let protocol = match pp.get("protocol").and_then(Value::as_str) {
-            Some(s) if s.eq_ignore_ascii_case("Tcp") => ProbeProtocol::Tcp,
-            Some(s) if s.eq_ignore_ascii_case("Http") => ProbeProtocol::Http,
-            Some(s) if s.eq_ignore_ascii_case("Https") => return Err(ModelError::invalid(format!("Probe '{name}': protocol Https is not supported locally; use Http or Tcp."))),
-            Some(s) => return Err(ModelError::invalid(format!("Probe '{name}': protocol '{s}' is not allowed. Allowed values are: Tcp, Http, Https."))),
-            None => return Err(ModelError::invalid(format!("Probe '{name}': 'protocol' is required."))),
-        };
-        let port = int(pp, "port", "probe.port", 1, 65535, None)? as u16;
-        let request_path = pp.get("requestPath").and_then(Value::as_str).map(|s| {
-            if s.starts_with('/') {
-                s.to_string()
-            } else {
-                format!("/{s}")
-            }
-        });
-        match (protocol, &request_path) {
-            (ProbeProtocol::Http, None) => {
-                return Err(ModelError::invalid(format!(
-                    "Probe '{name}': requestPath is required for protocol Http."
-                )))
-            }
-            (ProbeProtocol::Tcp, Some(_)) => {
-                return Err(ModelError::invalid(format!(
-                    "Probe '{name}': requestPath is not allowed for protocol Tcp."
-                )))
-            }
-            _ => {}
-        }
-        let interval = int(
-            pp,
-            "intervalInSeconds",
-            "probe.intervalInSeconds",
-            5,
-            2147483646,
-            Some(5),
-        )? as u32;
-        let threshold = int(
-            pp,
-            "probeThreshold",
-            "probe.probeThreshold",
-            1,
-            100,
-            Some(1),
-        )? as u32;
-        let all_probed_up = match pp.get("noHealthyBackendsBehavior").and_then(Value::as_str) {
-            None => false,
-            Some(s) if s.eq_ignore_ascii_case("AllProbedDown") => false,
-            Some(s) if s.eq_ignore_ascii_case("AllProbedUp") => true,
-            Some(s) => return Err(ModelError::invalid(format!("Probe '{name}': noHealthyBackendsBehavior '{s}' is not allowed. Allowed values are: AllProbedDown, AllProbedUp."))),
-        };
-        probes.push(ProbeModel {
-            name,
-            protocol,
-            port,
-            request_path,
-            interval_in_seconds: interval,
-            probe_threshold: threshold,
-            all_probed_up,
-        });
-    }
+    let probes = list(body, "probes")?
+        .iter()
+        .map(probe)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut rules = Vec::new();
     for r in list(body, "loadBalancingRules")? {
-        let name = name_of("load balancing rule", r)?;
-        let rp = props(r);
-        match rp.get("protocol").and_then(Value::as_str) {
-            Some(s) if s.eq_ignore_ascii_case("Tcp") || s.eq_ignore_ascii_case("All") => {}
-            Some(s) if s.eq_ignore_ascii_case("Udp") => {
-                return Err(ModelError::invalid(format!(
-                    "Rule '{name}': protocol Udp is not supported locally; use Tcp."
-                )))
-            }
-            Some(s) => {
-                return Err(ModelError::invalid(format!(
+        rules.push(rule(r, &frontends, &pools, &probes)?);
+    }
+    check_unique(&frontends, &pools, &probes, &rules)?;
+    let model = LbModel {
+        frontends,
+        pools,
+        probes,
+        rules,
+        l7,
+    };
+    let out = echo(body, &model);
+    Ok((model, out))
+}
+
+fn frontend(f: &Value) -> Result<(String, IpAddr), ModelError> {
+    let name = name_of("frontend IP configuration", f)?;
+    let ip = match props(f).get("privateIPAddress").and_then(Value::as_str) {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(s) => s.parse().map_err(|_| {
+            ModelError::invalid(format!(
+                "privateIPAddress '{s}' of frontend '{name}' is not an IP address."
+            ))
+        })?,
+    };
+    Ok((name, ip))
+}
+
+fn probe(p: &Value) -> Result<ProbeModel, ModelError> {
+    let name = name_of("probe", p)?;
+    let pp = props(p);
+    let protocol = match pp.get("protocol").and_then(Value::as_str) {
+        Some(s) if s.eq_ignore_ascii_case("Tcp") => ProbeProtocol::Tcp,
+        Some(s) if s.eq_ignore_ascii_case("Http") => ProbeProtocol::Http,
+        Some(s) if s.eq_ignore_ascii_case("Https") => {
+            return Err(ModelError::invalid(format!(
+                "Probe '{name}': protocol Https is not supported locally; use Http or Tcp."
+            )))
+        }
+        Some(s) => {
+            return Err(ModelError::invalid(format!(
+            "Probe '{name}': protocol '{s}' is not allowed. Allowed values are: Tcp, Http, Https."
+        )))
+        }
+        None => {
+            return Err(ModelError::invalid(format!(
+                "Probe '{name}': 'protocol' is required."
+            )))
+        }
+    };
+    let port = int(pp, "port", "probe.port", 1, 65535, None)? as u16;
+    let request_path = pp.get("requestPath").and_then(Value::as_str).map(|s| {
+        if s.starts_with('/') {
+            s.to_string()
+        } else {
+            format!("/{s}")
+        }
+    });
+    match (protocol, &request_path) {
+        (ProbeProtocol::Http, None) => {
+            return Err(ModelError::invalid(format!(
+                "Probe '{name}': requestPath is required for protocol Http."
+            )))
+        }
+        (ProbeProtocol::Tcp, Some(_)) => {
+            return Err(ModelError::invalid(format!(
+                "Probe '{name}': requestPath is not allowed for protocol Tcp."
+            )))
+        }
+        _ => {}
+    }
+    let interval = int(
+        pp,
+        "intervalInSeconds",
+        "probe.intervalInSeconds",
+        5,
+        2147483646,
+        Some(5),
+    )? as u32;
+    let threshold = int(
+        pp,
+        "probeThreshold",
+        "probe.probeThreshold",
+        1,
+        100,
+        Some(1),
+    )? as u32;
+    let all_probed_up = match pp.get("noHealthyBackendsBehavior").and_then(Value::as_str) {
+        None => false,
+        Some(s) if s.eq_ignore_ascii_case("AllProbedDown") => false,
+        Some(s) if s.eq_ignore_ascii_case("AllProbedUp") => true,
+        Some(s) => return Err(ModelError::invalid(format!("Probe '{name}': noHealthyBackendsBehavior '{s}' is not allowed. Allowed values are: AllProbedDown, AllProbedUp."))),
+    };
+    Ok(ProbeModel {
+        name,
+        protocol,
+        port,
+        request_path,
+        interval_in_seconds: interval,
+        probe_threshold: threshold,
+        all_probed_up,
+    })
+}
+
+/// One load-balancing rule; its references must name the frontends, pools and probes parsed.
+fn rule(
+    r: &Value,
+    frontends: &[(String, IpAddr)],
+    pools: &[String],
+    probes: &[ProbeModel],
+) -> Result<RuleModel, ModelError> {
+    let name = name_of("load balancing rule", r)?;
+    let rp = props(r);
+    match rp.get("protocol").and_then(Value::as_str) {
+        Some(s) if s.eq_ignore_ascii_case("Tcp") || s.eq_ignore_ascii_case("All") => {}
+        Some(s) if s.eq_ignore_ascii_case("Udp") => {
+            return Err(ModelError::invalid(format!(
+                "Rule '{name}': protocol Udp is not supported locally; use Tcp."
+            )))
+        }
+        Some(s) => {
+            return Err(ModelError::invalid(format!(
                 "Rule '{name}': protocol '{s}' is not allowed. Allowed values are: Tcp, Udp, All."
             )))
-            }
-            None => {
-                return Err(ModelError::invalid(format!(
-                    "Rule '{name}': 'protocol' is required."
-                )))
-            }
         }
-        let frontend_port = int(
-            rp,
-            "frontendPort",
-            "loadBalancingRule.frontendPort",
-            0,
-            65534,
-            None,
-        )? as u16;
-        if frontend_port == 0 {
+        None => {
             return Err(ModelError::invalid(format!(
-                "Rule '{name}': frontendPort 0 (HA ports) is not supported locally."
-            )));
+                "Rule '{name}': 'protocol' is required."
+            )))
         }
-        let backend_port = match int(
-            rp,
-            "backendPort",
-            "loadBalancingRule.backendPort",
-            0,
-            65535,
-            Some(0),
-        )? as u16
-        {
-            0 => frontend_port,
-            p => p,
-        };
-        let frontend = child_ref(rp, "frontendIPConfiguration", "frontendIPConfigurations")?
-            .or_else(|| (frontends.len() == 1).then(|| frontends[0].0.clone()))
-            .ok_or_else(|| {
-                ModelError::invalid(format!(
-                    "Rule '{name}': frontendIPConfiguration is required."
-                ))
-            })?;
-        let pool = child_ref(rp, "backendAddressPool", "backendAddressPools")?
-            .or_else(|| (pools.len() == 1).then(|| pools[0].clone()))
-            .ok_or_else(|| {
-                ModelError::invalid(format!("Rule '{name}': backendAddressPool is required."))
-            })?;
-        let probe = child_ref(rp, "probe", "probes")?;
-        if !frontends.iter().any(|(f, _)| *f == frontend) {
-            return Err(ModelError::new("InvalidResourceReference", format!("Rule '{name}' references frontend IP configuration '{frontend}' which does not exist in this load balancer.")));
-        }
-        if !pools.contains(&pool) {
-            return Err(ModelError::new("InvalidResourceReference", format!("Rule '{name}' references backend address pool '{pool}' which does not exist in this load balancer.")));
-        }
-        if let Some(p) = &probe {
-            if !probes.iter().any(|x| x.name == *p) {
-                return Err(ModelError::new("InvalidResourceReference", format!("Rule '{name}' references probe '{p}' which does not exist in this load balancer.")));
-            }
-        }
-        let load_distribution = match rp.get("loadDistribution").and_then(Value::as_str) {
-            None => Distribution::Default,
-            Some(s) if s.eq_ignore_ascii_case("Default") => Distribution::Default,
-            Some(s) if s.eq_ignore_ascii_case("SourceIP") => Distribution::SourceIP,
-            Some(s) if s.eq_ignore_ascii_case("SourceIPProtocol") => Distribution::SourceIPProtocol,
-            Some(s) => return Err(ModelError::invalid(format!("Rule '{name}': loadDistribution '{s}' is not allowed. Allowed values are: Default, SourceIP, SourceIPProtocol."))),
-        };
-        let idle = int(
-            rp,
-            "idleTimeoutInMinutes",
-            "loadBalancingRule.idleTimeoutInMinutes",
-            4,
-            30,
-            Some(4),
-        )? as u32;
-        let enable_tcp_reset = rp
-            .get("enableTcpReset")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        rules.push(RuleModel {
-            name,
-            frontend,
-            pool,
-            probe,
-            frontend_port,
-            backend_port,
-            load_distribution,
-            idle_timeout_in_minutes: idle,
-            enable_tcp_reset,
-        });
     }
+    let frontend_port = int(
+        rp,
+        "frontendPort",
+        "loadBalancingRule.frontendPort",
+        0,
+        65534,
+        None,
+    )? as u16;
+    if frontend_port == 0 {
+        return Err(ModelError::invalid(format!(
+            "Rule '{name}': frontendPort 0 (HA ports) is not supported locally."
+        )));
+    }
+    let backend_port = match int(
+        rp,
+        "backendPort",
+        "loadBalancingRule.backendPort",
+        0,
+        65535,
+        Some(0),
+    )? as u16
+    {
+        0 => frontend_port,
+        p => p,
+    };
+    let frontend = child_ref(rp, "frontendIPConfiguration", "frontendIPConfigurations")?
+        .or_else(|| (frontends.len() == 1).then(|| frontends[0].0.clone()))
+        .ok_or_else(|| {
+            ModelError::invalid(format!(
+                "Rule '{name}': frontendIPConfiguration is required."
+            ))
+        })?;
+    let pool = child_ref(rp, "backendAddressPool", "backendAddressPools")?
+        .or_else(|| (pools.len() == 1).then(|| pools[0].clone()))
+        .ok_or_else(|| {
+            ModelError::invalid(format!("Rule '{name}': backendAddressPool is required."))
+        })?;
+    let probe = child_ref(rp, "probe", "probes")?;
+    if !frontends.iter().any(|(f, _)| *f == frontend) {
+        return Err(ModelError::new("InvalidResourceReference", format!("Rule '{name}' references frontend IP configuration '{frontend}' which does not exist in this load balancer.")));
+    }
+    if !pools.contains(&pool) {
+        return Err(ModelError::new("InvalidResourceReference", format!("Rule '{name}' references backend address pool '{pool}' which does not exist in this load balancer.")));
+    }
+    if let Some(p) = &probe {
+        if !probes.iter().any(|x| x.name == *p) {
+            return Err(ModelError::new("InvalidResourceReference", format!("Rule '{name}' references probe '{p}' which does not exist in this load balancer.")));
+        }
+    }
+    let load_distribution = match rp.get("loadDistribution").and_then(Value::as_str) {
+        None => Distribution::Default,
+        Some(s) if s.eq_ignore_ascii_case("Default") => Distribution::Default,
+        Some(s) if s.eq_ignore_ascii_case("SourceIP") => Distribution::SourceIP,
+        Some(s) if s.eq_ignore_ascii_case("SourceIPProtocol") => Distribution::SourceIPProtocol,
+        Some(s) => return Err(ModelError::invalid(format!("Rule '{name}': loadDistribution '{s}' is not allowed. Allowed values are: Default, SourceIP, SourceIPProtocol."))),
+    };
+    let idle = int(
+        rp,
+        "idleTimeoutInMinutes",
+        "loadBalancingRule.idleTimeoutInMinutes",
+        4,
+        30,
+        Some(4),
+    )? as u32;
+    let enable_tcp_reset = rp
+        .get("enableTcpReset")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(RuleModel {
+        name,
+        frontend,
+        pool,
+        probe,
+        frontend_port,
+        backend_port,
+        load_distribution,
+        idle_timeout_in_minutes: idle,
+        enable_tcp_reset,
+    })
+}
+
+/// Names are unique per collection (ignoring case), and so is each frontend address and port.
+fn check_unique(
+    frontends: &[(String, IpAddr)],
+    pools: &[String],
+    probes: &[ProbeModel],
+    rules: &[RuleModel],
+) -> Result<(), ModelError> {
     for (kind, mut names) in [
         (
             "frontend IP configuration",
             frontends.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
         ),
-        ("backend address pool", pools.clone()),
+        ("backend address pool", pools.to_vec()),
         ("probe", probes.iter().map(|p| p.name.clone()).collect()),
         (
             "load balancing rule",
@@ -350,7 +399,7 @@ pub fn parse(body: &Value) -> Result<(LbModel, Value), ModelError> {
         }
     }
     let mut seen = std::collections::HashSet::new();
-    for r in &rules {
+    for r in rules {
         let ip = frontends.iter().find(|f| f.0 == r.frontend).map(|f| f.1);
         if !seen.insert((ip, r.frontend_port)) {
             return Err(ModelError::invalid(format!(
@@ -361,13 +410,11 @@ pub fn parse(body: &Value) -> Result<(LbModel, Value), ModelError> {
             )));
         }
     }
-    let model = LbModel {
-        frontends,
-        pools,
-        probes,
-        rules,
-        l7,
-    };
+    Ok(())
+}
+
+/// The body as ARM echoes it back: read-only fields dropped, defaults filled in.
+fn echo(body: &Value, model: &LbModel) -> Value {
     let mut out = body.clone();
     if let Some(o) = out.as_object_mut() {
         for k in ["id", "name", "type", "etag"] {
@@ -413,7 +460,7 @@ pub fn parse(body: &Value) -> Result<(LbModel, Value), ModelError> {
             f["properties"]["privateIPAllocationMethod"] = json!("Static");
         }
     }
-    Ok((model, out))
+    out
 }
 
 #[cfg(test)]

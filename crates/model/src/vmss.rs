@@ -121,119 +121,131 @@ fn app_health(body: &Value) -> Result<Option<AppHealthExtension>, ModelError> {
                 "A scale set can have only one Application Health extension.",
             ));
         }
-        let name = string(e, &["name"], "extensions.name")?
-            .unwrap_or("HealthExtension")
-            .to_string();
-        let publisher = string(
-            e,
-            &["properties", "publisher"],
-            "extensions.properties.publisher",
-        )?;
-        if let Some(p) = publisher {
-            if !p.eq_ignore_ascii_case("Microsoft.ManagedServices") {
-                return Err(ModelError::invalid(format!(
-                    "The publisher of ApplicationHealthLinux is Microsoft.ManagedServices, not '{p}'."
-                )));
-            }
-        }
-        let version = string(
-            e,
-            &["properties", "typeHandlerVersion"],
-            "extensions.properties.typeHandlerVersion",
-        )?
-        .unwrap_or("2.0");
-        let rich = match version.split('.').next() {
-            Some("1") => false,
-            Some("2") => true,
-            _ => {
-                return Err(ModelError::invalid(format!(
-                    "typeHandlerVersion '{version}' of ApplicationHealthLinux is not supported: use 1.0 (binary health states) or 2.0 (rich health states)."
-                )))
-            }
-        };
-        let st = |f: &'static str| -> Vec<&'static str> { vec!["properties", "settings", f] };
-        let protocol = match string(e, &st("protocol"), "settings.protocol")? {
-            None => {
-                return Err(ModelError::invalid(
-                    "The Application Health extension needs settings.protocol (http or tcp).",
-                ))
-            }
-            Some(p) if p.eq_ignore_ascii_case("http") => AppHealthProtocol::Http,
-            Some(p) if p.eq_ignore_ascii_case("tcp") => AppHealthProtocol::Tcp,
-            Some(p) if p.eq_ignore_ascii_case("https") => {
-                return Err(ModelError::invalid(
-                    "settings.protocol https is not available locally (instances serve plain HTTP behind the load balancer): use http or tcp.",
-                ))
-            }
-            Some(p) => {
-                return Err(ModelError::invalid(format!(
-                    "The value '{p}' of parameter 'settings.protocol' is not allowed. Allowed values are: http, https, tcp."
-                )))
-            }
-        };
-        let port = match get(e, &st("port")) {
-            None if protocol == AppHealthProtocol::Tcp => {
-                return Err(ModelError::invalid(
-                    "settings.port is required when settings.protocol is tcp.",
-                ))
-            }
-            None => 80,
-            Some(_) => int_in(e, &st("port"), "settings.port", 1, 65535, 80)? as u16,
-        };
-        let request_path = string(e, &st("requestPath"), "settings.requestPath")?;
-        let request_path = match (protocol, request_path) {
-            (AppHealthProtocol::Tcp, Some(_)) => {
-                return Err(ModelError::invalid(
-                    "settings.requestPath is only allowed with protocol http.",
-                ))
-            }
-            (AppHealthProtocol::Tcp, None) => None,
-            (AppHealthProtocol::Http, None) => Some("/".to_string()),
-            (AppHealthProtocol::Http, Some(p)) => {
-                if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(ModelError::invalid(format!(
-                        "settings.requestPath '{p}' must be an absolute path without spaces."
-                    )));
-                }
-                Some(p.to_string())
-            }
-        };
-        let interval = int_in(
-            e,
-            &st("intervalInSeconds"),
-            "settings.intervalInSeconds",
-            5,
-            60,
-            5,
-        )? as u32;
-        let probes = int_in(
-            e,
-            &st("numberOfProbes"),
-            "settings.numberOfProbes",
-            1,
-            24,
-            1,
-        )? as u32;
-        let grace = int_in(
-            e,
-            &st("gracePeriod"),
-            "settings.gracePeriod",
-            0,
-            14400,
-            (interval * probes) as i64,
-        )? as u32;
-        found = Some(AppHealthExtension {
-            name,
-            protocol,
-            port,
-            request_path,
-            interval_in_seconds: interval,
-            number_of_probes: probes,
-            grace_period_secs: grace,
-            rich,
-        });
+        found = Some(app_health_one(e)?);
     }
     Ok(found)
+}
+
+/// One ApplicationHealthLinux extension.
+fn app_health_one(e: &Value) -> Result<AppHealthExtension, ModelError> {
+    let name = string(e, &["name"], "extensions.name")?
+        .unwrap_or("HealthExtension")
+        .to_string();
+    let publisher = string(
+        e,
+        &["properties", "publisher"],
+        "extensions.properties.publisher",
+    )?;
+    if let Some(p) = publisher {
+        if !p.eq_ignore_ascii_case("Microsoft.ManagedServices") {
+            return Err(ModelError::invalid(format!(
+                "The publisher of ApplicationHealthLinux is Microsoft.ManagedServices, not '{p}'."
+            )));
+        }
+    }
+    let version = string(
+        e,
+        &["properties", "typeHandlerVersion"],
+        "extensions.properties.typeHandlerVersion",
+    )?
+    .unwrap_or("2.0");
+    let rich = match version.split('.').next() {
+    Some("1") => false,
+    Some("2") => true,
+    _ => {
+        return Err(ModelError::invalid(format!(
+            "typeHandlerVersion '{version}' of ApplicationHealthLinux is not supported: use 1.0 (binary health states) or 2.0 (rich health states)."
+        )))
+    }
+};
+    let st = |f: &'static str| -> Vec<&'static str> { vec!["properties", "settings", f] };
+    let (protocol, port, request_path) = health_endpoint(e)?;
+    let interval = int_in(
+        e,
+        &st("intervalInSeconds"),
+        "settings.intervalInSeconds",
+        5,
+        60,
+        5,
+    )? as u32;
+    let probes = int_in(
+        e,
+        &st("numberOfProbes"),
+        "settings.numberOfProbes",
+        1,
+        24,
+        1,
+    )? as u32;
+    let grace = int_in(
+        e,
+        &st("gracePeriod"),
+        "settings.gracePeriod",
+        0,
+        14400,
+        (interval * probes) as i64,
+    )? as u32;
+    Ok(AppHealthExtension {
+        name,
+        protocol,
+        port,
+        request_path,
+        interval_in_seconds: interval,
+        number_of_probes: probes,
+        grace_period_secs: grace,
+        rich,
+    })
+}
+
+/// The settings' protocol, port and request path.
+fn health_endpoint(e: &Value) -> Result<(AppHealthProtocol, u16, Option<String>), ModelError> {
+    let st = |f: &'static str| -> Vec<&'static str> { vec!["properties", "settings", f] };
+    let protocol = match string(e, &st("protocol"), "settings.protocol")? {
+    None => {
+        return Err(ModelError::invalid(
+            "The Application Health extension needs settings.protocol (http or tcp).",
+        ))
+    }
+    Some(p) if p.eq_ignore_ascii_case("http") => AppHealthProtocol::Http,
+    Some(p) if p.eq_ignore_ascii_case("tcp") => AppHealthProtocol::Tcp,
+    Some(p) if p.eq_ignore_ascii_case("https") => {
+        return Err(ModelError::invalid(
+            "settings.protocol https is not available locally (instances serve plain HTTP behind the load balancer): use http or tcp.",
+        ))
+    }
+    Some(p) => {
+        return Err(ModelError::invalid(format!(
+            "The value '{p}' of parameter 'settings.protocol' is not allowed. Allowed values are: http, https, tcp."
+        )))
+    }
+};
+    let port = match get(e, &st("port")) {
+        None if protocol == AppHealthProtocol::Tcp => {
+            return Err(ModelError::invalid(
+                "settings.port is required when settings.protocol is tcp.",
+            ))
+        }
+        None => 80,
+        Some(_) => int_in(e, &st("port"), "settings.port", 1, 65535, 80)? as u16,
+    };
+    let request_path = string(e, &st("requestPath"), "settings.requestPath")?;
+    let request_path = match (protocol, request_path) {
+        (AppHealthProtocol::Tcp, Some(_)) => {
+            return Err(ModelError::invalid(
+                "settings.requestPath is only allowed with protocol http.",
+            ))
+        }
+        (AppHealthProtocol::Tcp, None) => None,
+        (AppHealthProtocol::Http, None) => Some("/".to_string()),
+        (AppHealthProtocol::Http, Some(p)) => {
+            if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ModelError::invalid(format!(
+                    "settings.requestPath '{p}' must be an absolute path without spaces."
+                )));
+            }
+            Some(p.to_string())
+        }
+    };
+    Ok((protocol, port, request_path))
 }
 
 /// The typed, validated view of a scale set's model.
@@ -407,11 +419,7 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             "The request content must be a JSON object.",
         ));
     }
-    let p = |rest: &[&'static str]| -> Vec<&'static str> {
-        let mut v = vec!["properties"];
-        v.extend_from_slice(rest);
-        v
-    };
+    let p = props_path;
     let capacity = int_in(
         body,
         &["sku", "capacity"],
@@ -423,6 +431,64 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
     let sku_name = string(body, &["sku", "name"], "sku.name")?
         .unwrap_or("Standard_B1s")
         .to_string();
+    let image = image_ref(body)?;
+    refuse_unknown_members(body)?;
+    refuse_unimplemented(body)?;
+    let prefix = computer_name_prefix(body, default_prefix)?;
+    let upgrade_mode = enum_of(
+        body,
+        &p(&["upgradePolicy", "mode"]),
+        "upgradePolicy.mode",
+        &[
+            ("Automatic", UpgradeMode::Automatic),
+            ("Manual", UpgradeMode::Manual),
+            ("Rolling", UpgradeMode::Rolling),
+        ],
+        UpgradeMode::Manual,
+    )?;
+    let rolling = rolling_policy(body)?;
+    let scale_in = scale_in_rule(body)?;
+    let health_probe = health_probe(body)?;
+    let backend_pools = backend_pools(body)?;
+    let repairs = repairs_policy(body)?;
+    let app_health = app_health(body)?;
+    if repairs.enabled && health_probe.is_none() && app_health.is_none() {
+        return Err(ModelError::invalid("Automatic repairs need a health source: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
+    }
+    if repairs.enabled && health_probe.is_some() && app_health.is_some() {
+        return Err(ModelError::invalid("Automatic repairs need exactly one health source: remove either networkProfile.healthProbe or the Application Health extension."));
+    }
+    if upgrade_mode == UpgradeMode::Rolling && health_probe.is_none() && app_health.is_none() {
+        return Err(ModelError::invalid("Rolling upgrade mode requires a health probe: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
+    }
+    let model = VmssModel {
+        capacity,
+        sku_name,
+        image,
+        computer_name_prefix: prefix.to_string(),
+        upgrade_mode,
+        rolling,
+        scale_in,
+        health_probe,
+        backend_pools,
+        repairs,
+        app_health,
+    };
+    let mut out = body.clone();
+    normalize(&mut out, &model);
+    Ok((model, out))
+}
+
+/// `["properties", rest...]`, the path of a member of the scale set's properties.
+fn props_path(rest: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec!["properties"];
+    v.extend_from_slice(rest);
+    v
+}
+
+/// `imageReference.id`, a managed image; marketplace and gallery references are refused.
+fn image_ref(body: &Value) -> Result<Option<ResourceId>, ModelError> {
+    let p = props_path;
     let image = match string(
         body,
         &p(&[
@@ -457,8 +523,14 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             }
         }
     }
-    refuse_unknown_members(body)?;
-    refuse_unimplemented(body)?;
+    Ok(image)
+}
+
+fn computer_name_prefix<'a>(
+    body: &'a Value,
+    default_prefix: &'a str,
+) -> Result<&'a str, ModelError> {
+    let p = props_path;
     let prefix = string(
         body,
         &p(&["virtualMachineProfile", "osProfile", "computerNamePrefix"]),
@@ -474,17 +546,11 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
     {
         return Err(ModelError::invalid(format!("computerNamePrefix '{prefix}' is invalid: 1-58 letters, digits or hyphens, not starting with a hyphen.")));
     }
-    let upgrade_mode = enum_of(
-        body,
-        &p(&["upgradePolicy", "mode"]),
-        "upgradePolicy.mode",
-        &[
-            ("Automatic", UpgradeMode::Automatic),
-            ("Manual", UpgradeMode::Manual),
-            ("Rolling", UpgradeMode::Rolling),
-        ],
-        UpgradeMode::Manual,
-    )?;
+    Ok(prefix)
+}
+
+fn rolling_policy(body: &Value) -> Result<RollingUpgradePolicy, ModelError> {
+    let p = props_path;
     let r = p(&["upgradePolicy", "rollingUpgradePolicy"]);
     let rp = |f: &'static str| -> Vec<&'static str> {
         let mut v = r.clone();
@@ -544,7 +610,12 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             "rollingUpgradePolicy.pauseTimeBetweenBatches must be between PT0S and PT1H.",
         ));
     }
-    let scale_in = match get(body, &p(&["scaleInPolicy", "rules"])) {
+    Ok(rolling)
+}
+
+fn scale_in_rule(body: &Value) -> Result<ScaleInRule, ModelError> {
+    let p = props_path;
+    Ok(match get(body, &p(&["scaleInPolicy", "rules"])) {
         None => ScaleInRule::Default,
         Some(Value::Array(rules)) if rules.len() <= 1 => match rules.first() {
             None => ScaleInRule::Default,
@@ -563,28 +634,40 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
         Some(_) => return Err(ModelError::invalid(
             "scaleInPolicy.rules must be a list with at most one of Default, NewestVM, OldestVM.",
         )),
-    };
-    let health_probe = match string(
-        body,
-        &p(&[
-            "virtualMachineProfile",
-            "networkProfile",
-            "healthProbe",
-            "id",
-        ]),
-        "healthProbe.id",
-    )? {
-        None => None,
-        Some(id) => {
-            let rid = ResourceId::parse(id)?;
-            if !rid.is("Microsoft.Network", "loadBalancers")
-                || !matches!(&rid.child, Some((k, _)) if k.eq_ignore_ascii_case("probes"))
-            {
-                return Err(ModelError::invalid(format!("healthProbe.id '{id}' must reference a load balancer probe (.../loadBalancers/{{lb}}/probes/{{probe}}).")));
+    })
+}
+
+/// `networkProfile.healthProbe.id`, a load balancer probe.
+fn health_probe(body: &Value) -> Result<Option<ResourceId>, ModelError> {
+    let p = props_path;
+    Ok(
+        match string(
+            body,
+            &p(&[
+                "virtualMachineProfile",
+                "networkProfile",
+                "healthProbe",
+                "id",
+            ]),
+            "healthProbe.id",
+        )? {
+            None => None,
+            Some(id) => {
+                let rid = ResourceId::parse(id)?;
+                if !rid.is("Microsoft.Network", "loadBalancers")
+                    || !matches!(&rid.child, Some((k, _)) if k.eq_ignore_ascii_case("probes"))
+                {
+                    return Err(ModelError::invalid(format!("healthProbe.id '{id}' must reference a load balancer probe (.../loadBalancers/{{lb}}/probes/{{probe}}).")));
+                }
+                Some(rid)
             }
-            Some(rid)
-        }
-    };
+        },
+    )
+}
+
+/// The load balancer backend pools the instances' NICs join.
+fn backend_pools(body: &Value) -> Result<Vec<ResourceId>, ModelError> {
+    let p = props_path;
     let mut backend_pools = Vec::new();
     if let Some(nics) = get(
         body,
@@ -626,6 +709,11 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             }
         }
     }
+    Ok(backend_pools)
+}
+
+fn repairs_policy(body: &Value) -> Result<AutomaticRepairsPolicy, ModelError> {
+    let p = props_path;
     let a = p(&["automaticRepairsPolicy"]);
     let ap = |f: &'static str| -> Vec<&'static str> {
         let mut v = a.clone();
@@ -657,32 +745,7 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
             "automaticRepairsPolicy.gracePeriod must be between PT10M and PT90M.",
         ));
     }
-    let app_health = app_health(body)?;
-    if repairs.enabled && health_probe.is_none() && app_health.is_none() {
-        return Err(ModelError::invalid("Automatic repairs need a health source: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
-    }
-    if repairs.enabled && health_probe.is_some() && app_health.is_some() {
-        return Err(ModelError::invalid("Automatic repairs need exactly one health source: remove either networkProfile.healthProbe or the Application Health extension."));
-    }
-    if upgrade_mode == UpgradeMode::Rolling && health_probe.is_none() && app_health.is_none() {
-        return Err(ModelError::invalid("Rolling upgrade mode requires a health probe: set virtualMachineProfile.networkProfile.healthProbe.id or add the Application Health extension."));
-    }
-    let model = VmssModel {
-        capacity,
-        sku_name,
-        image,
-        computer_name_prefix: prefix.to_string(),
-        upgrade_mode,
-        rolling,
-        scale_in,
-        health_probe,
-        backend_pools,
-        repairs,
-        app_health,
-    };
-    let mut out = body.clone();
-    normalize(&mut out, &model);
-    Ok((model, out))
+    Ok(repairs)
 }
 
 /// The members of the scale set objects scaleset reads, as Microsoft's spec (compute 2024-11-01)
