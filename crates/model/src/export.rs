@@ -207,11 +207,11 @@ fn rule_json(name: &str, r: &crate::lb::RuleModel) -> Value {
         "enableTcpReset": r.enable_tcp_reset,
         "loadDistribution": format!("{:?}", r.load_distribution),
         "disableOutboundSnat": false,
-        "frontendIPConfiguration": {"id": rid(&format!("{LB}/frontendIPConfigurations"), &[&name, &r.frontend])},
-        "backendAddressPool": {"id": rid(&format!("{LB}/backendAddressPools"), &[&name, &r.pool])},
+        "frontendIPConfiguration": {"id": rid(&format!("{LB}/frontendIPConfigurations"), &[name, &r.frontend])},
+        "backendAddressPool": {"id": rid(&format!("{LB}/backendAddressPools"), &[name, &r.pool])},
     });
     if let Some(p) = &r.probe {
-        props["probe"] = json!({"id": rid(&format!("{LB}/probes"), &[&name, p])});
+        props["probe"] = json!({"id": rid(&format!("{LB}/probes"), &[name, p])});
     }
     json!({"name": r.name, "properties": props})
 }
@@ -224,7 +224,7 @@ fn export_vmss(s: &Value, vnet: &str, subnet: &str) -> Result<Value, ModelError>
         .ok_or_else(|| ModelError::invalid("A scale set without a name cannot be exported."))?
         .to_string();
     let (m, _) = crate::vmss::parse(s, &name)?;
-    let mut depends = vec![rid(VNET, &[&vnet])];
+    let mut depends = vec![rid(VNET, &[vnet])];
     let child_rid = |id: &crate::ids::ResourceId, kind: &str| {
         let child = id.child.as_ref().map(|c| c.1.as_str()).unwrap_or_default();
         rid(&format!("{LB}/{kind}"), &[&id.name, child])
@@ -263,7 +263,7 @@ fn export_vmss(s: &Value, vnet: &str, subnet: &str) -> Result<Value, ModelError>
                 "networkInterfaceConfigurations": [{"name": format!("{name}-nic"), "properties": {
                     "primary": true,
                     "ipConfigurations": [{"name": "ipconfig", "properties": {
-                        "subnet": {"id": rid(&format!("{VNET}/subnets"), &[&vnet, subnet])},
+                        "subnet": {"id": rid(&format!("{VNET}/subnets"), &[vnet, subnet])},
                         "loadBalancerBackendAddressPools": m.backend_pools.iter().map(|p| json!({"id": child_rid(p, "backendAddressPools")})).collect::<Vec<_>>(),
                     }}],
                 }}],
