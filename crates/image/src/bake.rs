@@ -333,6 +333,105 @@ impl ImageStore {
         fs::create_dir_all(tmp).map_err(io_err(format!("mkdir {}", tmp.display())))?;
         // Held for the whole bake: `gc` removes only unlocked tmp dirs.
         let _busy = Flock::exclusive(&tmp.join("lock"))?;
+        let (upper, work, merged) = self.mount_bake_overlay(tmp, stack)?;
+        // Top-level entries of the base: nspawn creates its skeleton
+        // (/proc, /sys, /dev, /run, /tmp, ...) in a root that lacks them;
+        // those are removed again if they stay empty.
+        let before: HashSet<OsString> = fs::read_dir(&merged)
+            .map_err(io_err(format!("read {}", merged.display())))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        // nspawn refuses a root without /usr.
+        let usr = merged.join("usr");
+        if fs::symlink_metadata(&usr).is_err() {
+            fs::create_dir(&usr).map_err(io_err(format!("mkdir {}", usr.display())))?;
+        }
+
+        // Package + bake-time shims.
+        let (files, bytes) = tree_count(pkg);
+        on_event(BakeEvent::Copying { files, bytes });
+        let deploy = merged.join("deployTemp");
+        crate::copy_tree(pkg, &deploy.join(pkg_name))?;
+        let in_guest_script = deploy.join(pkg_name).join(script_rel);
+        let mode = fs::metadata(&in_guest_script)
+            .map_err(io_err(format!("stat {}", in_guest_script.display())))?
+            .permissions()
+            .mode();
+        fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
+            .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
+
+        let has_sh = check_runnable(spec, &merged, &in_guest_script, pkg_name, script_rel)?;
+        let shims = put_shims(&merged, has_sh)?;
+
+        let _ = writeln!(
+            log_file,
+            "scaleset: baking {} from {} (package {pkg_name}, script {script_rel}, network {})",
+            spec.name, spec.base, spec.network
+        );
+        // Held until the script has finished: the namespace goes with it.
+        let bake_net = if spec.network {
+            let bn = self.join_bake_network(&spec.name)?;
+            let _ = writeln!(
+                log_file,
+                "scaleset: bake network: namespace {} on bridge {} (outbound through NAT only; the host is not reachable)",
+                bn.link.netns, bn.net.bridge
+            );
+            Some(bn)
+        } else {
+            None
+        };
+        let (cmd, in_guest) = nspawn_command(
+            spec,
+            &merged,
+            bake_net.as_ref(),
+            &format!("{pkg_name}/{script_rel}"),
+            has_sh,
+            log_file,
+        );
+        on_event(BakeEvent::ScriptStarted {
+            command: std::iter::once(format!("/deployTemp/{in_guest}"))
+                .chain(spec.args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+        let started = Instant::now();
+        let mut lines = LineSink {
+            buf: Vec::new(),
+            on_event,
+        };
+        let status = run_streaming(cmd, &mut [log, log_file, &mut lines]).map_err(io_err(
+            "cannot run systemd-nspawn (apt-get install systemd-container)",
+        ))?;
+        lines.finish();
+        drop(bake_net);
+        let on_event = lines.on_event;
+        let _ = writeln!(
+            log_file,
+            "scaleset: setup script finished with {status} after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        self.check_outcome(spec, &upper, status, log_file, log_path)?;
+
+        on_event(BakeEvent::Deprovisioning);
+        deprovision_tree(&merged, &shims, &before, &work)?;
+
+        on_event(BakeEvent::Capturing);
+        let img = self.capture(spec, stack, (&upper, guard), key, log_path)?;
+        let _ = writeln!(
+            log_file,
+            "scaleset: registered {} as {}",
+            img.name, img.digest
+        );
+        Ok(img)
+    }
+
+    /// The bake's overlay on `tmp`: the base's layers below, the new layer in `upper`.
+    fn mount_bake_overlay(
+        &self,
+        tmp: &Path,
+        stack: &BaseStack,
+    ) -> Result<(PathBuf, PathBuf, PathBuf), ImageError> {
         let (upper, work, merged) = (tmp.join("upper"), tmp.join("work"), tmp.join("merged"));
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).map_err(io_err(format!("mkdir {}", d.display())))?;
@@ -365,191 +464,21 @@ impl ImageStore {
             what: format!("mount bake overlay ({data})"),
             source: io::Error::from(e),
         })?;
+        Ok((upper, work, merged))
+    }
 
-        // Top-level entries of the base: nspawn creates its skeleton
-        // (/proc, /sys, /dev, /run, /tmp, ...) in a root that lacks them;
-        // those are removed again if they stay empty.
-        let before: HashSet<OsString> = fs::read_dir(&merged)
-            .map_err(io_err(format!("read {}", merged.display())))?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        // nspawn refuses a root without /usr.
-        let usr = merged.join("usr");
-        if fs::symlink_metadata(&usr).is_err() {
-            fs::create_dir(&usr).map_err(io_err(format!("mkdir {}", usr.display())))?;
-        }
-
-        // Package + bake-time shims.
-        let (files, bytes) = tree_count(pkg);
-        on_event(BakeEvent::Copying { files, bytes });
-        let deploy = merged.join("deployTemp");
-        crate::copy_tree(pkg, &deploy.join(pkg_name))?;
-        let in_guest_script = deploy.join(pkg_name).join(script_rel);
-        let mode = fs::metadata(&in_guest_script)
-            .map_err(io_err(format!("stat {}", in_guest_script.display())))?
-            .permissions()
-            .mode();
-        fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
-            .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
-
-        // How to start the script: through /bin/sh when the image has one,
-        // else exec'd directly (scratch-like roots: the script must be a
-        // static executable or name an interpreter the image/package has).
-        let has_sh = exists_in(&merged, "/bin/sh") || exists_in(&merged, "/usr/bin/sh");
-        if !has_sh {
-            let mut head = [0u8; 256];
-            let n = fs::File::open(&in_guest_script)
-                .and_then(|mut f| f.read(&mut head))
-                .map_err(io_err(format!("read {}", in_guest_script.display())))?;
-            let head = &head[..n];
-            if let Some(rest) = head.strip_prefix(b"#!") {
-                let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-                let interp = String::from_utf8_lossy(line)
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                if interp.is_empty() || !interp.starts_with('/') || !exists_in(&merged, &interp) {
-                    return Err(ImageError::InvalidSpec {
-                        name: spec.name.clone(),
-                        msg: format!(
-                            "base {:?} has no /bin/sh and no {interp:?} to run script {script_rel:?}: on an empty base (scratch) the script must be a static executable, or name an interpreter the package ships (e.g. #!/deployTemp/{pkg_name}/busybox sh)",
-                            spec.base
-                        ),
-                    });
-                }
-            } else if !head.starts_with(b"\x7fELF") {
-                return Err(ImageError::InvalidSpec {
-                    name: spec.name.clone(),
-                    msg: format!(
-                        "base {:?} has no /bin/sh and script {script_rel:?} is neither an ELF executable nor a #! script",
-                        spec.base
-                    ),
-                });
-            }
-        }
-
-        let mut shims: Vec<(String, String)> = Vec::new();
-        let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
-            let p = merged.join(rel);
-            if fs::symlink_metadata(&p).is_ok() {
-                return Ok(()); // the image has its own; leave it alone
-            }
-            if let Some(parent) = p.parent() {
-                if !parent.is_dir() {
-                    return Ok(());
-                }
-            }
-            fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-                .map_err(io_err(format!("chmod {}", p.display())))?;
-            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-            shims.push((dir.to_string(), name.to_string()));
-            Ok(())
-        };
-        if has_sh {
-            put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
-            put_shim("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
-            put_shim("etc/sudoers.d/zz-scaleset-bake", SUDOERS_DROPIN, 0o440)?;
-            if fs::symlink_metadata(merged.join("usr/bin/sudo")).is_err() {
-                put_shim("usr/local/bin/sudo", SUDO_SHIM, 0o755)?;
-            }
-        }
-
-        let _ = writeln!(
-            log_file,
-            "scaleset: baking {} from {} (package {pkg_name}, script {script_rel}, network {})",
-            spec.name, spec.base, spec.network
-        );
-        // Held until the script has finished: the namespace goes with it.
-        let bake_net = if spec.network {
-            let bn = self.join_bake_network(&spec.name)?;
-            let _ = writeln!(
-                log_file,
-                "scaleset: bake network: namespace {} on bridge {} (outbound through NAT only; the host is not reachable)",
-                bn.link.netns, bn.net.bridge
-            );
-            Some(bn)
-        } else {
-            None
-        };
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.args([
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--pipe",
-            "--as-pid2",
-            "--timezone=off",
-            "--link-journal=no",
-            // A resolvable host name (sudo looks it up on every call).
-            "--hostname=localhost",
-        ])
-        .arg(format!(
-            "--machine=ssbake-{}",
-            &hex::encode(Sha256::digest(unique_suffix()))[..12]
-        ))
-        .arg("-D")
-        .arg(&merged)
-        .arg(format!("--drop-capability={}", DROPPED_CAPS.join(",")));
-        match &bake_net {
-            Some(bn) => {
-                cmd.arg(format!("--network-namespace-path={}", bn.link.netns_path()))
-                    .arg(format!("--resolv-conf={}", resolv_conf_mode(log_file)));
-            }
-            None => {
-                cmd.args(["--private-network", "--resolv-conf=off"]);
-            }
-        }
-        for env in [
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME=/root",
-            "USER=root",
-            "LANG=C.UTF-8",
-            "DEBIAN_FRONTEND=noninteractive",
-            "PIP_BREAK_SYSTEM_PACKAGES=1",
-            "SYSTEMD_OFFLINE=1",
-            "SCALESET_BAKE=1",
-        ] {
-            cmd.arg(format!("--setenv={env}"));
-        }
-        let in_guest = format!("{pkg_name}/{script_rel}");
-        cmd.arg("--chdir=/deployTemp").arg("--");
-        if has_sh {
-            cmd.arg("/bin/sh")
-                .arg("-c")
-                .arg("cd /deployTemp && exec \"$0\" \"$@\"")
-                .arg(&in_guest);
-        } else {
-            cmd.arg(format!("/deployTemp/{in_guest}"));
-        }
-        cmd.args(&spec.args);
-        on_event(BakeEvent::ScriptStarted {
-            command: std::iter::once(format!("/deployTemp/{in_guest}"))
-                .chain(spec.args.iter().cloned())
-                .collect::<Vec<_>>()
-                .join(" "),
-        });
-        let started = Instant::now();
-        let mut lines = LineSink {
-            buf: Vec::new(),
-            on_event,
-        };
-        let status = run_streaming(cmd, &mut [log, log_file, &mut lines]).map_err(io_err(
-            "cannot run systemd-nspawn (apt-get install systemd-container)",
-        ))?;
-        lines.finish();
-        drop(bake_net);
-        let on_event = lines.on_event;
-        let _ = writeln!(
-            log_file,
-            "scaleset: setup script finished with {status} after {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
+    /// After the script: a full scratch file system or a failed script fails the bake.
+    fn check_outcome(
+        &self,
+        spec: &BakeSpec,
+        upper: &Path,
+        status: std::process::ExitStatus,
+        log_file: &mut fs::File,
+        log_path: &Path,
+    ) -> Result<(), ImageError> {
         // A full scratch file system: the script may have ignored a failed
         // write (no `set -e`), so the layer could be incomplete.
-        if let Ok(st) = nix::sys::statvfs::statvfs(&upper) {
+        if let Ok(st) = nix::sys::statvfs::statvfs(upper) {
             if st.blocks_available() == 0 {
                 let _ = writeln!(
                     log_file,
@@ -570,29 +499,19 @@ impl ImageStore {
                 log: log_path.to_path_buf(),
             });
         }
+        Ok(())
+    }
 
-        // Deprovision.
-        on_event(BakeEvent::Deprovisioning);
-        for (dir, name) in &shims {
-            remove_entry(&merged, dir, name)?;
-        }
-        deprovision(&merged)?;
-        for e in fs::read_dir(&merged)
-            .map_err(io_err(format!("read {}", merged.display())))?
-            .flatten()
-        {
-            if !before.contains(&e.file_name())
-                && e.file_type().is_ok_and(|t| t.is_dir())
-                && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none())
-            {
-                let _ = fs::remove_dir(e.path());
-            }
-        }
-        remove_tree(&merged)?; // unmounts the overlay
-        let _ = fs::remove_dir_all(&work);
-
-        // Capture.
-        on_event(BakeEvent::Capturing);
+    /// Installs `upper` as a layer and registers the image (under the store lock); the bake
+    /// directory goes once the layer is installed.
+    fn capture(
+        &self,
+        spec: &BakeSpec,
+        stack: &BaseStack,
+        (upper, guard): (&Path, BakeDir),
+        key: String,
+        log_path: &Path,
+    ) -> Result<Image, ImageError> {
         let _lock = self.lock()?;
         if let Some(gone) = stack.lowers.iter().find(|l| !l.is_dir()) {
             return Err(ImageError::InvalidSpec {
@@ -603,7 +522,7 @@ impl ImageStore {
                 ),
             });
         }
-        let (digest, layer) = self.install_layer(&upper)?;
+        let (digest, layer) = self.install_layer(upper)?;
         drop(guard);
         let mut layers = vec![layer];
         layers.extend(stack.lowers.iter().cloned());
@@ -621,11 +540,173 @@ impl ImageStore {
             cache_key: key,
         };
         self.register_locked(&img)?;
-        let _ = writeln!(
-            log_file,
-            "scaleset: registered {} as {}",
-            img.name, img.digest
-        );
         Ok(img)
     }
+}
+
+/// How the script starts: through /bin/sh when the image has one (returns true), else exec'd
+/// directly, which needs a static executable or an interpreter the image or package has.
+fn check_runnable(
+    spec: &BakeSpec,
+    merged: &Path,
+    in_guest_script: &Path,
+    pkg_name: &str,
+    script_rel: &str,
+) -> Result<bool, ImageError> {
+    let has_sh = exists_in(merged, "/bin/sh") || exists_in(merged, "/usr/bin/sh");
+    if !has_sh {
+        let mut head = [0u8; 256];
+        let n = fs::File::open(in_guest_script)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(io_err(format!("read {}", in_guest_script.display())))?;
+        let head = &head[..n];
+        if let Some(rest) = head.strip_prefix(b"#!") {
+            let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+            let interp = String::from_utf8_lossy(line)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if interp.is_empty() || !interp.starts_with('/') || !exists_in(merged, &interp) {
+                return Err(ImageError::InvalidSpec {
+                    name: spec.name.clone(),
+                    msg: format!(
+                        "base {:?} has no /bin/sh and no {interp:?} to run script {script_rel:?}: on an empty base (scratch) the script must be a static executable, or name an interpreter the package ships (e.g. #!/deployTemp/{pkg_name}/busybox sh)",
+                        spec.base
+                    ),
+                });
+            }
+        } else if !head.starts_with(b"\x7fELF") {
+            return Err(ImageError::InvalidSpec {
+                name: spec.name.clone(),
+                msg: format!(
+                    "base {:?} has no /bin/sh and script {script_rel:?} is neither an ELF executable nor a #! script",
+                    spec.base
+                ),
+            });
+        }
+    }
+    Ok(has_sh)
+}
+
+/// Bake-time shims (systemctl, policy-rc.d, sudo) where the image has none; returns them
+/// (directory, name) so deprovisioning removes them.
+fn put_shims(merged: &Path, has_sh: bool) -> Result<Vec<(String, String)>, ImageError> {
+    let mut shims: Vec<(String, String)> = Vec::new();
+    let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
+        let p = merged.join(rel);
+        if fs::symlink_metadata(&p).is_ok() {
+            return Ok(()); // the image has its own; leave it alone
+        }
+        if let Some(parent) = p.parent() {
+            if !parent.is_dir() {
+                return Ok(());
+            }
+        }
+        fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", p.display())))?;
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        shims.push((dir.to_string(), name.to_string()));
+        Ok(())
+    };
+    if has_sh {
+        put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
+        put_shim("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
+        put_shim("etc/sudoers.d/zz-scaleset-bake", SUDOERS_DROPIN, 0o440)?;
+        if fs::symlink_metadata(merged.join("usr/bin/sudo")).is_err() {
+            put_shim("usr/local/bin/sudo", SUDO_SHIM, 0o755)?;
+        }
+    }
+    Ok(shims)
+}
+
+/// The systemd-nspawn command running `in_guest` (package/script) in the bake's root.
+fn nspawn_command(
+    spec: &BakeSpec,
+    merged: &Path,
+    bake_net: Option<&crate::sandbox::BakeNet>,
+    in_guest: &str,
+    has_sh: bool,
+    log_file: &mut fs::File,
+) -> (Command, String) {
+    let mut cmd = Command::new("systemd-nspawn");
+    cmd.args([
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--pipe",
+        "--as-pid2",
+        "--timezone=off",
+        "--link-journal=no",
+        // A resolvable host name (sudo looks it up on every call).
+        "--hostname=localhost",
+    ])
+    .arg(format!(
+        "--machine=ssbake-{}",
+        &hex::encode(Sha256::digest(unique_suffix()))[..12]
+    ))
+    .arg("-D")
+    .arg(merged)
+    .arg(format!("--drop-capability={}", DROPPED_CAPS.join(",")));
+    match bake_net {
+        Some(bn) => {
+            cmd.arg(format!("--network-namespace-path={}", bn.link.netns_path()))
+                .arg(format!("--resolv-conf={}", resolv_conf_mode(log_file)));
+        }
+        None => {
+            cmd.args(["--private-network", "--resolv-conf=off"]);
+        }
+    }
+    for env in [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME=/root",
+        "USER=root",
+        "LANG=C.UTF-8",
+        "DEBIAN_FRONTEND=noninteractive",
+        "PIP_BREAK_SYSTEM_PACKAGES=1",
+        "SYSTEMD_OFFLINE=1",
+        "SCALESET_BAKE=1",
+    ] {
+        cmd.arg(format!("--setenv={env}"));
+    }
+    cmd.arg("--chdir=/deployTemp").arg("--");
+    if has_sh {
+        cmd.arg("/bin/sh")
+            .arg("-c")
+            .arg("cd /deployTemp && exec \"$0\" \"$@\"")
+            .arg(in_guest);
+    } else {
+        cmd.arg(format!("/deployTemp/{in_guest}"));
+    }
+    cmd.args(&spec.args);
+    (cmd, in_guest.to_string())
+}
+
+/// Deprovisioning: the shims and the guest's machine identity go, and so do the skeleton
+/// directories nspawn created (`before` is the base's top level) if they stayed empty.
+fn deprovision_tree(
+    merged: &Path,
+    shims: &[(String, String)],
+    before: &HashSet<OsString>,
+    work: &Path,
+) -> Result<(), ImageError> {
+    for (dir, name) in shims {
+        remove_entry(merged, dir, name)?;
+    }
+    deprovision(merged)?;
+    for e in fs::read_dir(merged)
+        .map_err(io_err(format!("read {}", merged.display())))?
+        .flatten()
+    {
+        if !before.contains(&e.file_name())
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none())
+        {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+    remove_tree(merged)?; // unmounts the overlay
+    let _ = fs::remove_dir_all(work);
+    Ok(())
 }
