@@ -391,136 +391,15 @@ impl RunState {
                 let mut vars = variables.clone();
                 vars.extend(&stage_def.variables);
                 if self.stages[si].status == Status::Queued {
-                    let deps: Option<Vec<_>> = self.stages[si]
-                        .depends_on
-                        .iter()
-                        .map(|d| {
-                            let s = self.stage(d)?;
-                            let r = s.status.result()?;
-                            let mut outs = BTreeMap::new();
-                            for j in &s.jobs {
-                                for (k, v) in &j.outputs {
-                                    outs.insert(format!("{}.{k}", j.name), v.clone());
-                                }
-                            }
-                            Some((p.stage(d).map(|x| x.name.as_str()).unwrap_or(""), r, outs))
-                        })
-                        .collect();
-                    let Some(deps) = deps else { continue };
-                    let cond = self.stages[si]
-                        .condition
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_CONDITION.into());
-                    let ctx = CondCtx {
-                        vars: &vars,
-                        canceled: self.canceled,
-                        deps,
-                        stages: &self.stages,
-                    };
-                    let outcome = expr::eval_condition(&cond, &ctx);
-                    let st = &mut self.stages[si];
-                    changed = true;
-                    match outcome {
-                        Ok(true) => st.status = Status::Running,
-                        Ok(false) => {
-                            let r = if self.canceled {
-                                RunResult::Canceled
-                            } else {
-                                RunResult::Skipped
-                            };
-                            st.status = Status::Completed(r);
-                            st.message = Some(format!("condition `{cond}` was false"));
-                            adv.skipped_stages.push(st.name.clone());
-                            for j in &mut st.jobs {
-                                j.status = Status::Completed(r);
-                                adv.skipped.push(JobRef {
-                                    stage: st.name.clone(),
-                                    job: j.name.clone(),
-                                });
-                            }
-                        }
-                        Err(e) => {
-                            let msg =
-                                format!("stage condition `{cond}` could not be evaluated: {e}");
-                            st.status = Status::Completed(RunResult::Failed);
-                            st.message = Some(msg.clone());
-                            for j in &mut st.jobs {
-                                j.status = Status::Completed(RunResult::Skipped);
-                            }
-                            adv.errors.push((st.name.clone(), None, msg));
-                        }
+                    if !self.gate_stage(p, si, &vars, &mut adv) {
+                        continue;
                     }
+                    changed = true;
                 }
                 if self.stages[si].status != Status::Running {
                     continue;
                 }
-                let job_order = dependency_order(
-                    &self.stages[si]
-                        .jobs
-                        .iter()
-                        .map(|j| (j.name.clone(), j.depends_on.clone()))
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap_or_default();
-                for ji in job_order {
-                    let st = &self.stages[si];
-                    let job = &st.jobs[ji];
-                    if job.status != Status::Queued {
-                        continue;
-                    }
-                    let deps: Option<Vec<_>> = job
-                        .depends_on
-                        .iter()
-                        .map(|d| {
-                            let j = st.jobs.iter().find(|j| j.name.eq_ignore_ascii_case(d))?;
-                            Some((j.name.as_str(), j.status.result()?, j.outputs.clone()))
-                        })
-                        .collect();
-                    let Some(deps) = deps else { continue };
-                    let mut jvars = vars.clone();
-                    if let Some(jd) = stage_def.job(&job.name) {
-                        jvars.extend(&jd.variables);
-                    }
-                    let cond = job
-                        .condition
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_CONDITION.into());
-                    let ctx = CondCtx {
-                        vars: &jvars,
-                        canceled: self.canceled,
-                        deps,
-                        stages: &self.stages,
-                    };
-                    let outcome = expr::eval_condition(&cond, &ctx);
-                    let r = JobRef {
-                        stage: st.name.clone(),
-                        job: job.name.clone(),
-                    };
-                    let canceled = self.canceled;
-                    let j = &mut self.stages[si].jobs[ji];
-                    changed = true;
-                    match outcome {
-                        Ok(true) => {
-                            j.status = Status::Running;
-                            adv.start.push(r);
-                        }
-                        Ok(false) => {
-                            j.status = Status::Completed(if canceled {
-                                RunResult::Canceled
-                            } else {
-                                RunResult::Skipped
-                            });
-                            j.message = Some(format!("condition `{cond}` was false"));
-                            adv.skipped.push(r);
-                        }
-                        Err(e) => {
-                            let msg = format!("job condition `{cond}` could not be evaluated: {e}");
-                            j.status = Status::Completed(RunResult::Failed);
-                            j.message = Some(msg.clone());
-                            adv.errors.push((r.stage, Some(r.job), msg));
-                        }
-                    }
-                }
+                changed |= self.start_jobs(si, stage_def, &vars, &mut adv);
                 let st = &mut self.stages[si];
                 if st.jobs.iter().all(|j| j.status.result().is_some()) {
                     let r = RunResult::aggregate(st.jobs.iter().filter_map(|j| j.status.result()));
@@ -533,6 +412,151 @@ impl RunState {
             }
         }
         adv
+    }
+
+    /// A queued stage whose dependencies are done: evaluates its condition and starts it,
+    /// skips it (and its jobs) or fails it. False while a dependency is still going.
+    fn gate_stage(&mut self, p: &Pipeline, si: usize, vars: &Variables, adv: &mut Advance) -> bool {
+        let deps: Option<Vec<_>> = self.stages[si]
+            .depends_on
+            .iter()
+            .map(|d| {
+                let s = self.stage(d)?;
+                let r = s.status.result()?;
+                let mut outs = BTreeMap::new();
+                for j in &s.jobs {
+                    for (k, v) in &j.outputs {
+                        outs.insert(format!("{}.{k}", j.name), v.clone());
+                    }
+                }
+                Some((p.stage(d).map(|x| x.name.as_str()).unwrap_or(""), r, outs))
+            })
+            .collect();
+        let Some(deps) = deps else {
+            return false;
+        };
+        let cond = self.stages[si]
+            .condition
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONDITION.into());
+        let ctx = CondCtx {
+            vars,
+            canceled: self.canceled,
+            deps,
+            stages: &self.stages,
+        };
+        let outcome = expr::eval_condition(&cond, &ctx);
+        let st = &mut self.stages[si];
+        match outcome {
+            Ok(true) => st.status = Status::Running,
+            Ok(false) => {
+                let r = if self.canceled {
+                    RunResult::Canceled
+                } else {
+                    RunResult::Skipped
+                };
+                st.status = Status::Completed(r);
+                st.message = Some(format!("condition `{cond}` was false"));
+                adv.skipped_stages.push(st.name.clone());
+                for j in &mut st.jobs {
+                    j.status = Status::Completed(r);
+                    adv.skipped.push(JobRef {
+                        stage: st.name.clone(),
+                        job: j.name.clone(),
+                    });
+                }
+            }
+            Err(e) => {
+                let msg = format!("stage condition `{cond}` could not be evaluated: {e}");
+                st.status = Status::Completed(RunResult::Failed);
+                st.message = Some(msg.clone());
+                for j in &mut st.jobs {
+                    j.status = Status::Completed(RunResult::Skipped);
+                }
+                adv.errors.push((st.name.clone(), None, msg));
+            }
+        }
+        true
+    }
+
+    /// Starts, skips or fails the queued jobs of running stage `si` whose dependencies are
+    /// done, in dependency order. True if any job changed.
+    fn start_jobs(
+        &mut self,
+        si: usize,
+        stage_def: &crate::model::Stage,
+        vars: &Variables,
+        adv: &mut Advance,
+    ) -> bool {
+        let mut changed = false;
+        let job_order = dependency_order(
+            &self.stages[si]
+                .jobs
+                .iter()
+                .map(|j| (j.name.clone(), j.depends_on.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        for ji in job_order {
+            let st = &self.stages[si];
+            let job = &st.jobs[ji];
+            if job.status != Status::Queued {
+                continue;
+            }
+            let deps: Option<Vec<_>> = job
+                .depends_on
+                .iter()
+                .map(|d| {
+                    let j = st.jobs.iter().find(|j| j.name.eq_ignore_ascii_case(d))?;
+                    Some((j.name.as_str(), j.status.result()?, j.outputs.clone()))
+                })
+                .collect();
+            let Some(deps) = deps else { continue };
+            let mut jvars = vars.clone();
+            if let Some(jd) = stage_def.job(&job.name) {
+                jvars.extend(&jd.variables);
+            }
+            let cond = job
+                .condition
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CONDITION.into());
+            let ctx = CondCtx {
+                vars: &jvars,
+                canceled: self.canceled,
+                deps,
+                stages: &self.stages,
+            };
+            let outcome = expr::eval_condition(&cond, &ctx);
+            let r = JobRef {
+                stage: st.name.clone(),
+                job: job.name.clone(),
+            };
+            let canceled = self.canceled;
+            let j = &mut self.stages[si].jobs[ji];
+            changed = true;
+            match outcome {
+                Ok(true) => {
+                    j.status = Status::Running;
+                    adv.start.push(r);
+                }
+                Ok(false) => {
+                    j.status = Status::Completed(if canceled {
+                        RunResult::Canceled
+                    } else {
+                        RunResult::Skipped
+                    });
+                    j.message = Some(format!("condition `{cond}` was false"));
+                    adv.skipped.push(r);
+                }
+                Err(e) => {
+                    let msg = format!("job condition `{cond}` could not be evaluated: {e}");
+                    j.status = Status::Completed(RunResult::Failed);
+                    j.message = Some(msg.clone());
+                    adv.errors.push((r.stage, Some(r.job), msg));
+                }
+            }
+        }
+        changed
     }
 
     /// Jobs currently running.
