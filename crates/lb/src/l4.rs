@@ -13,30 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::balance::{Failure, Tries, CONNECT_TIMEOUT};
 use crate::core::{Listener, OpenGuard};
-use crate::select::{pick, FlowKey, PROTO_TCP};
-
-/// Backend connect timeout (per try).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Tries per new flow/request (first try + retries).
-pub(crate) const MAX_TRIES: usize = 3;
-
-/// Decrements a backend's active count on drop.
-pub(crate) struct ActiveGuard(pub Arc<crate::core::BackendRt>);
-
-impl ActiveGuard {
-    pub fn new(b: &Arc<crate::core::BackendRt>) -> Self {
-        b.active.fetch_add(1, Relaxed);
-        b.requests.fetch_add(1, Relaxed);
-        ActiveGuard(b.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-    }
-}
 
 pub(crate) async fn serve_conn(
     l: Arc<Listener>,
@@ -45,61 +23,33 @@ pub(crate) async fn serve_conn(
     _open: OpenGuard,
 ) {
     let _ = client.set_nodelay(true);
-    let key = FlowKey {
-        src: peer,
-        dst: l.local,
-        proto: PROTO_TCP,
-    };
-    let mut tried: [usize; MAX_TRIES] = [0; MAX_TRIES];
+    let mut tries = Tries::new(&l, peer);
     let mut connected = None;
-    for attempt in 0..MAX_TRIES {
-        let view = l.view.load();
-        let rule = &view.rule;
-        let Some(i) = pick(
-            view.targets.len(),
-            rule.layer,
-            rule.load_distribution,
-            &key,
-            0,
-            |i| view.targets[i].backend.key,
-            |i| {
-                let p = Arc::as_ptr(&view.targets[i].backend) as usize;
-                tried[..attempt].contains(&p)
-            },
-        ) else {
-            break;
-        };
-        let t = view.targets[i].clone();
-        tried[attempt] = Arc::as_ptr(&t.backend) as usize;
-        if attempt > 0 {
-            l.lb.totals.retries.fetch_add(1, Relaxed);
-        }
-        let guard = ActiveGuard::new(&t.backend);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(t.addr)).await {
+    while let Some(t) = tries.next() {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(t.target.addr)).await {
             Ok(Ok(s)) => {
-                connected = Some((s, guard, view.rule.clone()));
+                connected = Some((s, t.active));
                 break;
             }
-            _ => {
-                drop(guard);
-                t.backend.failures.fetch_add(1, Relaxed);
-                l.lb.mark_suspect(&t.backend);
-            }
+            _ => tries.failed(t, Failure::Connect),
         }
     }
-    let Some((backend, _guard, rule)) = connected else {
+    let Some((backend, _active)) = connected else {
         // No healthy backend (AllProbedDown) or every try failed: refuse with RST.
-        l.lb.totals.failed.fetch_add(1, Relaxed);
+        tries.give_up();
         let _ = client.set_zero_linger();
         return;
     };
     let _ = backend.set_nodelay(true);
-    let idle = if rule.idle_timeout_in_minutes == 0 {
-        Duration::from_secs(4 * 60)
-    } else {
-        Duration::from_secs(u64::from(rule.idle_timeout_in_minutes) * 60)
+    let (idle, reset) = {
+        let rule = &l.view.load().rule;
+        let idle = match rule.idle_timeout_in_minutes {
+            0 => Duration::from_secs(4 * 60),
+            m => Duration::from_secs(u64::from(m) * 60),
+        };
+        (idle, rule.enable_tcp_reset)
     };
-    relay(client, backend, idle, rule.enable_tcp_reset).await;
+    relay(client, backend, idle, reset).await;
     debug!(lb = %l.lb.name.load(), %peer, "l4 flow closed");
 }
 

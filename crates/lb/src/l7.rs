@@ -23,9 +23,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::balance::{ActiveGuard, Failure, GaveUp, Tries, Try, CONNECT_TIMEOUT};
 use crate::core::{lock, BackendRt, Lb, Listener, OpenGuard, Target};
-use crate::l4::{ActiveGuard, CONNECT_TIMEOUT, MAX_TRIES};
-use crate::select::{pick, FlowKey, PROTO_TCP};
 use crate::upstream::{self, Framing, RawConn, RespHead, Step};
 
 /// Idle pooled connections older than this are discarded.
@@ -662,16 +661,51 @@ struct Head {
     headers: HeaderMap,
 }
 
+/// The head sent to backends: hop-by-hop headers stripped, the client's
+/// address appended to `X-Forwarded-For`, the URI in origin form.
+fn forward_head(parts: hyper::http::request::Parts, xff: Option<HeaderValue>) -> Head {
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Some(v) = xff {
+        // One hashed lookup for both the read and the write.
+        match headers.entry(X_FORWARDED_FOR) {
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            Entry::Occupied(mut e) => match e.get().to_str() {
+                Ok(prev) => {
+                    if let Ok(v) =
+                        HeaderValue::from_str(&format!("{prev}, {}", v.to_str().unwrap_or("")))
+                    {
+                        e.insert(v);
+                    }
+                }
+                Err(_) => {
+                    e.insert(v);
+                }
+            },
+        }
+    }
+    let path = parts
+        .uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    Head {
+        method: parts.method,
+        uri: Uri::from(path),
+        headers,
+    }
+}
+
 /// Sends a body-less request over an inline-driven connection and reads
-/// the response head. Errors are logged (and a failed connect marks the
-/// backend suspect) here.
-async fn send_raw(lb: &Arc<Lb>, target: &Target, head: &Head) -> Result<(RawConn, RespHead), ()> {
+/// the response head. Errors are logged here.
+async fn send_raw(lb: &Lb, target: &Target, head: &Head) -> Result<(RawConn, RespHead), Failure> {
     let (mut conn, reused) = match target.pool.get().await {
         Ok(c) => c,
         Err(e) => {
             debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
-            lb.mark_suspect(&target.backend);
-            return Err(());
+            return Err(Failure::Connect);
         }
     };
     let sent = conn
@@ -687,17 +721,12 @@ async fn send_raw(lb: &Arc<Lb>, target: &Target, head: &Head) -> Result<(RawConn
         Ok(rh) => Ok((conn, rh)),
         Err(e) => {
             debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, reused, "backend request failed");
-            Err(())
+            Err(Failure::Exchange)
         }
     }
 }
 
-fn raw_response(
-    rh: RespHead,
-    conn: RawConn,
-    target: Target,
-    active: ActiveGuard,
-) -> Response<ProxyBody> {
+fn raw_response(rh: RespHead, conn: RawConn, t: Try) -> Response<ProxyBody> {
     let RespHead {
         status,
         mut headers,
@@ -708,8 +737,8 @@ fn raw_response(
     strip_hop_by_hop(&mut headers);
     let mut lease = Some(RawLease {
         conn,
-        target,
-        _active: active,
+        target: t.target,
+        _active: t.active,
     });
     if framing == Framing::Length(0) {
         ProxyBody::finish_raw(&mut lease, keep_alive);
@@ -727,13 +756,124 @@ fn raw_response(
     resp
 }
 
-enum TryError {
-    /// Connect failed: nothing was sent.
-    Connect,
-    /// The request came back unsent.
-    Unsent(Box<Request<ReqBody>>),
-    /// Failed after (possibly) sending.
-    Sent,
+/// A failed try; `true` when the request could be sent again (it went out
+/// whole, or not at all). Whether it is, depends on the method too.
+type Resendable = bool;
+
+/// One try of a body-less request, driven inline.
+async fn try_raw(
+    lb: &Lb,
+    tries: &Tries<'_>,
+    t: Try,
+    head: &Head,
+) -> Result<Response<ProxyBody>, Resendable> {
+    match send_raw(lb, &t.target, head).await {
+        Ok((conn, rh)) => Ok(raw_response(rh, conn, t)),
+        Err(failure) => {
+            tries.failed(t, failure);
+            // Sent or not, a body-less request can go again (as with hyper's
+            // client below, only when it is idempotent).
+            Err(true)
+        }
+    }
+}
+
+/// A request with a body across its tries: the client's body on the first
+/// try, afterwards the request hyper handed back unsent.
+struct Outgoing {
+    pending: Option<Request<ReqBody>>,
+    first: Option<ReqBody>,
+}
+
+impl Outgoing {
+    fn take(&mut self, head: &mut Head) -> Option<Request<ReqBody>> {
+        if let Some(r) = self.pending.take() {
+            return Some(r);
+        }
+        let mut r = Request::new(self.first.take()?);
+        *r.method_mut() = head.method.clone();
+        *r.uri_mut() = head.uri.clone();
+        *r.headers_mut() = std::mem::take(&mut head.headers);
+        Some(r)
+    }
+}
+
+/// One try of a request with a body, through hyper's client over a pooled
+/// connection.
+async fn try_hyper(
+    lb: &Lb,
+    tries: &Tries<'_>,
+    t: Try,
+    out: &mut Outgoing,
+    head: &mut Head,
+) -> Result<Response<ProxyBody>, Resendable> {
+    let Some(mut req) = out.take(head) else {
+        return Err(false);
+    };
+    let sent = req.body().sent.clone();
+    let reuse = Arc::new(AtomicBool::new(false));
+    let target = &t.target;
+    let conn = match target.pool.get().await {
+        Ok((c, reused)) => target
+            .pool
+            .lend_to_hyper(&target.backend, c, sent, reuse.clone())
+            .await
+            .map(|tx| (tx, reused)),
+        Err(e) => Err(e),
+    };
+    let (mut tx, reused) = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
+            out.pending = Some(req);
+            tries.failed(t, Failure::Connect);
+            return Err(true);
+        }
+    };
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(h) = HeaderValue::from_str(&target.addr.to_string()) {
+            req.headers_mut().insert(header::HOST, h);
+        }
+    }
+    match tx.try_send_request(req).await {
+        Ok(resp) => Ok(hyper_response(resp, tx, t, reuse)),
+        Err(mut e) => {
+            debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e.error(), reused, "backend request failed");
+            // A request that went out (its streamed body) cannot be replayed.
+            out.pending = e.take_message();
+            let resendable = out.pending.is_some();
+            tries.failed(t, Failure::Exchange);
+            Err(resendable)
+        }
+    }
+}
+
+fn hyper_response(
+    resp: Response<Incoming>,
+    tx: Sender,
+    t: Try,
+    reuse: Arc<AtomicBool>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    let keep_alive = parts.version == hyper::Version::HTTP_11
+        && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("close")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    let mut lease = Some(Lease {
+        tx,
+        target: t.target,
+        _active: t.active,
+        reuse,
+        keep_alive,
+    });
+    if body.is_end_stream() {
+        ProxyBody::finish(&mut lease);
+    }
+    Response::from_parts(parts, ProxyBody::Backend { body, lease })
 }
 
 async fn handle(
@@ -763,187 +903,30 @@ async fn proxy(
     let (parts, body) = req.into_parts();
     let idempotent = is_idempotent(&parts.method);
     let bodyless = body.is_end_stream();
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    if let Some(v) = xff {
-        // One hashed lookup for both the read and the write.
-        match headers.entry(X_FORWARDED_FOR) {
-            Entry::Vacant(e) => {
-                e.insert(v);
-            }
-            Entry::Occupied(mut e) => match e.get().to_str() {
-                Ok(prev) => {
-                    if let Ok(v) =
-                        HeaderValue::from_str(&format!("{prev}, {}", v.to_str().unwrap_or("")))
-                    {
-                        e.insert(v);
-                    }
-                }
-                Err(_) => {
-                    e.insert(v);
-                }
-            },
-        }
-    }
-    let mut head = Head {
-        method: parts.method,
-        uri: Uri::from(
-            parts
-                .uri
-                .into_parts()
-                .path_and_query
-                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
-        ),
-        headers,
+    let mut head = forward_head(parts, xff);
+    let mut out = Outgoing {
+        pending: None,
+        first: Some(ReqBody {
+            body,
+            sent: Arc::new(AtomicBool::new(false)),
+        }),
     };
-    let mut pending: Option<Request<ReqBody>> = None;
-    let mut first_body = Some(ReqBody {
-        body,
-        sent: Arc::new(AtomicBool::new(false)),
-    });
-    let key = FlowKey {
-        src: peer,
-        dst: l.local,
-        proto: PROTO_TCP,
-    };
-    let mut tried: [usize; MAX_TRIES] = [0; MAX_TRIES];
-    let mut any_target = false;
-    for attempt in 0..MAX_TRIES {
-        let view = l.view.load();
-        let rule = &view.rule;
-        let rot = l.rotation.fetch_add(1, Relaxed);
-        let Some(i) = pick(
-            view.targets.len(),
-            rule.layer,
-            rule.load_distribution,
-            &key,
-            rot,
-            |i| view.targets[i].backend.key,
-            |i| tried[..attempt].contains(&(Arc::as_ptr(&view.targets[i].backend) as usize)),
-        ) else {
-            break;
-        };
-        any_target = true;
-        let target = view.targets[i].clone();
-        drop(view);
-        tried[attempt] = Arc::as_ptr(&target.backend) as usize;
-        if attempt > 0 {
-            lb.totals.retries.fetch_add(1, Relaxed);
-        }
-        let active = ActiveGuard::new(&target.backend);
-        if bodyless {
-            match send_raw(lb, &target, &head).await {
-                Ok((conn, rh)) => return raw_response(rh, conn, target, active),
-                Err(()) => {
-                    target.backend.failures.fetch_add(1, Relaxed);
-                    drop(active);
-                    // Sent or not, a body-less request may go again only when
-                    // it is idempotent (as with hyper's client below).
-                    if !idempotent {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        // Request for this try: an unsent one from the previous try, or the
-        // original body on the first try.
-        let req = match (pending.take(), first_body.take()) {
-            (Some(r), b) => {
-                first_body = b;
-                r
-            }
-            (None, Some(b)) => {
-                let mut r = Request::new(b);
-                *r.method_mut() = head.method.clone();
-                *r.uri_mut() = head.uri.clone();
-                *r.headers_mut() = std::mem::take(&mut head.headers);
-                r
-            }
-            (None, None) => break,
-        };
-        let sent = req.body().sent.clone();
-        let reuse = Arc::new(AtomicBool::new(false));
-        let conn = match target.pool.get().await {
-            Ok((c, reused)) => target
-                .pool
-                .lend_to_hyper(&target.backend, c, sent, reuse.clone())
-                .await
-                .map(|tx| (tx, reused)),
-            Err(e) => Err(e),
-        };
-        let res = match conn {
-            Err(e) => {
-                debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
-                lb.mark_suspect(&target.backend);
-                pending = Some(req);
-                Err(TryError::Connect)
-            }
-            Ok((mut tx, reused)) => {
-                let mut req = req;
-                if !req.headers().contains_key(header::HOST) {
-                    if let Ok(h) = HeaderValue::from_str(&target.addr.to_string()) {
-                        req.headers_mut().insert(header::HOST, h);
-                    }
-                }
-                match tx.try_send_request(req).await {
-                    Ok(resp) => Ok((tx, resp)),
-                    Err(mut e) => {
-                        debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e.error(), reused, "backend request failed");
-                        match e.take_message() {
-                            Some(r) => Err(TryError::Unsent(Box::new(r))),
-                            None => Err(TryError::Sent),
-                        }
-                    }
-                }
-            }
+    let mut tries = Tries::new(l, peer);
+    while let Some(t) = tries.next() {
+        let res = if bodyless {
+            try_raw(lb, &tries, t, &head).await
+        } else {
+            try_hyper(lb, &tries, t, &mut out, &mut head).await
         };
         match res {
-            Ok((tx, resp)) => {
-                let (mut parts, body) = resp.into_parts();
-                let keep_alive = parts.version == hyper::Version::HTTP_11
-                    && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
-                        v.to_str()
-                            .unwrap_or("close")
-                            .split(',')
-                            .any(|t| t.trim().eq_ignore_ascii_case("close"))
-                    });
-                strip_hop_by_hop(&mut parts.headers);
-                let mut lease = Some(Lease {
-                    tx,
-                    target,
-                    _active: active,
-                    reuse,
-                    keep_alive,
-                });
-                if body.is_end_stream() {
-                    ProxyBody::finish(&mut lease);
-                }
-                return Response::from_parts(parts, ProxyBody::Backend { body, lease });
-            }
-            Err(err) => {
-                target.backend.failures.fetch_add(1, Relaxed);
-                drop(active);
-                let retry = match err {
-                    TryError::Connect => idempotent,
-                    TryError::Unsent(r) => {
-                        pending = Some(*r);
-                        idempotent
-                    }
-                    // A streamed body cannot be replayed.
-                    TryError::Sent => false,
-                };
-                if !retry {
-                    break;
-                }
-            }
+            Ok(resp) => return resp,
+            Err(resendable) if resendable && idempotent => continue,
+            Err(_) => break,
         }
     }
-    lb.totals.failed.fetch_add(1, Relaxed);
-    if !any_target {
-        static_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
-    } else {
-        static_response(StatusCode::BAD_GATEWAY, "bad gateway\n")
+    match tries.give_up() {
+        GaveUp::NoBackend => static_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n"),
+        GaveUp::Failed => static_response(StatusCode::BAD_GATEWAY, "bad gateway\n"),
     }
 }
 

@@ -19,12 +19,14 @@
 //! no locks other than the per-backend keep-alive pool's short push/pop.
 
 mod admin;
+mod balance;
 pub mod config;
 mod core;
 mod error;
 mod health;
 mod l4;
 mod l7;
+pub mod probe;
 pub mod probe_state;
 pub mod select;
 mod status;
