@@ -241,44 +241,18 @@ impl Lb {
         let Prepared { cfg, bound } = prepared;
         let mut ctl = lock(&self.ctl);
         self.name.store(Arc::new(cfg.name.clone()));
+        let undrained = commit_backends(&mut ctl, &cfg);
+        self.commit_health(&mut ctl, &cfg, &undrained);
+        commit_listeners(&mut ctl, &cfg);
+        ctl.config = cfg;
+        for (addr, tcp) in bound {
+            self.add_listener(&mut ctl, addr, tcp);
+        }
+        self.rebuild(&ctl);
+    }
 
-        // Backends: keep runtime objects of those that remain (same id and ip).
-        let mut backends = HashMap::new();
-        // Backends coming back from draining (a stopped, restarted or reimaged instance) must
-        // be probed up again before they get traffic, like a new instance.
-        let mut undrained: Vec<String> = Vec::new();
-        for b in &cfg.backends {
-            let rt = match ctl.backends.get(&b.id) {
-                Some(rt) if rt.ip == b.ip => rt.clone(),
-                _ => {
-                    info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, "backend added");
-                    Arc::new(BackendRt::new(&b.id, b.ip))
-                }
-            };
-            let was = rt.draining.swap(b.draining, Relaxed);
-            if b.draining && !was {
-                info!(lb = %cfg.name, backend = %b.id, "backend draining");
-                rt.clear_idle_pools();
-            }
-            if was && !b.draining {
-                info!(lb = %cfg.name, backend = %b.id, "backend back from draining; out of rotation until probed up");
-                undrained.push(b.id.clone());
-            }
-            backends.insert(b.id.clone(), rt);
-        }
-        for (id, old) in ctl.backends.iter() {
-            if backends.get(id).is_none_or(|n| !Arc::ptr_eq(n, old)) {
-                info!(lb = %cfg.name, backend = %id, "backend removed");
-                old.clear_idle_pools();
-            }
-        }
-        let ports: Vec<u16> = cfg.rules.iter().map(|r| r.backend_port).collect();
-        for rt in backends.values() {
-            rt.retain_pools(&ports);
-        }
-        ctl.backends = backends;
-
-        // Health entries: one per (probe, backend).
+    /// Health entries: one per (probe, backend); changed or undrained ones restart.
+    fn commit_health(self: &Arc<Self>, ctl: &mut Ctl, cfg: &LbConfig, undrained: &[String]) {
         let mut wanted: HashMap<(String, String), (Probe, IpAddr)> = HashMap::new();
         for p in &cfg.probes {
             for b in &cfg.backends {
@@ -320,45 +294,30 @@ impl Lb {
                 },
             );
         }
+    }
 
-        // Listeners: keyed by frontend; layer and settings live in the view.
-        let keep: Vec<SocketAddr> = cfg.rules.iter().map(|r| r.frontend).collect();
-        ctl.listeners.retain(|addr, e| {
-            let k = keep.contains(addr);
-            if !k {
-                info!(lb = %cfg.name, frontend = %addr, "listener removed");
-                let _ = e.stop.send(true);
-            }
-            k
+    /// Starts serving a newly bound frontend of the committed config.
+    fn add_listener(self: &Arc<Self>, ctl: &mut Ctl, addr: SocketAddr, tcp: TcpListener) {
+        let Some(rule) = ctl.config.rules.iter().find(|r| r.frontend == addr) else {
+            return;
+        };
+        let cap = ctl.config.frontend_limits.max_connections;
+        let listener = Arc::new(Listener {
+            lb: self.clone(),
+            view: ArcSwap::from_pointee(RuleView {
+                rule: rule.clone(),
+                limits: ctl.config.frontend_limits,
+                targets: Vec::new(),
+            }),
+            rotation: AtomicU64::new(0),
+            local: addr,
+            conns: Arc::new(Semaphore::new(cap as usize)),
+            cap: AtomicU32::new(cap),
         });
-        for e in ctl.listeners.values() {
-            e.listener.set_cap(cfg.frontend_limits.max_connections);
-        }
-        ctl.config = cfg;
-        for (addr, tcp) in bound {
-            let rule = match ctl.config.rules.iter().find(|r| r.frontend == addr) {
-                Some(r) => r.clone(),
-                None => continue,
-            };
-            let cap = ctl.config.frontend_limits.max_connections;
-            let listener = Arc::new(Listener {
-                lb: self.clone(),
-                view: ArcSwap::from_pointee(RuleView {
-                    rule,
-                    limits: ctl.config.frontend_limits,
-                    targets: Vec::new(),
-                }),
-                rotation: AtomicU64::new(0),
-                local: addr,
-                conns: Arc::new(Semaphore::new(cap as usize)),
-                cap: AtomicU32::new(cap),
-            });
-            let (stop, stop_rx) = watch::channel(false);
-            info!(lb = %ctl.config.name, frontend = %addr, "listener added");
-            tokio::spawn(accept_loop(listener.clone(), tcp, stop_rx));
-            ctl.listeners.insert(addr, ListenerEntry { listener, stop });
-        }
-        self.rebuild(&ctl);
+        let (stop, stop_rx) = watch::channel(false);
+        info!(lb = %ctl.config.name, frontend = %addr, "listener added");
+        tokio::spawn(accept_loop(listener.clone(), tcp, stop_rx));
+        ctl.listeners.insert(addr, ListenerEntry { listener, stop });
     }
 
     /// Recomputes and publishes every rule view.
@@ -509,6 +468,64 @@ impl Lb {
             e.task.abort();
         }
         let _ = self.shutdown.send(true);
+    }
+}
+
+/// Backends: keeps the runtime objects of those that remain (same id and ip).
+/// Returns the ids of backends back from draining.
+fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
+    let mut backends = HashMap::new();
+    // Backends coming back from draining (a stopped, restarted or reimaged instance) must
+    // be probed up again before they get traffic, like a new instance.
+    let mut undrained: Vec<String> = Vec::new();
+    for b in &cfg.backends {
+        let rt = match ctl.backends.get(&b.id) {
+            Some(rt) if rt.ip == b.ip => rt.clone(),
+            _ => {
+                info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, "backend added");
+                Arc::new(BackendRt::new(&b.id, b.ip))
+            }
+        };
+        let was = rt.draining.swap(b.draining, Relaxed);
+        if b.draining && !was {
+            info!(lb = %cfg.name, backend = %b.id, "backend draining");
+            rt.clear_idle_pools();
+        }
+        if was && !b.draining {
+            info!(lb = %cfg.name, backend = %b.id, "backend back from draining; out of rotation until probed up");
+            undrained.push(b.id.clone());
+        }
+        backends.insert(b.id.clone(), rt);
+    }
+    for (id, old) in ctl.backends.iter() {
+        // Same id with another address is another backend.
+        if backends.get(id).is_none_or(|n| n.ip != old.ip) {
+            info!(lb = %cfg.name, backend = %id, "backend removed");
+            old.clear_idle_pools();
+        }
+    }
+    let ports: Vec<u16> = cfg.rules.iter().map(|r| r.backend_port).collect();
+    for rt in backends.values() {
+        rt.retain_pools(&ports);
+    }
+    ctl.backends = backends;
+    undrained
+}
+
+/// Listeners are keyed by frontend (layer and settings live in the view):
+/// stops those no rule uses and resizes the others' connection caps.
+fn commit_listeners(ctl: &mut Ctl, cfg: &LbConfig) {
+    let keep: Vec<SocketAddr> = cfg.rules.iter().map(|r| r.frontend).collect();
+    ctl.listeners.retain(|addr, e| {
+        let k = keep.contains(addr);
+        if !k {
+            info!(lb = %cfg.name, frontend = %addr, "listener removed");
+            let _ = e.stop.send(true);
+        }
+        k
+    });
+    for e in ctl.listeners.values() {
+        e.listener.set_cap(cfg.frontend_limits.max_connections);
     }
 }
 

@@ -925,7 +925,9 @@ async fn proxy(
         }
     }
     match tries.give_up() {
-        GaveUp::NoBackend => static_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n"),
+        GaveUp::NoBackend => {
+            static_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
+        }
         GaveUp::Failed => static_response(StatusCode::BAD_GATEWAY, "bad gateway\n"),
     }
 }

@@ -17,6 +17,8 @@
 //! distribution modes). The healthy set of each rule lives in an `ArcSwap`
 //! and is replaced by the health tasks / config updates; the hot path takes
 //! no locks other than the per-backend keep-alive pool's short push/pop.
+//! Both layers pick and retry through one path (`balance`); LB probes and
+//! the daemon's Application Health checks share one prober ([`probe`]).
 
 mod admin;
 mod balance;

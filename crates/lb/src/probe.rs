@@ -86,7 +86,8 @@ async fn http_get(stream: TcpStream, target: SocketAddr, spec: &ProbeSpec) -> Op
     let mut body = Vec::new();
     let mut framing = head.framing;
     while body.len() < spec.max_body {
-        let step = std::future::poll_fn(|cx| upstream::poll_body(&mut conn, &mut framing, false, cx));
+        let step =
+            std::future::poll_fn(|cx| upstream::poll_body(&mut conn, &mut framing, false, cx));
         // A body cut short or malformed still counts as far as it came.
         let Ok(Step::Frame(f)) = step.await else {
             break;
