@@ -92,32 +92,88 @@ pub(crate) async fn probe_app_health(
     }
 }
 
-/// One probe of the instance's endpoint from the host (HTTP GET or a TCP handshake).
+/// One probe of the instance's endpoint from the host (HTTP GET or a TCP handshake), through the
+/// LB's prober; the extension reads up to 64 KiB of the body (rich health states are JSON).
 pub(crate) async fn app_health_request(
     ip: std::net::Ipv4Addr,
     ext: &model::vmss::AppHealthExtension,
     timeout: Duration,
 ) -> plan::app_health::Outcome {
+    use lb::probe::{ProbeResult, ProbeSpec};
     use plan::app_health::Outcome;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = std::net::SocketAddr::from((ip, ext.port));
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        match ext.protocol {
-            model::vmss::AppHealthProtocol::Tcp => Some(Outcome::Connected),
-            model::vmss::AppHealthProtocol::Http => {
-                let path = ext.request_path.as_deref().unwrap_or("/");
-                let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nUser-Agent: scaleset-ApplicationHealthExtension\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes()).await.ok()?;
-                let mut buf = Vec::new();
-                (&mut s).take(64 * 1024).read_to_end(&mut buf).await.ok()?;
-                Some(plan::app_health::parse_http_response(&buf))
-            }
-        }
+    let spec = ProbeSpec {
+        protocol: match ext.protocol {
+            model::vmss::AppHealthProtocol::Tcp => lb::ProbeProtocol::Tcp,
+            model::vmss::AppHealthProtocol::Http => lb::ProbeProtocol::Http,
+        },
+        request_path: ext.request_path.clone(),
+        host: Some(ip.to_string()),
+        user_agent: "scaleset-ApplicationHealthExtension".into(),
+        timeout,
+        max_body: 64 * 1024,
     };
-    tokio::time::timeout(timeout, probe)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(Outcome::NoAnswer)
+    match lb::probe::probe_once(std::net::SocketAddr::from((ip, ext.port)), &spec).await {
+        ProbeResult::NoAnswer => Outcome::NoAnswer,
+        ProbeResult::Connected => Outcome::Connected,
+        ProbeResult::Http { status, body } => Outcome::Http { status, body },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ext(protocol: model::vmss::AppHealthProtocol, port: u16) -> model::vmss::AppHealthExtension {
+        model::vmss::AppHealthExtension {
+            name: "HealthExtension".into(),
+            protocol,
+            port,
+            request_path: Some("/health".into()),
+            interval_in_seconds: 5,
+            number_of_probes: 1,
+            grace_period_secs: 0,
+            rich: true,
+        }
+    }
+
+    /// The extension's request (path, Host = the instance's address, its user agent) and a rich
+    /// health body read back through the LB's prober.
+    #[tokio::test]
+    async fn http_probe_reads_rich_state() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = vec![0u8; 4096];
+            let n = s.read(&mut req).await.unwrap();
+            let body = r#"{"ApplicationHealthState": "Healthy"}"#;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&req[..n]).to_ascii_lowercase()
+        });
+        let e = ext(model::vmss::AppHealthProtocol::Http, port);
+        let got = app_health_request(Ipv4Addr::LOCALHOST, &e, Duration::from_secs(5)).await;
+        assert_eq!(
+            plan::app_health::classify(true, &got),
+            plan::repairs::Health::Healthy,
+            "{got:?}"
+        );
+        let req = server.await.unwrap();
+        assert!(req.starts_with("get /health http/1.1\r\n"), "{req}");
+        assert!(req.contains("\r\nhost: 127.0.0.1\r\n"), "{req}");
+        assert!(
+            req.contains("user-agent: scaleset-applicationhealthextension"),
+            "{req}"
+        );
+        // Nothing listening: no answer (Unknown for rich states).
+        drop(e);
+        let closed = ext(model::vmss::AppHealthProtocol::Tcp, port);
+        let got = app_health_request(Ipv4Addr::LOCALHOST, &closed, Duration::from_secs(5)).await;
+        assert_eq!(got, plan::app_health::Outcome::NoAnswer);
+    }
 }

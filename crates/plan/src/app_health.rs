@@ -51,67 +51,6 @@ pub fn classify(rich: bool, outcome: &Outcome) -> Health {
     }
 }
 
-/// Reads an HTTP/1.x response (status line, headers, body; `Content-Length`, chunked or
-/// close-delimited) as a probe outcome.
-pub fn parse_http_response(raw: &[u8]) -> Outcome {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Outcome::NoAnswer;
-    };
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| {
-        let mut parts = l.split_whitespace();
-        let version = parts.next()?;
-        if !version.starts_with("HTTP/1.") {
-            return None;
-        }
-        parts.next()?.parse::<u16>().ok()
-    });
-    let Some(status) = status else {
-        return Outcome::NoAnswer;
-    };
-    let mut chunked = false;
-    let mut length = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            } else if k.eq_ignore_ascii_case("content-length") {
-                length = v.parse::<usize>().ok();
-            }
-        }
-    }
-    let rest = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest[..length.unwrap_or(rest.len()).min(rest.len())].to_vec()
-    };
-    Outcome::Http {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&b[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok());
-        let Some(size) = size else { break };
-        b = &b[eol + 2..];
-        if size == 0 || b.len() < size {
-            out.extend_from_slice(&b[..size.min(b.len())]);
-            break;
-        }
-        out.extend_from_slice(&b[..size]);
-        b = b.get(size + 2..).unwrap_or_default();
-    }
-    out
-}
-
 /// One instance's health as the extension reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppHealthState {
@@ -205,35 +144,6 @@ mod tests {
             (true, http(503, rich_healthy), Unknown),
         ] {
             assert_eq!(classify(rich, &outcome), want, "{rich} {outcome:?}");
-        }
-    }
-
-    #[test]
-    fn responses() {
-        for (raw, want) in [
-            (
-                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOKextra"[..],
-                http(200, "OK"),
-            ),
-            (
-                b"HTTP/1.0 503 Service Unavailable\r\n\r\ndown",
-                http(503, "down"),
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3;x=y\r\n 1}\r\n0\r\n\r\n",
-                http(200, "{\"a\": 1}"),
-            ),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", http(200, "short")),
-            (b"HTTP/1.1 200 OK\r\n", Outcome::NoAnswer),
-            (b"SSH-2.0-OpenSSH\r\n\r\n", Outcome::NoAnswer),
-            (b"HTTP/1.1 abc\r\n\r\n", Outcome::NoAnswer),
-            (b"", Outcome::NoAnswer),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                http(200, ""),
-            ),
-        ] {
-            assert_eq!(parse_http_response(raw), want, "{:?}", String::from_utf8_lossy(raw));
         }
     }
 
