@@ -33,7 +33,10 @@
 //!   ([`runner::RunStore`]), push and pipeline-resource trigger helpers.
 
 pub mod artifacts;
-pub mod cgroup;
+/// One cgroup per run (the helpers are shared with machines, in `sys`).
+pub mod cgroup {
+    pub use sys::cgroup::*;
+}
 pub mod error;
 pub mod exec;
 pub mod expr;

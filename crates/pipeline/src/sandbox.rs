@@ -664,10 +664,7 @@ mod tests {
         for d in h.existing() {
             let _ = h.get(&d).remove();
         }
-        if let crate::cgroup::Hierarchy::V1 { freezer, pids } = &h {
-            let _ = std::fs::remove_dir(freezer);
-            let _ = std::fs::remove_dir(pids);
-        }
+        h.remove_empty();
         let _ = std::fs::remove_dir_all(&t);
     }
 

@@ -328,6 +328,7 @@ mod tests {
                 gateway: subnet.host(1),
             },
             files: vec![],
+            size: None,
         }
     }
 

@@ -19,8 +19,15 @@
 //!
 //! The API is blocking; async callers should use `spawn_blocking`.
 //!
+//! Each machine's processes live in a cgroup of their own (`sys::cgroup`:
+//! freezer, pids, cpu and memory on v1 hosts, one directory on v2), joined by
+//! nspawn before it execs and capped by the spec's [`MachineSize`]. A machine
+//! whose nspawn died (a `kill -9`, an OOM kill) may leave its container's init
+//! and services running: everything left in the cgroup is killed before the
+//! machine starts again, is reimaged or deleted, and by `kill`.
+//!
 //! Survival caveat: nspawn runs with `--keep-unit`, i.e. in the caller's
-//! cgroup. If the daemon itself runs as a systemd service, give it
+//! systemd unit. If the daemon itself runs as a systemd service, give it
 //! `KillMode=process` (or machines die with a `systemctl stop` of the daemon).
 
 use std::fmt;
@@ -279,6 +286,30 @@ pub struct MachineSpec {
     /// Absolute in-guest path → content, written into the writable layer
     /// before boot (e.g. `/etc/scaleset/instance.env`).
     pub files: Vec<(PathBuf, String)>,
+    /// CPU and memory caps (the VM size); none: uncapped.
+    #[serde(default)]
+    pub size: Option<MachineSize>,
+}
+
+/// A machine's share of the host: CPU time and memory, applied to its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSize {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// Processes (and threads) one machine may have: systemd, journald, NGINX and an app server fit
+/// many times over; a fork bomb inside stays inside.
+pub const MACHINE_PIDS_MAX: u32 = 16384;
+
+impl MachineSize {
+    fn limits(size: Option<MachineSize>) -> sys::cgroup::Limits {
+        sys::cgroup::Limits {
+            pids_max: MACHINE_PIDS_MAX,
+            cpu_millis: size.map(|s| s.vcpus.saturating_mul(1000)),
+            memory_bytes: size.map(|s| s.memory_mib.saturating_mul(1024 * 1024)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,6 +631,8 @@ struct Names {
 pub struct NspawnMachines {
     cfg: RuntimeConfig,
     short_prefix: String,
+    /// Where machines' cgroups live (one folder per state dir, so test daemons don't collide).
+    cgroups: sys::cgroup::Hierarchy,
 }
 
 /// Exclusive per-machine `flock`, released on drop.
@@ -608,6 +641,19 @@ type MachineLock = sys::flock::Flock;
 /// Durable (see [`durable::atomic_write`]): a machine's spec must survive a host crash.
 fn write_atomic(machine: &str, path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
     durable::atomic_write(path, data).map_err(io_err(machine, format!("write {}", path.display())))
+}
+
+/// The cgroup's `cgroup.procs` files, open for the child to join before exec.
+fn open_procs(name: &str, cg: &sys::cgroup::Cgroup) -> Result<Vec<fs::File>, RuntimeError> {
+    cg.procs_files()
+        .iter()
+        .map(|p| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(io_err(name, format!("open {}", p.display())))
+        })
+        .collect()
 }
 
 /// Make `dir` (created if missing) enterable by root only: machine roots hold setuid files and
@@ -636,7 +682,38 @@ impl NspawnMachines {
             "-",
             format!("create state dir {} (mode 0700)", cfg.state_dir.display()),
         ))?;
-        Ok(NspawnMachines { cfg, short_prefix })
+        let h = Sha256::digest(cfg.state_dir.as_os_str().as_encoded_bytes());
+        let group = format!("scaleset-machines-{}", hex::encode(&h[..6]));
+        let cgroups = sys::cgroup::Hierarchy::detect(&group).map_err(|e| {
+            RuntimeError::Preflight(format!(
+                "machines need cgroups of their own so that a crashed machine leaves nothing running: {e}"
+            ))
+        })?;
+        Ok(NspawnMachines {
+            cfg,
+            short_prefix,
+            cgroups,
+        })
+    }
+
+    /// The cgroup of machine `name` (whether or not it exists).
+    pub fn cgroup(&self, name: &str) -> sys::cgroup::Cgroup {
+        self.cgroups.get(&self.names(name).machine)
+    }
+
+    /// Kills whatever is left in the machine's cgroup (its nspawn is gone or being killed).
+    fn kill_leftovers(&self, name: &str) -> Result<(), RuntimeError> {
+        let cg = self.cgroup(name);
+        let left = cg.members();
+        if !left.is_empty() {
+            tracing::warn!(
+                machine = name,
+                processes = left.len(),
+                "killing what the machine left running"
+            );
+        }
+        cg.kill_all()
+            .map_err(io_err(name, "kill the machine's leftover processes"))
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -913,6 +990,10 @@ impl NspawnMachines {
         for v in victims.iter().rev() {
             signal(*v, nix::sys::signal::Signal::SIGKILL);
         }
+        // Whatever escaped the process tree (reparented to the host's init) is still in the cgroup.
+        if let Err(e) = self.kill_leftovers(name) {
+            tracing::warn!(machine = name, error = %e, "cannot empty the machine's cgroup");
+        }
         self.wait_gone(name, pid, Duration::from_secs(10));
         // Give the kernel a moment to tear down the pid namespace so the
         // overlay is not busy.
@@ -1012,10 +1093,23 @@ impl Machines for NspawnMachines {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES");
-        // SAFETY: setsid is async-signal-safe; we only call it in the child.
+        // Empties a crashed run's leftovers, then caps the machine at its size.
+        let cg = self
+            .cgroups
+            .create_with(&n.machine, &MachineSize::limits(spec.size))
+            .map_err(io_err(name, "create the machine's cgroup"))?;
+        let join = open_procs(name, &cg)?;
+        // SAFETY: setsid and write(2) are async-signal-safe; the files were opened before fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(io::Error::from)?;
+                for f in &join {
+                    // "0": the writing process itself, before it execs nspawn.
+                    if libc::write(std::os::fd::AsRawFd::as_raw_fd(f), b"0".as_ptr().cast(), 1) != 1
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -1063,7 +1157,7 @@ impl Machines for NspawnMachines {
         Self::validate_name(name)?;
         let _lock = self.lock(name)?;
         let Some(pid) = self.running_pid(name) else {
-            return Ok(());
+            return self.kill_leftovers(name);
         };
         signal(pid, nix::sys::signal::Signal::SIGTERM);
         if !self.wait_gone(name, pid, timeout) {
@@ -1071,7 +1165,7 @@ impl Machines for NspawnMachines {
             self.hard_kill(name, pid);
         }
         let _ = fs::remove_file(self.dir(name).join("pid"));
-        Ok(())
+        self.kill_leftovers(name)
     }
 
     fn kill(&self, name: &str) -> Result<(), RuntimeError> {
@@ -1080,7 +1174,7 @@ impl Machines for NspawnMachines {
         if let Some(pid) = self.running_pid(name) {
             self.hard_kill(name, pid);
         }
-        Ok(())
+        self.kill_leftovers(name)
     }
 
     fn reimage(&self, spec: &MachineSpec) -> Result<(), RuntimeError> {
@@ -1093,6 +1187,8 @@ impl Machines for NspawnMachines {
                 msg: "must be stopped before reimage".into(),
             });
         }
+        // A crashed machine's processes would keep the old root busy.
+        self.kill_leftovers(&spec.name)?;
         let dir = self.dir(&spec.name);
         unmount(&spec.name, &self.root_path(&spec.name))?;
         for d in ["upper", "work"] {
@@ -1127,6 +1223,9 @@ impl Machines for NspawnMachines {
                 self.hard_kill(name, pid);
             }
         }
+        self.cgroup(name)
+            .remove()
+            .map_err(io_err(name, "remove the machine's cgroup"))?;
         let dir = self.dir(name);
         unmount(name, &self.root_path(name))?;
         self.teardown_netns(name)?;
@@ -1238,6 +1337,7 @@ br0\t0007D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
                 prefix: "Test-Run-1234567".into(),
             },
             short_prefix: "test".into(),
+            cgroups: sys::cgroup::Hierarchy::V2("/nonexistent".into()),
         };
         let n = m.names("vmssdevops2_0-with-a-very-long-name-indeed");
         for s in [&n.veth_host, &n.veth_guest] {

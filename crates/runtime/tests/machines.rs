@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use image::{BakeSpec, ImageStore};
 use runtime::{
-    host_routes, pick_subnet, preflight, teardown_network, MachineSpec, MachineState, Machines,
-    NetworkSpec, NspawnMachines, RuntimeConfig,
+    host_routes, pick_subnet, preflight, teardown_network, MachineSize, MachineSpec, MachineState,
+    Machines, NetworkSpec, NspawnMachines, RuntimeConfig,
 };
 
 fn base_cache() -> PathBuf {
@@ -195,6 +195,11 @@ fn boot_serve_stop_start_reimage_delete() {
             PathBuf::from("/etc/scaleset/instance.env"),
             format!("INSTANCE=vmsstest_{i}\n"),
         )],
+        // vm0 is capped (one CPU, 256 MiB); vm1 is not.
+        size: (i == 0).then_some(MachineSize {
+            vcpus: 1,
+            memory_mib: 256,
+        }),
     };
     let (s0, s1) = (spec(0), spec(1));
     for s in [&s0, &s1] {
@@ -259,6 +264,7 @@ fn boot_serve_stop_start_reimage_delete() {
         "TIMING boot-to-HTTP (2 machines): {:.1}s",
         t0.elapsed().as_secs_f64()
     );
+    machine_cgroups_hold_and_cap_the_machines(&m, (&s0.name, s0.ip, pid0), &s1.name);
     let hn = fs::read_to_string(m.root_path(&s0.name).join("etc/hostname")).unwrap();
     assert_eq!(hn, "vmsstest000000\n");
     let mid = fs::read_to_string(m.root_path(&s0.name).join("etc/machine-id")).unwrap();
@@ -307,6 +313,31 @@ fn boot_serve_stop_start_reimage_delete() {
         .exists());
     m.start(&s0.name).unwrap();
     wait_http(s0.ip, "/", Duration::from_secs(60)).unwrap();
+
+    // nspawn itself killed (a crash): what it left running dies before the machine starts again.
+    let MachineState::Running { pid: nspawn1 } = m.state(&s1.name).unwrap() else {
+        panic!("vm1 not running");
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nspawn1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.state(&s1.name).unwrap() != MachineState::Stopped && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(m.state(&s1.name).unwrap(), MachineState::Stopped);
+    // The container's init and services outlive nspawn (reparented to the host's init).
+    let orphans = with_start_times(&m.cgroup(&s1.name).members());
+    assert!(!orphans.is_empty(), "nothing of vm1 outlived its nspawn");
+    m.start(&s1.name).unwrap();
+    assert_eq!(
+        still_alive(&orphans),
+        vec![],
+        "the crashed machine's processes survived its restart"
+    );
+    wait_http(s1.ip, "/", Duration::from_secs(60)).unwrap();
 
     // Hard kill (crash simulation): no container process survives.
     let root1 = m.root_path(&s1.name).to_string_lossy().into_owned();
@@ -362,4 +393,60 @@ fn helper_start_machine() {
     .unwrap();
     let pid = m.start(&name).unwrap();
     eprintln!("helper started {name} as pid {pid}");
+}
+
+/// `pids` with their start times, so that a pid reused later is not mistaken for them.
+fn with_start_times(pids: &[i32]) -> Vec<(i32, u64)> {
+    pids.iter()
+        .filter_map(|&p| Some((p, sys::proc::starttime(p as u32)?)))
+        .collect()
+}
+
+/// Those of `procs` still alive.
+fn still_alive(procs: &[(i32, u64)]) -> Vec<(i32, u64)> {
+    procs
+        .iter()
+        .copied()
+        .filter(|&(p, t)| sys::proc::starttime(p as u32) == Some(t))
+        .collect()
+}
+
+/// Each machine's processes are in its own cgroup, and vm0's size caps it: a process of vm0
+/// that allocates more than 256 MiB is killed while vm0 and this test carry on.
+fn machine_cgroups_hold_and_cap_the_machines(
+    m: &NspawnMachines,
+    (vm0, ip0, pid0): (&str, Ipv4Addr, u32),
+    vm1: &str,
+) {
+    let (cg0, cg1) = (m.cgroup(vm0), m.cgroup(vm1));
+    assert!(
+        cg0.members().contains(&(pid0 as i32)),
+        "{:?}",
+        cg0.members()
+    );
+    assert!(
+        cg0.members().len() > 3,
+        "systemd, journald, nginx: {:?}",
+        cg0.members()
+    );
+    assert!(cg0.members().iter().all(|p| !cg1.members().contains(p)));
+    let hog = format!(
+        "for f in {}; do echo $$ > $f; done; head -c 400M /dev/zero | tail > /dev/null",
+        cg0.procs_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&hog)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "400 MiB in a 256 MiB machine: {out:?}"
+    );
+    let (body, _) = wait_http(ip0, "/", Duration::from_secs(10)).unwrap();
+    assert_eq!(body, "hello from scaleset\n");
 }

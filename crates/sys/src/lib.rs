@@ -1,6 +1,7 @@
-//! OS helpers the other crates share, so each exists once: durable file writes ([`durable`]),
-//! advisory locks ([`flock`]), `/proc` ([`proc`]), the mount table ([`mounts`]), clocks
-//! ([`clock`]) and comparing secrets ([`ct_eq`]).
+//! OS helpers the other crates share, so each exists once: cgroups ([`cgroup`]), durable file
+//! writes ([`durable`]), advisory locks ([`flock`]), `/proc` ([`proc`]), the mount table
+//! ([`mounts`]), clocks ([`clock`]) and comparing secrets ([`ct_eq`]).
+pub mod cgroup;
 pub mod durable;
 pub mod flock;
 pub mod mounts;
