@@ -364,6 +364,7 @@ fn add_instances(c: &Contract, rg: &str, vmss: &str, n: u32) {
                     restart_requested: false,
                     draining: false,
                     upgrading: false,
+                    vm_size: None,
                     protect_from_scale_in: false,
                     protect_from_scale_set_actions: false,
                     last_error: (i == 1).then(|| "boot timed out".to_string()),

@@ -146,6 +146,7 @@ impl ControlPlane {
                 name: res.name.clone(),
                 resource_group: res.rg.clone(),
                 versions: m.image.iter().map(|i| (1, i.name.clone())).collect(),
+                sizes: [(1, m.sku_name.clone())].into(),
                 arm,
                 deleting: false,
                 model_version: 1,
@@ -153,14 +154,17 @@ impl ControlPlane {
                 time_created: now_rfc3339(),
             },
             Some(mut doc) => {
+                // A new VM size is a model change too: instances get it when upgraded.
                 let changed = doc.arm.pointer("/properties/virtualMachineProfile")
-                    != arm.pointer("/properties/virtualMachineProfile");
+                    != arm.pointer("/properties/virtualMachineProfile")
+                    || doc.arm.pointer("/sku/name") != arm.pointer("/sku/name");
                 if changed {
                     doc.model_version += 1;
                     model_changed = true;
                     if let Some(img) = &m.image {
                         doc.versions.insert(doc.model_version, img.name.clone());
                     }
+                    doc.sizes.insert(doc.model_version, m.sku_name.clone());
                 }
                 doc.arm = arm;
                 doc

@@ -117,6 +117,9 @@ pub struct InstanceRecord {
     /// A rolling upgrade is acting on this instance (reimage, rollback or removal in flight).
     #[serde(default)]
     pub upgrading: bool,
+    /// The VM size the instance was made with (its CPU and memory); older records: none.
+    #[serde(default)]
+    pub vm_size: Option<String>,
     #[serde(default)]
     pub protect_from_scale_in: bool,
     #[serde(default)]
@@ -149,6 +152,9 @@ pub struct VmssDoc {
     /// Image name of each model version (rollback returns instances to an earlier one).
     #[serde(default)]
     pub versions: std::collections::BTreeMap<u64, String>,
+    /// VM size (`sku.name`) of each model version since sizes were recorded.
+    #[serde(default)]
+    pub sizes: std::collections::BTreeMap<u64, String>,
     pub unique_id: String,
     pub time_created: String,
 }

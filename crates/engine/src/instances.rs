@@ -127,8 +127,13 @@ pub(crate) async fn upgrade_instance(
     key: &Key,
     vmss: &str,
     rec: &InstanceRecord,
-    (image, version): (Option<String>, u64),
+    target: Target,
 ) -> Result<(), String> {
+    let Target {
+        image,
+        version,
+        size,
+    } = target;
     let image = image.ok_or("the scale set model has no image")?;
     st.update_instance(key, rec.instance_id, |r| {
         r.provisioning_state = ProvisioningState::Updating
@@ -137,6 +142,7 @@ pub(crate) async fn upgrade_instance(
     stop_instance(st, eng, key, rec).await?;
     let mut next = rec.clone();
     next.image = image.clone();
+    next.vm_size = Some(size.clone());
     let spec = spec_for(st, vmss, &next)?;
     let m = st.machines.clone();
     blocking(move || {
@@ -147,6 +153,7 @@ pub(crate) async fn upgrade_instance(
     forget_health(st, &rec.machine);
     st.update_instance(key, rec.instance_id, |r| {
         r.image = image.clone();
+        r.vm_size = Some(size.clone());
         r.model_version = version;
         r.reimage_requested = false;
         r.draining = false;

@@ -18,6 +18,16 @@ pub(crate) fn spec_for(st: &Core, vmss: &str, rec: &InstanceRecord) -> Result<Ma
             PathBuf::from("/etc/scaleset/instance.env"),
             format!("SCALESET_INSTANCE={vm}\nSCALESET_IMAGE={}\nSCALESET_VMSS={vmss}\nSCALESET_COMPUTER_NAME={}\n", rec.image, rec.computer_name),
         )],
+        size: machine_size(rec.vm_size.as_deref()),
+    })
+}
+
+/// The VM size's CPU and memory; records from before sizes were recorded run uncapped.
+pub(crate) fn machine_size(name: Option<&str>) -> Option<runtime::MachineSize> {
+    let s = model::sizes::lookup(name?)?;
+    Some(runtime::MachineSize {
+        vcpus: s.vcpus,
+        memory_mib: s.memory_mib,
     })
 }
 
@@ -74,6 +84,46 @@ pub(crate) struct Pass<'a> {
     pub doc: &'a VmssDoc,
     /// The model's image (new instances and upgrades get it).
     pub image: Option<String>,
+    /// The model's VM size.
+    pub size: String,
+}
+
+/// What an upgrade reimages an instance onto: a model version's image and VM size.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub image: Option<String>,
+    pub version: u64,
+    pub size: String,
+}
+
+impl Pass<'_> {
+    /// The latest model.
+    pub fn latest(&self) -> Target {
+        Target {
+            image: self.image.clone(),
+            version: self.doc.model_version,
+            size: self.size.clone(),
+        }
+    }
+
+    /// Model version `v` (a rollback's), as far as it was recorded.
+    pub fn version(&self, v: u64) -> Target {
+        Target {
+            image: self
+                .doc
+                .versions
+                .get(&v)
+                .cloned()
+                .or_else(|| self.image.clone()),
+            version: v,
+            size: self
+                .doc
+                .sizes
+                .get(&v)
+                .cloned()
+                .unwrap_or_else(|| self.size.clone()),
+        }
+    }
 }
 
 /// Starts the actions `plan::reconcile` decided, each on its own task.
@@ -135,7 +185,7 @@ fn act(
                     continue;
                 };
                 let (st, eng, key, name) = (st.clone(), eng.clone(), key.clone(), res.name.clone());
-                let target = (ctx.image.clone(), doc.model_version);
+                let target = ctx.latest();
                 tasks.push(tokio::spawn(async move {
                     let r = match action {
                         Action::Stop { .. } => stop_instance(&st, &eng, &key, &rec).await,
@@ -228,6 +278,7 @@ pub(crate) async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), 
         res: &res,
         doc: &doc,
         image: m.image.as_ref().map(|i| i.name.clone()),
+        size: m.sku_name.clone(),
     };
     let tasks = act(&ctx, &recs, actions)?;
     let acted = !tasks.is_empty();
@@ -308,6 +359,7 @@ pub(crate) fn new_instances(
             reimage_requested: false,
             restart_requested: false,
             draining: false,
+            vm_size: Some(m.sku_name.clone()),
             upgrading: false,
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,

@@ -84,6 +84,7 @@ pub(crate) async fn repairs_pass(
         res,
         doc,
         image,
+        size: m.sku_name.clone(),
     };
     for (id, action) in d.repair {
         let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
@@ -169,7 +170,7 @@ fn repair(
             }));
         }
         model::vmss::RepairAction::Restart | model::vmss::RepairAction::Reimage => {
-            let target = (ctx.image.clone(), doc.model_version);
+            let target = ctx.latest();
             let name = res.name.clone();
             tasks.push(tokio::spawn(async move {
                 let r = if action == model::vmss::RepairAction::Restart {

@@ -135,6 +135,7 @@ pub(crate) async fn rolling_pass(
         res,
         doc,
         image: m.image.as_ref().map(|i| i.name.clone()),
+        size: m.sku_name.clone(),
     };
     let tasks = act_step(&ctx, &recs, step, &next_state)?;
     for t in tasks {
@@ -161,7 +162,6 @@ fn act_step(
         doc,
         ..
     } = *ctx;
-    let image_of = |v: u64| doc.versions.get(&v).cloned().or_else(|| ctx.image.clone());
     let mut tasks = Vec::new();
     let rollback = matches!(step, plan::rolling::Step::Rollback(_));
     match step {
@@ -172,28 +172,26 @@ fn act_step(
             } else {
                 next_state.target_version
             };
-            let image = image_of(version);
+            let target = ctx.version(version);
             for id in ids {
                 let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
                     continue;
                 };
                 st.update_instance(key, id, |r| r.upgrading = true)
                     .map_err(|e| error_chain(&e))?;
-                let (st, eng, key, name, image) = (
+                let (st, eng, key, name, target) = (
                     st.clone(),
                     eng.clone(),
                     key.clone(),
                     res.name.clone(),
-                    image.clone(),
+                    target.clone(),
                 );
                 tasks.push(tokio::spawn(async move {
                     info!(
                         instance = id,
                         version, rollback, "rolling upgrade: reimaging"
                     );
-                    if let Err(e) =
-                        upgrade_instance(&st, &eng, &key, &name, &rec, (image, version)).await
-                    {
+                    if let Err(e) = upgrade_instance(&st, &eng, &key, &name, &rec, target).await {
                         warn!(instance = id, error = %e, "rolling upgrade: reimage failed");
                         let _ = st.update_instance(&key, id, |r| r.last_error = Some(e.clone()));
                     }
@@ -202,7 +200,7 @@ fn act_step(
             }
         }
         plan::rolling::Step::Surge { count } => {
-            if let Some(image) = image_of(next_state.target_version) {
+            if let Some(image) = ctx.version(next_state.target_version).image {
                 for rec in new_instances(st, key, res, doc, &image, count)? {
                     tasks.push(tokio::spawn(start_instance(
                         st.clone(),

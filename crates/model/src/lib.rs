@@ -8,6 +8,7 @@ pub mod ids;
 pub mod lb;
 pub mod names;
 pub mod setpath;
+pub mod sizes;
 pub mod vmss;
 
 pub use error::ModelError;

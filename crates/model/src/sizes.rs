@@ -90,7 +90,12 @@ mod tests {
         }
         let e = require("Standard_Nope").unwrap_err();
         assert_eq!(e.code, "InvalidParameter");
-        assert!(e.message.starts_with("The value Standard_Nope provided for the VM size is not valid."), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("The value Standard_Nope provided for the VM size is not valid."),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("Standard_B1s,"), "{}", e.message);
         assert_eq!(require("STANDARD_B2S").unwrap().name, "Standard_B2s");
     }
@@ -98,7 +103,13 @@ mod tests {
     #[test]
     fn names_are_unique() {
         for (i, a) in SIZES.iter().enumerate() {
-            assert!(SIZES[i + 1..].iter().all(|b| !b.name.eq_ignore_ascii_case(a.name)), "{}", a.name);
+            assert!(
+                SIZES[i + 1..]
+                    .iter()
+                    .all(|b| !b.name.eq_ignore_ascii_case(a.name)),
+                "{}",
+                a.name
+            );
         }
     }
 }

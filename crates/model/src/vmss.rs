@@ -428,9 +428,12 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
         MAX_CAPACITY as i64,
         2,
     )? as u32;
-    let sku_name = string(body, &["sku", "name"], "sku.name")?
-        .unwrap_or("Standard_B1s")
-        .to_string();
+    // Azure's spelling of a known size: it decides the instances' CPU and memory.
+    let sku_name = crate::sizes::require(
+        string(body, &["sku", "name"], "sku.name")?.unwrap_or("Standard_B1s"),
+    )?
+    .name
+    .to_string();
     let image = image_ref(body)?;
     refuse_unknown_members(body)?;
     refuse_unimplemented(body)?;
@@ -991,6 +994,8 @@ mod tests {
         let cases: Vec<(Value, Option<&str>)> = vec![
             (json!({"sku": {"capacity": -1}}), Some("out of range")),
             (json!({"sku": {"capacity": 1001}}), Some("out of range")),
+            (json!({"sku": {"name": "Standard_A0"}}), Some("provided for the VM size is not valid")),
+            (json!({"sku": {"name": "standard_b2s"}}), None),
             (
                 json!({"sku": {"capacity": "3"}}),
                 Some("must be an integer"),
