@@ -1,6 +1,8 @@
-//! Executes parsed routes against the store. Changes to instances are recorded as intent (power,
-//! reimage, restart, deletion) that the engine carries out; every change is committed before the
-//! response is sent.
+//! Executes parsed routes: bodies parsed, `control` commands called, results rendered. Changes to
+//! instances are recorded as intent (power, reimage, restart, deletion) that the engine carries
+//! out; every change is committed before the response is sent. Like ARM, a PUT answers for its
+//! path (the name, the resource group) before it reads the body, so handlers check those first
+//! (the group, load balancer and image commands check them again; `put_vmss` relies on it).
 use crate::error::ApiError;
 use crate::render;
 use crate::route::{PowerAction, Res, Route, Scope, IMAGE, LB, RG, VMSS};
@@ -38,28 +40,36 @@ fn require_object(v: Value) -> Result<Value, ApiError> {
     }
 }
 
-fn group_key(res: &Res) -> store::Key {
-    store::Key::new(RG, &res.sub, &res.rg, &res.rg)
-}
-
-fn require_group(st: &AppState, res: &Res) -> Result<(), ApiError> {
-    if st.store.get(&group_key(res))?.is_none() {
-        return Err(ApiError::not_found(
-            "ResourceGroupNotFound",
-            format!("Resource group '{}' could not be found.", res.rg),
-        ));
-    }
-    Ok(())
-}
-
 fn not_found(kind: &str, res: &Res) -> ApiError {
-    ApiError::not_found(
-        "ResourceNotFound",
-        format!(
-            "The Resource '{kind}/{}' under resource group '{}' was not found.",
-            res.name, res.rg
-        ),
-    )
+    control::not_found(kind, res).into()
+}
+
+/// 201 for a created resource, 200 for an updated one.
+fn put_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// A PUT or PATCH body: the whole resource or a merge patch.
+fn put_body(method: &Method, body: Value) -> control::Put {
+    if *method == Method::PATCH {
+        control::Put::Merge(body)
+    } else {
+        control::Put::Replace(body)
+    }
+}
+
+/// 200 when a DELETE removed something, 204 when there was nothing to remove.
+fn deleted(existed: bool) -> Reply {
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    Ok((status, Value::Null))
 }
 
 pub async fn execute(
@@ -87,15 +97,7 @@ pub async fn execute(
     };
     let mutating = !is_get;
     let reply = match route {
-        Route::ListGroups { sub } => {
-            let v: Vec<Value> = st
-                .store
-                .list(RG, Some(&sub), None)?
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            ok(json!({"value": v}))
-        }
+        Route::ListGroups { sub } => ok(json!({"value": st.cp.list_groups(&sub)?})),
         Route::Group { method, res } => group(st, method, &res, body),
         Route::List { kind, scope } => list(st, kind, &scope),
         Route::Resource {
@@ -270,72 +272,15 @@ fn set_orchestration_state(st: &AppState, res: &Res, body: &[u8]) -> Reply {
 }
 
 fn group(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
-    model::names::resource_group(&res.rg)?;
-    let key = group_key(res);
-    let render = |location: &Value| json!({"id": res.id(RG), "name": res.rg, "type": "Microsoft.Resources/resourceGroups", "location": location, "properties": {"provisioningState": "Succeeded"}});
+    control::check_name(RG, res)?;
     match method {
         Method::PUT | Method::PATCH => {
-            let body = parse_body(body)?;
-            let existing = st.store.get(&key)?;
-            let location = body
-                .get("location")
-                .cloned()
-                .or_else(|| existing.as_ref().and_then(|e| e.get("location").cloned()))
-                .unwrap_or(json!(model::DEFAULT_LOCATION));
-            if method == Method::PATCH && existing.is_none() {
-                return Err(ApiError::not_found(
-                    "ResourceGroupNotFound",
-                    format!("Resource group '{}' could not be found.", res.rg),
-                ));
-            }
-            let v = render(&location);
-            st.store.put(&key, &v)?;
-            Ok((
-                if existing.is_some() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                },
-                v,
-            ))
+            let put = put_body(&method, parse_body(body)?);
+            let stored = st.cp.put_group(res, put)?;
+            Ok((put_status(stored.created), stored.doc))
         }
-        Method::GET => st
-            .store
-            .get(&key)?
-            .map(|v| (StatusCode::OK, v))
-            .ok_or_else(|| {
-                ApiError::not_found(
-                    "ResourceGroupNotFound",
-                    format!("Resource group '{}' could not be found.", res.rg),
-                )
-            }),
-        Method::DELETE => {
-            let scope = Scope {
-                sub: res.sub.clone(),
-                rg: Some(res.rg.clone()),
-            };
-            let mut left = Vec::new();
-            for kind in [VMSS, LB] {
-                for (k, _) in st.store.list(kind, Some(&scope.sub), scope.rg.as_deref())? {
-                    left.push(format!("{kind}/{}", k.name));
-                }
-            }
-            if !left.is_empty() {
-                return Err(ApiError::conflict(
-                    "ResourceGroupNotEmpty",
-                    format!(
-                        "Resource group '{}' still contains {}; delete them first.",
-                        res.rg,
-                        left.join(", ")
-                    ),
-                ));
-            }
-            if st.store.delete(&key)? {
-                Ok((StatusCode::OK, Value::Null))
-            } else {
-                Ok((StatusCode::NO_CONTENT, Value::Null))
-            }
-        }
+        Method::GET => ok(st.cp.group(res)?),
+        Method::DELETE => deleted(st.cp.delete_group(res)?),
         _ => Err(ApiError::bad_request(
             "MethodNotAllowed",
             "unsupported method",
@@ -344,56 +289,29 @@ fn group(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
 }
 
 fn list(st: &AppState, kind: &'static str, scope: &Scope) -> Reply {
+    let (sub, rg) = (&scope.sub, scope.rg.as_deref());
     let mut out = Vec::new();
     match kind {
         IMAGE => {
-            let rg = scope.rg.clone().unwrap_or_else(|| "images".into());
-            for img in st.images.list().map_err(ApiError::internal)? {
-                out.push(render::image(
-                    &Res {
-                        sub: scope.sub.clone(),
-                        rg: rg.clone(),
-                        name: img.name.clone(),
-                    },
-                    &img,
-                ));
+            let rg = rg.unwrap_or("images");
+            for img in st.cp.list_images(&st.images)? {
+                let res = Res {
+                    sub: sub.clone(),
+                    rg: rg.to_string(),
+                    name: img.name.clone(),
+                };
+                out.push(render::image(&res, &img));
+            }
+        }
+        VMSS => {
+            for (res, doc) in st.cp.list_vmss(sub, rg)? {
+                let p = vmss_provisioning(st, &res, &doc)?;
+                out.push(render::vmss(&res, &doc, &p));
             }
         }
         _ => {
-            for (k, v) in st.store.list(kind, Some(&scope.sub), scope.rg.as_deref())? {
-                let rg = v
-                    .get("x-resourceGroup")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&k.rg)
-                    .to_string();
-                out.push(match kind {
-                    VMSS => {
-                        let doc: VmssDoc = serde_json::from_value(v).map_err(ApiError::internal)?;
-                        let rg = doc.resource_group.clone();
-                        let res = Res {
-                            sub: scope.sub.clone(),
-                            rg,
-                            name: doc.name.clone(),
-                        };
-                        let p = vmss_provisioning(st, &res, &doc)?;
-                        render::vmss(&res, &doc, &p)
-                    }
-                    _ => {
-                        let name = v
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or(&k.name)
-                            .to_string();
-                        render_lb(
-                            &Res {
-                                sub: scope.sub.clone(),
-                                rg,
-                                name,
-                            },
-                            v,
-                        )
-                    }
-                });
+            for (res, v) in st.cp.list_lbs(sub, rg)? {
+                out.push(render::lb(&res, v));
             }
         }
     }
@@ -410,7 +328,7 @@ pub(crate) fn vmss_provisioning(
 }
 
 fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
-    model::names::vmss(&res.name)?;
+    control::check_name(VMSS, res)?;
     let existing = st.vmss_doc(res)?;
     match method {
         Method::GET => {
@@ -419,23 +337,11 @@ fn vmss(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
             ok(render::vmss(res, &doc, &p))
         }
         Method::PUT | Method::PATCH => {
-            require_group(st, res)?;
-            let body = require_object(parse_body(body)?)?;
-            let put = if method == Method::PATCH {
-                control::Put::Merge(body)
-            } else {
-                control::Put::Replace(body)
-            };
+            st.cp.require_group(res)?;
+            let put = put_body(&method, require_object(parse_body(body)?)?);
             let control::Stored { doc, created } = st.cp.put_vmss(&st.images, res, put)?;
             let p = vmss_provisioning(st, res, &doc)?;
-            Ok((
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                render::vmss(res, &doc, &p),
-            ))
+            Ok((put_status(created), render::vmss(res, &doc, &p)))
         }
         Method::DELETE => {
             if !st.delete_vmss(res)? {
@@ -552,96 +458,16 @@ fn power(st: &AppState, res: &Res, act: PowerAction, ids: Option<Vec<String>>) -
 }
 
 fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
-    model::names::network_or_image("load balancer", &res.name)?;
-    let key = res.key(LB);
-    let render = |v: Value| render_lb(res, v);
+    control::check_name(LB, res)?;
     match method {
-        Method::GET => st
-            .store
-            .get(&key)?
-            .map(|v| (StatusCode::OK, render(v)))
-            .ok_or_else(|| not_found(LB, res)),
+        Method::GET => ok(render::lb(res, st.cp.lb(res)?)),
         Method::PUT | Method::PATCH => {
-            require_group(st, res)?;
-            let body = require_object(parse_body(body)?)?;
-            let existing = st.store.get(&key)?;
-            let merged = match (&method, &existing) {
-                (&Method::PATCH, None) => return Err(not_found(LB, res)),
-                (&Method::PATCH, Some(e)) => {
-                    let mut m = e.clone();
-                    model::vmss::merge_patch(&mut m, &body);
-                    m
-                }
-                _ => body,
-            };
-            let (m, arm) = model::lb::parse(&merged)?;
-            check_frontend_addresses(st, &m)?;
-            // Frontends are real sockets on this machine: two load balancers cannot share one.
-            for (k, other) in st.store.list(LB, None, None)? {
-                if k.path() == key.path() {
-                    continue;
-                }
-                let Ok((om, _)) = model::lb::parse(&other) else {
-                    continue;
-                };
-                for r in &m.rules {
-                    let ip = m.frontends.iter().find(|f| f.0 == r.frontend).map(|f| f.1);
-                    for or in &om.rules {
-                        let oip = om
-                            .frontends
-                            .iter()
-                            .find(|f| f.0 == or.frontend)
-                            .map(|f| f.1);
-                        if or.frontend_port == r.frontend_port && ip == oip {
-                            return Err(ApiError::conflict(
-                                "FrontendPortInUse",
-                                format!(
-                                    "Frontend {}:{} is already used by load balancer '{}'.",
-                                    ip.map(|i| i.to_string()).unwrap_or_default(),
-                                    r.frontend_port,
-                                    k.name
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            let mut stored = arm.clone();
-            stored["name"] = json!(res.name);
-            stored["x-resourceGroup"] = json!(res.rg);
-            st.store.put(&key, &stored)?;
-            Ok((
-                if existing.is_some() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                },
-                render(arm),
-            ))
+            st.cp.require_group(res)?;
+            let put = put_body(&method, require_object(parse_body(body)?)?);
+            let stored = st.cp.put_lb(res, put, &st.cfg.limits.lb_allowed)?;
+            Ok((put_status(stored.created), render::lb(res, stored.doc)))
         }
-        Method::DELETE => {
-            if st.store.get(&key)?.is_none() {
-                return Ok((StatusCode::NO_CONTENT, Value::Null));
-            }
-            for (k, v) in st.store.list(VMSS, None, None)? {
-                let doc: VmssDoc = serde_json::from_value(v).map_err(ApiError::internal)?;
-                if let Ok((m, _)) = model::vmss::parse(&doc.arm, &k.name) {
-                    let uses = m
-                        .backend_pools
-                        .iter()
-                        .chain(m.health_probe.iter())
-                        .any(|id| {
-                            id.name.eq_ignore_ascii_case(&res.name)
-                                && id.resource_group.eq_ignore_ascii_case(&res.rg)
-                        });
-                    if uses {
-                        return Err(ApiError::conflict("LoadBalancerInUseByVirtualMachineScaleSet", format!("Cannot delete load balancer '{}': it is in use by virtual machine scale set '{}'.", res.name, k.name)));
-                    }
-                }
-            }
-            st.store.delete(&key)?;
-            Ok((StatusCode::OK, Value::Null))
-        }
+        Method::DELETE => deleted(st.cp.delete_lb(res)?),
         _ => Err(ApiError::bad_request(
             "MethodNotAllowed",
             "unsupported method",
@@ -649,81 +475,15 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
     }
 }
 
-/// Frontends listen on this machine, only where `scaleset serve --lb-allowed-addresses` lets
-/// them (loopback by default): an address outside would expose instances to the network.
-fn check_frontend_addresses(st: &AppState, m: &model::lb::LbModel) -> Result<(), ApiError> {
-    let limits = &st.cfg.limits;
-    match m.frontends.iter().find(|f| !limits.lb_address_allowed(f.1)) {
-        None => Ok(()),
-        Some((name, ip)) => Err(ApiError::bad_request(
-            "InvalidParameter",
-            format!(
-                "Frontend IP configuration '{name}': privateIPAddress {ip} is outside the addresses load balancers may listen on ({}). Use one of them, or start the daemon with --lb-allowed-addresses (SCALESET_LB_ALLOWED_ADDRESSES) including it.",
-                limits.lb_allowed_list()
-            ),
-        )),
-    }
-}
-
-pub fn render_lb(res: &Res, mut v: Value) -> Value {
-    let id = res.id(LB);
-    if let Some(o) = v.as_object_mut() {
-        o.remove("x-resourceGroup");
-    }
-    v["id"] = json!(id);
-    v["name"] = json!(res.name);
-    v["type"] = json!(LB);
-    let p = &mut v["properties"];
-    if !p.is_object() {
-        *p = json!({});
-    }
-    p["provisioningState"] = json!("Succeeded");
-    for coll in [
-        "frontendIPConfigurations",
-        "backendAddressPools",
-        "probes",
-        "loadBalancingRules",
-    ] {
-        if let Some(items) = p.get_mut(coll).and_then(Value::as_array_mut) {
-            for it in items {
-                let n = it
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                it["id"] = json!(format!("{id}/{coll}/{n}"));
-            }
-        }
-    }
-    v
-}
-
 fn images(st: &AppState, method: Method, res: &Res) -> Reply {
-    model::names::network_or_image("image", &res.name)?;
+    control::check_name(IMAGE, res)?;
     match method {
-        Method::GET => {
-            let img = st.images.get(&res.name).map_err(ApiError::internal)?.ok_or_else(|| not_found(IMAGE, res))?;
-            ok(render::image(res, &img))
-        }
-        Method::DELETE => {
-            if st.images.get(&res.name).map_err(ApiError::internal)?.is_none() {
-                return Ok((StatusCode::NO_CONTENT, Value::Null));
-            }
-            for (k, v) in st.store.list(VMSS, None, None)? {
-                let doc: VmssDoc = serde_json::from_value(v).map_err(ApiError::internal)?;
-                let in_model = model::vmss::parse(&doc.arm, &k.name).ok().and_then(|(m, _)| m.image).is_some_and(|i| i.name == res.name);
-                let on_instance = st.instances(&k)?.iter().any(|r| r.image == res.name);
-                if in_model || on_instance {
-                    return Err(ApiError::conflict("ImageInUse", format!("Image '{}' is in use by virtual machine scale set '{}' and cannot be deleted.", res.name, k.name)));
-                }
-            }
-            st.images.delete(&res.name).map_err(ApiError::internal)?;
-            Ok((StatusCode::OK, Value::Null))
-        }
-        Method::PUT | Method::PATCH => Err(ApiError::bad_request(
-            "OperationNotAllowed",
-            "Images are created by baking: `scaleset image bake --base debian:bookworm --package DIR --script setupscript.sh --name NAME`.",
+        Method::GET => ok(render::image(res, &st.cp.image(&st.images, res)?)),
+        Method::DELETE => deleted(st.cp.delete_image(&st.images, res)?),
+        Method::PUT | Method::PATCH => Err(st.cp.put_image(res).into()),
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
         )),
-        _ => Err(ApiError::bad_request("MethodNotAllowed", "unsupported method")),
     }
 }

@@ -6,7 +6,6 @@ use crate::error::ApiError;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
-use std::net::IpAddr;
 
 pub use control::Cidr;
 use std::time::Duration;
@@ -54,21 +53,6 @@ impl Default for Limits {
             lb_allowed: Cidr::parse_list(DEFAULT_LB_ALLOWED).unwrap_or_default(),
             lb_frontend: lb::FrontendLimits::default(),
         }
-    }
-}
-
-impl Limits {
-    /// Whether a load balancer frontend may listen on `ip`.
-    pub fn lb_address_allowed(&self, ip: IpAddr) -> bool {
-        self.lb_allowed.iter().any(|c| c.contains(ip))
-    }
-
-    pub fn lb_allowed_list(&self) -> String {
-        let v: Vec<String> = self.lb_allowed.iter().map(Cidr::to_string).collect();
-        if v.is_empty() {
-            return "none".into();
-        }
-        v.join(", ")
     }
 }
 

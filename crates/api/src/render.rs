@@ -1,5 +1,5 @@
-//! ARM JSON for what we return: scale sets, their VMs and instance views, images.
-use crate::route::{Res, IMAGE, VMSS};
+//! ARM JSON for what we return: scale sets, their VMs and instance views, load balancers, images.
+use crate::route::{Res, IMAGE, LB, VMSS};
 use crate::state::{InstanceRecord, Observation, VmssDoc};
 use control::ProvisioningState;
 use serde_json::{json, Value};
@@ -101,6 +101,41 @@ pub fn vm(
     });
     if expand {
         v["properties"]["instanceView"] = instance_view(rec, obs);
+    }
+    v
+}
+
+/// A stored load balancer as ARM returns it: identity, `provisioningState`, the ids of its
+/// children.
+pub fn lb(res: &Res, mut v: Value) -> Value {
+    let id = res.id(LB);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("x-resourceGroup");
+    }
+    v["id"] = json!(id);
+    v["name"] = json!(res.name);
+    v["type"] = json!(LB);
+    let p = &mut v["properties"];
+    if !p.is_object() {
+        *p = json!({});
+    }
+    p["provisioningState"] = json!("Succeeded");
+    for coll in [
+        "frontendIPConfigurations",
+        "backendAddressPools",
+        "probes",
+        "loadBalancingRules",
+    ] {
+        if let Some(items) = p.get_mut(coll).and_then(Value::as_array_mut) {
+            for it in items {
+                let n = it
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                it["id"] = json!(format!("{id}/{coll}/{n}"));
+            }
+        }
     }
     v
 }

@@ -5,7 +5,7 @@
 //! directly.
 use crate::{
     now_rfc3339, uuid, ControlError, ControlPlane, InstanceRecord, Res, RolloutDoc, VmssDoc, IMAGE,
-    LB, VMSS,
+    LB, RG, VMSS,
 };
 use model::ids::ResourceId;
 use plan::PowerIntent;
@@ -50,28 +50,46 @@ impl From<store::StoreError> for CommandError {
 
 pub type CommandResult<T> = Result<T, CommandError>;
 
-fn invalid(message: impl Into<String>) -> CommandError {
+pub(crate) fn invalid(message: impl Into<String>) -> CommandError {
     CommandError::Invalid {
         code: "InvalidParameter",
         message: message.into(),
     }
 }
 
-fn not_allowed(message: impl Into<String>) -> CommandError {
+pub(crate) fn not_allowed(message: impl Into<String>) -> CommandError {
     CommandError::Conflict {
         code: "OperationNotAllowed",
         message: message.into(),
     }
 }
 
-pub fn vmss_not_found(res: &Res) -> CommandError {
+/// Checks the name of a resource of `kind` (of a resource group: `res.rg`; else `res.name`)
+/// against Azure's naming rules; kinds without rules pass.
+pub fn check_name(kind: &str, res: &Res) -> CommandResult<()> {
+    match kind {
+        RG => model::names::resource_group(&res.rg)?,
+        VMSS => model::names::vmss(&res.name)?,
+        LB => model::names::network_or_image("load balancer", &res.name)?,
+        IMAGE => model::names::network_or_image("image", &res.name)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// ARM's 404 for a resource of `kind` (a scale set, load balancer or image) that does not exist.
+pub fn not_found(kind: &str, res: &Res) -> CommandError {
     CommandError::NotFound {
         code: "ResourceNotFound",
         message: format!(
-            "The Resource '{VMSS}/{}' under resource group '{}' was not found.",
+            "The Resource '{kind}/{}' under resource group '{}' was not found.",
             res.name, res.rg
         ),
     }
+}
+
+pub fn vmss_not_found(res: &Res) -> CommandError {
+    not_found(VMSS, res)
 }
 
 /// POST actions on a scale set or on some of its instances.
@@ -87,17 +105,18 @@ pub enum PowerAction {
     DeleteInstances,
 }
 
-/// A scale set body: the whole resource (PUT) or a merge patch onto the stored one (PATCH).
+/// A resource body (scale set, load balancer, resource group): the whole resource (PUT) or a merge
+/// patch onto the stored one (PATCH).
 #[derive(Debug, Clone)]
 pub enum Put {
     Replace(Value),
     Merge(Value),
 }
 
-/// A stored scale set and whether the command created it.
+/// A stored resource (a scale set unless said otherwise) and whether the command created it.
 #[derive(Debug, Clone)]
-pub struct Stored {
-    pub doc: VmssDoc,
+pub struct Stored<T = VmssDoc> {
+    pub doc: T,
     pub created: bool,
 }
 
@@ -221,6 +240,23 @@ impl ControlPlane {
             .filter_map(|(_, v)| serde_json::from_value::<VmssDoc>(v).ok())
             .find(|d| d.name.eq_ignore_ascii_case(name))
             .map(|d| d.resource_group))
+    }
+
+    /// The scale sets of subscription `sub` (of resource group `rg` when given), in the store's
+    /// order, each with its identity as the user spelled it.
+    pub fn list_vmss(&self, sub: &str, rg: Option<&str>) -> CommandResult<Vec<(Res, VmssDoc)>> {
+        let mut out = Vec::new();
+        for (_, v) in self.store.list(VMSS, Some(sub), rg)? {
+            let doc: VmssDoc =
+                serde_json::from_value(v).map_err(|e| CommandError::Internal(e.to_string()))?;
+            let res = Res {
+                sub: sub.to_string(),
+                rg: doc.resource_group.clone(),
+                name: doc.name.clone(),
+            };
+            out.push((res, doc));
+        }
+        Ok(out)
     }
 
     /// Checks a scale set's references: backend pools and health probe exist, image exists.

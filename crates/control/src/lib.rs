@@ -2,6 +2,9 @@
 //! repairs service state) and what the control plane recorded about each instance, durable in
 //! the store; plus the read model of what the engine last observed. Every read-modify-write of
 //! a record goes through [`ControlPlane`] under one lock shared by the API and the engine.
+//! The commands on these records validate a change as a whole and commit it: `commands` (scale
+//! sets), `groups` (resource groups), `lbs` (load balancers), `images` (the image store's
+//! images as ARM resources).
 //!
 //! This crate knows nothing of HTTP, machines or processes: the API crate renders these records
 //! as ARM JSON, the engine crate acts on them.
@@ -15,9 +18,13 @@ use store::{Key, Store};
 use tokio::sync::Notify;
 
 pub mod commands;
+mod groups;
+mod images;
+mod lbs;
 mod net;
 mod util;
-pub use commands::{CommandError, PowerAction, Put, Stored};
+pub use commands::{check_name, not_found, CommandError, PowerAction, Put, Stored};
+pub use groups::group_not_found;
 pub use net::Cidr;
 pub use util::{ct_eq, error_chain, now_ms, now_rfc3339, short_hash, unix_now, uuid};
 

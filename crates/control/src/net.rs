@@ -25,6 +25,20 @@ impl Cidr {
         net & mask == x & mask
     }
 
+    /// Whether one of `ranges` contains `ip`.
+    pub fn any_contains(ranges: &[Cidr], ip: IpAddr) -> bool {
+        ranges.iter().any(|c| c.contains(ip))
+    }
+
+    /// `ranges` for messages: "127.0.0.0/8, ::1/128", or "none".
+    pub fn describe_list(ranges: &[Cidr]) -> String {
+        if ranges.is_empty() {
+            return "none".into();
+        }
+        let v: Vec<String> = ranges.iter().map(Cidr::to_string).collect();
+        v.join(", ")
+    }
+
     /// A comma-separated list; empty items are ignored.
     pub fn parse_list(s: &str) -> Result<Vec<Cidr>, String> {
         s.split(',')

@@ -135,7 +135,7 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     pub fn lb_address_allowed(&self, ip: std::net::IpAddr) -> bool {
-        self.lb_allowed.iter().any(|c| c.contains(ip))
+        Cidr::any_contains(&self.lb_allowed, ip)
     }
 }
 
