@@ -544,6 +544,54 @@ async fn set_image_is_a_model_change_that_rolls_out() {
     assert_eq!(again.doc.model_version, 2);
 }
 
+/// A VM size is each instance's CPU and memory cap; a new size is a model change that rolls
+/// out like a new image (instances get the size they were made or upgraded with).
+#[tokio::test]
+async fn a_new_vm_size_rolls_out_with_its_caps() {
+    let e = env("resize");
+    create(&e, vmss_body("good", 2, rolling(false)));
+    settle(&e, 10).await;
+    let size_of = |e: &Env, machine: &str| e.fake.machine(machine).and_then(|m| m.spec.size);
+    let b1s = runtime::MachineSize {
+        vcpus: 1,
+        memory_mib: 1024,
+    };
+    for r in records(&e) {
+        assert_eq!(r.vm_size.as_deref(), Some("Standard_B1s"));
+        assert_eq!(size_of(&e, &r.machine), Some(b1s));
+    }
+    let mut body = vmss_body("good", 2, rolling(false));
+    body["sku"]["name"] = json!("standard_b2s");
+    let stored = put(&e, body);
+    assert_eq!(stored.doc.model_version, 2);
+    assert_eq!(stored.doc.arm["sku"]["name"], "Standard_B2s");
+    let v = run_rollout(&e).await;
+    assert_eq!(v.status, RunningStatus::Completed, "{v:?}");
+    for r in records(&e) {
+        assert_eq!(r.vm_size.as_deref(), Some("Standard_B2s"));
+        assert_eq!(r.model_version, 2);
+        let want = runtime::MachineSize {
+            vcpus: 2,
+            memory_mib: 4096,
+        };
+        assert_eq!(size_of(&e, &r.machine), Some(want));
+    }
+    // A size Azure doesn't offer is refused and changes nothing.
+    let mut body = vmss_body("good", 2, rolling(false));
+    body["sku"]["name"] = json!("Standard_Z9");
+    let err = e.st.cp.put_vmss(&e.st.images, &res(), Put::Replace(body));
+    assert!(
+        matches!(&err, Err(control::CommandError::Invalid { code: "InvalidParameter", message }) if message.contains("VM size is not valid")),
+        "{err:?}"
+    );
+    assert_eq!(
+        put(&e, vmss_body("good", 2, rolling(false)))
+            .doc
+            .model_version,
+        3
+    );
+}
+
 /// Power actions and deletion are intent the engine carries out: stop (drained first), start,
 /// reimage onto the latest model, delete instances (capacity lowered), delete the scale set.
 #[tokio::test]
