@@ -1,7 +1,8 @@
 //! The control plane: an HTTP API in Azure Resource Manager's dialect over durable state, and the
 //! engine that drives machines and load balancers to match it.
 //!
-//! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon.
+//! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon. Under
+//! `/scaleset/...` it is the HTTP front end of the CI service (crate `ci`; see `pipelines`).
 pub mod error;
 mod gitcgi;
 pub mod handlers;
