@@ -82,6 +82,46 @@ impl From<control::ControlError> for ApiError {
     }
 }
 
+/// The CI service's errors (`/scaleset/...`).
+impl From<ci::CiError> for ApiError {
+    fn from(e: ci::CiError) -> Self {
+        use ci::CiError as C;
+        use pipeline::git::GitError;
+        let message = e.to_string();
+        match e {
+            C::NoRepository(_) => Self::not_found("RepositoryNotFound", message),
+            C::RepositoryExists(_) => Self::conflict("RepositoryExists", message),
+            C::Mirror(GitError::Git(m)) => Self::bad_request("InvalidMirror", m),
+            C::Git(g) | C::Mirror(g) => git_error(g),
+            C::MirrorFetch(_) => Self::Client {
+                status: StatusCode::BAD_GATEWAY,
+                code: "MirrorFetchFailed",
+                message,
+            },
+            C::NoPipeline(_) => Self::not_found("PipelineNotFound", message),
+            C::NoBranch { .. } => Self::bad_request("BranchNotFound", message),
+            C::NoRun(_) => Self::not_found("RunNotFound", message),
+            C::RunCompleted(_) => Self::conflict("RunCompleted", message),
+            C::Runs(_) | C::Internal(_) => Self::Internal(message),
+            C::Create { .. } | C::AzureProvider(_) | C::UnknownProvider(_) => {
+                Self::internal(error_chain(&e))
+            }
+        }
+    }
+}
+
+/// A repository operation's error: a missing repository, a bad name, or the daemon's fault.
+fn git_error(e: pipeline::git::GitError) -> ApiError {
+    let m = e.to_string();
+    if matches!(e, pipeline::git::GitError::NotFound(_)) {
+        ApiError::not_found("RepositoryNotFound", m)
+    } else if m.contains("invalid") || m.contains("name") {
+        ApiError::bad_request("InvalidRepositoryName", m)
+    } else {
+        ApiError::internal(m)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {

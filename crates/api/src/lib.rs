@@ -1,7 +1,8 @@
 //! The control plane: an HTTP API in Azure Resource Manager's dialect over durable state, and the
 //! engine that drives machines and load balancers to match it.
 //!
-//! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon.
+//! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon. Under
+//! `/scaleset/...` it is the HTTP front end of the CI service (crate `ci`; see `pipelines`).
 pub mod error;
 mod gitcgi;
 pub mod handlers;
@@ -234,24 +235,30 @@ pub fn open_state(
         }
     };
     let images = image::ImageStore::new(cfg.home.join("images"), cfg.base_cache.clone());
-    let pipelines = Some(Arc::new(pipelines::PipelineService::open(
-        &cfg.home, &cfg.exe,
-    )?));
     let core = Arc::new(engine::Core {
         cfg: cfg.engine(),
         cp: control::ControlPlane::new(store),
         machines,
         images,
     });
+    let run_tokens = Arc::new(ci::RunTokens::default());
+    let pipelines = ci::PipelineService::open(ci_config(&cfg), core.clone(), run_tokens.clone())
+        .map_err(|e| error::error_chain(&e))?;
     Ok(Arc::new(AppState {
-        pipelines,
+        pipelines: Some(Arc::new(pipelines)),
         cfg,
-        auth: state::Auth {
-            token,
-            run_tokens: Default::default(),
-        },
+        auth: state::Auth { token, run_tokens },
         core,
     }))
+}
+
+/// The part of the configuration the CI service reads.
+fn ci_config(cfg: &DaemonConfig) -> ci::CiConfig {
+    ci::CiConfig {
+        home: cfg.home.clone(),
+        exe: cfg.exe.clone(),
+        default_endpoint: format!("http://{}", cfg.listen),
+    }
 }
 
 /// Runs the API until `shutdown` resolves; the engine runs alongside.
@@ -267,7 +274,9 @@ pub async fn serve(
         .map_err(|e| e.to_string())?;
     tracing::info!(%addr, home = %st.cfg.home.display(), "scaleset daemon listening");
     let engine = tokio::spawn(engine::run(st.core.clone()));
-    pipelines::start(&st);
+    if let Some(svc) = &st.pipelines {
+        svc.start();
+    }
     let limits = st.cfg.limits.clone();
     server::run(listener, app(st), &limits, shutdown).await;
     engine.abort();

@@ -3,7 +3,7 @@
 use runtime::{Ipv4Net, NetworkSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -70,9 +70,9 @@ impl DaemonConfig {
 #[derive(Default)]
 pub struct Auth {
     pub token: String,
-    /// Credentials of running pipeline runs (token → run id): ARM API only, revoked when the
-    /// run ends; jobs never see the daemon token.
-    pub run_tokens: Mutex<std::collections::HashMap<String, u64>>,
+    /// Credentials of running pipeline runs: ARM API only, minted and revoked by the CI
+    /// service (shared with it); jobs never see the daemon token.
+    pub run_tokens: Arc<ci::RunTokens>,
 }
 
 /// The daemon's shared state, in layers: the configuration, authentication, the services on
@@ -83,7 +83,7 @@ pub struct AppState {
     pub cfg: DaemonConfig,
     pub auth: Auth,
     /// Hosted repositories, pipelines and runs (`/scaleset/...`).
-    pub pipelines: Option<Arc<crate::pipelines::PipelineService>>,
+    pub pipelines: Option<Arc<ci::PipelineService>>,
     pub core: Arc<engine::Core>,
 }
 
@@ -95,31 +95,8 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// A fresh credential for run `id` (see `run_tokens`).
-    pub fn mint_run_token(&self, id: u64) -> String {
-        let bytes: [u8; 32] = rand::random();
-        let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        self.auth
-            .run_tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(t.clone(), id);
-        t
-    }
-
-    pub fn revoke_run_token(&self, token: &str) {
-        self.auth
-            .run_tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(token);
-    }
-
+    /// Whether `token` is a running pipeline run's credential (see `Auth::run_tokens`).
     pub fn is_run_token(&self, token: &str) -> bool {
-        self.auth
-            .run_tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(token)
+        self.auth.run_tokens.contains(token)
     }
 }
