@@ -511,6 +511,7 @@ fn instance(id: u32, image: &str) -> InstanceRecord {
         restart_requested: false,
         draining: false,
         upgrading: false,
+        vm_size: None,
         protect_from_scale_in: false,
         protect_from_scale_set_actions: false,
         last_error: None,
