@@ -81,6 +81,7 @@ impl Baker for DaemonBaker {
             // Packer's build VM has network access (deployment scripts apt-get install).
             network: true,
             mirror: None,
+            host_network: true,
         };
         let mut w = LineWriter {
             buf: Vec::new(),

@@ -2,7 +2,7 @@
 //! bakes on the shared debootstrap base through `scaleset image bake` / `image import`.
 //! Each attempt records what it got into a file of the image it bakes; the test asserts on it.
 //! Subnets: 10.213.230.0/24 (network probes), 10.213.231.0/24 (capabilities + apt),
-//! 10.213.233.0/24 and 10.213.234.0/24 (no network used).
+//! 10.213.233.0/24 and 10.213.234.0/24 (no network used), 10.213.235.0/24 (HTTPS with the host's trust).
 mod common;
 
 use common::{base_cache, skip_reason, Harness};
@@ -516,4 +516,63 @@ fn bake_has_no_raw_sockets_or_mknod_and_apt_still_works() {
             "{dev} in the layer"
         );
     }
+}
+
+const HTTPS: &str = r#"#!/bin/bash
+out=/etc/httpstest
+mkdir -p "$out"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends curl ca-certificates > /dev/null
+curl -sS -o /dev/null -w '%{http_code}' https://pypi.org/simple/flask/ > "$out/pypi" 2> "$out/pypi-error"
+echo "exit $?" >> "$out/pypi"
+env | grep -c '^PIP_CERT=' > "$out/pip-cert-var" || true
+"#;
+
+/// Bakes reach HTTPS the way the host does (#13): a networked bake gets the host's CA bundle and
+/// proxy settings for its script only, never in the image; `--no-host-network` opts out.
+#[test]
+fn bake_reaches_https_with_the_hosts_trust_and_keeps_none_of_it() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::new("secbake-https", "10.213.235.0/24", "sbh", vec![]);
+    let pkg = h.home.join("pkg-https");
+    write_script(&pkg, "https.sh", HTTPS);
+    bake(&h, "https", &pkg, "https.sh", &[]);
+    let layer = top_layer(&h, "https");
+    let r = results(&layer.join("etc/httpstest"));
+    assert_eq!(r["pypi"], "200exit 0", "{r:?}");
+    assert_eq!(r["pip-cert-var"], "1");
+    // Neither the bundle nor the settings are in the image.
+    assert!(!layer.join("deployTemp").exists());
+    let grep = Command::new("grep")
+        .args(["-rlI", "--", image::hostenv::GUEST_CA])
+        .arg(&layer)
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    // Opted out: the guest trusts only Debian's CAs. Where the host's outbound HTTPS is
+    // inspected by a CA of its own (this kind of machine), that fails verification.
+    let pkg = h.home.join("pkg-https-off");
+    write_script(&pkg, "https.sh", &format!("{HTTPS}# opted out\n"));
+    bake(&h, "https-off", &pkg, "https.sh", &["--no-host-network"]);
+    let r = results(&top_layer(&h, "https-off").join("etc/httpstest"));
+    assert_eq!(r["pip-cert-var"], "0", "{r:?}");
+    if host_has_own_cas() {
+        assert_eq!(r["pypi"], "000exit 60", "{r:?}");
+    }
+}
+
+/// CAs the host added to its trust store beyond the distribution's (an inspecting proxy's).
+fn host_has_own_cas() -> bool {
+    std::fs::read_dir("/usr/local/share/ca-certificates")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "crt"))
+        })
+        .unwrap_or(false)
 }

@@ -381,10 +381,11 @@ impl ImageStore {
         } else {
             None
         };
+        let host = self.lend_host_network(spec, &deploy, log_file)?;
         let (cmd, in_guest) = nspawn_command(
             spec,
             &merged,
-            bake_net.as_ref(),
+            (bake_net.as_ref(), &host.vars),
             &format!("{pkg_name}/{script_rel}"),
             has_sh,
             log_file,
@@ -424,6 +425,44 @@ impl ImageStore {
             img.name, img.digest
         );
         Ok(img)
+    }
+
+    /// What a networked bake borrows from the host (see [`crate::hostenv`]): the CA bundle is
+    /// copied under `deploy` (removed with it before capture). Nothing for an offline bake.
+    fn lend_host_network(
+        &self,
+        spec: &BakeSpec,
+        deploy: &Path,
+        log_file: &mut fs::File,
+    ) -> Result<crate::hostenv::HostNetwork, ImageError> {
+        if !spec.network || !spec.host_network {
+            return Ok(Default::default());
+        }
+        let host = crate::hostenv::host_network(&|k| std::env::var(k).ok(), &|p| p.is_file());
+        if let Some(src) = &host.ca_bundle {
+            let rel = crate::hostenv::GUEST_CA.trim_start_matches("/deployTemp/");
+            let dst = deploy.join(rel);
+            if let Some(dir) = dst.parent() {
+                fs::create_dir_all(dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
+            }
+            fs::copy(src, &dst).map_err(io_err(format!("copy {} into the bake", src.display())))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o644))
+                .map_err(io_err(format!("chmod {}", dst.display())))?;
+        }
+        let _ = writeln!(
+            log_file,
+            "scaleset: host network settings for the script: CA bundle {} at {}; variables {}",
+            host.ca_bundle
+                .as_deref()
+                .map_or("(none)".into(), |p| p.display().to_string()),
+            crate::hostenv::GUEST_CA,
+            if host.vars.is_empty() {
+                "(none)".to_string()
+            } else {
+                host.names().join(" ")
+            }
+        );
+        Ok(host)
     }
 
     /// The bake's overlay on `tmp`: the base's layers below, the new layer in `upper`.
@@ -625,7 +664,7 @@ fn put_shims(merged: &Path, has_sh: bool) -> Result<Vec<(String, String)>, Image
 fn nspawn_command(
     spec: &BakeSpec,
     merged: &Path,
-    bake_net: Option<&crate::sandbox::BakeNet>,
+    (bake_net, host_vars): (Option<&crate::sandbox::BakeNet>, &[(String, String)]),
     in_guest: &str,
     has_sh: bool,
     log_file: &mut fs::File,
@@ -669,6 +708,9 @@ fn nspawn_command(
         "SCALESET_BAKE=1",
     ] {
         cmd.arg(format!("--setenv={env}"));
+    }
+    for (k, v) in host_vars {
+        cmd.arg(format!("--setenv={k}={v}"));
     }
     cmd.arg("--chdir=/deployTemp").arg("--");
     if has_sh {

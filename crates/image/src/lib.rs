@@ -139,6 +139,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod bake;
+pub mod hostenv;
 mod oci;
 mod sandbox;
 mod store;
@@ -269,6 +270,9 @@ pub struct BakeSpec {
     pub args: Vec<String>,
     pub network: bool,
     pub mirror: Option<String>,
+    /// A networked bake gets the host's CA bundle and proxy settings ([`hostenv`]), never
+    /// captured into the layer; `false` opts out.
+    pub host_network: bool,
 }
 
 /// Base cache dir: `$SCALESET_BASE_CACHE` if set, else `<home>/bases`.

@@ -112,6 +112,7 @@ fn bake_cache_failure_and_escape() {
         args: vec!["big world".into(), "x".into()],
         network: false,
         mirror: None,
+        host_network: true,
     };
     let mut out = Vec::new();
     let t0 = Instant::now();
@@ -398,6 +399,7 @@ fn networked_bake_without_a_home_network_is_refused() {
                 script: "s.sh".into(),
                 args: vec![],
                 network: true,
+                host_network: true,
                 mirror: None,
             },
             &mut std::io::sink(),

@@ -262,6 +262,7 @@ fn spec(name: &str, base: &str, pkg: &Path, script: &str) -> BakeSpec {
         args: vec!["from-bake".into()],
         network: false,
         mirror: None,
+        host_network: true,
     }
 }
 

@@ -172,6 +172,7 @@ fn boot_serve_stop_start_reimage_delete() {
                 args: vec!["scaleset".into()],
                 network: true,
                 mirror: None,
+                host_network: true,
             },
             &mut std::io::stderr(),
         )

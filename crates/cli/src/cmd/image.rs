@@ -31,6 +31,10 @@ pub enum ImageCmd {
         /// Debian mirror for the base image.
         #[arg(long)]
         mirror: Option<String>,
+        /// Don't lend the script the host's CA bundle and proxy settings (by default a networked
+        /// bake gets them, never captured into the image).
+        #[arg(long)]
+        no_host_network: bool,
     },
     /// Import a base from an OCI image layout (directory or tarball) or a `docker save` tarball.
     Import {
@@ -68,6 +72,7 @@ pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
             name,
             no_network,
             mirror,
+            no_host_network,
         } => {
             let spec = image::BakeSpec {
                 name,
@@ -77,6 +82,7 @@ pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
                 args,
                 network: !no_network,
                 mirror,
+                host_network: !no_host_network,
             };
             bake(spec, out).await?;
         }

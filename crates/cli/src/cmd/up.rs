@@ -472,6 +472,7 @@ async fn create_empty_vmss(
         args: vec![],
         network: false,
         mirror: None,
+        host_network: true,
     };
     let log = home.join("up-base.log");
     eprintln!("    preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})", log.display());
