@@ -141,7 +141,7 @@ pub fn lb(res: &Res, mut v: Value) -> Value {
 }
 
 pub fn image(res: &Res, img: &image::Image) -> Value {
-    json!({
+    let mut v = json!({
         "id": res.id(IMAGE),
         "name": img.name,
         "type": IMAGE,
@@ -152,7 +152,12 @@ pub fn image(res: &Res, img: &image::Image) -> Value {
             "hyperVGeneration": "V2",
             "storageProfile": {"osDisk": {"osType": "Linux", "osState": "Generalized"}},
         },
-    })
+    });
+    // Not Azure's: what the bake's summary said (the image may not serve).
+    if !img.warnings.is_empty() {
+        v["properties"]["scalesetBakeWarnings"] = json!(img.warnings);
+    }
+    v
 }
 
 /// The aggregate instance view of a scale set (`GET .../instanceView`).

@@ -187,7 +187,11 @@ impl Baker for AzureBaker {
             )
             .map_err(|e| e.to_string())?;
         log(&format!("image {id}"));
-        Ok(BakedImage { name: req.name, id })
+        Ok(BakedImage {
+            name: req.name,
+            id,
+            warnings: vec![],
+        })
     }
 }
 

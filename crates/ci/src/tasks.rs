@@ -98,6 +98,7 @@ impl Baker for DaemonBaker {
                 DEFAULT_SUB, img.name
             ),
             name: img.name,
+            warnings: img.warnings,
         })
     }
 }

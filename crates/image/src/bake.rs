@@ -74,6 +74,7 @@ pub fn chain_id(layer_digests: &[String]) -> String {
 struct LineSink<'a> {
     buf: Vec<u8>,
     on_event: &'a mut dyn FnMut(BakeEvent),
+    failures: Option<crate::failures::Tracker>,
 }
 
 impl Write for LineSink<'_> {
@@ -82,6 +83,9 @@ impl Write for LineSink<'_> {
         while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=i).collect();
             let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            if let Some(t) = &mut self.failures {
+                t.line(&text);
+            }
             (self.on_event)(BakeEvent::ScriptLine(text));
         }
         Ok(data.len())
@@ -96,6 +100,9 @@ impl LineSink<'_> {
         if !self.buf.is_empty() {
             let text = String::from_utf8_lossy(&self.buf).into_owned();
             self.buf.clear();
+            if let Some(t) = &mut self.failures {
+                t.line(&text);
+            }
             (self.on_event)(BakeEvent::ScriptLine(text));
         }
     }
@@ -381,11 +388,12 @@ impl ImageStore {
         } else {
             None
         };
-        let host = self.lend_host_network(spec, &deploy, log_file)?;
+        let mut env = self.lend_host_network(spec, &deploy, log_file)?.vars;
+        let failures = watch_failures(&in_guest_script, &deploy, &mut env)?;
         let (cmd, in_guest) = nspawn_command(
             spec,
             &merged,
-            (bake_net.as_ref(), &host.vars),
+            (bake_net.as_ref(), &env),
             &format!("{pkg_name}/{script_rel}"),
             has_sh,
             log_file,
@@ -400,6 +408,7 @@ impl ImageStore {
         let mut lines = LineSink {
             buf: Vec::new(),
             on_event,
+            failures,
         };
         let status = run_streaming(cmd, &mut [log, log_file, &mut lines]).map_err(io_err(
             "cannot run systemd-nspawn (apt-get install systemd-container)",
@@ -412,13 +421,15 @@ impl ImageStore {
             "scaleset: setup script finished with {status} after {:.1}s",
             started.elapsed().as_secs_f64()
         );
+        let warnings = lines.failures.map(|t| t.summary()).unwrap_or_default();
+        report_failures(&warnings, &mut [log, log_file]);
         self.check_outcome(spec, &upper, status, log_file, log_path)?;
 
         on_event(BakeEvent::Deprovisioning);
         deprovision_tree(&merged, &shims, &before, &work)?;
 
         on_event(BakeEvent::Capturing);
-        let img = self.capture(spec, stack, (&upper, guard), key, log_path)?;
+        let img = self.capture(spec, stack, (&upper, guard), key, log_path, warnings)?;
         let _ = writeln!(
             log_file,
             "scaleset: registered {} as {}",
@@ -550,6 +561,7 @@ impl ImageStore {
         (upper, guard): (&Path, BakeDir),
         key: String,
         log_path: &Path,
+        warnings: Vec<String>,
     ) -> Result<Image, ImageError> {
         let _lock = self.lock()?;
         if let Some(gone) = stack.lowers.iter().find(|l| !l.is_dir()) {
@@ -577,9 +589,55 @@ impl ImageStore {
             created: rfc3339(now_secs()),
             log: log_path.to_path_buf(),
             cache_key: key,
+            warnings,
         };
         self.register_locked(&img)?;
         Ok(img)
+    }
+}
+
+/// For a bash script: an `ERR` trap through `BASH_ENV` (in `deploy`, removed before capture)
+/// whose marked lines the returned tracker picks out of the output. Other scripts: none.
+fn watch_failures(
+    script: &Path,
+    deploy: &Path,
+    env: &mut Vec<(String, String)>,
+) -> Result<Option<crate::failures::Tracker>, ImageError> {
+    let mut head = [0u8; 256];
+    let n = fs::File::open(script)
+        .and_then(|mut f| io::Read::read(&mut f, &mut head))
+        .map_err(io_err(format!("read {}", script.display())))?;
+    if !crate::failures::is_bash(&head[..n]) {
+        return Ok(None);
+    }
+    let mark = hex::encode(&Sha256::digest(unique_suffix())[..8]);
+    let trap = deploy.join(".scaleset-host/errtrap.sh");
+    if let Some(dir) = trap.parent() {
+        fs::create_dir_all(dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
+    }
+    fs::write(&trap, crate::failures::trap_script(&mark))
+        .map_err(io_err(format!("write {}", trap.display())))?;
+    env.push((
+        "BASH_ENV".into(),
+        "/deployTemp/.scaleset-host/errtrap.sh".into(),
+    ));
+    Ok(Some(crate::failures::Tracker::new(&mark)))
+}
+
+/// The summary at the end of the bake's logs.
+fn report_failures(warnings: &[String], logs: &mut [&mut dyn Write]) {
+    if warnings.is_empty() {
+        return;
+    }
+    for l in logs.iter_mut() {
+        let _ = writeln!(
+            l,
+            "scaleset: WARNING: {} top-level command(s) of the setup script failed; the bake's result is the script's exit status, as in Azure, but the image may not serve:",
+            warnings.len()
+        );
+        for w in warnings {
+            let _ = writeln!(l, "  {w}");
+        }
     }
 }
 

@@ -139,6 +139,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod bake;
+pub mod failures;
 pub mod hostenv;
 mod oci;
 mod sandbox;
@@ -258,6 +259,10 @@ pub struct Image {
     /// network flag).
     #[serde(default)]
     pub cache_key: String,
+    /// Top-level commands of the setup script that failed although the bake succeeded (see
+    /// [`failures`]): one entry per command, with the output before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -597,6 +597,7 @@ impl ImageStore {
         }
         drop(guard);
         let img = Image {
+            warnings: vec![],
             name: name.to_string(),
             digest: layer_digests[0].clone(),
             base: format!(

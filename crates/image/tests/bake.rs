@@ -315,6 +315,47 @@ fn bake_cache_failure_and_escape() {
     store.delete("evil2").unwrap();
     assert!(layer.is_dir());
 
+    // A bash script without `set -e` whose commands fail still bakes (its exit status is the
+    // result, as in Azure), and the image keeps which top-level commands failed.
+    write_exec(
+        &pkg.join("sloppy.sh"),
+        "#!/bin/bash\necho installing\nls /no-such-dir\nif false; then :; fi\ntrue\n",
+    );
+    let mut out = Vec::new();
+    let sloppy = store
+        .bake(
+            &BakeSpec {
+                name: "sloppy".into(),
+                script: "sloppy.sh".into(),
+                ..spec.clone()
+            },
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(sloppy.warnings.len(), 1, "{:?}", sloppy.warnings);
+    assert!(
+        sloppy.warnings[0]
+            .starts_with("setup script line 3: `ls /no-such-dir` exited with 2\n    installing"),
+        "{:?}",
+        sloppy.warnings
+    );
+    assert_eq!(
+        store.get("sloppy").unwrap().unwrap().warnings,
+        sloppy.warnings
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("WARNING: 1 top-level command(s) of the setup script failed"),
+        "{out}"
+    );
+    let kept = fs::read_to_string(&sloppy.log).unwrap();
+    assert!(
+        kept.contains("  setup script line 3: `ls /no-such-dir` exited with 2"),
+        "{kept}"
+    );
+    assert!(!sloppy.layers[0].join("deployTemp").exists());
+    store.delete("sloppy").unwrap();
+
     // Delete: the layer survives while another image uses it.
     store.delete("second").unwrap();
     assert!(layer.is_dir());

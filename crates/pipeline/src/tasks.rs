@@ -65,6 +65,8 @@ pub struct BakedImage {
     pub name: String,
     /// ARM id: `/subscriptions/.../resourceGroups/.../providers/Microsoft.Compute/images/{name}`.
     pub id: String,
+    /// Commands of the setup script that failed although the bake succeeded.
+    pub warnings: Vec<String>,
 }
 
 /// Builds images (the daemon wraps the image crate). Called from a blocking thread; `log`
@@ -574,6 +576,16 @@ impl StdTasks {
             &format!("Image `{}` is ready: {}", img.name, img.id),
         );
         let mut out = TaskOutcome::succeeded();
+        for w in &img.warnings {
+            for (i, l) in w.lines().enumerate() {
+                let tag = if i == 0 { "##[warning]" } else { "" };
+                inv.log.line(Stream::System, &format!("{tag}{l}"));
+            }
+        }
+        if !img.warnings.is_empty() {
+            // Azure's "succeeded with issues": the release goes on, the run shows why.
+            out.result = RunResult::SucceededWithIssues;
+        }
         if let Some(v) = input(inv, &["imageUri"]) {
             out.set_variables.push(set_var(v, &img.name));
         }

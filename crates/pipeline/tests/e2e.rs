@@ -196,6 +196,8 @@ fn write(p: &Path, text: &str) {
 #[derive(Default)]
 struct FakeBaker {
     calls: Mutex<Vec<(BakeRequest, Vec<String>)>>,
+    /// What the bake reports about its script's failed commands.
+    warnings: Vec<String>,
 }
 impl Baker for FakeBaker {
     fn bake(&self, req: BakeRequest, log: &mut dyn FnMut(&str)) -> Result<BakedImage, String> {
@@ -207,6 +209,7 @@ impl Baker for FakeBaker {
         Ok(BakedImage {
             id: format!("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/vmssdevops2-rg/providers/Microsoft.Compute/images/{name}"),
             name,
+            warnings: self.warnings.clone(),
         })
     }
 }
@@ -478,6 +481,36 @@ async fn push_ci_artifact_release_bake_and_az() {
     assert!(pipelines_for_completed_run(&defs, &repos, &rel)
         .runs
         .is_empty());
+
+    // A bake whose script had failing commands: the release succeeds with issues and its log
+    // shows each as a warning (with the output before it).
+    let warned = Arc::new(FakeBaker {
+        warnings: vec![
+            "setup script line 7: `pip3 install uwsgi` exited with 1\n    ERROR: no".into(),
+        ],
+        ..Default::default()
+    });
+    let tasks = StdTasks {
+        baker: Some(warned),
+        ..tasks
+    };
+    let rel_id = store.next_id().unwrap();
+    let (_ctx, crx) = watch::channel(false);
+    let again = runner
+        .run(m.runs[0].request(rel_id, &repos), &tasks, crx)
+        .await;
+    let again_log = store.logs(rel_id).unwrap();
+    assert_eq!(
+        again.result,
+        Some(RunResult::SucceededWithIssues),
+        "{again_log}"
+    );
+    assert!(
+        again_log
+            .contains("| ##[warning]setup script line 7: `pip3 install uwsgi` exited with 1\n")
+            && again_log.contains("|     ERROR: no\n"),
+        "{again_log}"
+    );
 
     // A page change: an incremental push lists only the changed file.
     write(
