@@ -327,4 +327,27 @@ mod tests {
             .unwrap()
             .contains("instance 1"));
     }
+
+    /// `image show` keeps what the bake's summary said; images without failures show nothing.
+    #[test]
+    fn image_shows_bake_warnings() {
+        let mut img: image::Image = serde_json::from_value(json!({
+            "name": "120", "digest": "sha256:ab", "base": "debian:bookworm", "layers": [],
+            "created": "t", "log": "/l"
+        }))
+        .unwrap();
+        let res = Res {
+            sub: "s".into(),
+            rg: "rg".into(),
+            name: "120".into(),
+        };
+        assert!(image(&res, &img)["properties"]
+            .get("scalesetBakeWarnings")
+            .is_none());
+        img.warnings = vec!["setup script line 3: `false` exited with 1".into()];
+        assert_eq!(
+            image(&res, &img)["properties"]["scalesetBakeWarnings"],
+            json!(["setup script line 3: `false` exited with 1"])
+        );
+    }
 }
