@@ -1114,6 +1114,7 @@ async fn packer_build_task_bakes_on_image_builder() {
         script: "setupscript.sh".into(),
         args: vec![],
         resource_group: rg.map(str::to_string),
+        cache_scope: None,
     };
     let (no_rg, baked) = (req_for(None), req_for(Some("rg1")));
     let (e, img) = tokio::task::spawn_blocking(move || {

@@ -82,6 +82,7 @@ impl Baker for DaemonBaker {
             network: true,
             mirror: None,
             host_network: true,
+            cache: req.cache_scope.clone(),
         };
         let mut w = LineWriter {
             buf: Vec::new(),

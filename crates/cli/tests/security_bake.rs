@@ -2,7 +2,8 @@
 //! bakes on the shared debootstrap base through `scaleset image bake` / `image import`.
 //! Each attempt records what it got into a file of the image it bakes; the test asserts on it.
 //! Subnets: 10.213.230.0/24 (network probes), 10.213.231.0/24 (capabilities + apt),
-//! 10.213.233.0/24 and 10.213.234.0/24 (no network used), 10.213.235.0/24 (HTTPS with the host's trust).
+//! 10.213.233.0/24 and 10.213.234.0/24 (no network used), 10.213.235.0/24 (HTTPS with the host's trust),
+//! 10.213.236.0/24 (download caches).
 mod common;
 
 use common::{base_cache, skip_reason, Harness};
@@ -575,4 +576,91 @@ fn host_has_own_cas() -> bool {
                 .any(|e| e.path().extension().is_some_and(|x| x == "crt"))
         })
         .unwrap_or(false)
+}
+
+const CACHED: &str = r#"#!/bin/bash
+apt-get update -qq
+apt-get install -y --no-install-recommends tree
+echo "$PIP_CACHE_DIR" > /etc/pip-cache-dir
+touch "$PIP_CACHE_DIR/seen-by-$1"
+"#;
+
+/// A download cache per scope (#13): a rebake of the same scope downloads nothing apt already
+/// fetched, another scope starts empty, and nothing of the cache is in the images.
+#[test]
+fn download_cache_is_shared_within_a_scope_only() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::new("secbake-cache", "10.213.236.0/24", "sbd", vec![]);
+    let bake_as = |name: &str, scope: &str| -> String {
+        let pkg = h.home.join(format!("pkg-{name}"));
+        // A different package each time: a rebake, not a cache hit.
+        write_script(&pkg, "cached.sh", &format!("{CACHED}# {name}\n"));
+        bake(
+            &h,
+            name,
+            &pkg,
+            "cached.sh",
+            &["--download-cache", scope, "--args", name],
+        );
+        let store = image::ImageStore::new(h.home.join("images"), base_cache());
+        std::fs::read_to_string(store.get(name).unwrap().unwrap().log).unwrap()
+    };
+    let first = bake_as("one", "repo:a");
+    assert!(!first.contains("Need to get 0 B"), "{first}");
+    let again = bake_as("two", "repo:a");
+    assert!(again.contains("Need to get 0 B"), "{again}");
+    let other = bake_as("three", "repo:b");
+    assert!(!other.contains("Need to get 0 B"), "{other}");
+    let caches: Vec<PathBuf> = std::fs::read_dir(h.home.join("images/download-cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(caches.len(), 2, "{caches:?}");
+    let seen: Vec<Vec<String>> = caches
+        .iter()
+        .map(|c| {
+            let mut v: Vec<String> = std::fs::read_dir(c.join("pip"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    assert!(
+        seen.contains(&vec!["seen-by-one".to_string(), "seen-by-two".into()]),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&vec!["seen-by-three".to_string()]),
+        "{seen:?}"
+    );
+    for name in ["one", "two", "three"] {
+        let layer = top_layer(&h, name);
+        assert_eq!(
+            std::fs::read_to_string(layer.join("etc/pip-cache-dir")).unwrap(),
+            "/var/cache/scaleset-pip\n"
+        );
+        assert!(!layer.join("var/cache/scaleset-pip").exists(), "{name}");
+        assert!(
+            !layer
+                .join("etc/apt/apt.conf.d/zz-scaleset-download-cache")
+                .exists(),
+            "{name}"
+        );
+        let debs = std::fs::read_dir(layer.join("var/cache/apt/archives"))
+            // Regular files only: deprovisioning leaves whiteouts for the base's own archives.
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "deb"))
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(debs, 0, "{name}");
+    }
 }

@@ -390,10 +390,12 @@ impl ImageStore {
         };
         let mut env = self.lend_host_network(spec, &deploy, log_file)?.vars;
         let failures = watch_failures(&in_guest_script, &deploy, &mut env)?;
+        let cache = self.download_cache(spec, &merged, &mut env, log_file)?;
+        let binds = cache.as_ref().map(DownloadCache::binds).unwrap_or_default();
         let (cmd, in_guest) = nspawn_command(
             spec,
             &merged,
-            (bake_net.as_ref(), &env),
+            (bake_net.as_ref(), &env, &binds),
             &format!("{pkg_name}/{script_rel}"),
             has_sh,
             log_file,
@@ -422,6 +424,9 @@ impl ImageStore {
             started.elapsed().as_secs_f64()
         );
         let warnings = lines.failures.map(|t| t.summary()).unwrap_or_default();
+        if let Some(c) = &cache {
+            c.unbind(&merged)?;
+        }
         report_failures(&warnings, &mut [log, log_file]);
         self.check_outcome(spec, &upper, status, log_file, log_path)?;
 
@@ -474,6 +479,46 @@ impl ImageStore {
             }
         );
         Ok(host)
+    }
+
+    /// The bake's share of the download cache of its scope, if any: apt keeps what it
+    /// downloads (a drop-in, removed with the shims) and pip caches under [`PIP_CACHE`].
+    fn download_cache(
+        &self,
+        spec: &BakeSpec,
+        merged: &Path,
+        env: &mut Vec<(String, String)>,
+        log_file: &mut fs::File,
+    ) -> Result<Option<DownloadCache>, ImageError> {
+        let Some(scope) = spec.cache.as_deref().filter(|_| spec.network) else {
+            return Ok(None);
+        };
+        let dir = self
+            .root
+            .join("download-cache")
+            .join(&hex::encode(Sha256::digest(scope.as_bytes()))[..16]);
+        for d in [dir.join("apt/partial"), dir.join("pip")] {
+            fs::create_dir_all(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
+        }
+        crate::private_dir(&self.root.join("download-cache"))?;
+        let archives = merged.join("var/cache/apt/archives");
+        let c = DownloadCache {
+            apt: archives.is_dir().then(|| dir.join("apt")),
+            pip: dir.join("pip"),
+            made_pip_dir: !merged.join(PIP_CACHE.trim_start_matches('/')).exists(),
+            drop_in: merged
+                .join("etc/apt/apt.conf.d")
+                .is_dir()
+                .then(|| merged.join(APT_KEEP)),
+        };
+        c.prepare(merged)?;
+        env.push(("PIP_CACHE_DIR".into(), PIP_CACHE.into()));
+        let _ = writeln!(
+            log_file,
+            "scaleset: download cache of `{scope}`: {}",
+            dir.display()
+        );
+        Ok(Some(c))
     }
 
     /// The bake's overlay on `tmp`: the base's layers below, the new layer in `upper`.
@@ -624,6 +669,55 @@ fn watch_failures(
     Ok(Some(crate::failures::Tracker::new(&mark)))
 }
 
+/// pip's cache inside a bake (bound from the host; the empty mount point is removed after).
+const PIP_CACHE: &str = "/var/cache/scaleset-pip";
+/// apt drop-in that keeps downloaded packages in the (bound) archives; removed after.
+const APT_KEEP: &str = "etc/apt/apt.conf.d/zz-scaleset-download-cache";
+
+/// A bake's view of its scope's download cache on the host.
+struct DownloadCache {
+    /// Bound over `/var/cache/apt/archives` when the base has apt.
+    apt: Option<PathBuf>,
+    pip: PathBuf,
+    /// The mount point was made for the bake (and goes after it).
+    made_pip_dir: bool,
+    drop_in: Option<PathBuf>,
+}
+
+impl DownloadCache {
+    fn prepare(&self, merged: &Path) -> Result<(), ImageError> {
+        let pip = merged.join(PIP_CACHE.trim_start_matches('/'));
+        fs::create_dir_all(&pip).map_err(io_err(format!("mkdir {}", pip.display())))?;
+        if let Some(f) = &self.drop_in {
+            fs::write(f, "Binary::apt::APT::Keep-Downloaded-Packages \"true\";\nAPT::Keep-Downloaded-Packages \"true\";\n")
+                .map_err(io_err(format!("write {}", f.display())))?;
+        }
+        Ok(())
+    }
+
+    /// nspawn options binding the cache into the bake.
+    fn binds(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .apt
+            .iter()
+            .map(|apt| format!("--bind={}:/var/cache/apt/archives", apt.display()))
+            .collect();
+        out.push(format!("--bind={}:{PIP_CACHE}", self.pip.display()));
+        out
+    }
+
+    /// Removes what the bake's root got for the cache: the drop-in and an empty mount point.
+    fn unbind(&self, merged: &Path) -> Result<(), ImageError> {
+        if let Some(f) = &self.drop_in {
+            let _ = fs::remove_file(f);
+        }
+        if self.made_pip_dir {
+            let _ = fs::remove_dir(merged.join(PIP_CACHE.trim_start_matches('/')));
+        }
+        Ok(())
+    }
+}
+
 /// The summary at the end of the bake's logs.
 fn report_failures(warnings: &[String], logs: &mut [&mut dyn Write]) {
     if warnings.is_empty() {
@@ -722,7 +816,11 @@ fn put_shims(merged: &Path, has_sh: bool) -> Result<Vec<(String, String)>, Image
 fn nspawn_command(
     spec: &BakeSpec,
     merged: &Path,
-    (bake_net, host_vars): (Option<&crate::sandbox::BakeNet>, &[(String, String)]),
+    (bake_net, host_vars, binds): (
+        Option<&crate::sandbox::BakeNet>,
+        &[(String, String)],
+        &[String],
+    ),
     in_guest: &str,
     has_sh: bool,
     log_file: &mut fs::File,
@@ -770,6 +868,7 @@ fn nspawn_command(
     for (k, v) in host_vars {
         cmd.arg(format!("--setenv={k}={v}"));
     }
+    cmd.args(binds);
     cmd.arg("--chdir=/deployTemp").arg("--");
     if has_sh {
         cmd.arg("/bin/sh")

@@ -113,6 +113,7 @@ fn bake_cache_failure_and_escape() {
         network: false,
         mirror: None,
         host_network: true,
+        cache: None,
     };
     let mut out = Vec::new();
     let t0 = Instant::now();
@@ -441,6 +442,7 @@ fn networked_bake_without_a_home_network_is_refused() {
                 args: vec![],
                 network: true,
                 host_network: true,
+                cache: None,
                 mirror: None,
             },
             &mut std::io::sink(),

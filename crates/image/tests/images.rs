@@ -263,6 +263,7 @@ fn spec(name: &str, base: &str, pkg: &Path, script: &str) -> BakeSpec {
         network: false,
         mirror: None,
         host_network: true,
+        cache: None,
     }
 }
 

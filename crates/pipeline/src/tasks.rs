@@ -57,6 +57,8 @@ pub struct BakeRequest {
     pub args: Vec<String>,
     /// `azureResourceGroup`, if given.
     pub resource_group: Option<String>,
+    /// Who may share a download cache with this bake: the run's repository.
+    pub cache_scope: Option<String>,
 }
 
 /// A baked image.
@@ -548,6 +550,12 @@ impl StdTasks {
             script,
             args: split_args(input(inv, &["deployScriptArguments"]).unwrap_or("")),
             resource_group: input(inv, &["azureResourceGroup"]).map(str::to_string),
+            // A repository is one tenant: its bakes share downloads, other repositories' don't.
+            cache_scope: inv
+                .variables
+                .get("Build.Repository.Name")
+                .filter(|r| !r.is_empty())
+                .map(|r| format!("repo:{r}")),
         };
         inv.log.line(
             Stream::Stdout,

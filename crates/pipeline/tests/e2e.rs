@@ -428,6 +428,8 @@ async fn push_ci_artifact_release_bake_and_az() {
     assert_eq!(breq.name, ci_id.to_string(), "named by the CI build id");
     assert_eq!(breq.base, "debian:bookworm");
     assert_eq!(breq.script, "setupscript.sh");
+    // Its downloads are shared with the repository's other bakes only.
+    assert_eq!(breq.cache_scope.as_deref(), Some("repo:my_app"));
     // The bake reads the daemon's private copy of $(Pipeline.Workspace)/ci/drop, not the
     // job's folder.
     assert!(

@@ -173,6 +173,7 @@ fn boot_serve_stop_start_reimage_delete() {
                 network: true,
                 mirror: None,
                 host_network: true,
+                cache: None,
             },
             &mut std::io::stderr(),
         )

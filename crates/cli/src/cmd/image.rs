@@ -35,6 +35,10 @@ pub enum ImageCmd {
         /// bake gets them, never captured into the image).
         #[arg(long)]
         no_host_network: bool,
+        /// Share a download cache (apt's archives, pip's cache) with other bakes of this scope,
+        /// so a rebake downloads nothing it already has. Pipeline bakes use their repository.
+        #[arg(long, value_name = "SCOPE")]
+        download_cache: Option<String>,
     },
     /// Import a base from an OCI image layout (directory or tarball) or a `docker save` tarball.
     Import {
@@ -73,6 +77,7 @@ pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
             no_network,
             mirror,
             no_host_network,
+            download_cache,
         } => {
             let spec = image::BakeSpec {
                 name,
@@ -83,6 +88,7 @@ pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
                 network: !no_network,
                 mirror,
                 host_network: !no_host_network,
+                cache: download_cache,
             };
             bake(spec, out).await?;
         }

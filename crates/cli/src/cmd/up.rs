@@ -473,6 +473,7 @@ async fn create_empty_vmss(
         network: false,
         mirror: None,
         host_network: true,
+        cache: None,
     };
     let log = home.join("up-base.log");
     eprintln!("    preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})", log.display());
