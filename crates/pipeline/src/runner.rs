@@ -48,7 +48,9 @@
 
 use crate::artifacts::{ArtifactRef, ArtifactStore};
 use crate::cgroup::{Hierarchy, RunCgroup};
-use crate::exec::{check_tasks, run_job, ExecConfig, LogLine, LogSink, Stream, TaskRunner};
+use crate::exec::{
+    check_tasks, run_job, ExecConfig, JobOutcome, LogLine, LogSink, Stream, TaskRunner,
+};
 use crate::git::{self, RefUpdate, RepoStore};
 use crate::model::{Pipeline, DEFAULT_NAME};
 use crate::plan::{JobRef, RunResult, RunState, Status};
@@ -1247,57 +1249,13 @@ impl Runner {
             return (RunResult::Failed, BTreeMap::new());
         }
         let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
-        let mut cfg = ExecConfig::new(ctx.ws, v.clone());
-        cfg.base_env = self.config.base_env.clone();
-        if let Some(home) = self.home_dir(&rec.pipeline) {
-            let home = home.to_string_lossy().into_owned();
-            cfg.base_env
-                .retain(|(k, _)| k != "HOME" && k != "CARGO_HOME");
-            cfg.base_env.push(("HOME".into(), home.clone()));
-            cfg.base_env
-                .push(("CARGO_HOME".into(), format!("{home}/.cargo")));
-        }
-        cfg.shell = self.config.shell.clone();
-        cfg.jail = ctx.jail.clone();
-        cfg.cancel = Some(ctx.cancel.clone());
-        cfg.minute = self.config.minute;
-        cfg.retry_delay = self.config.retry_delay;
-        cfg.kill_grace = self.config.kill_grace;
-        let (sink, mut rx) =
+        let cfg = self.exec_config(ctx, &rec.pipeline, v);
+        let (sink, rx) =
             LogSink::channel(log.masker.lock().unwrap_or_else(|p| p.into_inner()).clone());
         // Step start/finish times, read off the executor's section lines.
         let times: Arc<Mutex<Vec<StepTimes>>> =
             Arc::new(Mutex::new(vec![(None, None); labels.len()]));
-        let writer = {
-            let log = log.clone();
-            let prefix = prefix.clone();
-            let labels = labels.clone();
-            let times = times.clone();
-            tokio::spawn(async move {
-                while let Some(LogLine { step, stream, text }) = rx.recv().await {
-                    if let Some(i) = step {
-                        let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Some(slot) = t.get_mut(i) {
-                            if text.starts_with("##[section]Starting: ") && slot.0.is_none() {
-                                slot.0 = Some(now_ms());
-                            } else if text.starts_with("##[section]Finishing: ") {
-                                slot.1 = Some(now_ms());
-                            }
-                        }
-                    }
-                    let label = step
-                        .and_then(|i| labels.get(i))
-                        .map(String::as_str)
-                        .unwrap_or("");
-                    let text = if stream == Stream::Stderr {
-                        format!("##[stderr]{text}")
-                    } else {
-                        text
-                    };
-                    log.write(&prefix, label, &text);
-                }
-            })
-        };
+        let writer = spawn_log_writer(log, &prefix, labels, &times, rx);
         let started = now_ms();
         if let Some(j) = job_record(rec, jr) {
             j.started_ms = Some(started);
@@ -1315,23 +1273,30 @@ impl Runner {
             &format!("##[section]Finished job {prefix}: {}", out.result),
         );
         if let Some(j) = job_record(rec, jr) {
-            j.finished_ms = Some(now_ms());
-            for (s, label) in out.steps.iter().zip(masked_labels) {
-                if let Some(r) = j.steps.get_mut(s.index) {
-                    r.label = label;
-                    r.status = RunStatus::Completed;
-                    r.result = Some(s.result);
-                    r.exit_code = s.exit_code;
-                    r.attempts = s.attempts;
-                    r.message = s.message.clone();
-                    let t = times.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some((a, b)) = t.get(s.index) {
-                        (r.started_ms, r.finished_ms) = (*a, *b);
-                    }
-                }
-            }
+            record_job_end(j, &out, masked_labels, &times);
         }
         (out.result, out.outputs)
+    }
+
+    /// The executor's settings for a job: the runner's, with the pipeline's home if it has one.
+    fn exec_config(&self, ctx: &RunCtx<'_>, pipeline: &str, v: Variables) -> ExecConfig {
+        let mut cfg = ExecConfig::new(ctx.ws, v);
+        cfg.base_env = self.config.base_env.clone();
+        if let Some(home) = self.home_dir(pipeline) {
+            let home = home.to_string_lossy().into_owned();
+            cfg.base_env
+                .retain(|(k, _)| k != "HOME" && k != "CARGO_HOME");
+            cfg.base_env.push(("HOME".into(), home.clone()));
+            cfg.base_env
+                .push(("CARGO_HOME".into(), format!("{home}/.cargo")));
+        }
+        cfg.shell = self.config.shell.clone();
+        cfg.jail = ctx.jail.clone();
+        cfg.cancel = Some(ctx.cancel.clone());
+        cfg.minute = self.config.minute;
+        cfg.retry_delay = self.config.retry_delay;
+        cfg.kill_grace = self.config.kill_grace;
+        cfg
     }
 }
 
@@ -1481,6 +1446,68 @@ fn queued_job(j: &crate::model::Job, run_vars: &Variables, log: &RunLog) -> JobR
                 finished_ms: None,
             })
             .collect(),
+    }
+}
+
+/// Writes a job's executor lines to the run log under `prefix` and the step's label, noting
+/// each step's start and finish times in `times` off its section lines.
+fn spawn_log_writer(
+    log: &RunLog,
+    prefix: &str,
+    labels: Vec<String>,
+    times: &Arc<Mutex<Vec<StepTimes>>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<LogLine>,
+) -> tokio::task::JoinHandle<()> {
+    let log = log.clone();
+    let prefix = prefix.to_string();
+    let times = times.clone();
+    tokio::spawn(async move {
+        while let Some(LogLine { step, stream, text }) = rx.recv().await {
+            if let Some(i) = step {
+                let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(slot) = t.get_mut(i) {
+                    if text.starts_with("##[section]Starting: ") && slot.0.is_none() {
+                        slot.0 = Some(now_ms());
+                    } else if text.starts_with("##[section]Finishing: ") {
+                        slot.1 = Some(now_ms());
+                    }
+                }
+            }
+            let label = step
+                .and_then(|i| labels.get(i))
+                .map(String::as_str)
+                .unwrap_or("");
+            let text = if stream == Stream::Stderr {
+                format!("##[stderr]{text}")
+            } else {
+                text
+            };
+            log.write(&prefix, label, &text);
+        }
+    })
+}
+
+/// A finished job's record: its end time and each step's outcome, masked label and times.
+fn record_job_end(
+    j: &mut JobRecord,
+    out: &JobOutcome,
+    masked_labels: Vec<String>,
+    times: &Mutex<Vec<StepTimes>>,
+) {
+    j.finished_ms = Some(now_ms());
+    for (s, label) in out.steps.iter().zip(masked_labels) {
+        if let Some(r) = j.steps.get_mut(s.index) {
+            r.label = label;
+            r.status = RunStatus::Completed;
+            r.result = Some(s.result);
+            r.exit_code = s.exit_code;
+            r.attempts = s.attempts;
+            r.message = s.message.clone();
+            let t = times.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((a, b)) = t.get(s.index) {
+                (r.started_ms, r.finished_ms) = (*a, *b);
+            }
+        }
     }
 }
 
