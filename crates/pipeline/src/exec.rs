@@ -591,32 +591,29 @@ pub async fn run_job(
     tasks: &dyn TaskRunner,
     log: &LogSink,
 ) -> JobOutcome {
-    let mut vars = cfg.variables.clone();
+    let vars = cfg.variables.clone();
     for s in vars.secrets() {
         log.add_secret(&s);
     }
-    let mut outputs = BTreeMap::new();
-    let mut steps = Vec::new();
-    let mut job_canceled = canceled(cfg);
-    let mut job_timed_out = false;
-    let deadline =
-        (job.timeout_in_minutes > 0).then(|| Instant::now() + cfg.minute * job.timeout_in_minutes);
+    let mut st = JobState {
+        vars,
+        outputs: BTreeMap::new(),
+        steps: Vec::new(),
+        canceled: canceled(cfg),
+        timed_out: false,
+        deadline: (job.timeout_in_minutes > 0)
+            .then(|| Instant::now() + cfg.minute * job.timeout_in_minutes),
+    };
+    let jc = JobCtx { job, cfg, tasks };
     for (i, step) in job.steps.iter().enumerate() {
         let slog = log.for_step(i);
-        let label = vars.expand(&step.label());
-        let job_status = {
-            let done: Vec<RunResult> = steps
-                .iter()
-                .map(|s: &StepOutcome| s.result)
-                .filter(|r| *r != RunResult::Skipped)
-                .collect();
-            (!done.is_empty()).then(|| RunResult::aggregate(done))
-        };
-        vars.set(
+        let label = st.vars.expand(&step.label());
+        let job_status = job_status(&st.steps);
+        st.vars.set(
             "Agent.JobStatus",
             job_status.unwrap_or(RunResult::Succeeded).as_str(),
         );
-        job_canceled |= canceled(cfg);
+        st.canceled |= canceled(cfg);
         let mut outcome = StepOutcome {
             index: i,
             label: label.clone(),
@@ -625,83 +622,108 @@ pub async fn run_job(
             attempts: 0,
             message: None,
         };
+        if !st.should_run(step, job_status, &label, &slog, &mut outcome) {
+            st.steps.push(outcome);
+            continue;
+        }
+        slog.line(Stream::System, &format!("##[section]Starting: {label}"));
+        st.run_attempts(&jc, step, &label, &slog, &mut outcome)
+            .await;
+        st.finish_step(step, &label, &slog, outcome);
+    }
+    st.finish()
+}
+
+/// What a job's steps run with.
+struct JobCtx<'a> {
+    job: &'a Job,
+    cfg: &'a ExecConfig,
+    tasks: &'a dyn TaskRunner,
+}
+
+/// A job's progress through its steps.
+struct JobState {
+    vars: Variables,
+    outputs: BTreeMap<String, String>,
+    steps: Vec<StepOutcome>,
+    canceled: bool,
+    timed_out: bool,
+    deadline: Option<Instant>,
+}
+
+/// The job's status so far for `succeeded()`/`failed()`: `None` until a step has run.
+fn job_status(steps: &[StepOutcome]) -> Option<RunResult> {
+    let done: Vec<RunResult> = steps
+        .iter()
+        .map(|s: &StepOutcome| s.result)
+        .filter(|r| *r != RunResult::Skipped)
+        .collect();
+    (!done.is_empty()).then(|| RunResult::aggregate(done))
+}
+
+impl JobState {
+    /// Whether the step is enabled and its condition holds; if not, `outcome` says why.
+    fn should_run(
+        &self,
+        step: &Step,
+        job_status: Option<RunResult>,
+        label: &str,
+        slog: &LogSink,
+        outcome: &mut StepOutcome,
+    ) -> bool {
         if !step.enabled {
             outcome.message = Some("step is disabled".into());
-            steps.push(outcome);
-            continue;
+            return false;
         }
         let cond = step
             .condition
             .clone()
             .unwrap_or_else(|| "succeeded()".into());
         let ctx = StepCtx {
-            vars: &vars,
-            canceled: job_canceled,
+            vars: &self.vars,
+            canceled: self.canceled,
             job_status,
         };
         match expr::eval_condition(&cond, &ctx) {
-            Ok(true) => {}
+            Ok(true) => true,
             Ok(false) => {
                 slog.line(
                     Stream::System,
                     &format!("##[section]Skipping: {label} (condition `{cond}` was false)"),
                 );
                 outcome.message = Some(format!("condition `{cond}` was false"));
-                steps.push(outcome);
-                continue;
+                false
             }
             Err(e) => {
                 let msg = format!("step condition `{cond}` could not be evaluated: {e}");
                 slog.line(Stream::System, &format!("##[error]{msg}"));
                 outcome.result = RunResult::Failed;
                 outcome.message = Some(msg);
-                steps.push(outcome);
-                continue;
+                false
             }
         }
-        slog.line(Stream::System, &format!("##[section]Starting: {label}"));
+    }
+
+    /// Runs the step, again after a failure while it has retries left.
+    async fn run_attempts(
+        &mut self,
+        jc: &JobCtx<'_>,
+        step: &Step,
+        label: &str,
+        slog: &LogSink,
+        outcome: &mut StepOutcome,
+    ) {
         let attempts_max = step.retry_count_on_task_failure + 1;
         loop {
             outcome.attempts += 1;
-            let step_timeout =
-                (step.timeout_in_minutes > 0).then(|| cfg.minute * step.timeout_in_minutes);
-            let job_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let timeout = match (step_timeout, job_left) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            // After a cancel, steps that still run (always(), canceled()) are not canceled
-            // again but get the job's cancel timeout (default 5 minutes).
-            let (step_cfg, timeout) = if job_canceled {
-                let mut c = cfg.clone();
-                c.cancel = None;
-                let grace = cfg.minute * job.cancel_timeout_in_minutes.unwrap_or(5);
-                (
-                    std::borrow::Cow::Owned(c),
-                    Some(timeout.map_or(grace, |t| t.min(grace))),
-                )
-            } else {
-                (std::borrow::Cow::Borrowed(cfg), timeout)
-            };
+            let (step_cfg, timeout) = self.attempt_config(jc, step);
             let (result, exit, msg, svs) =
-                run_step(step, &vars, &step_cfg, tasks, &slog, timeout).await;
+                run_step(step, &self.vars, &step_cfg, jc.tasks, slog, timeout).await;
             outcome.exit_code = exit;
             for sv in &svs {
-                apply_set_variable(&mut vars, &mut outputs, step, sv, &slog);
+                apply_set_variable(&mut self.vars, &mut self.outputs, step, sv, slog);
             }
-            let job_expired = deadline.is_some_and(|d| Instant::now() >= d);
-            let (result, msg) = if job_expired && result != RunResult::Succeeded {
-                job_timed_out = true;
-                (
-                    RunResult::Canceled,
-                    Some(format!(
-                        "the job ran longer than its timeout of {} minutes",
-                        job.timeout_in_minutes
-                    )),
-                )
-            } else {
-                (result, msg)
-            };
+            let (result, msg) = self.past_deadline(jc.job, result, msg);
             outcome.result = result;
             outcome.message = msg;
             if result == RunResult::Failed
@@ -715,11 +737,68 @@ pub async fn run_job(
                         outcome.attempts + 1
                     ),
                 );
-                tokio::time::sleep(cfg.retry_delay).await;
+                tokio::time::sleep(jc.cfg.retry_delay).await;
                 continue;
             }
             break;
         }
+    }
+
+    /// An attempt's settings and timeout: the step's, capped by what is left of the job's.
+    fn attempt_config<'c>(
+        &self,
+        jc: &JobCtx<'c>,
+        step: &Step,
+    ) -> (std::borrow::Cow<'c, ExecConfig>, Option<Duration>) {
+        let cfg = jc.cfg;
+        let step_timeout =
+            (step.timeout_in_minutes > 0).then(|| cfg.minute * step.timeout_in_minutes);
+        let job_left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = match (step_timeout, job_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // After a cancel, steps that still run (always(), canceled()) are not canceled
+        // again but get the job's cancel timeout (default 5 minutes).
+        if self.canceled {
+            let mut c = cfg.clone();
+            c.cancel = None;
+            let grace = cfg.minute * jc.job.cancel_timeout_in_minutes.unwrap_or(5);
+            (
+                std::borrow::Cow::Owned(c),
+                Some(timeout.map_or(grace, |t| t.min(grace))),
+            )
+        } else {
+            (std::borrow::Cow::Borrowed(cfg), timeout)
+        }
+    }
+
+    /// A step that did not succeed by the job's deadline was cut short by the job's timeout.
+    fn past_deadline(
+        &mut self,
+        job: &Job,
+        result: RunResult,
+        msg: Option<String>,
+    ) -> (RunResult, Option<String>) {
+        let job_expired = self.deadline.is_some_and(|d| Instant::now() >= d);
+        if job_expired && result != RunResult::Succeeded {
+            self.timed_out = true;
+            (
+                RunResult::Canceled,
+                Some(format!(
+                    "the job ran longer than its timeout of {} minutes",
+                    job.timeout_in_minutes
+                )),
+            )
+        } else {
+            (result, msg)
+        }
+    }
+
+    /// Logs a run step's end and records it; a canceled or timed-out step cancels the job.
+    fn finish_step(&mut self, step: &Step, label: &str, slog: &LogSink, mut outcome: StepOutcome) {
         if outcome.result == RunResult::Failed && step.continue_on_error {
             outcome.result = RunResult::SucceededWithIssues;
         }
@@ -734,35 +813,38 @@ pub async fn run_job(
             }
         }
         if outcome.result == RunResult::Canceled {
-            job_canceled = true;
+            self.canceled = true;
         }
         slog.line(
             Stream::System,
             &format!("##[section]Finishing: {label} ({})", outcome.result),
         );
-        steps.push(outcome);
-        if job_timed_out {
-            job_canceled = true;
+        self.steps.push(outcome);
+        if self.timed_out {
+            self.canceled = true;
         }
     }
-    let result = if job_canceled {
-        RunResult::Canceled
-    } else {
-        match RunResult::aggregate(steps.iter().map(|s| s.result)) {
-            RunResult::Skipped => RunResult::Succeeded,
-            r => r,
+
+    fn finish(self) -> JobOutcome {
+        let result = if self.canceled {
+            RunResult::Canceled
+        } else {
+            match RunResult::aggregate(self.steps.iter().map(|s| s.result)) {
+                RunResult::Skipped => RunResult::Succeeded,
+                r => r,
+            }
+        };
+        let result = if self.steps.iter().any(|s| s.result == RunResult::Failed) {
+            RunResult::Failed
+        } else {
+            result
+        };
+        JobOutcome {
+            result,
+            steps: self.steps,
+            outputs: self.outputs,
+            variables: self.vars,
         }
-    };
-    let result = if steps.iter().any(|s| s.result == RunResult::Failed) {
-        RunResult::Failed
-    } else {
-        result
-    };
-    JobOutcome {
-        result,
-        steps,
-        outputs,
-        variables: vars,
     }
 }
 
