@@ -877,6 +877,14 @@ fn step_env(vars: &Variables, cfg: &ExecConfig, step: &Step) -> Vec<(String, Str
 
 type StepRun = (RunResult, Option<i32>, Option<String>, Vec<SetVariable>);
 
+/// What one attempt of a step runs with.
+struct StepIo<'a> {
+    vars: &'a Variables,
+    cfg: &'a ExecConfig,
+    log: &'a LogSink,
+    timeout: Option<Duration>,
+}
+
 async fn run_step(
     step: &Step,
     vars: &Variables,
@@ -887,6 +895,12 @@ async fn run_step(
 ) -> StepRun {
     let env = step_env(vars, cfg, step);
     let dir = resolve_dir(vars, cfg, step.working_directory.as_deref());
+    let io = StepIo {
+        vars,
+        cfg,
+        log,
+        timeout,
+    };
     match &step.kind {
         StepKind::Script {
             script,
@@ -895,67 +909,7 @@ async fn run_step(
         | StepKind::Bash {
             script,
             fail_on_stderr,
-        } => {
-            if !sandbox::is_kind_as(cfg.jail.identity, &dir, true) {
-                return (
-                    RunResult::Failed,
-                    None,
-                    Some(format!(
-                        "working directory {} does not exist",
-                        dir.display()
-                    )),
-                    vec![],
-                );
-            }
-            let script = vars.expand(script);
-            let spec = ScriptSpec {
-                script: &script,
-                working_directory: &dir,
-                env: &env,
-                timeout,
-            };
-            match run_script(spec, cfg, log).await {
-                Err(e) => (
-                    RunResult::Failed,
-                    None,
-                    Some(format!("could not start {}: {e}", cfg.shell.display())),
-                    vec![],
-                ),
-                Ok(o) => {
-                    let (r, msg) = if o.canceled {
-                        (
-                            RunResult::Canceled,
-                            Some("the step was canceled".to_string()),
-                        )
-                    } else if o.timed_out {
-                        (
-                            RunResult::Failed,
-                            Some(format!(
-                                "the step timed out after {} and was killed",
-                                fmt_duration(timeout.unwrap_or_default())
-                            )),
-                        )
-                    } else if o.exit_code != Some(0) {
-                        let code = o
-                            .exit_code
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| "none (killed by a signal)".into());
-                        (
-                            RunResult::Failed,
-                            Some(format!("bash exited with code {code}")),
-                        )
-                    } else if *fail_on_stderr && o.wrote_stderr {
-                        (
-                            RunResult::Failed,
-                            Some("the script wrote to stderr (failOnStderr)".to_string()),
-                        )
-                    } else {
-                        (RunResult::Succeeded, None)
-                    };
-                    (r, o.exit_code, msg, o.set_variables)
-                }
-            }
-        }
+        } => run_script_step(&io, script, *fail_on_stderr, &dir, &env).await,
         StepKind::Checkout { repository, .. } => {
             let msg = if repository == "none" {
                 "checkout: none (no sources)".to_string()
@@ -972,93 +926,199 @@ async fn run_step(
             (RunResult::Succeeded, None, None, vec![])
         }
         StepKind::Task { .. } | StepKind::Download { .. } => {
-            let (name, version, inputs) = match &step.kind {
-                StepKind::Task {
-                    name,
-                    version,
-                    inputs,
-                } => (
-                    name.clone(),
-                    *version,
-                    inputs
-                        .iter()
-                        .map(|(k, v)| (k.clone(), vars.expand(v)))
-                        .collect::<Vec<_>>(),
-                ),
-                StepKind::Download {
-                    source,
-                    artifact,
-                    patterns,
-                } => {
-                    let ws = vars
-                        .get("Pipeline.Workspace")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| cfg.workspace.clone());
-                    let current = source == "current";
-                    // `download: ci` + `artifact: drop` → $(Pipeline.Workspace)/ci/drop (Azure's
-                    // layout); without `artifact`, every artifact goes to its own folder below.
-                    let mut path = if current { ws.clone() } else { ws.join(source) };
-                    if let Some(a) = artifact {
-                        path = path.join(vars.expand(a));
-                    }
-                    let mut inputs = vec![(
-                        "buildType".to_string(),
-                        if current { "current" } else { "specific" }.to_string(),
-                    )];
-                    if !current {
-                        inputs.push(("pipeline".into(), source.clone()));
-                    }
-                    if let Some(a) = artifact {
-                        inputs.push(("artifact".into(), vars.expand(a)));
-                    }
-                    if let Some(p) = patterns {
-                        inputs.push(("patterns".into(), vars.expand(p)));
-                    }
-                    inputs.push(("path".into(), path.to_string_lossy().into_owned()));
-                    ("DownloadPipelineArtifact".to_string(), 2, inputs)
-                }
-                _ => unreachable!(),
-            };
-            if !supports(tasks, &name, version) {
-                return (
-                    RunResult::Failed,
-                    None,
-                    Some(unknown_task_message(tasks, &name, version)),
-                    vec![],
-                );
-            }
-            let inv = TaskInvocation {
-                name,
-                version,
-                inputs,
-                working_directory: dir,
-                env,
-                variables: vars,
-                log: log.clone(),
-                config: cfg,
-            };
-            let fut = tasks.run(inv);
-            let cancel = wait_cancel(&cfg.cancel);
-            let sleep = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                o = fut => {
-                    for sv in &o.set_variables {
-                        if sv.is_secret {
-                            log.add_secret(&sv.value);
-                        }
-                    }
-                    (o.result, o.exit_code, o.message, o.set_variables)
-                }
-                _ = cancel => (RunResult::Canceled, None, Some("the step was canceled".into()), vec![]),
-                _ = sleep => (RunResult::Failed, None, Some(format!("the step timed out after {}", fmt_duration(timeout.unwrap_or_default()))), vec![]),
-            }
+            run_task_step(&io, tasks, &step.kind, dir, env).await
         }
     }
+}
+
+/// A `script:`/`bash:` step; its working directory must exist for the runner user.
+async fn run_script_step(
+    io: &StepIo<'_>,
+    script: &str,
+    fail_on_stderr: bool,
+    dir: &Path,
+    env: &[(String, String)],
+) -> StepRun {
+    if !sandbox::is_kind_as(io.cfg.jail.identity, dir, true) {
+        return (
+            RunResult::Failed,
+            None,
+            Some(format!(
+                "working directory {} does not exist",
+                dir.display()
+            )),
+            vec![],
+        );
+    }
+    let script = io.vars.expand(script);
+    let spec = ScriptSpec {
+        script: &script,
+        working_directory: dir,
+        env,
+        timeout: io.timeout,
+    };
+    match run_script(spec, io.cfg, io.log).await {
+        Err(e) => (
+            RunResult::Failed,
+            None,
+            Some(format!("could not start {}: {e}", io.cfg.shell.display())),
+            vec![],
+        ),
+        Ok(o) => script_result(o, fail_on_stderr, io.timeout),
+    }
+}
+
+/// A script's process outcome as the step's result.
+fn script_result(o: ProcessOutcome, fail_on_stderr: bool, timeout: Option<Duration>) -> StepRun {
+    let (r, msg) = if o.canceled {
+        (
+            RunResult::Canceled,
+            Some("the step was canceled".to_string()),
+        )
+    } else if o.timed_out {
+        (
+            RunResult::Failed,
+            Some(format!(
+                "the step timed out after {} and was killed",
+                fmt_duration(timeout.unwrap_or_default())
+            )),
+        )
+    } else if o.exit_code != Some(0) {
+        let code = o
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "none (killed by a signal)".into());
+        (
+            RunResult::Failed,
+            Some(format!("bash exited with code {code}")),
+        )
+    } else if fail_on_stderr && o.wrote_stderr {
+        (
+            RunResult::Failed,
+            Some("the script wrote to stderr (failOnStderr)".to_string()),
+        )
+    } else {
+        (RunResult::Succeeded, None)
+    };
+    (r, o.exit_code, msg, o.set_variables)
+}
+
+/// A `task:` or `download:` step, run by the task runner; a cancel or timeout drops the task.
+async fn run_task_step(
+    io: &StepIo<'_>,
+    tasks: &dyn TaskRunner,
+    kind: &StepKind,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+) -> StepRun {
+    let (name, version, inputs) = task_inputs(kind, io.vars, io.cfg);
+    if !supports(tasks, &name, version) {
+        return (
+            RunResult::Failed,
+            None,
+            Some(unknown_task_message(tasks, &name, version)),
+            vec![],
+        );
+    }
+    let inv = TaskInvocation {
+        name,
+        version,
+        inputs,
+        working_directory: dir,
+        env,
+        variables: io.vars,
+        log: io.log.clone(),
+        config: io.cfg,
+    };
+    let fut = tasks.run(inv);
+    let cancel = wait_cancel(&io.cfg.cancel);
+    let sleep = async {
+        match io.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let log = io.log;
+    tokio::select! {
+        o = fut => {
+            for sv in &o.set_variables {
+                if sv.is_secret {
+                    log.add_secret(&sv.value);
+                }
+            }
+            (o.result, o.exit_code, o.message, o.set_variables)
+        }
+        _ = cancel => (RunResult::Canceled, None, Some("the step was canceled".into()), vec![]),
+        _ = sleep => (RunResult::Failed, None, Some(format!("the step timed out after {}", fmt_duration(io.timeout.unwrap_or_default()))), vec![]),
+    }
+}
+
+/// The task a `task:` or `download:` step calls: name, major version and expanded inputs.
+fn task_inputs(
+    kind: &StepKind,
+    vars: &Variables,
+    cfg: &ExecConfig,
+) -> (String, u32, Vec<(String, String)>) {
+    match kind {
+        StepKind::Task {
+            name,
+            version,
+            inputs,
+        } => (
+            name.clone(),
+            *version,
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), vars.expand(v)))
+                .collect::<Vec<_>>(),
+        ),
+        StepKind::Download {
+            source,
+            artifact,
+            patterns,
+        } => (
+            "DownloadPipelineArtifact".to_string(),
+            2,
+            download_inputs(vars, cfg, source, artifact.as_deref(), patterns.as_deref()),
+        ),
+        _ => unreachable!(),
+    }
+}
+
+/// DownloadPipelineArtifact@2's inputs for a `download:` step.
+fn download_inputs(
+    vars: &Variables,
+    cfg: &ExecConfig,
+    source: &str,
+    artifact: Option<&str>,
+    patterns: Option<&str>,
+) -> Vec<(String, String)> {
+    let ws = vars
+        .get("Pipeline.Workspace")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.workspace.clone());
+    let current = source == "current";
+    // `download: ci` + `artifact: drop` → $(Pipeline.Workspace)/ci/drop (Azure's
+    // layout); without `artifact`, every artifact goes to its own folder below.
+    let mut path = if current { ws.clone() } else { ws.join(source) };
+    if let Some(a) = artifact {
+        path = path.join(vars.expand(a));
+    }
+    let mut inputs = vec![(
+        "buildType".to_string(),
+        if current { "current" } else { "specific" }.to_string(),
+    )];
+    if !current {
+        inputs.push(("pipeline".into(), source.to_string()));
+    }
+    if let Some(a) = artifact {
+        inputs.push(("artifact".into(), vars.expand(a)));
+    }
+    if let Some(p) = patterns {
+        inputs.push(("patterns".into(), vars.expand(p)));
+    }
+    inputs.push(("path".into(), path.to_string_lossy().into_owned()));
+    inputs
 }
 
 fn fmt_duration(d: Duration) -> String {
