@@ -77,6 +77,17 @@ const STEP_COMMON: &[&str] = &[
     "target",
 ];
 
+/// A step's kind-specific keys, read before the kind itself is built.
+#[derive(Default)]
+struct StepFields {
+    fail_on_stderr: bool,
+    inputs: Vec<(String, String)>,
+    clean: bool,
+    path: Option<String>,
+    artifact: Option<String>,
+    patterns: Option<String>,
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut cs = s.chars();
     matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -981,6 +992,37 @@ impl<'a> Compiler<'a> {
     }
 
     fn step(&self, n: &Node) -> R<Step> {
+        let (kind_key, kind_node, extra) = self.step_form(n)?;
+        let mut allowed: Vec<&str> = vec![kind_key];
+        allowed.extend_from_slice(STEP_COMMON);
+        allowed.extend_from_slice(extra);
+        let mut step = Step {
+            kind: StepKind::Script {
+                script: String::new(),
+                fail_on_stderr: false,
+            },
+            display_name: None,
+            name: None,
+            env: vec![],
+            working_directory: None,
+            continue_on_error: false,
+            timeout_in_minutes: 0,
+            retry_count_on_task_failure: 0,
+            condition: None,
+            enabled: true,
+            pos: n.pos,
+        };
+        let mut fields = StepFields::default();
+        for (k, v) in self.map(n, &allowed, &format!("a `{kind_key}` step"))? {
+            self.step_entry(&mut step, &mut fields, k, v)?;
+        }
+        step.kind = self.step_kind(kind_key, kind_node, fields)?;
+        self.check_step_kind(&step.kind, kind_node)?;
+        Ok(step)
+    }
+
+    /// A step's kind key and node, and the keys that kind allows besides the common ones.
+    fn step_form<'n>(&self, n: &'n Node) -> R<(&'n str, &'n Node, &'static [&'static str])> {
         let NodeKind::Map(entries) = &n.kind else {
             return self.err(
                 n.pos,
@@ -1024,113 +1066,104 @@ impl<'a> Compiler<'a> {
             "download" => &["artifact", "patterns"],
             other => return self.err(n.pos, format!("`{other}` steps are not supported (supported: script, bash, task, checkout, download)")),
         };
-        let mut allowed: Vec<&str> = vec![kind_key];
-        allowed.extend_from_slice(STEP_COMMON);
-        allowed.extend_from_slice(extra);
-        let mut step = Step {
-            kind: StepKind::Script {
-                script: String::new(),
-                fail_on_stderr: false,
-            },
-            display_name: None,
-            name: None,
-            env: vec![],
-            working_directory: None,
-            continue_on_error: false,
-            timeout_in_minutes: 0,
-            retry_count_on_task_failure: 0,
-            condition: None,
-            enabled: true,
-            pos: n.pos,
-        };
-        let mut fail_on_stderr = false;
-        let mut inputs = Vec::new();
-        let mut clean = false;
-        let mut path = None;
-        let mut artifact = None;
-        let mut patterns = None;
-        for (k, v) in self.map(n, &allowed, &format!("a `{kind_key}` step"))? {
-            match k {
-                "displayName" => step.display_name = self.opt_string(v, k)?,
-                "name" => step.name = Some(self.ident(v, "step")?),
-                "env" => {
-                    for (ek, ev) in self.env_entries(v)? {
-                        step.env.push((ek.to_string(), self.string(ev, ek)?));
-                    }
+        Ok((kind_key, kind_node, extra))
+    }
+
+    /// One key of a step: a common one into `step`, a kind's own into `fields`.
+    fn step_entry(&self, step: &mut Step, fields: &mut StepFields, k: &str, v: &Node) -> R<()> {
+        match k {
+            "displayName" => step.display_name = self.opt_string(v, k)?,
+            "name" => step.name = Some(self.ident(v, "step")?),
+            "env" => {
+                for (ek, ev) in self.env_entries(v)? {
+                    step.env.push((ek.to_string(), self.string(ev, ek)?));
                 }
-                "condition" => step.condition = self.condition(v)?,
-                "continueOnError" => step.continue_on_error = self.boolean(v, k)?,
-                "enabled" => step.enabled = self.boolean(v, k)?,
-                "timeoutInMinutes" => step.timeout_in_minutes = self.number(v, k)?,
-                "retryCountOnTaskFailure" => {
-                    step.retry_count_on_task_failure = self.number(v, k)?
-                }
-                "target" => {}
-                "failOnStderr" => fail_on_stderr = self.boolean(v, k)?,
-                "workingDirectory" => step.working_directory = self.opt_string(v, k)?,
-                "inputs" => {
-                    for (ik, iv) in self.env_entries(v)? {
-                        inputs.push((ik.to_string(), self.string(iv, ik)?));
-                    }
-                }
-                "clean" => clean = self.boolean(v, k)?,
-                "path" => path = self.opt_string(v, k)?,
-                "fetchDepth" | "fetchTags" | "lfs" | "submodules" | "persistCredentials" => {
-                    self.string(v, k)?;
-                }
-                "artifact" => artifact = self.opt_string(v, k)?,
-                "patterns" => patterns = self.opt_string(v, k)?,
-                _ => {}
             }
+            "condition" => step.condition = self.condition(v)?,
+            "continueOnError" => step.continue_on_error = self.boolean(v, k)?,
+            "enabled" => step.enabled = self.boolean(v, k)?,
+            "timeoutInMinutes" => step.timeout_in_minutes = self.number(v, k)?,
+            "retryCountOnTaskFailure" => step.retry_count_on_task_failure = self.number(v, k)?,
+            "target" => {}
+            "failOnStderr" => fields.fail_on_stderr = self.boolean(v, k)?,
+            "workingDirectory" => step.working_directory = self.opt_string(v, k)?,
+            "inputs" => {
+                for (ik, iv) in self.env_entries(v)? {
+                    fields.inputs.push((ik.to_string(), self.string(iv, ik)?));
+                }
+            }
+            "clean" => fields.clean = self.boolean(v, k)?,
+            "path" => fields.path = self.opt_string(v, k)?,
+            "fetchDepth" | "fetchTags" | "lfs" | "submodules" | "persistCredentials" => {
+                self.string(v, k)?;
+            }
+            "artifact" => fields.artifact = self.opt_string(v, k)?,
+            "patterns" => fields.patterns = self.opt_string(v, k)?,
+            _ => {}
         }
-        step.kind = match kind_key {
+        Ok(())
+    }
+
+    fn step_kind(&self, kind_key: &str, kind_node: &Node, f: StepFields) -> R<StepKind> {
+        Ok(match kind_key {
             "script" => StepKind::Script {
                 script: self.string(kind_node, kind_key)?,
-                fail_on_stderr,
+                fail_on_stderr: f.fail_on_stderr,
             },
             "bash" => StepKind::Bash {
                 script: self.string(kind_node, kind_key)?,
-                fail_on_stderr,
+                fail_on_stderr: f.fail_on_stderr,
             },
-            "task" => {
-                let t = self.string(kind_node, "task")?;
-                let (name, version) = match t.split_once('@') {
-                    Some((nm, ver)) => (nm.trim().to_string(), ver.trim()),
-                    None => {
-                        return self.err(
-                            kind_node.pos,
-                            format!("task `{t}` needs a major version, like `{t}@1`"),
-                        )
-                    }
-                };
-                let Ok(version) = version.parse::<u32>() else {
-                    return self.err(kind_node.pos, format!("task version in `{t}` must be a whole major version number, like `{name}@1`"));
-                };
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-                {
-                    return self.err(kind_node.pos, format!("`{t}` is not a valid task name"));
-                }
-                StepKind::Task {
-                    name,
-                    version,
-                    inputs,
-                }
-            }
+            "task" => self.task_kind(kind_node, f.inputs)?,
             "checkout" => StepKind::Checkout {
                 repository: self.string(kind_node, kind_key)?,
-                clean,
-                path,
+                clean: f.clean,
+                path: f.path,
             },
             _ => StepKind::Download {
                 source: self.string(kind_node, kind_key)?,
-                artifact,
-                patterns,
+                artifact: f.artifact,
+                patterns: f.patterns,
             },
+        })
+    }
+
+    /// `task: Name@Major`.
+    fn task_kind(&self, kind_node: &Node, inputs: Vec<(String, String)>) -> R<StepKind> {
+        let t = self.string(kind_node, "task")?;
+        let (name, version) = match t.split_once('@') {
+            Some((nm, ver)) => (nm.trim().to_string(), ver.trim()),
+            None => {
+                return self.err(
+                    kind_node.pos,
+                    format!("task `{t}` needs a major version, like `{t}@1`"),
+                )
+            }
         };
-        if let StepKind::Checkout { repository, .. } = &step.kind {
+        let Ok(version) = version.parse::<u32>() else {
+            return self.err(
+                kind_node.pos,
+                format!(
+                    "task version in `{t}` must be a whole major version number, like `{name}@1`"
+                ),
+            );
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return self.err(kind_node.pos, format!("`{t}` is not a valid task name"));
+        }
+        Ok(StepKind::Task {
+            name,
+            version,
+            inputs,
+        })
+    }
+
+    fn check_step_kind(&self, kind: &StepKind, kind_node: &Node) -> R<()> {
+        if let StepKind::Checkout { repository, .. } = kind {
             if repository != "self" && repository != "none" {
                 return self.err(
                     kind_node.pos,
@@ -1138,7 +1171,7 @@ impl<'a> Compiler<'a> {
                 );
             }
         }
-        if let StepKind::Download { source, .. } = &step.kind {
+        if let StepKind::Download { source, .. } = kind {
             if source.is_empty() {
                 return self.err(
                     kind_node.pos,
@@ -1146,7 +1179,7 @@ impl<'a> Compiler<'a> {
                 );
             }
         }
-        Ok(step)
+        Ok(())
     }
 
     /// A mapping with arbitrary keys (env, inputs).
