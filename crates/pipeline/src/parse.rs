@@ -77,6 +77,24 @@ const STEP_COMMON: &[&str] = &[
     "target",
 ];
 
+/// The keys a pipeline file may have at the top.
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "trigger",
+    "pr",
+    "variables",
+    "parameters",
+    "resources",
+    "pool",
+    "stages",
+    "jobs",
+    "steps",
+    "appendCommitMessageToRunName",
+    "extends",
+    "schedules",
+    "lockBehavior",
+];
+
 /// A step's kind-specific keys, read before the kind itself is built.
 #[derive(Default)]
 struct StepFields {
@@ -294,26 +312,7 @@ impl<'a> Compiler<'a> {
                 "the pipeline file is empty; it needs `steps`, `jobs` or `stages`",
             );
         }
-        let entries = self.map(
-            root,
-            &[
-                "name",
-                "trigger",
-                "pr",
-                "variables",
-                "parameters",
-                "resources",
-                "pool",
-                "stages",
-                "jobs",
-                "steps",
-                "appendCommitMessageToRunName",
-                "extends",
-                "schedules",
-                "lockBehavior",
-            ],
-            "the pipeline",
-        )?;
+        let entries = self.map(root, PIPELINE_KEYS, "the pipeline")?;
         let get = |k: &str| entries.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         for unsupported in ["extends", "schedules"] {
             if get(unsupported).is_some() {
@@ -324,27 +323,8 @@ impl<'a> Compiler<'a> {
             }
         }
         // Parameters first, then variables: both feed ${{ }} expressions.
-        let parameters = match get("parameters") {
-            Some(n) => self.parameters(n, given)?,
-            None => {
-                if let Some(k) = given.keys().next() {
-                    return self.err(
-                        root.pos,
-                        format!("parameter `{k}` is not declared by this pipeline"),
-                    );
-                }
-                vec![]
-            }
-        };
-        let variables = match get("variables") {
-            Some(n) => {
-                let v = self.variables(n)?;
-                self.check_expansion(n, &v)?;
-                self.vars = v.clone();
-                v
-            }
-            None => Variables::new(),
-        };
+        let parameters = self.pipeline_parameters(root, get("parameters"), given)?;
+        let variables = self.pipeline_variables(get("variables"))?;
         let name = get("name").map(|n| self.string(n, "name")).transpose()?;
         let trigger = match get("trigger") {
             Some(n) => self.trigger(n)?,
@@ -355,67 +335,7 @@ impl<'a> Compiler<'a> {
             None => Resources::default(),
         };
         let pool = get("pool").map(|n| self.pool(n)).transpose()?.flatten();
-        let forms: Vec<(&str, &Node)> = entries
-            .iter()
-            .filter(|(k, _)| matches!(*k, "stages" | "jobs" | "steps"))
-            .copied()
-            .collect();
-        let stages = match forms.as_slice() {
-            [] => {
-                return self.err(
-                    root.pos,
-                    "the pipeline needs one of `stages`, `jobs` or `steps`",
-                )
-            }
-            [(a, _), (b, _), ..] => {
-                return self.err(
-                    key_pos(root, b),
-                    format!("use only one of `stages`, `jobs` and `steps` (found `{a}` and `{b}`)"),
-                )
-            }
-            [("stages", n)] => {
-                let mut stages = Vec::new();
-                for s in self.seq(n, "stages")? {
-                    stages.push(self.stage(s)?);
-                }
-                if stages.is_empty() {
-                    return self.err(n.pos, "`stages` is empty");
-                }
-                stages
-            }
-            [("jobs", n)] => vec![Stage {
-                name: DEFAULT_NAME.into(),
-                display_name: None,
-                depends_on: vec![],
-                condition: None,
-                variables: Variables::new(),
-                jobs: self.jobs(n)?,
-                pos: n.pos,
-            }],
-            [(_, n)] => vec![Stage {
-                name: DEFAULT_NAME.into(),
-                display_name: None,
-                depends_on: vec![],
-                condition: None,
-                variables: Variables::new(),
-                jobs: vec![Job {
-                    name: DEFAULT_NAME.into(),
-                    display_name: None,
-                    depends_on: vec![],
-                    condition: None,
-                    continue_on_error: false,
-                    timeout_in_minutes: 60,
-                    cancel_timeout_in_minutes: None,
-                    variables: Variables::new(),
-                    pool: None,
-                    workspace_clean: None,
-                    steps: self.steps(n)?,
-                    pos: n.pos,
-                }],
-                pos: n.pos,
-            }],
-        };
-        let mut stages = stages;
+        let mut stages = self.pipeline_stages(root, &entries)?;
         resolve_previous(&mut stages);
         let stage_list: Vec<(String, Vec<String>, Pos)> = stages
             .iter()
@@ -431,6 +351,74 @@ impl<'a> Compiler<'a> {
             pool,
             stages,
         })
+    }
+
+    /// The declared parameters with the given values; without a declaration none may be given.
+    fn pipeline_parameters(
+        &mut self,
+        root: &Node,
+        n: Option<&Node>,
+        given: &BTreeMap<String, String>,
+    ) -> R<Vec<Parameter>> {
+        match n {
+            Some(n) => self.parameters(n, given),
+            None => {
+                if let Some(k) = given.keys().next() {
+                    return self.err(
+                        root.pos,
+                        format!("parameter `{k}` is not declared by this pipeline"),
+                    );
+                }
+                Ok(vec![])
+            }
+        }
+    }
+
+    /// The pipeline's variables, which later `${{ variables.x }}` expressions see.
+    fn pipeline_variables(&mut self, n: Option<&Node>) -> R<Variables> {
+        match n {
+            Some(n) => {
+                let v = self.variables(n)?;
+                self.check_expansion(n, &v)?;
+                self.vars = v.clone();
+                Ok(v)
+            }
+            None => Ok(Variables::new()),
+        }
+    }
+
+    /// The stages from exactly one of `stages`, `jobs` (one stage) or `steps` (one job).
+    fn pipeline_stages(&mut self, root: &Node, entries: &[(&str, &Node)]) -> R<Vec<Stage>> {
+        let forms: Vec<(&str, &Node)> = entries
+            .iter()
+            .filter(|(k, _)| matches!(*k, "stages" | "jobs" | "steps"))
+            .copied()
+            .collect();
+        match forms.as_slice() {
+            [] => self.err(
+                root.pos,
+                "the pipeline needs one of `stages`, `jobs` or `steps`",
+            ),
+            [(a, _), (b, _), ..] => self.err(
+                key_pos(root, b),
+                format!("use only one of `stages`, `jobs` and `steps` (found `{a}` and `{b}`)"),
+            ),
+            [("stages", n)] => {
+                let mut stages = Vec::new();
+                for s in self.seq(n, "stages")? {
+                    stages.push(self.stage(s)?);
+                }
+                if stages.is_empty() {
+                    return self.err(n.pos, "`stages` is empty");
+                }
+                Ok(stages)
+            }
+            [("jobs", n)] => Ok(vec![default_stage(self.jobs(n)?, n.pos)]),
+            [(_, n)] => Ok(vec![default_stage(
+                vec![default_job(self.steps(n)?, n.pos)],
+                n.pos,
+            )]),
+        }
     }
 
     fn parameters(&mut self, n: &Node, given: &BTreeMap<String, String>) -> R<Vec<Parameter>> {
@@ -1278,6 +1266,37 @@ fn var_pos(n: &Node, name: &str) -> Option<Pos> {
 }
 
 /// Position of `key` in mapping `n` (or of `n`).
+/// The stage a pipeline without `stages` has.
+fn default_stage(jobs: Vec<Job>, pos: Pos) -> Stage {
+    Stage {
+        name: DEFAULT_NAME.into(),
+        display_name: None,
+        depends_on: vec![],
+        condition: None,
+        variables: Variables::new(),
+        jobs,
+        pos,
+    }
+}
+
+/// The job a pipeline of only `steps` has.
+fn default_job(steps: Vec<Step>, pos: Pos) -> Job {
+    Job {
+        name: DEFAULT_NAME.into(),
+        display_name: None,
+        depends_on: vec![],
+        condition: None,
+        continue_on_error: false,
+        timeout_in_minutes: 60,
+        cancel_timeout_in_minutes: None,
+        variables: Variables::new(),
+        pool: None,
+        workspace_clean: None,
+        steps,
+        pos,
+    }
+}
+
 fn key_pos(n: &Node, key: &str) -> Pos {
     match &n.kind {
         NodeKind::Map(e) => e
