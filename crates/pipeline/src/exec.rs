@@ -591,32 +591,29 @@ pub async fn run_job(
     tasks: &dyn TaskRunner,
     log: &LogSink,
 ) -> JobOutcome {
-    let mut vars = cfg.variables.clone();
+    let vars = cfg.variables.clone();
     for s in vars.secrets() {
         log.add_secret(&s);
     }
-    let mut outputs = BTreeMap::new();
-    let mut steps = Vec::new();
-    let mut job_canceled = canceled(cfg);
-    let mut job_timed_out = false;
-    let deadline =
-        (job.timeout_in_minutes > 0).then(|| Instant::now() + cfg.minute * job.timeout_in_minutes);
+    let mut st = JobState {
+        vars,
+        outputs: BTreeMap::new(),
+        steps: Vec::new(),
+        canceled: canceled(cfg),
+        timed_out: false,
+        deadline: (job.timeout_in_minutes > 0)
+            .then(|| Instant::now() + cfg.minute * job.timeout_in_minutes),
+    };
+    let jc = JobCtx { job, cfg, tasks };
     for (i, step) in job.steps.iter().enumerate() {
         let slog = log.for_step(i);
-        let label = vars.expand(&step.label());
-        let job_status = {
-            let done: Vec<RunResult> = steps
-                .iter()
-                .map(|s: &StepOutcome| s.result)
-                .filter(|r| *r != RunResult::Skipped)
-                .collect();
-            (!done.is_empty()).then(|| RunResult::aggregate(done))
-        };
-        vars.set(
+        let label = st.vars.expand(&step.label());
+        let job_status = job_status(&st.steps);
+        st.vars.set(
             "Agent.JobStatus",
             job_status.unwrap_or(RunResult::Succeeded).as_str(),
         );
-        job_canceled |= canceled(cfg);
+        st.canceled |= canceled(cfg);
         let mut outcome = StepOutcome {
             index: i,
             label: label.clone(),
@@ -625,83 +622,108 @@ pub async fn run_job(
             attempts: 0,
             message: None,
         };
+        if !st.should_run(step, job_status, &label, &slog, &mut outcome) {
+            st.steps.push(outcome);
+            continue;
+        }
+        slog.line(Stream::System, &format!("##[section]Starting: {label}"));
+        st.run_attempts(&jc, step, &label, &slog, &mut outcome)
+            .await;
+        st.finish_step(step, &label, &slog, outcome);
+    }
+    st.finish()
+}
+
+/// What a job's steps run with.
+struct JobCtx<'a> {
+    job: &'a Job,
+    cfg: &'a ExecConfig,
+    tasks: &'a dyn TaskRunner,
+}
+
+/// A job's progress through its steps.
+struct JobState {
+    vars: Variables,
+    outputs: BTreeMap<String, String>,
+    steps: Vec<StepOutcome>,
+    canceled: bool,
+    timed_out: bool,
+    deadline: Option<Instant>,
+}
+
+/// The job's status so far for `succeeded()`/`failed()`: `None` until a step has run.
+fn job_status(steps: &[StepOutcome]) -> Option<RunResult> {
+    let done: Vec<RunResult> = steps
+        .iter()
+        .map(|s: &StepOutcome| s.result)
+        .filter(|r| *r != RunResult::Skipped)
+        .collect();
+    (!done.is_empty()).then(|| RunResult::aggregate(done))
+}
+
+impl JobState {
+    /// Whether the step is enabled and its condition holds; if not, `outcome` says why.
+    fn should_run(
+        &self,
+        step: &Step,
+        job_status: Option<RunResult>,
+        label: &str,
+        slog: &LogSink,
+        outcome: &mut StepOutcome,
+    ) -> bool {
         if !step.enabled {
             outcome.message = Some("step is disabled".into());
-            steps.push(outcome);
-            continue;
+            return false;
         }
         let cond = step
             .condition
             .clone()
             .unwrap_or_else(|| "succeeded()".into());
         let ctx = StepCtx {
-            vars: &vars,
-            canceled: job_canceled,
+            vars: &self.vars,
+            canceled: self.canceled,
             job_status,
         };
         match expr::eval_condition(&cond, &ctx) {
-            Ok(true) => {}
+            Ok(true) => true,
             Ok(false) => {
                 slog.line(
                     Stream::System,
                     &format!("##[section]Skipping: {label} (condition `{cond}` was false)"),
                 );
                 outcome.message = Some(format!("condition `{cond}` was false"));
-                steps.push(outcome);
-                continue;
+                false
             }
             Err(e) => {
                 let msg = format!("step condition `{cond}` could not be evaluated: {e}");
                 slog.line(Stream::System, &format!("##[error]{msg}"));
                 outcome.result = RunResult::Failed;
                 outcome.message = Some(msg);
-                steps.push(outcome);
-                continue;
+                false
             }
         }
-        slog.line(Stream::System, &format!("##[section]Starting: {label}"));
+    }
+
+    /// Runs the step, again after a failure while it has retries left.
+    async fn run_attempts(
+        &mut self,
+        jc: &JobCtx<'_>,
+        step: &Step,
+        label: &str,
+        slog: &LogSink,
+        outcome: &mut StepOutcome,
+    ) {
         let attempts_max = step.retry_count_on_task_failure + 1;
         loop {
             outcome.attempts += 1;
-            let step_timeout =
-                (step.timeout_in_minutes > 0).then(|| cfg.minute * step.timeout_in_minutes);
-            let job_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let timeout = match (step_timeout, job_left) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            // After a cancel, steps that still run (always(), canceled()) are not canceled
-            // again but get the job's cancel timeout (default 5 minutes).
-            let (step_cfg, timeout) = if job_canceled {
-                let mut c = cfg.clone();
-                c.cancel = None;
-                let grace = cfg.minute * job.cancel_timeout_in_minutes.unwrap_or(5);
-                (
-                    std::borrow::Cow::Owned(c),
-                    Some(timeout.map_or(grace, |t| t.min(grace))),
-                )
-            } else {
-                (std::borrow::Cow::Borrowed(cfg), timeout)
-            };
+            let (step_cfg, timeout) = self.attempt_config(jc, step);
             let (result, exit, msg, svs) =
-                run_step(step, &vars, &step_cfg, tasks, &slog, timeout).await;
+                run_step(step, &self.vars, &step_cfg, jc.tasks, slog, timeout).await;
             outcome.exit_code = exit;
             for sv in &svs {
-                apply_set_variable(&mut vars, &mut outputs, step, sv, &slog);
+                apply_set_variable(&mut self.vars, &mut self.outputs, step, sv, slog);
             }
-            let job_expired = deadline.is_some_and(|d| Instant::now() >= d);
-            let (result, msg) = if job_expired && result != RunResult::Succeeded {
-                job_timed_out = true;
-                (
-                    RunResult::Canceled,
-                    Some(format!(
-                        "the job ran longer than its timeout of {} minutes",
-                        job.timeout_in_minutes
-                    )),
-                )
-            } else {
-                (result, msg)
-            };
+            let (result, msg) = self.past_deadline(jc.job, result, msg);
             outcome.result = result;
             outcome.message = msg;
             if result == RunResult::Failed
@@ -715,11 +737,68 @@ pub async fn run_job(
                         outcome.attempts + 1
                     ),
                 );
-                tokio::time::sleep(cfg.retry_delay).await;
+                tokio::time::sleep(jc.cfg.retry_delay).await;
                 continue;
             }
             break;
         }
+    }
+
+    /// An attempt's settings and timeout: the step's, capped by what is left of the job's.
+    fn attempt_config<'c>(
+        &self,
+        jc: &JobCtx<'c>,
+        step: &Step,
+    ) -> (std::borrow::Cow<'c, ExecConfig>, Option<Duration>) {
+        let cfg = jc.cfg;
+        let step_timeout =
+            (step.timeout_in_minutes > 0).then(|| cfg.minute * step.timeout_in_minutes);
+        let job_left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = match (step_timeout, job_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // After a cancel, steps that still run (always(), canceled()) are not canceled
+        // again but get the job's cancel timeout (default 5 minutes).
+        if self.canceled {
+            let mut c = cfg.clone();
+            c.cancel = None;
+            let grace = cfg.minute * jc.job.cancel_timeout_in_minutes.unwrap_or(5);
+            (
+                std::borrow::Cow::Owned(c),
+                Some(timeout.map_or(grace, |t| t.min(grace))),
+            )
+        } else {
+            (std::borrow::Cow::Borrowed(cfg), timeout)
+        }
+    }
+
+    /// A step that did not succeed by the job's deadline was cut short by the job's timeout.
+    fn past_deadline(
+        &mut self,
+        job: &Job,
+        result: RunResult,
+        msg: Option<String>,
+    ) -> (RunResult, Option<String>) {
+        let job_expired = self.deadline.is_some_and(|d| Instant::now() >= d);
+        if job_expired && result != RunResult::Succeeded {
+            self.timed_out = true;
+            (
+                RunResult::Canceled,
+                Some(format!(
+                    "the job ran longer than its timeout of {} minutes",
+                    job.timeout_in_minutes
+                )),
+            )
+        } else {
+            (result, msg)
+        }
+    }
+
+    /// Logs a run step's end and records it; a canceled or timed-out step cancels the job.
+    fn finish_step(&mut self, step: &Step, label: &str, slog: &LogSink, mut outcome: StepOutcome) {
         if outcome.result == RunResult::Failed && step.continue_on_error {
             outcome.result = RunResult::SucceededWithIssues;
         }
@@ -734,35 +813,38 @@ pub async fn run_job(
             }
         }
         if outcome.result == RunResult::Canceled {
-            job_canceled = true;
+            self.canceled = true;
         }
         slog.line(
             Stream::System,
             &format!("##[section]Finishing: {label} ({})", outcome.result),
         );
-        steps.push(outcome);
-        if job_timed_out {
-            job_canceled = true;
+        self.steps.push(outcome);
+        if self.timed_out {
+            self.canceled = true;
         }
     }
-    let result = if job_canceled {
-        RunResult::Canceled
-    } else {
-        match RunResult::aggregate(steps.iter().map(|s| s.result)) {
-            RunResult::Skipped => RunResult::Succeeded,
-            r => r,
+
+    fn finish(self) -> JobOutcome {
+        let result = if self.canceled {
+            RunResult::Canceled
+        } else {
+            match RunResult::aggregate(self.steps.iter().map(|s| s.result)) {
+                RunResult::Skipped => RunResult::Succeeded,
+                r => r,
+            }
+        };
+        let result = if self.steps.iter().any(|s| s.result == RunResult::Failed) {
+            RunResult::Failed
+        } else {
+            result
+        };
+        JobOutcome {
+            result,
+            steps: self.steps,
+            outputs: self.outputs,
+            variables: self.vars,
         }
-    };
-    let result = if steps.iter().any(|s| s.result == RunResult::Failed) {
-        RunResult::Failed
-    } else {
-        result
-    };
-    JobOutcome {
-        result,
-        steps,
-        outputs,
-        variables: vars,
     }
 }
 
@@ -795,6 +877,14 @@ fn step_env(vars: &Variables, cfg: &ExecConfig, step: &Step) -> Vec<(String, Str
 
 type StepRun = (RunResult, Option<i32>, Option<String>, Vec<SetVariable>);
 
+/// What one attempt of a step runs with.
+struct StepIo<'a> {
+    vars: &'a Variables,
+    cfg: &'a ExecConfig,
+    log: &'a LogSink,
+    timeout: Option<Duration>,
+}
+
 async fn run_step(
     step: &Step,
     vars: &Variables,
@@ -805,6 +895,12 @@ async fn run_step(
 ) -> StepRun {
     let env = step_env(vars, cfg, step);
     let dir = resolve_dir(vars, cfg, step.working_directory.as_deref());
+    let io = StepIo {
+        vars,
+        cfg,
+        log,
+        timeout,
+    };
     match &step.kind {
         StepKind::Script {
             script,
@@ -813,67 +909,7 @@ async fn run_step(
         | StepKind::Bash {
             script,
             fail_on_stderr,
-        } => {
-            if !sandbox::is_kind_as(cfg.jail.identity, &dir, true) {
-                return (
-                    RunResult::Failed,
-                    None,
-                    Some(format!(
-                        "working directory {} does not exist",
-                        dir.display()
-                    )),
-                    vec![],
-                );
-            }
-            let script = vars.expand(script);
-            let spec = ScriptSpec {
-                script: &script,
-                working_directory: &dir,
-                env: &env,
-                timeout,
-            };
-            match run_script(spec, cfg, log).await {
-                Err(e) => (
-                    RunResult::Failed,
-                    None,
-                    Some(format!("could not start {}: {e}", cfg.shell.display())),
-                    vec![],
-                ),
-                Ok(o) => {
-                    let (r, msg) = if o.canceled {
-                        (
-                            RunResult::Canceled,
-                            Some("the step was canceled".to_string()),
-                        )
-                    } else if o.timed_out {
-                        (
-                            RunResult::Failed,
-                            Some(format!(
-                                "the step timed out after {} and was killed",
-                                fmt_duration(timeout.unwrap_or_default())
-                            )),
-                        )
-                    } else if o.exit_code != Some(0) {
-                        let code = o
-                            .exit_code
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| "none (killed by a signal)".into());
-                        (
-                            RunResult::Failed,
-                            Some(format!("bash exited with code {code}")),
-                        )
-                    } else if *fail_on_stderr && o.wrote_stderr {
-                        (
-                            RunResult::Failed,
-                            Some("the script wrote to stderr (failOnStderr)".to_string()),
-                        )
-                    } else {
-                        (RunResult::Succeeded, None)
-                    };
-                    (r, o.exit_code, msg, o.set_variables)
-                }
-            }
-        }
+        } => run_script_step(&io, script, *fail_on_stderr, &dir, &env).await,
         StepKind::Checkout { repository, .. } => {
             let msg = if repository == "none" {
                 "checkout: none (no sources)".to_string()
@@ -890,93 +926,199 @@ async fn run_step(
             (RunResult::Succeeded, None, None, vec![])
         }
         StepKind::Task { .. } | StepKind::Download { .. } => {
-            let (name, version, inputs) = match &step.kind {
-                StepKind::Task {
-                    name,
-                    version,
-                    inputs,
-                } => (
-                    name.clone(),
-                    *version,
-                    inputs
-                        .iter()
-                        .map(|(k, v)| (k.clone(), vars.expand(v)))
-                        .collect::<Vec<_>>(),
-                ),
-                StepKind::Download {
-                    source,
-                    artifact,
-                    patterns,
-                } => {
-                    let ws = vars
-                        .get("Pipeline.Workspace")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| cfg.workspace.clone());
-                    let current = source == "current";
-                    // `download: ci` + `artifact: drop` → $(Pipeline.Workspace)/ci/drop (Azure's
-                    // layout); without `artifact`, every artifact goes to its own folder below.
-                    let mut path = if current { ws.clone() } else { ws.join(source) };
-                    if let Some(a) = artifact {
-                        path = path.join(vars.expand(a));
-                    }
-                    let mut inputs = vec![(
-                        "buildType".to_string(),
-                        if current { "current" } else { "specific" }.to_string(),
-                    )];
-                    if !current {
-                        inputs.push(("pipeline".into(), source.clone()));
-                    }
-                    if let Some(a) = artifact {
-                        inputs.push(("artifact".into(), vars.expand(a)));
-                    }
-                    if let Some(p) = patterns {
-                        inputs.push(("patterns".into(), vars.expand(p)));
-                    }
-                    inputs.push(("path".into(), path.to_string_lossy().into_owned()));
-                    ("DownloadPipelineArtifact".to_string(), 2, inputs)
-                }
-                _ => unreachable!(),
-            };
-            if !supports(tasks, &name, version) {
-                return (
-                    RunResult::Failed,
-                    None,
-                    Some(unknown_task_message(tasks, &name, version)),
-                    vec![],
-                );
-            }
-            let inv = TaskInvocation {
-                name,
-                version,
-                inputs,
-                working_directory: dir,
-                env,
-                variables: vars,
-                log: log.clone(),
-                config: cfg,
-            };
-            let fut = tasks.run(inv);
-            let cancel = wait_cancel(&cfg.cancel);
-            let sleep = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                o = fut => {
-                    for sv in &o.set_variables {
-                        if sv.is_secret {
-                            log.add_secret(&sv.value);
-                        }
-                    }
-                    (o.result, o.exit_code, o.message, o.set_variables)
-                }
-                _ = cancel => (RunResult::Canceled, None, Some("the step was canceled".into()), vec![]),
-                _ = sleep => (RunResult::Failed, None, Some(format!("the step timed out after {}", fmt_duration(timeout.unwrap_or_default()))), vec![]),
-            }
+            run_task_step(&io, tasks, &step.kind, dir, env).await
         }
     }
+}
+
+/// A `script:`/`bash:` step; its working directory must exist for the runner user.
+async fn run_script_step(
+    io: &StepIo<'_>,
+    script: &str,
+    fail_on_stderr: bool,
+    dir: &Path,
+    env: &[(String, String)],
+) -> StepRun {
+    if !sandbox::is_kind_as(io.cfg.jail.identity, dir, true) {
+        return (
+            RunResult::Failed,
+            None,
+            Some(format!(
+                "working directory {} does not exist",
+                dir.display()
+            )),
+            vec![],
+        );
+    }
+    let script = io.vars.expand(script);
+    let spec = ScriptSpec {
+        script: &script,
+        working_directory: dir,
+        env,
+        timeout: io.timeout,
+    };
+    match run_script(spec, io.cfg, io.log).await {
+        Err(e) => (
+            RunResult::Failed,
+            None,
+            Some(format!("could not start {}: {e}", io.cfg.shell.display())),
+            vec![],
+        ),
+        Ok(o) => script_result(o, fail_on_stderr, io.timeout),
+    }
+}
+
+/// A script's process outcome as the step's result.
+fn script_result(o: ProcessOutcome, fail_on_stderr: bool, timeout: Option<Duration>) -> StepRun {
+    let (r, msg) = if o.canceled {
+        (
+            RunResult::Canceled,
+            Some("the step was canceled".to_string()),
+        )
+    } else if o.timed_out {
+        (
+            RunResult::Failed,
+            Some(format!(
+                "the step timed out after {} and was killed",
+                fmt_duration(timeout.unwrap_or_default())
+            )),
+        )
+    } else if o.exit_code != Some(0) {
+        let code = o
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "none (killed by a signal)".into());
+        (
+            RunResult::Failed,
+            Some(format!("bash exited with code {code}")),
+        )
+    } else if fail_on_stderr && o.wrote_stderr {
+        (
+            RunResult::Failed,
+            Some("the script wrote to stderr (failOnStderr)".to_string()),
+        )
+    } else {
+        (RunResult::Succeeded, None)
+    };
+    (r, o.exit_code, msg, o.set_variables)
+}
+
+/// A `task:` or `download:` step, run by the task runner; a cancel or timeout drops the task.
+async fn run_task_step(
+    io: &StepIo<'_>,
+    tasks: &dyn TaskRunner,
+    kind: &StepKind,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+) -> StepRun {
+    let (name, version, inputs) = task_inputs(kind, io.vars, io.cfg);
+    if !supports(tasks, &name, version) {
+        return (
+            RunResult::Failed,
+            None,
+            Some(unknown_task_message(tasks, &name, version)),
+            vec![],
+        );
+    }
+    let inv = TaskInvocation {
+        name,
+        version,
+        inputs,
+        working_directory: dir,
+        env,
+        variables: io.vars,
+        log: io.log.clone(),
+        config: io.cfg,
+    };
+    let fut = tasks.run(inv);
+    let cancel = wait_cancel(&io.cfg.cancel);
+    let sleep = async {
+        match io.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let log = io.log;
+    tokio::select! {
+        o = fut => {
+            for sv in &o.set_variables {
+                if sv.is_secret {
+                    log.add_secret(&sv.value);
+                }
+            }
+            (o.result, o.exit_code, o.message, o.set_variables)
+        }
+        _ = cancel => (RunResult::Canceled, None, Some("the step was canceled".into()), vec![]),
+        _ = sleep => (RunResult::Failed, None, Some(format!("the step timed out after {}", fmt_duration(io.timeout.unwrap_or_default()))), vec![]),
+    }
+}
+
+/// The task a `task:` or `download:` step calls: name, major version and expanded inputs.
+fn task_inputs(
+    kind: &StepKind,
+    vars: &Variables,
+    cfg: &ExecConfig,
+) -> (String, u32, Vec<(String, String)>) {
+    match kind {
+        StepKind::Task {
+            name,
+            version,
+            inputs,
+        } => (
+            name.clone(),
+            *version,
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), vars.expand(v)))
+                .collect::<Vec<_>>(),
+        ),
+        StepKind::Download {
+            source,
+            artifact,
+            patterns,
+        } => (
+            "DownloadPipelineArtifact".to_string(),
+            2,
+            download_inputs(vars, cfg, source, artifact.as_deref(), patterns.as_deref()),
+        ),
+        _ => unreachable!(),
+    }
+}
+
+/// DownloadPipelineArtifact@2's inputs for a `download:` step.
+fn download_inputs(
+    vars: &Variables,
+    cfg: &ExecConfig,
+    source: &str,
+    artifact: Option<&str>,
+    patterns: Option<&str>,
+) -> Vec<(String, String)> {
+    let ws = vars
+        .get("Pipeline.Workspace")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.workspace.clone());
+    let current = source == "current";
+    // `download: ci` + `artifact: drop` → $(Pipeline.Workspace)/ci/drop (Azure's
+    // layout); without `artifact`, every artifact goes to its own folder below.
+    let mut path = if current { ws.clone() } else { ws.join(source) };
+    if let Some(a) = artifact {
+        path = path.join(vars.expand(a));
+    }
+    let mut inputs = vec![(
+        "buildType".to_string(),
+        if current { "current" } else { "specific" }.to_string(),
+    )];
+    if !current {
+        inputs.push(("pipeline".into(), source.to_string()));
+    }
+    if let Some(a) = artifact {
+        inputs.push(("artifact".into(), vars.expand(a)));
+    }
+    if let Some(p) = patterns {
+        inputs.push(("patterns".into(), vars.expand(p)));
+    }
+    inputs.push(("path".into(), path.to_string_lossy().into_owned()));
+    inputs
 }
 
 fn fmt_duration(d: Duration) -> String {

@@ -77,6 +77,35 @@ const STEP_COMMON: &[&str] = &[
     "target",
 ];
 
+/// The keys a pipeline file may have at the top.
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "trigger",
+    "pr",
+    "variables",
+    "parameters",
+    "resources",
+    "pool",
+    "stages",
+    "jobs",
+    "steps",
+    "appendCommitMessageToRunName",
+    "extends",
+    "schedules",
+    "lockBehavior",
+];
+
+/// A step's kind-specific keys, read before the kind itself is built.
+#[derive(Default)]
+struct StepFields {
+    fail_on_stderr: bool,
+    inputs: Vec<(String, String)>,
+    clean: bool,
+    path: Option<String>,
+    artifact: Option<String>,
+    patterns: Option<String>,
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut cs = s.chars();
     matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -283,26 +312,7 @@ impl<'a> Compiler<'a> {
                 "the pipeline file is empty; it needs `steps`, `jobs` or `stages`",
             );
         }
-        let entries = self.map(
-            root,
-            &[
-                "name",
-                "trigger",
-                "pr",
-                "variables",
-                "parameters",
-                "resources",
-                "pool",
-                "stages",
-                "jobs",
-                "steps",
-                "appendCommitMessageToRunName",
-                "extends",
-                "schedules",
-                "lockBehavior",
-            ],
-            "the pipeline",
-        )?;
+        let entries = self.map(root, PIPELINE_KEYS, "the pipeline")?;
         let get = |k: &str| entries.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         for unsupported in ["extends", "schedules"] {
             if get(unsupported).is_some() {
@@ -313,27 +323,8 @@ impl<'a> Compiler<'a> {
             }
         }
         // Parameters first, then variables: both feed ${{ }} expressions.
-        let parameters = match get("parameters") {
-            Some(n) => self.parameters(n, given)?,
-            None => {
-                if let Some(k) = given.keys().next() {
-                    return self.err(
-                        root.pos,
-                        format!("parameter `{k}` is not declared by this pipeline"),
-                    );
-                }
-                vec![]
-            }
-        };
-        let variables = match get("variables") {
-            Some(n) => {
-                let v = self.variables(n)?;
-                self.check_expansion(n, &v)?;
-                self.vars = v.clone();
-                v
-            }
-            None => Variables::new(),
-        };
+        let parameters = self.pipeline_parameters(root, get("parameters"), given)?;
+        let variables = self.pipeline_variables(get("variables"))?;
         let name = get("name").map(|n| self.string(n, "name")).transpose()?;
         let trigger = match get("trigger") {
             Some(n) => self.trigger(n)?,
@@ -344,67 +335,7 @@ impl<'a> Compiler<'a> {
             None => Resources::default(),
         };
         let pool = get("pool").map(|n| self.pool(n)).transpose()?.flatten();
-        let forms: Vec<(&str, &Node)> = entries
-            .iter()
-            .filter(|(k, _)| matches!(*k, "stages" | "jobs" | "steps"))
-            .copied()
-            .collect();
-        let stages = match forms.as_slice() {
-            [] => {
-                return self.err(
-                    root.pos,
-                    "the pipeline needs one of `stages`, `jobs` or `steps`",
-                )
-            }
-            [(a, _), (b, _), ..] => {
-                return self.err(
-                    key_pos(root, b),
-                    format!("use only one of `stages`, `jobs` and `steps` (found `{a}` and `{b}`)"),
-                )
-            }
-            [("stages", n)] => {
-                let mut stages = Vec::new();
-                for s in self.seq(n, "stages")? {
-                    stages.push(self.stage(s)?);
-                }
-                if stages.is_empty() {
-                    return self.err(n.pos, "`stages` is empty");
-                }
-                stages
-            }
-            [("jobs", n)] => vec![Stage {
-                name: DEFAULT_NAME.into(),
-                display_name: None,
-                depends_on: vec![],
-                condition: None,
-                variables: Variables::new(),
-                jobs: self.jobs(n)?,
-                pos: n.pos,
-            }],
-            [(_, n)] => vec![Stage {
-                name: DEFAULT_NAME.into(),
-                display_name: None,
-                depends_on: vec![],
-                condition: None,
-                variables: Variables::new(),
-                jobs: vec![Job {
-                    name: DEFAULT_NAME.into(),
-                    display_name: None,
-                    depends_on: vec![],
-                    condition: None,
-                    continue_on_error: false,
-                    timeout_in_minutes: 60,
-                    cancel_timeout_in_minutes: None,
-                    variables: Variables::new(),
-                    pool: None,
-                    workspace_clean: None,
-                    steps: self.steps(n)?,
-                    pos: n.pos,
-                }],
-                pos: n.pos,
-            }],
-        };
-        let mut stages = stages;
+        let mut stages = self.pipeline_stages(root, &entries)?;
         resolve_previous(&mut stages);
         let stage_list: Vec<(String, Vec<String>, Pos)> = stages
             .iter()
@@ -420,6 +351,74 @@ impl<'a> Compiler<'a> {
             pool,
             stages,
         })
+    }
+
+    /// The declared parameters with the given values; without a declaration none may be given.
+    fn pipeline_parameters(
+        &mut self,
+        root: &Node,
+        n: Option<&Node>,
+        given: &BTreeMap<String, String>,
+    ) -> R<Vec<Parameter>> {
+        match n {
+            Some(n) => self.parameters(n, given),
+            None => {
+                if let Some(k) = given.keys().next() {
+                    return self.err(
+                        root.pos,
+                        format!("parameter `{k}` is not declared by this pipeline"),
+                    );
+                }
+                Ok(vec![])
+            }
+        }
+    }
+
+    /// The pipeline's variables, which later `${{ variables.x }}` expressions see.
+    fn pipeline_variables(&mut self, n: Option<&Node>) -> R<Variables> {
+        match n {
+            Some(n) => {
+                let v = self.variables(n)?;
+                self.check_expansion(n, &v)?;
+                self.vars = v.clone();
+                Ok(v)
+            }
+            None => Ok(Variables::new()),
+        }
+    }
+
+    /// The stages from exactly one of `stages`, `jobs` (one stage) or `steps` (one job).
+    fn pipeline_stages(&mut self, root: &Node, entries: &[(&str, &Node)]) -> R<Vec<Stage>> {
+        let forms: Vec<(&str, &Node)> = entries
+            .iter()
+            .filter(|(k, _)| matches!(*k, "stages" | "jobs" | "steps"))
+            .copied()
+            .collect();
+        match forms.as_slice() {
+            [] => self.err(
+                root.pos,
+                "the pipeline needs one of `stages`, `jobs` or `steps`",
+            ),
+            [(a, _), (b, _), ..] => self.err(
+                key_pos(root, b),
+                format!("use only one of `stages`, `jobs` and `steps` (found `{a}` and `{b}`)"),
+            ),
+            [("stages", n)] => {
+                let mut stages = Vec::new();
+                for s in self.seq(n, "stages")? {
+                    stages.push(self.stage(s)?);
+                }
+                if stages.is_empty() {
+                    return self.err(n.pos, "`stages` is empty");
+                }
+                Ok(stages)
+            }
+            [("jobs", n)] => Ok(vec![default_stage(self.jobs(n)?, n.pos)]),
+            [(_, n)] => Ok(vec![default_stage(
+                vec![default_job(self.steps(n)?, n.pos)],
+                n.pos,
+            )]),
+        }
     }
 
     fn parameters(&mut self, n: &Node, given: &BTreeMap<String, String>) -> R<Vec<Parameter>> {
@@ -981,6 +980,37 @@ impl<'a> Compiler<'a> {
     }
 
     fn step(&self, n: &Node) -> R<Step> {
+        let (kind_key, kind_node, extra) = self.step_form(n)?;
+        let mut allowed: Vec<&str> = vec![kind_key];
+        allowed.extend_from_slice(STEP_COMMON);
+        allowed.extend_from_slice(extra);
+        let mut step = Step {
+            kind: StepKind::Script {
+                script: String::new(),
+                fail_on_stderr: false,
+            },
+            display_name: None,
+            name: None,
+            env: vec![],
+            working_directory: None,
+            continue_on_error: false,
+            timeout_in_minutes: 0,
+            retry_count_on_task_failure: 0,
+            condition: None,
+            enabled: true,
+            pos: n.pos,
+        };
+        let mut fields = StepFields::default();
+        for (k, v) in self.map(n, &allowed, &format!("a `{kind_key}` step"))? {
+            self.step_entry(&mut step, &mut fields, k, v)?;
+        }
+        step.kind = self.step_kind(kind_key, kind_node, fields)?;
+        self.check_step_kind(&step.kind, kind_node)?;
+        Ok(step)
+    }
+
+    /// A step's kind key and node, and the keys that kind allows besides the common ones.
+    fn step_form<'n>(&self, n: &'n Node) -> R<(&'n str, &'n Node, &'static [&'static str])> {
         let NodeKind::Map(entries) = &n.kind else {
             return self.err(
                 n.pos,
@@ -1024,113 +1054,104 @@ impl<'a> Compiler<'a> {
             "download" => &["artifact", "patterns"],
             other => return self.err(n.pos, format!("`{other}` steps are not supported (supported: script, bash, task, checkout, download)")),
         };
-        let mut allowed: Vec<&str> = vec![kind_key];
-        allowed.extend_from_slice(STEP_COMMON);
-        allowed.extend_from_slice(extra);
-        let mut step = Step {
-            kind: StepKind::Script {
-                script: String::new(),
-                fail_on_stderr: false,
-            },
-            display_name: None,
-            name: None,
-            env: vec![],
-            working_directory: None,
-            continue_on_error: false,
-            timeout_in_minutes: 0,
-            retry_count_on_task_failure: 0,
-            condition: None,
-            enabled: true,
-            pos: n.pos,
-        };
-        let mut fail_on_stderr = false;
-        let mut inputs = Vec::new();
-        let mut clean = false;
-        let mut path = None;
-        let mut artifact = None;
-        let mut patterns = None;
-        for (k, v) in self.map(n, &allowed, &format!("a `{kind_key}` step"))? {
-            match k {
-                "displayName" => step.display_name = self.opt_string(v, k)?,
-                "name" => step.name = Some(self.ident(v, "step")?),
-                "env" => {
-                    for (ek, ev) in self.env_entries(v)? {
-                        step.env.push((ek.to_string(), self.string(ev, ek)?));
-                    }
+        Ok((kind_key, kind_node, extra))
+    }
+
+    /// One key of a step: a common one into `step`, a kind's own into `fields`.
+    fn step_entry(&self, step: &mut Step, fields: &mut StepFields, k: &str, v: &Node) -> R<()> {
+        match k {
+            "displayName" => step.display_name = self.opt_string(v, k)?,
+            "name" => step.name = Some(self.ident(v, "step")?),
+            "env" => {
+                for (ek, ev) in self.env_entries(v)? {
+                    step.env.push((ek.to_string(), self.string(ev, ek)?));
                 }
-                "condition" => step.condition = self.condition(v)?,
-                "continueOnError" => step.continue_on_error = self.boolean(v, k)?,
-                "enabled" => step.enabled = self.boolean(v, k)?,
-                "timeoutInMinutes" => step.timeout_in_minutes = self.number(v, k)?,
-                "retryCountOnTaskFailure" => {
-                    step.retry_count_on_task_failure = self.number(v, k)?
-                }
-                "target" => {}
-                "failOnStderr" => fail_on_stderr = self.boolean(v, k)?,
-                "workingDirectory" => step.working_directory = self.opt_string(v, k)?,
-                "inputs" => {
-                    for (ik, iv) in self.env_entries(v)? {
-                        inputs.push((ik.to_string(), self.string(iv, ik)?));
-                    }
-                }
-                "clean" => clean = self.boolean(v, k)?,
-                "path" => path = self.opt_string(v, k)?,
-                "fetchDepth" | "fetchTags" | "lfs" | "submodules" | "persistCredentials" => {
-                    self.string(v, k)?;
-                }
-                "artifact" => artifact = self.opt_string(v, k)?,
-                "patterns" => patterns = self.opt_string(v, k)?,
-                _ => {}
             }
+            "condition" => step.condition = self.condition(v)?,
+            "continueOnError" => step.continue_on_error = self.boolean(v, k)?,
+            "enabled" => step.enabled = self.boolean(v, k)?,
+            "timeoutInMinutes" => step.timeout_in_minutes = self.number(v, k)?,
+            "retryCountOnTaskFailure" => step.retry_count_on_task_failure = self.number(v, k)?,
+            "target" => {}
+            "failOnStderr" => fields.fail_on_stderr = self.boolean(v, k)?,
+            "workingDirectory" => step.working_directory = self.opt_string(v, k)?,
+            "inputs" => {
+                for (ik, iv) in self.env_entries(v)? {
+                    fields.inputs.push((ik.to_string(), self.string(iv, ik)?));
+                }
+            }
+            "clean" => fields.clean = self.boolean(v, k)?,
+            "path" => fields.path = self.opt_string(v, k)?,
+            "fetchDepth" | "fetchTags" | "lfs" | "submodules" | "persistCredentials" => {
+                self.string(v, k)?;
+            }
+            "artifact" => fields.artifact = self.opt_string(v, k)?,
+            "patterns" => fields.patterns = self.opt_string(v, k)?,
+            _ => {}
         }
-        step.kind = match kind_key {
+        Ok(())
+    }
+
+    fn step_kind(&self, kind_key: &str, kind_node: &Node, f: StepFields) -> R<StepKind> {
+        Ok(match kind_key {
             "script" => StepKind::Script {
                 script: self.string(kind_node, kind_key)?,
-                fail_on_stderr,
+                fail_on_stderr: f.fail_on_stderr,
             },
             "bash" => StepKind::Bash {
                 script: self.string(kind_node, kind_key)?,
-                fail_on_stderr,
+                fail_on_stderr: f.fail_on_stderr,
             },
-            "task" => {
-                let t = self.string(kind_node, "task")?;
-                let (name, version) = match t.split_once('@') {
-                    Some((nm, ver)) => (nm.trim().to_string(), ver.trim()),
-                    None => {
-                        return self.err(
-                            kind_node.pos,
-                            format!("task `{t}` needs a major version, like `{t}@1`"),
-                        )
-                    }
-                };
-                let Ok(version) = version.parse::<u32>() else {
-                    return self.err(kind_node.pos, format!("task version in `{t}` must be a whole major version number, like `{name}@1`"));
-                };
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-                {
-                    return self.err(kind_node.pos, format!("`{t}` is not a valid task name"));
-                }
-                StepKind::Task {
-                    name,
-                    version,
-                    inputs,
-                }
-            }
+            "task" => self.task_kind(kind_node, f.inputs)?,
             "checkout" => StepKind::Checkout {
                 repository: self.string(kind_node, kind_key)?,
-                clean,
-                path,
+                clean: f.clean,
+                path: f.path,
             },
             _ => StepKind::Download {
                 source: self.string(kind_node, kind_key)?,
-                artifact,
-                patterns,
+                artifact: f.artifact,
+                patterns: f.patterns,
             },
+        })
+    }
+
+    /// `task: Name@Major`.
+    fn task_kind(&self, kind_node: &Node, inputs: Vec<(String, String)>) -> R<StepKind> {
+        let t = self.string(kind_node, "task")?;
+        let (name, version) = match t.split_once('@') {
+            Some((nm, ver)) => (nm.trim().to_string(), ver.trim()),
+            None => {
+                return self.err(
+                    kind_node.pos,
+                    format!("task `{t}` needs a major version, like `{t}@1`"),
+                )
+            }
         };
-        if let StepKind::Checkout { repository, .. } = &step.kind {
+        let Ok(version) = version.parse::<u32>() else {
+            return self.err(
+                kind_node.pos,
+                format!(
+                    "task version in `{t}` must be a whole major version number, like `{name}@1`"
+                ),
+            );
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return self.err(kind_node.pos, format!("`{t}` is not a valid task name"));
+        }
+        Ok(StepKind::Task {
+            name,
+            version,
+            inputs,
+        })
+    }
+
+    fn check_step_kind(&self, kind: &StepKind, kind_node: &Node) -> R<()> {
+        if let StepKind::Checkout { repository, .. } = kind {
             if repository != "self" && repository != "none" {
                 return self.err(
                     kind_node.pos,
@@ -1138,7 +1159,7 @@ impl<'a> Compiler<'a> {
                 );
             }
         }
-        if let StepKind::Download { source, .. } = &step.kind {
+        if let StepKind::Download { source, .. } = kind {
             if source.is_empty() {
                 return self.err(
                     kind_node.pos,
@@ -1146,7 +1167,7 @@ impl<'a> Compiler<'a> {
                 );
             }
         }
-        Ok(step)
+        Ok(())
     }
 
     /// A mapping with arbitrary keys (env, inputs).
@@ -1245,6 +1266,37 @@ fn var_pos(n: &Node, name: &str) -> Option<Pos> {
 }
 
 /// Position of `key` in mapping `n` (or of `n`).
+/// The stage a pipeline without `stages` has.
+fn default_stage(jobs: Vec<Job>, pos: Pos) -> Stage {
+    Stage {
+        name: DEFAULT_NAME.into(),
+        display_name: None,
+        depends_on: vec![],
+        condition: None,
+        variables: Variables::new(),
+        jobs,
+        pos,
+    }
+}
+
+/// The job a pipeline of only `steps` has.
+fn default_job(steps: Vec<Step>, pos: Pos) -> Job {
+    Job {
+        name: DEFAULT_NAME.into(),
+        display_name: None,
+        depends_on: vec![],
+        condition: None,
+        continue_on_error: false,
+        timeout_in_minutes: 60,
+        cancel_timeout_in_minutes: None,
+        variables: Variables::new(),
+        pool: None,
+        workspace_clean: None,
+        steps,
+        pos,
+    }
+}
+
 fn key_pos(n: &Node, key: &str) -> Pos {
     match &n.kind {
         NodeKind::Map(e) => e

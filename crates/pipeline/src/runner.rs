@@ -48,7 +48,9 @@
 
 use crate::artifacts::{ArtifactRef, ArtifactStore};
 use crate::cgroup::{Hierarchy, RunCgroup};
-use crate::exec::{check_tasks, run_job, ExecConfig, LogLine, LogSink, Stream, TaskRunner};
+use crate::exec::{
+    check_tasks, run_job, ExecConfig, JobOutcome, LogLine, LogSink, Stream, TaskRunner,
+};
 use crate::git::{self, RefUpdate, RepoStore};
 use crate::model::{Pipeline, DEFAULT_NAME};
 use crate::plan::{JobRef, RunResult, RunState, Status};
@@ -1019,9 +1021,15 @@ impl Runner {
         let outcome = match self.prepare_run(&req) {
             Ok(cgroup) => {
                 let jail = self.jail(&req, &ws, cgroup.as_ref());
-                let r = self
-                    .run_inner(&req, &mut rec, &ws, &log, tasks, cancel, &jail)
-                    .await;
+                let ctx = RunCtx {
+                    req: &req,
+                    ws: &ws,
+                    log: &log,
+                    tasks,
+                    cancel,
+                    jail: &jail,
+                };
+                let r = self.run_inner(ctx, &mut rec).await;
                 // Nothing the run started outlives it (setsid and double forks included).
                 if let Some(cg) = &cgroup {
                     if let Err(e) = tokio::task::spawn_blocking({
@@ -1064,18 +1072,27 @@ impl Runner {
         rec
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_inner(
-        &self,
-        req: &RunRequest,
-        rec: &mut RunRecord,
-        ws: &Path,
-        log: &RunLog,
-        tasks: &dyn TaskRunner,
-        cancel: watch::Receiver<bool>,
-        jail: &Jail,
-    ) -> Result<(), String> {
-        log.run_line(&format!(
+    /// Takes `ctx` by value so the cancel receiver is dropped as soon as the jobs are done.
+    async fn run_inner(&self, ctx: RunCtx<'_>, rec: &mut RunRecord) -> Result<(), String> {
+        let req = ctx.req;
+        let repo_name = self.fetch_sources(&ctx, rec).await?;
+        let p = load_pipeline(req).await?;
+        check_tasks(&req.yaml_path, &p, ctx.tasks).map_err(|e| e.to_string())?;
+        crate::plan::execution_order(&p).map_err(|e| format!("{}: {e}", req.yaml_path))?;
+        self.clean_checkout(&ctx, &p).await?;
+        let resources = self.resolve_resources(req, &p);
+        rec.resources = resources.clone();
+        let run_vars = run_variables(&ctx, &p, repo_name, &resources, rec);
+        rec.stages = queued_stages(&p, &run_vars, ctx.log);
+        let _ = self.store.save(rec);
+        self.run_jobs(&ctx, &p, &run_vars, rec).await;
+        Ok(())
+    }
+
+    /// Logs the run's start and fills `s/`; returns Build.Repository.Name.
+    async fn fetch_sources(&self, ctx: &RunCtx<'_>, rec: &RunRecord) -> Result<String, String> {
+        let (req, ws) = (ctx.req, ctx.ws);
+        ctx.log.run_line(&format!(
             "Run {} of pipeline `{}` ({}), {} {}",
             req.run_id,
             req.pipeline_name,
@@ -1088,36 +1105,43 @@ impl Runner {
         let src = vars::sources_dir(ws);
         let repo_name = match &req.source {
             SourceSpec::Dir(d) => {
-                copy_dir(d, &src, jail)?;
+                copy_dir(d, &src, ctx.jail)?;
                 req.pipeline_name.clone()
             }
             SourceSpec::Repo { name, path, commit } => {
-                self.checkout(path, commit, ws, jail)
+                self.checkout(path, commit, ws, ctx.jail)
                     .await
                     .map_err(|e| format!("checkout of {name} at {commit} failed: {e}"))?;
                 name.clone()
             }
         };
-        log.run_line(&format!("Sources are in {}", src.display()));
-        let p = load_pipeline(req).await?;
-        check_tasks(&req.yaml_path, &p, tasks).map_err(|e| e.to_string())?;
-        crate::plan::execution_order(&p).map_err(|e| format!("{}: {e}", req.yaml_path))?;
+        ctx.log
+            .run_line(&format!("Sources are in {}", src.display()));
+        Ok(repo_name)
+    }
+
+    /// Reused sources are checked out afresh when a job asks for `workspace.clean` of them.
+    async fn clean_checkout(&self, ctx: &RunCtx<'_>, p: &Pipeline) -> Result<(), String> {
         let clean_sources = p
             .stages
             .iter()
             .flat_map(|s| &s.jobs)
             .any(|j| matches!(j.workspace_clean.as_deref(), Some("resources" | "all")));
         if self.config.reuse_sources && clean_sources {
-            if let SourceSpec::Repo { path, commit, .. } = &req.source {
-                log.run_line("workspace.clean: checking out into an empty sources directory");
-                self.reset_workspace(ws, true, false).await?;
-                self.checkout(path, commit, ws, jail)
+            if let SourceSpec::Repo { path, commit, .. } = &ctx.req.source {
+                ctx.log
+                    .run_line("workspace.clean: checking out into an empty sources directory");
+                self.reset_workspace(ctx.ws, true, false).await?;
+                self.checkout(path, commit, ctx.ws, ctx.jail)
                     .await
                     .map_err(|e| format!("clean checkout at {commit} failed: {e}"))?;
             }
         }
+        Ok(())
+    }
 
-        // Resources.
+    /// The request's resource runs, plus the latest successful run of each other declared one.
+    fn resolve_resources(&self, req: &RunRequest, p: &Pipeline) -> Vec<ResourceRun> {
         let mut resources = req.resources.clone();
         for r in &p.resources.pipelines {
             if resources
@@ -1137,123 +1161,28 @@ impl Runner {
                 });
             }
         }
-        rec.resources = resources.clone();
-        let primary = match &req.reason {
-            RunReason::Resource { alias } => resources
-                .iter()
-                .find(|r| r.alias.eq_ignore_ascii_case(alias)),
-            _ => p.resources.pipelines.first().and_then(|d| {
-                resources
-                    .iter()
-                    .find(|r| r.alias.eq_ignore_ascii_case(&d.alias))
-            }),
-        };
+        resources
+    }
 
-        // Variables.
-        let mut info = RunInfo {
-            build_id: req.run_id,
-            build_number: String::new(),
-            workspace: ws.to_path_buf(),
-            source_version: req.commit.clone(),
-            source_branch: req.branch.clone(),
-            repository_name: repo_name,
-            pipeline_name: req.pipeline_name.clone(),
-            reason: req.reason.build_reason().into(),
-            release_id: None,
-            triggering_alias: match &req.reason {
-                RunReason::Resource { alias } => Some(alias.clone()),
-                _ => None,
-            },
-            requested_for: req.requested_for.clone(),
-        };
-        let mut run_vars = p.variables.clone();
-        run_vars.extend(&req.variables);
-        let own_number = match (&req.run_number, &p.name) {
-            (Some(n), _) => n.clone(),
-            (None, Some(f)) => run_number(f, req.run_id, &run_vars),
-            (None, None) => req.run_id.to_string(),
-        };
-        rec.run_number = own_number.clone();
-        info.build_number = own_number.clone();
-        if let Some(pr) = primary {
-            info.release_id = Some(req.run_id);
-            info.build_id = pr.run_id;
-            info.build_number = pr.run_number.clone();
-            info.source_branch = pr.branch.clone();
-            info.source_version = pr.commit.clone();
-            log.run_line(&format!(
-                "Release {}: primary artifact source `{}` run {} ({})",
-                req.run_id, pr.pipeline, pr.run_id, pr.run_number
-            ));
-        }
-        run_vars.extend(&vars::predefined_variables(&info));
-        if primary.is_some() {
-            run_vars.set("Release.ReleaseName", format!("Release-{own_number}"));
-            run_vars.set("Release.DefinitionName", req.pipeline_name.clone());
-        }
-        for r in &resources {
-            let k = |f: &str| format!("resources.pipeline.{}.{f}", r.alias);
-            run_vars.set(&k("runID"), r.run_id.to_string());
-            run_vars.set(&k("runName"), r.run_number.clone());
-            run_vars.set(&k("pipelineName"), r.pipeline.clone());
-            run_vars.set(&k("sourceBranch"), r.branch.clone());
-            run_vars.set(&k("sourceCommit"), r.commit.clone());
-        }
-        for s in run_vars.secrets() {
-            log.masker.lock().unwrap_or_else(|p| p.into_inner()).add(s);
-        }
-
-        // The record's shape: every stage, job and step, queued.
-        rec.stages = p
-            .stages
-            .iter()
-            .map(|s| StageRecord {
-                name: s.name.clone(),
-                display_name: s.display_name.clone(),
-                status: RunStatus::Queued,
-                result: None,
-                message: None,
-                jobs: s
-                    .jobs
-                    .iter()
-                    .map(|j| JobRecord {
-                        name: j.name.clone(),
-                        display_name: j.display_name.clone(),
-                        status: RunStatus::Queued,
-                        result: None,
-                        message: None,
-                        started_ms: None,
-                        finished_ms: None,
-                        steps: j
-                            .steps
-                            .iter()
-                            .map(|st| StepRecord {
-                                label: log.mask(&run_vars.expand(&st.label())),
-                                status: RunStatus::Queued,
-                                result: None,
-                                exit_code: None,
-                                attempts: 0,
-                                message: None,
-                                started_ms: None,
-                                finished_ms: None,
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        let _ = self.store.save(rec);
-
-        let mut state = RunState::new(&p);
+    /// Advances the plan and runs the jobs it starts, one at a time, until none is left;
+    /// then sets the run's result.
+    async fn run_jobs(
+        &self,
+        ctx: &RunCtx<'_>,
+        p: &Pipeline,
+        run_vars: &Variables,
+        rec: &mut RunRecord,
+    ) {
+        let mut state = RunState::new(p);
         loop {
-            if *cancel.borrow() && !state.canceled {
-                log.run_line("##[warning]The run was canceled");
+            if *ctx.cancel.borrow() && !state.canceled {
+                ctx.log.run_line("##[warning]The run was canceled");
                 rec.message = Some("canceled".into());
                 state.cancel();
             }
-            let adv = state.advance(&p, &run_vars);
+            let adv = state.advance(p, run_vars);
             for (stage, job, msg) in &adv.errors {
-                log.run_line(&format!(
+                ctx.log.run_line(&format!(
                     "##[error]{stage}{}: {msg}",
                     job.as_ref().map(|j| format!("/{j}")).unwrap_or_default()
                 ));
@@ -1271,9 +1200,7 @@ impl Runner {
                 continue;
             }
             for jr in adv.start {
-                let (result, outputs) = self
-                    .run_one_job(&p, &jr, rec, ws, log, tasks, &run_vars, &cancel, jail)
-                    .await;
+                let (result, outputs) = self.run_one_job(ctx, p, &jr, rec, run_vars).await;
                 state.complete_job(&jr, result, outputs);
                 sync_record(rec, &state);
                 let _ = self.store.save(rec);
@@ -1283,21 +1210,15 @@ impl Runner {
         if state.canceled {
             rec.result = Some(RunResult::Canceled);
         }
-        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_one_job(
         &self,
+        ctx: &RunCtx<'_>,
         p: &Pipeline,
         jr: &JobRef,
         rec: &mut RunRecord,
-        ws: &Path,
-        log: &RunLog,
-        tasks: &dyn TaskRunner,
         run_vars: &Variables,
-        cancel: &watch::Receiver<bool>,
-        jail: &Jail,
     ) -> (RunResult, BTreeMap<String, String>) {
         let (Some(stage), Some(job)) = (
             p.stage(&jr.stage),
@@ -1305,12 +1226,13 @@ impl Runner {
         ) else {
             return (RunResult::Failed, BTreeMap::new());
         };
+        let log = ctx.log;
         let prefix = if stage.name == DEFAULT_NAME {
             display(&job.name, &None)
         } else {
             format!("{}/{}", stage.name, display(&job.name, &None))
         };
-        if let Err(e) = self.reset_workspace(ws, false, false).await {
+        if let Err(e) = self.reset_workspace(ctx.ws, false, false).await {
             log.write(&prefix, "", &format!("##[error]{e}"));
             return (RunResult::Failed, BTreeMap::new());
         }
@@ -1327,57 +1249,13 @@ impl Runner {
             return (RunResult::Failed, BTreeMap::new());
         }
         let labels: Vec<String> = job.steps.iter().map(|s| v.expand(&s.label())).collect();
-        let mut cfg = ExecConfig::new(ws, v.clone());
-        cfg.base_env = self.config.base_env.clone();
-        if let Some(home) = self.home_dir(&rec.pipeline) {
-            let home = home.to_string_lossy().into_owned();
-            cfg.base_env
-                .retain(|(k, _)| k != "HOME" && k != "CARGO_HOME");
-            cfg.base_env.push(("HOME".into(), home.clone()));
-            cfg.base_env
-                .push(("CARGO_HOME".into(), format!("{home}/.cargo")));
-        }
-        cfg.shell = self.config.shell.clone();
-        cfg.jail = jail.clone();
-        cfg.cancel = Some(cancel.clone());
-        cfg.minute = self.config.minute;
-        cfg.retry_delay = self.config.retry_delay;
-        cfg.kill_grace = self.config.kill_grace;
-        let (sink, mut rx) =
+        let cfg = self.exec_config(ctx, &rec.pipeline, v);
+        let (sink, rx) =
             LogSink::channel(log.masker.lock().unwrap_or_else(|p| p.into_inner()).clone());
         // Step start/finish times, read off the executor's section lines.
         let times: Arc<Mutex<Vec<StepTimes>>> =
             Arc::new(Mutex::new(vec![(None, None); labels.len()]));
-        let writer = {
-            let log = log.clone();
-            let prefix = prefix.clone();
-            let labels = labels.clone();
-            let times = times.clone();
-            tokio::spawn(async move {
-                while let Some(LogLine { step, stream, text }) = rx.recv().await {
-                    if let Some(i) = step {
-                        let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Some(slot) = t.get_mut(i) {
-                            if text.starts_with("##[section]Starting: ") && slot.0.is_none() {
-                                slot.0 = Some(now_ms());
-                            } else if text.starts_with("##[section]Finishing: ") {
-                                slot.1 = Some(now_ms());
-                            }
-                        }
-                    }
-                    let label = step
-                        .and_then(|i| labels.get(i))
-                        .map(String::as_str)
-                        .unwrap_or("");
-                    let text = if stream == Stream::Stderr {
-                        format!("##[stderr]{text}")
-                    } else {
-                        text
-                    };
-                    log.write(&prefix, label, &text);
-                }
-            })
-        };
+        let writer = spawn_log_writer(log, &prefix, labels, &times, rx);
         let started = now_ms();
         if let Some(j) = job_record(rec, jr) {
             j.started_ms = Some(started);
@@ -1385,7 +1263,7 @@ impl Runner {
         }
         let _ = self.store.save(rec);
         log.write(&prefix, "", &format!("##[section]Starting job {prefix}"));
-        let out = run_job(job, &cfg, tasks, &sink).await;
+        let out = run_job(job, &cfg, ctx.tasks, &sink).await;
         let masked_labels: Vec<String> = out.steps.iter().map(|s| sink.mask(&s.label)).collect();
         drop(sink);
         let _ = writer.await;
@@ -1395,23 +1273,241 @@ impl Runner {
             &format!("##[section]Finished job {prefix}: {}", out.result),
         );
         if let Some(j) = job_record(rec, jr) {
-            j.finished_ms = Some(now_ms());
-            for (s, label) in out.steps.iter().zip(masked_labels) {
-                if let Some(r) = j.steps.get_mut(s.index) {
-                    r.label = label;
-                    r.status = RunStatus::Completed;
-                    r.result = Some(s.result);
-                    r.exit_code = s.exit_code;
-                    r.attempts = s.attempts;
-                    r.message = s.message.clone();
-                    let t = times.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some((a, b)) = t.get(s.index) {
-                        (r.started_ms, r.finished_ms) = (*a, *b);
+            record_job_end(j, &out, masked_labels, &times);
+        }
+        (out.result, out.outputs)
+    }
+
+    /// The executor's settings for a job: the runner's, with the pipeline's home if it has one.
+    fn exec_config(&self, ctx: &RunCtx<'_>, pipeline: &str, v: Variables) -> ExecConfig {
+        let mut cfg = ExecConfig::new(ctx.ws, v);
+        cfg.base_env = self.config.base_env.clone();
+        if let Some(home) = self.home_dir(pipeline) {
+            let home = home.to_string_lossy().into_owned();
+            cfg.base_env
+                .retain(|(k, _)| k != "HOME" && k != "CARGO_HOME");
+            cfg.base_env.push(("HOME".into(), home.clone()));
+            cfg.base_env
+                .push(("CARGO_HOME".into(), format!("{home}/.cargo")));
+        }
+        cfg.shell = self.config.shell.clone();
+        cfg.jail = ctx.jail.clone();
+        cfg.cancel = Some(ctx.cancel.clone());
+        cfg.minute = self.config.minute;
+        cfg.retry_delay = self.config.retry_delay;
+        cfg.kill_grace = self.config.kill_grace;
+        cfg
+    }
+}
+
+/// What the parts of one run share.
+struct RunCtx<'a> {
+    req: &'a RunRequest,
+    ws: &'a Path,
+    log: &'a RunLog,
+    tasks: &'a dyn TaskRunner,
+    cancel: watch::Receiver<bool>,
+    jail: &'a Jail,
+}
+
+/// The resource run whose build a release names: the triggering one, else the first declared.
+fn primary_resource<'a>(
+    req: &RunRequest,
+    p: &Pipeline,
+    resources: &'a [ResourceRun],
+) -> Option<&'a ResourceRun> {
+    match &req.reason {
+        RunReason::Resource { alias } => resources
+            .iter()
+            .find(|r| r.alias.eq_ignore_ascii_case(alias)),
+        _ => p.resources.pipelines.first().and_then(|d| {
+            resources
+                .iter()
+                .find(|r| r.alias.eq_ignore_ascii_case(&d.alias))
+        }),
+    }
+}
+
+/// The predefined variables' inputs before the run number and release semantics are known.
+fn run_info(req: &RunRequest, ws: &Path, repo_name: String) -> RunInfo {
+    RunInfo {
+        build_id: req.run_id,
+        build_number: String::new(),
+        workspace: ws.to_path_buf(),
+        source_version: req.commit.clone(),
+        source_branch: req.branch.clone(),
+        repository_name: repo_name,
+        pipeline_name: req.pipeline_name.clone(),
+        reason: req.reason.build_reason().into(),
+        release_id: None,
+        triggering_alias: match &req.reason {
+            RunReason::Resource { alias } => Some(alias.clone()),
+            _ => None,
+        },
+        requested_for: req.requested_for.clone(),
+    }
+}
+
+/// The run's variables: the YAML's, the queue-time ones, the predefined ones (with release
+/// semantics when there is a primary resource run) and the resources'. Sets the record's run
+/// number and masks every secret from then on.
+fn run_variables(
+    ctx: &RunCtx<'_>,
+    p: &Pipeline,
+    repo_name: String,
+    resources: &[ResourceRun],
+    rec: &mut RunRecord,
+) -> Variables {
+    let req = ctx.req;
+    let primary = primary_resource(req, p, resources);
+    let mut info = run_info(req, ctx.ws, repo_name);
+    let mut run_vars = p.variables.clone();
+    run_vars.extend(&req.variables);
+    let own_number = match (&req.run_number, &p.name) {
+        (Some(n), _) => n.clone(),
+        (None, Some(f)) => run_number(f, req.run_id, &run_vars),
+        (None, None) => req.run_id.to_string(),
+    };
+    rec.run_number = own_number.clone();
+    info.build_number = own_number.clone();
+    if let Some(pr) = primary {
+        info.release_id = Some(req.run_id);
+        info.build_id = pr.run_id;
+        info.build_number = pr.run_number.clone();
+        info.source_branch = pr.branch.clone();
+        info.source_version = pr.commit.clone();
+        ctx.log.run_line(&format!(
+            "Release {}: primary artifact source `{}` run {} ({})",
+            req.run_id, pr.pipeline, pr.run_id, pr.run_number
+        ));
+    }
+    run_vars.extend(&vars::predefined_variables(&info));
+    if primary.is_some() {
+        run_vars.set("Release.ReleaseName", format!("Release-{own_number}"));
+        run_vars.set("Release.DefinitionName", req.pipeline_name.clone());
+    }
+    for r in resources {
+        let k = |f: &str| format!("resources.pipeline.{}.{f}", r.alias);
+        run_vars.set(&k("runID"), r.run_id.to_string());
+        run_vars.set(&k("runName"), r.run_number.clone());
+        run_vars.set(&k("pipelineName"), r.pipeline.clone());
+        run_vars.set(&k("sourceBranch"), r.branch.clone());
+        run_vars.set(&k("sourceCommit"), r.commit.clone());
+    }
+    for s in run_vars.secrets() {
+        ctx.log
+            .masker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(s);
+    }
+    run_vars
+}
+
+/// The record's shape: every stage, job and step, queued.
+fn queued_stages(p: &Pipeline, run_vars: &Variables, log: &RunLog) -> Vec<StageRecord> {
+    p.stages
+        .iter()
+        .map(|s| StageRecord {
+            name: s.name.clone(),
+            display_name: s.display_name.clone(),
+            status: RunStatus::Queued,
+            result: None,
+            message: None,
+            jobs: s
+                .jobs
+                .iter()
+                .map(|j| queued_job(j, run_vars, log))
+                .collect(),
+        })
+        .collect()
+}
+
+fn queued_job(j: &crate::model::Job, run_vars: &Variables, log: &RunLog) -> JobRecord {
+    JobRecord {
+        name: j.name.clone(),
+        display_name: j.display_name.clone(),
+        status: RunStatus::Queued,
+        result: None,
+        message: None,
+        started_ms: None,
+        finished_ms: None,
+        steps: j
+            .steps
+            .iter()
+            .map(|st| StepRecord {
+                label: log.mask(&run_vars.expand(&st.label())),
+                status: RunStatus::Queued,
+                result: None,
+                exit_code: None,
+                attempts: 0,
+                message: None,
+                started_ms: None,
+                finished_ms: None,
+            })
+            .collect(),
+    }
+}
+
+/// Writes a job's executor lines to the run log under `prefix` and the step's label, noting
+/// each step's start and finish times in `times` off its section lines.
+fn spawn_log_writer(
+    log: &RunLog,
+    prefix: &str,
+    labels: Vec<String>,
+    times: &Arc<Mutex<Vec<StepTimes>>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<LogLine>,
+) -> tokio::task::JoinHandle<()> {
+    let log = log.clone();
+    let prefix = prefix.to_string();
+    let times = times.clone();
+    tokio::spawn(async move {
+        while let Some(LogLine { step, stream, text }) = rx.recv().await {
+            if let Some(i) = step {
+                let mut t = times.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(slot) = t.get_mut(i) {
+                    if text.starts_with("##[section]Starting: ") && slot.0.is_none() {
+                        slot.0 = Some(now_ms());
+                    } else if text.starts_with("##[section]Finishing: ") {
+                        slot.1 = Some(now_ms());
                     }
                 }
             }
+            let label = step
+                .and_then(|i| labels.get(i))
+                .map(String::as_str)
+                .unwrap_or("");
+            let text = if stream == Stream::Stderr {
+                format!("##[stderr]{text}")
+            } else {
+                text
+            };
+            log.write(&prefix, label, &text);
         }
-        (out.result, out.outputs)
+    })
+}
+
+/// A finished job's record: its end time and each step's outcome, masked label and times.
+fn record_job_end(
+    j: &mut JobRecord,
+    out: &JobOutcome,
+    masked_labels: Vec<String>,
+    times: &Mutex<Vec<StepTimes>>,
+) {
+    j.finished_ms = Some(now_ms());
+    for (s, label) in out.steps.iter().zip(masked_labels) {
+        if let Some(r) = j.steps.get_mut(s.index) {
+            r.label = label;
+            r.status = RunStatus::Completed;
+            r.result = Some(s.result);
+            r.exit_code = s.exit_code;
+            r.attempts = s.attempts;
+            r.message = s.message.clone();
+            let t = times.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((a, b)) = t.get(s.index) {
+                (r.started_ms, r.finished_ms) = (*a, *b);
+            }
+        }
     }
 }
 
