@@ -23,10 +23,12 @@ mod images;
 mod lbs;
 mod net;
 mod util;
+mod work;
 pub use commands::{check_name, not_found, CommandError, PowerAction, Put, Stored};
 pub use groups::group_not_found;
 pub use net::Cidr;
 pub use util::{ct_eq, error_chain, now_ms, now_rfc3339, short_hash, unix_now, uuid};
+pub use work::{Actor, Pending, Work};
 
 pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
 pub const LB: &str = "Microsoft.Network/loadBalancers";
