@@ -228,7 +228,7 @@ fn state(st: &AppState, sub: &str, op: &OpId) -> Result<State, ApiError> {
                     out = State::InProgress;
                     break;
                 }
-                if r.deleting {
+                if r.work.is_deleting() {
                     continue;
                 }
                 if r.provisioning_state == ProvisioningState::Failed {
@@ -243,8 +243,7 @@ fn state(st: &AppState, sub: &str, op: &OpId) -> Result<State, ApiError> {
                     break;
                 }
                 let running = st.observation(&r.machine).running;
-                let settled = !r.reimage_requested
-                    && !r.restart_requested
+                let settled = r.work.pending.is_none()
                     && r.provisioning_state == ProvisioningState::Succeeded
                     && running == (r.intent == plan::PowerIntent::Running);
                 if !settled {

@@ -359,17 +359,13 @@ fn add_instances(c: &Contract, rg: &str, vmss: &str, n: u32) {
                     vm_id: api::state::uuid(),
                     intent: plan::PowerIntent::Running,
                     provisioning_state: api::state::ProvisioningState::Succeeded,
-                    deleting: false,
-                    reimage_requested: false,
-                    restart_requested: false,
+                    work: Default::default(),
                     draining: false,
-                    upgrading: false,
                     vm_size: None,
                     protect_from_scale_in: false,
                     protect_from_scale_set_actions: false,
                     last_error: (i == 1).then(|| "boot timed out".to_string()),
                     state_changed_at: None,
-                    repairing: false,
                     repair_attempts: 0,
                 },
             )
@@ -569,7 +565,7 @@ async fn requests_and_responses_match_the_specs() {
     }
     .key(api::route::VMSS);
     c.e.st
-        .update_instance(&key, 0, |r| r.restart_requested = false)
+        .update_instance(&key, 0, |r| r.work.settle(control::Pending::Restart))
         .unwrap();
     assert_eq!(c.last_status().await, "Succeeded");
     for (action, body) in [

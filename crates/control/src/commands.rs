@@ -4,8 +4,8 @@
 //! crate parses requests into these calls and renders their results; the CI service calls them
 //! directly.
 use crate::{
-    now_rfc3339, uuid, ControlError, ControlPlane, InstanceRecord, Res, RolloutDoc, VmssDoc, IMAGE,
-    LB, RG, VMSS,
+    now_rfc3339, uuid, ControlError, ControlPlane, InstanceRecord, Pending, Res, RolloutDoc,
+    VmssDoc, IMAGE, LB, RG, VMSS,
 };
 use model::ids::ResourceId;
 use plan::PowerIntent;
@@ -207,7 +207,7 @@ impl ControlPlane {
         self.put_doc(&doc, res)?;
         let key = res.key(VMSS);
         for r in self.instances(&key)? {
-            self.update_instance(&key, r.instance_id, |r| r.deleting = true)?;
+            self.update_instance(&key, r.instance_id, |r| r.work.request(Pending::Delete))?;
         }
         self.wake.notify_one();
         Ok(true)
@@ -343,7 +343,7 @@ impl ControlPlane {
         let recs: Vec<InstanceRecord> = self
             .instances(&key)?
             .into_iter()
-            .filter(|r| !r.deleting)
+            .filter(|r| !r.work.is_deleting())
             .collect();
         if ids.is_none()
             && matches!(
@@ -370,12 +370,12 @@ impl ControlPlane {
                 PowerAction::PowerOff | PowerAction::Deallocate => r.intent = PowerIntent::Stopped,
                 PowerAction::Restart => {
                     r.intent = PowerIntent::Running;
-                    r.restart_requested = true;
+                    r.work.request(Pending::Restart);
                 }
                 PowerAction::Reimage | PowerAction::ReimageAll | PowerAction::ManualUpgrade => {
-                    r.reimage_requested = true
+                    r.work.request(Pending::Reimage)
                 }
-                PowerAction::DeleteInstances => r.deleting = true,
+                PowerAction::DeleteInstances => r.work.request(Pending::Delete),
             })?;
         }
         self.wake.notify_one();

@@ -23,10 +23,12 @@ mod images;
 mod lbs;
 mod net;
 mod util;
+mod work;
 pub use commands::{check_name, not_found, CommandError, PowerAction, Put, Stored};
 pub use groups::group_not_found;
 pub use net::Cidr;
 pub use util::{ct_eq, error_chain, now_ms, now_rfc3339, short_hash, unix_now, uuid};
+pub use work::{Actor, Pending, Work};
 
 pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
 pub const LB: &str = "Microsoft.Network/loadBalancers";
@@ -112,18 +114,14 @@ pub struct InstanceRecord {
     pub vm_id: String,
     pub intent: PowerIntent,
     pub provisioning_state: ProvisioningState,
-    #[serde(default)]
-    pub deleting: bool,
-    #[serde(default)]
-    pub reimage_requested: bool,
-    #[serde(default)]
-    pub restart_requested: bool,
-    /// Out of the load balancer's rotation while it is stopped, restarted or replaced.
+    /// The operation asked of it and who acts on it.
+    #[serde(flatten)]
+    pub work: Work,
+    /// Out of the load balancer's rotation: set when a drain begins, cleared when the machine
+    /// boots again. A field of its own because it outlasts the operation (a stopped instance, a
+    /// failed restart or reimage stay drained with nothing pending).
     #[serde(default)]
     pub draining: bool,
-    /// A rolling upgrade is acting on this instance (reimage, rollback or removal in flight).
-    #[serde(default)]
-    pub upgrading: bool,
     /// The VM size the instance was made with (its CPU and memory); older records: none.
     #[serde(default)]
     pub vm_size: Option<String>,
@@ -137,9 +135,6 @@ pub struct InstanceRecord {
     /// repairs wait a grace period from here.
     #[serde(default)]
     pub state_changed_at: Option<u64>,
-    /// An automatic repair is acting on this instance.
-    #[serde(default)]
-    pub repairing: bool,
     /// Automatic repairs of this instance (or of the one it replaced) not yet followed by health.
     #[serde(default)]
     pub repair_attempts: u32,
@@ -395,12 +390,9 @@ impl ControlPlane {
             .pointer("/sku/capacity")
             .and_then(Value::as_u64)
             .unwrap_or(0) as usize;
-        let active = recs.iter().filter(|r| !r.deleting).count();
+        let active = recs.iter().filter(|r| !r.work.is_deleting()).count();
         let busy = recs.iter().any(|r| {
-            r.deleting
-                || r.provisioning_state != ProvisioningState::Succeeded
-                || r.reimage_requested
-                || r.restart_requested
+            r.work.pending.is_some() || r.provisioning_state != ProvisioningState::Succeeded
         });
         Ok(if active == cap && !busy {
             ProvisioningState::Succeeded
@@ -428,7 +420,7 @@ mod tests {
         });
         let r: InstanceRecord = serde_json::from_value(old.clone()).unwrap();
         assert_eq!(r.provisioning_state, ProvisioningState::Updating);
-        assert!(!r.deleting && !r.upgrading && !r.repairing);
+        assert_eq!(r.work, Work::default());
         let back = serde_json::to_value(&r).unwrap();
         assert_eq!(back["provisioningState"], "Updating");
         for (k, v) in old.as_object().unwrap() {
@@ -446,6 +438,110 @@ mod tests {
         let bad = serde_json::json!({"provisioningState": "Sideways"});
         let mut v = old;
         v["provisioningState"] = bad["provisioningState"].clone();
+        assert!(serde_json::from_value::<InstanceRecord>(v).is_err());
+    }
+
+    fn record(flags: Value) -> InstanceRecord {
+        let mut v = serde_json::json!({
+            "instanceId": 3, "createdSeq": 9, "modelVersion": 2, "image": "img",
+            "ip": "10.0.0.4", "computerName": "web000003", "machine": "t-web-3-abcd",
+            "timeCreated": "2026-01-01T00:00:00Z", "vmId": "x", "intent": "Running",
+            "provisioningState": "Succeeded"
+        });
+        for (k, f) in flags.as_object().unwrap() {
+            v[k] = f.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Records written with the six booleans read as the typed state the old code acted on:
+    /// the reconciler's precedence (delete, then reimage, then restart) picks the request.
+    #[test]
+    fn old_boolean_records_read_as_typed_state() {
+        use serde_json::json;
+        let cases = [
+            (json!({}), None, None),
+            (
+                json!({"restartRequested": true}),
+                Some(Pending::Restart),
+                None,
+            ),
+            (
+                json!({"reimageRequested": true}),
+                Some(Pending::Reimage),
+                None,
+            ),
+            (
+                json!({"reimageRequested": true, "restartRequested": true}),
+                Some(Pending::Reimage),
+                None,
+            ),
+            (
+                json!({"deleting": true, "reimageRequested": true, "restartRequested": true}),
+                Some(Pending::Delete),
+                None,
+            ),
+            (
+                json!({"deleting": true, "upgrading": true}),
+                Some(Pending::Delete),
+                Some(Actor::Rollout),
+            ),
+            (
+                json!({"deleting": true, "repairing": true}),
+                Some(Pending::Delete),
+                Some(Actor::Repair),
+            ),
+            (
+                json!({"restartRequested": true, "repairing": true}),
+                Some(Pending::Restart),
+                Some(Actor::Repair),
+            ),
+            (
+                json!({"upgrading": true, "repairing": true}),
+                None,
+                Some(Actor::Rollout),
+            ),
+        ];
+        for (flags, pending, actor) in cases {
+            let r = record(flags.clone());
+            assert_eq!((r.work.pending, r.work.actor), (pending, actor), "{flags}");
+            assert!(!r.draining, "{flags}");
+        }
+        let r = record(json!({"draining": true, "deleting": false, "upgrading": false}));
+        assert!(r.draining);
+        assert_eq!(r.work, Work::default());
+    }
+
+    /// The new form writes `pending` and `actor` (none: left out), not the booleans, and reads
+    /// back as it was.
+    #[test]
+    fn typed_state_round_trips() {
+        let mut r = record(serde_json::json!({}));
+        let idle = serde_json::to_value(&r).unwrap();
+        assert!(idle.get("pending").is_none() && idle.get("actor").is_none());
+        r.work.request(Pending::Reimage);
+        r.work.begin(Actor::Repair);
+        r.draining = true;
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (&v["pending"], &v["actor"]),
+            (&"Reimage".into(), &"Repair".into())
+        );
+        assert_eq!(v["draining"], true);
+        for old in [
+            "deleting",
+            "reimageRequested",
+            "restartRequested",
+            "upgrading",
+            "repairing",
+        ] {
+            assert!(v.get(old).is_none(), "{old}");
+        }
+        assert_eq!(
+            serde_json::from_value::<InstanceRecord>(v.clone()).unwrap(),
+            r
+        );
+        v["pending"] = "Sideways".into();
         assert!(serde_json::from_value::<InstanceRecord>(v).is_err());
     }
 }

@@ -506,17 +506,13 @@ fn instance(id: u32, image: &str) -> InstanceRecord {
         vm_id: control::uuid(),
         intent: plan::PowerIntent::Running,
         provisioning_state: control::ProvisioningState::Succeeded,
-        deleting: false,
-        reimage_requested: false,
-        restart_requested: false,
+        work: Default::default(),
         draining: false,
-        upgrading: false,
         vm_size: None,
         protect_from_scale_in: false,
         protect_from_scale_set_actions: false,
         last_error: None,
         state_changed_at: None,
-        repairing: false,
         repair_attempts: 0,
     }
 }

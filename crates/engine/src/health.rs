@@ -37,7 +37,7 @@ pub(crate) async fn app_health_loop(st: Arc<Core>) {
                 .max(100);
             for r in recs {
                 seen.insert(r.machine.clone());
-                if r.deleting || !st.observation(&r.machine).running {
+                if r.work.is_deleting() || !st.observation(&r.machine).running {
                     continue;
                 }
                 if last

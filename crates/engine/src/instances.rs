@@ -27,7 +27,7 @@ pub(crate) async fn start_instance(
                 let _ = st.update_instance(&key, rec.instance_id, |r| {
                     r.provisioning_state = ProvisioningState::Succeeded;
                     r.draining = false;
-                    r.restart_requested = false;
+                    r.work.settle(Pending::Restart);
                     r.last_error = None;
                     r.state_changed_at = Some(eng.clock.now());
                 });
@@ -112,7 +112,7 @@ pub(crate) async fn restart_instance(
     blocking(move || m.start(&name)).await?;
     forget_health(st, &rec.machine);
     st.update_instance(key, rec.instance_id, |r| {
-        r.restart_requested = false;
+        r.work.settle(Pending::Restart);
         r.draining = false;
         r.state_changed_at = Some(eng.clock.now());
     })
@@ -155,7 +155,7 @@ pub(crate) async fn upgrade_instance(
         r.image = image.clone();
         r.vm_size = Some(size.clone());
         r.model_version = version;
-        r.reimage_requested = false;
+        r.work.settle(Pending::Reimage);
         r.draining = false;
         r.provisioning_state = ProvisioningState::Succeeded;
         r.last_error = None;
@@ -174,7 +174,7 @@ pub(crate) async fn delete_instance(
     rec: &InstanceRecord,
 ) -> Result<(), String> {
     st.update_instance(key, rec.instance_id, |r| {
-        r.deleting = true;
+        r.work.request(Pending::Delete);
         r.provisioning_state = ProvisioningState::Deleting;
     })
     .map_err(|e| error_chain(&e))?;

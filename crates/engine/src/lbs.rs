@@ -111,7 +111,7 @@ pub fn lb_config(st: &Core, key: &Key, arm: &Value) -> Result<lb::LbConfig, Stri
             backends.push(lb::Backend {
                 id: r.machine.clone(),
                 ip: r.ip.into(),
-                draining: r.draining || r.deleting || r.intent == PowerIntent::Stopped,
+                draining: r.draining || r.work.is_deleting() || r.intent == PowerIntent::Stopped,
             });
         }
     }

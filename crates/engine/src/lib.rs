@@ -10,8 +10,8 @@
 //! `rolling`, `repairs`, `health` (the Application Health extension), `lbs` (LB processes).
 //! This crate knows no HTTP framework (see `tests/dependencies.rs`).
 use control::{
-    error_chain, now_ms, now_rfc3339, short_hash, uuid, Cidr, ControlPlane, InstanceRecord,
-    Observation, ProvisioningState, Res, VmssDoc, LB, VMSS,
+    error_chain, now_ms, now_rfc3339, short_hash, uuid, Actor, Cidr, ControlPlane, InstanceRecord,
+    Observation, Pending, ProvisioningState, Res, VmssDoc, LB, VMSS,
 };
 use plan::{Action, InstanceState, Observed, PowerIntent};
 use runtime::{MachineSpec, MachineState};
@@ -155,19 +155,22 @@ impl std::ops::Deref for Core {
     }
 }
 
-/// After a restart nothing is in flight: clear `upgrading` marks so the rollout planner asks again
-/// for what was interrupted.
+/// After a restart nothing is in flight: clear the rollout's marks so its planner asks again for
+/// what was interrupted, and repairs' marks except a replacement's (its deletion still counts as
+/// a repair in flight).
 pub fn clear_interrupted(st: &Core) {
     let Ok(sets) = st.store.list(VMSS, None, None) else {
         return;
     };
     for (key, _) in sets {
         for r in st.instances(&key).unwrap_or_default() {
-            if r.upgrading || (r.repairing && !r.deleting) {
-                let _ = st.update_instance(&key, r.instance_id, |r| {
-                    r.upgrading = false;
-                    r.repairing = false;
-                });
+            let held = match r.work.actor {
+                Some(Actor::Rollout) => true,
+                Some(Actor::Repair) => !r.work.is_deleting(),
+                None => false,
+            };
+            if held {
+                let _ = st.update_instance(&key, r.instance_id, |r| r.work.actor = None);
             }
         }
     }

@@ -67,9 +67,9 @@ async fn observe(
             healthy: healthy.unwrap_or(false),
             protect_from_scale_in: r.protect_from_scale_in,
             protect_from_scale_set_actions: r.protect_from_scale_set_actions,
-            deleting: r.deleting || vmss_deleting,
-            reimage_requested: r.reimage_requested,
-            restart_requested: r.restart_requested,
+            deleting: r.work.is_deleting() || vmss_deleting,
+            reimage_requested: r.work.pending == Some(Pending::Reimage),
+            restart_requested: r.work.pending == Some(Pending::Restart),
         });
     }
     Ok(observed)
@@ -237,7 +237,7 @@ pub(crate) async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), 
     let rolling_active = rollout
         .as_ref()
         .is_some_and(|d| d.state.phase != plan::rolling::Phase::Done);
-    let active_count = recs.iter().filter(|r| !r.deleting).count() as u32;
+    let active_count = recs.iter().filter(|r| !r.work.is_deleting()).count() as u32;
     let desired = plan::Desired {
         // A rollout owns the instance count while it runs (maxSurge adds and removes instances).
         capacity: if doc.deleting {
@@ -258,7 +258,9 @@ pub(crate) async fn reconcile_vmss((st, eng): &Shared, key: &Key) -> Result<(), 
         Action::Start { id }
         | Action::Stop { id }
         | Action::Restart { id }
-        | Action::Upgrade { id } => !recs.iter().any(|r| r.instance_id == *id && r.upgrading),
+        | Action::Upgrade { id } => !recs
+            .iter()
+            .any(|r| r.instance_id == *id && r.work.by(Actor::Rollout)),
         _ => true,
     });
     if actions.is_empty() {
@@ -355,17 +357,13 @@ pub(crate) fn new_instances(
             vm_id: uuid(),
             intent: PowerIntent::Running,
             provisioning_state: ProvisioningState::Creating,
-            deleting: false,
-            reimage_requested: false,
-            restart_requested: false,
+            work: Default::default(),
             draining: false,
             vm_size: Some(m.sku_name.clone()),
-            upgrading: false,
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
             last_error: None,
             state_changed_at: None,
-            repairing: false,
             repair_attempts: 0,
         };
         st.store

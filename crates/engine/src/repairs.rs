@@ -37,12 +37,14 @@ pub(crate) async fn repairs_pass(
                 health: repair_health(&o),
                 intent_running: r.intent == PowerIntent::Running,
                 machine_running: o.running,
-                deleting: r.deleting,
-                busy: r.upgrading || r.reimage_requested || r.restart_requested || r.draining,
+                deleting: r.work.is_deleting(),
+                busy: r.work.by(Actor::Rollout)
+                    || matches!(r.work.pending, Some(Pending::Reimage | Pending::Restart))
+                    || r.draining,
                 protected: r.protect_from_scale_in || r.protect_from_scale_set_actions,
                 provisioning_failed: r.provisioning_state == ProvisioningState::Failed,
                 state_changed_at: r.state_changed_at.unwrap_or(now),
-                repairing: r.repairing,
+                repairing: r.work.by(Actor::Repair),
                 repair_attempts: r.repair_attempts,
             }
         })
@@ -128,17 +130,16 @@ fn repair(
     if action == model::vmss::RepairAction::Replace && ctx.image.is_none() {
         return Ok(());
     }
-    // Intent first, as the durable flags the reconciler already acts on (deletion, restart,
-    // reimage requests): a daemon killed mid-repair finishes the operation by reconciling
-    // (the `repairing` mark itself is cleared at start).
+    // Intent first, as the durable request the reconciler already acts on: a daemon killed
+    // mid-repair finishes the operation by reconciling (the repair's mark is cleared at start).
     st.update_instance(key, id, |r| {
-        r.repairing = true;
+        r.work.begin(Actor::Repair);
         r.repair_attempts = attempts;
-        match action {
-            model::vmss::RepairAction::Replace => r.deleting = true,
-            model::vmss::RepairAction::Restart => r.restart_requested = true,
-            model::vmss::RepairAction::Reimage => r.reimage_requested = true,
-        }
+        r.work.request(match action {
+            model::vmss::RepairAction::Replace => Pending::Delete,
+            model::vmss::RepairAction::Restart => Pending::Restart,
+            model::vmss::RepairAction::Reimage => Pending::Reimage,
+        });
     })
     .map_err(|e| error_chain(&e))?;
     let (st2, eng2, key2, res2) = (st.clone(), eng.clone(), key.clone(), res.clone());
@@ -179,7 +180,7 @@ fn repair(
                     // Azure's reimage applies the scale set's latest model.
                     upgrade_instance(&st2, &eng2, &key2, &name, &rec, target).await
                 };
-                let _ = st2.update_instance(&key2, id, |r| r.repairing = false);
+                let _ = st2.update_instance(&key2, id, |r| r.work.end(Actor::Repair));
                 if let Err(e) = r {
                     repair_failed(&st2, &key2, &res2, id, e);
                 }

@@ -5,7 +5,7 @@ use super::*;
 /// The rolling-upgrade planner's view of a scale set's instances.
 pub fn roll_instances(st: &Core, recs: &[InstanceRecord]) -> Vec<plan::rolling::RollInstance> {
     recs.iter()
-        .filter(|r| !r.deleting || r.upgrading)
+        .filter(|r| !r.work.is_deleting() || r.work.by(Actor::Rollout))
         .map(|r| {
             let o = st.observation(&r.machine);
             plan::rolling::RollInstance {
@@ -14,7 +14,7 @@ pub fn roll_instances(st: &Core, recs: &[InstanceRecord]) -> Vec<plan::rolling::
                 healthy: o.is_healthy() == Some(true),
                 running: o.running,
                 protected: r.protect_from_scale_set_actions,
-                upgrading: r.upgrading,
+                upgrading: r.work.by(Actor::Rollout),
                 created_seq: r.created_seq,
             }
         })
@@ -177,7 +177,7 @@ fn act_step(
                 let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
                     continue;
                 };
-                st.update_instance(key, id, |r| r.upgrading = true)
+                st.update_instance(key, id, |r| r.work.begin(Actor::Rollout))
                     .map_err(|e| error_chain(&e))?;
                 let (st, eng, key, name, target) = (
                     st.clone(),
@@ -195,7 +195,7 @@ fn act_step(
                         warn!(instance = id, error = %e, "rolling upgrade: reimage failed");
                         let _ = st.update_instance(&key, id, |r| r.last_error = Some(e.clone()));
                     }
-                    let _ = st.update_instance(&key, id, |r| r.upgrading = false);
+                    let _ = st.update_instance(&key, id, |r| r.work.end(Actor::Rollout));
                 }));
             }
         }
@@ -218,15 +218,15 @@ fn act_step(
                     continue;
                 };
                 st.update_instance(key, id, |r| {
-                    r.upgrading = true;
-                    r.deleting = true;
+                    r.work.begin(Actor::Rollout);
+                    r.work.request(Pending::Delete);
                 })
                 .map_err(|e| error_chain(&e))?;
                 let (st, eng, key) = (st.clone(), eng.clone(), key.clone());
                 tasks.push(tokio::spawn(async move {
                     if let Err(e) = delete_instance(&st, &eng, &key, &rec).await {
                         warn!(instance = id, error = %e, "rolling upgrade: removal failed");
-                        let _ = st.update_instance(&key, id, |r| r.upgrading = false);
+                        let _ = st.update_instance(&key, id, |r| r.work.end(Actor::Rollout));
                     }
                 }));
             }

@@ -358,7 +358,7 @@ async fn daemon_restart_adopts_running_machines() {
     let before = records(&e);
     // A rollout's mark from before the restart: nothing is in flight any more.
     let key = res().key(VMSS);
-    e.st.update_instance(&key, 0, |r| r.upgrading = true)
+    e.st.update_instance(&key, 0, |r| r.work.begin(control::Actor::Rollout))
         .unwrap();
     restart(&mut e);
     engine::clear_interrupted(&e.st);
@@ -473,7 +473,7 @@ async fn automatic_repairs_replace_an_unhealthy_instance() {
         new.repair_attempts, 1,
         "the replacement carries the attempt"
     );
-    assert!(!new.repairing);
+    assert!(!new.work.by(control::Actor::Repair));
     assert_eq!(e.fake.running().len(), 3);
     // Healthy on the next pass: the attempts are forgotten and nothing else is repaired.
     settle(&e, 10).await;
