@@ -220,6 +220,10 @@ pub struct Params<'a> {
     pub orderby: Option<&'a str>,
     pub result_type: Option<&'a str>,
     pub metricnamespace: Option<&'a str>,
+    /// `AutoAdjustTimegrain=true`: an unsupported interval becomes the nearest supported one.
+    pub auto_adjust_timegrain: Option<&'a str>,
+    /// Not supported: refused when given.
+    pub rollupby: Option<&'a str>,
 }
 
 fn bad(message: impl Into<String>) -> ModelError {
@@ -239,6 +243,19 @@ pub fn parse_query(p: &Params, now: u64) -> Result<Query, ModelError> {
         Some(t) => parse_timespan(t, now)?,
         None => (now.saturating_sub(3600), now),
     };
+    if p.rollupby.is_some_and(|r| !r.trim().is_empty()) {
+        return Err(bad("The rollupby parameter is not supported here."));
+    }
+    let adjust = match p.auto_adjust_timegrain.map(str::trim) {
+        None => false,
+        Some(b) if b.eq_ignore_ascii_case("true") => true,
+        Some(b) if b.eq_ignore_ascii_case("false") => false,
+        Some(b) => {
+            return Err(bad(format!(
+                "Invalid AutoAdjustTimegrain '{b}': true or false."
+            )))
+        }
+    };
     let split = p
         .filter
         .map(parse_filter)
@@ -250,7 +267,7 @@ pub fn parse_query(p: &Params, now: u64) -> Result<Query, ModelError> {
         end,
         interval: p
             .interval
-            .map(parse_interval)
+            .map(|i| parse_interval(i, adjust))
             .transpose()?
             .unwrap_or(Interval::Grain(60)),
         aggregations: p.aggregation.map(parse_aggregations).transpose()?,
@@ -292,20 +309,24 @@ fn unknown_metric(name: &str) -> ModelError {
     ))
 }
 
-fn parse_interval(s: &str) -> Result<Interval, ModelError> {
+fn parse_interval(s: &str, adjust: bool) -> Result<Interval, ModelError> {
     if s.trim().eq_ignore_ascii_case("FULL") {
         return Ok(Interval::Full);
     }
-    crate::vmss::parse_iso8601_duration(s.trim())
-        .filter(|g| GRAINS.contains(g))
-        .map(Interval::Grain)
-        .ok_or_else(|| {
-            let valid: Vec<String> = GRAINS.iter().map(|g| iso_duration(*g)).collect();
-            bad(format!(
-                "Invalid interval '{s}'. Supported intervals are {} and FULL.",
-                valid.join(", ")
-            ))
-        })
+    let secs = crate::vmss::parse_iso8601_duration(s.trim());
+    let nearest = |d: u64| GRAINS.iter().copied().min_by_key(|g| g.abs_diff(d));
+    let grain = match secs {
+        Some(d) if GRAINS.contains(&d) => Some(d),
+        Some(d) if adjust => nearest(d),
+        _ => None,
+    };
+    grain.map(Interval::Grain).ok_or_else(|| {
+        let valid: Vec<String> = GRAINS.iter().map(|g| iso_duration(*g)).collect();
+        bad(format!(
+            "Invalid interval '{s}'. Supported intervals are {} and FULL (or AutoAdjustTimegrain=true).",
+            valid.join(", ")
+        ))
+    })
 }
 
 fn parse_aggregations(s: &str) -> Result<Vec<Aggregation>, ModelError> {
@@ -675,6 +696,7 @@ mod tests {
             orderby: Some("average desc"),
             result_type: Some("metadata"),
             metricnamespace: Some("microsoft.compute/virtualmachinescalesets"),
+            ..Default::default()
         };
         let q = parse_query(&p, now).unwrap();
         assert_eq!(
@@ -687,6 +709,15 @@ mod tests {
         assert_eq!(
             (q.split, q.top, q.order, q.metadata_only),
             (Split::All, 3, Some((Average, true)), true)
+        );
+        let adjusted = Params {
+            interval: Some("PT2M"),
+            auto_adjust_timegrain: Some("True"),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_query(&adjusted, now).unwrap().interval,
+            Interval::Grain(60)
         );
         let full = Params {
             interval: Some("full"),
@@ -739,6 +770,14 @@ mod tests {
             },
             Params {
                 filter: Some("LUN eq '0'"),
+                ..Default::default()
+            },
+            Params {
+                rollupby: Some("VMName"),
+                ..Default::default()
+            },
+            Params {
+                auto_adjust_timegrain: Some("yes"),
                 ..Default::default()
             },
         ];
