@@ -469,11 +469,7 @@ pub fn parse_datetime(s: &str) -> Option<u64> {
         Some(i) => (&s[..i], &s[i + 1..]),
         None => (s, "00:00:00Z"),
     };
-    let num = |x: &str| -> Option<i64> {
-        (!x.is_empty() && x.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| x.parse().ok())
-            .flatten()
-    };
+    let num = digits;
     let parts: Vec<&str> = date.split('-').collect();
     let [y, mo, da] = parts[..] else {
         return None;
@@ -488,8 +484,11 @@ pub fn parse_datetime(s: &str) -> Option<u64> {
     let (clock, offset) = split_offset(time)?;
     let mut c = clock.split(':');
     let (h, mi) = (num(c.next()?)?, num(c.next()?)?);
-    let sec = match c.next() {
-        Some(x) => num(x.split('.').next()?)?,
+    let sec = match c.next().map(|x| x.split_once('.').unwrap_or((x, "0"))) {
+        Some((x, frac)) => {
+            digits(frac)?;
+            num(x)?
+        }
         None => 0,
     };
     if c.next().is_some() || h > 23 || mi > 59 || sec > 60 {
@@ -497,6 +496,12 @@ pub fn parse_datetime(s: &str) -> Option<u64> {
     }
     let t = days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + sec - offset;
     u64::try_from(t).ok()
+}
+
+/// A number of at most 9 decimal digits, nothing else (no sign).
+fn digits(x: &str) -> Option<i64> {
+    let ok = !x.is_empty() && x.len() <= 9 && x.bytes().all(|c| c.is_ascii_digit());
+    ok.then(|| x.parse().ok()).flatten()
 }
 
 /// Splits `hh:mm:ss[.f](Z|±hh:mm)` into the clock and the offset in seconds (none: UTC).
@@ -507,9 +512,13 @@ fn split_offset(t: &str) -> Option<(&str, i64)> {
     match t.rfind(['+', '-']) {
         Some(i) => {
             let (h, m) = t[i + 1..].split_once(':').unwrap_or((&t[i + 1..], "00"));
-            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            let two = |x: &str| (x.len() == 2).then(|| digits(x)).flatten();
+            let (h, m) = (two(h)?, two(m)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
             let sign = if t.as_bytes()[i] == b'-' { -1 } else { 1 };
-            (h <= 23 && m <= 59).then_some((&t[..i], sign * (h * 3600 + m * 60)))
+            Some((&t[..i], sign * (h * 3600 + m * 60)))
         }
         None => Some((t, 0)),
     }
@@ -594,6 +603,8 @@ mod tests {
         let cases = [
             ("2024-01-01T00:00:00Z", Some(T0)),
             ("2024-01-01T00:00:00.000Z", Some(T0)),
+            ("2024-01-01T00:00:00.1234567Z", Some(T0)),
+            ("2024-01-01T00:00:00.x1Z", None),
             ("2024-01-01T01:00:00+01:00", Some(T0)),
             ("2023-12-31T23:30:00-00:30", Some(T0)),
             ("2024-01-01", Some(T0)),
@@ -605,6 +616,9 @@ mod tests {
             ("yesterday", None),
             ("", None),
             ("2024-01-01T00:00:00+99:00", None),
+            ("2024-01-01T00:00:00+999999999999999999", None),
+            ("2024-01-01T00:00:00+-1:00", None),
+            ("2024-01-01T999999999999:00:00Z", None),
         ];
         for (s, want) in cases {
             assert_eq!(parse_datetime(s), want, "{s}");
