@@ -294,31 +294,10 @@ fn check_size(set: &BTreeMap<String, Series>, q: &Query) -> Result<(), ModelErro
 }
 
 fn series_of(set: &BTreeMap<String, Series>, metric: Metric, q: &Query) -> Vec<TimeSeries> {
-    let points = |grains: Vec<Agg>| -> Vec<Point> {
-        if q.metadata_only {
-            return vec![];
-        }
-        let (first, grain) = (q.first_point(), q.grain_secs());
-        (0u64..)
-            .zip(grains)
-            .map(|(i, agg)| Point {
-                at: first + i * grain,
-                agg,
-            })
-            .collect()
-    };
     let chosen: Vec<(&String, &Series)> = match &q.split {
         Split::None => {
-            let mut all = vec![Agg::default(); q.points() as usize];
-            for s in set.values() {
-                for (a, g) in all.iter_mut().zip(s.grains(metric, q)) {
-                    a.merge(&g);
-                }
-            }
-            return vec![TimeSeries {
-                vm: None,
-                points: points(all),
-            }];
+            let points = points(across(set, metric, q), q);
+            return vec![TimeSeries { vm: None, points }];
         }
         Split::All => set.iter().collect(),
         Split::Only(names) => set
@@ -342,7 +321,33 @@ fn series_of(set: &BTreeMap<String, Series>, metric: Metric, q: &Query) -> Vec<T
         .take(q.top)
         .map(|(vm, g, _)| TimeSeries {
             vm: Some(vm.clone()),
-            points: points(g),
+            points: points(g, q),
+        })
+        .collect()
+}
+
+/// The grains of every instance together (no split).
+fn across(set: &BTreeMap<String, Series>, metric: Metric, q: &Query) -> Vec<Agg> {
+    let mut all = vec![Agg::default(); q.points() as usize];
+    for s in set.values() {
+        for (a, g) in all.iter_mut().zip(s.grains(metric, q)) {
+            a.merge(&g);
+        }
+    }
+    all
+}
+
+/// Grains as points at their start times (none for a metadata query).
+fn points(grains: Vec<Agg>, q: &Query) -> Vec<Point> {
+    if q.metadata_only {
+        return vec![];
+    }
+    let (first, grain) = (q.first_point(), q.grain_secs());
+    (0u64..)
+        .zip(grains)
+        .map(|(i, agg)| Point {
+            at: first + i * grain,
+            agg,
         })
         .collect()
 }

@@ -220,66 +220,49 @@ fn interval(s: &str) -> Result<String> {
     Ok(model::metrics::iso_duration(secs))
 }
 
+fn arr(x: &Value) -> &[Value] {
+    x.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Every data point with its metric's name and, with a split, its instance.
+fn points(v: &Value) -> Vec<(&str, Option<&str>, &Value)> {
+    let mut out = Vec::new();
+    for m in arr(&v["value"]) {
+        let name = m["name"]["value"].as_str().unwrap_or("");
+        for t in arr(&m["timeseries"]) {
+            let vm = t
+                .get("metadatavalues")
+                .map(|md| md[0]["value"].as_str().unwrap_or(""));
+            out.extend(arr(&t["data"]).iter().map(|d| (name, vm, d)));
+        }
+    }
+    out
+}
+
 /// One row per data point: timestamp, metric, the instance (with a split), the values.
 fn metric_rows(v: &Value) -> (Vec<String>, Vec<Vec<String>>) {
-    let aggs = ["average", "minimum", "maximum", "total", "count"];
-    let metrics = v["value"].as_array().cloned().unwrap_or_default();
-    let series = || {
-        metrics.iter().flat_map(|m| {
-            m["timeseries"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |t| (m, t))
-        })
-    };
-    let points = || {
-        series().flat_map(|(m, t)| {
-            t["data"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |d| (m, t.clone(), d))
-        })
-    };
-    let split = series().any(|(_, t)| t.get("metadatavalues").is_some());
-    let used: Vec<&str> = aggs
+    let points = points(v);
+    let split = points.iter().any(|p| p.1.is_some());
+    let used: Vec<&str> = ["average", "minimum", "maximum", "total", "count"]
         .into_iter()
-        .filter(|a| points().any(|(_, _, d)| d.get(*a).is_some()))
+        .filter(|a| points.iter().any(|p| p.2.get(*a).is_some()))
         .collect();
     let mut headers = vec!["Timestamp".to_string(), "Name".into()];
     if split {
         headers.push("VMName".into());
     }
     headers.extend(used.iter().map(|a| capitalize(a)));
-    let rows = points()
-        .map(|(m, t, d)| {
-            let mut r = vec![
-                d["timeStamp"]
-                    .as_str()
-                    .unwrap_or("")
-                    .replace('T', " ")
-                    .replace('Z', ""),
-                m["name"]["value"].as_str().unwrap_or("").to_string(),
-            ];
-            if split {
-                r.push(
-                    t["metadatavalues"][0]["value"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                );
-            }
-            r.extend(
-                used.iter()
-                    .map(|a| d.get(*a).map(number).unwrap_or_default()),
-            );
-            r
-        })
-        .collect();
-    (headers, rows)
+    let row = |(name, vm, d): &(&str, Option<&str>, &Value)| {
+        let at = d["timeStamp"].as_str().unwrap_or("");
+        let mut r = vec![at.replace('T', " ").replace('Z', ""), name.to_string()];
+        r.extend(vm.map(str::to_string));
+        r.extend(
+            used.iter()
+                .map(|a| d.get(*a).map(number).unwrap_or_default()),
+        );
+        r
+    };
+    (headers, points.iter().map(row).collect())
 }
 
 fn capitalize(s: &str) -> String {
