@@ -87,7 +87,10 @@ pub async fn execute(
         | Route::Vms(_)
         | Route::VmssInstanceView(_)
         | Route::VmInstanceView(..) => true,
-        Route::RollingLatest(_) | Route::Operation { .. } => true,
+        Route::RollingLatest(_)
+        | Route::Operation { .. }
+        | Route::Metrics(_)
+        | Route::MetricDefinitions(_) => true,
         Route::VmssAction(..)
         | Route::VmAction(..)
         | Route::RollingStart(_)
@@ -145,6 +148,11 @@ pub async fn execute(
             ok(render::vmss(&res, &stored.doc, &p))
         }
         Route::Operation { sub, id, result } => crate::operations::get(st, &sub, &id, result),
+        Route::Metrics(res) => metrics(st, &res, query),
+        Route::MetricDefinitions(res) => {
+            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            ok(render::metric_definitions(&res))
+        }
     };
     if reply.is_ok() && mutating {
         st.wake.notify_one();
@@ -181,6 +189,38 @@ fn vms(st: &AppState, res: &Res, query: &HashMap<String, String>) -> Reply {
         .map(|r| render::vm(res, &doc, r, &st.observation(&r.machine), expand))
         .collect();
     ok(json!({"value": v}))
+}
+
+/// Azure Monitor's metrics of a scale set: the query parsed and bounded (`model::metrics`), the
+/// engine's series read (`Core::query_metrics`), the answer rendered.
+fn metrics(st: &AppState, res: &Res, query: &HashMap<String, String>) -> Reply {
+    let doc = st.vmss_doc(res)?.ok_or_else(|| not_found(VMSS, res))?;
+    // Azure's query parameters are case-insensitive (`AutoAdjustTimegrain`, `$filter`).
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let params = model::metrics::Params {
+        metricnames: get("metricnames"),
+        timespan: get("timespan"),
+        interval: get("interval"),
+        aggregation: get("aggregation"),
+        filter: get("$filter"),
+        top: get("top"),
+        orderby: get("orderby"),
+        result_type: get("resultType"),
+        metricnamespace: get("metricnamespace"),
+        auto_adjust_timegrain: get("AutoAdjustTimegrain"),
+        rollupby: get("rollupby"),
+    };
+    let q = model::metrics::parse_query(&params, crate::engine::unix_now())?;
+    let results = st.query_metrics(&res.key(VMSS), &q)?;
+    let location = doc.arm["location"]
+        .as_str()
+        .unwrap_or(model::DEFAULT_LOCATION);
+    ok(render::metrics(res, location, &q, &results))
 }
 
 /// `instanceIds` of a scale set action's body (absent: every instance).

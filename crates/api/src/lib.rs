@@ -240,6 +240,7 @@ pub fn open_state(
         cp: control::ControlPlane::new(store),
         machines,
         images,
+        metrics: Default::default(),
     });
     let run_tokens = Arc::new(ci::RunTokens::default());
     let pipelines = ci::PipelineService::open(ci_config(&cfg), core.clone(), run_tokens.clone())

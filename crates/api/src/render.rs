@@ -1,4 +1,5 @@
-//! ARM JSON for what we return: scale sets, their VMs and instance views, load balancers, images.
+//! ARM JSON for what we return: scale sets, their VMs and instance views, load balancers, images,
+//! and Azure Monitor's metrics and metric definitions of a scale set.
 use crate::route::{Res, IMAGE, LB, VMSS};
 use crate::state::{InstanceRecord, Observation, VmssDoc};
 use control::ProvisioningState;
@@ -242,6 +243,121 @@ pub fn rolling_status(
         v["properties"]["error"] = json!({"code": e.code, "message": e.message});
     }
     v
+}
+
+/// Azure Monitor's metrics `Response` (`metrics_API.json`): per metric its series (per
+/// `VMName` with a `$filter`, `metadatavalues` only then), each point with only the requested
+/// aggregations (none for a grain without readings).
+pub fn metrics(
+    res: &Res,
+    location: &str,
+    q: &model::metrics::Query,
+    results: &[plan::metrics::MetricResult],
+) -> Value {
+    use model::metrics::{format_datetime, iso_duration, NAMESPACE};
+    let vmss_id = res.id(VMSS);
+    let filtered = q.split != model::metrics::Split::None;
+    let value: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let name = r.metric.name();
+            let aggs = q.aggregations_of(r.metric);
+            let series: Vec<Value> = r
+                .series
+                .iter()
+                .map(|s| time_series(s, &aggs, filtered, q.metadata_only))
+                .collect();
+            json!({
+                "id": format!("{vmss_id}/providers/Microsoft.Insights/metrics/{name}"),
+                "type": "Microsoft.Insights/metrics",
+                "name": {"value": name, "localizedValue": name},
+                "displayDescription": r.metric.description(),
+                "unit": r.metric.unit(),
+                "timeseries": series,
+                "errorCode": "Success",
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "cost": 0,
+        "timespan": format!("{}/{}", format_datetime(q.start), format_datetime(q.end)),
+        "interval": iso_duration(q.grain_secs()),
+        "namespace": NAMESPACE,
+        "resourceregion": location,
+        "value": value,
+    });
+    if q.metadata_only {
+        // As Azure: a metadata answer has no interval.
+        v.as_object_mut().map(|o| o.remove("interval"));
+    }
+    v
+}
+
+fn time_series(
+    s: &plan::metrics::TimeSeries,
+    aggs: &[model::metrics::Aggregation],
+    filtered: bool,
+    metadata_only: bool,
+) -> Value {
+    let mut out = serde_json::Map::new();
+    if filtered {
+        let vm = s.vm.as_deref().unwrap_or_default();
+        out.insert(
+            "metadatavalues".into(),
+            json!([{"name": {"value": "vmname", "localizedValue": "vmname"}, "value": vm}]),
+        );
+    }
+    if !metadata_only {
+        let data: Vec<Value> = s.points.iter().map(|p| point(p, aggs)).collect();
+        out.insert("data".into(), Value::Array(data));
+    }
+    Value::Object(out)
+}
+
+fn point(p: &plan::metrics::Point, aggs: &[model::metrics::Aggregation]) -> Value {
+    let mut v = serde_json::Map::new();
+    v.insert(
+        "timeStamp".into(),
+        json!(model::metrics::format_datetime(p.at)),
+    );
+    for a in aggs {
+        if let Some(x) = p.agg.value(*a) {
+            v.insert(a.field().into(), json!(x));
+        }
+    }
+    Value::Object(v)
+}
+
+/// `metricDefinitions` of a scale set (`metricDefinitions_API.json` `MetricDefinitionCollection`).
+pub fn metric_definitions(res: &Res) -> Value {
+    use model::metrics::{iso_duration, Aggregation, Metric, DIMENSION, GRAINS, NAMESPACE};
+    let vmss_id = res.id(VMSS);
+    let retention = iso_duration(plan::metrics::RETENTION_MINUTES as u64 * 60);
+    let availabilities: Vec<Value> = GRAINS
+        .iter()
+        .map(|g| json!({"timeGrain": iso_duration(*g), "retention": retention}))
+        .collect();
+    let mut supported = vec!["None"];
+    supported.extend(Aggregation::ALL.iter().map(|a| a.name()));
+    let value: Vec<Value> = Metric::ALL
+        .iter()
+        .map(|m| {
+            json!({
+                "id": format!("{vmss_id}/providers/microsoft.insights/metricdefinitions/{}", m.name()),
+                "resourceId": vmss_id,
+                "namespace": NAMESPACE,
+                "name": {"value": m.name(), "localizedValue": m.name()},
+                "displayDescription": m.description(),
+                "isDimensionRequired": false,
+                "unit": m.unit(),
+                "primaryAggregationType": m.primary().name(),
+                "supportedAggregationTypes": supported,
+                "metricAvailabilities": availabilities,
+                "dimensions": [{"value": DIMENSION, "localizedValue": DIMENSION}],
+            })
+        })
+        .collect();
+    json!({ "value": value })
 }
 
 #[cfg(test)]

@@ -51,6 +51,10 @@ pub enum Route {
     Rollback(Res),
     /// POST setOrchestrationServiceState (suspend or resume automatic repairs).
     SetOrchestrationServiceState(Res),
+    /// GET `providers/Microsoft.Insights/metrics` of a scale set (Azure Monitor's host metrics).
+    Metrics(Res),
+    /// GET `providers/Microsoft.Insights/metricDefinitions` of a scale set.
+    MetricDefinitions(Res),
     /// GET the status (`operations/{id}`) or result (`operationResults/{id}`) of a long-running
     /// operation (see `operations.rs`).
     Operation {
@@ -64,6 +68,7 @@ impl Route {
     /// The provider namespace this route belongs to, to check `api-version` against.
     pub fn api_versions(&self) -> &'static [&'static str] {
         let kind = match self {
+            Route::Metrics(_) | Route::MetricDefinitions(_) => return model::MONITOR_API_VERSIONS,
             Route::ListGroups { .. } | Route::Group { .. } => RG,
             Route::List { kind, .. } | Route::Resource { kind, .. } => kind,
             _ => VMSS,
@@ -226,6 +231,13 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         (VMSS, [r, l]) if eq(r, "rollingUpgrades") && eq(l, "latest") => {
             get_only(Route::RollingLatest(res))
         }
+        (VMSS, [p, ns, m]) if eq(p, "providers") && eq(ns, "Microsoft.Insights") => {
+            match m.to_ascii_lowercase().as_str() {
+                "metrics" => get_only(Route::Metrics(res)),
+                "metricdefinitions" => get_only(Route::MetricDefinitions(res)),
+                _ => Err(not_found(path)),
+            }
+        }
         (VMSS, [a]) => match action(a, false) {
             Some(act) => post_only(Route::VmssAction(res, act)),
             None => Err(not_found(path)),
@@ -311,6 +323,8 @@ pub fn release_may(route: &Route) -> bool {
         | Route::Vms(_)
         | Route::VmInstanceView(..)
         | Route::RollingLatest(_)
+        | Route::Metrics(_)
+        | Route::MetricDefinitions(_)
         | Route::Operation { .. } => true,
         Route::Group { method, .. } | Route::Vm { method, .. } => read(method),
         Route::Resource { kind, method, .. } => {
@@ -338,6 +352,10 @@ mod tests {
         assert!(may(Method::POST, &format!("{v}/manualUpgrade")));
         assert!(may(Method::POST, &format!("{v}/osRollingUpgrade")));
         assert!(may(Method::GET, &format!("{v}/rollingUpgrades/latest")));
+        assert!(may(
+            Method::GET,
+            &format!("{v}/providers/Microsoft.Insights/metrics")
+        ));
         assert!(may(
             Method::GET,
             &format!("{p}/Microsoft.Network/loadBalancers/lb")
@@ -381,6 +399,8 @@ mod tests {
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/powerOff"), Route::VmAction(res.clone(), "3".into(), PowerAction::PowerOff)),
             (Method::DELETE, format!("{p}/Microsoft.Network/loadBalancers/v"), Route::Resource { kind: LB, method: Method::DELETE, res: res.clone() }),
             (Method::PUT, "/subscriptions/s/resourcegroups/rg".into(), Route::Group { method: Method::PUT, res: Res { sub: "s".into(), rg: "rg".into(), name: String::new() } }),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/metrics"), Route::Metrics(res.clone())),
+            (Method::GET, format!("{p}/microsoft.compute/virtualmachinescalesets/v/PROVIDERS/microsoft.insights/METRICDEFINITIONS"), Route::MetricDefinitions(res.clone())),
         ];
         for (m, path, want) in ok {
             assert_eq!(parse(&m, &path).unwrap(), want, "{m} {path}");
@@ -396,6 +416,10 @@ mod tests {
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1/manualupgrade"), 404),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1/a/b"), 404),
             (Method::GET, format!("{p}//x"), 404),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/metrics"), 405),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/diagnosticSettings"), 404),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Web/metrics"), 404),
+            (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/providers/Microsoft.Insights/metrics"), 404),
         ];
         for (m, path, status) in bad {
             match parse(&m, &path) {

@@ -62,6 +62,7 @@ impl DaemonConfig {
             repair_grace_secs: self.repair_grace_secs,
             lb_allowed: self.limits.lb_allowed.clone(),
             lb_frontend: self.limits.lb_frontend,
+            metrics_interval_ms: None,
         }
     }
 }

@@ -261,6 +261,10 @@ impl Client {
         } else {
             RESOURCES
         };
+        // A caller that needs another provider's version (Azure Monitor) gives it.
+        if path.contains("?api-version=") || path.contains("&api-version=") {
+            return self.send_json(method, path, body).await;
+        }
         let sep = if path.contains('?') { '&' } else { '?' };
         self.send_json(method, &format!("{path}{sep}api-version={version}"), body)
             .await

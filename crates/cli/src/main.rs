@@ -6,7 +6,7 @@ mod output;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cmd::{export, group, image, pipeline, repo, run, serve, up, vmss};
+use cmd::{export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
 use output::Output;
 
 #[derive(Parser)]
@@ -44,6 +44,9 @@ enum Cmd {
     /// Manage machine images.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Azure Monitor: host metrics of scale sets and their instances.
+    #[command(subcommand)]
+    Monitor(monitor::MonitorCmd),
     /// Hosted git repositories (push over HTTP to trigger pipelines).
     #[command(subcommand)]
     Repo(repo::RepoCmd),
@@ -136,6 +139,7 @@ fn main() {
             Cmd::Vmss(c) => vmss::run(c, cli.output).await,
             Cmd::Network(c) => cmd::lb::run(c, cli.output).await,
             Cmd::Image(c) => image::run(c, cli.output).await,
+            Cmd::Monitor(c) => monitor::run(c, cli.output).await,
             Cmd::Repo(c) => repo::run(c, cli.output).await,
             Cmd::Pipeline(c) => pipeline::run(c, cli.output).await,
             Cmd::Run(c) => run::run(c, cli.output).await,

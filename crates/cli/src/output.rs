@@ -112,36 +112,40 @@ pub fn render(v: &Value, out: Output, cols: Columns) -> String {
                 .iter()
                 .map(|r| cols.iter().map(|(_, p)| cell(r, p)).collect())
                 .collect();
-            if out == Output::Tsv {
-                return cells
-                    .iter()
-                    .map(|r| r.join("\t"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-            }
-            let mut widths: Vec<usize> = cols.iter().map(|(h, _)| h.len()).collect();
-            for r in &cells {
-                for (w, c) in widths.iter_mut().zip(r) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let line = |r: Vec<String>| {
-                r.iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-                    .trim_end()
-                    .to_string()
-            };
-            let mut s = vec![
-                line(cols.iter().map(|(h, _)| h.to_string()).collect()),
-                line(widths.iter().map(|w| "-".repeat(*w)).collect()),
-            ];
-            s.extend(cells.into_iter().map(line));
-            s.join("\n")
+            let headers = cols.iter().map(|(h, _)| h.to_string()).collect();
+            table(&(headers, cells), out)
         }
     }
+}
+
+/// Rows under headers, as az's table (aligned columns) or tsv (no headers).
+pub fn table((headers, cells): &(Vec<String>, Vec<Vec<String>>), out: Output) -> String {
+    if out == Output::Tsv {
+        return cells
+            .iter()
+            .map(|r| r.join("\t"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in cells {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |r: &[String]| {
+        r.iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let mut s = vec![line(headers), line(&rule)];
+    s.extend(cells.iter().map(|r| line(r)));
+    s.join("\n")
 }
 
 fn strip_x(v: Value) -> Value {

@@ -7,7 +7,8 @@
 //! daemon: they keep serving while it is down and are adopted when it starts again.
 //!
 //! Modules: `reconcile` (one scale set's pass), `instances` (operations on one instance),
-//! `rolling`, `repairs`, `health` (the Application Health extension), `lbs` (LB processes).
+//! `rolling`, `repairs`, `health` (the Application Health extension), `lbs` (LB processes),
+//! `metrics` (host metrics of the instances, sampled in the background).
 //! This crate knows no HTTP framework (see `tests/dependencies.rs`).
 use control::{
     error_chain, now_ms, now_rfc3339, short_hash, uuid, Actor, Cidr, ControlPlane, InstanceRecord,
@@ -26,6 +27,7 @@ use tracing::{info, warn, Instrument};
 mod health;
 mod instances;
 mod lbs;
+mod metrics;
 mod reconcile;
 mod repairs;
 mod rolling;
@@ -37,6 +39,7 @@ use repairs::*;
 use rolling::*;
 
 pub use lbs::{lb_config, sync_lbs};
+pub use metrics::{sample_metrics, Metrics, METRICS_INTERVAL};
 pub use rolling::roll_instances;
 
 /// How long an instance leaving rotation may take to finish in-flight requests.
@@ -131,6 +134,8 @@ pub struct EngineConfig {
     pub lb_allowed: Vec<Cidr>,
     /// Connection cap and header timeout of every load balancer frontend.
     pub lb_frontend: lb::FrontendLimits,
+    /// Time between host metrics readings in ms (tests); default [`METRICS_INTERVAL`].
+    pub metrics_interval_ms: Option<u64>,
 }
 
 impl EngineConfig {
@@ -145,6 +150,8 @@ pub struct Core {
     pub cp: ControlPlane,
     pub machines: Arc<dyn runtime::Machines>,
     pub images: image::ImageStore,
+    /// Host metrics of the instances (`metrics`).
+    pub metrics: Metrics,
 }
 
 /// The control plane's records and observations are the engine's working state.
@@ -180,6 +187,7 @@ pub async fn run(st: Arc<Core>) {
     let eng = Arc::new(Engine::default());
     clear_interrupted(&st);
     tokio::spawn(app_health_loop(st.clone()));
+    tokio::spawn(metrics::metrics_loop(st.clone()));
     if let Err(e) = blocking({
         let st = st.clone();
         move || st.machines.ensure_network(&st.cfg.network)

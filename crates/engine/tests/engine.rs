@@ -48,6 +48,7 @@ fn config(dir: &std::path::Path) -> EngineConfig {
         repair_grace_secs: Some(0),
         lb_allowed: control::Cidr::parse_list("127.0.0.0/8").unwrap(),
         lb_frontend: Default::default(),
+        metrics_interval_ms: None,
     }
 }
 
@@ -57,6 +58,7 @@ fn open(dir: &std::path::Path, fake: &Arc<FakeMachines>) -> Arc<Core> {
         cp: control::ControlPlane::new(store::Store::open(&dir.join("state.db")).unwrap()),
         machines: fake.clone(),
         images: image::ImageStore::new(dir.join("images"), dir.join("bases")),
+        metrics: Default::default(),
     })
 }
 
@@ -653,4 +655,74 @@ async fn power_actions_reimage_and_deletion() {
     assert!(e.st.vmss_doc(&res()).unwrap().is_none());
     assert_eq!(e.fake.list().unwrap(), Vec::<String>::new());
     assert!(!e.st.cp.delete_vmss(&res()).unwrap());
+}
+
+/// Host metrics from the machines' usage: the sampler reads each instance's (injected) usage,
+/// CPU is relative to the size's vCPUs (Standard_B1s: one), and a query reads them back.
+#[tokio::test]
+async fn metrics_from_machine_usage() {
+    use model::metrics::{parse_query, Aggregation, Params};
+    use runtime::MachineUsage;
+    let e = env("metrics");
+    create(&e, vmss_body("good", 2, json!({})));
+    settle(&e, 10).await;
+    let recs = records(&e);
+    assert_eq!(recs[0].vm_size.as_deref(), Some("Standard_B1s"));
+    let mib = 1u64 << 20;
+    let usage = |cpu_ms: u64, used_mib: u64, net_in: u64| MachineUsage {
+        cpu: Some(Duration::from_millis(cpu_ms)),
+        memory_bytes: Some(used_mib * mib),
+        memory_limit_bytes: Some(1024 * mib),
+        net_in_bytes: Some(net_in),
+        net_out_bytes: Some(net_in / 2),
+    };
+    let t0: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+                                     // 30 s apart: instance 0 uses 15 s of CPU (50 %), instance 1 7.5 s (25 %).
+    for (at, k) in [(t0, 0), (t0 + 30_000, 1)] {
+        e.fake
+            .set_usage(&recs[0].machine, usage(k * 15_000, 256, k * 6000));
+        e.fake
+            .set_usage(&recs[1].machine, usage(k * 7_500, 512, k * 2000));
+        engine::sample_metrics(&e.st, at).await;
+    }
+    assert_eq!(e.fake.calls_of(Op::Usage).len(), 4);
+    let ask = |names: &str, agg: &str, filter: Option<&'static str>| {
+        let p = Params {
+            metricnames: Some(names),
+            aggregation: Some(agg),
+            timespan: Some("2026-01-01T00:00:00Z/2026-01-01T00:01:00Z"),
+            filter,
+            ..Default::default()
+        };
+        let q = parse_query(&p, t0 / 1000).unwrap();
+        e.st.query_metrics(&res().key(VMSS), &q).unwrap()
+    };
+    let first = |r: &plan::metrics::MetricResult, a| r.series[0].points[0].agg.value(a);
+    let r = ask(
+        "Percentage CPU,Network In Total,Available Memory Bytes",
+        "average,total",
+        None,
+    );
+    assert_eq!(first(&r[0], Aggregation::Average), Some(37.5));
+    assert_eq!(first(&r[1], Aggregation::Total), Some(8000.0));
+    assert_eq!(first(&r[2], Aggregation::Average), Some(640.0 * mib as f64));
+    let r = ask("Percentage CPU", "maximum", Some("VMName eq '*'"));
+    let per_vm: Vec<(Option<String>, Option<f64>)> = r[0]
+        .series
+        .iter()
+        .map(|s| (s.vm.clone(), s.points[0].agg.value(Aggregation::Maximum)))
+        .collect();
+    assert_eq!(
+        per_vm,
+        [
+            (Some("web_0".into()), Some(50.0)),
+            (Some("web_1".into()), Some(25.0))
+        ]
+    );
+    // A machine that stops reports nothing: its next reading after a restart starts afresh.
+    assert!(e.fake.die(&recs[1].machine));
+    engine::sample_metrics(&e.st, t0 + 45_000).await;
+    let r = ask("Percentage CPU", "count", Some("VMName eq 'web_1'"));
+    assert_eq!(first(&r[0], Aggregation::Count), Some(1.0));
+    assert!(e.st.metrics.memory_bytes() > 0);
 }

@@ -1,11 +1,12 @@
 //! Azure Resource Manager resource model for what scaleset implements: scale sets, their
-//! instances, load balancers and images. Pure: parsing, validation, defaults, ids and az's
-//! generic `--set` update. No I/O.
+//! instances, load balancers and images, and the host metrics of scale sets (`metrics`). Pure:
+//! parsing, validation, defaults, ids and az's generic `--set` update. No I/O.
 
 pub mod error;
 pub mod export;
 pub mod ids;
 pub mod lb;
+pub mod metrics;
 pub mod names;
 pub mod setpath;
 pub mod sizes;
@@ -31,4 +32,6 @@ pub const NETWORK_API_VERSIONS: &[&str] = &[
 ];
 pub const RESOURCES_API_VERSIONS: &[&str] =
     &["2024-03-01", "2022-09-01", "2021-04-01", "2020-06-01"];
+/// Azure Monitor's (`Microsoft.Insights/metrics`, `metricDefinitions`).
+pub const MONITOR_API_VERSIONS: &[&str] = &["2024-02-01", "2023-10-01", "2021-05-01", "2018-01-01"];
 pub const DEFAULT_LOCATION: &str = "local";

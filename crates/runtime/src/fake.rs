@@ -1,7 +1,8 @@
 //! An in-memory [`Machines`] for tests of what drives machines (the engine): no root, no
 //! processes, milliseconds per call. Failures and delays can be injected per operation and
-//! machine, machines can be made to die as a crash would, and every call is recorded.
-use crate::{MachineSpec, MachineState, Machines, NetworkSpec, RuntimeError};
+//! machine, machines can be made to die as a crash would, what they use (`usage`, for metrics)
+//! is set by the test, and every call is recorded.
+use crate::{MachineSpec, MachineState, MachineUsage, Machines, NetworkSpec, RuntimeError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +20,7 @@ pub enum Op {
     Delete,
     State,
     List,
+    Usage,
 }
 
 /// One recorded call: the operation and the machine it named (empty for network and list).
@@ -68,6 +70,7 @@ struct Inner {
     delays: Vec<Delay>,
     next_pid: u32,
     network: Option<NetworkSpec>,
+    usage: BTreeMap<String, MachineUsage>,
 }
 
 #[derive(Default)]
@@ -133,6 +136,12 @@ impl FakeMachines {
             Some(m) => m.pid.take().is_some(),
             None => false,
         }
+    }
+
+    /// What `usage` reports for `name` from now on: while the machine runs, or always for a
+    /// machine the fake does not know (tests that only drive metrics).
+    pub fn set_usage(&self, name: &str, usage: MachineUsage) {
+        self.lock().usage.insert(name.into(), usage);
     }
 
     /// Every call so far, in order.
@@ -309,6 +318,13 @@ impl Machines for FakeMachines {
         self.enter(Op::List, "", None)?;
         Ok(self.lock().machines.keys().cloned().collect())
     }
+
+    fn usage(&self, name: &str) -> Result<Option<MachineUsage>, RuntimeError> {
+        self.enter(Op::Usage, name, None)?;
+        let g = self.lock();
+        let stopped = g.machines.get(name).is_some_and(|m| m.pid.is_none());
+        Ok(g.usage.get(name).copied().filter(|_| !stopped))
+    }
 }
 
 #[cfg(test)]
@@ -362,5 +378,28 @@ mod tests {
             vec!["a".to_string(), "a".into(), "a".into()]
         );
         assert_eq!(f.calls_of(Op::Delete).len(), 2);
+    }
+
+    #[test]
+    fn usage_is_injected_and_reported_while_running() {
+        let f = FakeMachines::new();
+        let u = MachineUsage {
+            cpu: Some(Duration::from_secs(3)),
+            memory_bytes: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(f.usage("a").unwrap(), None);
+        f.set_usage("a", u);
+        assert_eq!(
+            f.usage("a").unwrap(),
+            Some(u),
+            "unknown to the fake: reported"
+        );
+        f.create(&spec("a", "/good")).unwrap();
+        assert_eq!(f.usage("a").unwrap(), None, "stopped");
+        f.start("a").unwrap();
+        assert_eq!(f.usage("a").unwrap(), Some(u));
+        f.fail(Op::Usage, Some("a"), 1, "gone");
+        assert!(f.usage("a").is_err());
     }
 }

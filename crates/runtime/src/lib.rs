@@ -24,7 +24,8 @@
 //! nspawn before it execs and capped by the spec's [`MachineSize`]. A machine
 //! whose nspawn died (a `kill -9`, an OOM kill) may leave its container's init
 //! and services running: everything left in the cgroup is killed before the
-//! machine starts again, is reimaged or deleted, and by `kill`.
+//! machine starts again, is reimaged or deleted, and by `kill`. The cgroup and
+//! the host end of the veth pair are also what [`Machines::usage`] reads.
 //!
 //! Survival caveat: nspawn runs with `--keep-unit`, i.e. in the caller's
 //! systemd unit. If the daemon itself runs as a systemd service, give it
@@ -312,6 +313,22 @@ impl MachineSize {
     }
 }
 
+/// What a running machine uses, read from its cgroup and the host side of its veth pair.
+/// Counters are cumulative (since the machine's cgroup was created, or its link); `None`
+/// where the host does not account it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineUsage {
+    pub cpu: Option<Duration>,
+    /// Memory in use, without the inactive page cache.
+    pub memory_bytes: Option<u64>,
+    /// The machine's memory cap, or the host's memory when uncapped.
+    pub memory_limit_bytes: Option<u64>,
+    /// Bytes received by the instance (sent by the host's end of its veth).
+    pub net_in_bytes: Option<u64>,
+    /// Bytes sent by the instance.
+    pub net_out_bytes: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MachineState {
     Running { pid: u32 },
@@ -338,6 +355,8 @@ pub trait Machines: Send + Sync {
     fn state(&self, name: &str) -> Result<MachineState, RuntimeError>;
     /// Machines present in the state dir.
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
+    /// What a running machine uses (metrics); `None` when it does not run.
+    fn usage(&self, name: &str) -> Result<Option<MachineUsage>, RuntimeError>;
 }
 
 // ---------------------------------------------------------------------------
@@ -363,6 +382,23 @@ fn run(machine: &str, prog: &str, args: &[&str]) -> Result<String, RuntimeError>
 
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
+}
+
+/// A number in a sysfs/procfs file of one line.
+fn read_u64(p: &Path) -> Option<u64> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// The host's memory (`MemTotal`), what an uncapped machine may use.
+fn host_memory() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    kib.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1024)
 }
 
 fn netns_exists(ns: &str) -> bool {
@@ -1264,6 +1300,30 @@ impl Machines for NspawnMachines {
             .collect();
         v.sort();
         Ok(v)
+    }
+
+    fn usage(&self, name: &str) -> Result<Option<MachineUsage>, RuntimeError> {
+        Self::validate_name(name)?;
+        if self.running_pid(name).is_none() {
+            return Ok(None);
+        }
+        let cg = self.cgroup(name);
+        let stats = Path::new("/sys/class/net")
+            .join(self.names(name).veth_host)
+            .join("statistics");
+        let host = host_memory();
+        let limit = match (cg.memory_limit(), host) {
+            (Some(l), Some(h)) => Some(l.min(h)),
+            (l, h) => l.or(h),
+        };
+        Ok(Some(MachineUsage {
+            cpu: cg.cpu_usage(),
+            memory_bytes: cg.memory_current(),
+            memory_limit_bytes: limit,
+            // The host's end transmits what the instance receives.
+            net_in_bytes: read_u64(&stats.join("tx_bytes")),
+            net_out_bytes: read_u64(&stats.join("rx_bytes")),
+        }))
     }
 }
 

@@ -267,6 +267,7 @@ fn boot_serve_stop_start_reimage_delete() {
         t0.elapsed().as_secs_f64()
     );
     machine_cgroups_hold_and_cap_the_machines(&m, (&s0.name, s0.ip, pid0), &s1.name);
+    usage_of_a_running_machine(&m, &s0.name, s0.ip);
     let hn = fs::read_to_string(m.root_path(&s0.name).join("etc/hostname")).unwrap();
     assert_eq!(hn, "vmsstest000000\n");
     let mid = fs::read_to_string(m.root_path(&s0.name).join("etc/machine-id")).unwrap();
@@ -297,6 +298,11 @@ fn boot_serve_stop_start_reimage_delete() {
         "{log}"
     );
     assert_eq!(m.state(&s0.name).unwrap(), MachineState::Stopped);
+    assert_eq!(
+        m.usage(&s0.name).unwrap(),
+        None,
+        "a stopped machine uses nothing"
+    );
     assert!(http_get(s0.ip, "/").is_err());
     let t0 = Instant::now();
     m.start(&s0.name).unwrap();
@@ -451,4 +457,31 @@ fn machine_cgroups_hold_and_cap_the_machines(
     );
     let (body, _) = wait_http(ip0, "/", Duration::from_secs(10)).unwrap();
     assert_eq!(body, "hello from scaleset\n");
+}
+
+/// What metrics read of a running machine: CPU time and memory from its cgroup (vm0's 256 MiB
+/// cap as its limit), and veth counters that grow with an HTTP request to it.
+fn usage_of_a_running_machine(m: &NspawnMachines, name: &str, ip: Ipv4Addr) {
+    let u = m
+        .usage(name)
+        .unwrap()
+        .expect("a running machine reports usage");
+    eprintln!("usage of {name}: {u:?}");
+    assert!(u.cpu.is_some_and(|c| !c.is_zero()), "{u:?}");
+    assert!(u.memory_bytes.is_some_and(|b| b > 0), "{u:?}");
+    assert_eq!(u.memory_limit_bytes, Some(256 << 20), "{u:?}");
+    let (rx, tx) = (u.net_in_bytes.unwrap(), u.net_out_bytes.unwrap());
+    let (body, _) = wait_http(ip, "/", Duration::from_secs(5)).unwrap();
+    assert_eq!(body, "hello from scaleset\n");
+    let v = m.usage(name).unwrap().unwrap();
+    assert!(
+        v.net_in_bytes.unwrap() > rx,
+        "request bytes in: {u:?} then {v:?}"
+    );
+    assert!(
+        v.net_out_bytes.unwrap() > tx,
+        "response bytes out: {u:?} then {v:?}"
+    );
+    assert!(v.cpu >= u.cpu, "{u:?} then {v:?}");
+    assert_eq!(m.usage("vmsstest_none").unwrap(), None);
 }

@@ -6,7 +6,11 @@
 //! `cpu.max`, `memory.max`, `pids.max`.
 //! cgroup v1: a directory in the `freezer` hierarchy (freeze, SIGKILL every member, thaw, so
 //! nothing can fork away meanwhile), one in `pids` (a cap on processes, so a fork bomb stays
-//! inside), and, where the host mounts them, one in `cpu` (CFS quota) and one in `memory`.
+//! inside), and, where the host mounts them, one in `cpu` (CFS quota), one in `cpuacct` (CPU
+//! time used; a hierarchy of its own on some hosts) and one in `memory`.
+//!
+//! Usage is read back for metrics: [`Cgroup::cpu_usage`], [`Cgroup::memory_current`] and
+//! [`Cgroup::memory_limit`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,11 +27,13 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub enum Hierarchy {
     /// The unified hierarchy's directory for our cgroups.
     V2(PathBuf),
-    /// The v1 hierarchies' directories for our cgroups; `cpu` and `memory` when mounted.
+    /// The v1 hierarchies' directories for our cgroups; `cpu`, `cpuacct` and `memory` when
+    /// mounted (`cpuacct` is `None` when it shares `cpu`'s hierarchy: `cpu,cpuacct`).
     V1 {
         freezer: PathBuf,
         pids: PathBuf,
         cpu: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
         memory: Option<PathBuf>,
     },
 }
@@ -57,6 +63,8 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
     v2: bool,
     cpu: Option<PathBuf>,
+    /// Where `cpuacct.usage` is (v1; `cpu`'s directory when the two share a hierarchy).
+    cpuacct: Option<PathBuf>,
     memory: Option<PathBuf>,
     pids: PathBuf,
 }
@@ -77,10 +85,16 @@ impl Hierarchy {
             d.join("cgroup.procs").exists().then(|| d.join(group))
         };
         if f.join("cgroup.procs").exists() && p.join("cgroup.procs").exists() {
+            // `cpu` and `cpuacct` are often links to one `cpu,cpuacct` hierarchy.
+            let same = |a: &str, b: &str| {
+                let c = |x: &str| std::fs::canonicalize(root.join(x)).ok();
+                c(a).is_some() && c(a) == c(b)
+            };
             return Ok(Hierarchy::V1 {
                 freezer: f.join(group),
                 pids: p.join(group),
                 cpu: mounted("cpu"),
+                cpuacct: mounted("cpuacct").filter(|_| !same("cpu", "cpuacct")),
                 memory: mounted("memory"),
             });
         }
@@ -96,12 +110,19 @@ impl Hierarchy {
                 freezer,
                 pids,
                 cpu,
+                cpuacct,
                 memory,
-            } => [Some(freezer), Some(pids), cpu.as_ref(), memory.as_ref()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
+            } => [
+                Some(freezer),
+                Some(pids),
+                cpu.as_ref(),
+                cpuacct.as_ref(),
+                memory.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
         }
     }
 
@@ -134,15 +155,21 @@ impl Hierarchy {
                 dirs: vec![at(d)],
                 v2: true,
                 cpu: Some(at(d)),
+                cpuacct: None,
                 memory: Some(at(d)),
                 pids: at(d),
             },
             Hierarchy::V1 {
-                pids, cpu, memory, ..
+                pids,
+                cpu,
+                cpuacct,
+                memory,
+                ..
             } => Cgroup {
                 dirs: self.parents().iter().map(at).collect(),
                 v2: false,
                 cpu: cpu.as_ref().map(at),
+                cpuacct: cpuacct.as_ref().or(cpu.as_ref()).map(at),
                 memory: memory.as_ref().map(at),
                 pids: at(pids),
             },
@@ -192,6 +219,18 @@ fn wait_for(what: impl Fn() -> bool, limit: Duration) -> bool {
     }
 }
 
+fn read(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file)).ok()
+}
+
+/// The value of `key` in a `key value` per line file (`cpu.stat`, `memory.stat`).
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 /// Writes `value` to a control file the host may not offer (a controller not delegated).
 fn write_if_present(file: PathBuf, value: &str) -> io::Result<()> {
     if file.exists() {
@@ -238,6 +277,48 @@ impl Cgroup {
             write_if_present(d.join(file), &v)?;
         }
         Ok(())
+    }
+
+    /// CPU time its processes have used since the cgroup was created; `None` without a CPU
+    /// accounting controller (or before it exists).
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        if self.v2 {
+            let stat = read(self.cpu.as_ref()?, "cpu.stat")?;
+            return stat_field(&stat, "usage_usec").map(Duration::from_micros);
+        }
+        let ns = read(self.cpuacct.as_ref()?, "cpuacct.usage")?;
+        ns.trim().parse().ok().map(Duration::from_nanos)
+    }
+
+    /// Memory in use, without the inactive page cache the kernel reclaims first (the "working
+    /// set", as the kernel's memory docs suggest for what is really used); `None` without a
+    /// memory controller.
+    pub fn memory_current(&self) -> Option<u64> {
+        let d = self.memory.as_ref()?;
+        let (usage, inactive) = if self.v2 {
+            ("memory.current", "inactive_file")
+        } else {
+            ("memory.usage_in_bytes", "total_inactive_file")
+        };
+        let used: u64 = read(d, usage)?.trim().parse().ok()?;
+        let cache = read(d, "memory.stat").and_then(|s| stat_field(&s, inactive));
+        Some(used.saturating_sub(cache.unwrap_or(0)))
+    }
+
+    /// The memory cap; `None` when uncapped or without a memory controller.
+    pub fn memory_limit(&self) -> Option<u64> {
+        let d = self.memory.as_ref()?;
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        // v1 says "unlimited" with a huge page-aligned number, v2 with `max`.
+        read(d, file)?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&b: &u64| b < 1 << 62)
     }
 
     /// Kills every process in the cgroup and waits until it is empty. Missing is empty.
@@ -291,5 +372,75 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sys-cg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    /// v1: CPU time from the cpuacct hierarchy (or cpu's, when they share one), memory without
+    /// the inactive page cache, the "unlimited" number as no cap.
+    #[test]
+    fn usage_v1() {
+        let d = tmp("v1");
+        let h = |cpuacct: Option<PathBuf>| Hierarchy::V1 {
+            freezer: d.join("freezer/g"),
+            pids: d.join("pids/g"),
+            cpu: Some(d.join("cpu/g")),
+            cpuacct,
+            memory: Some(d.join("memory/g")),
+        };
+        let cg = h(Some(d.join("cpuacct/g"))).get("m");
+        assert_eq!(cg.cpu_usage(), None);
+        assert_eq!(cg.memory_current(), None);
+        write(&d.join("cpuacct/g/m"), "cpuacct.usage", "2500000000\n");
+        assert_eq!(cg.cpu_usage(), Some(Duration::from_millis(2500)));
+        assert!(cg
+            .procs_files()
+            .contains(&d.join("cpuacct/g/m/cgroup.procs")));
+        write(&d.join("cpu/g/m"), "cpuacct.usage", "7000\n");
+        assert_eq!(h(None).get("m").cpu_usage(), Some(Duration::from_micros(7)));
+        let mem = d.join("memory/g/m");
+        write(&mem, "memory.usage_in_bytes", "1000000\n");
+        write(
+            &mem,
+            "memory.stat",
+            "cache 5\ninactive_file 9\ntotal_inactive_file 400000\n",
+        );
+        write(&mem, "memory.limit_in_bytes", "9223372036854771712\n");
+        assert_eq!(cg.memory_current(), Some(600000));
+        assert_eq!(cg.memory_limit(), None);
+        write(&mem, "memory.limit_in_bytes", "268435456\n");
+        assert_eq!(cg.memory_limit(), Some(256 << 20));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn usage_v2() {
+        let d = tmp("v2");
+        let cg = Hierarchy::V2(d.join("g")).get("m");
+        let dir = d.join("g/m");
+        write(&dir, "cpu.stat", "usage_usec 1500000\nuser_usec 1000000\n");
+        write(&dir, "memory.current", "2048\n");
+        write(&dir, "memory.stat", "anon 100\ninactive_file 48\n");
+        write(&dir, "memory.max", "max\n");
+        assert_eq!(cg.cpu_usage(), Some(Duration::from_millis(1500)));
+        assert_eq!(cg.memory_current(), Some(2000));
+        assert_eq!(cg.memory_limit(), None);
+        write(&dir, "memory.max", "1073741824\n");
+        assert_eq!(cg.memory_limit(), Some(1 << 30));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
