@@ -9,6 +9,7 @@ pub mod lb;
 pub mod names;
 pub mod setpath;
 pub mod sizes;
+pub mod timezone;
 pub mod vmss;
 
 pub use error::ModelError;
