@@ -1,7 +1,8 @@
 //! Azure Resource Manager resource model for what scaleset implements: scale sets, their
-//! instances, load balancers and images. Pure: parsing, validation, defaults, ids and az's
-//! generic `--set` update. No I/O.
+//! instances, load balancers, images and autoscale settings. Pure: parsing, validation, defaults,
+//! ids and az's generic `--set` update. No I/O.
 
+pub mod autoscale;
 pub mod error;
 pub mod export;
 pub mod ids;
@@ -30,6 +31,8 @@ pub const NETWORK_API_VERSIONS: &[&str] = &[
     "2023-11-01",
     "2023-09-01",
 ];
+/// Microsoft.Insights autoscalesettings.
+pub const AUTOSCALE_API_VERSIONS: &[&str] = &["2022-10-01"];
 pub const RESOURCES_API_VERSIONS: &[&str] =
     &["2024-03-01", "2022-09-01", "2021-04-01", "2020-06-01"];
 pub const DEFAULT_LOCATION: &str = "local";
