@@ -4,6 +4,7 @@
 //! doing is repaired by deciding again.
 
 pub mod app_health;
+pub mod autoscale;
 pub mod naming;
 pub mod reconcile;
 pub mod repairs;
