@@ -584,15 +584,20 @@ pub fn active_profile(s: &AutoscaleSetting, now: u64) -> Option<ActiveProfile> {
 fn last_start(r: &Recurrence, now: i64) -> Option<i64> {
     let z = &r.time_zone;
     let today = (now + z.offset_at(now)).div_euclid(86_400);
+    // Distinct times only: the lists may repeat values, and their product is walked per day.
+    let (mut hours, mut minutes) = (r.hours.clone(), r.minutes.clone());
+    hours.sort_unstable();
+    hours.dedup();
+    minutes.sort_unstable();
+    minutes.dedup();
     // Eight days back: today's starts may all be later than now.
     for day in (today - 7..=today).rev() {
         if !r.days.iter().any(|d| d.weekday == weekday(day)) {
             continue;
         }
-        let latest = r
-            .hours
+        let latest = hours
             .iter()
-            .flat_map(|h| r.minutes.iter().map(move |m| (*h as i64, *m as i64)))
+            .flat_map(|h| minutes.iter().map(move |m| (*h as i64, *m as i64)))
             .map(|(h, m)| z.to_utc(day * 86_400 + h * 3600 + m * 60))
             .filter(|t| *t <= now)
             .max();
