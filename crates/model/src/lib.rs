@@ -1,7 +1,8 @@
 //! Azure Resource Manager resource model for what scaleset implements: scale sets, their
-//! instances, load balancers and images, and the host metrics of scale sets (`metrics`). Pure:
-//! parsing, validation, defaults, ids and az's generic `--set` update. No I/O.
+//! instances, load balancers, images, autoscale settings and the host metrics of scale sets
+//! (`metrics`). Pure: parsing, validation, defaults, ids and az's generic `--set` update. No I/O.
 
+pub mod autoscale;
 pub mod error;
 pub mod export;
 pub mod ids;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod names;
 pub mod setpath;
 pub mod sizes;
+pub mod timezone;
 pub mod vmss;
 
 pub use error::ModelError;
@@ -30,6 +32,8 @@ pub const NETWORK_API_VERSIONS: &[&str] = &[
     "2023-11-01",
     "2023-09-01",
 ];
+/// Microsoft.Insights autoscalesettings.
+pub const AUTOSCALE_API_VERSIONS: &[&str] = &["2022-10-01"];
 pub const RESOURCES_API_VERSIONS: &[&str] =
     &["2024-03-01", "2022-09-01", "2021-04-01", "2020-06-01"];
 /// Azure Monitor's (`Microsoft.Insights/metrics`, `metricDefinitions`).

@@ -5,6 +5,7 @@
 //! metrics: readings in, Azure's per-grain values out.
 
 pub mod app_health;
+pub mod autoscale;
 pub mod metrics;
 pub mod naming;
 pub mod reconcile;
