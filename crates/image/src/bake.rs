@@ -359,14 +359,7 @@ impl ImageStore {
         let (files, bytes) = tree_count(pkg);
         on_event(BakeEvent::Copying { files, bytes });
         let deploy = merged.join("deployTemp");
-        crate::copy_tree(pkg, &deploy.join(pkg_name))?;
-        let in_guest_script = deploy.join(pkg_name).join(script_rel);
-        let mode = fs::metadata(&in_guest_script)
-            .map_err(io_err(format!("stat {}", in_guest_script.display())))?
-            .permissions()
-            .mode();
-        fs::set_permissions(&in_guest_script, fs::Permissions::from_mode(mode | 0o111))
-            .map_err(io_err(format!("chmod {}", in_guest_script.display())))?;
+        let in_guest_script = copy_package(pkg, &deploy.join(pkg_name), script_rel)?;
 
         let has_sh = check_runnable(spec, &merged, &in_guest_script, pkg_name, script_rel)?;
         let shims = put_shims(&merged, has_sh)?;
@@ -639,6 +632,20 @@ impl ImageStore {
         self.register_locked(&img)?;
         Ok(img)
     }
+}
+
+/// Copies the package to `dest` (its `/deployTemp` folder) and makes the script executable;
+/// returns the script's path there.
+fn copy_package(pkg: &Path, dest: &Path, script_rel: &str) -> Result<PathBuf, ImageError> {
+    crate::copy_tree(pkg, dest)?;
+    let script = dest.join(script_rel);
+    let mode = fs::metadata(&script)
+        .map_err(io_err(format!("stat {}", script.display())))?
+        .permissions()
+        .mode();
+    fs::set_permissions(&script, fs::Permissions::from_mode(mode | 0o111))
+        .map_err(io_err(format!("chmod {}", script.display())))?;
+    Ok(script)
 }
 
 /// For a bash script: an `ERR` trap through `BASH_ENV` (in `deploy`, removed before capture)

@@ -584,13 +584,7 @@ impl StdTasks {
             &format!("Image `{}` is ready: {}", img.name, img.id),
         );
         let mut out = TaskOutcome::succeeded();
-        for w in &img.warnings {
-            for (i, l) in w.lines().enumerate() {
-                let tag = if i == 0 { "##[warning]" } else { "" };
-                inv.log.line(Stream::System, &format!("{tag}{l}"));
-            }
-        }
-        if !img.warnings.is_empty() {
+        if log_bake_warnings(inv, &img.warnings) {
             // Azure's "succeeded with issues": the release goes on, the run shows why.
             out.result = RunResult::SucceededWithIssues;
         }
@@ -745,6 +739,17 @@ impl StdTasks {
             Err(e) => TaskOutcome::failed(e),
         }
     }
+}
+
+/// The bake's failed script commands as warnings in the step's log; whether there were any.
+fn log_bake_warnings(inv: &TaskInvocation<'_>, warnings: &[String]) -> bool {
+    for w in warnings {
+        for (i, l) in w.lines().enumerate() {
+            let tag = if i == 0 { "##[warning]" } else { "" };
+            inv.log.line(Stream::System, &format!("{tag}{l}"));
+        }
+    }
+    !warnings.is_empty()
 }
 
 #[cfg(test)]
