@@ -196,7 +196,7 @@ fn check_uwsgi(h: &Harness) {
 fn missing_venv() -> Option<String> {
     let dir = std::env::temp_dir().join(format!("scaleset-venv-probe-{}", std::process::id()));
     let ok = std::process::Command::new("/usr/bin/python3")
-        .args(["-m", "venv", "--without-pip"])
+        .args(["-m", "venv"])
         .arg(&dir)
         .output()
         .is_ok_and(|o| o.status.success());
@@ -234,12 +234,23 @@ fn push_change(h: &Harness, dir: &str, msg: &str, edits: &[(&str, &str, &str)]) 
     queued_run(&pushed)
 }
 
-/// The `(step): succeeded (N s)` time `scaleset up` printed for a step, for the record.
-fn step_time<'a>(up_log: &'a str, step: &str) -> &'a str {
-    up_log
-        .lines()
-        .find(|l| l.contains(&format!("· {step}: ")))
-        .unwrap_or("?")
+/// How long step `step` of run `id` took, from the timestamps of its log's section lines.
+fn step_secs(h: &Harness, id: u64, step: &str) -> f64 {
+    let log = h.ok(&["run", "logs", &id.to_string()]);
+    let at = |marker: String| -> Option<f64> {
+        let line = log.lines().find(|l| l.contains(&marker))?;
+        // 2026-12-03T07:15:41.979Z: seconds of the day are enough for a step.
+        let t = line.split_whitespace().next()?.split('T').nth(1)?;
+        let t = t.trim_end_matches('Z');
+        let mut parts = t.split(':').map(|x| x.parse::<f64>().unwrap_or(0.0));
+        Some(parts.next()? * 3600.0 + parts.next()? * 60.0 + parts.next()?)
+    };
+    let start = at(format!("##[section]Starting: {step}"));
+    let end = at(format!("##[section]Finishing: {step} ("));
+    match (start, end) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    }
 }
 
 #[test]
@@ -257,10 +268,8 @@ fn flask_uwsgi_example_through_the_pipelines() {
     let up = h.up(&example, 2, frontend, Duration::from_secs(1800));
     let up_log = h.up_log();
     eprintln!(
-        "flask: `scaleset up` served after {:.0}s; {}; {}",
-        t0.elapsed().as_secs_f64(),
-        step_time(&up_log, "Run the app's tests"),
-        step_time(&up_log, "Build immutable machine image")
+        "flask: `scaleset up` served after {:.0}s",
+        t0.elapsed().as_secs_f64()
     );
 
     // The first deploy went through the example's own pipelines; CI ran the tests first.
@@ -276,6 +285,13 @@ fn flask_uwsgi_example_through_the_pipelines() {
     let rel1 = h.release_of(ci1);
     assert_eq!(rel1["pipeline"], "flask_uwsgi-release-pipeline");
     assert_eq!(rel1["state"], "succeeded");
+    let bake = "Build immutable machine image";
+    let rel1_id = rel1["id"].as_u64().unwrap();
+    eprintln!(
+        "flask: CI tests {:.1}s, bake (apt, uWSGI compiled by pip) {:.1}s",
+        step_secs(&h, ci1, "Run the app's tests"),
+        step_secs(&h, rel1_id, bake)
+    );
     let image1 = ci1.to_string();
     check_pages_through_lb(&h, frontend, "the Home page", &image1);
     // A Host the site does not list gets Debian's default site, left in place.
@@ -319,8 +335,9 @@ fn flask_uwsgi_example_through_the_pipelines() {
     assert!(ok > 0);
     assert_eq!(failed, 0, "requests failed during the rollout");
     eprintln!(
-        "flask: git push to every instance on image {ci2}: {:.0}s, {ok} requests, 0 failed",
-        t.elapsed().as_secs_f64()
+        "flask: git push to every instance on image {ci2}: {:.0}s (bake {:.1}s), {ok} requests, 0 failed",
+        t.elapsed().as_secs_f64(),
+        step_secs(&h, rel2["id"].as_u64().unwrap(), bake)
     );
     let image2 = ci2.to_string();
     check_pages_through_lb(&h, frontend, "the Home page, pushed with git", &image2);
