@@ -15,10 +15,12 @@ command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v git >/dev/null || need+=(git)
 # The azure provider speaks HTTPS through the system curl (no TLS stack compiled in).
 command -v curl >/dev/null || need+=(curl ca-certificates)
-# The SDK test (crates/cli/tests/sdk.rs) runs Microsoft's Python SDK in a venv.
-command -v python3 >/dev/null || need+=(python3)
+# Debian's python3 with venv: the SDK test (crates/cli/tests/sdk.rs) runs Microsoft's Python SDK
+# in a venv, and the Flask example's CI job (run as the runner user, whose PATH has no pyenv or
+# other python) makes one for its tests.
+[ -x /usr/bin/python3 ] || need+=(python3)
 venv_probe=$(mktemp -d)
-python3 -m venv "$venv_probe/v" >/dev/null 2>&1 || need+=(python3-venv)
+/usr/bin/python3 -m venv "$venv_probe/v" >/dev/null 2>&1 || need+=(python3-venv)
 rm -rf "$venv_probe"
 # Pipeline YAML examples are validated against Microsoft's JSON schema (crates/pipeline/tests).
 /usr/bin/python3 -c "import yaml, jsonschema" >/dev/null 2>&1 || need+=(python3-yaml python3-jsonschema)

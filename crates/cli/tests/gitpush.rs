@@ -9,65 +9,9 @@ mod swagger;
 
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// `scaleset up` running in the background; SIGINT (stop everything) when dropped.
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn runs(h: &Harness) -> Vec<Value> {
-    h.json(&["run", "list", "-o", "json"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Waits for the release run triggered by CI run `ci` to complete; returns it.
-fn release_of(h: &Harness, ci: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let all = runs(h);
-        let ci_run = all.iter().find(|r| r["id"] == ci).cloned();
-        if let Some(r) = &ci_run {
-            assert!(
-                r["status"] != "completed" || r["state"] == "succeeded",
-                "CI run {ci} failed:\n{}",
-                h.ok(&["run", "logs", &ci.to_string()])
-            );
-        }
-        let rel = all.iter().find(|r| {
-            r["resources"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["run_id"] == ci))
-        });
-        if let Some(rel) = rel.filter(|r| r["status"] == "completed") {
-            return rel.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no completed release for CI run {ci}: {all:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
+use std::process::Command;
+use std::time::Duration;
 
 fn git(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -99,40 +43,28 @@ fn up_deploys_through_pipelines_and_git_push_rolls_out_a_change() {
     let port = free_port();
     let frontend: SocketAddr = ([127, 0, 0, 1], port).into();
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/my_app");
-    let log = std::fs::File::create(h.home.join("up.log")).unwrap();
-    let mut child = h
-        .cmd()
-        .args(["up", "--no-live", "--capacity", "2", "--frontend"])
-        .arg(frontend.to_string())
-        .arg(&example)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("scaleset up");
-    let stdout = child.stdout.take().unwrap();
-    let up = Up(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("Serving at") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let up_log = || std::fs::read_to_string(h.home.join("up.log")).unwrap_or_default();
-    rx.recv_timeout(Duration::from_secs(1200))
-        .unwrap_or_else(|_| panic!("`scaleset up` did not serve:\n{}", up_log()));
+    let up = h.up(&example, 2, frontend, Duration::from_secs(1200));
+    let up_log = || h.up_log();
 
     // The first deploy went through the example's own pipelines.
-    let all = runs(&h);
+    let all = h.runs();
     let ci1 = all
         .iter()
         .find(|r| r["pipeline"] == "my_app")
         .unwrap_or_else(|| panic!("no CI run: {all:#?}\n{}", up_log()));
     assert_eq!(ci1["state"], "succeeded");
     let ci1 = ci1["id"].as_u64().unwrap();
-    let rel1 = release_of(&h, ci1);
+    // CI ran the app's own tests before it published the drop.
+    let log1 = h.ok(&["run", "logs", &ci1.to_string()]);
+    let (tested, published) = (
+        log1.find("##[section]Starting: Test my_app"),
+        log1.find("##[section]Starting: Publish the drop"),
+    );
+    assert!(
+        tested.is_some() && tested < published && log1.contains("test result: ok."),
+        "{log1}"
+    );
+    let rel1 = h.release_of(ci1);
     assert_eq!(rel1["pipeline"], "my_app-release-pipeline");
     assert_eq!(rel1["state"], "succeeded");
     let (status, home) = get(frontend, "/");
@@ -158,23 +90,21 @@ fn up_deploys_through_pipelines_and_git_push_rolls_out_a_change() {
     );
     git(&work, &["clone", "-q", &url, "app"]);
     let app = work.join("app");
-    let src = app.join("src/app.rs");
-    let text = std::fs::read_to_string(&src).unwrap();
-    assert!(text.contains("\"the Home page\""));
-    std::fs::write(
-        &src,
-        text.replace("\"the Home page\"", "\"the Home page, pushed with git\""),
-    )
-    .unwrap();
+    // The page and the app's tests that check it: CI runs them before it publishes.
+    for file in ["src/app.rs", "tests/http.rs"] {
+        let src = app.join(file);
+        let text = std::fs::read_to_string(&src).unwrap();
+        assert!(text.contains("the Home page"), "{file}");
+        std::fs::write(
+            &src,
+            text.replace("the Home page", "the Home page, pushed with git"),
+        )
+        .unwrap();
+    }
     git(&app, &["commit", "-q", "-am", "Home page wording"]);
     let pushed = git(&app, &["push", "origin", "main"]);
-    let ci2: u64 = pushed
-        .split("queued run ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("the push names the queued run: {pushed}"));
-    let rel2 = release_of(&h, ci2);
+    let ci2 = queued_run(&pushed);
+    let rel2 = h.release_of(ci2);
     assert_eq!(
         rel2["state"],
         "succeeded",

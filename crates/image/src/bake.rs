@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::sandbox::{resolv_conf_mode, DROPPED_CAPS};
 use crate::{
     deprovision, io_err, now_secs, parse_base, remove_entry, remove_tree, rfc3339, run_streaming,
-    tree_digest, unique_suffix, BakeDir, BakeSpec, Flock, Image, ImageError, ImageStore,
-    POLICY_RC_D, SCRATCH, SUDOERS_DROPIN, SUDO_SHIM, SYSTEMCTL_SHIM,
+    sudoers_dropin, tree_digest, unique_suffix, BakeDir, BakeSpec, Flock, Image, ImageError,
+    ImageStore, POLICY_RC_D, SCRATCH, SUDO_SHIM, SYSTEMCTL_SHIM,
 };
 
 /// What a bake reports while it runs, in this order (a cache hit reports
@@ -811,7 +811,7 @@ fn put_shims(merged: &Path, has_sh: bool) -> Result<Vec<(String, String)>, Image
     if has_sh {
         put_shim("usr/local/sbin/systemctl", SYSTEMCTL_SHIM, 0o755)?;
         put_shim("usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)?;
-        put_shim("etc/sudoers.d/zz-scaleset-bake", SUDOERS_DROPIN, 0o440)?;
+        put_shim("etc/sudoers.d/zz-scaleset-bake", &sudoers_dropin(), 0o440)?;
         if fs::symlink_metadata(merged.join("usr/bin/sudo")).is_err() {
             put_shim("usr/local/bin/sudo", SUDO_SHIM, 0o755)?;
         }

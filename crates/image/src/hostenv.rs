@@ -47,6 +47,12 @@ const PASSED: &[&str] = &[
     "CARGO_HTTP_PROXY",
 ];
 
+/// Every variable [`host_network`] may set for the script (the bake's sudoers drop-in keeps them
+/// across `sudo`).
+pub fn script_variables() -> impl Iterator<Item = &'static str> {
+    CA_VARS.iter().chain(PASSED).copied()
+}
+
 /// Host bundles, in the order they are looked for after `SSL_CERT_FILE`.
 const BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",

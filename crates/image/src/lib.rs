@@ -29,9 +29,10 @@
 //!   `enable --now` enables only. Package maintainer scripts cannot start
 //!   services either (`/usr/sbin/policy-rc.d` returns 101 during the bake).
 //! * `sudo` is installed in the base (root may sudo without a password);
-//!   a drop-in keeps `PIP_BREAK_SYSTEM_PACKAGES`, `DEBIAN_FRONTEND` and
-//!   `SYSTEMD_OFFLINE` across sudo. If a base has no sudo, a tiny shim that
-//!   strips sudo's options and runs the command is used.
+//!   a drop-in keeps `PIP_BREAK_SYSTEM_PACKAGES`, `DEBIAN_FRONTEND`,
+//!   `SYSTEMD_OFFLINE` and the host network variables ([`hostenv`]) across
+//!   sudo. If a base has no sudo, a tiny shim that strips sudo's options and
+//!   runs the command is used.
 //! * `PIP_BREAK_SYSTEM_PACKAGES=1` so `pip install` works despite Debian's
 //!   PEP 668 marker (system-wide installs are what an image bake wants).
 //! * All shims / policy files are removed before capture.
@@ -667,8 +668,22 @@ exec "$@"
 
 const POLICY_RC_D: &str = "#!/bin/sh\n# scaleset bake: no service starts during a bake\nexit 101\n";
 
-const SUDOERS_DROPIN: &str =
-    "Defaults env_keep += \"PIP_BREAK_SYSTEM_PACKAGES DEBIAN_FRONTEND SYSTEMD_OFFLINE\"\n";
+/// Keeps the bake's variables across `sudo` (whose `env_reset` would drop them): scripts written
+/// for a plain VM run `sudo pip3 install ...`, which needs `PIP_BREAK_SYSTEM_PACKAGES` and, over
+/// an inspecting egress, the host's CA bundle and proxy settings ([`hostenv`]).
+fn sudoers_dropin() -> String {
+    let keep: Vec<&str> = [
+        "PIP_BREAK_SYSTEM_PACKAGES",
+        "DEBIAN_FRONTEND",
+        "SYSTEMD_OFFLINE",
+        // The download cache: without it `sudo pip3 install` caches into /root (captured).
+        "PIP_CACHE_DIR",
+    ]
+    .into_iter()
+    .chain(hostenv::script_variables())
+    .collect();
+    format!("Defaults env_keep += \"{}\"\n", keep.join(" "))
+}
 
 impl ImageStore {
     pub fn new(root: impl Into<PathBuf>, base_cache: impl Into<PathBuf>) -> Self {
@@ -984,6 +999,25 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn sudo_keeps_the_bake_and_host_network_variables() {
+        let d = sudoers_dropin();
+        assert!(d.starts_with("Defaults env_keep += \"PIP_BREAK_SYSTEM_PACKAGES "));
+        assert!(d.ends_with("\"\n") && d.lines().count() == 1, "{d}");
+        for v in [
+            "DEBIAN_FRONTEND",
+            "SYSTEMD_OFFLINE",
+            "PIP_CERT",
+            "SSL_CERT_FILE",
+            "PIP_CACHE_DIR",
+        ] {
+            assert!(d.contains(&format!(" {v} ")), "{v}: {d}");
+        }
+        for v in hostenv::script_variables() {
+            assert!(d.contains(&format!(" {v}")), "{v}: {d}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub const VMSS: &str = "vmssdevops2";
 
 #[derive(clap::Args, Clone)]
 pub struct UpArgs {
-    /// App folder with its pipelines (azure-pipelines.yml, release-pipeline.yml), pushed as the hosted repository named after it. Default: the example, examples/my_app.
+    /// App folder with its pipelines (azure-pipelines.yml, release-pipeline.yml), pushed as the hosted repository named after it. Default: the Rust example, examples/my_app; the seed's own Python stack is examples/flask_uwsgi. Either deploys to the same scale set and load balancer: the folder `up` was last given is what they serve.
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -107,12 +107,30 @@ fn git(dir: &Path, token: &str, args: &[&str]) -> Result<String> {
         + &String::from_utf8_lossy(&out.stderr))
 }
 
-/// Pushes the files of `dir` to `main` of the hosted repository through up's own clone
-/// (`home/up/<repo>`). Commits only when `dir` changed since the last `up`, so commits pushed
-/// by others are not reverted by an unchanged folder. Returns the pushed commit.
-fn sync_repo(home: &Path, dir: &Path, url: &str, token: &str) -> Result<Option<String>> {
-    let clone = home.join("up").join("src");
-    let marker = home.join("up").join("synced-tree");
+/// Pushes the files of `dir` to `main` of the hosted repository `repo` through up's own clone
+/// of it (`home/up/<repo>/src`; one per repository, so deploying another folder never mixes
+/// their histories). Commits only when `dir` changed since the last `up` of it, so commits
+/// pushed by others are not reverted by an unchanged folder. Returns the pushed commit.
+fn sync_repo(
+    home: &Path,
+    dir: &Path,
+    (repo, url): (&str, &str),
+    token: &str,
+) -> Result<Option<String>> {
+    let base = home.join("up").join(repo);
+    let clone = base.join("src");
+    let marker = base.join("synced-tree");
+    std::fs::create_dir_all(&base)?;
+    // Homes from before: one clone at up/src, of whichever repository `up` pushed.
+    let legacy = home.join("up").join("src");
+    if !clone.exists()
+        && legacy.join(".git").is_dir()
+        && git(&legacy, token, &["remote", "get-url", "origin"])
+            .is_ok_and(|u| u.lines().next() == Some(url))
+    {
+        std::fs::rename(&legacy, &clone)?;
+        let _ = std::fs::rename(home.join("up").join("synced-tree"), &marker);
+    }
     if !clone.join(".git").is_dir() {
         let _ = std::fs::remove_dir_all(&clone);
         std::fs::create_dir_all(&clone)?;
@@ -508,22 +526,31 @@ async fn push_and_release(c: &Client, home: &Path, dir: &Path, repo: &str) -> Re
     }
     let url = format!("{}/scaleset/git/{repo}.git", c.endpoint());
     eprintln!("==> pushing {} to {url}", dir.display());
-    let (h, d, u, tok) = (
+    let (h, d, r, u, tok) = (
         home.to_path_buf(),
         dir.to_path_buf(),
+        repo.to_string(),
         url.clone(),
         c.token().to_string(),
     );
-    let pushed = tokio::task::spawn_blocking(move || sync_repo(&h, &d, &u, &tok)).await??;
+    let pushed = tokio::task::spawn_blocking(move || sync_repo(&h, &d, (&r, &u), &tok)).await??;
     let vmss = c.call("GET", &vmss_path, None).await?;
-    let on_base = vmss
+    let image = vmss
         .pointer("/properties/virtualMachineProfile/storageProfile/imageReference/id")
         .and_then(Value::as_str)
-        .is_some_and(|id| id.ends_with(&format!("/images/{BASE_IMAGE}")));
+        .and_then(|id| id.rsplit_once("/images/"))
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_default();
+    let on_base = image == BASE_IMAGE;
+    let other = built_by(c, &image).await.filter(|r| r != repo);
+    if let Some(other) = &other {
+        eprintln!("    {VMSS} runs image {image}, built from the repository `{other}`: deploying `{repo}` instead");
+    }
     let ci = match &pushed {
         Some(commit) => Some(run_for_commit(c, repo, commit).await?),
-        None if on_base => {
-            // Unchanged source but never released (an earlier `up` stopped half-way).
+        None if on_base || other.is_some() => {
+            // Unchanged source but never released (an earlier `up` stopped half-way), or the
+            // scale set was since given another folder's app (both examples deploy to it).
             let v = c
                 .scaleset(
                     "POST",
@@ -557,6 +584,14 @@ async fn push_and_release(c: &Client, home: &Path, dir: &Path, repo: &str) -> Re
     }
 
     Ok(())
+}
+
+/// The hosted repository whose pipelines built `image` (images are named by the CI build id),
+/// if it is one of their builds.
+async fn built_by(c: &Client, image: &str) -> Option<String> {
+    let id: u64 = image.parse().ok()?;
+    let run = c.get_opt_scaleset(&format!("/runs/{id}")).await.ok()??;
+    run["repository"].as_str().map(str::to_string)
 }
 
 /// Capacity (a new scale set was created empty), then waits for every instance to be healthy.

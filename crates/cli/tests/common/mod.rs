@@ -390,7 +390,19 @@ impl Harness {
 
 /// A minimal HTTP/1.1 GET over a kept-alive connection; returns (status, body).
 pub fn http_get(stream: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<(u16, String)> {
-    write!(stream.get_mut(), "GET {path} HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+    http_get_host(stream, path, "lb")
+}
+
+/// [`http_get`] with the given `Host` header.
+pub fn http_get_host(
+    stream: &mut BufReader<TcpStream>,
+    path: &str,
+    host: &str,
+) -> std::io::Result<(u16, String)> {
+    write!(
+        stream.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    )?;
     let mut line = String::new();
     if stream.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
@@ -423,9 +435,14 @@ pub fn http_get(stream: &mut BufReader<TcpStream>, path: &str) -> std::io::Resul
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_host(addr, path, "lb")
+}
+
+/// [`get`] with the given `Host` header.
+pub fn get_host(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to LB");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    http_get(&mut BufReader::new(s), path).expect("GET through the LB")
+    http_get_host(&mut BufReader::new(s), path, host).expect("GET through the LB")
 }
 
 /// Keep-alive clients hammering the LB until stopped; counts successes and failures.
@@ -438,6 +455,11 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_host(addr, clients, "lb")
+    }
+
+    /// [`Load::start`] with the given `Host` header on every request.
+    pub fn start_host(addr: SocketAddr, clients: usize, host: &str) -> Load {
         let (stop, ok, failed) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
@@ -446,6 +468,7 @@ impl Load {
         let threads = (0..clients)
             .map(|_| {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let host = host.to_string();
                 std::thread::spawn(move || {
                     let deadline = Instant::now() + Duration::from_secs(300);
                     let mut conn: Option<BufReader<TcpStream>> = None;
@@ -463,7 +486,7 @@ impl Load {
                                 }
                             }
                         }
-                        match http_get(conn.as_mut().unwrap(), "/page1") {
+                        match http_get_host(conn.as_mut().unwrap(), "/page1", &host) {
                             Ok((200, body)) if body.contains("You are currently on Page1.") => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -638,4 +661,109 @@ pub fn wait_run(h: &Harness, id: u64) -> Value {
         assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `scaleset up` running in the background; SIGINT (stop everything) when dropped.
+pub struct Up(pub Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Harness {
+    /// `scaleset up --no-live --capacity N --frontend F DIR` in the background (its stderr in
+    /// `up.log` of the home); returns once it prints `Serving at`, panicking with the log if it
+    /// does not within `timeout`.
+    pub fn up(&self, dir: &Path, capacity: u32, frontend: SocketAddr, timeout: Duration) -> Up {
+        let log = std::fs::File::create(self.home.join("up.log")).unwrap();
+        let mut child = self
+            .cmd()
+            .args(["up", "--no-live", "--capacity", &capacity.to_string()])
+            .arg("--frontend")
+            .arg(frontend.to_string())
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("scaleset up");
+        let stdout = child.stdout.take().unwrap();
+        let up = Up(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Serving at") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(timeout)
+            .unwrap_or_else(|_| panic!("`scaleset up` did not serve:\n{}", self.up_log()));
+        up
+    }
+
+    /// What `scaleset up` wrote to its stderr so far.
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(self.home.join("up.log")).unwrap_or_default()
+    }
+
+    /// Every pipeline run, as `scaleset run list` shows them.
+    pub fn runs(&self) -> Vec<Value> {
+        self.json(&["run", "list", "-o", "json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits for the release run triggered by CI run `ci` to complete; returns it. Panics with
+    /// the CI run's log if that run fails.
+    pub fn release_of(&self, ci: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let all = self.runs();
+            let ci_run = all.iter().find(|r| r["id"] == ci).cloned();
+            if let Some(r) = &ci_run {
+                assert!(
+                    r["status"] != "completed" || r["state"] == "succeeded",
+                    "CI run {ci} failed:\n{}",
+                    self.ok(&["run", "logs", &ci.to_string()])
+                );
+            }
+            let rel = all.iter().find(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["run_id"] == ci))
+            });
+            if let Some(rel) = rel.filter(|r| r["status"] == "completed") {
+                return rel.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no completed release for CI run {ci}: {all:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The run id in `git push`'s output (`remote: scaleset: queued run N ...`).
+pub fn queued_run(pushed: &str) -> u64 {
+    pushed
+        .split("queued run ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the push names the queued run: {pushed}"))
 }
