@@ -10,7 +10,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::net::SocketAddr;
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 #[test]
@@ -249,32 +250,52 @@ fn scale_set_behind_load_balancer() {
     );
     assert!(ok_n > 100, "too little load: {ok_n}");
 
-    // A whole machine killed under load: idempotent requests keep succeeding (the LB retries
-    // them elsewhere) and the engine boots the machine again.
-    let before = h.machine_pids();
+    // A whole machine killed under load, three times: idempotent requests keep succeeding (the
+    // LB retries them elsewhere), the engine boots the machine again, and nothing of the crashed
+    // machine (its container's systemd, NGINX, the app) survives into the new one.
     let load = Load::start(lb_addr, 4);
     std::thread::sleep(Duration::from_secs(1));
-    let (victim, victim_pid) = before[2].clone();
-    // SAFETY: kill(2) on the nspawn process of a machine this test created.
-    unsafe { libc::kill(victim_pid as i32, libc::SIGKILL) };
-    wait_until(
-        "the killed machine to be booted again",
-        Duration::from_secs(30),
-        || {
-            h.machine_pids()
-                .iter()
-                .any(|(n, p)| *n == victim && *p != victim_pid)
-        },
-    );
-    wait_until(
-        "all instances healthy again",
-        Duration::from_secs(60),
-        || healthy(&h.instances()) == 3,
-    );
+    for round in 0..3 {
+        let (victim, victim_pid) = h.machine_pids()[round % 3].clone();
+        let old = h.machine_processes(&victim);
+        assert!(old.len() > 3, "{victim}: {old:?}");
+        // SAFETY: kill(2) on the nspawn process of a machine this test created.
+        unsafe { libc::kill(victim_pid as i32, libc::SIGKILL) };
+        wait_until(
+            "the killed machine to be booted again",
+            Duration::from_secs(30),
+            || {
+                h.machine_pids()
+                    .iter()
+                    .any(|(n, p)| *n == victim && *p != victim_pid)
+            },
+        );
+        // Serving again at its own address (the views may still show the health it had before
+        // the LB's probe noticed), before the next machine is killed.
+        let ip = machine_ip(&h, &victim);
+        wait_until(
+            "the rebooted machine to serve",
+            Duration::from_secs(60),
+            || serves(SocketAddr::from((ip, 80))),
+        );
+        wait_until(
+            "all instances healthy again",
+            Duration::from_secs(60),
+            || healthy(&h.instances()) == 3,
+        );
+        let survivors: Vec<_> = old
+            .iter()
+            .filter(|(p, t)| sys::proc::starttime(*p as u32) == Some(*t))
+            .collect();
+        assert!(
+            survivors.is_empty(),
+            "round {round}: {victim} left {survivors:?}"
+        );
+    }
     let (ok_n, failed) = load.finish();
     assert_eq!(
         failed, 0,
-        "failed requests while a machine was killed ({ok_n} ok)"
+        "failed requests while machines were killed ({ok_n} ok)"
     );
     assert!(ok_n > 100, "too little load: {ok_n}");
 
@@ -446,4 +467,21 @@ fn scale_set_behind_load_balancer() {
     assert!(h.machine_pids().is_empty());
     let (ok, _, err) = h.run(&["vmss", "show", "-g", "rg", "-n", "web"]);
     assert!(!ok && err.contains("ResourceNotFound"), "{err}");
+}
+
+/// The address of machine `name` (its stored spec).
+fn machine_ip(h: &Harness, name: &str) -> std::net::Ipv4Addr {
+    let spec =
+        std::fs::read_to_string(h.home.join("machines").join(name).join("spec.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    v["ip"].as_str().unwrap().parse().unwrap()
+}
+
+/// `GET /page1` answered 200 by the instance itself.
+fn serves(addr: SocketAddr) -> bool {
+    let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    matches!(http_get(&mut BufReader::new(s), "/page1"), Ok((200, _)))
 }

@@ -115,6 +115,21 @@ impl Harness {
         .unwrap_or_default()
     }
 
+    /// The processes in machine `name`'s cgroup, with their start times (a reused pid is not
+    /// mistaken for them later).
+    pub fn machine_processes(&self, name: &str) -> Vec<(i32, u64)> {
+        let m = runtime::NspawnMachines::new(runtime::RuntimeConfig {
+            state_dir: self.home.join("machines"),
+            prefix: self.prefix.into(),
+        })
+        .expect("the harness's machines");
+        m.cgroup(name)
+            .members()
+            .into_iter()
+            .filter_map(|p| Some((p, sys::proc::starttime(p as u32)?)))
+            .collect()
+    }
+
     pub fn machine_pids(&self) -> Vec<(String, u32)> {
         let mut v: Vec<(String, u32)> = std::fs::read_dir(self.home.join("machines"))
             .map(|rd| {
