@@ -1474,3 +1474,108 @@ async fn metrics_from_fake_usage() {
         StatusCode::METHOD_NOT_ALLOWED
     );
 }
+
+/// Autoscale settings through the API: PUT (201, then 200), GET, PATCH, list by group and by
+/// subscription, the activity log, a missing target (404 with Azure's envelope), DELETE (200,
+/// then 204), and DELETE still working once the scale set is gone.
+#[tokio::test]
+async fn autoscale_settings_crud() {
+    let e = env("autoscale");
+    let rg = format!("/subscriptions/{SUB_ID}/resourceGroups/rg");
+    let vmss_id = format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/web");
+    let (s, b) = send(
+        &e,
+        "PUT",
+        &format!("{rg}?api-version=2021-04-01"),
+        Some(json!({"location": "local"})),
+    )
+    .await;
+    assert!(s.is_success(), "{b}");
+    let a = format!("{rg}/providers/Microsoft.Insights/autoscalesettings/auto");
+    let q = "?api-version=2022-10-01";
+    let body = |target: &str| {
+        json!({"location": "local", "properties": {"enabled": true, "targetResourceUri": target,
+        "profiles": [{"name": "p", "capacity": {"minimum": "1", "maximum": "3", "default": "1"}, "rules": []}]}})
+    };
+    let (s, b) = send(&e, "PUT", &format!("{a}{q}"), Some(body(&vmss_id))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert_eq!(b["error"]["code"], "ResourceNotFound");
+    let vmss = json!({"sku": {"capacity": 0}, "properties": {"upgradePolicy": {"mode": "Manual"}, "virtualMachineProfile": {}}});
+    let (s, b) = send(
+        &e,
+        "PUT",
+        &format!("{vmss_id}?api-version=2024-11-01"),
+        Some(vmss),
+    )
+    .await;
+    assert!(s.is_success(), "{b}");
+    let (s, b) = send(&e, "PUT", &format!("{a}{q}"), Some(body(&vmss_id))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(
+        b["id"],
+        format!("{rg}/providers/microsoft.insights/autoscalesettings/auto")
+    );
+    assert_eq!(b["type"], "Microsoft.Insights/autoscaleSettings");
+    assert_eq!(b["properties"]["targetResourceUri"], vmss_id);
+    let (s, _) = send(&e, "PUT", &format!("{a}{q}"), Some(body(&vmss_id))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = send(
+        &e,
+        "PATCH",
+        &format!("{a}{q}"),
+        Some(json!({"properties": {"enabled": false}})),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["properties"]["enabled"]),
+        (StatusCode::OK, &json!(false)),
+        "{b}"
+    );
+    let (s, b) = send(&e, "GET", &format!("{a}{q}"), None).await;
+    assert_eq!(
+        (s, &b["properties"]["enabled"]),
+        (StatusCode::OK, &json!(false))
+    );
+    for list in [
+        format!("{rg}/providers/Microsoft.Insights/autoscalesettings{q}"),
+        format!("/subscriptions/{SUB_ID}/providers/microsoft.insights/autoscalesettings{q}"),
+    ] {
+        let (s, b) = send(&e, "GET", &list, None).await;
+        assert_eq!(s, StatusCode::OK, "{list}: {b}");
+        assert_eq!(b["value"][0]["name"], "auto", "{list}");
+    }
+    let (s, b) = send(&e, "GET", &format!("{a}/activityLog{q}"), None).await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"value": []})));
+    let (s, b) = send(
+        &e,
+        "PUT",
+        &format!("{a}{q}"),
+        Some(json!({"location": "local", "properties": {"bogus": 1}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b["error"]["message"].is_string());
+    // The scale set goes (as the engine removes it); the setting is still read and deleted.
+    e.st.cp
+        .store
+        .delete(
+            &api::route::Res {
+                sub: SUB_ID.into(),
+                rg: "rg".into(),
+                name: "web".into(),
+            }
+            .key(api::route::VMSS),
+        )
+        .unwrap();
+    let (s, _) = send(&e, "GET", &format!("{a}{q}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = send(&e, "DELETE", &format!("{a}{q}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = send(&e, "DELETE", &format!("{a}{q}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = send(&e, "GET", &format!("{a}{q}"), None).await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("ResourceNotFound"))
+    );
+}
