@@ -63,6 +63,7 @@ impl DaemonConfig {
             lb_allowed: self.limits.lb_allowed.clone(),
             lb_frontend: self.limits.lb_frontend,
             metrics_interval_ms: None,
+            autoscale_interval_ms: None,
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct AutoscaleState {
     pub last_scale_at: Option<u64>,
     #[serde(default)]
     pub last_scale_cooldown_secs: u64,
+    /// What the last logged skip was (its reason and capacity): a repeat is not logged again.
+    #[serde(default)]
+    pub last_skip: Option<String>,
     /// Newest last, at most [`ACTIVITY_LOG_MAX`].
     #[serde(default)]
     pub log: Vec<ActivityEvent>,
