@@ -164,9 +164,14 @@ fn record(
             })
         }
         Outcome::Failed(d, err) => {
+            // A refusal repeats every run until something changes: logged once, like a skip.
+            let key = format!("Failed/{}/{}", d.from, d.to);
+            if before.last_skip.as_deref() == Some(key.as_str()) {
+                return Ok(());
+            }
             let e = event(op(&d), "Failed", d.from, d.to, format!("{d} Failed: {err}"));
             st.cp.update_autoscale_state(res, |s| {
-                s.last_skip = None;
+                s.last_skip = Some(key);
                 s.log.push(e);
             })
         }

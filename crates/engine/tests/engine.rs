@@ -910,3 +910,94 @@ async fn autoscale_scales_out_and_in_with_injected_cpu() {
     assert_eq!(capacity(&e), 2);
     assert!(e.st.cp.delete_autoscale(&a).unwrap());
 }
+
+/// Autoscale's history is durable and its scale-in is the scale set's own: a manual capacity
+/// above the maximum is moved back at once, scale-in spares the instance protected from it, and
+/// a daemon restart keeps the cooldown of the last action.
+#[tokio::test]
+async fn autoscale_history_survives_a_restart_and_scale_in_spares_protected_instances() {
+    let mut e = env("autoscale-restart");
+    e.st.cp
+        .put_group(
+            &Res {
+                name: String::new(),
+                ..res()
+            },
+            Put::Replace(json!({})),
+        )
+        .unwrap();
+    create(&e, vmss_body("good", 2, json!({})));
+    settle(&e, 10).await;
+    let key = res().key(VMSS);
+    assert!(e
+        .st
+        .update_instance(&key, 0, |r| r.protect_from_scale_in = true)
+        .unwrap());
+    let target = format!(
+        "{}/providers/Microsoft.Compute/virtualMachineScaleSets/web",
+        rg()
+    );
+    let rule = |op: &str, threshold: u32, direction: &str| {
+        json!({
+        "metricTrigger": {"metricName": "Percentage CPU", "metricResourceUri": target, "timeGrain": "PT1M",
+            "statistic": "Average", "timeWindow": "PT5M", "timeAggregation": "Average", "operator": op, "threshold": threshold},
+        "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}})
+    };
+    let a = Res {
+        name: "auto".into(),
+        ..res()
+    };
+    e.st.cp.put_autoscale(&a, Put::Replace(json!({"location": "local", "properties": {"enabled": true, "targetResourceUri": target,
+        "profiles": [{"name": "cpu", "capacity": {"minimum": "1", "maximum": "3", "default": "1"},
+            "rules": [rule("GreaterThan", 70, "Increase"), rule("LessThan", 30, "Decrease")]}]}}))).unwrap();
+    let t0: u64 = 1_767_225_600_000;
+    let (mut at, mut cpu) = (t0, Default::default());
+
+    // Above the maximum by hand: back to it on the next run, no cooldown recorded.
+    put(&e, vmss_body("good", 5, json!({})));
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 3);
+    let st = e.st.cp.autoscale_state(&a).unwrap();
+    assert_eq!(st.last_scale_at, None);
+    assert!(
+        st.log[0].description.contains("outside the limits"),
+        "{}",
+        st.log[0].description
+    );
+    settle(&e, 10).await;
+    assert_eq!(records(&e).len(), 3);
+
+    // Idle: in by one (the protected instance stays), then a restart within the cooldown.
+    load(&e, &mut cpu, &mut at, 6, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 2);
+    settle(&e, 10).await;
+    assert!(ids_of(&e).contains(&0));
+    restart(&mut e);
+    load(&e, &mut cpu, &mut at, 2, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 2);
+    let log = e.st.cp.autoscale_state(&a).unwrap().log;
+    assert!(
+        log.last().unwrap().description.contains("cooldown"),
+        "{log:?}"
+    );
+
+    // After the cooldown: in to the minimum, which is the protected instance.
+    load(&e, &mut cpu, &mut at, 4, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 1);
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), [0]);
+    let ops: Vec<(String, u32, u32)> =
+        e.st.cp
+            .autoscale_state(&a)
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.status == "Succeeded")
+            .map(|l| (l.operation_name.clone(), l.old_capacity, l.new_capacity))
+            .collect();
+    let down = |from, to| ("Autoscale scale down".to_string(), from, to);
+    assert_eq!(ops, [down(5, 3), down(3, 2), down(2, 1)]);
+}
