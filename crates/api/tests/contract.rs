@@ -77,6 +77,7 @@ fn env_with(
         probe_interval_ms: None,
         rolling_health_timeout_secs: 300,
         repair_grace_secs: None,
+        autoscale_interval_ms: None,
         limits: Default::default(),
     };
     let st = api::open_state(cfg, machines(&dir)).unwrap();
