@@ -531,6 +531,7 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
 }
 
 fn autoscale(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
+    control::check_autoscale_name(&res.name)?;
     match method {
         Method::GET => ok(render::autoscale(res, &st.cp.autoscale(res)?)),
         Method::PUT | Method::PATCH => {

@@ -64,7 +64,7 @@ pub struct ActivityEvent {
 }
 
 /// ARM's rules for an autoscale setting name: 1–260 characters, none of `<>*%&:\?/#|`.
-fn check_autoscale_name(name: &str) -> CommandResult<()> {
+pub fn check_autoscale_name(name: &str) -> CommandResult<()> {
     let bad = name.is_empty()
         || name.chars().count() > 260
         || name

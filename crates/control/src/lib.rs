@@ -26,7 +26,9 @@ mod lbs;
 mod net;
 mod util;
 mod work;
-pub use autoscale::{target_res, ActivityEvent, AutoscaleState, ACTIVITY_LOG_MAX};
+pub use autoscale::{
+    check_autoscale_name, target_res, ActivityEvent, AutoscaleState, ACTIVITY_LOG_MAX,
+};
 pub use commands::{check_name, not_found, CommandError, PowerAction, Put, Stored};
 pub use groups::group_not_found;
 pub use net::Cidr;

@@ -608,6 +608,9 @@ fn autoscale_settings_are_stored_patched_listed_and_deleted() {
     e.cp.put_group(&group("rg"), Put::Replace(json!({})))
         .unwrap();
     let a = res("rg", "Auto");
+    let (kind, code, _) =
+        refusal(e.cp.put_autoscale(&res("rg", "a/b"), Put::Replace(autoscale_body("rg", "web"))));
+    assert_eq!((kind, code), ("Invalid", "InvalidResourceName"));
     // The target must exist.
     let (kind, code, msg) =
         refusal(e.cp.put_autoscale(&a, Put::Replace(autoscale_body("rg", "web"))));
