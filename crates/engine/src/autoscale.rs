@@ -33,7 +33,14 @@ pub fn evaluate_autoscale(st: &Core, now: u64) {
     };
     let subs: HashSet<String> = settings.into_iter().map(|(k, _)| k.sub).collect();
     for sub in subs {
-        for (res, s) in st.cp.list_autoscale(&sub, None).unwrap_or_default() {
+        let list = match st.cp.list_autoscale(&sub, None) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(%sub, error = %e, "cannot read autoscale settings");
+                continue;
+            }
+        };
+        for (res, s) in list {
             if s.enabled {
                 if let Err(e) = evaluate_one(st, &res, &s, now) {
                     warn!(setting = %res.name, error = %e, "autoscale evaluation failed");
