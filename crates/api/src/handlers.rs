@@ -5,7 +5,7 @@
 //! (the group, load balancer and image commands check them again; `put_vmss` relies on it).
 use crate::error::ApiError;
 use crate::render;
-use crate::route::{PowerAction, Res, Route, Scope, IMAGE, LB, RG, VMSS};
+use crate::route::{PowerAction, Res, Route, Scope, AUTOSCALE, IMAGE, LB, RG, VMSS};
 use crate::state::{AppState, InstanceRecord, VmssDoc};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -90,7 +90,8 @@ pub async fn execute(
         Route::RollingLatest(_)
         | Route::Operation { .. }
         | Route::Metrics(_)
-        | Route::MetricDefinitions(_) => true,
+        | Route::MetricDefinitions(_)
+        | Route::ActivityLog(_) => true,
         Route::VmssAction(..)
         | Route::VmAction(..)
         | Route::RollingStart(_)
@@ -118,7 +119,16 @@ pub async fn execute(
             method,
             res,
         } => images(st, method, &res),
+        Route::Resource {
+            kind: AUTOSCALE,
+            method,
+            res,
+        } => autoscale(st, method, &res, body),
         Route::Resource { .. } => Err(ApiError::not_found("NotFound", "Unknown resource type.")),
+        Route::ActivityLog(res) => {
+            st.cp.autoscale(&res)?;
+            ok(render::activity_log(&res, &st.cp.autoscale_state(&res)?))
+        }
         Route::VmssInstanceView(res) => vmss_instance_view(st, &res),
         Route::Vms(res) => vms(st, &res, query),
         Route::VmssAction(res, act) => power(st, &res, act, instance_ids(&parse_body(body)?)?),
@@ -349,6 +359,11 @@ fn list(st: &AppState, kind: &'static str, scope: &Scope) -> Reply {
                 out.push(render::vmss(&res, &doc, &p));
             }
         }
+        AUTOSCALE => {
+            for (res, s) in st.cp.list_autoscale(sub, rg)? {
+                out.push(render::autoscale(&res, &s));
+            }
+        }
         _ => {
             for (res, v) in st.cp.list_lbs(sub, rg)? {
                 out.push(render::lb(&res, v));
@@ -508,6 +523,27 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
             Ok((put_status(stored.created), render::lb(res, stored.doc)))
         }
         Method::DELETE => deleted(st.cp.delete_lb(res)?),
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
+        )),
+    }
+}
+
+fn autoscale(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {
+    control::check_autoscale_name(&res.name)?;
+    match method {
+        Method::GET => ok(render::autoscale(res, &st.cp.autoscale(res)?)),
+        Method::PUT | Method::PATCH => {
+            st.cp.require_group(res)?;
+            let put = put_body(&method, require_object(parse_body(body)?)?);
+            let stored = st.cp.put_autoscale(res, put)?;
+            Ok((
+                put_status(stored.created),
+                render::autoscale(res, &stored.doc),
+            ))
+        }
+        Method::DELETE => deleted(st.cp.delete_autoscale(res)?),
         _ => Err(ApiError::bad_request(
             "MethodNotAllowed",
             "unsupported method",

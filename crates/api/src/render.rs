@@ -1,6 +1,7 @@
 //! ARM JSON for what we return: scale sets, their VMs and instance views, load balancers, images,
-//! and Azure Monitor's metrics and metric definitions of a scale set.
-use crate::route::{Res, IMAGE, LB, VMSS};
+//! Azure Monitor's metrics and metric definitions of a scale set, autoscale settings and their
+//! activity log.
+use crate::route::{Res, AUTOSCALE, IMAGE, LB, VMSS};
 use crate::state::{InstanceRecord, Observation, VmssDoc};
 use control::ProvisioningState;
 use serde_json::{json, Value};
@@ -358,6 +359,47 @@ pub fn metric_definitions(res: &Res) -> Value {
         })
         .collect();
     json!({ "value": value })
+}
+
+/// An autoscale setting as ARM returns it (Azure's id spells the provider in lower case).
+pub fn autoscale(res: &Res, s: &model::autoscale::AutoscaleSetting) -> Value {
+    let id = model::autoscale::resource_id(&res.sub, &res.rg, &res.name);
+    model::autoscale::render(s, &id, &res.name)
+}
+
+/// A setting's activity log, newest first, in the shape of Azure's activity log `EventData`
+/// (`operationName`/`status`/`category` as `{value, localizedValue}`, counts in `properties`).
+pub fn activity_log(res: &Res, st: &control::AutoscaleState) -> Value {
+    let id = model::autoscale::resource_id(&res.sub, &res.rg, &res.name);
+    let named = |value: &str, localized: &str| json!({"value": value, "localizedValue": localized});
+    let events: Vec<Value> = st
+        .log
+        .iter()
+        .rev()
+        .map(|e| {
+            let op = match e.operation_name.as_str() {
+                "Autoscale scale up" => "Microsoft.Insights/AutoscaleSettings/Scaleup/Action",
+                "Autoscale scale down" => "Microsoft.Insights/AutoscaleSettings/Scaledown/Action",
+                _ => "Microsoft.Insights/AutoscaleSettings/Evaluate/Action",
+            };
+            json!({
+                "eventTimestamp": e.event_timestamp,
+                "operationName": named(op, &e.operation_name),
+                "status": named(&e.status, &e.status),
+                "category": named("Autoscale", "Autoscale"),
+                "resourceId": id,
+                "resourceType": named(AUTOSCALE, AUTOSCALE),
+                "resourceGroupName": res.rg,
+                "description": e.description,
+                "properties": {
+                    "OldInstancesCount": e.old_capacity.to_string(),
+                    "NewInstancesCount": e.new_capacity.to_string(),
+                    "Description": e.description,
+                },
+            })
+        })
+        .collect();
+    json!({"value": events})
 }
 
 #[cfg(test)]

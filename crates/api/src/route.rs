@@ -3,7 +3,7 @@
 use crate::error::ApiError;
 pub use axum::http::Method;
 
-pub use control::{Res, IMAGE, LB, RG, VMSS};
+pub use control::{Res, AUTOSCALE, IMAGE, LB, RG, VMSS};
 /// The api-version put into the operation URLs we hand out (any valid version is accepted).
 pub const COMPUTE_OPERATIONS_API_VERSION: &str = "2024-11-01";
 
@@ -55,6 +55,9 @@ pub enum Route {
     Metrics(Res),
     /// GET `providers/Microsoft.Insights/metricDefinitions` of a scale set.
     MetricDefinitions(Res),
+    /// GET `{autoscale setting}/activityLog` (scaleset's extension): the setting's autoscale
+    /// events, newest first.
+    ActivityLog(Res),
     /// GET the status (`operations/{id}`) or result (`operationResults/{id}`) of a long-running
     /// operation (see `operations.rs`).
     Operation {
@@ -69,12 +72,14 @@ impl Route {
     pub fn api_versions(&self) -> &'static [&'static str] {
         let kind = match self {
             Route::Metrics(_) | Route::MetricDefinitions(_) => return model::MONITOR_API_VERSIONS,
+            Route::ActivityLog(_) => return model::AUTOSCALE_API_VERSIONS,
             Route::ListGroups { .. } | Route::Group { .. } => RG,
             Route::List { kind, .. } | Route::Resource { kind, .. } => kind,
             _ => VMSS,
         };
         match kind {
             LB => model::NETWORK_API_VERSIONS,
+            AUTOSCALE => model::AUTOSCALE_API_VERSIONS,
             RG => model::RESOURCES_API_VERSIONS,
             _ => model::COMPUTE_API_VERSIONS,
         }
@@ -198,6 +203,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         ("microsoft.compute", "virtualmachinescalesets") => VMSS,
         ("microsoft.compute", "images") => IMAGE,
         ("microsoft.network", "loadbalancers") => LB,
+        ("microsoft.insights", "autoscalesettings") => AUTOSCALE,
         _ => return Err(not_found(path)),
     };
     if segs.len() == 7 {
@@ -218,6 +224,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
             method: method.clone(),
             res,
         }),
+        (AUTOSCALE, [v]) if eq(v, "activityLog") => get_only(Route::ActivityLog(res)),
         (VMSS, [v]) if eq(v, "instanceView") => get_only(Route::VmssInstanceView(res)),
         (VMSS, [v]) if eq(v, "virtualMachines") => get_only(Route::Vms(res)),
         (VMSS, [v]) if eq(v, "osRollingUpgrade") => post_only(Route::RollingStart(res)),
@@ -300,6 +307,7 @@ pub fn parse_sub_list(method: &Method, path: &str) -> Option<Route> {
         ("microsoft.compute", "virtualmachinescalesets") => VMSS,
         ("microsoft.compute", "images") => IMAGE,
         ("microsoft.network", "loadbalancers") => LB,
+        ("microsoft.insights", "autoscalesettings") => AUTOSCALE,
         _ => return None,
     };
     Some(Route::List {
@@ -325,6 +333,7 @@ pub fn release_may(route: &Route) -> bool {
         | Route::RollingLatest(_)
         | Route::Metrics(_)
         | Route::MetricDefinitions(_)
+        | Route::ActivityLog(_)
         | Route::Operation { .. } => true,
         Route::Group { method, .. } | Route::Vm { method, .. } => read(method),
         Route::Resource { kind, method, .. } => {
@@ -401,6 +410,9 @@ mod tests {
             (Method::PUT, "/subscriptions/s/resourcegroups/rg".into(), Route::Group { method: Method::PUT, res: Res { sub: "s".into(), rg: "rg".into(), name: String::new() } }),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/metrics"), Route::Metrics(res.clone())),
             (Method::GET, format!("{p}/microsoft.compute/virtualmachinescalesets/v/PROVIDERS/microsoft.insights/METRICDEFINITIONS"), Route::MetricDefinitions(res.clone())),
+            (Method::PATCH, format!("{p}/microsoft.insights/AutoscaleSettings/v"), Route::Resource { kind: AUTOSCALE, method: Method::PATCH, res: res.clone() }),
+            (Method::GET, format!("{p}/Microsoft.Insights/autoscalesettings"), Route::List { kind: AUTOSCALE, scope: Scope { sub: "s".into(), rg: Some("rg".into()) } }),
+            (Method::GET, format!("{p}/Microsoft.Insights/autoscalesettings/v/activitylog"), Route::ActivityLog(res.clone())),
         ];
         for (m, path, want) in ok {
             assert_eq!(parse(&m, &path).unwrap(), want, "{m} {path}");
@@ -420,6 +432,9 @@ mod tests {
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/diagnosticSettings"), 404),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Web/metrics"), 404),
             (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/providers/Microsoft.Insights/metrics"), 404),
+            (Method::POST, format!("{p}/Microsoft.Insights/autoscalesettings/v/activityLog"), 405),
+            (Method::GET, format!("{p}/Microsoft.Insights/autoscalesettings/v/instanceView"), 404),
+            (Method::POST, format!("{p}/Microsoft.Insights/autoscalesettings/v"), 405),
         ];
         for (m, path, status) in bad {
             match parse(&m, &path) {
@@ -444,6 +459,19 @@ mod tests {
             "/subscriptions/s/providers/Microsoft.Network/loadBalancers"
         )
         .is_some());
+        assert_eq!(
+            parse_sub_list(
+                &Method::GET,
+                "/subscriptions/s/providers/microsoft.insights/autoscalesettings"
+            ),
+            Some(Route::List {
+                kind: AUTOSCALE,
+                scope: Scope {
+                    sub: "s".into(),
+                    rg: None
+                }
+            })
+        );
         let op = "/subscriptions/s/providers/microsoft.compute/locations/local";
         assert_eq!(
             parse_operation(&Method::GET, &format!("{op}/operationResults/ab")),

@@ -24,6 +24,9 @@ pub struct DaemonConfig {
     /// Test knob: replaces every scale set's automatic repairs grace period (Azure's minimum,
     /// PT10M, is too long for tests). `SCALESET_REPAIR_GRACE_SECS`.
     pub repair_grace_secs: Option<u64>,
+    /// Test knob: time between autoscale evaluations in ms (Azure: 30–60 s).
+    /// `SCALESET_AUTOSCALE_INTERVAL_MS`.
+    pub autoscale_interval_ms: Option<u64>,
     /// Body sizes, timeouts, connection caps, allowed LB frontend addresses.
     pub limits: crate::limits::Limits,
 }
@@ -63,6 +66,7 @@ impl DaemonConfig {
             lb_allowed: self.limits.lb_allowed.clone(),
             lb_frontend: self.limits.lb_frontend,
             metrics_interval_ms: None,
+            autoscale_interval_ms: self.autoscale_interval_ms,
         }
     }
 }

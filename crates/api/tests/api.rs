@@ -35,6 +35,7 @@ fn env(tag: &str) -> Env {
         probe_interval_ms: None,
         rolling_health_timeout_secs: 300,
         repair_grace_secs: None,
+        autoscale_interval_ms: None,
         limits: Default::default(),
     };
     let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {

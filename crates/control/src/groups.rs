@@ -2,7 +2,7 @@
 //! is refused while the group still holds scale sets or load balancers. The stored record is the
 //! group's ARM form.
 use crate::commands::{check_name, CommandError, CommandResult, Put, Stored};
-use crate::{ControlPlane, Res, LB, RG, VMSS};
+use crate::{ControlPlane, Res, AUTOSCALE, LB, RG, VMSS};
 use serde_json::{json, Value};
 
 /// A resource group is stored under its own name.
@@ -76,7 +76,7 @@ impl ControlPlane {
     pub fn delete_group(&self, res: &Res) -> CommandResult<bool> {
         check_name(RG, res)?;
         let mut left = Vec::new();
-        for kind in [VMSS, LB] {
+        for kind in [VMSS, LB, AUTOSCALE] {
             for (k, _) in self.store.list(kind, Some(&res.sub), Some(&res.rg))? {
                 left.push(format!("{kind}/{}", k.name));
             }

@@ -3,7 +3,8 @@
 //! the store; plus the read model of what the engine last observed. Every read-modify-write of
 //! a record goes through [`ControlPlane`] under one lock shared by the API and the engine.
 //! The commands on these records validate a change as a whole and commit it: `commands` (scale
-//! sets), `groups` (resource groups), `lbs` (load balancers), `images` (the image store's
+//! sets), `groups` (resource groups), `lbs` (load balancers), `autoscale` (autoscale settings and
+//! their history and activity log), `images` (the image store's
 //! images as ARM resources).
 //!
 //! This crate knows nothing of HTTP, machines or processes: the API crate renders these records
@@ -17,6 +18,7 @@ use std::sync::Mutex;
 use store::{Key, Store};
 use tokio::sync::Notify;
 
+mod autoscale;
 pub mod commands;
 mod groups;
 mod images;
@@ -24,6 +26,9 @@ mod lbs;
 mod net;
 mod util;
 mod work;
+pub use autoscale::{
+    check_autoscale_name, target_res, ActivityEvent, AutoscaleState, ACTIVITY_LOG_MAX,
+};
 pub use commands::{check_name, not_found, CommandError, PowerAction, Put, Stored};
 pub use groups::group_not_found;
 pub use net::Cidr;
@@ -34,6 +39,9 @@ pub const VMSS: &str = "Microsoft.Compute/virtualMachineScaleSets";
 pub const LB: &str = "Microsoft.Network/loadBalancers";
 pub const IMAGE: &str = "Microsoft.Compute/images";
 pub const RG: &str = "Microsoft.Resources/resourceGroups";
+pub const AUTOSCALE: &str = "Microsoft.Insights/autoscalesettings";
+/// Kind under which the engine keeps an autoscale setting's history and activity log.
+pub const AUTOSCALE_STATE: &str = "scaleset.autoscaleState";
 
 /// One resource: subscription, resource group and name (compared case-insensitively by the
 /// store).

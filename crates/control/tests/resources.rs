@@ -589,3 +589,99 @@ fn images_are_read_listed_and_deleted_unless_in_use() {
     }
     assert!(e.cp.list_images(&e.images).unwrap().is_empty());
 }
+
+/// An autoscale setting of `vmss` in `rg` (min 1, max 5, default 2, one CPU scale-out rule).
+fn autoscale_body(rg: &str, vmss: &str) -> Value {
+    let target = format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/{VMSS}/{vmss}");
+    json!({"location": "local", "properties": {"enabled": true, "targetResourceUri": target,
+        "profiles": [{"name": "p", "capacity": {"minimum": "1", "maximum": "5", "default": "2"},
+            "rules": [{"metricTrigger": {"metricName": "Percentage CPU", "metricResourceUri": target,
+                "timeGrain": "PT1M", "statistic": "Average", "timeWindow": "PT5M",
+                "timeAggregation": "Average", "operator": "GreaterThan", "threshold": 70},
+              "scaleAction": {"direction": "Increase", "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}}]}]}})
+}
+
+#[test]
+fn autoscale_settings_are_stored_patched_listed_and_deleted() {
+    use control::AUTOSCALE;
+    let e = env("autoscale");
+    e.cp.put_group(&group("rg"), Put::Replace(json!({})))
+        .unwrap();
+    let a = res("rg", "Auto");
+    let (kind, code, _) =
+        refusal(e.cp.put_autoscale(&res("rg", "a/b"), Put::Replace(autoscale_body("rg", "web"))));
+    assert_eq!((kind, code), ("Invalid", "InvalidResourceName"));
+    // The target must exist.
+    let (kind, code, msg) =
+        refusal(e.cp.put_autoscale(&a, Put::Replace(autoscale_body("rg", "web"))));
+    assert_eq!((kind, code), ("NotFound", "ResourceNotFound"));
+    assert!(msg.contains("virtualMachineScaleSets/web"), "{msg}");
+    e.cp.put_vmss(
+        &e.images,
+        &res("rg", "web"),
+        Put::Replace(vmss_body("rg", None, None)),
+    )
+    .unwrap();
+    let stored =
+        e.cp.put_autoscale(&a, Put::Replace(autoscale_body("rg", "web")))
+            .unwrap();
+    assert!(stored.created && stored.doc.enabled);
+    // PATCH merges properties.
+    let patched =
+        e.cp.put_autoscale(&a, Put::Merge(json!({"properties": {"enabled": false}})))
+            .unwrap();
+    assert!(!patched.created && !patched.doc.enabled);
+    assert_eq!(patched.doc.profiles, stored.doc.profiles);
+    assert!(!e.cp.autoscale(&res("RG", "auto")).unwrap().enabled);
+    // A second setting on the same scale set is refused.
+    let (kind, code, _) = refusal(e.cp.put_autoscale(
+        &res("rg", "other"),
+        Put::Replace(autoscale_body("rg", "web")),
+    ));
+    assert_eq!((kind, code), ("Conflict", "Conflict"));
+    let listed = e.cp.list_autoscale(SUB, None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, a, "listed as spelled");
+    assert_eq!(e.cp.list_autoscale(SUB, Some("none")).unwrap().len(), 0);
+    // A bad body changes nothing.
+    let mut bad = autoscale_body("rg", "web");
+    bad["properties"]["profiles"][0]["capacity"]["minimum"] = json!("9");
+    assert_eq!(
+        refusal(e.cp.put_autoscale(&a, Put::Replace(bad))).0,
+        "Invalid"
+    );
+    assert!(!e.cp.autoscale(&a).unwrap().enabled);
+    // State is bounded and goes with the setting; the group is not empty while it exists.
+    e.cp.update_autoscale_state(&a, |s| {
+        for i in 0..control::ACTIVITY_LOG_MAX + 5 {
+            s.log.push(control::ActivityEvent {
+                event_timestamp: i.to_string(),
+                operation_name: "Autoscale scale up".into(),
+                status: "Succeeded".into(),
+                old_capacity: 1,
+                new_capacity: 2,
+                description: String::new(),
+            });
+        }
+        s.last_scale_at = Some(7);
+    })
+    .unwrap();
+    let st = e.cp.autoscale_state(&a).unwrap();
+    assert_eq!(st.log.len(), control::ACTIVITY_LOG_MAX);
+    assert_eq!(st.log[0].event_timestamp, "5", "the oldest went first");
+    assert_eq!(st.history().last_scale.unwrap().at, 7);
+    // Deleting the scale set leaves the setting readable and deletable.
+    e.cp.store.delete(&res("rg", "web").key(VMSS)).unwrap();
+    assert!(refusal(e.cp.delete_group(&group("rg")))
+        .2
+        .contains(&format!("{AUTOSCALE}/auto")));
+    assert!(e.cp.autoscale(&a).is_ok());
+    assert!(e.cp.delete_autoscale(&a).unwrap());
+    assert!(!e.cp.delete_autoscale(&a).unwrap());
+    assert_eq!(e.cp.autoscale_state(&a).unwrap(), Default::default());
+    assert_eq!(refusal(e.cp.autoscale(&a)).0, "NotFound");
+    assert_eq!(
+        refusal(e.cp.put_autoscale(&a, Put::Merge(json!({})))).0,
+        "NotFound"
+    );
+}

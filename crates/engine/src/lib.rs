@@ -8,7 +8,8 @@
 //!
 //! Modules: `reconcile` (one scale set's pass), `instances` (operations on one instance),
 //! `rolling`, `repairs`, `health` (the Application Health extension), `lbs` (LB processes),
-//! `metrics` (host metrics of the instances, sampled in the background).
+//! `metrics` (host metrics of the instances, sampled in the background), `autoscale` (Azure
+//! Monitor autoscale settings evaluated over those metrics).
 //! This crate knows no HTTP framework (see `tests/dependencies.rs`).
 use control::{
     error_chain, now_ms, now_rfc3339, short_hash, uuid, Actor, Cidr, ControlPlane, InstanceRecord,
@@ -17,13 +18,14 @@ use control::{
 use plan::{Action, InstanceState, Observed, PowerIntent};
 use runtime::{MachineSpec, MachineState};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::Key;
 use tracing::{info, warn, Instrument};
 
+mod autoscale;
 mod health;
 mod instances;
 mod lbs;
@@ -38,6 +40,7 @@ use reconcile::*;
 use repairs::*;
 use rolling::*;
 
+pub use autoscale::{evaluate_autoscale, AUTOSCALE_INTERVAL};
 pub use lbs::{lb_config, sync_lbs};
 pub use metrics::{sample_metrics, Metrics, METRICS_INTERVAL};
 pub use rolling::roll_instances;
@@ -136,6 +139,8 @@ pub struct EngineConfig {
     pub lb_frontend: lb::FrontendLimits,
     /// Time between host metrics readings in ms (tests); default [`METRICS_INTERVAL`].
     pub metrics_interval_ms: Option<u64>,
+    /// Time between autoscale evaluations in ms (tests); default [`AUTOSCALE_INTERVAL`].
+    pub autoscale_interval_ms: Option<u64>,
 }
 
 impl EngineConfig {
@@ -188,6 +193,7 @@ pub async fn run(st: Arc<Core>) {
     clear_interrupted(&st);
     tokio::spawn(app_health_loop(st.clone()));
     tokio::spawn(metrics::metrics_loop(st.clone()));
+    tokio::spawn(autoscale::autoscale_loop(st.clone()));
     if let Err(e) = blocking({
         let st = st.clone();
         move || st.machines.ensure_network(&st.cfg.network)

@@ -49,6 +49,7 @@ fn config(dir: &std::path::Path) -> EngineConfig {
         lb_allowed: control::Cidr::parse_list("127.0.0.0/8").unwrap(),
         lb_frontend: Default::default(),
         metrics_interval_ms: None,
+        autoscale_interval_ms: None,
     }
 }
 
@@ -725,4 +726,278 @@ async fn metrics_from_machine_usage() {
     let r = ask("Percentage CPU", "count", Some("VMName eq 'web_1'"));
     assert_eq!(first(&r[0], Aggregation::Count), Some(1.0));
     assert!(e.st.metrics.memory_bytes() > 0);
+}
+
+/// Injected CPU at `pct` percent (one vCPU) on every instance for `minutes`, sampled every 15 s
+/// from `*at` (which moves on); `cpu` carries each machine's cumulative CPU time.
+async fn load(
+    e: &Env,
+    cpu: &mut std::collections::HashMap<String, u64>,
+    at: &mut u64,
+    minutes: u64,
+    pct: u64,
+) {
+    for _ in 0..minutes * 4 {
+        *at += 15_000;
+        for r in records(e) {
+            let used = cpu.entry(r.machine.clone()).or_insert(0);
+            *used += 15_000 * pct / 100;
+            e.fake.set_usage(
+                &r.machine,
+                runtime::MachineUsage {
+                    cpu: Some(Duration::from_millis(*used)),
+                    ..Default::default()
+                },
+            );
+        }
+        engine::sample_metrics(&e.st, *at).await;
+    }
+}
+
+fn autoscale_log(e: &Env, a: &Res) -> Vec<(String, String, u32, u32)> {
+    let st = e.st.cp.autoscale_state(a).unwrap();
+    st.log
+        .iter()
+        .map(|l| {
+            (
+                l.operation_name.clone(),
+                l.status.clone(),
+                l.old_capacity,
+                l.new_capacity,
+            )
+        })
+        .collect()
+}
+
+fn capacity(e: &Env) -> u64 {
+    let doc = e.st.vmss_doc(&res()).unwrap().unwrap();
+    doc.arm["sku"]["capacity"].as_u64().unwrap()
+}
+
+/// Autoscale over injected CPU: 90 % for 5 minutes scales out by one (a merge put of the
+/// capacity, carried out by the engine), the cooldown holds the next action back (logged once),
+/// 10 % scales back in after the cooldown, then the minimum holds; a rolling upgrade waits.
+#[tokio::test]
+async fn autoscale_scales_out_and_in_with_injected_cpu() {
+    let e = env("autoscale");
+    e.st.cp
+        .put_group(
+            &Res {
+                name: String::new(),
+                ..res()
+            },
+            Put::Replace(json!({})),
+        )
+        .unwrap();
+    create(&e, vmss_body("good", 2, json!({})));
+    settle(&e, 10).await;
+    let target = format!(
+        "{}/providers/Microsoft.Compute/virtualMachineScaleSets/web",
+        rg()
+    );
+    let rule = |op: &str, threshold: u32, direction: &str| {
+        json!({
+        "metricTrigger": {"metricName": "Percentage CPU", "metricResourceUri": target, "timeGrain": "PT1M",
+            "statistic": "Average", "timeWindow": "PT5M", "timeAggregation": "Average", "operator": op, "threshold": threshold},
+        "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}})
+    };
+    let a = Res {
+        name: "auto".into(),
+        ..res()
+    };
+    e.st.cp.put_autoscale(&a, Put::Replace(json!({"location": "local", "properties": {"enabled": true, "targetResourceUri": target,
+        "profiles": [{"name": "cpu", "capacity": {"minimum": "2", "maximum": "4", "default": "2"},
+            "rules": [rule("GreaterThan", 70, "Increase"), rule("LessThan", 30, "Decrease")]}]}}))).unwrap();
+    let t0: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let (mut at, mut cpu) = (t0, Default::default());
+    // No metrics yet: at the default already, nothing to show but the missing metrics (once).
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    engine::evaluate_autoscale(&e.st, at / 1000 + 30);
+    let skipped = |from: u32| {
+        (
+            "Autoscale evaluation".to_string(),
+            "Skipped".to_string(),
+            from,
+            from,
+        )
+    };
+    assert_eq!(autoscale_log(&e, &a), [skipped(2)]);
+
+    load(&e, &mut cpu, &mut at, 6, 90).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 3);
+    let up = (
+        "Autoscale scale up".to_string(),
+        "Succeeded".to_string(),
+        2,
+        3,
+    );
+    assert_eq!(autoscale_log(&e, &a)[1..], [up]);
+    let last = e.st.cp.autoscale_state(&a).unwrap();
+    assert_eq!(last.last_scale_at, Some(at / 1000));
+    assert_eq!(last.last_scale_cooldown_secs, 300);
+    settle(&e, 10).await;
+    assert_eq!(e.fake.running().len(), 3);
+
+    // Still hot, within the cooldown: one skip for two evaluations.
+    load(&e, &mut cpu, &mut at, 2, 90).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    engine::evaluate_autoscale(&e.st, at / 1000 + 30);
+    assert_eq!(capacity(&e), 3);
+    let log = e.st.cp.autoscale_state(&a).unwrap().log;
+    assert_eq!(log.len(), 3);
+    assert!(
+        log[2].description.contains("cooldown"),
+        "{}",
+        log[2].description
+    );
+
+    // Cool: once the cooldown is over, in by one to the minimum, then held there.
+    load(&e, &mut cpu, &mut at, 6, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 2);
+    let down = (
+        "Autoscale scale down".to_string(),
+        "Succeeded".to_string(),
+        3,
+        2,
+    );
+    assert_eq!(autoscale_log(&e, &a)[3..], [down]);
+    settle(&e, 10).await;
+    assert_eq!(e.fake.running().len(), 2);
+    load(&e, &mut cpu, &mut at, 6, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    engine::evaluate_autoscale(&e.st, at / 1000 + 30);
+    let log = e.st.cp.autoscale_state(&a).unwrap().log;
+    assert_eq!(log.len(), 5);
+    assert!(
+        log[4].description.contains("minimum"),
+        "{}",
+        log[4].description
+    );
+
+    // Hot again during a rolling upgrade: autoscale waits and says so.
+    e.st.cp
+        .update_rollout(&res(), |r| {
+            *r = Some(control::RolloutDoc {
+                state: Default::default(),
+                receipt: Default::default(),
+                last_completed_version: None,
+            });
+            true
+        })
+        .unwrap();
+    load(&e, &mut cpu, &mut at, 6, 90).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 2);
+    let log = e.st.cp.autoscale_state(&a).unwrap().log;
+    assert!(
+        log[5].description.contains("rolling upgrade"),
+        "{}",
+        log[5].description
+    );
+    // A disabled setting is not evaluated; deleting the scale set leaves it deletable.
+    e.st.cp
+        .put_autoscale(&a, Put::Merge(json!({"properties": {"enabled": false}})))
+        .unwrap();
+    e.st.cp
+        .update_rollout(&res(), |r| {
+            *r = None;
+            true
+        })
+        .unwrap();
+    engine::evaluate_autoscale(&e.st, at / 1000 + 60);
+    assert_eq!(capacity(&e), 2);
+    assert!(e.st.cp.delete_autoscale(&a).unwrap());
+}
+
+/// Autoscale's history is durable and its scale-in is the scale set's own: a manual capacity
+/// above the maximum is moved back at once, scale-in spares the instance protected from it, and
+/// a daemon restart keeps the cooldown of the last action.
+#[tokio::test]
+async fn autoscale_history_survives_a_restart_and_scale_in_spares_protected_instances() {
+    let mut e = env("autoscale-restart");
+    e.st.cp
+        .put_group(
+            &Res {
+                name: String::new(),
+                ..res()
+            },
+            Put::Replace(json!({})),
+        )
+        .unwrap();
+    create(&e, vmss_body("good", 2, json!({})));
+    settle(&e, 10).await;
+    let key = res().key(VMSS);
+    assert!(e
+        .st
+        .update_instance(&key, 0, |r| r.protect_from_scale_in = true)
+        .unwrap());
+    let target = format!(
+        "{}/providers/Microsoft.Compute/virtualMachineScaleSets/web",
+        rg()
+    );
+    let rule = |op: &str, threshold: u32, direction: &str| {
+        json!({
+        "metricTrigger": {"metricName": "Percentage CPU", "metricResourceUri": target, "timeGrain": "PT1M",
+            "statistic": "Average", "timeWindow": "PT5M", "timeAggregation": "Average", "operator": op, "threshold": threshold},
+        "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}})
+    };
+    let a = Res {
+        name: "auto".into(),
+        ..res()
+    };
+    e.st.cp.put_autoscale(&a, Put::Replace(json!({"location": "local", "properties": {"enabled": true, "targetResourceUri": target,
+        "profiles": [{"name": "cpu", "capacity": {"minimum": "1", "maximum": "3", "default": "1"},
+            "rules": [rule("GreaterThan", 70, "Increase"), rule("LessThan", 30, "Decrease")]}]}}))).unwrap();
+    let t0: u64 = 1_767_225_600_000;
+    let (mut at, mut cpu) = (t0, Default::default());
+
+    // Above the maximum by hand: back to it on the next run, no cooldown recorded.
+    put(&e, vmss_body("good", 5, json!({})));
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 3);
+    let st = e.st.cp.autoscale_state(&a).unwrap();
+    assert_eq!(st.last_scale_at, None);
+    assert!(
+        st.log[0].description.contains("outside the limits"),
+        "{}",
+        st.log[0].description
+    );
+    settle(&e, 10).await;
+    assert_eq!(records(&e).len(), 3);
+
+    // Idle: in by one (the protected instance stays), then a restart within the cooldown.
+    load(&e, &mut cpu, &mut at, 6, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 2);
+    settle(&e, 10).await;
+    assert!(ids_of(&e).contains(&0));
+    restart(&mut e);
+    load(&e, &mut cpu, &mut at, 2, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 2);
+    let log = e.st.cp.autoscale_state(&a).unwrap().log;
+    assert!(
+        log.last().unwrap().description.contains("cooldown"),
+        "{log:?}"
+    );
+
+    // After the cooldown: in to the minimum, which is the protected instance.
+    load(&e, &mut cpu, &mut at, 4, 10).await;
+    engine::evaluate_autoscale(&e.st, at / 1000);
+    assert_eq!(capacity(&e), 1);
+    settle(&e, 10).await;
+    assert_eq!(ids_of(&e), [0]);
+    let ops: Vec<(String, u32, u32)> =
+        e.st.cp
+            .autoscale_state(&a)
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.status == "Succeeded")
+            .map(|l| (l.operation_name.clone(), l.old_capacity, l.new_capacity))
+            .collect();
+    let down = |from, to| ("Autoscale scale down".to_string(), from, to);
+    assert_eq!(ops, [down(5, 3), down(3, 2), down(2, 1)]);
 }

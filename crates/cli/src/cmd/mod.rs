@@ -1,8 +1,10 @@
 //! One module per command noun: each holds its clap definitions next to their handlers.
 //! `group`, `vmss` (+ `rolling` for `vmss rolling-upgrade`), `lb` (`network lb`, + `probe`
-//! and `rule` for its children), `image` and `monitor` (`monitor metrics`) speak ARM to the
+//! and `rule` for its children), `image`, `monitor` (`monitor metrics`) and `autoscale` (`monitor autoscale`,
+//! `monitor activity-log`) speak ARM to the
 //! daemon (or Azure); `repo`, `pipeline`, `run` use the daemon's `/scaleset/...` endpoints;
 //! `export`, `up` and `serve` are the rest of the binary's commands.
+pub mod autoscale;
 pub mod export;
 pub mod group;
 pub mod image;

@@ -1,5 +1,6 @@
 //! `scaleset monitor metrics list|list-definitions`: Azure Monitor's host metrics of a scale set
-//! (`{id}/providers/Microsoft.Insights/metrics`), with `az monitor metrics`' flags.
+//! (`{id}/providers/Microsoft.Insights/metrics`), with `az monitor metrics`' flags;
+//! `monitor autoscale` and `monitor activity-log` are in `autoscale.rs`.
 use super::{client, print};
 use crate::client::enc;
 use crate::output::{self, Output};
@@ -15,6 +16,12 @@ pub enum MonitorCmd {
     /// Azure Monitor metrics.
     #[command(subcommand)]
     Metrics(MetricsCmd),
+    /// Autoscale settings of scale sets: profiles, rules, and what they did.
+    #[command(subcommand)]
+    Autoscale(super::autoscale::AutoscaleCmd),
+    /// The activity log of autoscale settings (scale actions and skips).
+    #[command(subcommand)]
+    ActivityLog(super::autoscale::ActivityLogCmd),
 }
 
 #[derive(Subcommand)]
@@ -86,8 +93,12 @@ const DEFINITION_COLS: output::Columns = &[
 ];
 
 pub async fn run(cmd: MonitorCmd, out: Output) -> Result<()> {
+    let cmd = match cmd {
+        MonitorCmd::Metrics(m) => m,
+        MonitorCmd::Autoscale(a) => return super::autoscale::run(a, out).await,
+        MonitorCmd::ActivityLog(a) => return super::autoscale::activity_log(a, out).await,
+    };
     let c = client()?;
-    let MonitorCmd::Metrics(cmd) = cmd;
     match cmd {
         MetricsCmd::List(a) => {
             let path = format!(
@@ -195,7 +206,7 @@ fn timespan(a: &ListArgs, now: &str) -> Result<String> {
 }
 
 /// az's `##d##h##m##s` periods (`1m`, `1h30m`) as ISO 8601; ISO durations and FULL pass.
-fn interval(s: &str) -> Result<String> {
+pub(super) fn interval(s: &str) -> Result<String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("FULL") || t.starts_with(['P', 'p']) {
         return Ok(t.to_ascii_uppercase());

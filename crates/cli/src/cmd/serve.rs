@@ -128,6 +128,9 @@ pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
         repair_grace_secs: std::env::var("SCALESET_REPAIR_GRACE_SECS")
             .ok()
             .and_then(|v| v.parse().ok()),
+        autoscale_interval_ms: std::env::var("SCALESET_AUTOSCALE_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         limits: args.limits()?,
     })
 }

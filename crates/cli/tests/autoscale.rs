@@ -1,0 +1,280 @@
+//! Autoscale for real: a scale set of two booted machines behind our load balancer with an
+//! autoscale setting (min 2, max 3) and CPU rules made with the CLI. CPU load in the machines (a
+//! busy loop in each machine's cgroup, which is what its `Percentage CPU` measures: HTTP through
+//! the LB costs the example app too little to cross a threshold idle machines stay clear of)
+//! passes the scale-out threshold: a third instance comes, while clients keep requesting pages
+//! through the LB. Once the load stops (a light trickle keeps checking the LB), the five-minute
+//! window clears and it scales back in. No request fails. The daemon evaluates every 5 s (`SCALESET_AUTOSCALE_INTERVAL_MS`) instead of
+//! 30 s; grains, windows and cooldowns are Azure's minimums, so this takes about ten minutes.
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Scale out when a grain's CPU, averaged over the instances, passes this in the window.
+const OUT: &str = "Percentage CPU > 15 max 5m";
+/// Scale in when no grain of the window had more than this.
+const IN: &str = "Percentage CPU < 8 max 5m";
+
+fn capacity(h: &Harness) -> u64 {
+    h.json(&["vmss", "show", "-g", "rg", "-n", "web"])["sku"]["capacity"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// One keep-alive client, a request every 100 ms: counts (ok, failed) until stopped.
+fn trickle(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<[AtomicU64; 2]>) {
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .ok()
+                .map(|s| {
+                    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                    BufReader::new(s)
+                });
+        }
+        let ok = match conn.as_mut() {
+            Some(c) => matches!(http_get(c, "/page1"), Ok((200, _))),
+            None => false,
+        };
+        counts[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            eprintln!("trickle: a request failed");
+            conn = None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A busy loop in each running machine's cgroup; killed on drop (and by the machines' deletion,
+/// which empties their cgroups, if the test fails first).
+struct Burn(Vec<Child>);
+
+impl Burn {
+    fn start(h: &Harness) -> Burn {
+        let m = runtime::NspawnMachines::new(runtime::RuntimeConfig {
+            state_dir: h.home.join("machines"),
+            prefix: h.prefix.into(),
+        })
+        .unwrap();
+        let burners = h
+            .machine_pids()
+            .iter()
+            .map(|(name, _)| {
+                let join: Vec<String> = m
+                    .cgroup(name)
+                    .procs_files()
+                    .iter()
+                    .map(|f| format!("echo $$ > {}", f.display()))
+                    .collect();
+                let script = format!("{} && exec sh -c 'while :; do :; done'", join.join(" && "));
+                Command::new("sh").arg("-c").arg(script).spawn().unwrap()
+            })
+            .collect();
+        Burn(burners)
+    }
+}
+
+impl Drop for Burn {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn print_cpu(h: &Harness) {
+    let (_, out, _) = h.run(&[
+        "monitor",
+        "metrics",
+        "list",
+        "--resource",
+        "web",
+        "-g",
+        "rg",
+        "--metric",
+        "Percentage CPU",
+        "--offset",
+        "10m",
+        "--dimension",
+        "VMName",
+        "-o",
+        "table",
+    ]);
+    eprintln!("{out}");
+}
+
+#[test]
+fn autoscale_out_under_load_and_back_in() {
+    if !testkit::require(skip_reason()) {
+        return;
+    }
+    let env = vec![("SCALESET_AUTOSCALE_INTERVAL_MS", "5000".to_string())];
+    let mut h = Harness::new("autoscale", "10.213.208.0/24", "asc", env);
+    let lb_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let app = example_drop(&h.home);
+    h.ok(&[
+        "image",
+        "bake",
+        "--base",
+        "debian:bookworm",
+        "--package",
+        app.to_str().unwrap(),
+        "--script",
+        "setupscript.sh",
+        "--name",
+        "120",
+    ]);
+    h.start_serve();
+    h.setup_lb(lb_addr.port(), 2);
+    h.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "120",
+        "--instance-count",
+        "2",
+        "--lb",
+        "lb",
+        "--health-probe",
+        "http",
+    ]);
+    wait_until("2 healthy instances", Duration::from_secs(120), || {
+        healthy(&h.instances()) == 2
+    });
+
+    let created = h.json(&[
+        "monitor",
+        "autoscale",
+        "create",
+        "-g",
+        "rg",
+        "--resource",
+        "web",
+        "--min-count",
+        "2",
+        "--max-count",
+        "3",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(created["properties"]["enabled"], true, "{created}");
+    for (cond, scale) in [(OUT, "out"), (IN, "in")] {
+        h.ok(&[
+            "monitor",
+            "autoscale",
+            "rule",
+            "create",
+            "-g",
+            "rg",
+            "--autoscale-name",
+            "web",
+            "--condition",
+            cond,
+            "--scale",
+            scale,
+            "1",
+            "--cooldown",
+            "1",
+        ]);
+    }
+    let rules = h.json(&[
+        "monitor",
+        "autoscale",
+        "rule",
+        "list",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web",
+    ]);
+    assert_eq!(rules.as_array().map(Vec::len), Some(2), "{rules}");
+
+    // Load: out to 3 within a few grains; the new instance serves before the load stops.
+    let load = Load::start(lb_addr, 4);
+    let burn = Burn::start(&h);
+    assert_eq!(burn.0.len(), 2);
+    wait_until("scale-out to 3", Duration::from_secs(300), || {
+        std::thread::sleep(Duration::from_secs(10));
+        print_cpu(&h);
+        capacity(&h) == 3
+    });
+    wait_until("3 healthy instances", Duration::from_secs(120), || {
+        healthy(&h.instances()) == 3
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    drop(burn);
+    let (ok, failed) = load.finish();
+    eprintln!("load: {ok} ok, {failed} failed");
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "requests failed under load");
+
+    // Quiet but watched: back to 2 once the window has no hot grain, drained, no failure.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let t = {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        std::thread::spawn(move || trickle(lb_addr, stop, counts))
+    };
+    wait_until("scale-in to 2", Duration::from_secs(600), || {
+        capacity(&h) == 2
+    });
+    wait_until("2 instances left", Duration::from_secs(120), || {
+        h.instances().len() == 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    let (ok, failed) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    eprintln!("trickle: {ok} ok, {failed} failed");
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "requests failed during scale-in");
+
+    // The activity log says what happened, newest first.
+    let log = h.json(&["monitor", "activity-log", "list", "-g", "rg"]);
+    eprintln!(
+        "{}",
+        h.ok(&["monitor", "activity-log", "list", "-g", "rg", "-o", "table"])
+    );
+    let acted: Vec<(String, String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"]["value"] == "Succeeded")
+        .map(|e| {
+            let s = |p: &str| {
+                e.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (
+                s("/operationName/localizedValue"),
+                s("/properties/OldInstancesCount"),
+                s("/properties/NewInstancesCount"),
+            )
+        })
+        .collect();
+    let ev = |op: &str, a: &str, b: &str| (op.to_string(), a.to_string(), b.to_string());
+    assert_eq!(
+        acted,
+        [
+            ev("Autoscale scale down", "3", "2"),
+            ev("Autoscale scale up", "2", "3")
+        ]
+    );
+}
