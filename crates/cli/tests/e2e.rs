@@ -278,6 +278,17 @@ fn scale_set_behind_load_balancer() {
             Duration::from_secs(60),
             || serves(SocketAddr::from((ip, 80))),
         );
+        // And up in the load balancer's own view (its probe may not have seen it come back
+        // yet): the next kill must leave two backends the LB sends requests to.
+        wait_until(
+            "the LB to see every backend up",
+            Duration::from_secs(60),
+            || {
+                let s = lb_status(&home);
+                let b = s["backends"].as_array().cloned().unwrap_or_default();
+                b.len() == 3 && b.iter().all(|b| b["healthy"] == Value::Bool(true))
+            },
+        );
         wait_until(
             "all instances healthy again",
             Duration::from_secs(60),
