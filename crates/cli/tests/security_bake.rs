@@ -639,6 +639,34 @@ fn download_cache_is_shared_within_a_scope_only() {
         seen.contains(&vec!["seen-by-three".to_string()]),
         "{seen:?}"
     );
+    // An image whose apt config folder points at the host: a bake on it with a cache must not
+    // write the cache's drop-in through the link.
+    let canary = h.home.join("canary-apt");
+    std::fs::create_dir_all(&canary).unwrap();
+    let pkg = h.home.join("pkg-planter");
+    write_script(
+        &pkg,
+        "plant.sh",
+        &format!(
+            "#!/bin/bash\nrm -rf /etc/apt/apt.conf.d\nln -s {} /etc/apt/apt.conf.d\n",
+            canary.display()
+        ),
+    );
+    bake(&h, "planter", &pkg, "plant.sh", &[]);
+    let pkg = h.home.join("pkg-on-planter");
+    write_script(&pkg, "noop.sh", "#!/bin/bash\ntrue\n");
+    bake(
+        &h,
+        "on-planter",
+        &pkg,
+        "noop.sh",
+        &["--base", "planter", "--download-cache", "repo:a"],
+    );
+    assert_eq!(
+        std::fs::read_dir(&canary).unwrap().count(),
+        0,
+        "written through the link"
+    );
     for name in ["one", "two", "three"] {
         let layer = top_layer(&h, name);
         assert_eq!(

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -449,14 +449,8 @@ impl ImageStore {
         }
         let host = crate::hostenv::host_network(&|k| std::env::var(k).ok(), &|p| p.is_file());
         if let Some(src) = &host.ca_bundle {
-            let rel = crate::hostenv::GUEST_CA.trim_start_matches("/deployTemp/");
-            let dst = deploy.join(rel);
-            if let Some(dir) = dst.parent() {
-                fs::create_dir_all(dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
-            }
-            fs::copy(src, &dst).map_err(io_err(format!("copy {} into the bake", src.display())))?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(0o644))
-                .map_err(io_err(format!("chmod {}", dst.display())))?;
+            let data = fs::read(src).map_err(io_err(format!("read {}", src.display())))?;
+            write_beneath(deploy, ".scaleset-host", "ca-certificates.crt", &data)?;
         }
         let _ = writeln!(
             log_file,
@@ -494,15 +488,13 @@ impl ImageStore {
             fs::create_dir_all(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
         }
         crate::private_dir(&self.root.join("download-cache"))?;
-        let archives = merged.join("var/cache/apt/archives");
+        let real = |rel: &str| crate::real_dir(merged, rel).is_some();
         let c = DownloadCache {
-            apt: archives.is_dir().then(|| dir.join("apt")),
+            apt: real("var/cache/apt/archives").then(|| dir.join("apt")),
             pip: dir.join("pip"),
-            made_pip_dir: !merged.join(PIP_CACHE.trim_start_matches('/')).exists(),
-            drop_in: merged
-                .join("etc/apt/apt.conf.d")
-                .is_dir()
-                .then(|| merged.join(APT_KEEP)),
+            made_pip_dir: fs::symlink_metadata(merged.join(PIP_CACHE.trim_start_matches('/')))
+                .is_err(),
+            drop_in: real("etc/apt/apt.conf.d").then(|| merged.join(APT_KEEP)),
         };
         c.prepare(merged)?;
         env.push(("PIP_CACHE_DIR".into(), PIP_CACHE.into()));
@@ -663,17 +655,43 @@ fn watch_failures(
         return Ok(None);
     }
     let mark = hex::encode(&Sha256::digest(unique_suffix())[..8]);
-    let trap = deploy.join(".scaleset-host/errtrap.sh");
-    if let Some(dir) = trap.parent() {
-        fs::create_dir_all(dir).map_err(io_err(format!("mkdir {}", dir.display())))?;
-    }
-    fs::write(&trap, crate::failures::trap_script(&mark))
-        .map_err(io_err(format!("write {}", trap.display())))?;
+    let trap = crate::failures::trap_script(&mark);
+    write_beneath(deploy, ".scaleset-host", "errtrap.sh", trap.as_bytes())?;
     env.push((
         "BASH_ENV".into(),
         "/deployTemp/.scaleset-host/errtrap.sh".into(),
     ));
     Ok(Some(crate::failures::Tracker::new(&mark)))
+}
+
+/// Writes a new file `name` in the real directory `root/dir` (made if missing): no component is
+/// followed if it is a symlink, so an image (the output of an untrusted bake) cannot point the
+/// daemon's write at the host. Returns the file's path.
+fn write_beneath(root: &Path, dir: &str, name: &str, data: &[u8]) -> Result<PathBuf, ImageError> {
+    if crate::real_dir(root, dir).is_none() {
+        let d = root.join(dir);
+        // Only the last component may be missing; the rest must already be real directories.
+        let parent = Path::new(dir)
+            .parent()
+            .and_then(|p| p.to_str())
+            .unwrap_or("");
+        if crate::real_dir(root, parent).is_none() || fs::symlink_metadata(&d).is_ok() {
+            return Err(io_err(format!("write {}", d.display()))(io::Error::other(
+                "not a real directory in the bake's root",
+            )));
+        }
+        fs::create_dir(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
+    }
+    let p = root.join(dir).join(name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&p)
+        .map_err(io_err(format!("create {}", p.display())))?;
+    io::Write::write_all(&mut f, data).map_err(io_err(format!("write {}", p.display())))?;
+    Ok(p)
 }
 
 /// pip's cache inside a bake (bound from the host; the empty mount point is removed after).
@@ -693,11 +711,20 @@ struct DownloadCache {
 
 impl DownloadCache {
     fn prepare(&self, merged: &Path) -> Result<(), ImageError> {
+        // The mount point: nspawn resolves the bind's target inside the container's root.
         let pip = merged.join(PIP_CACHE.trim_start_matches('/'));
-        fs::create_dir_all(&pip).map_err(io_err(format!("mkdir {}", pip.display())))?;
-        if let Some(f) = &self.drop_in {
-            fs::write(f, "Binary::apt::APT::Keep-Downloaded-Packages \"true\";\nAPT::Keep-Downloaded-Packages \"true\";\n")
-                .map_err(io_err(format!("write {}", f.display())))?;
+        if self.made_pip_dir {
+            if crate::real_dir(merged, "var/cache").is_none() {
+                return Err(io_err(format!("mkdir {}", pip.display()))(
+                    io::Error::other("/var/cache is not a real directory in the bake's root"),
+                ));
+            }
+            fs::create_dir(&pip).map_err(io_err(format!("mkdir {}", pip.display())))?;
+        }
+        if self.drop_in.is_some() {
+            let keep = "Binary::apt::APT::Keep-Downloaded-Packages \"true\";\nAPT::Keep-Downloaded-Packages \"true\";\n";
+            let (dir, name) = APT_KEEP.rsplit_once('/').unwrap_or(("", APT_KEEP));
+            write_beneath(merged, dir, name, keep.as_bytes())?;
         }
         Ok(())
     }
