@@ -692,3 +692,67 @@ fn download_cache_is_shared_within_a_scope_only() {
         assert_eq!(debs, 0, "{name}");
     }
 }
+
+/// The daemon's own writes into a bake's root (the package copied to `/deployTemp`, the bake-time
+/// shims) never go through a link the image planted: an imported image whose `/deployTemp` is
+/// an absolute link to a host folder, and a baked image whose `/usr/local/sbin` (where the
+/// `systemctl` shim goes) is one.
+#[test]
+fn bake_writes_never_follow_links_the_image_planted() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::new("secbake-links", "10.213.237.0/24", "sbl", vec![]);
+    let canary = h.home.join("canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    let empty = |d: &Path| std::fs::read_dir(d).unwrap().count() == 0;
+    // (1) Imported: `deployTemp -> <canary>` (absolute links are normal in images).
+    let src = h.home.join("linked.tar");
+    let link = canary.to_str().unwrap();
+    let entries = [Entry::Dir("etc"), Entry::Symlink("deployTemp", link)];
+    docker_save(&src, &layer_tar(&entries), &[]);
+    h.ok(&[
+        "image",
+        "import",
+        "--source",
+        src.to_str().unwrap(),
+        "--name",
+        "linked",
+    ]);
+    let pkg = h.home.join("pkg-static");
+    write_script(&pkg, "run.sh", "#!/bin/sh\ntrue\n");
+    let (ok, _, err) = h.run(&[
+        "image",
+        "bake",
+        "--package",
+        pkg.to_str().unwrap(),
+        "--script",
+        "run.sh",
+        "--name",
+        "on-linked",
+        "--base",
+        "linked",
+    ]);
+    // The base has no /bin/sh, so the bake is refused, but only after the copy.
+    assert!(!ok && err.contains("has no /bin/sh"), "{err}");
+    assert!(
+        empty(&canary),
+        "the package was copied through the image's link"
+    );
+    // (2) Baked: a script that points `/usr/local/sbin` at the canary.
+    let pkg = h.home.join("pkg-planter");
+    let plant = format!("#!/bin/bash\nrm -rf /usr/local/sbin\nln -s {link} /usr/local/sbin\n");
+    write_script(&pkg, "plant.sh", &plant);
+    bake(&h, "planter", &pkg, "plant.sh", &[]);
+    let pkg = h.home.join("pkg-on-planter");
+    write_script(
+        &pkg,
+        "noop.sh",
+        "#!/bin/bash\nsystemctl --version >/dev/null || true\n",
+    );
+    bake(&h, "on-planter", &pkg, "noop.sh", &["--base", "planter"]);
+    assert!(
+        empty(&canary),
+        "a shim was written through the image's link"
+    );
+}

@@ -359,7 +359,7 @@ impl ImageStore {
         let (files, bytes) = tree_count(pkg);
         on_event(BakeEvent::Copying { files, bytes });
         let deploy = merged.join("deployTemp");
-        let in_guest_script = copy_package(pkg, &deploy.join(pkg_name), script_rel)?;
+        let in_guest_script = copy_package(pkg, &deploy, pkg_name, script_rel)?;
 
         let has_sh = check_runnable(spec, &merged, &in_guest_script, pkg_name, script_rel)?;
         let shims = put_shims(&merged, has_sh)?;
@@ -626,18 +626,55 @@ impl ImageStore {
     }
 }
 
-/// Copies the package to `dest` (its `/deployTemp` folder) and makes the script executable;
+/// Copies the package to a fresh `deploy/pkg_name` (`/deployTemp`, replacing whatever the image
+/// had there, which may be a link to anywhere on the host) and makes the script executable;
 /// returns the script's path there.
-fn copy_package(pkg: &Path, dest: &Path, script_rel: &str) -> Result<PathBuf, ImageError> {
-    crate::copy_tree(pkg, dest)?;
-    let script = dest.join(script_rel);
-    let mode = fs::metadata(&script)
+fn copy_package(
+    pkg: &Path,
+    deploy: &Path,
+    pkg_name: &str,
+    script_rel: &str,
+) -> Result<PathBuf, ImageError> {
+    let root = deploy.parent().unwrap_or(deploy);
+    match fs::symlink_metadata(deploy) {
+        Ok(md) if md.is_dir() => crate::remove_tree(deploy)?,
+        Ok(_) => crate::remove_entry(root, "", "deployTemp")?,
+        Err(_) => {}
+    }
+    fs::create_dir(deploy).map_err(io_err(format!("mkdir {}", deploy.display())))?;
+    // Everything below is new: nothing the copy writes can be an existing link.
+    crate::copy_tree(pkg, &deploy.join(pkg_name))?;
+    let script = package_script(deploy, pkg_name, script_rel)?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&script)
+        .map_err(io_err(format!("open {}", script.display())))?;
+    let mode = f
+        .metadata()
         .map_err(io_err(format!("stat {}", script.display())))?
         .permissions()
         .mode();
-    fs::set_permissions(&script, fs::Permissions::from_mode(mode | 0o111))
+    f.set_permissions(fs::Permissions::from_mode(mode | 0o111))
         .map_err(io_err(format!("chmod {}", script.display())))?;
     Ok(script)
+}
+
+/// The script's path in the copied package: a regular file reached through real directories
+/// (a package's symlink could otherwise point the daemon's chmod and reads at a host file).
+fn package_script(deploy: &Path, pkg_name: &str, script_rel: &str) -> Result<PathBuf, ImageError> {
+    let rel = Path::new(pkg_name).join(script_rel);
+    let parent = rel.parent().and_then(|p| p.to_str()).unwrap_or("");
+    let file = rel.file_name().unwrap_or_default();
+    let regular = crate::real_dir(deploy, parent)
+        .map(|d| d.join(file))
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    regular.ok_or_else(|| {
+        let what = format!("setup script {script_rel:?} in the copied package");
+        io_err(what)(io::Error::other(
+            "not a regular file reached through real directories",
+        ))
+    })
 }
 
 /// For a bash script: an `ERR` trap through `BASH_ENV` (in `deploy`, removed before capture)
@@ -819,19 +856,26 @@ fn check_runnable(
 fn put_shims(merged: &Path, has_sh: bool) -> Result<Vec<(String, String)>, ImageError> {
     let mut shims: Vec<(String, String)> = Vec::new();
     let mut put_shim = |rel: &str, content: &str, mode: u32| -> Result<(), ImageError> {
-        let p = merged.join(rel);
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        // Only into a real directory of the image, never through a link it planted.
+        let Some(d) = crate::real_dir(merged, dir) else {
+            return Ok(());
+        };
+        let p = d.join(name);
         if fs::symlink_metadata(&p).is_ok() {
             return Ok(()); // the image has its own; leave it alone
         }
-        if let Some(parent) = p.parent() {
-            if !parent.is_dir() {
-                return Ok(());
-            }
-        }
-        fs::write(&p, content).map_err(io_err(format!("write {}", p.display())))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode)
+            .open(&p)
+            .map_err(io_err(format!("create {}", p.display())))?;
+        io::Write::write_all(&mut f, content.as_bytes())
+            .map_err(io_err(format!("write {}", p.display())))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err(format!("chmod {}", p.display())))?;
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         shims.push((dir.to_string(), name.to_string()));
         Ok(())
     };
