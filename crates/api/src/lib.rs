@@ -234,7 +234,8 @@ pub fn open_state(
             t
         }
     };
-    let images = image::ImageStore::new(cfg.home.join("images"), cfg.base_cache.clone());
+    let images = image::ImageStore::new(cfg.home.join("images"), cfg.base_cache.clone())
+        .with_download_cache_cap(cfg.limits.download_cache_bytes);
     let core = Arc::new(engine::Core {
         cfg: cfg.engine(),
         cp: control::ControlPlane::new(store),

@@ -35,6 +35,8 @@ pub struct Limits {
     pub lb_allowed: Vec<Cidr>,
     /// Connection cap and header timeout of every load balancer frontend.
     pub lb_frontend: lb::FrontendLimits,
+    /// The most each scope's bake download cache keeps (bytes; oldest files go first).
+    pub download_cache_bytes: u64,
 }
 
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +54,7 @@ impl Default for Limits {
             max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
             lb_allowed: Cidr::parse_list(DEFAULT_LB_ALLOWED).unwrap_or_default(),
             lb_frontend: lb::FrontendLimits::default(),
+            download_cache_bytes: image::cache::DEFAULT_CAP_BYTES,
         }
     }
 }

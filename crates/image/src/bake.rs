@@ -419,6 +419,7 @@ impl ImageStore {
         let warnings = lines.failures.map(|t| t.summary()).unwrap_or_default();
         if let Some(c) = &cache {
             c.unbind(&merged)?;
+            c.trim(self.cache_cap, log_file);
         }
         report_failures(&warnings, &mut [log, log_file]);
         self.check_outcome(spec, &upper, status, log_file, log_path)?;
@@ -488,8 +489,13 @@ impl ImageStore {
             fs::create_dir_all(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
         }
         crate::private_dir(&self.root.join("download-cache"))?;
+        // One bake of a scope at a time: the trim after a bake must not race another's downloads.
+        // The lock file sits beside the folder the bake sees, out of its reach.
+        let lock = Flock::exclusive(&dir.with_extension("lock"))?;
         let real = |rel: &str| crate::real_dir(merged, rel).is_some();
         let c = DownloadCache {
+            dir: dir.clone(),
+            _lock: lock,
             apt: real("var/cache/apt/archives").then(|| dir.join("apt")),
             pip: dir.join("pip"),
             made_pip_dir: fs::symlink_metadata(merged.join(PIP_CACHE.trim_start_matches('/')))
@@ -738,6 +744,8 @@ const APT_KEEP: &str = "etc/apt/apt.conf.d/zz-scaleset-download-cache";
 
 /// A bake's view of its scope's download cache on the host.
 struct DownloadCache {
+    dir: PathBuf,
+    _lock: Flock,
     /// Bound over `/var/cache/apt/archives` when the base has apt.
     apt: Option<PathBuf>,
     pip: PathBuf,
@@ -775,6 +783,24 @@ impl DownloadCache {
             .collect();
         out.push(format!("--bind={}:{PIP_CACHE}", self.pip.display()));
         out
+    }
+
+    /// Keeps the cache within `cap` bytes (oldest files first); a failure is only logged.
+    fn trim(&self, cap: u64, log_file: &mut fs::File) {
+        match crate::cache::trim(&self.dir, cap) {
+            Ok((0, _)) => {}
+            Ok((n, before)) => {
+                let _ = writeln!(
+                    log_file,
+                    "scaleset: download cache over {} MiB ({} MiB): removed its {n} oldest files",
+                    cap >> 20,
+                    before >> 20
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(log_file, "scaleset: download cache trim failed: {e}");
+            }
+        }
     }
 
     /// Removes what the bake's root got for the cache: the drop-in and an empty mount point.

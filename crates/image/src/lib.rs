@@ -140,6 +140,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod bake;
+pub mod cache;
 pub mod failures;
 pub mod hostenv;
 mod oci;
@@ -328,6 +329,8 @@ pub fn preflight() -> Result<(), ImageError> {
 pub struct ImageStore {
     root: PathBuf,
     base_cache: PathBuf,
+    /// The most a scope's download cache keeps (bytes); trimmed after each bake.
+    cache_cap: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -673,7 +676,14 @@ impl ImageStore {
         ImageStore {
             root: root.into(),
             base_cache: base_cache.into(),
+            cache_cap: cache::DEFAULT_CAP_BYTES,
         }
+    }
+
+    /// Sets the most each scope's download cache keeps.
+    pub fn with_download_cache_cap(mut self, bytes: u64) -> Self {
+        self.cache_cap = bytes;
+        self
     }
 
     pub fn root(&self) -> &Path {

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Milliseconds an L7 frontend's client has to send a request's headers.
     #[arg(long, env = "SCALESET_LB_HEADER_TIMEOUT_MS", default_value_t = lb::config::DEFAULT_HEADER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub lb_header_timeout_ms: u64,
+    /// MiB each repository's bake download cache (apt archives, pip wheels) keeps at most;
+    /// after a bake the oldest files go.
+    #[arg(long, env = "SCALESET_DOWNLOAD_CACHE_MAX_MB", default_value_t = image::cache::DEFAULT_CAP_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
+    pub download_cache_max_mb: u64,
 }
 
 impl ServeArgs {
@@ -53,6 +57,7 @@ impl ServeArgs {
                 max_connections: self.lb_max_connections,
                 header_timeout_ms: self.lb_header_timeout_ms,
             },
+            download_cache_bytes: self.download_cache_max_mb << 20,
         })
     }
 }
