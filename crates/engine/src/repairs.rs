@@ -88,17 +88,23 @@ pub(crate) async fn repairs_pass(
         image,
         size: m.sku_name.clone(),
     };
+    let mut result = Ok(());
     for (id, action) in d.repair {
         let Some(rec) = recs.iter().find(|r| r.instance_id == id).cloned() else {
             continue;
         };
-        repair(&ctx, rec, action, &mut tasks)?;
+        result = repair(&ctx, rec, action, &mut tasks);
+        if result.is_err() {
+            break;
+        }
     }
+    // Repairs already started finish within this pass even when a later one could not start:
+    // a detached repair could overlap the next pass's work on the same instance.
     for t in tasks {
         let _ = t.await;
     }
     st.wake.notify_one();
-    Ok(())
+    result
 }
 
 pub(crate) fn repair_failed(st: &Core, key: &Key, res: &Res, id: u32, e: String) {
