@@ -2,6 +2,7 @@
 //! processes, milliseconds per call. Failures and delays can be injected per operation and
 //! machine, machines can be made to die as a crash would, what they use (`usage`, for metrics)
 //! is set by the test, and every call is recorded.
+use crate::inspect::{Exec, ExecOutput};
 use crate::{MachineSpec, MachineState, MachineUsage, Machines, NetworkSpec, RuntimeError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ pub enum Op {
     State,
     List,
     Usage,
+    Exec,
+    Console,
 }
 
 /// One recorded call: the operation and the machine it named (empty for network and list).
@@ -71,6 +74,11 @@ struct Inner {
     next_pid: u32,
     network: Option<NetworkSpec>,
     usage: BTreeMap<String, MachineUsage>,
+    /// Per machine: `argv[0]` → what the command answers.
+    replies: BTreeMap<String, BTreeMap<String, ExecOutput>>,
+    /// Per machine: every command line run in it.
+    execs: BTreeMap<String, Vec<Vec<String>>>,
+    console: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -128,6 +136,39 @@ impl FakeMachines {
         let mut g = self.lock();
         g.faults.clear();
         g.delays.clear();
+    }
+
+    /// What a command named `argv0` answers in `machine` (others exit 0, print nothing).
+    pub fn set_reply(&self, machine: &str, argv0: &str, out: ExecOutput) {
+        let mut g = self.lock();
+        g.replies
+            .entry(machine.into())
+            .or_default()
+            .insert(argv0.into(), out);
+    }
+
+    /// `systemctl list-units --state=failed` in `machine` lists these units.
+    pub fn set_failed_units(&self, machine: &str, units: &[&str]) {
+        let text: String = units
+            .iter()
+            .map(|u| format!("{u} loaded failed failed {u}\n"))
+            .collect();
+        self.set_reply(machine, "systemctl", ExecOutput::exited(0, &text, ""));
+    }
+
+    /// `journalctl` in `machine` prints `text`.
+    pub fn set_journal(&self, machine: &str, text: &str) {
+        self.set_reply(machine, "journalctl", ExecOutput::exited(0, text, ""));
+    }
+
+    /// The machine's console log.
+    pub fn set_console(&self, machine: &str, text: &[u8]) {
+        self.lock().console.insert(machine.into(), text.to_vec());
+    }
+
+    /// The command lines run in `machine`, in order.
+    pub fn execs(&self, machine: &str) -> Vec<Vec<String>> {
+        self.lock().execs.get(machine).cloned().unwrap_or_default()
     }
 
     /// The machine stops as if it crashed (no call is recorded: nobody asked).
@@ -324,6 +365,49 @@ impl Machines for FakeMachines {
         let g = self.lock();
         let stopped = g.machines.get(name).is_some_and(|m| m.pid.is_none());
         Ok(g.usage.get(name).copied().filter(|_| !stopped))
+    }
+
+    fn exec(&self, name: &str, req: Exec) -> Result<ExecOutput, RuntimeError> {
+        self.enter(Op::Exec, name, None)?;
+        let out = {
+            let mut g = self.lock();
+            if g.machines.get(name).and_then(|m| m.pid).is_none() {
+                return Err(RuntimeError::State {
+                    machine: name.into(),
+                    msg: "is not running".into(),
+                });
+            }
+            g.execs
+                .entry(name.into())
+                .or_default()
+                .push(req.argv.clone());
+            let argv0 = req.argv.first().cloned().unwrap_or_default();
+            g.replies
+                .get(name)
+                .and_then(|r| r.get(&argv0))
+                .cloned()
+                .unwrap_or_else(|| ExecOutput::exited(0, "", ""))
+        };
+        match req.stdout_sink {
+            Some(sink) => {
+                sink(&out.stdout);
+                Ok(ExecOutput {
+                    stdout: Vec::new(),
+                    ..out
+                })
+            }
+            None => Ok(out),
+        }
+    }
+
+    fn console_tail(&self, name: &str, max: usize) -> Result<Vec<u8>, RuntimeError> {
+        self.enter(Op::Console, name, None)?;
+        let g = self.lock();
+        if !g.machines.contains_key(name) {
+            return Err(Self::not_found(name));
+        }
+        let c = g.console.get(name).cloned().unwrap_or_default();
+        Ok(c[c.len().saturating_sub(max)..].to_vec())
     }
 }
 

@@ -46,6 +46,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod fake;
+pub mod inspect;
+mod nsexec;
+pub use inspect::{Exec, ExecOutput, ExecStatus};
+pub use nsexec::{exec_available, MAX_CONSOLE_TAIL};
 /// Durable file writes (one implementation, in `sys`).
 pub use sys::durable;
 pub mod hostnet;
@@ -357,6 +361,12 @@ pub trait Machines: Send + Sync {
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
     /// What a running machine uses (metrics); `None` when it does not run.
     fn usage(&self, name: &str) -> Result<Option<MachineUsage>, RuntimeError>;
+    /// Runs a command inside the running machine (all its namespaces, its cgroup, root of
+    /// the instance), killed at `req.timeout`; see [`inspect`].
+    fn exec(&self, name: &str, req: Exec) -> Result<ExecOutput, RuntimeError>;
+    /// The last `max` bytes of the machine's console (boot diagnostics); empty before its
+    /// first boot.
+    fn console_tail(&self, name: &str, max: usize) -> Result<Vec<u8>, RuntimeError>;
 }
 
 // ---------------------------------------------------------------------------
@@ -1324,6 +1334,14 @@ impl Machines for NspawnMachines {
             net_in_bytes: read_u64(&stats.join("tx_bytes")),
             net_out_bytes: read_u64(&stats.join("rx_bytes")),
         }))
+    }
+
+    fn exec(&self, name: &str, req: Exec) -> Result<ExecOutput, RuntimeError> {
+        self.exec_in(name, req)
+    }
+
+    fn console_tail(&self, name: &str, max: usize) -> Result<Vec<u8>, RuntimeError> {
+        self.console_tail_of(name, max)
     }
 }
 
