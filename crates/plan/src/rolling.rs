@@ -51,6 +51,13 @@
 //! * **Health wait.** A batch member is done when it runs the target model, is not being acted on,
 //!   runs and is healthy. We wait until all members are done or `health_timeout_secs` have passed
 //!   since the batch started (Azure: 5 minutes, [`DEFAULT_HEALTH_TIMEOUT_SECS`]); the rest failed.
+//! * **Failed units (beyond Azure).** A batch member on the target model whose units systemd
+//!   reports `failed` (`RollInstance::failed_units`, observed by the engine inside the instance)
+//!   and that is not healthy is *settled* as failed: it will not become healthy by waiting. The
+//!   batch is evaluated as soon as every member is healthy or settled, and at once when the
+//!   settled failures alone already exceed maxUnhealthyUpgradedInstancePercent; instances still
+//!   starting keep Azure's health wait. The breach's error names the instance and unit, and
+//!   `details` carry the unit's last journal lines (`UnitFailed`).
 //! * **Post-check.** Unhealthy upgraded instances (every instance this rollout upgraded that is not
 //!   healthy on the target model now) × 100 > maxUnhealthyUpgradedInstancePercent × N → `Faulted`
 //!   with Azure's message; the first failed id is the first failed member of the batch. With
@@ -112,12 +119,30 @@ pub struct RollInstance {
     pub upgrading: bool,
     /// Creation order, monotonic per scale set.
     pub created_seq: u64,
+    /// Units systemd reports `failed` inside the instance (observed only for instances on the
+    /// target model that are not healthy yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_units: Vec<FailedUnit>,
+}
+
+/// A unit systemd reports `failed` inside an instance, with the last lines of its journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedUnit {
+    pub unit: String,
+    pub journal: Vec<String>,
 }
 
 impl RollInstance {
     /// Unhealthy for any reason (not running or probe down).
     fn down(&self) -> bool {
         !(self.running && self.healthy)
+    }
+    /// On `target`, not acted on, not healthy, and a unit has failed: waiting will not help.
+    fn broken(&self, target: u64) -> bool {
+        self.model_version == target
+            && !self.upgrading
+            && !self.available()
+            && !self.failed_units.is_empty()
     }
     /// Serving: running, healthy and not being acted on.
     fn available(&self) -> bool {
@@ -161,12 +186,25 @@ pub enum Phase {
     Done,
 }
 
-/// Azure's `error` of a rolling upgrade (`ApiError` code + message).
+/// Azure's `error` of a rolling upgrade (`ApiError` code + message, and `details`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutError {
     pub code: String,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorDetail>,
 }
+
+/// Azure's `ApiErrorBase`: one of an error's `details`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub target: String,
+    pub message: String,
+}
+
+/// The code of a detail naming a failed unit.
+pub const CODE_UNIT_FAILED: &str = "UnitFailed";
 
 /// Azure's `progress` counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -391,12 +429,47 @@ fn end_batch(policy: &RollingUpgradePolicy, s: &mut RolloutState, now: u64) {
     s.paused_until = (pause > 0).then(|| now.saturating_add(pause));
 }
 
+/// Azure's most impactful error, or the first failed unit's.
+fn impact(broken: &[&RollInstance]) -> String {
+    match broken.first() {
+        Some(i) => format!(
+            "Unit {} failed on instance {}",
+            i.failed_units[0].unit, i.id
+        ),
+        None => "Instance found to be unhealthy or unreachable.".into(),
+    }
+}
+
+/// One `UnitFailed` detail per failed unit of `broken`, with its journal lines.
+fn unit_details(broken: &[&RollInstance]) -> Vec<ErrorDetail> {
+    broken
+        .iter()
+        .flat_map(|i| {
+            i.failed_units.iter().map(move |u| ErrorDetail {
+                code: CODE_UNIT_FAILED.into(),
+                target: format!("instances/{}/units/{}", i.id, u.unit),
+                message: if u.journal.is_empty() {
+                    format!("{} failed on instance {}.", u.unit, i.id)
+                } else {
+                    format!(
+                        "{} failed on instance {}. Last journal lines:\n{}",
+                        u.unit,
+                        i.id,
+                        u.journal.join("\n")
+                    )
+                },
+            })
+        })
+        .collect()
+}
+
 fn breach_upgraded(
     policy: &RollingUpgradePolicy,
     s: &mut RolloutState,
     count: usize,
     n: usize,
     first: u32,
+    broken: &[&RollInstance],
 ) {
     s.status = RunningStatus::Faulted;
     s.error = Some(RolloutError {
@@ -405,11 +478,13 @@ fn breach_upgraded(
             "Rolling Upgrade failed after exceeding the MaxUnhealthyUpgradedInstancePercent value \
              defined in the RollingUpgradePolicy. {}% of instances are in an unhealthy state after \
              being upgraded - more than the threshold of {}%. The most impactful error is: \
-             Instance found to be unhealthy or unreachable.. First failed instance ID is: {}.",
+             {}. First failed instance ID is: {}.",
             percent(count, n),
             policy.max_unhealthy_upgraded_instance_percent,
+            impact(broken),
             first
         ),
+        details: unit_details(broken),
     });
 }
 
@@ -441,6 +516,7 @@ fn select(policy: &RollingUpgradePolicy, s: &mut RolloutState, v: &View, now: u6
                 percent(unhealthy, n),
                 policy.max_unhealthy_instance_percent
             ),
+            details: Vec::new(),
         });
         return finish(s, RunningStatus::Faulted);
     }
@@ -492,7 +568,21 @@ fn upgrading(
     let target = s.target_version;
     let ok = |i: &RollInstance| i.model_version == target && i.available();
     let live = v.live(&s.batch);
-    if !live.iter().all(|i| ok(i)) && !timed_out(s, now, timeout) {
+    let broken: Vec<&RollInstance> = live.iter().copied().filter(|i| i.broken(target)).collect();
+    let settled = live.iter().all(|i| ok(i) || i.broken(target));
+    let n = v.all.len();
+    // Earlier batches' instances that are unhealthy now, plus this batch's settled failures.
+    let definite = s
+        .done
+        .iter()
+        .chain(&s.failed)
+        .filter(|id| !s.batch.contains(id))
+        .filter_map(|id| v.get(*id))
+        .filter(|i| !ok(i))
+        .count()
+        + broken.len();
+    let fail_now = exceeds(definite, n, policy.max_unhealthy_upgraded_instance_percent);
+    if !settled && !fail_now && !timed_out(s, now, timeout) {
         let again: Vec<u32> = live
             .iter()
             .filter(|i| i.model_version != target && !i.upgrading)
@@ -505,7 +595,7 @@ fn upgrading(
         };
     }
 
-    let mut first_failed = None;
+    let mut first_failed = broken.first().map(|i| i.id);
     for i in &live {
         if ok(i) {
             push_unique(&mut s.done, i.id);
@@ -522,14 +612,13 @@ fn upgrading(
         .filter(|i| !ok(i))
         .collect();
     unhealthy_upgraded.sort_by_key(|i| i.id);
-    let n = v.all.len();
     if exceeds(
         unhealthy_upgraded.len(),
         n,
         policy.max_unhealthy_upgraded_instance_percent,
     ) {
         let first = first_failed.unwrap_or(unhealthy_upgraded[0].id);
-        breach_upgraded(policy, s, unhealthy_upgraded.len(), n, first);
+        breach_upgraded(policy, s, unhealthy_upgraded.len(), n, first, &broken);
         if policy.rollback_failed_instances_on_policy_breach {
             let back: Vec<u32> = unhealthy_upgraded
                 .iter()
@@ -591,8 +680,11 @@ fn surging(
     s.surge = ids(&new);
     let old = ids(&v.live(&s.batch));
     let healthy_new: Vec<u32> = new.iter().filter(|i| i.available()).map(|i| i.id).collect();
+    let broken: Vec<&RollInstance> = new.iter().copied().filter(|i| i.broken(target)).collect();
+    // Every replacement is there and healthy or failed for good: nothing left to wait for.
+    let settled = new.len() >= old.len() && healthy_new.len() + broken.len() >= new.len();
 
-    if healthy_new.len() < old.len() && !timed_out(s, now, timeout) {
+    if healthy_new.len() < old.len() && !settled && !timed_out(s, now, timeout) {
         let missing = old.len().saturating_sub(new.len());
         return if missing > 0 {
             Step::Surge {
@@ -628,13 +720,14 @@ fn surging(
     let n = v.all.len().saturating_sub(new.len());
     let mut remove = replaced.to_vec();
     if exceeds(count, n, policy.max_unhealthy_upgraded_instance_percent) {
-        let first = failed_new
+        let first = broken
             .first()
-            .or(unpaired.first())
-            .or(s.failed.first())
-            .copied()
+            .map(|i| i.id)
+            .or(failed_new.first().copied())
+            .or(unpaired.first().copied())
+            .or(s.failed.first().copied())
             .unwrap_or_default();
-        breach_upgraded(policy, s, count, n, first);
+        breach_upgraded(policy, s, count, n, first, &broken);
         if policy.rollback_failed_instances_on_policy_breach {
             for id in &failed_new {
                 push_unique(&mut s.rolled_back, *id);
@@ -688,6 +781,7 @@ mod tests {
             protected: false,
             upgrading: false,
             created_seq: id as u64,
+            failed_units: Vec::new(),
         }
     }
     fn fleet(n: u32) -> Vec<RollInstance> {
@@ -714,6 +808,8 @@ mod tests {
         ops: Vec<(u64, u32, Op)>,
         /// Ids that come up unhealthy on the target model.
         bad: BTreeSet<u32>,
+        /// Bad instances also report a failed unit (the app exits at start).
+        unit_fails: bool,
         next_id: u32,
         next_seq: u64,
         reimages: BTreeMap<u32, u32>,
@@ -734,6 +830,7 @@ mod tests {
                 op_secs: 0,
                 ops: vec![],
                 bad: BTreeSet::new(),
+                unit_fails: false,
                 next_id,
                 next_seq,
                 reimages: BTreeMap::new(),
@@ -753,9 +850,15 @@ mod tests {
             match op {
                 Op::Reimage(version) => {
                     let healthy = version != T || !self.bad.contains(&id);
+                    let units = if !healthy && self.unit_fails {
+                        vec![app_failed()]
+                    } else {
+                        vec![]
+                    };
                     let i = self.get(id);
                     i.model_version = version;
                     i.healthy = healthy;
+                    i.failed_units = units;
                     i.running = true;
                     i.upgrading = false;
                 }
@@ -803,6 +906,11 @@ mod tests {
                             protected: false,
                             upgrading: false,
                             created_seq: self.next_seq,
+                            failed_units: if self.bad.contains(&id) && self.unit_fails {
+                                vec![app_failed()]
+                            } else {
+                                vec![]
+                            },
                         });
                     }
                 }
@@ -875,6 +983,158 @@ mod tests {
 
     fn up(ids: &[u32]) -> Step {
         Step::Upgrade(ids.to_vec())
+    }
+
+    fn app_failed() -> FailedUnit {
+        FailedUnit {
+            unit: "my_app.service".into(),
+            journal: vec![
+                "my_app[42]: bad config".into(),
+                "systemd[1]: my_app.service: Failed.".into(),
+            ],
+        }
+    }
+
+    /// A bad deploy says why, fast: an instance whose unit failed ends its batch at once (not at
+    /// the health timeout), and the error names the instance, the unit and its journal lines.
+    #[test]
+    fn failed_unit_faults_at_once() {
+        let mut sim = Sim::new(fleet(3)).bad(&[0]);
+        sim.unit_fails = true;
+        let st = sim.run(&pol(20));
+        assert_eq!(
+            sim.trace,
+            vec![(1, up(&[0])), (2, Step::Finish(RunningStatus::Faulted))]
+        );
+        let e = st.error.clone().unwrap();
+        assert_eq!(e.code, CODE_MAX_UNHEALTHY_UPGRADED);
+        assert!(
+            e.message.ends_with(
+                "The most impactful error is: Unit my_app.service failed on instance 0. \
+                 First failed instance ID is: 0."
+            ),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            e.details,
+            vec![ErrorDetail {
+                code: CODE_UNIT_FAILED.into(),
+                target: "instances/0/units/my_app.service".into(),
+                message: "my_app.service failed on instance 0. Last journal lines:\n\
+                          my_app[42]: bad config\nsystemd[1]: my_app.service: Failed."
+                    .into(),
+            }]
+        );
+        assert_eq!(st.failed, vec![0]);
+        // Without the failed unit the same deploy waits out Azure's health timeout.
+        let mut slow = Sim::new(fleet(3)).bad(&[0]);
+        slow.run(&pol(20));
+        assert_eq!(slow.trace.last().unwrap().0, TIMEOUT);
+    }
+
+    /// Batch states in, the step out: which members settle a batch early and which still wait.
+    #[test]
+    fn failed_units_table() {
+        // (members of a batch of 2 among 10 as (healthy, on target, failed unit, upgrading),
+        //  maxUnhealthyUpgraded%, expected step, expected failed ids)
+        type Member = (bool, bool, bool, bool);
+        let cases: Vec<(Member, Member, u32, Step, Vec<u32>)> = vec![
+            // One failed for good, one still starting, below the threshold: keep waiting.
+            (
+                (false, true, true, false),
+                (false, true, false, false),
+                20,
+                Step::Wait,
+                vec![],
+            ),
+            // The same above the threshold: fault at once (the starting one counts failed too).
+            (
+                (false, true, true, false),
+                (false, true, false, false),
+                5,
+                Step::Finish(RunningStatus::Faulted),
+                vec![0, 1],
+            ),
+            // One failed for good, one healthy, below the threshold: the batch ends now and the
+            // rollout goes on (the next batch is recorded).
+            (
+                (false, true, true, false),
+                (true, true, false, false),
+                20,
+                Step::Wait,
+                vec![0],
+            ),
+            // A failed unit on a healthy instance changes nothing: it is done.
+            (
+                (true, true, true, false),
+                (true, true, false, false),
+                5,
+                Step::Wait,
+                vec![],
+            ),
+            // Still being reimaged (a stale observation): not settled.
+            (
+                (false, true, true, true),
+                (true, true, false, false),
+                5,
+                Step::Wait,
+                vec![],
+            ),
+            // Not on the target model yet (and the reimage was lost): asked for again.
+            (
+                (false, false, true, false),
+                (true, true, false, false),
+                5,
+                up(&[0]),
+                vec![],
+            ),
+        ];
+        for (i, (a, b, pct, want, failed)) in cases.into_iter().enumerate() {
+            let p = RollingUpgradePolicy {
+                max_unhealthy_upgraded_instance_percent: pct,
+                ..pol(20)
+            };
+            let mut insts = fleet(10);
+            for (inst, (healthy, on_target, unit, upgrading)) in insts.iter_mut().zip([a, b]) {
+                inst.healthy = healthy;
+                inst.model_version = if on_target { T } else { P };
+                inst.upgrading = upgrading;
+                if unit {
+                    inst.failed_units = vec![app_failed()];
+                }
+            }
+            let mut st = start(&p, T, P, 0);
+            st.phase = Phase::Upgrading;
+            st.batch = vec![0, 1];
+            st.batch_started_at = Some(0);
+            st.batches = 1;
+            let (step, out) = next(&p, &st, &insts, 1, TIMEOUT);
+            assert_eq!(step, want, "case {i}");
+            assert_eq!(out.failed, failed, "case {i}");
+            let detailed = out.error.as_ref().map_or(0, |e| e.details.len());
+            let faulted = matches!(want, Step::Finish(_));
+            assert_eq!(detailed, usize::from(faulted), "case {i}");
+        }
+    }
+
+    /// maxSurge: a replacement whose unit failed settles the batch at once.
+    #[test]
+    fn failed_unit_in_surge_instance() {
+        let p = RollingUpgradePolicy {
+            max_surge: true,
+            ..pol(20)
+        };
+        let mut sim = Sim::new(fleet(3)).bad(&[3]);
+        sim.unit_fails = true;
+        let st = sim.run(&p);
+        let t = sim.trace.last().unwrap().0;
+        assert!(t < 5, "faulted at {t}: {:?}", sim.trace);
+        assert_eq!(st.status, RunningStatus::Faulted);
+        assert_eq!(
+            st.error.unwrap().details[0].target,
+            "instances/3/units/my_app.service"
+        );
     }
 
     #[test]
