@@ -27,6 +27,7 @@ use tracing::{info, warn, Instrument};
 
 mod autoscale;
 mod health;
+pub mod inspect;
 mod instances;
 mod lbs;
 mod metrics;
@@ -55,6 +56,8 @@ pub struct Engine {
     pushed: tokio::sync::Mutex<HashMap<String, lb::LbConfig>>,
     /// When (clock ms) a machine last failed to start: its restart waits a few seconds.
     failed_at: Mutex<HashMap<String, u64>>,
+    /// Per machine: when (clock ms) its failed units were last looked at, and what they were.
+    unit_checks: Mutex<HashMap<String, (u64, Vec<plan::rolling::FailedUnit>)>>,
     clock: Clock,
 }
 

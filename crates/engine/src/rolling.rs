@@ -16,6 +16,7 @@ pub fn roll_instances(st: &Core, recs: &[InstanceRecord]) -> Vec<plan::rolling::
                 protected: r.protect_from_scale_set_actions,
                 upgrading: r.work.by(Actor::Rollout),
                 created_seq: r.created_seq,
+                failed_units: Vec::new(),
             }
         })
         .collect()
@@ -89,7 +90,15 @@ pub(crate) async fn rolling_pass(
     let Some(cur) = st.rollout(res).map_err(|e| error_chain(&e))? else {
         return Ok(());
     };
-    let insts = roll_instances(st, &recs);
+    let mut insts = roll_instances(st, &recs);
+    let watching = matches!(
+        cur.state.phase,
+        plan::rolling::Phase::Upgrading | plan::rolling::Phase::Surging
+    );
+    if watching {
+        let target = cur.state.target_version;
+        inspect::observe_failed_units(st, eng, &recs, &mut insts, target).await;
+    }
     let mut receipt = cur.receipt.clone();
     observe_receipt(st, m, &recs, &mut receipt).await;
     let (step, next_state) = plan::rolling::next(

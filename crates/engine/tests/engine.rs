@@ -452,6 +452,50 @@ async fn rolling_upgrade_to_a_bad_image_rolls_back() {
     assert_eq!(e.fake.running().len(), 3);
 }
 
+/// A bad deploy says why, fast: the upgraded instance's app unit failed, so its batch fails at
+/// once (the clock moves 1 s a pass, far from the 30 s health timeout) and the error carries the
+/// unit and its journal lines, read inside the machine.
+#[tokio::test]
+async fn a_failed_unit_faults_the_rollout_at_once() {
+    let e = env("unitfail");
+    create(&e, vmss_body("good", 3, rolling(false)));
+    settle(&e, 10).await;
+    let first = records(&e)[0].machine.clone();
+    e.fake.set_failed_units(&first, &["my_app.service"]);
+    e.fake.set_journal(
+        &first,
+        "my_app[7]: cannot bind\nsystemd[1]: my_app.service: Failed.\n",
+    );
+    put(&e, vmss_body("bad", 3, rolling(false)));
+    let mut passes = 0;
+    while rollout(&e).status == RunningStatus::RollingForward {
+        passes += 1;
+        assert!(passes < 10, "still rolling: {:?}", rollout(&e));
+        pass(&e).await;
+        e.eng.clock().advance(Duration::from_secs(1));
+    }
+    let v = rollout(&e);
+    assert_eq!(v.status, RunningStatus::Faulted, "{v:?}");
+    let err = v.error.unwrap();
+    assert!(
+        err.message
+            .contains("Unit my_app.service failed on instance 0. First failed instance ID is: 0."),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.details.len(), 1);
+    assert_eq!(err.details[0].target, "instances/0/units/my_app.service");
+    assert!(err.details[0]
+        .message
+        .ends_with("my_app[7]: cannot bind\nsystemd[1]: my_app.service: Failed."));
+    // Only the upgraded, unhealthy instance was looked into: systemctl, then the unit's journal.
+    let argv0s: Vec<String> = e.fake.execs(&first).iter().map(|a| a[0].clone()).collect();
+    assert_eq!(argv0s, ["systemctl", "journalctl"]);
+    for r in &records(&e)[1..] {
+        assert!(e.fake.execs(&r.machine).is_empty(), "{}", r.machine);
+    }
+}
+
 #[tokio::test]
 async fn automatic_repairs_replace_an_unhealthy_instance() {
     let e = env("repair");

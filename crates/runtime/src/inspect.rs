@@ -109,8 +109,7 @@ pub fn valid_unit_name(s: &str) -> bool {
         && s.len() <= MAX_UNIT_NAME
         && !s.starts_with('-')
         && s.contains('.')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:@\\".contains(&b))
 }
 
@@ -178,7 +177,8 @@ impl JournalQuery {
             let ok = !s.is_empty()
                 && s.len() <= 64
                 && !s.starts_with('-')
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || " :-+.,@".contains(c));
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " :-+.,@".contains(c));
             if !ok {
                 return Err(format!(
                     "--since {s:?} is not a time journalctl reads (e.g. \"10 min ago\", \"2024-01-02 10:00:00\")"

@@ -44,7 +44,10 @@ fn leader_of(nspawn: u32) -> Option<u32> {
     let own = ns(nspawn)?;
     let mut level = vec![nspawn];
     for _ in 0..3 {
-        let kids: Vec<u32> = level.iter().flat_map(|p| sys::proc::children_of(*p)).collect();
+        let kids: Vec<u32> = level
+            .iter()
+            .flat_map(|p| sys::proc::children_of(*p))
+            .collect();
         if let Some(k) = kids.iter().find(|k| ns(**k).is_some_and(|n| n != own)) {
             return Some(*k);
         }

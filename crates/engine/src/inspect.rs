@@ -1,0 +1,168 @@
+//! Looking inside instances, over `Machines::exec`: the failed units a rolling upgrade watches
+//! for, a script run as Azure's RunShellScript does, the journal and the console log. The
+//! commands run on blocking threads; their output is bounded by the runtime.
+use super::*;
+use plan::rolling::FailedUnit;
+use runtime::inspect::{self as ri, Exec, ExecOutput, JournalQuery};
+
+/// How long one look for failed units (or one unit's journal) may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// An instance is looked at for failed units at most this often (engine clock, ms).
+pub const UNIT_CHECK_INTERVAL_MS: u64 = 1000;
+/// Journal lines reported with a failed unit.
+pub const FAILED_UNIT_JOURNAL_LINES: u32 = 10;
+/// At most this many failed units per instance get their journal read.
+const JOURNALS_PER_INSTANCE: usize = 3;
+/// Longest journal line kept in an error (the rest is cut).
+const MAX_LINE: usize = 512;
+
+async fn exec(st: &Core, machine: &str, req: Exec<'static>) -> Result<ExecOutput, String> {
+    let (machines, name) = (st.machines.clone(), machine.to_string());
+    tokio::task::spawn_blocking(move || machines.exec(&name, req))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn cut(line: &str) -> String {
+    match line.char_indices().nth(MAX_LINE) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
+/// The units systemd reports `failed` in a running machine, each with the last lines of its
+/// journal. Empty when the machine cannot say yet (booting, no systemd, a timeout).
+pub async fn failed_units(st: &Core, machine: &str) -> Vec<FailedUnit> {
+    let req = Exec::new(ri::failed_units_argv(), CHECK_TIMEOUT, 64 * 1024);
+    let units = match exec(st, machine, req).await {
+        Ok(out) if out.success() => ri::parse_failed_units(&String::from_utf8_lossy(&out.stdout)),
+        Ok(_) | Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (i, unit) in units.into_iter().enumerate() {
+        let journal = if i < JOURNALS_PER_INSTANCE {
+            let q = JournalQuery {
+                unit: Some(unit.clone()),
+                since: None,
+                lines: FAILED_UNIT_JOURNAL_LINES,
+                follow: false,
+            };
+            let req = Exec::new(q.argv(), CHECK_TIMEOUT, 64 * 1024);
+            match exec(st, machine, req).await {
+                Ok(o) => String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .rev()
+                    .take(FAILED_UNIT_JOURNAL_LINES as usize)
+                    .map(cut)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        out.push(FailedUnit { unit, journal });
+    }
+    out
+}
+
+/// Fills `failed_units` of the instances a rollout waits for: on the target model, running,
+/// not healthy and not being acted on. Each machine is looked at once per
+/// [`UNIT_CHECK_INTERVAL_MS`]; in between the last answer stands.
+pub(crate) async fn observe_failed_units(
+    st: &Core,
+    eng: &Engine,
+    recs: &[InstanceRecord],
+    insts: &mut [plan::rolling::RollInstance],
+    target: u64,
+) {
+    let now = eng.clock.now_ms();
+    let mut due = Vec::new();
+    for i in insts.iter_mut() {
+        let waiting = i.model_version == target && i.running && !i.healthy && !i.upgrading;
+        let Some(rec) = recs.iter().find(|r| r.instance_id == i.id) else {
+            continue;
+        };
+        if !waiting {
+            continue;
+        }
+        let cached = eng
+            .unit_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rec.machine)
+            .cloned();
+        match cached {
+            Some((at, units)) if now.saturating_sub(at) < UNIT_CHECK_INTERVAL_MS => {
+                i.failed_units = units
+            }
+            _ => due.push((i.id, rec.machine.clone())),
+        }
+    }
+    for (id, machine) in due {
+        let units = failed_units(st, &machine).await;
+        if !units.is_empty() {
+            warn!(instance = id, machine = %machine, units = ?units.iter().map(|u| &u.unit).collect::<Vec<_>>(), "rolling upgrade: failed units");
+        }
+        eng.unit_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(machine, (now, units.clone()));
+        if let Some(i) = insts.iter_mut().find(|i| i.id == id) {
+            i.failed_units = units;
+        }
+    }
+}
+
+/// Azure's RunShellScript: the script run by `/bin/sh -c` as root inside the instance, its
+/// positional parameters as `$1…`, its named ones in the environment; the last
+/// [`ri::RUN_COMMAND_OUTPUT_BYTES`] of each stream kept.
+pub async fn run_shell_script(
+    st: &Core,
+    machine: &str,
+    script: &str,
+    positional: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<ExecOutput, String> {
+    let mut argv = vec!["/bin/sh".into(), "-c".into(), script.into(), "sh".into()];
+    argv.extend(positional.iter().cloned());
+    let mut req = Exec::new(argv, timeout, ri::RUN_COMMAND_OUTPUT_BYTES);
+    req.env = env.to_vec();
+    exec(st, machine, req).await
+}
+
+/// Most bytes of journal text one read returns (without `follow`).
+pub const MAX_JOURNAL_BYTES: usize = 4 << 20;
+/// How long a journal read (without `follow`) may take.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A followed journal ends after this long at the latest.
+pub const FOLLOW_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// Reads the instance's journal (blocking: call on a blocking thread). With `follow`, output
+/// goes to `sink` as it arrives until the sink returns `false` (the reader went away) or
+/// [`FOLLOW_MAX`]; without it, the last lines are returned.
+pub fn journal_blocking(
+    machines: &dyn runtime::Machines,
+    machine: &str,
+    q: &JournalQuery,
+    sink: Option<&mut (dyn FnMut(&[u8]) -> bool + Send)>,
+) -> Result<ExecOutput, String> {
+    q.validate()?;
+    let timeout = if q.follow {
+        FOLLOW_MAX
+    } else {
+        JOURNAL_TIMEOUT
+    };
+    let req = Exec {
+        argv: q.argv(),
+        env: Vec::new(),
+        timeout,
+        keep_bytes: MAX_JOURNAL_BYTES,
+        stdout_sink: sink,
+    };
+    machines.exec(machine, req).map_err(|e| e.to_string())
+}
