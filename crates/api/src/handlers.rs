@@ -92,6 +92,8 @@ pub async fn execute(
         | Route::Metrics(_)
         | Route::MetricDefinitions(_)
         | Route::ActivityLog(_) => true,
+        Route::SerialConsoleLog(..) | Route::Journal(..) => true,
+        Route::RunCommand(..) | Route::BootDiagnosticsData(..) => false,
         Route::VmssAction(..)
         | Route::VmAction(..)
         | Route::RollingStart(_)
@@ -144,6 +146,13 @@ pub async fn execute(
             ok(render::instance_view(&rec, &st.observation(&rec.machine)))
         }
         Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
+        Route::RunCommand(res, instance) => {
+            crate::inspect::run_command(st, &res, &instance, body).await
+        }
+        // Answered before the body is read (`inspect::special`).
+        Route::BootDiagnosticsData(..) | Route::SerialConsoleLog(..) | Route::Journal(..) => {
+            Err(ApiError::internal("text route reached the JSON handlers"))
+        }
         Route::RollingStart(res) => {
             st.start_rollout(&res)?;
             Ok((StatusCode::ACCEPTED, Value::Null))

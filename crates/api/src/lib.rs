@@ -6,6 +6,7 @@
 pub mod error;
 mod gitcgi;
 pub mod handlers;
+pub mod inspect;
 pub mod limits;
 pub mod operations;
 pub mod pipelines;
@@ -157,6 +158,13 @@ async fn dispatch(
         Ok(r) => r,
         Err(e) => return limits::refuse(e, Some(body)),
     };
+    let base = match headers.get("host").and_then(|h| h.to_str().ok()) {
+        Some(h) => format!("http://{h}"),
+        None => format!("http://{}", st.cfg.listen),
+    };
+    if let Some(reply) = inspect::special(&st, &route, &q, &base).await {
+        return reply.unwrap_or_else(|e| limits::refuse(e, Some(body)));
+    }
     let result = async {
         let limit = limits::ARM_BODY_LIMIT;
         let body = limits::read_body(body, &headers, limit, st.cfg.limits.body_timeout).await?;
@@ -167,10 +175,6 @@ async fn dispatch(
     match result {
         Ok((route, (status, v), body)) => {
             // Clients poll the URLs of long-running operations where they reached us.
-            let base = match headers.get("host").and_then(|h| h.to_str().ok()) {
-                Some(h) => format!("http://{h}"),
-                None => format!("http://{}", st.cfg.listen),
-            };
             let mut extra = operations::headers(&route, status, &v, &body, &base);
             if operations::in_progress(&route, status, &v) {
                 extra.push(("Retry-After", "1".into()));

@@ -37,12 +37,16 @@ pub struct Limits {
     pub lb_frontend: lb::FrontendLimits,
     /// The most each scope's bake download cache keeps (bytes; oldest files go first).
     pub download_cache_bytes: u64,
+    /// How long a run command may run before it is killed.
+    pub run_command_timeout: Duration,
 }
 
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_PUSH_BYTES: u64 = 1 << 30;
+/// Azure's run command gives up after 90 minutes.
+pub const DEFAULT_RUN_COMMAND_TIMEOUT: Duration = Duration::from_secs(90 * 60);
 pub const DEFAULT_LB_ALLOWED: &str = "127.0.0.0/8,::1/128";
 
 impl Default for Limits {
@@ -55,6 +59,7 @@ impl Default for Limits {
             lb_allowed: Cidr::parse_list(DEFAULT_LB_ALLOWED).unwrap_or_default(),
             lb_frontend: lb::FrontendLimits::default(),
             download_cache_bytes: image::cache::DEFAULT_CAP_BYTES,
+            run_command_timeout: DEFAULT_RUN_COMMAND_TIMEOUT,
         }
     }
 }

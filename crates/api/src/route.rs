@@ -43,6 +43,15 @@ pub enum Route {
     },
     VmInstanceView(Res, String),
     VmAction(Res, String, PowerAction),
+    /// POST `virtualMachines/{id}/runCommand` (Azure's RunCommandInput → RunCommandResult).
+    RunCommand(Res, String),
+    /// POST `virtualMachines/{id}/retrieveBootDiagnosticsData`: where the console log is.
+    BootDiagnosticsData(Res, String),
+    /// GET `virtualMachines/{id}/serialConsoleLog` (scaleset's): the console log's tail, text.
+    SerialConsoleLog(Res, String),
+    /// GET `virtualMachines/{id}/journal?unit=&since=&lines=&follow=` (scaleset's): the
+    /// instance's journal, text, streamed while `follow`.
+    Journal(Res, String),
     /// POST osRollingUpgrade (start), POST rollingUpgrades/cancel, GET rollingUpgrades/latest.
     RollingStart(Res),
     RollingCancel(Res),
@@ -257,6 +266,18 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         (VMSS, [v, id, w]) if eq(v, "virtualMachines") && eq(w, "instanceView") => {
             get_only(Route::VmInstanceView(res, id.to_string()))
         }
+        (VMSS, [v, id, a]) if eq(v, "virtualMachines") && eq(a, "runCommand") => {
+            post_only(Route::RunCommand(res, id.to_string()))
+        }
+        (VMSS, [v, id, a]) if eq(v, "virtualMachines") && eq(a, "retrieveBootDiagnosticsData") => {
+            post_only(Route::BootDiagnosticsData(res, id.to_string()))
+        }
+        (VMSS, [v, id, a]) if eq(v, "virtualMachines") && eq(a, "serialConsoleLog") => {
+            get_only(Route::SerialConsoleLog(res, id.to_string()))
+        }
+        (VMSS, [v, id, a]) if eq(v, "virtualMachines") && eq(a, "journal") => {
+            get_only(Route::Journal(res, id.to_string()))
+        }
         (VMSS, [v, id, a]) if eq(v, "virtualMachines") => match action(a, true) {
             Some(act) => post_only(Route::VmAction(res, id.to_string(), act)),
             None => Err(not_found(path)),
@@ -342,6 +363,11 @@ pub fn release_may(route: &Route) -> bool {
         Route::VmssAction(_, a) => *a == PowerAction::ManualUpgrade,
         Route::RollingStart(_) | Route::RollingCancel(_) => true,
         Route::VmAction(..) | Route::Rollback(_) | Route::SetOrchestrationServiceState(_) => false,
+        // What runs in or reads from inside an instance is the operator's, not a release's.
+        Route::RunCommand(..)
+        | Route::BootDiagnosticsData(..)
+        | Route::SerialConsoleLog(..)
+        | Route::Journal(..) => false,
     }
 }
 
@@ -377,6 +403,14 @@ mod tests {
             &format!("{v}/virtualMachines/3/powerOff")
         ));
         assert!(!may(Method::POST, &format!("{v}/rollback")));
+        for (m, a) in [
+            (Method::POST, "runCommand"),
+            (Method::POST, "retrieveBootDiagnosticsData"),
+            (Method::GET, "serialConsoleLog"),
+            (Method::GET, "journal"),
+        ] {
+            assert!(!may(m, &format!("{v}/virtualMachines/3/{a}")), "{a}");
+        }
         assert!(!may(Method::PUT, "/subscriptions/s/resourcegroups/rg2"));
         assert!(!may(Method::DELETE, "/subscriptions/s/resourcegroups/rg"));
         assert!(!may(
@@ -406,6 +440,10 @@ mod tests {
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines"), Route::Vms(res.clone())),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/instanceView"), Route::VmInstanceView(res.clone(), "3".into())),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/powerOff"), Route::VmAction(res.clone(), "3".into(), PowerAction::PowerOff)),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualmachines/3/runCommand"), Route::RunCommand(res.clone(), "3".into())),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualmachines/3/retrieveBootDiagnosticsData"), Route::BootDiagnosticsData(res.clone(), "3".into())),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/serialConsoleLog"), Route::SerialConsoleLog(res.clone(), "3".into())),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/journal"), Route::Journal(res.clone(), "3".into())),
             (Method::DELETE, format!("{p}/Microsoft.Network/loadBalancers/v"), Route::Resource { kind: LB, method: Method::DELETE, res: res.clone() }),
             (Method::PUT, "/subscriptions/s/resourcegroups/rg".into(), Route::Group { method: Method::PUT, res: Res { sub: "s".into(), rg: "rg".into(), name: String::new() } }),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/metrics"), Route::Metrics(res.clone())),

@@ -150,6 +150,7 @@ pub fn journal_blocking(
     machine: &str,
     q: &JournalQuery,
     sink: Option<&mut (dyn FnMut(&[u8]) -> bool + Send)>,
+    cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<ExecOutput, String> {
     q.validate()?;
     let timeout = if q.follow {
@@ -163,6 +164,7 @@ pub fn journal_blocking(
         timeout,
         keep_bytes: MAX_JOURNAL_BYTES,
         stdout_sink: sink,
+        cancel,
     };
     machines.exec(machine, req).map_err(|e| e.to_string())
 }

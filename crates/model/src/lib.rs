@@ -9,6 +9,7 @@ pub mod ids;
 pub mod lb;
 pub mod metrics;
 pub mod names;
+pub mod run_command;
 pub mod setpath;
 pub mod sizes;
 pub mod timezone;

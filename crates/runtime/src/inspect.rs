@@ -26,6 +26,9 @@ pub struct Exec<'a> {
     /// Where stdout goes as it arrives instead of being kept (a followed journal); returning
     /// `false` (the reader went away) kills the command.
     pub stdout_sink: Option<&'a mut (dyn FnMut(&[u8]) -> bool + Send)>,
+    /// Set by the caller to kill the command early (a follower that disconnected while the
+    /// command printed nothing).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Exec<'_> {
@@ -36,6 +39,7 @@ impl Exec<'_> {
             timeout,
             keep_bytes,
             stdout_sink: None,
+            cancel: None,
         }
     }
 }

@@ -179,6 +179,7 @@ impl NspawnMachines {
         let keep = req.keep_bytes;
         let deadline = Instant::now() + req.timeout;
         let sink = req.stdout_sink;
+        let cancel = req.cancel;
         std::thread::scope(|s| {
             let stop = &stop;
             let o = s.spawn(move || out.map(|r| pump(r, keep, sink, stop)).unwrap_or_default());
@@ -192,7 +193,8 @@ impl NspawnMachines {
                         break ExecStatus::Signaled(0);
                     }
                 }
-                let abandoned = stop.load(Ordering::Relaxed);
+                let abandoned = stop.load(Ordering::Relaxed)
+                    || cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
                 if abandoned || Instant::now() >= deadline {
                     let _ = cg.kill_all();
                     let _ = child.wait();

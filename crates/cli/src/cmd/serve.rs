@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// after a bake the oldest files go.
     #[arg(long, env = "SCALESET_DOWNLOAD_CACHE_MAX_MB", default_value_t = image::cache::DEFAULT_CAP_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
     pub download_cache_max_mb: u64,
+    /// Seconds a run command (`vmss run-command invoke`) may run before it and everything it
+    /// started are killed (Azure: 90 minutes).
+    #[arg(long, env = "SCALESET_RUN_COMMAND_TIMEOUT_SECS", default_value_t = 5400, value_parser = clap::value_parser!(u64).range(1..=5400))]
+    pub run_command_timeout_secs: u64,
 }
 
 impl ServeArgs {
@@ -58,6 +62,7 @@ impl ServeArgs {
                 header_timeout_ms: self.lb_header_timeout_ms,
             },
             download_cache_bytes: self.download_cache_max_mb << 20,
+            run_command_timeout: Duration::from_secs(self.run_command_timeout_secs),
         })
     }
 }
