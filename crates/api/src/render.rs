@@ -242,6 +242,14 @@ pub fn rolling_status(
     });
     if let Some(e) = &s.error {
         v["properties"]["error"] = json!({"code": e.code, "message": e.message});
+        if !e.details.is_empty() {
+            // Azure's ApiErrorBase: a failed unit, its instance and its last journal lines.
+            v["properties"]["error"]["details"] = e
+                .details
+                .iter()
+                .map(|d| json!({"code": d.code, "target": d.target, "message": d.message}))
+                .collect();
+        }
     }
     v
 }

@@ -305,6 +305,14 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// An ARM path's response as a stream (text routes: an instance's journal and console
+    /// log); the api-version is added.
+    pub async fn arm_stream(&self, path: &str) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.send("GET", &format!("{path}{sep}api-version={COMPUTE}"), None)
+            .await
+    }
+
     /// A `/scaleset/...` response as a stream (followed logs).
     pub async fn scaleset_stream(
         &self,

@@ -8,6 +8,7 @@ pub mod autoscale;
 pub mod export;
 pub mod group;
 pub mod image;
+pub mod inspect;
 pub mod lb;
 pub mod monitor;
 pub mod pipeline;

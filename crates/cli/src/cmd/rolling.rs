@@ -118,7 +118,7 @@ pub async fn follow_rollout(c: &Client, rg: &str, name: &str) -> Result<Value> {
                     .pointer("/properties/error/message")
                     .and_then(Value::as_str)
                     .unwrap_or("the rolling upgrade faulted");
-                bail!("({code}) {msg}");
+                bail!("({code}) {msg}{}", error_details(&v));
             }
             return Ok(v);
         }
@@ -127,6 +127,23 @@ pub async fn follow_rollout(c: &Client, rg: &str, name: &str) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The `UnitFailed` details of a faulted rollout (the failed unit and its journal lines),
+/// indented under the error.
+pub fn error_details(v: &Value) -> String {
+    let details = v
+        .pointer("/properties/error/details")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    details
+        .iter()
+        .map(|d| {
+            let msg = d["message"].as_str().unwrap_or("").replace('\n', "\n    ");
+            format!("\n  {}: {msg}", d["target"].as_str().unwrap_or(""))
+        })
+        .collect()
 }
 
 pub async fn rolling_in_progress(c: &Client, rg: &str, name: &str) -> Result<bool> {

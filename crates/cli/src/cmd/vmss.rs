@@ -65,6 +65,14 @@ pub enum VmssCmd {
     /// Rolling upgrades (Azure's rollingUpgrades).
     #[command(subcommand)]
     RollingUpgrade(RollingCmd),
+    /// Run a script inside an instance (Azure's runCommand).
+    #[command(subcommand)]
+    RunCommand(super::inspect::RunCommandCmd),
+    /// An instance's journal (journalctl inside it): the last lines, or --follow.
+    Logs(super::inspect::LogsArgs),
+    /// An instance's console log (Azure's boot diagnostics).
+    #[command(subcommand)]
+    BootDiagnostics(super::inspect::BootDiagnosticsCmd),
     /// Return the model to the last one whose rollout completed (rolls out like any model change).
     Rollback {
         #[command(flatten)]
@@ -317,6 +325,9 @@ pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
             print(&with_rg(v), out, output::VMSS_COLS);
         }
         VmssCmd::RollingUpgrade(r) => rolling::run(&c, r).await?,
+        VmssCmd::RunCommand(r) => super::inspect::run_command(&c, r).await?,
+        VmssCmd::Logs(a) => super::inspect::logs(&c, a).await?,
+        VmssCmd::BootDiagnostics(b) => super::inspect::boot_diagnostics(&c, b).await?,
         VmssCmd::DeleteInstances(i) => {
             if i.ids.is_none() {
                 bail!("--instance-ids is required");
