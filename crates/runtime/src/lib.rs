@@ -689,6 +689,29 @@ fn write_atomic(machine: &str, path: &Path, data: &[u8]) -> Result<(), RuntimeEr
     durable::atomic_write(path, data).map_err(io_err(machine, format!("write {}", path.display())))
 }
 
+/// A console log over this size is cut to its last [`CONSOLE_LOG_KEEP`] bytes before a boot.
+pub const CONSOLE_LOG_MAX: u64 = 8 << 20;
+/// What is kept of a long console log.
+pub const CONSOLE_LOG_KEEP: u64 = 1 << 20;
+
+/// Keeps the console log (appended across boots) bounded: cut to its tail before a boot.
+fn trim_console_log(machine: &str, path: &Path) -> Result<(), RuntimeError> {
+    use std::io::{Seek, SeekFrom};
+    let Ok(md) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if md.len() <= CONSOLE_LOG_MAX {
+        return Ok(());
+    }
+    let mut f = fs::File::open(path).map_err(io_err(machine, "open the console log"))?;
+    f.seek(SeekFrom::Start(md.len() - CONSOLE_LOG_KEEP))
+        .map_err(io_err(machine, "seek the console log"))?;
+    let mut tail = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(f, CONSOLE_LOG_KEEP), &mut tail)
+        .map_err(io_err(machine, "read the console log"))?;
+    write_atomic(machine, path, &tail)
+}
+
 /// The cgroup's `cgroup.procs` files, open for the child to join before exec.
 fn open_procs(name: &str, cg: &sys::cgroup::Cgroup) -> Result<Vec<fs::File>, RuntimeError> {
     cg.procs_files()
@@ -1104,6 +1127,7 @@ impl Machines for NspawnMachines {
         let n = self.names(name);
         let root = self.root_path(name);
         let log_path = self.log_path(name);
+        trim_console_log(name, &log_path)?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1122,7 +1146,9 @@ impl Machines for NspawnMachines {
                 "-b",
                 "--register=no",
                 "--keep-unit",
-                "--console=passive",
+                // The container's console (systemd's boot and shutdown lines) goes to
+                // console.log: the boot diagnostics. No input is read.
+                "--console=read-only",
                 "--resolv-conf=off",
                 "--timezone=off",
                 "--link-journal=no",

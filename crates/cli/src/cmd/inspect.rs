@@ -50,8 +50,8 @@ pub struct LogsArgs {
     /// Lines since this time, in journalctl's syntax ("10 min ago", "2024-01-02 10:00:00").
     #[arg(long)]
     pub since: Option<String>,
-    /// The last N lines (1–10000).
-    #[arg(long, short = 'n', default_value_t = 100)]
+    /// The last N lines (1–10000; `-n` is the scale set name, as in az).
+    #[arg(long, default_value_t = 100)]
     pub lines: u32,
 }
 
