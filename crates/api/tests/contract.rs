@@ -668,6 +668,12 @@ async fn requests_and_responses_match_the_specs() {
             s.error = Some(plan::rolling::RolloutError {
                 code: "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade".into(),
                 message: "1 of 1 upgraded instances are unhealthy.".into(),
+                // A failed unit seen inside the instance: Azure's ApiErrorBase.
+                details: vec![plan::rolling::ErrorDetail {
+                    code: plan::rolling::CODE_UNIT_FAILED.into(),
+                    target: "instances/0/units/my_app.service".into(),
+                    message: "my_app.service failed on instance 0. Last journal lines:\nx".into(),
+                }],
             });
             true
         })
@@ -678,6 +684,10 @@ async fn requests_and_responses_match_the_specs() {
     assert_eq!(
         (s, &v["properties"]["runningStatus"]["code"]),
         (StatusCode::OK, &json!("Faulted")),
+        "{v}"
+    );
+    assert_eq!(
+        v["properties"]["error"]["details"][0]["code"], "UnitFailed",
         "{v}"
     );
     assert_eq!(c.last_status().await, "Failed");

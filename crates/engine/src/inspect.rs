@@ -149,7 +149,7 @@ pub fn journal_blocking(
     machines: &dyn runtime::Machines,
     machine: &str,
     q: &JournalQuery,
-    sink: Option<&mut (dyn FnMut(&[u8]) -> bool + Send)>,
+    sink: Option<runtime::inspect::Sink<'_>>,
     cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<ExecOutput, String> {
     q.validate()?;

@@ -12,6 +12,9 @@ pub const MAX_FAILED_UNITS: usize = 16;
 /// Longest unit name accepted (systemd's own limit is 256).
 pub const MAX_UNIT_NAME: usize = 256;
 
+/// Where streamed output goes; `false` back means "stop" (the reader went away).
+pub type Sink<'a> = &'a mut (dyn FnMut(&[u8]) -> bool + Send);
+
 /// A command to run inside a running machine, as root of the instance.
 pub struct Exec<'a> {
     /// `argv[0]` is looked up in the instance's `PATH`.
@@ -25,7 +28,7 @@ pub struct Exec<'a> {
     pub keep_bytes: usize,
     /// Where stdout goes as it arrives instead of being kept (a followed journal); returning
     /// `false` (the reader went away) kills the command.
-    pub stdout_sink: Option<&'a mut (dyn FnMut(&[u8]) -> bool + Send)>,
+    pub stdout_sink: Option<Sink<'a>>,
     /// Set by the caller to kill the command early (a follower that disconnected while the
     /// command printed nothing).
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,

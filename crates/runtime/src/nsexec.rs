@@ -75,7 +75,7 @@ fn status_of(s: std::process::ExitStatus) -> ExecStatus {
 fn pump(
     mut r: impl Read,
     keep: usize,
-    mut sink: Option<&mut (dyn FnMut(&[u8]) -> bool + Send)>,
+    mut sink: Option<crate::inspect::Sink<'_>>,
     stop: &AtomicBool,
 ) -> Tail {
     let mut tail = Tail::new(keep);
