@@ -123,6 +123,48 @@ fn logs_run_command_boot_log_and_a_bad_deploy() {
     let (ok, _, err) = h.run(&args);
     assert!(!ok && err.contains("InvalidParameter"), "{err}");
 
+    // Following: lines arrive while the command runs; a follower that leaves ends journalctl
+    // inside the instance.
+    let mut follow = h
+        .cmd()
+        .args([
+            "vmss",
+            "logs",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "--instance-id",
+            "0",
+        ])
+        .args(["--unit", "nginx", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.contains("nginx") || first.contains("systemd"),
+        "{first}"
+    );
+    let journalctl = |h: &Harness| {
+        let v = run_command(
+            h,
+            &["grep -l '^journalctl$' /proc/[0-9]*/comm 2>/dev/null | wc -l"],
+        );
+        message(&v).lines().nth(2).unwrap_or("").trim().to_string()
+    };
+    assert_eq!(journalctl(&h), "1", "one journalctl follows");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    std::mem::drop(lines);
+    wait_until(
+        "the follower's journalctl to end",
+        Duration::from_secs(10),
+        || journalctl(&h) == "0",
+    );
+
     // 2. Run command: root inside the instance, Azure's result shape.
     let v = run_command(&h, &["hostname", "id -u"]);
     assert_eq!(v["code"], "ProvisioningState/succeeded", "{v}");
