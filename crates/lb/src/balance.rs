@@ -2,7 +2,8 @@
 //!
 //! A flow (L4) or a request (L7) makes up to [`MAX_TRIES`] tries. Each try
 //! picks a backend from the rule's current view ([`select::pick`]), skipping
-//! the backends it already tried (by their member key), counts the retry, and
+//! the backends it already tried (by their member key) — from the best tier
+//! of the view that has one left (`rotation::tiers`) —, counts the retry, and
 //! holds the backend's active count while it runs. The layers only say how a
 //! try connects and whether the failure allows another try.
 //!
@@ -102,15 +103,23 @@ impl<'a> Tries<'a> {
                 0
             };
         let tried = &self.tried[..self.n];
-        let i = pick(
-            view.targets.len(),
-            rule.layer,
-            rule.load_distribution,
-            &self.key,
-            rotation,
-            |i| view.targets[i].backend.key,
-            |i| tried.contains(&view.targets[i].backend.key),
-        )?;
+        // The best tier with an untried backend (suspect ones come after the others).
+        let mut start = 0;
+        let i = view.tier_ends.iter().find_map(|&end| {
+            let t = &view.targets[start..end];
+            let found = pick(
+                t.len(),
+                rule.layer,
+                rule.load_distribution,
+                &self.key,
+                rotation,
+                |i| t[i].backend.key,
+                |i| tried.contains(&t[i].backend.key),
+            )
+            .map(|i| start + i);
+            start = end;
+            found
+        })?;
         let target = view.targets[i].clone();
         drop(view);
         if self.n > 0 {

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::config::{FrontendLimits, Layer, LbConfig, NoHealthyBackendsBehavior, Probe, Rule};
 use crate::l7::Pool;
 use crate::probe_state::ProbeState;
+use crate::rotation::{tiers, Standing};
 use crate::select::member_key;
 use crate::status::{AtomicCounters, BackendStatus, LbStatus};
 use crate::LbError;
@@ -37,6 +38,8 @@ pub(crate) struct BackendRt {
     pub draining: AtomicBool,
     /// Set after a connect failure; cleared by the next successful probe.
     pub suspect: AtomicBool,
+    /// Wakes the backend's health tasks when it becomes suspect (they re-probe it quickly).
+    pub reprobe: tokio::sync::Notify,
     pub active: AtomicU64,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
@@ -52,6 +55,7 @@ impl BackendRt {
             key: member_key(id),
             draining: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
+            reprobe: tokio::sync::Notify::new(),
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -100,8 +104,10 @@ pub(crate) struct Target {
 pub(crate) struct RuleView {
     pub rule: Rule,
     pub limits: FrontendLimits,
-    /// Candidates for new flows (healthy, or the AllProbedUp fallback).
+    /// Candidates for new flows, best tier first ([`tiers`]).
     pub targets: Vec<Target>,
+    /// Where each tier of `targets` ends.
+    pub tier_ends: Vec<usize>,
 }
 
 /// One frontend listener.
@@ -273,6 +279,10 @@ impl Lb {
             if ctl.health.contains_key(&k) {
                 continue;
             }
+            // commit_backends made one for every backend of the config.
+            let Some(backend) = ctl.backends.get(&k.1).cloned() else {
+                continue;
+            };
             ctl.next_generation += 1;
             let generation = ctl.next_generation;
             let task = tokio::spawn(crate::health::run(
@@ -280,7 +290,7 @@ impl Lb {
                 k.clone(),
                 generation,
                 probe.clone(),
-                ip,
+                backend,
             ))
             .abort_handle();
             ctl.health.insert(
@@ -308,6 +318,7 @@ impl Lb {
                 rule: rule.clone(),
                 limits: ctl.config.frontend_limits,
                 targets: Vec::new(),
+                tier_ends: Vec::new(),
             }),
             rotation: AtomicU64::new(0),
             local: addr,
@@ -327,8 +338,8 @@ impl Lb {
             let Some(entry) = ctl.listeners.get(&rule.frontend) else {
                 continue;
             };
-            let mut healthy = Vec::new();
-            let mut fallback = Vec::new();
+            let mut targets = Vec::new();
+            let mut standings = Vec::new();
             for b in &cfg.backends {
                 let Some(rt) = ctl.backends.get(&b.id) else {
                     continue;
@@ -336,38 +347,36 @@ impl Lb {
                 if b.draining {
                     continue;
                 }
-                let t = Target {
-                    backend: rt.clone(),
-                    addr: SocketAddr::new(b.ip, rule.backend_port),
-                    pool: rt.pool(rule.backend_port),
-                };
-                let suspect = rt.suspect.load(Relaxed);
-                let up = match &rule.probe {
+                let probed_up = match &rule.probe {
                     None => true,
                     Some(p) => ctl
                         .health
                         .get(&(p.clone(), b.id.clone()))
                         .is_some_and(|e| e.state.is_up()),
                 };
-                if up && !suspect {
-                    healthy.push(t);
-                } else if cfg.no_healthy_backends_behavior == NoHealthyBackendsBehavior::AllProbedUp
-                {
-                    fallback.push((suspect, t));
-                }
+                standings.push(Standing {
+                    probed_up,
+                    suspect: rt.suspect.load(Relaxed),
+                });
+                targets.push(Target {
+                    backend: rt.clone(),
+                    addr: SocketAddr::new(b.ip, rule.backend_port),
+                    pool: rt.pool(rule.backend_port),
+                });
             }
-            if healthy.is_empty() && !fallback.is_empty() {
-                let any_ok = fallback.iter().any(|(s, _)| !s);
-                healthy = fallback
-                    .into_iter()
-                    .filter(|(s, _)| !any_ok || !s)
-                    .map(|(_, t)| t)
-                    .collect();
+            let all_probed_up =
+                cfg.no_healthy_backends_behavior == NoHealthyBackendsBehavior::AllProbedUp;
+            let mut healthy = Vec::with_capacity(targets.len());
+            let mut tier_ends = Vec::new();
+            for tier in tiers(&standings, all_probed_up) {
+                healthy.extend(tier.into_iter().map(|i| targets[i].clone()));
+                tier_ends.push(healthy.len());
             }
             entry.listener.view.store(Arc::new(RuleView {
                 rule: rule.clone(),
                 limits: cfg.frontend_limits,
                 targets: healthy,
+                tier_ends,
             }));
         }
     }
@@ -403,13 +412,34 @@ impl Lb {
         true
     }
 
-    /// Marks a backend suspect after a connect failure (skipped by new
-    /// requests until the next successful probe).
+    /// A suspect backend answered its health task's quick re-probe: back in rotation.
+    /// Returns false when the entry is gone (task must stop).
+    pub fn reprobe_ok(&self, key: &(String, String), generation: u64) -> bool {
+        let ctl = lock(&self.ctl);
+        if ctl
+            .health
+            .get(key)
+            .is_none_or(|e| e.generation != generation)
+        {
+            return false;
+        }
+        if let Some(b) = ctl.backends.get(&key.1) {
+            if b.suspect.swap(false, Relaxed) {
+                info!(lb = %self.name.load(), backend = %key.1, "backend answers again; no longer suspect");
+                self.rebuild(&ctl);
+            }
+        }
+        true
+    }
+
+    /// Marks a backend suspect after a connect failure: new flows prefer the others until it
+    /// answers a probe again (its health tasks re-probe it quickly, see `health::run`).
     pub fn mark_suspect(self: &Arc<Self>, backend: &Arc<BackendRt>) {
         if backend.suspect.swap(true, Relaxed) {
             return;
         }
         warn!(lb = %self.name.load(), backend = %backend.id, "connect failed; backend suspect");
+        backend.reprobe.notify_waiters();
         let ctl = lock(&self.ctl);
         let probed = ctl.health.keys().any(|(_, id)| *id == backend.id);
         self.rebuild(&ctl);
@@ -445,6 +475,7 @@ impl Lb {
                     ip: b.ip,
                     healthy,
                     draining: b.draining,
+                    suspect: rt.suspect.load(Relaxed),
                     active_connections: rt.active.load(Relaxed),
                     requests: rt.requests.load(Relaxed),
                     failures: rt.failures.load(Relaxed),

@@ -30,6 +30,7 @@ mod l4;
 mod l7;
 pub mod probe;
 pub mod probe_state;
+pub mod rotation;
 pub mod select;
 mod status;
 mod upstream;

@@ -23,6 +23,10 @@ pub struct BackendStatus {
     /// Up according to every probe referenced by a rule; true if no rule has a probe.
     pub healthy: bool,
     pub draining: bool,
+    /// A connect to it failed since its last successful probe: new flows skip it while others
+    /// can take them. (Absent from an older LB process's status.)
+    #[serde(default)]
+    pub suspect: bool,
     /// L4 flows plus in-flight L7 requests currently using this backend.
     pub active_connections: u64,
     /// L4 flows + L7 requests ever sent to this backend (including failed tries).
