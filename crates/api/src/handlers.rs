@@ -86,6 +86,7 @@ pub async fn execute(
         | Route::List { .. }
         | Route::Vms(_)
         | Route::VmssInstanceView(_)
+        | Route::VmssSkus(_)
         | Route::VmInstanceView(..) => true,
         Route::RollingLatest(_)
         | Route::Operation { .. }
@@ -132,6 +133,10 @@ pub async fn execute(
             ok(render::activity_log(&res, &st.cp.autoscale_state(&res)?))
         }
         Route::VmssInstanceView(res) => vmss_instance_view(st, &res),
+        Route::VmssSkus(res) => {
+            st.vmss_doc(&res)?.ok_or_else(|| not_found(VMSS, &res))?;
+            ok(render::vmss_skus())
+        }
         Route::Vms(res) => vms(st, &res, query),
         Route::VmssAction(res, act) => power(st, &res, act, instance_ids(&parse_body(body)?)?),
         Route::RollingLatest(res) => rolling_latest(st, &res),

@@ -189,6 +189,27 @@ pub fn vmss_instance_view(
     })
 }
 
+/// `GET .../skus`: every size of `model::sizes` as Azure's `VirtualMachineScaleSetSku`, with the
+/// capacity range a scale set here accepts (0 to `MAX_CAPACITY`, 2 when the body names none).
+pub fn vmss_skus() -> Value {
+    let value: Vec<Value> = model::sizes::SIZES
+        .iter()
+        .map(|s| {
+            json!({
+                "resourceType": VMSS,
+                "sku": {"name": s.name, "tier": "Standard"},
+                "capacity": {
+                    "minimum": 0,
+                    "maximum": model::vmss::MAX_CAPACITY,
+                    "defaultCapacity": model::vmss::DEFAULT_CAPACITY,
+                    "scaleType": "Automatic",
+                },
+            })
+        })
+        .collect();
+    json!({ "value": value })
+}
+
 fn rfc(secs: u64) -> String {
     image::rfc3339(secs)
 }

@@ -34,6 +34,8 @@ pub enum Route {
         res: Res,
     },
     VmssInstanceView(Res),
+    /// GET `skus`: the VM sizes the scale set can use (`model::sizes`).
+    VmssSkus(Res),
     VmssAction(Res, PowerAction),
     Vms(Res),
     Vm {
@@ -235,6 +237,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         }),
         (AUTOSCALE, [v]) if eq(v, "activityLog") => get_only(Route::ActivityLog(res)),
         (VMSS, [v]) if eq(v, "instanceView") => get_only(Route::VmssInstanceView(res)),
+        (VMSS, [v]) if eq(v, "skus") => get_only(Route::VmssSkus(res)),
         (VMSS, [v]) if eq(v, "virtualMachines") => get_only(Route::Vms(res)),
         (VMSS, [v]) if eq(v, "osRollingUpgrade") => post_only(Route::RollingStart(res)),
         (VMSS, [v]) if eq(v, "rollback") => post_only(Route::Rollback(res)),
@@ -349,6 +352,7 @@ pub fn release_may(route: &Route) -> bool {
         Route::ListGroups { .. }
         | Route::List { .. }
         | Route::VmssInstanceView(_)
+        | Route::VmssSkus(_)
         | Route::Vms(_)
         | Route::VmInstanceView(..)
         | Route::RollingLatest(_)
@@ -439,6 +443,7 @@ mod tests {
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/SetOrchestrationServiceState"), Route::SetOrchestrationServiceState(res.clone())),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines"), Route::Vms(res.clone())),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/instanceView"), Route::VmInstanceView(res.clone(), "3".into())),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/SKUS"), Route::VmssSkus(res.clone())),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3/powerOff"), Route::VmAction(res.clone(), "3".into(), PowerAction::PowerOff)),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualmachines/3/runCommand"), Route::RunCommand(res.clone(), "3".into())),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualmachines/3/retrieveBootDiagnosticsData"), Route::BootDiagnosticsData(res.clone(), "3".into())),

@@ -512,6 +512,21 @@ async fn requests_and_responses_match_the_specs() {
     )
     .await;
     c.call("GET", &format!("{vmss}/instanceView"), None).await;
+    // The sizes it can use: every one of model::sizes, as VirtualMachineScaleSetListSkusResult.
+    let (s, skus) = c.call("GET", &format!("{vmss}/skus"), None).await;
+    assert_eq!(s, StatusCode::OK, "{skus}");
+    let skus = skus["value"].as_array().unwrap();
+    assert_eq!(skus.len(), model::sizes::SIZES.len());
+    assert_eq!(
+        skus[1],
+        json!({"resourceType": "Microsoft.Compute/virtualMachineScaleSets",
+            "sku": {"name": "Standard_B1s", "tier": "Standard"},
+            "capacity": {"minimum": 0, "maximum": 1000, "defaultCapacity": 2, "scaleType": "Automatic"}})
+    );
+    assert_eq!(
+        c.call("GET", &format!("{vmss}x/skus"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
     let (_, vms) = c
         .call("GET", &format!("{vmss}/virtualMachines"), None)
         .await;

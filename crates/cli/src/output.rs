@@ -31,6 +31,16 @@ pub const VM_COLS: Columns = &[
     ("PowerState", "/x-power"),
     ("Health", "/x-health"),
 ];
+/// `vmss list-skus`: Azure's `VirtualMachineScaleSetSku`.
+pub const SKU_COLS: Columns = &[
+    ("ResourceType", "/resourceType"),
+    ("Name", "/sku/name"),
+    ("Tier", "/sku/tier"),
+    ("Minimum", "/capacity/minimum"),
+    ("Maximum", "/capacity/maximum"),
+    ("DefaultCapacity", "/capacity/defaultCapacity"),
+    ("ScaleType", "/capacity/scaleType"),
+];
 pub const LB_COLS: Columns = &[
     ("Name", "/name"),
     ("Location", "/location"),

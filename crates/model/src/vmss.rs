@@ -267,6 +267,8 @@ pub struct VmssModel {
 
 /// Largest capacity we accept (Azure's Uniform limit with a platform image is 1000).
 pub const MAX_CAPACITY: u64 = 1000;
+/// The capacity of a scale set whose body names none (az's default instance count).
+pub const DEFAULT_CAPACITY: u64 = 2;
 
 /// Parses an ISO-8601 duration of the form `PnDTnHnMnS` (what Azure uses for
 /// pauseTimeBetweenBatches and gracePeriod) into seconds.
@@ -426,7 +428,7 @@ pub fn parse(body: &Value, default_prefix: &str) -> Result<(VmssModel, Value), M
         "sku.capacity",
         0,
         MAX_CAPACITY as i64,
-        2,
+        DEFAULT_CAPACITY as i64,
     )? as u32;
     // Azure's spelling of a known size: it decides the instances' CPU and memory.
     let sku_name = crate::sizes::require(

@@ -48,6 +48,8 @@ pub enum VmssCmd {
         no_wait: bool,
     },
     ListInstances(Target),
+    /// The VM sizes (`sku.name`) the scale set can use, with its capacity range.
+    ListSkus(Target),
     GetInstanceView {
         #[command(flatten)]
         t: Target,
@@ -283,6 +285,11 @@ pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
             out,
             output::VM_COLS,
         ),
+        VmssCmd::ListSkus(t) => {
+            let path = format!("{}/skus", c.vmss_path(&t.rg, &t.name));
+            let v = c.call("GET", &path, None).await?;
+            print(&v["value"], out, output::SKU_COLS);
+        }
         VmssCmd::GetInstanceView { t, instance_id } => {
             instance_view(&c, &t, instance_id.as_deref()).await?
         }
