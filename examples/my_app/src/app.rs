@@ -1,4 +1,5 @@
-//! The HTTP application: three static HTML pages, a health probe and a 404.
+//! The HTTP application: three static HTML pages, a health probe, a CPU-heavy page (`/work`,
+//! for load tests and autoscale demos) and a 404.
 //!
 //! Pages are rendered once at startup: the instance name and image version
 //! are fixed for the life of the process, so each request only clones a
@@ -13,14 +14,28 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio::sync::Semaphore;
 
 /// Upper bound for the `?sleep_ms=N` test knob on `/`.
 pub const MAX_SLEEP_MS: u64 = 10_000;
+
+/// Upper bound for `/work?ms=N`: the CPU time one request may burn.
+pub const MAX_WORK_MS: u64 = 1_000;
+
+/// `/work` requests burning CPU at once; more wait their turn (each holds a thread).
+const WORK_CONCURRENCY: usize = 8;
 
 /// Application Health extension "rich health state" body.
 pub const HEALTH_BODY: &str = r#"{"ApplicationHealthState":"Healthy"}"#;
 
 const INTRO: &str = "Sample app to demo Azure DevOps for VMSS.";
+
+/// The router's state.
+struct App {
+    pages: Pages,
+    /// Bounds the `/work` requests burning CPU at once.
+    work: Semaphore,
+}
 
 /// Pre-rendered pages.
 #[derive(Debug, Clone)]
@@ -105,18 +120,56 @@ pub fn escape_html(s: &str) -> String {
 /// `Ok(None)` when absent, `Err(())` when present but not a non-negative
 /// integer. The value is capped at [`MAX_SLEEP_MS`].
 pub fn parse_sleep_ms(query: Option<&str>) -> Result<Option<u64>, ()> {
+    parse_ms(query, "sleep_ms", MAX_SLEEP_MS)
+}
+
+/// Extracts `ms` for `/work`: `Ok(None)` when absent, `Err(())` when not a
+/// non-negative integer, capped at [`MAX_WORK_MS`].
+pub fn parse_work_ms(query: Option<&str>) -> Result<Option<u64>, ()> {
+    parse_ms(query, "ms", MAX_WORK_MS)
+}
+
+/// The last `key=N` of a raw query string, capped at `max`.
+fn parse_ms(query: Option<&str>, key: &str, max: u64) -> Result<Option<u64>, ()> {
     let Some(query) = query else {
         return Ok(None);
     };
     let mut found = None;
     for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == "sleep_ms" {
+        let (k, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
             let ms: u64 = value.parse().map_err(|_| ())?;
-            found = Some(ms.min(MAX_SLEEP_MS));
+            found = Some(ms.min(max));
         }
     }
     Ok(found)
+}
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the one we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Burns `cpu` of this thread's CPU time, however long the machine's CPU quota makes that
+/// take; returns a checksum so the work is kept.
+pub fn burn(cpu: Duration) -> u64 {
+    let start = thread_cpu_time();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while thread_cpu_time() - start < cpu {
+        for _ in 0..1_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x = std::hint::black_box(x);
+    }
+    x
 }
 
 pub fn router(pages: Pages) -> Router {
@@ -125,11 +178,15 @@ pub fn router(pages: Pages) -> Router {
         .route("/page1", get(page1))
         .route("/page2", get(page2))
         .route("/health", get(health))
+        .route("/work", get(work))
         .fallback(not_found)
-        .with_state(Arc::new(pages))
+        .with_state(Arc::new(App {
+            pages,
+            work: Semaphore::new(WORK_CONCURRENCY),
+        }))
 }
 
-async fn home(State(pages): State<Arc<Pages>>, RawQuery(query): RawQuery) -> Response {
+async fn home(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
     match parse_sleep_ms(query.as_deref()) {
         Ok(None) => {}
         Ok(Some(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -141,15 +198,37 @@ async fn home(State(pages): State<Arc<Pages>>, RawQuery(query): RawQuery) -> Res
                 .into_response()
         }
     }
-    Html(pages.home.clone()).into_response()
+    Html(app.pages.home.clone()).into_response()
 }
 
-async fn page1(State(pages): State<Arc<Pages>>) -> Html<Bytes> {
-    Html(pages.page1.clone())
+async fn page1(State(app): State<Arc<App>>) -> Html<Bytes> {
+    Html(app.pages.page1.clone())
 }
 
-async fn page2(State(pages): State<Arc<Pages>>) -> Html<Bytes> {
-    Html(pages.page2.clone())
+async fn page2(State(app): State<Arc<App>>) -> Html<Bytes> {
+    Html(app.pages.page2.clone())
+}
+
+/// `/work?ms=N`: burns N ms of CPU (at most [`MAX_WORK_MS`]) on a blocking thread, so the
+/// other pages and the health probe keep answering.
+async fn work(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+    let ms = match parse_work_ms(query.as_deref()) {
+        Ok(Some(ms)) => ms,
+        Ok(None) | Err(()) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "ms must be given as a non-negative integer\n",
+            )
+                .into_response()
+        }
+    };
+    let Ok(_permit) = app.work.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match tokio::task::spawn_blocking(move || burn(Duration::from_millis(ms))).await {
+        Ok(_) => format!("worked {ms} ms\n").into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -185,6 +264,25 @@ mod tests {
         );
         assert_eq!(parse_sleep_ms(Some("sleep_ms=-1")), Err(()));
         assert_eq!(parse_sleep_ms(Some("sleep_ms")), Err(()));
+    }
+
+    #[test]
+    fn parses_work_ms() {
+        assert_eq!(parse_work_ms(None), Ok(None));
+        assert_eq!(parse_work_ms(Some("sleep_ms=5")), Ok(None));
+        assert_eq!(parse_work_ms(Some("ms=20")), Ok(Some(20)));
+        assert_eq!(parse_work_ms(Some("ms=1&ms=7")), Ok(Some(7)));
+        assert_eq!(parse_work_ms(Some("ms=99999999")), Ok(Some(MAX_WORK_MS)));
+        assert_eq!(parse_work_ms(Some("ms=1e3")), Err(()));
+        assert_eq!(parse_work_ms(Some("ms=")), Err(()));
+    }
+
+    #[test]
+    fn burn_uses_the_cpu_time_asked_for() {
+        let before = thread_cpu_time();
+        burn(Duration::from_millis(30));
+        let used = thread_cpu_time() - before;
+        assert!(used >= Duration::from_millis(30), "{used:?}");
     }
 
     #[test]

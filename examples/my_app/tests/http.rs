@@ -292,6 +292,45 @@ fn unknown_paths_are_404_and_bad_sleep_is_400() {
     assert_eq!(app.tcp("/?other=1").status, 200);
 }
 
+/// CPU time the process's threads have used (utime + stime of /proc/PID/stat, in clock ticks).
+fn cpu_time(pid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn work_burns_the_cpu_asked_for_and_is_bounded() {
+    let app = App::start(&[]);
+    for path in ["/work", "/work?ms=x", "/work?ms=-5"] {
+        assert_eq!(app.tcp(path).status, 400, "{path}");
+    }
+    let pid = app.child.id();
+    let before = cpu_time(pid);
+    let resp = app.unix("/work?ms=200");
+    assert_eq!((resp.status, resp.body.as_str()), (200, "worked 200 ms\n"));
+    let used = cpu_time(pid) - before;
+    // Less one clock tick: the counters are kept in ticks.
+    assert!(used >= Duration::from_millis(190), "{used:?}");
+    // Asking for more than the bound burns the bound.
+    assert_eq!(app.tcp("/work?ms=5000000").body, "worked 1000 ms\n");
+    // More requests than burn at once (8) wait their turn; none fails.
+    let app = Arc::new(app);
+    let handles: Vec<_> = (0..12)
+        .map(|_| {
+            let app = app.clone();
+            thread::spawn(move || app.tcp("/work?ms=20").status)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+}
+
 #[test]
 fn keep_alive_connection_serves_many_requests() {
     let app = App::start(&[]);
