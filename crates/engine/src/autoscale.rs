@@ -7,8 +7,7 @@
 use super::*;
 use control::{ActivityEvent, AutoscaleState, Put};
 use model::autoscale::AutoscaleSetting;
-use model::metrics::{Interval, Metric, Query, Split};
-use plan::autoscale::{Decision, Metrics as SeriesMap, Point, Reason, SeriesKey};
+use plan::autoscale::{Decision, Metrics as SeriesMap, Reason};
 
 /// Time between two evaluations of every setting (Azure: 30–60 s).
 pub const AUTOSCALE_INTERVAL: Duration = Duration::from_secs(30);
@@ -185,73 +184,16 @@ fn record(
     }
 }
 
-/// The series the active profile reads, per `plan::autoscale`'s contract: one point per
-/// completed grain, each the rule's statistic over the instances' values of that grain.
+/// The series the active profile reads (`plan::autoscale::series`), from the scale sets'
+/// host metrics.
 fn series(st: &Core, s: &AutoscaleSetting, now: u64) -> SeriesMap {
-    let mut out = SeriesMap::new();
-    for key in plan::autoscale::series_needed(s, now) {
-        let window = longest_window(s, &key);
-        if let Some(points) = points(st, &key, window, now) {
-            out.insert(key, points);
-        }
-    }
-    out
-}
-
-/// The longest time window of the rules reading `key` (every profile: they share series).
-fn longest_window(s: &AutoscaleSetting, key: &SeriesKey) -> u64 {
-    s.profiles
-        .iter()
-        .flat_map(|p| &p.rules)
-        .filter(|r| SeriesKey::of(&r.metric_trigger) == *key)
-        .map(|r| r.metric_trigger.time_window_secs)
-        .max()
-        .unwrap_or(0)
-}
-
-/// `None`: the metric or resource is not one we measure, or the query was refused.
-fn points(st: &Core, key: &SeriesKey, window: u64, now: u64) -> Option<Vec<Point>> {
-    let metric = Metric::from_name(&key.metric)?;
-    let id = model::ids::ResourceId::parse(&key.resource).ok()?;
-    if !id.is("Microsoft.Compute", "virtualMachineScaleSets") {
-        return None;
-    }
-    let scope = store::Key::new(VMSS, &id.subscription, &id.resource_group, &id.name);
-    let grain = key.time_grain_secs.max(60);
-    let end = now - now % grain;
-    let q = Query {
-        metrics: vec![metric],
-        start: end.saturating_sub(window + grain),
-        end,
-        interval: Interval::Grain(grain),
-        aggregations: Some(vec![metric.primary()]),
-        split: Split::All,
-        top: model::metrics::MAX_TOP,
-        order: None,
-        metadata_only: false,
-    };
-    let result = st.query_metrics(&scope, &q).ok()?;
-    Some(combine_instances(&result, key, metric.primary()))
-}
-
-/// Per grain, the statistic over the instances that have a value for it.
-fn combine_instances(
-    result: &[plan::metrics::MetricResult],
-    key: &SeriesKey,
-    agg: model::metrics::Aggregation,
-) -> Vec<Point> {
-    let mut by_grain: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    for ts in result.iter().flat_map(|r| &r.series) {
-        for p in &ts.points {
-            if let Some(v) = p.agg.value(agg) {
-                by_grain.entry(p.at).or_default().push(v);
-            }
-        }
-    }
-    by_grain
-        .into_iter()
-        .filter_map(|(at, vals)| {
-            plan::autoscale::combine(key.statistic, &vals).map(|value| Point { at, value })
+    st.metrics.with_store(|store| {
+        plan::autoscale::series::build(s, store, now, |uri| {
+            let id = model::ids::ResourceId::parse(uri).ok()?;
+            id.is("Microsoft.Compute", "virtualMachineScaleSets")
+                .then(|| {
+                    store::Key::new(VMSS, &id.subscription, &id.resource_group, &id.name).path()
+                })
         })
-        .collect()
+    })
 }

@@ -18,7 +18,7 @@ use control::{
 use plan::{Action, InstanceState, Observed, PowerIntent};
 use runtime::{MachineSpec, MachineState};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -16,6 +16,11 @@ impl Metrics {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` over the store (held locked: keep it short).
+    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&self.store())
+    }
+
     /// Bytes the kept values take.
     pub fn memory_bytes(&self) -> usize {
         self.store().memory_bytes()

@@ -52,6 +52,8 @@ use model::timezone::{format_utc, weekday};
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod series;
+
 /// One metric series: a rule's metric at its statistic and time grain. Resource and metric
 /// names are compared lower-cased (ARM ids and metric names are case-insensitive).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
