@@ -550,6 +550,7 @@ def suite_app(cfg, tmp):
 # --------------------------------------------------------------------------- deploy / scale
 
 import deploy  # noqa: E402  (bench/deploy.py)
+import autoscale  # noqa: E402  (bench/autoscale.py)
 
 
 # --------------------------------------------------------------------------- report
@@ -602,8 +603,9 @@ def goals(res):
         g.append({"row": "App stack p99 vs seed", "goal": "<= 0.1x", "value": pr,
                   "text": f"{pr:.2f}x" + paired(app, "rust", "seed", "p99_ms") if pr else None,
                   "met": pr is not None and pr <= 0.1})
-    for row in res.get("deploy", {}).get("rows", []):
-        g.append(row)
+    for key in ("deploy", "autoscale"):
+        for row in res.get(key, {}).get("rows", []):
+            g.append(row)
     return g
 
 
@@ -645,6 +647,12 @@ def table(res):
         lines.append("Deploy & scale")
         lines.append("-" * 60)
         for m in res["deploy"].get("measurements", []):
+            lines.append(f"  {m['name']:<44} {m['text']}")
+    if "autoscale" in res:
+        lines.append("")
+        lines.append("Autoscale")
+        lines.append("-" * 60)
+        for m in res["autoscale"].get("measurements", []):
             lines.append(f"  {m['name']:<44} {m['text']}")
     lines.append("")
     lines.append("ratio = req/s vs the baseline; eff. = CPU efficiency vs the baseline "
@@ -741,8 +749,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="short smoke run (1 x 3 s, 1 s warm-up; full: 5 x 10 s, 3 s warm-up)")
-    ap.add_argument("--only", default="l7,l4,bulk,app,deploy",
-                    help="comma-separated subset of l7,l4,bulk,app,deploy,scale")
+    ap.add_argument("--only", default="l7,l4,bulk,app,deploy,autoscale",
+                    help="comma-separated subset of l7,l4,bulk,app,deploy,autoscale,scale")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--duration", type=int)
     ap.add_argument("--conns", type=int, default=64)
@@ -798,6 +806,8 @@ def main():
             stop_all()
         if only & {"deploy", "scale"}:
             res["deploy"] = deploy.run(cfg, tmp, log, scale=cfg.scale if "scale" in only or cfg.scale else 0)
+        if "autoscale" in only:
+            res["autoscale"] = autoscale.run(cfg, tmp, log)
     finally:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
