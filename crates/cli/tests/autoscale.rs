@@ -1,18 +1,17 @@
 //! Autoscale for real: a scale set of two booted machines behind our load balancer with an
-//! autoscale setting (min 2, max 3) and CPU rules made with the CLI. CPU load in the machines (a
-//! busy loop in each machine's cgroup, which is what its `Percentage CPU` measures: HTTP through
-//! the LB costs the example app too little to cross a threshold idle machines stay clear of)
-//! passes the scale-out threshold: a third instance comes, while clients keep requesting pages
-//! through the LB. Once the load stops (a light trickle keeps checking the LB), the five-minute
-//! window clears and it scales back in. No request fails. The daemon evaluates every 5 s (`SCALESET_AUTOSCALE_INTERVAL_MS`) instead of
-//! 30 s; grains, windows and cooldowns are Azure's minimums, so this takes about ten minutes.
+//! autoscale setting (min 2, max 3) and CPU rules made with the CLI. HTTP load through the LB
+//! (the example's CPU-heavy page, `/work?ms=N`, next to clients requesting pages) drives the
+//! machines' `Percentage CPU` past the scale-out threshold: a third instance comes and joins
+//! after its probe. Once the load stops (a light trickle keeps checking the LB), the five-minute
+//! window clears and it scales back in, draining first. No request fails. The daemon evaluates
+//! every 5 s (`SCALESET_AUTOSCALE_INTERVAL_MS`) instead of 30 s; grains, windows and cooldowns
+//! are Azure's minimums, so this takes about six minutes.
 mod common;
 
 use common::*;
 use serde_json::Value;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,42 +52,14 @@ fn trickle(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<[AtomicU64; 2]>)
     }
 }
 
-/// A busy loop in each running machine's cgroup; killed on drop (and by the machines' deletion,
-/// which empties their cgroups, if the test fails first).
-struct Burn(Vec<Child>);
-
-impl Burn {
-    fn start(h: &Harness) -> Burn {
-        let m = runtime::NspawnMachines::new(runtime::RuntimeConfig {
-            state_dir: h.home.join("machines"),
-            prefix: h.prefix.into(),
-        })
-        .unwrap();
-        let burners = h
-            .machine_pids()
-            .iter()
-            .map(|(name, _)| {
-                let join: Vec<String> = m
-                    .cgroup(name)
-                    .procs_files()
-                    .iter()
-                    .map(|f| format!("echo $$ > {}", f.display()))
-                    .collect();
-                let script = format!("{} && exec sh -c 'while :; do :; done'", join.join(" && "));
-                Command::new("sh").arg("-c").arg(script).spawn().unwrap()
-            })
-            .collect();
-        Burn(burners)
-    }
-}
-
-impl Drop for Burn {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Clients on the example's CPU-heavy page: each burns `WORK_MS` of an instance's CPU and
+/// pauses `PAUSE_MS`, so three of them keep two 1-vCPU instances well above `OUT`.
+fn work_load(lb: SocketAddr) -> Load {
+    const WORK_MS: u64 = 40;
+    const PAUSE_MS: u64 = 60;
+    let path = format!("/work?ms={WORK_MS}");
+    let expect = format!("worked {WORK_MS} ms");
+    Load::start_with(lb, 3, "lb", &path, &expect, PAUSE_MS)
 }
 
 fn print_cpu(h: &Harness) {
@@ -203,9 +174,8 @@ fn autoscale_out_under_load_and_back_in() {
     assert_eq!(rules.as_array().map(Vec::len), Some(2), "{rules}");
 
     // Load: out to 3 within a few grains; the new instance serves before the load stops.
-    let load = Load::start(lb_addr, 4);
-    let burn = Burn::start(&h);
-    assert_eq!(burn.0.len(), 2);
+    let load = Load::start(lb_addr, 2);
+    let work = work_load(lb_addr);
     wait_until("scale-out to 3", Duration::from_secs(300), || {
         std::thread::sleep(Duration::from_secs(10));
         print_cpu(&h);
@@ -215,11 +185,23 @@ fn autoscale_out_under_load_and_back_in() {
         healthy(&h.instances()) == 3
     });
     std::thread::sleep(Duration::from_secs(10));
-    drop(burn);
+    // The new instance took its share of the load through the LB.
+    let s = lb_status(&h.home);
+    let served: Vec<u64> = s["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        served.len() == 3 && served.iter().all(|n| *n > 0),
+        "{served:?}"
+    );
+    let (work_ok, work_failed) = work.finish();
     let (ok, failed) = load.finish();
-    eprintln!("load: {ok} ok, {failed} failed");
-    assert!(ok > 0);
-    assert_eq!(failed, 0, "requests failed under load");
+    eprintln!("load: pages {ok} ok, {failed} failed; work {work_ok} ok, {work_failed} failed");
+    assert!(ok > 0 && work_ok > 0);
+    assert_eq!((failed, work_failed), (0, 0), "requests failed under load");
 
     // Quiet but watched: back to 2 once the window has no hot grain, drained, no failure.
     let stop = Arc::new(AtomicBool::new(false));

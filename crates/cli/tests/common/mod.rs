@@ -475,6 +475,26 @@ impl Load {
 
     /// [`Load::start`] with the given `Host` header on every request.
     pub fn start_host(addr: SocketAddr, clients: usize, host: &str) -> Load {
+        Load::start_with(
+            addr,
+            clients,
+            host,
+            "/page1",
+            "You are currently on Page1.",
+            2,
+        )
+    }
+
+    /// Clients each sending `GET path` in a loop (a pause of `pause_ms` after each); an answer
+    /// is ok when it is 200 and its body contains `expect`.
+    pub fn start_with(
+        addr: SocketAddr,
+        clients: usize,
+        host: &str,
+        path: &str,
+        expect: &str,
+        pause_ms: u64,
+    ) -> Load {
         let (stop, ok, failed) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
@@ -483,7 +503,7 @@ impl Load {
         let threads = (0..clients)
             .map(|_| {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                let host = host.to_string();
+                let (host, path, expect) = (host.to_string(), path.to_string(), expect.to_string());
                 std::thread::spawn(move || {
                     let deadline = Instant::now() + Duration::from_secs(300);
                     let mut conn: Option<BufReader<TcpStream>> = None;
@@ -501,8 +521,8 @@ impl Load {
                                 }
                             }
                         }
-                        match http_get_host(conn.as_mut().unwrap(), "/page1", &host) {
-                            Ok((200, body)) if body.contains("You are currently on Page1.") => {
+                        match http_get_host(conn.as_mut().unwrap(), &path, &host) {
+                            Ok((200, body)) if body.contains(&expect) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok((status, _)) => {
@@ -519,7 +539,7 @@ impl Load {
                                 conn = None;
                             }
                         }
-                        std::thread::sleep(Duration::from_millis(2));
+                        std::thread::sleep(Duration::from_millis(pause_ms));
                     }
                 })
             })
