@@ -215,6 +215,11 @@ def cleanup(env, home, serve, log):
         bridge = None
     if bridge:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    # What the home still has mounted (an image layer the bake left mounted), deepest first.
+    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
+    for mnt in sorted((m for m in mounts.splitlines() if m.startswith(home + "/")), reverse=True):
+        if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
     mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
     if any(m.startswith(home) for m in mounts.splitlines()):
         log(f"autoscale: mounts left under {home}; not removing it")
