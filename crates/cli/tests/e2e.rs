@@ -286,12 +286,12 @@ fn scale_set_behind_load_balancer() {
                     .any(|(n, p)| *n == victim && *p != victim_pid)
             },
         );
-        // Serving again at its own address, before the next machine is killed.
+        // Serving the current image again at its own address, before the next machine is killed.
         let ip = machine_ip(&h, &victim);
         wait_until(
-            "the rebooted machine to serve",
+            "the rebooted machine to serve image 120",
             Duration::from_secs(60),
-            || serves(SocketAddr::from((ip, 80))),
+            || serves(SocketAddr::from((ip, 80)), "120"),
         );
         // And taking requests in the LB again: probed up and no longer suspect (it re-probes a
         // backend whose connects failed until it answers).
@@ -524,11 +524,12 @@ fn dump_lb_logs(home: &std::path::Path) {
     }
 }
 
-/// `GET /page1` answered 200 by the instance itself.
-fn serves(addr: SocketAddr) -> bool {
+/// `GET /page1` answered 200 by the instance itself, from `image`.
+fn serves(addr: SocketAddr, image: &str) -> bool {
     let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    matches!(http_get(&mut BufReader::new(s), "/page1"), Ok((200, _)))
+    let footer = format!("from image <span id=\"image\">{image}</span>");
+    matches!(http_get(&mut BufReader::new(s), "/page1"), Ok((200, body)) if body.contains(&footer))
 }
