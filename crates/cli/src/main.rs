@@ -3,10 +3,11 @@ mod az;
 mod client;
 mod cmd;
 mod output;
+mod progress;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cmd::{export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
+use cmd::{down, export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
 use output::Output;
 
 #[derive(Parser)]
@@ -30,6 +31,8 @@ struct Cli {
 enum Cmd {
     /// Start the daemon and deploy the example (or DIR) through its own pipelines: push it to a hosted repo, run CI and the release (bake, az vmss update), scale to 3 instances behind the load balancer, and show them live. Ctrl-C stops everything.
     Up(up::UpArgs),
+    /// Undo `scaleset up`: stop its instances and load balancer (`up` restarts them); with --purge remove its resources, repositories, images, mounts, network namespaces and the bridge.
+    Down(down::DownArgs),
     /// Run the control-plane daemon (API on 127.0.0.1, state in SQLite).
     Serve(serve::ServeArgs),
     /// Manage resource groups.
@@ -91,7 +94,7 @@ fn main() {
     } else {
         Cli::parse()
     };
-    if !matches!(cli.cmd, Cmd::Up(_) | Cmd::Serve(_) | Cmd::LbServe { .. }) {
+    if !matches!(cli.cmd, Cmd::Up(_) | Cmd::Down(_) | Cmd::Serve(_) | Cmd::LbServe { .. }) {
         // A short-lived command piped into `head` ends quietly, like other Unix tools, instead
         // of panicking on EPIPE. The daemons keep Rust's default (ignored) for their sockets
         // and pipes.
@@ -122,6 +125,10 @@ fn main() {
             Cmd::Up(a) => {
                 init_tracing("warn");
                 up::run(a).await
+            }
+            Cmd::Down(a) => {
+                init_tracing("warn");
+                down::run(a).await
             }
             Cmd::Serve(a) => {
                 init_tracing("info");

@@ -348,7 +348,8 @@ pub trait Machines: Send + Sync {
     /// Boot detached; returns the nspawn pid. Returns the existing pid if
     /// already running.
     fn start(&self, name: &str) -> Result<u32, RuntimeError>;
-    /// SIGTERM (clean systemd shutdown), SIGKILL after `timeout`.
+    /// SIGTERM (clean systemd shutdown), SIGKILL after `timeout`; then unmount the root and
+    /// remove the netns (a stopped machine holds no mount or netns; `start` restores them).
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
     /// Hard kill (crash simulation).
     fn kill(&self, name: &str) -> Result<(), RuntimeError>;
@@ -966,6 +967,13 @@ impl NspawnMachines {
         detach_netns(name, &self.link(name))
     }
 
+    /// A stopped machine holds nothing on the host: its overlay root is unmounted and its
+    /// netns and veth removed (the upper layer stays; `start` mounts and links them again).
+    fn release_host(&self, name: &str) -> Result<(), RuntimeError> {
+        unmount(name, &self.root_path(name))?;
+        self.teardown_netns(name)
+    }
+
     /// Write hostname, machine-id and the spec's files through the overlay.
     fn write_files(&self, spec: &MachineSpec, fresh_machine_id: bool) -> Result<(), RuntimeError> {
         let root = self.root_path(&spec.name);
@@ -1228,16 +1236,16 @@ impl Machines for NspawnMachines {
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
         Self::validate_name(name)?;
         let _lock = self.lock(name)?;
-        let Some(pid) = self.running_pid(name) else {
-            return self.kill_leftovers(name);
-        };
-        signal(pid, nix::sys::signal::Signal::SIGTERM);
-        if !self.wait_gone(name, pid, timeout) {
-            tracing::warn!(machine = name, pid, "did not stop in time; killing");
-            self.hard_kill(name, pid);
+        if let Some(pid) = self.running_pid(name) {
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            if !self.wait_gone(name, pid, timeout) {
+                tracing::warn!(machine = name, pid, "did not stop in time; killing");
+                self.hard_kill(name, pid);
+            }
+            let _ = fs::remove_file(self.dir(name).join("pid"));
         }
-        let _ = fs::remove_file(self.dir(name).join("pid"));
-        self.kill_leftovers(name)
+        self.kill_leftovers(name)?;
+        self.release_host(name)
     }
 
     fn kill(&self, name: &str) -> Result<(), RuntimeError> {

@@ -304,6 +304,11 @@ fn boot_serve_stop_start_reimage_delete() {
         "a stopped machine uses nothing"
     );
     assert!(http_get(s0.ip, "/").is_err());
+    // A stopped machine leaves nothing on the host but its files.
+    assert!(!sys::mounts::is_mountpoint(&m.root_path(&s0.name)));
+    assert!(!Path::new("/run/netns")
+        .join(m.netns_name(&s0.name))
+        .exists());
     let t0 = Instant::now();
     m.start(&s0.name).unwrap();
     wait_http(s0.ip, "/", Duration::from_secs(60)).unwrap();

@@ -27,6 +27,19 @@ pub fn mountpoints_under(p: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Lazily unmounts `p` (MNT_DETACH: gone from the tree now, released when no longer busy).
+pub fn detach(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated path; umount2 does not keep it.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).
 pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();

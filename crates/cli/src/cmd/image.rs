@@ -1,6 +1,6 @@
 //! `scaleset image`: bake, import, export and collect images in the home's store (no daemon
 //! needed), and list/show/delete them through the API.
-use super::{client, print, serve, Target};
+use super::{client, print, serve};
 use crate::output::{self, Output};
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
@@ -62,9 +62,25 @@ pub enum ImageCmd {
         #[arg(long = "resource-group", short = 'g')]
         rg: Option<String>,
     },
-    Show(Target),
-    Delete(Target),
+    Show(ImageTarget),
+    /// Delete an image (refused while a scale set's model or instance uses it).
+    Delete(ImageTarget),
 }
+
+/// An image: images are the home's, in no resource group of their own, so `-g` is optional
+/// (as `image list` shows them without one).
+#[derive(clap::Args, Clone)]
+pub struct ImageTarget {
+    /// Resource group (ignored: accepted for az compatibility).
+    #[arg(long = "resource-group", short = 'g')]
+    pub rg: Option<String>,
+    /// Image name.
+    #[arg(long, short = 'n')]
+    pub name: String,
+}
+
+/// The resource group images are listed under when none is given.
+const IMAGES_RG: &str = "images";
 
 pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
     match cmd {
@@ -137,22 +153,23 @@ pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
             let c = client()?;
             let path = format!(
                 "{}/providers/Microsoft.Compute/images",
-                c.rg_path(rg.as_deref().unwrap_or("images"))
+                c.rg_path(rg.as_deref().unwrap_or(IMAGES_RG))
             );
             print(&Value::Array(c.list(&path).await?), out, output::IMAGE_COLS);
         }
         ImageCmd::Show(t) => {
             let c = client()?;
             print(
-                &c.call("GET", &c.image_path(&t.rg, &t.name), None).await?,
+                &c.call("GET", &c.image_path(t.rg.as_deref().unwrap_or(IMAGES_RG), &t.name), None)
+                    .await?,
                 out,
                 output::IMAGE_COLS,
             );
         }
         ImageCmd::Delete(t) => {
             let c = client()?;
-            c.call("DELETE", &c.image_path(&t.rg, &t.name), None)
-                .await?;
+            let rg = t.rg.as_deref().unwrap_or(IMAGES_RG);
+            c.call("DELETE", &c.image_path(rg, &t.name), None).await?;
         }
     }
     Ok(())
@@ -178,8 +195,12 @@ async fn bake(spec: image::BakeSpec, out: Output) -> Result<()> {
     let store = store();
     let img = tokio::task::spawn_blocking(move || {
         // The full log is kept with the image (or the failed bake); the terminal gets
-        // the stages and the script's output live.
-        store.bake_with_progress(&spec, &mut std::io::sink(), &mut print_bake_event)
+        // the stage as a progress line and the script's output above it.
+        let mut p = crate::progress::Progress::stderr();
+        let name = spec.name.clone();
+        store.bake_with_progress(&spec, &mut std::io::sink(), &mut |e| {
+            print_bake_event(&mut p, &name, e)
+        })
     })
     .await?
     .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
@@ -191,27 +212,24 @@ async fn bake(spec: image::BakeSpec, out: Output) -> Result<()> {
     Ok(())
 }
 
-fn print_bake_event(e: image::BakeEvent) {
-    match e {
-        image::BakeEvent::BaseReady { base, cached, secs } => eprintln!(
-            "==> base {base} ready ({}, {secs:.1}s)",
-            if cached { "cached" } else { "built" }
-        ),
-        image::BakeEvent::Copying { files, bytes } => eprintln!(
-            "==> copying the package to /deployTemp ({files} files, {} KiB)",
-            bytes / 1024
-        ),
-        image::BakeEvent::ScriptStarted { command } => eprintln!("==> running {command}"),
-        image::BakeEvent::ScriptLine(l) => eprintln!("    {l}"),
-        image::BakeEvent::Deprovisioning => eprintln!("==> deprovisioning"),
-        image::BakeEvent::Capturing => eprintln!("==> capturing the layer"),
+fn print_bake_event(p: &mut crate::progress::Progress, name: &str, e: image::BakeEvent) {
+    match &e {
+        image::BakeEvent::ScriptLine(l) => p.println(&format!("    {l}")),
         image::BakeEvent::Done {
             digest,
             cache_hit,
             secs,
-        } => eprintln!(
-            "==> {digest}{} in {secs:.2}s",
-            if cache_hit { " (cache hit)" } else { "" }
-        ),
+        } => {
+            p.finish();
+            eprintln!(
+                "==> {digest}{} in {secs:.2}s",
+                if *cache_hit { " (cache hit)" } else { "" }
+            )
+        }
+        _ => {
+            if let Some(stage) = crate::progress::bake_stage(&e) {
+                p.update(&format!("==> bake {name} · {stage}"));
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! daemon (or Azure); `repo`, `pipeline`, `run` use the daemon's `/scaleset/...` endpoints;
 //! `export`, `up` and `serve` are the rest of the binary's commands.
 pub mod autoscale;
+pub mod down;
 pub mod export;
 pub mod group;
 pub mod image;

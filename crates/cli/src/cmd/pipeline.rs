@@ -19,6 +19,9 @@ pub enum PipelineCmd {
         /// Wait for the run and stream its log.
         #[arg(long)]
         follow: bool,
+        /// Wait for the run with live progress (steps, not the log); fails unless it succeeds.
+        #[arg(long, conflicts_with = "follow")]
+        wait: bool,
     },
     /// A pipeline and its runs.
     Show { name: String },
@@ -50,6 +53,7 @@ pub async fn run(cmd: PipelineCmd, out: Output) -> Result<()> {
             name,
             branch,
             follow,
+            wait,
         } => {
             let body = match branch {
                 Some(b) => json!({ "branch": b }),
@@ -62,10 +66,15 @@ pub async fn run(cmd: PipelineCmd, out: Output) -> Result<()> {
                     Some(&body),
                 )
                 .await?;
-            if follow {
+            if follow || wait {
                 let id = v["id"]
                     .as_u64()
                     .ok_or_else(|| anyhow!("no run id in {v}"))?;
+                if wait {
+                    let r = super::run::watch(&api, id).await?;
+                    print(&r, out, RUN_COLS);
+                    return Ok(());
+                }
                 return finish_follow(&api, id).await;
             }
             print(&v, out, RUN_COLS);

@@ -65,35 +65,31 @@ fn rolling_line(v: &Value) -> String {
             .and_then(Value::as_u64)
             .unwrap_or(0)
     };
-    format!(
-        "rolling upgrade {}: {} succeeded, {} failed, {} in progress, {} pending",
+    crate::progress::rollout_line(
         v.pointer("/properties/runningStatus/code")
             .and_then(Value::as_str)
             .unwrap_or("?"),
         p("successfulInstanceCount"),
         p("failedInstanceCount"),
         p("inProgressInstanceCount"),
-        p("pendingInstanceCount")
+        p("pendingInstanceCount"),
     )
 }
 
 /// Follows the latest rolling upgrade until it ends, printing progress; fails if it faulted.
 pub async fn follow_rollout(c: &Client, rg: &str, name: &str) -> Result<Value> {
     let path = format!("{}/rollingUpgrades/latest", c.vmss_path(rg, name));
-    let mut last = String::new();
+    let mut p = crate::progress::Progress::stderr();
     let deadline = std::time::Instant::now() + Duration::from_secs(3600);
     loop {
         let v = c.call("GET", &path, None).await?;
-        let line = rolling_line(&v);
-        if line != last {
-            eprintln!("{line}");
-            last = line;
-        }
+        p.update(&rolling_line(&v));
         let code = v
             .pointer("/properties/runningStatus/code")
             .and_then(Value::as_str)
             .unwrap_or("");
         if code != "RollingForward" {
+            p.finish();
             let r = |k: &str| {
                 v.pointer(&format!("/properties/receipt/{k}"))
                     .cloned()

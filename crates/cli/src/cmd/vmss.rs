@@ -156,6 +156,20 @@ fn lb_id(c: &Client, rg: &str, lb: &str) -> String {
     }
 }
 
+/// The status of a scale set being waited on: its provisioning state and instances.
+fn wait_line(name: &str, v: &Value, deleting: bool) -> String {
+    let state = v
+        .pointer("/properties/provisioningState")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let capacity = v.pointer("/sku/capacity").and_then(Value::as_u64).unwrap_or(0);
+    if deleting {
+        format!("scale set {name}: {state}, waiting for it to go")
+    } else {
+        format!("scale set {name}: {state} (capacity {capacity})")
+    }
+}
+
 /// Waits until the scale set's provisioning state is Succeeded (or it is gone, for deletes),
 /// the way az waits on a long-running operation.
 pub async fn wait_vmss(
@@ -174,8 +188,12 @@ pub async fn wait_vmss(
         };
     }
     let deadline = std::time::Instant::now() + timeout;
+    let mut p = crate::progress::Progress::stderr();
     loop {
         let v = c.get_opt(&c.vmss_path(rg, name)).await?;
+        if let Some(x) = &v {
+            p.update(&wait_line(name, x, gone));
+        }
         match (&v, gone) {
             (None, true) => return Ok(None),
             (Some(x), false)

@@ -1,9 +1,14 @@
-//! `scaleset up`: the whole local deployment in one command.
+//! `scaleset up`: the whole local deployment in one command, converging from any state
+//! (`plan`: what is missing or drifted, decided from what was observed).
+pub mod plan;
+
 use super::lb::lb_body;
 use super::serve::{self, ServeArgs};
 use super::vmss::{list_instances, vmss_body};
 use crate::client::Client;
 use crate::output::{self, render, Output};
+use crate::progress::Progress;
+use plan::{CiRun, ModelImage, Presence, ReleaseWhy, Step};
 use anyhow::{anyhow, bail, Context, Result};
 use api::state::AppState;
 use serde_json::{json, Value};
@@ -116,6 +121,7 @@ fn sync_repo(
     dir: &Path,
     (repo, url): (&str, &str),
     token: &str,
+    restore: bool,
 ) -> Result<Option<String>> {
     let base = home.join("up").join(repo);
     let clone = base.join("src");
@@ -137,8 +143,17 @@ fn sync_repo(
         git(&clone, token, &["init", "-q", "-b", "main"])?;
         git(&clone, token, &["remote", "add", "origin", url])?;
     }
-    git(&clone, token, &["remote", "set-url", "origin", url])?;
-    git(&clone, token, &["fetch", "-q", "origin"])?;
+    let fetched = git(&clone, token, &["remote", "set-url", "origin", url])
+        .and_then(|_| git(&clone, token, &["fetch", "-q", "--prune", "origin"]));
+    if let Err(e) = fetched {
+        // A damaged clone is only a cache of the hosted repository: start it again.
+        eprintln!("    up's clone of `{repo}` is unusable ({e}): cloning it again");
+        std::fs::remove_dir_all(&clone)?;
+        std::fs::create_dir_all(&clone)?;
+        git(&clone, token, &["init", "-q", "-b", "main"])?;
+        git(&clone, token, &["remote", "add", "origin", url])?;
+        git(&clone, token, &["fetch", "-q", "origin"])?;
+    }
     let has_main =
         git(&clone, token, &["branch", "-r", "--list", "origin/main"])?.contains("origin/main");
     if has_main {
@@ -169,7 +184,7 @@ fn sync_repo(
         String::new()
     };
     let last = std::fs::read_to_string(&marker).unwrap_or_default();
-    if tree == head_tree || tree == last.trim() {
+    if tree == head_tree || (!restore && tree == last.trim()) {
         if has_main {
             git(&clone, token, &["reset", "-q", "--hard", "origin/main"])?;
         }
@@ -190,71 +205,6 @@ fn sync_repo(
             .unwrap_or_default()
             .to_string(),
     ))
-}
-
-/// Waits for a run to complete, printing each step as it starts and ends (from the followed
-/// log). Fails with the tail of the run's log unless it succeeded.
-async fn follow_run(c: &Client, id: u64) -> Result<Value> {
-    use http_body_util::BodyExt;
-    let t0 = Instant::now();
-    let mut body = c
-        .scaleset_stream(&format!("/runs/{id}/logs?follow=true"))
-        .await?
-        .into_body();
-    let mut pending = Vec::new();
-    let mut started: std::collections::HashMap<String, Instant> = Default::default();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
-        let Some(d) = frame.data_ref() else { continue };
-        pending.extend_from_slice(d);
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some((_, text)) = line.trim_end().split_once(" | ") else {
-                continue;
-            };
-            if let Some(step) = text.strip_prefix("##[section]Starting: ") {
-                started.insert(step.to_string(), Instant::now());
-                eprintln!("    run {id} · {step} …");
-            } else if let Some(rest) = text.strip_prefix("##[section]Finishing: ") {
-                let (step, result) = rest.rsplit_once(" (").unwrap_or((rest, "?)"));
-                let secs = started
-                    .get(step)
-                    .map(|t| t.elapsed().as_secs_f64())
-                    .unwrap_or(0.0);
-                eprintln!(
-                    "    run {id} · {step}: {} ({secs:.1}s)",
-                    result.trim_end_matches(')')
-                );
-            }
-        }
-    }
-    let r = c.scaleset("GET", &format!("/runs/{id}"), None).await?;
-    let state = r["state"].as_str().unwrap_or("unknown").to_string();
-    eprintln!(
-        "    run {id} of `{}` {state} in {:.1}s",
-        r["pipeline"].as_str().unwrap_or("?"),
-        t0.elapsed().as_secs_f64()
-    );
-    if state != "succeeded" && state != "succeededwithissues" {
-        let log = c
-            .scaleset_text(&format!("/runs/{id}/logs"))
-            .await
-            .unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        for l in tail.into_iter().rev() {
-            eprintln!("    | {l}");
-        }
-        bail!(
-            "run {id} of `{}` ended {state}{} (full log: scaleset run logs {id})",
-            r["pipeline"].as_str().unwrap_or("?"),
-            r["message"]
-                .as_str()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(r)
 }
 
 /// The run of `pipeline` for `commit` (the newest if several), waiting for the push to queue it.
@@ -419,8 +369,8 @@ fn source(args: &UpArgs) -> Result<(PathBuf, String)> {
     Ok((dir, repo))
 }
 
-/// Everything up to a healthy scale set: resource group, load balancer, the scale set (empty,
-/// on the base image, the first time), the push and its pipelines, the capacity.
+/// Everything up to a healthy scale set: observe what `up` owns, plan the steps that are
+/// missing (`plan::plan`), carry them out. Each step is idempotent.
 async fn deploy(
     c: &Client,
     st: &Arc<AppState>,
@@ -429,19 +379,134 @@ async fn deploy(
     dir: &Path,
     repo: &str,
 ) -> Result<()> {
-    put_lb(c, args).await?;
-    let vmss_path = c.vmss_path(RG, VMSS);
-    if c.get_opt(&vmss_path).await?.is_none() {
-        create_empty_vmss(c, st, args, home).await?;
+    let want = plan::Desired {
+        repo: repo.to_string(),
+        pipelines: folder_pipelines(dir, repo)?,
+        capacity: args.capacity,
+    };
+    let seen = observe(c, args, repo).await?;
+    let steps = plan::plan(&want, &seen);
+    tracing::debug!(?seen, ?steps, "up plan");
+    let mut pushed = None;
+    for step in steps {
+        match step {
+            Step::PutGroup => {
+                eprintln!("==> creating the resource group {RG}");
+                c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
+                    .await?;
+            }
+            Step::PutLb => put_lb(c, args).await?,
+            Step::BakeBase => bake_base(st, home).await?,
+            Step::CreateScaleSet => create_empty_vmss(c, args).await?,
+            Step::CreateRepo => {
+                eprintln!("==> creating the hosted repository `{repo}`");
+                c.scaleset("PUT", &format!("/repos/{}", crate::client::enc(repo)), None)
+                    .await?;
+            }
+            Step::Push { restore } => pushed = push(c, home, dir, repo, restore).await?,
+            Step::Release(why) => release(c, repo, pushed.as_deref(), why.as_ref()).await?,
+            Step::Scale(n) => scale(c, n).await?,
+            Step::WaitHealthy => wait_healthy(c, args, home).await?,
+        }
     }
-    push_and_release(c, home, dir, repo).await?;
-    scale_and_wait(c, args, home).await
+    Ok(())
 }
 
-/// The resource group and the load balancer (HTTP probe on /health, one rule on --frontend).
+/// The pipelines `dir` defines (its top-level files and `pipelines/`).
+fn folder_pipelines(dir: &Path, repo: &str) -> Result<Vec<String>> {
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (top, nested) = (names(dir), names(&dir.join("pipelines")));
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    Ok(plan::pipelines_of(repo, &refs(&top), &refs(&nested)))
+}
+
+/// What `up` finds of each resource it owns.
+async fn observe(c: &Client, args: &UpArgs, repo: &str) -> Result<plan::Observed> {
+    let group = c.get_opt(&c.rg_path(RG)).await?.is_some();
+    let lb = match c.get_opt(&c.lb_path(RG, LB)).await? {
+        None => Presence::Missing,
+        Some(v) if lb_matches(&v, args) => Presence::Matches,
+        Some(_) => Presence::Differs,
+    };
+    let image_exists = |name: String| async move {
+        c.get_opt(&c.image_path(RG, &name)).await.map(|v| v.is_some())
+    };
+    let base_image = image_exists(BASE_IMAGE.into()).await?;
+    let vmss = match c.get_opt(&c.vmss_path(RG, VMSS)).await? {
+        None => None,
+        Some(v) => {
+            let name = model_image(&v);
+            let image = if !image_exists(name.clone()).await? {
+                ModelImage::Missing
+            } else if name == BASE_IMAGE {
+                ModelImage::Base
+            } else {
+                ModelImage::Built {
+                    repo: built_by(c, &name).await,
+                }
+            };
+            let capacity = v.pointer("/sku/capacity").and_then(Value::as_u64).unwrap_or(0);
+            Some(plan::ScaleSetSeen {
+                image,
+                capacity: capacity as u32,
+            })
+        }
+    };
+    let repo = c
+        .get_opt_scaleset(&format!("/repos/{}", crate::client::enc(repo)))
+        .await?
+        .map(|r| plan::RepoSeen {
+            has_main: r.pointer("/branches/refs~1heads~1main").is_some(),
+            pipelines: r["pipelines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect(),
+        });
+    Ok(plan::Observed {
+        group,
+        lb,
+        base_image,
+        vmss,
+        repo,
+    })
+}
+
+/// The image name in a scale set's model.
+fn model_image(vmss: &Value) -> String {
+    vmss.pointer("/properties/virtualMachineProfile/storageProfile/imageReference/id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.rsplit_once("/images/"))
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_default()
+}
+
+/// The load balancer serves `--frontend` (address and port of its rule).
+fn lb_matches(lb: &Value, args: &UpArgs) -> bool {
+    let ip = lb
+        .pointer("/properties/frontendIPConfigurations/0/properties/privateIPAddress")
+        .and_then(Value::as_str);
+    let port = lb
+        .pointer("/properties/loadBalancingRules/0/properties/frontendPort")
+        .and_then(Value::as_u64);
+    ip == Some(&args.frontend.ip().to_string()) && port == Some(args.frontend.port() as u64)
+}
+
+/// The load balancer (HTTP probe on /health, one rule on --frontend).
 async fn put_lb(c: &Client, args: &UpArgs) -> Result<()> {
-    c.call("PUT", &c.rg_path(RG), Some(&json!({"location": "local"})))
-        .await?;
+    eprintln!("==> load balancer {LB} at http://{}", args.frontend);
     let mut lb = lb_body(
         "LoadBalancerFrontEnd",
         &args.frontend.ip().to_string(),
@@ -462,20 +527,8 @@ async fn put_lb(c: &Client, args: &UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// A new scale set starts empty on the plain base OS, in Rolling mode: the release
-/// pipeline points it at the app's image, then it is scaled out.
-async fn create_empty_vmss(
-    c: &Client,
-    st: &Arc<AppState>,
-    args: &UpArgs,
-    home: &Path,
-) -> Result<()> {
-    let vmss_path = c.vmss_path(RG, VMSS);
-    eprintln!(
-        "==> creating {VMSS} (empty, Rolling upgrades) behind {LB} at http://{}",
-        args.frontend
-    );
-    let st2 = st.clone();
+/// The plain base OS as an image (`BASE_IMAGE`): scale sets `up` creates start from it.
+async fn bake_base(st: &Arc<AppState>, home: &Path) -> Result<()> {
     let pkg = home.join("up").join("base");
     std::fs::create_dir_all(&pkg)?;
     std::fs::write(
@@ -494,14 +547,39 @@ async fn create_empty_vmss(
         cache: None,
     };
     let log = home.join("up-base.log");
-    eprintln!("    preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})", log.display());
+    eprintln!(
+        "==> preparing the base image {BASE_IMAGE} (first time: debootstrap, about a minute; log: {})",
+        log.display()
+    );
+    let st2 = st.clone();
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::create(&log)?;
-        st2.images
-            .bake(&spec, &mut f)
-            .map_err(|e| anyhow!(api::error::error_chain(&e)))
+        let mut p = Progress::stderr();
+        let r = st2
+            .images
+            .bake_with_progress(&spec, &mut f, &mut |e| bake_progress(&mut p, e))
+            .map_err(|e| anyhow!(api::error::error_chain(&e)));
+        p.finish();
+        r
     })
     .await??;
+    Ok(())
+}
+
+/// A bake's events as one progress line (the script's own lines go to the log only).
+fn bake_progress(p: &mut Progress, e: image::BakeEvent) {
+    if let Some(stage) = crate::progress::bake_stage(&e) {
+        p.update(&format!("    base image {BASE_IMAGE} · {stage}"));
+    }
+}
+
+/// A new scale set starts empty on the plain base OS, in Rolling mode: the release
+/// pipeline points it at the app's image, then it is scaled out.
+async fn create_empty_vmss(c: &Client, args: &UpArgs) -> Result<()> {
+    eprintln!(
+        "==> creating {VMSS} (empty, Rolling upgrades) behind {LB} at http://{}",
+        args.frontend
+    );
     let body = vmss_body(
         c,
         RG,
@@ -510,20 +588,18 @@ async fn create_empty_vmss(
         Some((LB, "bepool", Some("http-health"))),
         ("Rolling", None, Some(VMSS)),
     );
-    c.call("PUT", &vmss_path, Some(&body)).await?;
+    c.call("PUT", &c.vmss_path(RG, VMSS), Some(&body)).await?;
     Ok(())
 }
 
-/// The app's source goes to the hosted repository; its pipelines build and deploy it.
-async fn push_and_release(c: &Client, home: &Path, dir: &Path, repo: &str) -> Result<()> {
-    let vmss_path = c.vmss_path(RG, VMSS);
-    if c.get_opt_scaleset(&format!("/repos/{}", crate::client::enc(repo)))
-        .await?
-        .is_none()
-    {
-        c.scaleset("PUT", &format!("/repos/{}", crate::client::enc(repo)), None)
-            .await?;
-    }
+/// The folder goes to the hosted repository through up's clone; the pushed commit, if any.
+async fn push(
+    c: &Client,
+    home: &Path,
+    dir: &Path,
+    repo: &str,
+    restore: bool,
+) -> Result<Option<String>> {
     let url = format!("{}/scaleset/git/{repo}.git", c.endpoint());
     eprintln!("==> pushing {} to {url}", dir.display());
     let (h, d, r, u, tok) = (
@@ -533,24 +609,28 @@ async fn push_and_release(c: &Client, home: &Path, dir: &Path, repo: &str) -> Re
         url.clone(),
         c.token().to_string(),
     );
-    let pushed = tokio::task::spawn_blocking(move || sync_repo(&h, &d, (&r, &u), &tok)).await??;
-    let vmss = c.call("GET", &vmss_path, None).await?;
-    let image = vmss
-        .pointer("/properties/virtualMachineProfile/storageProfile/imageReference/id")
-        .and_then(Value::as_str)
-        .and_then(|id| id.rsplit_once("/images/"))
-        .map(|(_, name)| name.to_string())
-        .unwrap_or_default();
-    let on_base = image == BASE_IMAGE;
-    let other = built_by(c, &image).await.filter(|r| r != repo);
-    if let Some(other) = &other {
-        eprintln!("    {VMSS} runs image {image}, built from the repository `{other}`: deploying `{repo}` instead");
+    let pushed =
+        tokio::task::spawn_blocking(move || sync_repo(&h, &d, (&r, &u), &tok, restore)).await??;
+    if pushed.is_none() {
+        eprintln!("    unchanged since the last `up`: nothing pushed");
     }
-    let ci = match &pushed {
-        Some(commit) => Some(run_for_commit(c, repo, commit).await?),
-        None if on_base || other.is_some() => {
-            // Unchanged source but never released (an earlier `up` stopped half-way), or the
-            // scale set was since given another folder's app (both examples deploy to it).
+    Ok(pushed)
+}
+
+/// The app's pipelines build and deploy it: the run the push queued, or (nothing pushed but
+/// the scale set needs the app) a manual run of the CI pipeline.
+async fn release(
+    c: &Client,
+    repo: &str,
+    pushed: Option<&str>,
+    why: Option<&ReleaseWhy>,
+) -> Result<()> {
+    let ci = match (plan::ci_run(pushed.is_some(), why), pushed) {
+        (CiRun::FollowPush, Some(commit)) => run_for_commit(c, repo, commit).await?,
+        (CiRun::Manual, _) => {
+            if let Some(ReleaseWhy::OtherRepo(other)) = why {
+                eprintln!("    {VMSS} runs an image built from `{other}`: deploying `{repo}` instead");
+            }
             let v = c
                 .scaleset(
                     "POST",
@@ -558,31 +638,25 @@ async fn push_and_release(c: &Client, home: &Path, dir: &Path, repo: &str) -> Re
                     Some(&json!({"branch": "main"})),
                 )
                 .await?;
-            v["id"].as_u64()
+            v["id"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("queueing a run of `{repo}` returned no id: {v}"))?
         }
-        None => {
-            eprintln!("    unchanged since the last `up`: nothing to build");
-            None
-        }
+        _ => return Ok(()),
     };
-    if let Some(ci) = ci {
-        let t = Instant::now();
-        eprintln!("==> CI: run {ci} of pipeline `{repo}`");
-        follow_run(c, ci).await?;
-        let ci_s = t.elapsed().as_secs_f64();
-        let rel = triggered_by(c, ci).await?;
-        let t = Instant::now();
-        eprintln!(
-            "==> release: run {rel} (bake the image named by the build id, then `az vmss update`)"
-        );
-        let r = follow_run(c, rel).await?;
-        eprintln!(
-            "    deployed by `{}`: CI {ci_s:.1}s, release {:.1}s",
-            r["pipeline"].as_str().unwrap_or("?"),
-            t.elapsed().as_secs_f64()
-        );
-    }
-
+    let t = Instant::now();
+    eprintln!("==> CI: run {ci} of pipeline `{repo}`");
+    super::run::watch(c, ci).await?;
+    let ci_s = t.elapsed().as_secs_f64();
+    let rel = triggered_by(c, ci).await?;
+    let t = Instant::now();
+    eprintln!("==> release: run {rel} (bake the image named by the build id, then `az vmss update`)");
+    let r = super::run::watch(c, rel).await?;
+    eprintln!(
+        "    deployed by `{}`: CI {ci_s:.1}s, release {:.1}s",
+        r["pipeline"].as_str().unwrap_or("?"),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -594,23 +668,35 @@ async fn built_by(c: &Client, image: &str) -> Option<String> {
     run["repository"].as_str().map(str::to_string)
 }
 
-/// Capacity (a new scale set was created empty), then waits for every instance to be healthy.
-async fn scale_and_wait(c: &Client, args: &UpArgs, home: &Path) -> Result<()> {
+/// Capacity (a new scale set is created empty).
+async fn scale(c: &Client, capacity: u32) -> Result<()> {
     let vmss_path = c.vmss_path(RG, VMSS);
     let mut vmss = c.call("GET", &vmss_path, None).await?;
-    if vmss.pointer("/sku/capacity").and_then(Value::as_u64) != Some(args.capacity as u64) {
-        eprintln!("==> scaling {VMSS} to {} instances", args.capacity);
-        vmss["sku"]["capacity"] = json!(args.capacity);
-        c.call("PUT", &vmss_path, Some(&vmss)).await?;
-    }
+    eprintln!("==> scaling {VMSS} to {capacity} instances");
+    vmss["sku"]["capacity"] = json!(capacity);
+    c.call("PUT", &vmss_path, Some(&vmss)).await?;
+    Ok(())
+}
 
+/// Waits for every instance to be healthy on the latest model, showing how many are.
+async fn wait_healthy(c: &Client, args: &UpArgs, home: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut p = Progress::stderr();
     loop {
         let vms = list_instances(c, RG, VMSS).await?;
-        if healthy_count(&vms) >= args.capacity as usize && vms.len() == args.capacity as usize {
-            break;
+        let healthy = healthy_count(&vms);
+        p.update(&crate::progress::count_line(
+            &format!("    {VMSS}"),
+            healthy,
+            args.capacity as usize,
+            "healthy on the latest model",
+        ));
+        if healthy >= args.capacity as usize && vms.len() == args.capacity as usize {
+            p.finish();
+            return Ok(());
         }
         if Instant::now() > deadline {
+            p.finish();
             eprintln!(
                 "{}",
                 render(&Value::Array(vms), Output::Table, output::VM_COLS)
@@ -622,7 +708,6 @@ async fn scale_and_wait(c: &Client, args: &UpArgs, home: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 fn banner(c: &Client, args: &UpArgs, home: &Path, repo: &str, started: Instant) {
