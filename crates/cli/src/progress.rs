@@ -43,8 +43,9 @@ pub fn fit(line: &str, width: usize) -> String {
     s
 }
 
-/// What to write for status `text` after `last`: in Redraw mode the line again with its
-/// elapsed time (even unchanged: the clock moves); in Lines mode only a changed status.
+/// What to write for status `text` after `last`, `since` being how long this status has
+/// held: in Redraw mode the line again with that time (even unchanged: the clock moves); in
+/// Lines mode only a changed status, without a clock (a log gets one line per change).
 pub fn frame(mode: Mode, last: &str, text: &str, since: Duration) -> Option<String> {
     match mode {
         Mode::Redraw { width } => Some(format!(
@@ -52,7 +53,7 @@ pub fn frame(mode: Mode, last: &str, text: &str, since: Duration) -> Option<Stri
             fit(&format!("{text} ({})", elapsed(since)), width)
         )),
         Mode::Lines if text == last => None,
-        Mode::Lines => Some(format!("{text} ({})\n", elapsed(since))),
+        Mode::Lines => Some(format!("{text}\n")),
     }
 }
 
@@ -127,7 +128,8 @@ pub struct Progress {
     mode: Mode,
     last: String,
     drawn: bool,
-    started: Instant,
+    /// When the current status began.
+    since: Instant,
 }
 
 impl Progress {
@@ -146,19 +148,30 @@ impl Progress {
             mode,
             last: String::new(),
             drawn: false,
-            started: Instant::now(),
+            since: Instant::now(),
         }
     }
 
     /// The current status.
     pub fn update(&mut self, text: &str) {
-        if let Some(f) = frame(self.mode, &self.last, text, self.started.elapsed()) {
+        if text != self.last {
+            self.since = Instant::now();
+        }
+        if let Some(f) = frame(self.mode, &self.last, text, self.since.elapsed()) {
             let mut e = std::io::stderr().lock();
             let _ = e.write_all(f.as_bytes());
             let _ = e.flush();
             self.drawn = matches!(self.mode, Mode::Redraw { .. });
         }
         self.last = text.to_string();
+    }
+
+    /// Redraws the current status (its clock moves); nothing in Lines mode.
+    pub fn tick(&mut self) {
+        if !self.last.is_empty() {
+            let last = self.last.clone();
+            self.update(&last);
+        }
     }
 
     /// A line that stays (a step that finished), printed above the status line.
@@ -170,7 +183,7 @@ impl Progress {
         let _ = writeln!(e, "{line}");
         self.drawn = false;
         if !self.last.is_empty() {
-            if let Some(f) = frame(self.mode, "", &self.last, self.started.elapsed()) {
+            if let Some(f) = frame(self.mode, "", &self.last, self.since.elapsed()) {
                 if matches!(self.mode, Mode::Redraw { .. }) {
                     let _ = e.write_all(f.as_bytes());
                     self.drawn = true;
@@ -224,7 +237,7 @@ mod tests {
     fn lines_print_changes_only_and_redraw_always() {
         let t = Duration::from_secs(5);
         assert_eq!(frame(Mode::Lines, "a", "a", t), None);
-        assert_eq!(frame(Mode::Lines, "a", "b", t).as_deref(), Some("b (5s)\n"));
+        assert_eq!(frame(Mode::Lines, "a", "b", t).as_deref(), Some("b\n"));
         let r = Mode::Redraw { width: 80 };
         assert_eq!(frame(r, "a", "a", t).as_deref(), Some("\r\x1b[2Ka (5s)"));
         assert_eq!(

@@ -135,8 +135,16 @@ pub async fn watch(c: &Client, id: u64) -> Result<serde_json::Value> {
     p.update(&format!("    run {id} · queued"));
     let mut pending = Vec::new();
     let mut started: HashMap<String, Instant> = HashMap::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+    let mut clock = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = clock.tick() => {
+                p.tick();
+                continue;
+            }
+        };
+        let Some(Ok(frame)) = frame else { break };
         let Some(d) = frame.data_ref() else { continue };
         pending.extend_from_slice(d);
         while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
