@@ -94,7 +94,10 @@ fn main() {
     } else {
         Cli::parse()
     };
-    if !matches!(cli.cmd, Cmd::Up(_) | Cmd::Down(_) | Cmd::Serve(_) | Cmd::LbServe { .. }) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Up(_) | Cmd::Down(_) | Cmd::Serve(_) | Cmd::LbServe { .. }
+    ) {
         // A short-lived command piped into `head` ends quietly, like other Unix tools, instead
         // of panicking on EPIPE. The daemons keep Rust's default (ignored) for their sockets
         // and pipes.

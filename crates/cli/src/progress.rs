@@ -227,7 +227,13 @@ mod tests {
 
     #[test]
     fn elapsed_formats() {
-        let cases = [(0, "0s"), (59, "59s"), (60, "1m00s"), (185, "3m05s"), (3720, "1h02m")];
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (185, "3m05s"),
+            (3720, "1h02m"),
+        ];
         for (s, want) in cases {
             assert_eq!(elapsed(Duration::from_secs(s)), want);
         }
@@ -276,7 +282,10 @@ mod tests {
             .as_deref(),
             Some("running sh setupscript.sh")
         );
-        assert_eq!(bake_stage(&Capturing).as_deref(), Some("capturing the layer"));
+        assert_eq!(
+            bake_stage(&Capturing).as_deref(),
+            Some("capturing the layer")
+        );
     }
 
     #[test]

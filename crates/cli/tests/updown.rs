@@ -43,7 +43,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         .filter_map(|e| {
             let c = std::fs::read(e.path().join("cmdline")).ok()?;
             let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            c.contains(needle).then(|| format!("{}: {c}", e.file_name().to_string_lossy()))
+            c.contains(needle)
+                .then(|| format!("{}: {c}", e.file_name().to_string_lossy()))
         })
         .collect()
 }
@@ -65,7 +66,10 @@ fn ip(args: &[&str]) -> String {
 fn serves(frontend: SocketAddr) {
     let (status, body) = get(frontend, "/");
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("You are currently on the Home page."), "{body}");
+    assert!(
+        body.contains("You are currently on the Home page."),
+        "{body}"
+    );
 }
 
 #[test]
@@ -104,7 +108,10 @@ fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
     h.ok(&["network", "lb", "delete", "-g", RG, "-n", LB]);
     h.ok(&["group", "delete", "-n", RG]);
     let images = names(&h.json(&["image", "list"]));
-    assert!(images.contains(&image) && images.contains(&"debian-12".to_string()), "{images:?}");
+    assert!(
+        images.contains(&image) && images.contains(&"debian-12".to_string()),
+        "{images:?}"
+    );
     for i in &images {
         h.ok(&["image", "delete", "-n", i]);
     }
@@ -156,10 +163,16 @@ fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
     .unwrap();
     let netns: Vec<String> = machines.iter().map(|m| rt.netns_name(m)).collect();
     h.ok(&["down"]);
-    assert!(std::net::TcpStream::connect(frontend).is_err(), "the LB still listens");
+    assert!(
+        std::net::TcpStream::connect(frontend).is_err(),
+        "the LB still listens"
+    );
     for m in &machines {
         assert_eq!(h.machine_processes(m), vec![], "machine {m} still runs");
-        assert!(!sys::mounts::is_mountpoint(&rt.root_path(m)), "{m} still mounted");
+        assert!(
+            !sys::mounts::is_mountpoint(&rt.root_path(m)),
+            "{m} still mounted"
+        );
     }
     let listed = ip(&["netns", "list"]);
     for n in &netns {
@@ -183,11 +196,17 @@ fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
     for n in &netns {
         assert!(!listed.contains(n.as_str()), "netns {n} left: {listed}");
     }
-    assert!(!ip(&["link", "show"]).contains(&bridge), "bridge {bridge} left");
+    assert!(
+        !ip(&["link", "show"]).contains(&bridge),
+        "bridge {bridge} left"
+    );
     assert_eq!(processes_mentioning(&home), Vec::<String>::new());
     for m in &machines {
         assert_eq!(h.machine_processes(m), vec![]);
-        assert!(!h.home.join("machines").join(m).exists(), "{m} left: {purged}");
+        assert!(
+            !h.home.join("machines").join(m).exists(),
+            "{m} left: {purged}"
+        );
     }
     assert!(!h.home.join("up").exists());
     let repos: Vec<_> = std::fs::read_dir(h.home.join("repos"))

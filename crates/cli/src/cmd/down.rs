@@ -40,7 +40,10 @@ pub async fn run(args: DownArgs) -> Result<()> {
     }
     eprintln!("==> stopping instances and load balancers");
     api::engine::stop_everything(&st).await;
-    let left = st.machines.list().map_err(|e| anyhow!(api::error::error_chain(&e)))?;
+    let left = st
+        .machines
+        .list()
+        .map_err(|e| anyhow!(api::error::error_chain(&e)))?;
     if !args.purge {
         eprintln!(
             "stopped {} machine(s). `scaleset up` restarts them; `scaleset down --purge` removes them.",
@@ -64,7 +67,11 @@ async fn refuse_if_served(args: &DownArgs) -> Result<()> {
     );
     let probe = tokio::time::timeout(
         Duration::from_secs(3),
-        c.call("GET", &format!("/subscriptions/{}/resourceGroups", c.sub), None),
+        c.call(
+            "GET",
+            &format!("/subscriptions/{}/resourceGroups", c.sub),
+            None,
+        ),
     )
     .await;
     if let Ok(Ok(_)) = probe {
@@ -96,7 +103,10 @@ async fn delete_resources(c: &Client, home: &Path) -> Result<()> {
     wait_api(c).await?;
     if c.get_opt(&c.rg_path(RG)).await?.is_some() {
         let sets = c
-            .list(&format!("{}/providers/Microsoft.Compute/virtualMachineScaleSets", c.rg_path(RG)))
+            .list(&format!(
+                "{}/providers/Microsoft.Compute/virtualMachineScaleSets",
+                c.rg_path(RG)
+            ))
             .await?;
         for v in sets {
             let name = v["name"].as_str().unwrap_or(VMSS).to_string();
@@ -105,7 +115,10 @@ async fn delete_resources(c: &Client, home: &Path) -> Result<()> {
             wait_vmss(c, RG, &name, true, Duration::from_secs(600)).await?;
         }
         let lbs = c
-            .list(&format!("{}/providers/Microsoft.Network/loadBalancers", c.rg_path(RG)))
+            .list(&format!(
+                "{}/providers/Microsoft.Network/loadBalancers",
+                c.rg_path(RG)
+            ))
             .await?;
         for v in lbs {
             let name = v["name"].as_str().unwrap_or_default();
@@ -116,7 +129,10 @@ async fn delete_resources(c: &Client, home: &Path) -> Result<()> {
         c.call("DELETE", &c.rg_path(RG), None).await?;
     }
     for repo in up_repos(home) {
-        if c.get_opt_scaleset(&format!("/repos/{}", enc(&repo))).await?.is_some() {
+        if c.get_opt_scaleset(&format!("/repos/{}", enc(&repo)))
+            .await?
+            .is_some()
+        {
             eprintln!("==> deleting repository {repo} (its pipelines and runs)");
             c.scaleset("DELETE", &format!("/repos/{}", enc(&repo)), None)
                 .await?;
@@ -144,10 +160,15 @@ fn up_repos(home: &Path) -> Vec<String> {
 /// Every image no scale set uses any more (another scale set's images stay, with a note).
 async fn delete_unused_images(c: &Client) -> Result<()> {
     let images = c
-        .list(&format!("{}/providers/Microsoft.Compute/images", c.rg_path("images")))
+        .list(&format!(
+            "{}/providers/Microsoft.Compute/images",
+            c.rg_path("images")
+        ))
         .await?;
     for v in images {
-        let Some(name) = v["name"].as_str() else { continue };
+        let Some(name) = v["name"].as_str() else {
+            continue;
+        };
         match c.call("DELETE", &c.image_path("images", name), None).await {
             Ok(_) => eprintln!("==> deleted image {name}"),
             Err(e) if e.to_string().contains("ImageInUse") => {
@@ -163,12 +184,18 @@ async fn wait_api(c: &Client) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match c
-            .call("GET", &format!("/subscriptions/{}/resourceGroups", c.sub), None)
+            .call(
+                "GET",
+                &format!("/subscriptions/{}/resourceGroups", c.sub),
+                None,
+            )
             .await
         {
             Ok(_) => return Ok(()),
             Err(e) if std::time::Instant::now() > deadline => {
-                return Err(e.context("the daemon `down --purge` runs did not start (is --listen in use?)"))
+                return Err(
+                    e.context("the daemon `down --purge` runs did not start (is --listen in use?)")
+                )
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -190,7 +217,10 @@ fn release_host(home: &Path, network: &runtime::NetworkSpec, left: &[String]) ->
     for m in sys::mounts::mountpoints_under(home) {
         sys::mounts::detach(&m).with_context(|| format!("cannot unmount {}", m.display()))?;
     }
-    eprintln!("==> removing the bridge {} and its firewall", network.bridge);
+    eprintln!(
+        "==> removing the bridge {} and its firewall",
+        network.bridge
+    );
     runtime::teardown_network(network).map_err(|e| anyhow!(api::error::error_chain(&e)))?;
     eprintln!("purged. `scaleset up` starts again from nothing (the debootstrap cache is kept).");
     Ok(())

@@ -160,8 +160,12 @@ pub async fn run(cmd: ImageCmd, out: Output) -> Result<()> {
         ImageCmd::Show(t) => {
             let c = client()?;
             print(
-                &c.call("GET", &c.image_path(t.rg.as_deref().unwrap_or(IMAGES_RG), &t.name), None)
-                    .await?,
+                &c.call(
+                    "GET",
+                    &c.image_path(t.rg.as_deref().unwrap_or(IMAGES_RG), &t.name),
+                    None,
+                )
+                .await?,
                 out,
                 output::IMAGE_COLS,
             );

@@ -28,7 +28,9 @@ pub enum RunCmd {
     },
     /// Follow a run to its end with live progress (its current step, each finished step and
     /// its duration); fails with the log's tail unless it succeeded.
-    Watch { id: u64 },
+    Watch {
+        id: u64,
+    },
 }
 
 pub(super) const RUN_COLS: Columns = &[

@@ -162,7 +162,10 @@ fn wait_line(name: &str, v: &Value, deleting: bool) -> String {
         .pointer("/properties/provisioningState")
         .and_then(Value::as_str)
         .unwrap_or("?");
-    let capacity = v.pointer("/sku/capacity").and_then(Value::as_u64).unwrap_or(0);
+    let capacity = v
+        .pointer("/sku/capacity")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     if deleting {
         format!("scale set {name}: {state}, waiting for it to go")
     } else {

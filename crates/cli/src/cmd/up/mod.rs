@@ -8,9 +8,9 @@ use super::vmss::{list_instances, vmss_body};
 use crate::client::Client;
 use crate::output::{self, render, Output};
 use crate::progress::Progress;
-use plan::{CiRun, ModelImage, Presence, ReleaseWhy, Step};
 use anyhow::{anyhow, bail, Context, Result};
 use api::state::AppState;
+use plan::{CiRun, ModelImage, Presence, ReleaseWhy, Step};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::io::IsTerminal;
@@ -440,7 +440,9 @@ async fn observe(c: &Client, args: &UpArgs, repo: &str) -> Result<plan::Observed
         Some(_) => Presence::Differs,
     };
     let image_exists = |name: String| async move {
-        c.get_opt(&c.image_path(RG, &name)).await.map(|v| v.is_some())
+        c.get_opt(&c.image_path(RG, &name))
+            .await
+            .map(|v| v.is_some())
     };
     let base_image = image_exists(BASE_IMAGE.into()).await?;
     let vmss = match c.get_opt(&c.vmss_path(RG, VMSS)).await? {
@@ -456,7 +458,10 @@ async fn observe(c: &Client, args: &UpArgs, repo: &str) -> Result<plan::Observed
                     repo: built_by(c, &name).await,
                 }
             };
-            let capacity = v.pointer("/sku/capacity").and_then(Value::as_u64).unwrap_or(0);
+            let capacity = v
+                .pointer("/sku/capacity")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             Some(plan::ScaleSetSeen {
                 image,
                 capacity: capacity as u32,
@@ -629,7 +634,9 @@ async fn release(
         (CiRun::FollowPush, Some(commit)) => run_for_commit(c, repo, commit).await?,
         (CiRun::Manual, _) => {
             if let Some(ReleaseWhy::OtherRepo(other)) = why {
-                eprintln!("    {VMSS} runs an image built from `{other}`: deploying `{repo}` instead");
+                eprintln!(
+                    "    {VMSS} runs an image built from `{other}`: deploying `{repo}` instead"
+                );
             }
             let v = c
                 .scaleset(
@@ -650,7 +657,9 @@ async fn release(
     let ci_s = t.elapsed().as_secs_f64();
     let rel = triggered_by(c, ci).await?;
     let t = Instant::now();
-    eprintln!("==> release: run {rel} (bake the image named by the build id, then `az vmss update`)");
+    eprintln!(
+        "==> release: run {rel} (bake the image named by the build id, then `az vmss update`)"
+    );
     let r = super::run::watch(c, rel).await?;
     eprintln!(
         "    deployed by `{}`: CI {ci_s:.1}s, release {:.1}s",

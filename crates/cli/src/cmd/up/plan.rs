@@ -77,7 +77,9 @@ pub enum Step {
     /// Push the folder through up's clone. `restore`: push it even if the folder is unchanged
     /// since the last `up` (the repository is new, empty, or lost the folder's pipelines), so
     /// the clone's memory of its last push never hides a repository that no longer has it.
-    Push { restore: bool },
+    Push {
+        restore: bool,
+    },
     /// Build and release through the pipelines (the push's run if it queued one, else a
     /// manual run of the CI pipeline).
     Release(Option<ReleaseWhy>),
@@ -172,7 +174,12 @@ pub fn pipelines_of(repo: &str, top: &[&str], nested: &[&str]) -> Vec<String> {
             _ => {}
         }
     }
-    v.extend(nested.iter().filter_map(|f| stem(f)).map(|s| format!("{repo}-{s}")));
+    v.extend(
+        nested
+            .iter()
+            .filter_map(|f| stem(f))
+            .map(|s| format!("{repo}-{s}")),
+    );
     v.sort();
     v.dedup();
     v
@@ -232,7 +239,11 @@ mod tests {
         let push = Push { restore: false };
         let restore = Push { restore: true };
         let cases: Vec<(&str, Observed, Vec<Step>)> = vec![
-            ("already serving", serving(), vec![push.clone(), Release(None), WaitHealthy]),
+            (
+                "already serving",
+                serving(),
+                vec![push.clone(), Release(None), WaitHealthy],
+            ),
             (
                 "a fresh machine",
                 fresh,
@@ -255,7 +266,12 @@ mod tests {
             ),
             (
                 "repo emptied (recreated by hand)",
-                with(&|o| o.repo = Some(RepoSeen { has_main: false, pipelines: vec![] })),
+                with(&|o| {
+                    o.repo = Some(RepoSeen {
+                        has_main: false,
+                        pipelines: vec![],
+                    })
+                }),
                 vec![restore.clone(), Release(None), WaitHealthy],
             ),
             (
@@ -334,12 +350,21 @@ mod tests {
                         capacity: 0,
                     })
                 }),
-                vec![push.clone(), Release(Some(ReleaseWhy::OnBase)), Scale(3), WaitHealthy],
+                vec![
+                    push.clone(),
+                    Release(Some(ReleaseWhy::OnBase)),
+                    Scale(3),
+                    WaitHealthy,
+                ],
             ),
             (
                 "model image deleted",
                 with(&|o| o.vmss.as_mut().unwrap().image = Missing),
-                vec![push.clone(), Release(Some(ReleaseWhy::ImageMissing)), WaitHealthy],
+                vec![
+                    push.clone(),
+                    Release(Some(ReleaseWhy::ImageMissing)),
+                    WaitHealthy,
+                ],
             ),
             (
                 "serving the other example",
@@ -379,7 +404,12 @@ mod tests {
         assert_eq!(
             pipelines_of(
                 "my_app",
-                &["azure-pipelines.yml", "release-pipeline.yml", "config.yml", "README.md"],
+                &[
+                    "azure-pipelines.yml",
+                    "release-pipeline.yml",
+                    "config.yml",
+                    "README.md"
+                ],
                 &["nightly.yaml", "notes.txt"]
             ),
             vec!["my_app", "my_app-nightly", "my_app-release-pipeline"]
