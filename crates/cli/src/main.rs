@@ -31,7 +31,7 @@ struct Cli {
 enum Cmd {
     /// Start the daemon and deploy the example (or DIR) through its own pipelines: push it to a hosted repo, run CI and the release (bake, az vmss update), scale to 3 instances behind the load balancer, and show them live. Ctrl-C stops everything.
     Up(up::UpArgs),
-    /// Undo `scaleset up`: stop its instances and load balancer (`up` restarts them); with --purge remove its resources, repositories, images, mounts, network namespaces and the bridge.
+    /// Undo `scaleset up`: stop it (if it runs), its instances and load balancer (`up` restarts them); with --purge remove its resources, repositories, images, mounts, network namespaces and the bridge.
     Down(down::DownArgs),
     /// Run the control-plane daemon (API on 127.0.0.1, state in SQLite).
     Serve(serve::ServeArgs),

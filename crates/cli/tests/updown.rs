@@ -2,7 +2,8 @@
 //! the example through its pipelines on one instance; then, while `up` serves, what is
 //! refusable is refused with a clear message, and everything else `up` owns is deleted at once
 //! (scale set, load balancer, group, every image, the hosted repository with its pipelines)
-//! and up's clone is damaged; a second `up` (detached) repairs all of it and serves. `down`
+//! and up's clone is damaged; `down` stops that `up`; a second `up` (detached) repairs all of
+//! it and serves. `down`
 //! stops the instances and the load balancer (no machine process, mount or netns left);
 //! `down --purge` leaves no mount under the home, no netns, no bridge and no process.
 mod common;
@@ -121,7 +122,15 @@ fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
     let clone = h.home.join("up/my_app/src/.git");
     assert!(clone.is_dir(), "up's clone is at {}", clone.display());
     std::fs::write(clone.join("HEAD"), "not a ref\n").unwrap();
-    drop(up); // Ctrl-C: up stops what it started.
+    // `down` while `up` serves stops `up` itself (as Ctrl-C would) and its daemon.
+    let down = h.run(&["down"]);
+    assert!(down.0, "{}", down.2);
+    assert!(down.2.contains("stopping `scaleset up`"), "{}", down.2);
+    assert!(
+        h.run(&["group", "list"]).2.contains("cannot reach"),
+        "up's daemon still answers"
+    );
+    drop(up);
 
     // Round 2: `up --detach` repairs all of it and serves, then leaves the data plane running.
     let log2 = h.home.join("up2.log");

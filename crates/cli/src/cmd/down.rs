@@ -55,8 +55,9 @@ pub async fn run(args: DownArgs) -> Result<()> {
     release_host(&home, &network, &left)
 }
 
-/// `down` acts on the home's data plane directly; a daemon serving it would restart (or be
-/// confused by) what `down` stops, so it is stopped first.
+/// `down` acts on the home's data plane directly; a daemon serving it would restart what
+/// `down` stops. A running `up` (its daemon) is stopped first; a `scaleset serve` is the
+/// user's to stop, so `down` refuses.
 async fn refuse_if_served(args: &DownArgs) -> Result<()> {
     let Ok(token) = std::fs::read_to_string(args.serve.home.join("token")) else {
         return Ok(());
@@ -75,10 +76,30 @@ async fn refuse_if_served(args: &DownArgs) -> Result<()> {
     )
     .await;
     if let Ok(Ok(_)) = probe {
+        if let Some(pid) = super::up::running_up(&args.serve.home) {
+            return stop_up(pid).await;
+        }
         bail!(
             "a daemon (`scaleset up` or `scaleset serve`) is serving this home at {}: stop it first (Ctrl-C), then run `scaleset down` again",
             args.serve.listen
         );
+    }
+    Ok(())
+}
+
+/// Stops a running `scaleset up` as Ctrl-C does (it stops its instances and load balancer
+/// and its daemon), and waits for it to exit.
+async fn stop_up(pid: u32) -> Result<()> {
+    eprintln!("==> stopping `scaleset up` (pid {pid}) and its daemon");
+    let start = sys::proc::starttime(pid);
+    // SAFETY: kill(2); the pid's start time was just checked against up's pid file.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while sys::proc::starttime(pid) == start {
+        if std::time::Instant::now() > deadline {
+            bail!("`scaleset up` (pid {pid}) did not stop within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }

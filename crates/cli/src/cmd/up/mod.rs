@@ -313,6 +313,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         "the daemon did not start (is another `scaleset serve` using the port? pass --listen)",
     )?;
 
+    // `scaleset down` finds this process here (pid and start time, so a reused pid is never
+    // signalled) and stops it as Ctrl-C would.
+    let _pidfile = PidFile::write(&home)?;
     // From here on machines may be running: Ctrl-C at any point stops them cleanly.
     let ctrl_c = serve::shutdown_signal();
     tokio::pin!(ctrl_c);
@@ -347,6 +350,37 @@ pub async fn run(args: UpArgs) -> Result<()> {
     eprintln!("stopped. `scaleset up` again restarts them from the cached image.");
     Ok(())
 }
+
+/// `home/up.pid` while `up` serves: "<pid> <start time>"; removed when `up` returns.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(home: &Path) -> Result<PidFile> {
+        let pid = std::process::id();
+        let start = sys::proc::starttime(pid).unwrap_or(0);
+        let path = home.join(UP_PID);
+        std::fs::write(&path, format!("{pid} {start}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The running `up` of `home`, if any: its pid, when the pid file's start time still matches.
+pub(crate) fn running_up(home: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(home.join(UP_PID)).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: u32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    (sys::proc::starttime(pid) == Some(start)).then_some(pid)
+}
+
+const UP_PID: &str = "up.pid";
 
 /// The folder to deploy (DIR or the example) and the hosted repository named after it.
 fn source(args: &UpArgs) -> Result<(PathBuf, String)> {
