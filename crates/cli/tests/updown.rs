@@ -5,7 +5,8 @@
 //! and up's clone is damaged; `down` stops that `up`; a second `up` (detached) repairs all of
 //! it and serves. `down`
 //! stops the instances and the load balancer (no machine process, mount or netns left);
-//! `down --purge` leaves no mount under the home, no netns, no bridge and no process.
+//! `down --purge` leaves no mount under the home, no netns, no bridge and no process, and a
+//! daemon started afterwards has none of up's resources; `down` refuses under `serve`.
 mod common;
 
 use common::*;
@@ -222,4 +223,14 @@ fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert_eq!(repos, Vec::<std::ffi::OsString>::new());
+
+    // What the daemon sees afterwards: none of up's resources; and `down` refuses to act
+    // under a `scaleset serve` (it would restart what `down` stops).
+    let mut h = h;
+    h.start_serve();
+    assert!(!names(&h.json(&["group", "list"])).contains(&RG.to_string()));
+    assert_eq!(names(&h.json(&["image", "list"])), Vec::<String>::new());
+    assert_eq!(names(&h.json(&["repo", "list"])), Vec::<String>::new());
+    refused(&h, &["down"], "stop it first");
+    h.kill_serve();
 }

@@ -80,7 +80,7 @@ async fn refuse_if_served(args: &DownArgs) -> Result<()> {
             return stop_up(pid).await;
         }
         bail!(
-            "a daemon (`scaleset up` or `scaleset serve`) is serving this home at {}: stop it first (Ctrl-C), then run `scaleset down` again",
+            "a daemon (`scaleset serve`) is serving this home at {}: stop it first, then run `scaleset down` again",
             args.serve.listen
         );
     }
