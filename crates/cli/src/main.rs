@@ -6,7 +6,7 @@ mod output;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cmd::{export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
+use cmd::{dashboard, export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
 use output::Output;
 
 #[derive(Parser)]
@@ -56,6 +56,9 @@ enum Cmd {
     /// Pipeline runs.
     #[command(subcommand)]
     Run(run::RunCmd),
+    /// The web dashboard served by the daemon (`url`: a new one-time sign-in link).
+    #[command(subcommand)]
+    Dashboard(dashboard::DashboardCmd),
     /// Export the local deployment for another platform (`azure`: ARM template + pipelines).
     #[command(subcommand)]
     Export(export::ExportCmd),
@@ -144,6 +147,7 @@ fn main() {
             Cmd::Pipeline(c) => pipeline::run(c, cli.output).await,
             Cmd::Run(c) => run::run(c, cli.output).await,
             Cmd::Export(c) => export::run(c).await,
+            Cmd::Dashboard(c) => dashboard::run(c).await,
         }
     });
     if let Err(e) = result {
