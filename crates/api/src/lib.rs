@@ -38,13 +38,13 @@ pub fn app(st: Arc<AppState>) -> Router {
 }
 
 pub(crate) fn query_map(uri: &Uri) -> HashMap<String, String> {
+    parse_query(uri.query().unwrap_or(""))
+}
+
+/// A query string's parameters, percent-decoded (a repeated name keeps its last value).
+pub fn parse_query(query: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         out.insert(pct_decode(k), pct_decode(v));
     }
