@@ -11,6 +11,7 @@ mod webdriver;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use webdriver::{raw, Browser, Driver};
@@ -191,7 +192,8 @@ fn dashboard_in_a_real_browser() {
         (r.len() == 2 && r.iter().all(|(_, latest, _)| latest == "No")).then_some(())
     });
 
-    // Start the rolling upgrade from the page; its progress moves while we watch.
+    // Start the rolling upgrade from the page, under load; its progress moves while we watch.
+    let load = Load::start(SocketAddr::from(([127, 0, 0, 1], lb_port)), 2);
     b.click("#btn-rolling-start");
     let mut seen = BTreeSet::new();
     b.wait(
@@ -230,6 +232,12 @@ fn dashboard_in_a_real_browser() {
             .then_some(())
         },
     );
+    // Host metrics reach the table (the sampler reads every 15 s; CPU needs two readings).
+    b.wait("CPU and memory of every instance", Duration::from_secs(60), |b| {
+        let v = b.js("return [...document.querySelectorAll('#instances tbody tr')].map(r => r.children[10].textContent + '|' + r.children[11].textContent);");
+        let cells: Vec<String> = v.as_array()?.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
+        (cells.len() == 2 && cells.iter().all(|c| c.contains(" %") && c.contains("MiB"))).then_some(())
+    });
     let receipt = b.text("#receipt").unwrap_or_default();
     assert!(
         receipt.starts_with("Deploy receipt: model ")
@@ -319,7 +327,7 @@ fn dashboard_in_a_real_browser() {
     b.wait("the run's log to complete", Duration::from_secs(180), |b| {
         let n = lines(b)
             .iter()
-            .filter(|l| l.as_str().is_some_and(|s| s.starts_with("dash-line")))
+            .filter(|l| l.as_str().is_some_and(|s| s.contains("dash-line")))
             .count();
         counts.insert(n);
         (b.text("#log-state").as_deref() == Some("complete")).then_some(())
@@ -339,7 +347,7 @@ fn dashboard_in_a_real_browser() {
     );
     b.wait("the run's steps", Duration::from_secs(20), |b| {
         b.text("#tree").filter(|t| {
-            t.contains("Count slowly") && t.contains("Finish") && t.contains("succeeded")
+            t.contains("Count slowly") && t.contains("Finish") && t.contains("Succeeded")
         })
     });
     b.screenshot(&shots.join("dashboard-run.png"));

@@ -196,7 +196,7 @@ function rollingBox(r) {
     seg.style.width = total ? `${(100 * pr[k]) / total}%` : "0";
     bar.append(seg);
   }
-  box.replaceChildren(
+  box.replaceChildren(...[
     h("h2", {}, "Rolling upgrade"),
     h("p#rolling-status", {}, badge(rs.code), ` since ${rs.startTime} · last action ${rs.lastAction} at ${rs.lastActionTime}`),
     bar,
@@ -204,10 +204,14 @@ function rollingBox(r) {
       `successful ${pr.successfulInstanceCount} · in progress ${pr.inProgressInstanceCount} · failed ${pr.failedInstanceCount} · pending ${pr.pendingInstanceCount}`),
     p.error ? h("p.error", {}, `${p.error.code}: ${p.error.message}`) : null,
     h("p#receipt", {}, `Deploy receipt: model ${rc.previousModelVersion} → ${rc.targetModelVersion}; ${rc.requests} requests, ${rc.non2xxResponses} non-2xx, ${rc.failedRequests} failed; per image: `,
-      Object.entries(rc.requestsPerImage || {}).map(([k, n]) => `${k}: ${n}`).join(", ") || "—"));
+      Object.entries(rc.requestsPerImage || {}).map(([k, n]) => `${k}: ${n}`).join(", ") || "—"),
+  ].filter(Boolean));
 }
 
 // ---- pipelines and runs ----
+// A run's trigger: `{"push": {...}}` → "push", "manual" as it is.
+const trigger = (r) => (typeof r.reason === "string" ? r.reason : Object.keys(r.reason || {})[0] || "");
+
 function dur(a, b) {
   if (!a) return "";
   const s = Math.round(((b || Date.now()) - a) / 1000);
@@ -227,7 +231,7 @@ function runsView(pipeline) {
       h("h2", {}, "Runs"),
       table("runs", [
         ["Run", (r) => h("a", { href: `#/run/${r.id}` }, `#${r.id}`)], ["Pipeline", (r) => r.pipeline],
-        ["Trigger", (r) => (typeof r.reason === "string" ? r.reason : JSON.stringify(r.reason))],
+        ["Trigger", trigger],
         ["Branch", (r) => (r.source_branch || "").replace("refs/heads/", "")],
         ["Commit", (r) => (r.source_version || "").slice(0, 10)],
         ["Result", (r) => badge(r.state)], ["Duration", (r) => dur(r.started_ms, r.finished_ms)],
@@ -253,13 +257,19 @@ function runView(id) {
       followLog(id, log);
     }
     document.getElementById("run-summary").replaceChildren(h("p", {}, badge(r.state),
-      ` ${typeof r.reason === "string" ? r.reason : JSON.stringify(r.reason)} · ${(r.source_branch || "").replace("refs/heads/", "")} @ ${(r.source_version || "").slice(0, 10)} · queued ${r.queued} · ${dur(r.started_ms, r.finished_ms)}`,
+      ` ${trigger(r)} · ${(r.source_branch || "").replace("refs/heads/", "")} @ ${(r.source_version || "").slice(0, 10)} · queued ${r.queued} · ${dur(r.started_ms, r.finished_ms)}`,
       r.message ? h("span.error", {}, " ", r.message) : null));
-    document.getElementById("tree").replaceChildren(h("h2", {}, "Stages, jobs, steps"),
-      h("ul.tree", {}, (r.stages || []).map((s) => h("li", {}, badge(s.result || s.status), " ", s.display_name || s.name,
-        h("ul", {}, (s.jobs || []).map((j) => h("li", {}, badge(j.result || j.status), " ", j.display_name || j.name, " ", h("span.dur", {}, dur(j.started_ms, j.finished_ms)),
-          h("ul", {}, (j.steps || []).map((st) => h("li.step", {}, badge(st.result || st.status), " ", st.label, " ", h("span.dur", {}, dur(st.started_ms, st.finished_ms)))))))))))));
+    document.getElementById("tree").replaceChildren(h("h2", {}, "Stages, jobs, steps"), runTree(r));
   });
+}
+
+// A run's stages → jobs → steps, each with its result and duration.
+function runTree(r) {
+  const item = (cls, x, name, kids) =>
+    h("li" + cls, {}, badge(x.result || x.status), " ", name, " ", h("span.dur", {}, dur(x.started_ms, x.finished_ms)), kids);
+  const steps = (j) => h("ul", {}, (j.steps || []).map((st) => item(".step", st, st.label)));
+  const jobs = (s) => h("ul", {}, (s.jobs || []).map((j) => item(".job", j, j.display_name || j.name, steps(j))));
+  return h("ul.tree", {}, (r.stages || []).map((s) => item(".stage", s, s.display_name || s.name, jobs(s))));
 }
 
 function followLog(id, log) {
@@ -283,7 +293,7 @@ function imagesView() {
   watch("view=images", (v) => {
     main.replaceChildren(h("h1", {}, "Images"), table("images", [
       ["Name", (i) => i.name], ["Created", (i) => i.created],
-      ["Lineage", (i) => h("ol.lineage", {}, i.lineage.map((l) => h("li." + l.kind, { title: l.name }, `${l.kind}: ${l.kind === "layer" || l.kind === "build" ? l.name.replace("sha256:", "").slice(0, 12) : l.name}`)))],
+      ["Lineage", (i) => h("ol.lineage", {}, i.lineage.map((l) => h("li." + l.kind, { title: l.name }, `${l.kind}: ${l.name.startsWith("sha256:") || l.kind === "build" ? l.name.replace("sha256:", "").slice(0, 12) : l.name}`)))],
       ["Made by", (i) => (i.madeBy ? h("span", {}, h("a", { href: `#/run/${i.madeBy.run}` }, `run #${i.madeBy.run}`), ` (${i.madeBy.pipeline}) from commit ${String(i.madeBy.commit).slice(0, 10)}`) : "—")],
       ["Used by", (i) => i.usedBy.join(", ") || "—"],
     ], v.images));
