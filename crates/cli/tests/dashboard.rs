@@ -208,6 +208,12 @@ fn dashboard_in_a_real_browser() {
                 .then_some(())
         },
     );
+    let (ok, failed) = load.finish();
+    assert_eq!(
+        failed, 0,
+        "failed requests during the rolling upgrade ({ok} ok)"
+    );
+    assert!(ok > 0, "the load generator sent requests");
     assert!(
         seen.len() >= 3,
         "the progress changed on the page: {seen:?}"

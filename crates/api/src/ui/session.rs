@@ -200,7 +200,8 @@ mod tests {
     #[test]
     fn mutations_need_the_sessions_csrf_token() {
         let mut s = signed_in();
-        let cases: [(Option<&str>, Option<&str>, Result<(), Denied>); 7] = [
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Result<(), Denied>);
+        let cases: [Case; 7] = [
             (Some("sid"), Some("csrf-tok"), Ok(())),
             (Some("sid"), None, Err(Denied::MissingCsrf)),
             (Some("sid"), Some(""), Err(Denied::MissingCsrf)),
