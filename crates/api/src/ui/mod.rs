@@ -185,12 +185,7 @@ fn login(st: &AppState, uri: &Uri) -> Response {
     let once = q.get("once").map(String::as_str).unwrap_or("");
     let (sid, csrf) = (secret(), secret());
     if let Err(e) = st.dashboard.sessions().sign_in(once, &sid, &csrf, now_ms()) {
-        let status = ApiError::from(e);
-        let code = match &status {
-            ApiError::Client { status, .. } => *status,
-            _ => StatusCode::FORBIDDEN,
-        };
-        return html_page(code, &e.to_string());
+        return html_page(StatusCode::FORBIDDEN, &e.to_string());
     }
     let cookie = format!(
         "{}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -432,6 +427,50 @@ fn view_events(st: Arc<AppState>, uri: &Uri, sid: String) -> Response {
     event_stream(Body::from_stream(stream))
 }
 
+/// A run's log as a stream: lines numbered from 1, the first `skip` left out.
+struct LogStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    skip: usize,
+    n: usize,
+    done: bool,
+    st: Arc<AppState>,
+    sid: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl LogStream {
+    /// The next event: a line, a keep-alive comment, or `end`; `None` after `end` or when the
+    /// session is gone.
+    async fn next(&mut self) -> Option<String> {
+        while !self.done {
+            if self
+                .st
+                .dashboard
+                .sessions()
+                .session(Some(&self.sid), now_ms())
+                .is_err()
+            {
+                return None;
+            }
+            match tokio::time::timeout(Duration::from_secs(15), self.rx.recv()).await {
+                Err(_) => return Some(sse::comment("keep-alive")),
+                Ok(None) => {
+                    self.done = true;
+                    return Some(sse::event("end", None, ""));
+                }
+                Ok(Some(line)) => {
+                    self.n += 1;
+                    if self.n > self.skip {
+                        let line = views::truncate(line.trim_end_matches('\n'), MAX_LOG_LINE);
+                        return Some(sse::event("line", Some(self.n as u64), line));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
 /// `GET /ui/events/log?run=N`: the run's log as `line` events (id = line number; the last
 /// `LOG_TAIL_LINES` first, or from after `Last-Event-ID` on a reconnect), then `end` when the
 /// run is over.
@@ -461,45 +500,18 @@ fn log_events(st: Arc<AppState>, uri: &Uri, headers: &HeaderMap, sid: String) ->
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let state = (rx, 0usize, false, permit, st, sid);
-    let stream = futures_util::stream::unfold(
-        state,
-        move |(mut rx, mut n, done, permit, st, sid)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                if st
-                    .dashboard
-                    .sessions()
-                    .session(Some(&sid), now_ms())
-                    .is_err()
-                {
-                    return None;
-                }
-                let next = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await;
-                let ev = match next {
-                    Err(_) => sse::comment("keep-alive"),
-                    Ok(None) => {
-                        let ev = sse::event("end", None, "");
-                        return Some((
-                            Ok::<_, std::io::Error>(Bytes::from(ev)),
-                            (rx, n, true, permit, st, sid),
-                        ));
-                    }
-                    Ok(Some(line)) => {
-                        n += 1;
-                        if n <= skip {
-                            continue;
-                        }
-                        let line = line.trim_end_matches('\n');
-                        let cut = views::truncate(line, MAX_LOG_LINE);
-                        sse::event("line", Some(n as u64), cut)
-                    }
-                };
-                return Some((Ok(Bytes::from(ev)), (rx, n, false, permit, st, sid)));
-            }
-        },
-    );
+    let s = LogStream {
+        rx,
+        skip,
+        n: 0,
+        done: false,
+        st,
+        sid,
+        _permit: permit,
+    };
+    let stream = futures_util::stream::unfold(s, |mut s| async move {
+        let ev = s.next().await?;
+        Some((Ok::<_, std::io::Error>(Bytes::from(ev)), s))
+    });
     event_stream(Body::from_stream(stream))
 }
