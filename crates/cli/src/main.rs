@@ -30,7 +30,7 @@ struct Cli {
 enum Cmd {
     /// Start the daemon and deploy the example (or DIR) through its own pipelines: push it to a hosted repo, run CI and the release (bake, az vmss update), scale to 3 instances behind the load balancer, and show them live. Ctrl-C stops everything.
     Up(up::UpArgs),
-    /// Run the control-plane daemon (API on 127.0.0.1, state in SQLite).
+    /// Run the control-plane daemon (API and web dashboard on 127.0.0.1, state in SQLite); prints the dashboard's one-time sign-in URL.
     Serve(serve::ServeArgs),
     /// Manage resource groups.
     #[command(subcommand)]
