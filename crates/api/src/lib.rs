@@ -165,7 +165,7 @@ pub(crate) enum Caller {
 
 /// An authenticated ARM request at `path`: route, api-version, body, execute, render.
 pub(crate) async fn arm(
-    st: &AppState,
+    st: &Arc<AppState>,
     method: &Method,
     path: &str,
     q: &HashMap<String, String>,
@@ -201,7 +201,7 @@ pub(crate) async fn arm(
         Some(h) => format!("http://{h}"),
         None => format!("http://{}", st.cfg.listen),
     };
-    if let Some(reply) = inspect::special(&st, &route, &q, &base).await {
+    if let Some(reply) = inspect::special(st, &route, q, &base).await {
         return reply.unwrap_or_else(|e| limits::refuse(e, Some(body)));
     }
     let result = async {
