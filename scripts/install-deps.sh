@@ -24,6 +24,10 @@ venv_probe=$(mktemp -d)
 rm -rf "$venv_probe"
 # Pipeline YAML examples are validated against Microsoft's JSON schema (crates/pipeline/tests).
 /usr/bin/python3 -c "import yaml, jsonschema" >/dev/null 2>&1 || need+=(python3-yaml python3-jsonschema)
+# The dashboard's browser test (crates/cli/tests/dashboard.rs) drives Debian's headless
+# chromium through chromedriver (one source package, so browser and driver versions match).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

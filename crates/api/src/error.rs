@@ -151,3 +151,19 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+impl From<crate::ui::session::Denied> for ApiError {
+    fn from(e: crate::ui::session::Denied) -> Self {
+        use crate::ui::session::Denied as D;
+        let (status, code) = match e {
+            D::NoSession => (StatusCode::UNAUTHORIZED, "AuthenticationFailed"),
+            D::UnknownOnce => (StatusCode::FORBIDDEN, "InvalidSignInLink"),
+            D::MissingCsrf | D::BadCsrf => (StatusCode::FORBIDDEN, "InvalidCsrfToken"),
+        };
+        ApiError::Client {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod render;
 pub mod route;
 mod server;
 pub mod state;
+pub mod ui;
 
 /// The engine (its own crate; re-exported for the binary and tests).
 pub use ::engine;
@@ -36,14 +37,14 @@ pub fn app(st: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch).with_state(st)
 }
 
-fn query_map(uri: &Uri) -> HashMap<String, String> {
+pub(crate) fn query_map(uri: &Uri) -> HashMap<String, String> {
+    parse_query(uri.query().unwrap_or(""))
+}
+
+/// A query string's parameters, percent-decoded (a repeated name keeps its last value).
+pub fn parse_query(query: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         out.insert(pct_decode(k), pct_decode(v));
     }
@@ -131,18 +132,56 @@ async fn dispatch(
     if uri.path().starts_with("/scaleset/") {
         return pipelines::handle(st, method, uri, headers, body).await;
     }
-    let q = query_map(&uri);
+    if ui::is_ui_path(uri.path()) {
+        return ui::handle(st, method, uri, headers, body).await;
+    }
+    let caller = match check_auth(&st, &headers) {
+        Ok(true) => Caller::Run,
+        Ok(false) => Caller::Daemon,
+        Err(e) => return limits::refuse(e, Some(body)),
+    };
+    arm(
+        &st,
+        &method,
+        uri.path(),
+        &query_map(&uri),
+        &headers,
+        body,
+        caller,
+    )
+    .await
+}
+
+/// Who an authenticated ARM request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// The daemon token.
+    Daemon,
+    /// A pipeline run's credential (see [`route::release_may`]).
+    Run,
+    /// A dashboard session (its CSRF token already checked for a mutation).
+    Session,
+}
+
+/// An authenticated ARM request at `path`: route, api-version, body, execute, render.
+pub(crate) async fn arm(
+    st: &Arc<AppState>,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+    caller: Caller,
+) -> Response {
     // Everything that needs no body is checked before a byte of it is read.
     let checked = (|| {
-        let run_credential = check_auth(&st, &headers)?;
-        let path = uri.path();
-        let route = match route::parse_sub_list(&method, path)
-            .or_else(|| route::parse_operation(&method, path))
+        let route = match route::parse_sub_list(method, path)
+            .or_else(|| route::parse_operation(method, path))
         {
             Some(r) => r,
-            None => route::parse(&method, path)?,
+            None => route::parse(method, path)?,
         };
-        if run_credential && !route::release_may(&route) {
+        if caller == Caller::Run && !route::release_may(&route) {
             return Err(ApiError::Client {
                 status: StatusCode::FORBIDDEN,
                 code: "AuthorizationFailed",
@@ -151,7 +190,7 @@ async fn dispatch(
                 ),
             });
         }
-        check_api_version(&q)?;
+        check_api_version(q)?;
         Ok::<_, ApiError>(route)
     })();
     let route = match checked {
@@ -162,13 +201,13 @@ async fn dispatch(
         Some(h) => format!("http://{h}"),
         None => format!("http://{}", st.cfg.listen),
     };
-    if let Some(reply) = inspect::special(&st, &route, &q, &base).await {
+    if let Some(reply) = inspect::special(st, &route, q, &base).await {
         return reply.unwrap_or_else(|e| limits::refuse(e, Some(body)));
     }
     let result = async {
         let limit = limits::ARM_BODY_LIMIT;
-        let body = limits::read_body(body, &headers, limit, st.cfg.limits.body_timeout).await?;
-        let reply = handlers::execute(&st, route.clone(), &q, &body).await?;
+        let body = limits::read_body(body, headers, limit, st.cfg.limits.body_timeout).await?;
+        let reply = handlers::execute(st, route.clone(), q, &body).await?;
         Ok::<_, ApiError>((route, reply, body))
     }
     .await;
@@ -251,6 +290,7 @@ pub fn open_state(
     let pipelines = ci::PipelineService::open(ci_config(&cfg), core.clone(), run_tokens.clone())
         .map_err(|e| error::error_chain(&e))?;
     Ok(Arc::new(AppState {
+        dashboard: ui::Dashboard::default(),
         pipelines: Some(Arc::new(pipelines)),
         cfg,
         auth: state::Auth { token, run_tokens },

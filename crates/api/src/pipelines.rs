@@ -391,7 +391,7 @@ fn json_ok(status: StatusCode, v: Value) -> Reply {
 }
 
 /// A repository as `GET /scaleset/repos/{name}` shows it.
-fn repo_json(svc: &PipelineService, info: &git::RepoInfo) -> Value {
+pub(crate) fn repo_json(svc: &PipelineService, info: &git::RepoInfo) -> Value {
     let endpoint = svc.endpoint();
     let defs = svc.default_definitions(info);
     json!({
@@ -407,7 +407,7 @@ fn repo_json(svc: &PipelineService, info: &git::RepoInfo) -> Value {
 }
 
 /// A pipeline as `GET /scaleset/pipelines/{name}` shows it.
-fn def_json(svc: &PipelineService, d: &PipelineDefinition) -> Value {
+pub(crate) fn def_json(svc: &PipelineService, d: &PipelineDefinition) -> Value {
     let last = svc.last_run(&d.name);
     json!({
         "name": d.name,
@@ -420,7 +420,7 @@ fn def_json(svc: &PipelineService, d: &PipelineDefinition) -> Value {
 }
 
 /// A run as `GET /scaleset/runs/{id}` shows it: its record, its `state` and when it was queued.
-fn run_json(r: &pipeline::runner::RunRecord) -> Value {
+pub(crate) fn run_json(r: &pipeline::runner::RunRecord) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.insert(
@@ -448,7 +448,7 @@ fn run_id(s: &str) -> Result<u64, ApiError> {
 }
 
 /// The JSON endpoints (see the module docs).
-async fn api(
+pub(crate) async fn api(
     svc: &Arc<PipelineService>,
     method: &Method,
     path: &str,

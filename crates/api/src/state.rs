@@ -90,6 +90,8 @@ pub struct AppState {
     /// Hosted repositories, pipelines and runs (`/scaleset/...`).
     pub pipelines: Option<Arc<ci::PipelineService>>,
     pub core: Arc<engine::Core>,
+    /// Dashboard sign-in: one-time URLs, sessions, open event streams.
+    pub dashboard: crate::ui::Dashboard,
 }
 
 impl std::ops::Deref for AppState {

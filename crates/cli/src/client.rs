@@ -292,6 +292,11 @@ impl Client {
             .await
     }
 
+    /// A call to another of the daemon's own endpoints (`/ui/login-url`), as JSON.
+    pub async fn daemon(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send_json(method, path, body).await
+    }
+
     /// A `/scaleset/...` response as text.
     pub async fn scaleset_text(&self, path: &str) -> Result<String> {
         let bytes = self

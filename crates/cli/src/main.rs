@@ -7,7 +7,7 @@ mod progress;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cmd::{down, export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
+use cmd::{dashboard, down, export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
 use output::Output;
 
 #[derive(Parser)]
@@ -33,7 +33,7 @@ enum Cmd {
     Up(up::UpArgs),
     /// Undo `scaleset up`: stop it (if it runs), its instances and load balancer (`up` restarts them); with --purge remove its resources, repositories, images, mounts, network namespaces and the bridge.
     Down(down::DownArgs),
-    /// Run the control-plane daemon (API on 127.0.0.1, state in SQLite).
+    /// Run the control-plane daemon (API and web dashboard on 127.0.0.1, state in SQLite); prints the dashboard's one-time sign-in URL.
     Serve(serve::ServeArgs),
     /// Manage resource groups.
     #[command(subcommand)]
@@ -59,6 +59,9 @@ enum Cmd {
     /// Pipeline runs.
     #[command(subcommand)]
     Run(run::RunCmd),
+    /// The web dashboard served by the daemon (`url`: a new one-time sign-in link).
+    #[command(subcommand)]
+    Dashboard(dashboard::DashboardCmd),
     /// Export the local deployment for another platform (`azure`: ARM template + pipelines).
     #[command(subcommand)]
     Export(export::ExportCmd),
@@ -154,6 +157,7 @@ fn main() {
             Cmd::Pipeline(c) => pipeline::run(c, cli.output).await,
             Cmd::Run(c) => run::run(c, cli.output).await,
             Cmd::Export(c) => export::run(c).await,
+            Cmd::Dashboard(c) => dashboard::run(c).await,
         }
     });
     if let Err(e) = result {

@@ -273,3 +273,14 @@ pub(crate) fn stop_lb_dir(dir: &std::path::Path) {
         }
     }
 }
+
+impl Core {
+    /// The load balancer `key`'s `/status` (health and counters per backend), read from its
+    /// admin socket; for views (the dashboard), bounded like every admin call.
+    pub async fn lb_status(&self, key: &Key) -> Result<lb::LbStatus, String> {
+        lb_call(lb::client::get_status(
+            &lb_dir(self, key).join("admin.sock"),
+        ))
+        .await
+    }
+}

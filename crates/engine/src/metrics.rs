@@ -122,3 +122,16 @@ fn host_cpus() -> u32 {
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     u32::try_from(n).unwrap_or(1).max(1)
 }
+
+impl Core {
+    /// The last minute's average of each host metric (`Metric::ALL` order) of instance `vm` of
+    /// the scale set `key`, for views; `None` before its first reading.
+    pub fn latest_usage(&self, key: &Key, vm: &str) -> Option<[Option<f64>; 4]> {
+        let store = self.metrics.store();
+        let m = store.series(&key.path(), vm)?.minutes().back()?;
+        Some(
+            m.aggs
+                .map(|a| a.value(model::metrics::Aggregation::Average)),
+        )
+    }
+}

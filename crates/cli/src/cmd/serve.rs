@@ -172,6 +172,11 @@ pub async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> Result<()> {
     preflight()?;
     let st = open(config(&args)?)?;
+    // The sign-in link of the web dashboard (one use; `scaleset dashboard url` mints more).
+    eprintln!(
+        "dashboard: {}",
+        api::ui::login_url(&format!("http://{}", args.listen), &st.dashboard.mint())
+    );
     // The daemon exits on SIGTERM/SIGINT; machines and load balancers keep serving and are
     // adopted by the next start.
     api::serve(st, shutdown_signal())

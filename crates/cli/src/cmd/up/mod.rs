@@ -335,6 +335,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         };
     }
     banner(&c, &args, &home, &repo, started);
+    println!(
+        "Dashboard: {}\n",
+        api::ui::login_url(c.endpoint(), &st.dashboard.mint())
+    );
 
     if args.detach {
         // Leave machines and the LB running; stop only the API.
