@@ -23,7 +23,9 @@ use crate::l7::Pool;
 use crate::probe_state::ProbeState;
 use crate::rotation::{tiers, Standing};
 use crate::select::member_key;
-use crate::status::{AtomicCounters, BackendStatus, LbStatus};
+use crate::status::{
+    AtomicClasses, AtomicCounters, BackendStatus, FrontendCounters, FrontendStatus, LbStatus,
+};
 use crate::LbError;
 
 /// How long a suspect mark lasts for a backend no probe watches.
@@ -42,7 +44,13 @@ pub(crate) struct BackendRt {
     pub reprobe: tokio::sync::Notify,
     pub active: AtomicU64,
     pub requests: AtomicU64,
+    /// The sum of the three kinds below.
     pub failures: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub connect_timeouts: AtomicU64,
+    pub exchange_errors: AtomicU64,
+    /// L7 responses by status class.
+    pub responses: AtomicClasses,
     /// Keep-alive pools per backend port (control path only).
     pools: Mutex<Vec<(u16, Arc<Pool>)>>,
 }
@@ -59,6 +67,10 @@ impl BackendRt {
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            connect_timeouts: AtomicU64::new(0),
+            exchange_errors: AtomicU64::new(0),
+            responses: AtomicClasses::default(),
             pools: Mutex::new(Vec::new()),
         }
     }
@@ -121,6 +133,8 @@ pub(crate) struct Listener {
     /// One permit per open connection (`frontendLimits.maxConnections`); the accept loop
     /// waits for a permit, so excess clients wait in the listen backlog.
     pub conns: Arc<Semaphore>,
+    /// Counters of this frontend (kept across config changes while it listens).
+    pub stats: Arc<FrontendCounters>,
     /// The permits `conns` is sized for (control path only).
     cap: AtomicU32,
 }
@@ -187,23 +201,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts an open client connection while alive and holds its frontend's connection permit.
+/// Counts an open client connection (LB-wide and on its frontend) while alive and holds its
+/// frontend's connection permit.
 pub(crate) struct OpenGuard(
-    pub Arc<Lb>,
+    Arc<Listener>,
     #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
 );
 
 impl OpenGuard {
-    pub fn new(lb: &Arc<Lb>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        lb.open.fetch_add(1, Relaxed);
-        OpenGuard(lb.clone(), permit)
+    pub fn new(l: &Arc<Listener>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        l.lb.open.fetch_add(1, Relaxed);
+        l.stats.open.fetch_add(1, Relaxed);
+        OpenGuard(l.clone(), permit)
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Relaxed) == 1 {
-            self.0.open_changed.notify_waiters();
+        self.0.stats.open.fetch_sub(1, Relaxed);
+        if self.0.lb.open.fetch_sub(1, Relaxed) == 1 {
+            self.0.lb.open_changed.notify_waiters();
         }
     }
 }
@@ -323,6 +340,7 @@ impl Lb {
             rotation: AtomicU64::new(0),
             local: addr,
             conns: Arc::new(Semaphore::new(cap as usize)),
+            stats: Arc::default(),
             cap: AtomicU32::new(cap),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -479,13 +497,24 @@ impl Lb {
                     active_connections: rt.active.load(Relaxed),
                     requests: rt.requests.load(Relaxed),
                     failures: rt.failures.load(Relaxed),
+                    responses: rt.responses.snapshot(),
+                    connect_errors: rt.connect_errors.load(Relaxed),
+                    connect_timeouts: rt.connect_timeouts.load(Relaxed),
+                    exchange_errors: rt.exchange_errors.load(Relaxed),
                 })
             })
             .collect();
+        let mut frontends: Vec<FrontendStatus> = ctl
+            .listeners
+            .values()
+            .map(|e| frontend_status(&e.listener))
+            .collect();
+        frontends.sort_by_key(|f| f.frontend);
         LbStatus {
             name: cfg.name.clone(),
             backends,
             totals: self.totals.snapshot(),
+            frontends,
         }
     }
 
@@ -499,6 +528,23 @@ impl Lb {
             e.task.abort();
         }
         let _ = self.shutdown.send(true);
+    }
+}
+
+fn frontend_status(l: &Listener) -> FrontendStatus {
+    let view = l.view.load();
+    let s = &l.stats;
+    FrontendStatus {
+        rule: view.rule.name.clone(),
+        frontend: l.local,
+        layer: view.rule.layer,
+        connections: s.connections.load(Relaxed),
+        open_connections: s.open.load(Relaxed),
+        responses: s.responses.snapshot(),
+        retries: s.retries.load(Relaxed),
+        no_backend: s.no_backend.load(Relaxed),
+        tries_exhausted: s.tries_exhausted.load(Relaxed),
+        latency: s.latency.snapshot(),
     }
 }
 
@@ -610,7 +656,8 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener, mut stop: watch:
             Ok((stream, peer)) => {
                 let lb = &listener.lb;
                 lb.totals.connections.fetch_add(1, Relaxed);
-                let guard = OpenGuard::new(lb, permit);
+                listener.stats.connections.fetch_add(1, Relaxed);
+                let guard = OpenGuard::new(&listener, permit);
                 let l = listener.clone();
                 match l.view.load().rule.layer {
                     Layer::L4 => tokio::spawn(crate::l4::serve_conn(l, stream, peer, guard)),

@@ -47,7 +47,9 @@ pub use config::{
     ProbeProtocol, Rule,
 };
 pub use error::LbError;
-pub use status::{BackendStatus, Counters, LbStatus};
+pub use status::{
+    BackendStatus, Counters, FrontendStatus, Histogram, LbStatus, StatusClass, LATENCY_BOUNDS_NS,
+};
 
 /// How long shutdown waits for in-flight connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,142 @@
+//! The counters `/metrics` is made of, against real backends on loopback: they move by exactly
+//! the requests sent, per frontend and per backend.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::SeqCst;
+
+use common::*;
+use lb::{
+    Backend, Layer, LbConfig, LoadDistribution, NoHealthyBackendsBehavior, Rule, StatusClass,
+};
+
+const SUCCESS: usize = StatusClass::Success as usize;
+const SERVER_ERROR: usize = StatusClass::ServerError as usize;
+
+fn config(fport: u16, bport: u16, ips: &[&str], draining: bool) -> LbConfig {
+    LbConfig {
+        name: "counted".into(),
+        rules: vec![Rule {
+            name: "web".into(),
+            frontend: SocketAddr::new(ip("127.0.0.1"), fport),
+            backend_port: bport,
+            layer: Layer::L7,
+            load_distribution: LoadDistribution::Default,
+            idle_timeout_in_minutes: 4,
+            enable_tcp_reset: false,
+            // No probe: the dead backend is a candidate until its connect fails.
+            probe: None,
+        }],
+        probes: vec![],
+        backends: ips
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Backend {
+                id: format!("b{i}"),
+                ip: ip(a),
+                draining,
+            })
+            .collect(),
+        no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
+        frontend_limits: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_the_requests_sent() {
+    let ips = ["127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"];
+    let addrs: Vec<_> = ips.iter().map(|a| ip(a)).collect();
+    let (bport, mut ls) = bind_same_port(&addrs);
+    drop(ls.pop()); // b3: nothing listens there
+    let bs: Vec<HttpBackend> = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| HttpBackend::start(&format!("b{i}"), l))
+        .collect();
+    let fport = free_port();
+    let h = Harness::start("counted", &config(fport, bport, &ips, false)).await;
+
+    // 137 requests over 3 keep-alive connections, every one answered 2xx.
+    let mut conns = vec![
+        Http::connect(front(fport)).await,
+        Http::connect(front(fport)).await,
+        Http::connect(front(fport)).await,
+    ];
+    for i in 0..137 {
+        let (status, _) = conns[i % 3].get("/x").await;
+        assert_eq!(status, 200);
+    }
+    let s = h.status().await;
+    let f = &s.frontends[0];
+    assert_eq!((f.rule.as_str(), f.frontend), ("web", front(fport)));
+    assert_eq!(f.open_connections, 3);
+    // 5 answers 5xx from the backends themselves (`/health` of an unhealthy backend).
+    for b in &bs {
+        b.healthy.store(false, SeqCst);
+    }
+    for i in 0..5 {
+        let (status, _) = conns[i % 3].get("/health").await;
+        assert_eq!(status, 500);
+    }
+    drop(conns);
+
+    // Every backend draining: the LB's own 503s, counted on the frontend only.
+    client_put(&h, &config(fport, bport, &ips, true)).await;
+    for _ in 0..3 {
+        let (status, _) = get_once(front(fport), "/x").await;
+        assert_eq!(status, 503);
+    }
+
+    let s = h
+        .wait_for("connections closed", |s| {
+            s.frontends[0].open_connections == 0
+        })
+        .await;
+    assert_eq!(s.frontends.len(), 1);
+    let f = &s.frontends[0];
+    assert_eq!(f.connections, 3 + 3);
+    assert_eq!(f.responses[SUCCESS], 137);
+    assert_eq!(f.responses[SERVER_ERROR], 5 + 3);
+    assert_eq!(f.responses.iter().sum::<u64>(), 145);
+    assert_eq!(f.no_backend, 3);
+    assert_eq!(f.tries_exhausted, 0);
+    // The dead backend was tried once, then skipped as suspect.
+    assert_eq!(f.retries, 1);
+    assert_eq!(f.latency.count(), 145);
+    assert_eq!(f.latency.buckets.len(), lb::LATENCY_BOUNDS_NS.len() + 1);
+    assert!(f.latency.sum_ns > 0);
+
+    let backend_2xx: u64 = s.backends.iter().map(|b| b.responses[SUCCESS]).sum();
+    let backend_5xx: u64 = s.backends.iter().map(|b| b.responses[SERVER_ERROR]).sum();
+    assert_eq!((backend_2xx, backend_5xx), (137, 5));
+    for (b, backend) in s.backends.iter().zip(&bs) {
+        // `hits` counts what the backend answered but `/health`.
+        assert_eq!(b.responses[SUCCESS], backend.hits.load(SeqCst), "{}", b.id);
+        assert_eq!((b.failures, b.connect_errors), (0, 0), "{}", b.id);
+    }
+    let dead = s.backends.iter().find(|b| b.id == "b3").unwrap();
+    assert_eq!(dead.responses, [0; StatusClass::COUNT]);
+    assert_eq!(
+        (
+            dead.failures,
+            dead.connect_errors,
+            dead.connect_timeouts,
+            dead.exchange_errors
+        ),
+        (1, 1, 0, 0)
+    );
+    // The LB-wide totals the deploy receipt reads agree.
+    assert_eq!(s.totals.responses_2xx, 137);
+    assert_eq!(s.totals.responses_non_2xx, 8);
+    assert_eq!(s.totals.failed, 3);
+    h.shutdown().await;
+}
+
+fn front(port: u16) -> SocketAddr {
+    SocketAddr::new(ip("127.0.0.1"), port)
+}
+
+async fn client_put(h: &Harness, cfg: &LbConfig) {
+    lb::client::put_config(&h.sock, cfg).await.unwrap();
+}
