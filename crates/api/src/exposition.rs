@@ -5,8 +5,9 @@
 //! `_total`. Labels are bounded by what the user created (resource groups, load balancers,
 //! rules, scale sets, instances, images in use, pipelines), and status codes come as classes
 //! (`code="2xx"`, as HAProxy counts them). States are state-sets (one 0/1 series per state).
-//! A backend's counters carry the instance's scale set, VM name and image, which the engine
-//! knows from the instance records and the load balancer does not.
+//! A backend's counters carry the instance's scale set and VM name, which the engine knows from
+//! the instance records, and its image, which the engine gives the load balancer with each
+//! backend (a reimaged backend's counters start again, so each series counts for one image).
 use crate::prom::{Family, Hist, Kind, Labels};
 use engine::{InstanceScrape, Scrape};
 use lb::StatusClass;
@@ -174,10 +175,13 @@ fn lb_families(s: &Scrape) -> Vec<Family> {
             dur.push_histogram(fl, latency(&f.latency));
         }
         for b in &st.backends {
-            let (vmss, vm, image) = match owners.get(b.id.as_str()) {
+            let (vmss, vm, record_image) = match owners.get(b.id.as_str()) {
                 Some((vmss, i)) => (*vmss, i.vm.as_str(), i.image.as_str()),
                 None => ("", b.id.as_str(), ""),
             };
+            // The LB's own label is the one its counters go with (an LB process of an older
+            // version has none: the record's then).
+            let image = b.image.as_deref().unwrap_or(record_image);
             let bl = with(&base, &[("vmss", vmss), ("vm", vm), ("image", image)]);
             for c in StatusClass::ALL {
                 let n = b.responses[c as usize] as f64;
@@ -472,6 +476,7 @@ mod tests {
         let backend = |id: &str, n: u64| lb::BackendStatus {
             id: id.into(),
             ip: "10.0.0.4".parse().unwrap(),
+            image: None,
             healthy: true,
             draining: false,
             active_connections: 0,

@@ -393,6 +393,10 @@ fn metrics_parse_and_count_exactly_the_requests_sent() {
         "lb",
         "--backend-pool-name",
         "be",
+        "--health-probe",
+        "http",
+        "--upgrade-policy-mode",
+        "Rolling",
     ]);
     wait_until("2 healthy instances", Duration::from_secs(60), || {
         healthy(&h.instances()) == 2
@@ -528,6 +532,87 @@ fn metrics_parse_and_count_exactly_the_requests_sent() {
     assert_eq!(kind, "histogram");
     assert!(help.starts_with("Time from a request's head"), "{help}");
     assert_eq!(after.families["scaleset_lb_requests"].0, "counter");
+
+    // A rolling upgrade to another image: its state and progress, and the backends' requests
+    // now counted for the new image alone.
+    import_image(&st.images, &h.home, "app2");
+    h.ok(&[
+        "vmss", "update", "-g", "rg", "-n", "web", "--set",
+        "virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/app2",
+    ]);
+    let latest = || {
+        h.json(&[
+            "vmss",
+            "rolling-upgrade",
+            "get-latest",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+        ])
+    };
+    wait_until(
+        "the rolling upgrade completes",
+        Duration::from_secs(120),
+        || latest().pointer("/properties/runningStatus/code") == Some(&json!("Completed")),
+    );
+    wait_until("2 healthy instances", Duration::from_secs(60), || {
+        healthy(&h.instances()) == 2
+    });
+    let mut conns: Vec<_> = (0..3)
+        .map(|_| BufReader::new(TcpStream::connect(front).unwrap()))
+        .collect();
+    for i in 0..REQUESTS {
+        let (status, _) = http_get(&mut conns[(i % 3) as usize], "/").unwrap();
+        assert_eq!(status, 200);
+    }
+    drop(conns);
+    let (_, _, text) = scrape(api_addr, Some(&token));
+    let rolled = Parsed::new(&venv, &parser, &text);
+    let on = |image: &str| {
+        rolled.sum(
+            "scaleset_lb_backend_responses_total",
+            &[("code", "2xx"), ("image", image)],
+        )
+    };
+    assert_eq!((on("app2"), on("app1")), (REQUESTS as f64, 0.0));
+    assert_eq!(
+        rolled.sum("scaleset_lb_requests_total", &rule),
+        2.0 * REQUESTS as f64
+    );
+    let web = [("vmss", "web")];
+    assert_eq!(
+        rolled.one(
+            "scaleset_rollout_status",
+            &[("vmss", "web"), ("status", "Completed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        rolled.sum("scaleset_rollout_status", &web),
+        1.0,
+        "one state at a time"
+    );
+    assert_eq!(
+        rolled.one(
+            "scaleset_rollout_instances",
+            &[("vmss", "web"), ("progress", "successful")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        rolled.one("scaleset_rollout_target_model_version", &web),
+        2.0
+    );
+    assert_eq!(
+        rolled
+            .find(
+                "scaleset_instance_info",
+                &[("image", "app2"), ("model_version", "2")]
+            )
+            .len(),
+        2
+    );
 
     // Auth: anonymous from loopback only where allowed; a token sent is always checked.
     assert_eq!(scrape(api_addr, None).0, 200);

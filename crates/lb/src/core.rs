@@ -36,6 +36,8 @@ const UNPROBED_SUSPECT_TTL: Duration = Duration::from_secs(5);
 pub(crate) struct BackendRt {
     pub id: String,
     pub ip: IpAddr,
+    /// Part of the identity: the counters below are this image's.
+    pub image: Option<String>,
     pub key: u64,
     pub draining: AtomicBool,
     /// Set after a connect failure; cleared by the next successful probe.
@@ -56,10 +58,12 @@ pub(crate) struct BackendRt {
 }
 
 impl BackendRt {
-    fn new(id: &str, ip: IpAddr) -> Self {
+    fn new(b: &crate::config::Backend) -> Self {
+        let (id, ip) = (&b.id, b.ip);
         BackendRt {
             id: id.to_owned(),
             ip,
+            image: b.image.clone(),
             key: member_key(id),
             draining: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
@@ -491,6 +495,7 @@ impl Lb {
                 Some(BackendStatus {
                     id: b.id.clone(),
                     ip: b.ip,
+                    image: rt.image.clone(),
                     healthy,
                     draining: b.draining,
                     suspect: rt.suspect.load(Relaxed),
@@ -548,7 +553,7 @@ fn frontend_status(l: &Listener) -> FrontendStatus {
     }
 }
 
-/// Backends: keeps the runtime objects of those that remain (same id and ip).
+/// Backends: keeps the runtime objects of those that remain (same id, ip and image).
 /// Returns the ids of backends back from draining.
 fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
     let mut backends = HashMap::new();
@@ -557,10 +562,10 @@ fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
     let mut undrained: Vec<String> = Vec::new();
     for b in &cfg.backends {
         let rt = match ctl.backends.get(&b.id) {
-            Some(rt) if rt.ip == b.ip => rt.clone(),
+            Some(rt) if rt.ip == b.ip && rt.image == b.image => rt.clone(),
             _ => {
-                info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, "backend added");
-                Arc::new(BackendRt::new(&b.id, b.ip))
+                info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, image = ?b.image, "backend added");
+                Arc::new(BackendRt::new(b))
             }
         };
         let was = rt.draining.swap(b.draining, Relaxed);
@@ -575,8 +580,8 @@ fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
         backends.insert(b.id.clone(), rt);
     }
     for (id, old) in ctl.backends.iter() {
-        // Same id with another address is another backend.
-        if backends.get(id).is_none_or(|n| n.ip != old.ip) {
+        // Same id with another address (or image) is another backend.
+        if backends.get(id).is_none_or(|n| !Arc::ptr_eq(n, old)) {
             info!(lb = %cfg.name, backend = %id, "backend removed");
             old.clear_idle_pools();
         }

@@ -23,6 +23,9 @@ pub struct LbStatus {
 pub struct BackendStatus {
     pub id: String,
     pub ip: IpAddr,
+    /// The image the daemon said the instance runs (the counters are this image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Up according to every probe referenced by a rule; true if no rule has a probe.
     pub healthy: bool,
     pub draining: bool,

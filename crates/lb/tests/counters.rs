@@ -36,6 +36,7 @@ fn config(fport: u16, bport: u16, ips: &[&str], draining: bool) -> LbConfig {
                 id: format!("b{i}"),
                 ip: ip(a),
                 draining,
+                image: Some("v1".into()),
             })
             .collect(),
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
@@ -130,6 +131,19 @@ async fn counters_move_by_the_requests_sent() {
     assert_eq!(s.totals.responses_2xx, 137);
     assert_eq!(s.totals.responses_non_2xx, 8);
     assert_eq!(s.totals.failed, 3);
+
+    // b0 reimaged onto another image: a new backend whose counters start at zero; the others
+    // keep theirs, and the frontend's keep counting.
+    let mut cfg = config(fport, bport, &ips, false);
+    cfg.backends[0].image = Some("v2".into());
+    client_put(&h, &cfg).await;
+    let s2 = h.status().await;
+    let b0 = &s2.backends[0];
+    assert_eq!((b0.id.as_str(), b0.image.as_deref()), ("b0", Some("v2")));
+    assert_eq!((b0.responses, b0.requests), ([0; StatusClass::COUNT], 0));
+    assert_eq!(s2.backends[1].responses, s.backends[1].responses);
+    assert_eq!(s2.backends[1].image.as_deref(), Some("v1"));
+    assert_eq!(s2.frontends[0].responses, s.frontends[0].responses);
     h.shutdown().await;
 }
 
