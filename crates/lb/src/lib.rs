@@ -5,7 +5,8 @@
 //! control daemon is down. The control plane drives it through an HTTP/1.1
 //! admin API on a unix socket (see [`client`]):
 //!
-//! * `GET /status` → [`LbStatus`] JSON
+//! * `GET /status` → [`LbStatus`] JSON: health, and the counters (LB totals, per frontend and
+//!   per backend) the daemon's `/metrics` and deploy receipts are made of
 //! * `PUT /config` ([`LbConfig`] JSON) → validated, applied atomically, and
 //!   persisted to the config file (temp + rename) so a restarted LB comes
 //!   back with it. Errors: `400 {"error":{"code":"...","message":"..."}}`.
