@@ -306,6 +306,10 @@ struct ConnActivity {
     head_pending: AtomicBool,
     /// `ticks` when `head_pending` was set.
     head_since: AtomicU64,
+    /// When the request in flight's head was parsed (`mono_ns`); hyper serves a connection's
+    /// requests one after the other, so one slot per connection (no growth of the per-request
+    /// future).
+    started_ns: AtomicU64,
     /// The frontend's counters, where each request's duration goes.
     stats: Arc<FrontendCounters>,
 }
@@ -313,6 +317,7 @@ struct ConnActivity {
 impl ConnActivity {
     fn new(stats: Arc<FrontendCounters>) -> Self {
         ConnActivity {
+            started_ns: AtomicU64::new(0),
             stats,
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
@@ -333,6 +338,7 @@ impl ConnActivity {
     }
 
     fn head_parsed(&self) {
+        self.started_ns.store(mono_ns(), Relaxed);
         self.head_pending.store(false, Relaxed);
         self.started.fetch_add(1, Relaxed);
     }
@@ -394,18 +400,16 @@ impl tokio::io::AsyncWrite for Watched {
 
 /// Counts a response as finished when hyper drops its body (fully written or
 /// connection gone), and its duration since its head was parsed.
-struct Finished {
-    activity: Arc<ConnActivity>,
-    started_ns: u64,
-}
+struct Finished(Arc<ConnActivity>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        let a = &self.activity;
+        let a = &self.0;
         a.finished.fetch_add(1, Relaxed);
+        let started = a.started_ns.load(Relaxed);
         a.stats
             .latency
-            .observe_ns(mono_ns().saturating_sub(self.started_ns));
+            .observe_ns(mono_ns().saturating_sub(started));
     }
 }
 
@@ -442,10 +446,7 @@ pub(crate) async fn serve_conn(
             let l = l.clone();
             let xff = xff.clone();
             activity.head_parsed();
-            let done = Finished {
-                activity: activity.clone(),
-                started_ns: mono_ns(),
-            };
+            let done = Finished(activity.clone());
             async move {
                 let resp = handle(&l, req, peer, xff).await;
                 Ok::<_, Infallible>(resp.map(|body| ConnBody { body, _done: done }))
