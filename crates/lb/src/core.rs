@@ -36,8 +36,9 @@ const UNPROBED_SUSPECT_TTL: Duration = Duration::from_secs(5);
 pub(crate) struct BackendRt {
     pub id: String,
     pub ip: IpAddr,
-    /// Part of the identity: the counters below are this image's.
-    pub image: Option<String>,
+    /// Part of the identity once known: the counters below are this image's. Learned in place
+    /// when the config first names it (a config from an older daemon has none).
+    image: Mutex<Option<String>>,
     pub key: u64,
     pub draining: AtomicBool,
     /// Set after a connect failure; cleared by the next successful probe.
@@ -63,7 +64,7 @@ impl BackendRt {
         BackendRt {
             id: id.to_owned(),
             ip,
-            image: b.image.clone(),
+            image: Mutex::new(b.image.clone()),
             key: member_key(id),
             draining: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
@@ -98,6 +99,23 @@ impl BackendRt {
             }
             keep
         });
+    }
+
+    /// Whether `b` is still this backend: same address, and the same image unless this one's
+    /// was not known yet (then it is learned).
+    fn is(&self, b: &crate::config::Backend) -> bool {
+        if self.ip != b.ip {
+            return false;
+        }
+        let mut image = lock(&self.image);
+        match (&*image, &b.image) {
+            (Some(old), Some(new)) => old == new,
+            (Some(_), None) => true,
+            (None, new) => {
+                *image = new.clone();
+                true
+            }
+        }
     }
 
     fn clear_idle_pools(&self) {
@@ -495,7 +513,7 @@ impl Lb {
                 Some(BackendStatus {
                     id: b.id.clone(),
                     ip: b.ip,
-                    image: rt.image.clone(),
+                    image: lock(&rt.image).clone(),
                     healthy,
                     draining: b.draining,
                     suspect: rt.suspect.load(Relaxed),
@@ -554,17 +572,22 @@ fn frontend_status(l: &Listener) -> FrontendStatus {
 }
 
 /// Backends: keeps the runtime objects of those that remain (same id, ip and image).
-/// Returns the ids of backends back from draining.
+/// Returns the ids of backends to probe up again: back from draining, or replaced.
 fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
     let mut backends = HashMap::new();
     // Backends coming back from draining (a stopped, restarted or reimaged instance) must
-    // be probed up again before they get traffic, like a new instance.
+    // be probed up again before they get traffic, like a new instance; so must a backend
+    // replaced under the same id (another address or image: a reimage that ended between
+    // two configs).
     let mut undrained: Vec<String> = Vec::new();
     for b in &cfg.backends {
         let rt = match ctl.backends.get(&b.id) {
-            Some(rt) if rt.ip == b.ip && rt.image == b.image => rt.clone(),
-            _ => {
+            Some(rt) if rt.is(b) => rt.clone(),
+            old => {
                 info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, image = ?b.image, "backend added");
+                if old.is_some() && !b.draining {
+                    undrained.push(b.id.clone());
+                }
                 Arc::new(BackendRt::new(b))
             }
         };

@@ -154,3 +154,74 @@ fn front(port: u16) -> SocketAddr {
 async fn client_put(h: &Harness, cfg: &LbConfig) {
     lb::client::put_config(&h.sock, cfg).await.unwrap();
 }
+
+/// A backend whose image changes in one config (a reimage that ended between two pushes) is a
+/// new backend: out of rotation until probed up again, counters at zero. A config that names
+/// an image for the first time (a newer daemon) changes neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_image_is_probed_again_a_first_label_is_not() {
+    let ips = ["127.0.0.25", "127.0.0.26"];
+    let addrs: Vec<_> = ips.iter().map(|a| ip(a)).collect();
+    let (bport, ls) = bind_same_port(&addrs);
+    let bs: Vec<HttpBackend> = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| HttpBackend::start(&format!("b{i}"), l))
+        .collect();
+    let fport = free_port();
+    let mut cfg = config(fport, bport, &ips, false);
+    cfg.rules[0].probe = Some("hp".into());
+    cfg.probes = vec![lb::Probe {
+        name: "hp".into(),
+        protocol: lb::ProbeProtocol::Http,
+        port: bport,
+        request_path: Some("/health".into()),
+        interval_in_seconds: 5,
+        // Two probes: a backend probed again stays down for a while.
+        probe_threshold: 2,
+        interval_ms: Some(200),
+    }];
+    for b in &mut cfg.backends {
+        b.image = None;
+    }
+    let h = Harness::start("reprobe", &cfg).await;
+    h.wait_healthy(&["b0", "b1"]).await;
+    let mut c = Http::connect(front(fport)).await;
+    for _ in 0..10 {
+        assert_eq!(c.get("/x").await.0, 200);
+    }
+
+    // First label: same backends, still healthy, counters kept.
+    for b in &mut cfg.backends {
+        b.image = Some("v1".into());
+    }
+    client_put(&h, &cfg).await;
+    let s = h.status().await;
+    assert!(s.backends.iter().all(|b| b.healthy), "{s:?}");
+    assert_eq!(
+        s.backends.iter().map(|b| b.responses[SUCCESS]).sum::<u64>(),
+        10
+    );
+    assert!(s.backends.iter().all(|b| b.image.as_deref() == Some("v1")));
+
+    // b0 on v2 (in the same config as its undrain) and not answering its probe yet: down at
+    // once (a new backend), where the old probe state would keep it up for two failures.
+    bs[0].healthy.store(false, SeqCst);
+    cfg.backends[0].image = Some("v2".into());
+    client_put(&h, &cfg).await;
+    let s = h.status().await;
+    let (b0, b1) = (&s.backends[0], &s.backends[1]);
+    assert_eq!(
+        (b0.healthy, b0.requests, b0.image.as_deref()),
+        (false, 0, Some("v2"))
+    );
+    assert!(b1.healthy);
+    // Meanwhile every request goes to b1.
+    for _ in 0..6 {
+        let (status, body) = c.get("/x").await;
+        assert_eq!((status, who(&body)), (200, "b1"));
+    }
+    bs[0].healthy.store(true, SeqCst);
+    h.wait_healthy(&["b0", "b1"]).await;
+    h.shutdown().await;
+}
