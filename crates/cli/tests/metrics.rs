@@ -138,8 +138,8 @@ impl Parsed {
     }
 }
 
-/// A keep-alive HTTP/1.1 backend: `/health` answers 200, anything else 200 with its name
-/// (counted).
+/// A keep-alive HTTP/1.1 backend: `/health` answers 200, anything else 200 with its name and
+/// the example's page 1 line (what `common::Load` checks), counted.
 fn backend(listener: TcpListener, name: String, hits: Arc<AtomicU64>) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -170,7 +170,7 @@ fn serve_conn(conn: TcpStream, name: &str, hits: &AtomicU64) {
         if path != "/health" {
             hits.fetch_add(1, SeqCst);
         }
-        let body = format!("{name}\n");
+        let body = format!("{name}: You are currently on Page1.\n");
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -536,6 +536,8 @@ fn metrics_parse_and_count_exactly_the_requests_sent() {
     // A rolling upgrade to another image: its state and progress, and the backends' requests
     // now counted for the new image alone.
     import_image(&st.images, &h.home, "app2");
+    // Clients all along (the rollout drains, reimages and probes each instance).
+    let load = Load::start(front, 2);
     h.ok(&[
         "vmss", "update", "-g", "rg", "-n", "web", "--set",
         "virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/app2",
@@ -559,6 +561,11 @@ fn metrics_parse_and_count_exactly_the_requests_sent() {
     wait_until("2 healthy instances", Duration::from_secs(60), || {
         healthy(&h.instances()) == 2
     });
+    let (load_ok, load_failed) = load.finish();
+    assert_eq!(load_failed, 0);
+    assert!(load_ok > 0);
+    let (_, _, text) = scrape(api_addr, Some(&token));
+    let mid = Parsed::new(&venv, &parser, &text);
     let mut conns: Vec<_> = (0..3)
         .map(|_| BufReader::new(TcpStream::connect(front).unwrap()))
         .collect();
@@ -569,17 +576,24 @@ fn metrics_parse_and_count_exactly_the_requests_sent() {
     drop(conns);
     let (_, _, text) = scrape(api_addr, Some(&token));
     let rolled = Parsed::new(&venv, &parser, &text);
-    let on = |image: &str| {
-        rolled.sum(
+    let on = |p: &Parsed, image: &str| {
+        p.sum(
             "scaleset_lb_backend_responses_total",
             &[("code", "2xx"), ("image", image)],
         )
     };
-    assert_eq!((on("app2"), on("app1")), (REQUESTS as f64, 0.0));
+    // The reimaged backends' series are the new image's alone: app1's are gone.
+    assert_eq!(on(&mid, "app1"), 0.0);
+    assert_eq!(
+        (on(&rolled, "app2") - on(&mid, "app2"), on(&rolled, "app1")),
+        (REQUESTS as f64, 0.0)
+    );
+    // The frontend counted every request: both rounds of 137 and the clients' during the rollout.
     assert_eq!(
         rolled.sum("scaleset_lb_requests_total", &rule),
-        2.0 * REQUESTS as f64
+        (2 * REQUESTS + load_ok) as f64
     );
+    assert_eq!(rolled.sum("scaleset_lb_failed_requests_total", &[]), 0.0);
     let web = [("vmss", "web")];
     assert_eq!(
         rolled.one(
