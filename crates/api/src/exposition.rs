@@ -151,6 +151,11 @@ fn lb_families(s: &Scrape) -> Vec<Family> {
         Gauge,
         "Whether a backend instance is out of rotation, finishing what it has.",
     );
+    let mut b_suspect = Family::new(
+        "scaleset_lb_backend_suspect",
+        Gauge,
+        "Whether a connect to a backend instance failed since its last successful probe (new requests prefer the others).",
+    );
     let owners = backend_owners(s);
     for x in &s.lbs {
         let base = l(&[("resource_group", &x.resource_group), ("lb", &x.name)]);
@@ -197,12 +202,13 @@ fn lb_families(s: &Scrape) -> Vec<Family> {
             }
             b_active.push(bl.clone(), b.active_connections as f64);
             b_up.push(bl.clone(), flag(b.healthy));
-            b_drain.push(bl, flag(b.draining));
+            b_drain.push(bl.clone(), flag(b.draining));
+            b_suspect.push(bl, flag(b.suspect));
         }
     }
     vec![
         up, conns, open, reqs, dur, retries, failed, b_resp, b_tries, b_err, b_active, b_up,
-        b_drain,
+        b_drain, b_suspect,
     ]
 }
 
@@ -479,6 +485,7 @@ mod tests {
             image: None,
             healthy: true,
             draining: false,
+            suspect: false,
             active_connections: 0,
             requests: n,
             failures: 0,
