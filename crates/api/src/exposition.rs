@@ -85,6 +85,17 @@ fn backend_owners(s: &Scrape) -> HashMap<&str, (&str, &InstanceScrape)> {
 }
 
 fn lb_families(s: &Scrape) -> Vec<Family> {
+    let mut out = frontend_families(s);
+    out.extend(backend_families(s));
+    out
+}
+
+fn lb_labels(x: &engine::LbScrape) -> Labels {
+    l(&[("resource_group", &x.resource_group), ("lb", &x.name)])
+}
+
+/// Each load balancer's reachability and its frontends' counters.
+fn frontend_families(s: &Scrape) -> Vec<Family> {
     use Kind::*;
     let mut up = Family::new(
         "scaleset_lb_up",
@@ -121,6 +132,35 @@ fn lb_families(s: &Scrape) -> Vec<Family> {
         Counter,
         "Requests (L7) or flows (L4) the load balancer could not serve: no_backend (503, reset) or tries_exhausted (502, reset).",
     );
+    for x in &s.lbs {
+        let base = lb_labels(x);
+        up.push(base.clone(), flag(x.status.is_some()));
+        let Some(st) = &x.status else { continue };
+        for f in &st.frontends {
+            let addr = f.frontend.to_string();
+            let fl = with(&base, &[("rule", &f.rule), ("frontend", &addr)]);
+            conns.push(fl.clone(), f.connections as f64);
+            open.push(fl.clone(), f.open_connections as f64);
+            retries.push(fl.clone(), f.retries as f64);
+            failed.push(with(&fl, &[("reason", "no_backend")]), f.no_backend as f64);
+            let exhausted = f.tries_exhausted as f64;
+            failed.push(with(&fl, &[("reason", "tries_exhausted")]), exhausted);
+            if f.layer != lb::Layer::L7 {
+                continue;
+            }
+            for c in StatusClass::ALL {
+                let n = f.responses[c as usize] as f64;
+                reqs.push(with(&fl, &[("code", c.label())]), n);
+            }
+            dur.push_histogram(fl, latency(&f.latency));
+        }
+    }
+    vec![up, conns, open, reqs, dur, retries, failed]
+}
+
+/// Each backend's counters and state, labelled with the instance it is.
+fn backend_families(s: &Scrape) -> Vec<Family> {
+    use Kind::*;
     let mut b_resp = Family::new(
         "scaleset_lb_backend_responses_total",
         Counter,
@@ -158,27 +198,8 @@ fn lb_families(s: &Scrape) -> Vec<Family> {
     );
     let owners = backend_owners(s);
     for x in &s.lbs {
-        let base = l(&[("resource_group", &x.resource_group), ("lb", &x.name)]);
-        up.push(base.clone(), flag(x.status.is_some()));
+        let base = lb_labels(x);
         let Some(st) = &x.status else { continue };
-        for f in &st.frontends {
-            let addr = f.frontend.to_string();
-            let fl = with(&base, &[("rule", &f.rule), ("frontend", &addr)]);
-            conns.push(fl.clone(), f.connections as f64);
-            open.push(fl.clone(), f.open_connections as f64);
-            retries.push(fl.clone(), f.retries as f64);
-            failed.push(with(&fl, &[("reason", "no_backend")]), f.no_backend as f64);
-            let exhausted = f.tries_exhausted as f64;
-            failed.push(with(&fl, &[("reason", "tries_exhausted")]), exhausted);
-            if f.layer != lb::Layer::L7 {
-                continue;
-            }
-            for c in StatusClass::ALL {
-                let n = f.responses[c as usize] as f64;
-                reqs.push(with(&fl, &[("code", c.label())]), n);
-            }
-            dur.push_histogram(fl, latency(&f.latency));
-        }
         for b in &st.backends {
             let (vmss, vm, record_image) = match owners.get(b.id.as_str()) {
                 Some((vmss, i)) => (*vmss, i.vm.as_str(), i.image.as_str()),
@@ -206,10 +227,7 @@ fn lb_families(s: &Scrape) -> Vec<Family> {
             b_suspect.push(bl, flag(b.suspect));
         }
     }
-    vec![
-        up, conns, open, reqs, dur, retries, failed, b_resp, b_tries, b_err, b_active, b_up,
-        b_drain, b_suspect,
-    ]
+    vec![b_resp, b_tries, b_err, b_active, b_up, b_drain, b_suspect]
 }
 
 fn latency(h: &lb::Histogram) -> Hist {
