@@ -16,7 +16,8 @@ command -v git >/dev/null || need+=(git)
 # The azure provider speaks HTTPS through the system curl (no TLS stack compiled in).
 command -v curl >/dev/null || need+=(curl ca-certificates)
 # Debian's python3 with venv: the SDK test (crates/cli/tests/sdk.rs) runs Microsoft's Python SDK
-# in a venv, and the Flask example's CI job (run as the runner user, whose PATH has no pyenv or
+# in a venv (crates/cli/tests/metrics.rs too: Prometheus' prometheus_client parser), and the
+# Flask example's CI job (run as the runner user, whose PATH has no pyenv or
 # other python) makes one for its tests.
 [ -x /usr/bin/python3 ] || need+=(python3)
 venv_probe=$(mktemp -d)

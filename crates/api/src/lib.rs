@@ -4,12 +4,15 @@
 //! `app()` is the whole router (tests drive it in-process); `serve()` runs the daemon. Under
 //! `/scaleset/...` it is the HTTP front end of the CI service (crate `ci`; see `pipelines`).
 pub mod error;
+pub mod exposition;
 mod gitcgi;
 pub mod handlers;
 pub mod inspect;
 pub mod limits;
+mod metrics;
 pub mod operations;
 pub mod pipelines;
+pub mod prom;
 pub mod render;
 pub mod route;
 mod server;
@@ -124,6 +127,7 @@ fn check_api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
 
 async fn dispatch(
     State(st): State<Arc<AppState>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -131,6 +135,10 @@ async fn dispatch(
 ) -> Response {
     if uri.path().starts_with("/scaleset/") {
         return pipelines::handle(st, method, uri, headers, body).await;
+    }
+    if uri.path() == "/metrics" {
+        let peer = peer.map(|p| (p.0).0);
+        return metrics::handle(&st, &method, &headers, peer, body).await;
     }
     if ui::is_ui_path(uri.path()) {
         return ui::handle(st, method, uri, headers, body).await;

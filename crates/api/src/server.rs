@@ -46,10 +46,10 @@ pub async fn run(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             a = listener.accept() => match a {
-                Ok((s, _)) => s,
+                Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -59,7 +59,11 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        // The client's address, for handlers that care (`/metrics` from loopback).
+        let svc = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let mut stop = stop_rx.clone();
         let header_timeout = limits.header_timeout;
         tokio::spawn(async move {

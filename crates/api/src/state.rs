@@ -29,6 +29,9 @@ pub struct DaemonConfig {
     pub autoscale_interval_ms: Option<u64>,
     /// Body sizes, timeouts, connection caps, allowed LB frontend addresses.
     pub limits: crate::limits::Limits,
+    /// `GET /metrics` from a loopback address needs no token (`serve
+    /// --metrics-anonymous-loopback`); otherwise it needs the daemon's.
+    pub metrics_anonymous_loopback: bool,
 }
 
 impl DaemonConfig {

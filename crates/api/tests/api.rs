@@ -37,6 +37,7 @@ fn env(tag: &str) -> Env {
         repair_grace_secs: None,
         autoscale_interval_ms: None,
         limits: Default::default(),
+        metrics_anonymous_loopback: false,
     };
     let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
         state_dir: dir.join("machines"),
@@ -598,4 +599,47 @@ async fn automatic_repairs_service_state() {
 async fn repairs_state(e: &Env, vmss: &str) -> Value {
     let (_, v) = call(e, "GET", &format!("{vmss}/instanceView"), None).await;
     v["orchestrationServices"][0]["serviceState"].clone()
+}
+
+/// `GET /metrics` in-process (no client address, so never anonymous): the daemon token only.
+#[tokio::test]
+async fn metrics_need_the_daemon_token() {
+    let e = env("metrics");
+    let get = |auth: Option<String>, method: &str| {
+        let mut req = Request::builder().method(method).uri("/metrics");
+        if let Some(a) = auth {
+            req = req.header("authorization", format!("Bearer {a}"));
+        }
+        let app = api::app(e.st.clone());
+        async move {
+            let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let status = resp.status();
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let (status, _, body) = get(None, "GET").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("AuthenticationFailed"), "{body}");
+    let (status, ctype, body) = get(Some(e.st.auth.token.clone()), "GET").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ctype.as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        body.contains("# TYPE scaleset_build_info gauge\n"),
+        "{body}"
+    );
+    // A pipeline run's credential reaches the ARM API only.
+    let run = e.st.auth.run_tokens.mint(7);
+    let (status, _, body) = get(Some(run), "GET").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("AuthorizationFailed"), "{body}");
+    let (status, _, _) = get(Some(e.st.auth.token.clone()), "POST").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }

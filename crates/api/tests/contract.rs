@@ -79,6 +79,7 @@ fn env_with(
         repair_grace_secs: None,
         autoscale_interval_ms: None,
         limits: Default::default(),
+        metrics_anonymous_loopback: false,
     };
     let st = api::open_state(cfg, machines(&dir)).unwrap();
     Env { st, dir }

@@ -38,6 +38,7 @@ fn env(tag: &str) -> Env {
         repair_grace_secs: None,
         autoscale_interval_ms: None,
         limits: Default::default(),
+        metrics_anonymous_loopback: false,
     };
     let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
         state_dir: dir.join("machines"),

@@ -111,6 +111,7 @@ pub fn lb_config(st: &Core, key: &Key, arm: &Value) -> Result<lb::LbConfig, Stri
             backends.push(lb::Backend {
                 id: r.machine.clone(),
                 ip: r.ip.into(),
+                image: Some(r.image.clone()),
                 draining: r.draining || r.work.is_deleting() || r.intent == PowerIntent::Stopped,
             });
         }

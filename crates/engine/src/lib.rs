@@ -9,7 +9,8 @@
 //! Modules: `reconcile` (one scale set's pass), `instances` (operations on one instance),
 //! `rolling`, `repairs`, `health` (the Application Health extension), `lbs` (LB processes),
 //! `metrics` (host metrics of the instances, sampled in the background), `autoscale` (Azure
-//! Monitor autoscale settings evaluated over those metrics).
+//! Monitor autoscale settings evaluated over those metrics), `scrape` (what `/metrics` shows,
+//! as plain data).
 //! This crate knows no HTTP framework (see `tests/dependencies.rs`).
 use control::{
     error_chain, now_ms, now_rfc3339, short_hash, uuid, Actor, Cidr, ControlPlane, InstanceRecord,
@@ -34,6 +35,7 @@ mod metrics;
 mod reconcile;
 mod repairs;
 mod rolling;
+mod scrape;
 use health::*;
 use instances::*;
 use lbs::*;
@@ -45,6 +47,7 @@ pub use autoscale::{evaluate_autoscale, AUTOSCALE_INTERVAL};
 pub use lbs::{lb_config, sync_lbs};
 pub use metrics::{sample_metrics, Metrics, METRICS_INTERVAL};
 pub use rolling::roll_instances;
+pub use scrape::{ImageScrape, InstanceScrape, LbScrape, RolloutScrape, Scrape, VmssScrape};
 
 /// How long an instance leaving rotation may take to finish in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

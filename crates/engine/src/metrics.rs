@@ -12,7 +12,7 @@ pub const METRICS_INTERVAL: Duration = Duration::from_secs(15);
 pub struct Metrics(Mutex<Store>);
 
 impl Metrics {
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 

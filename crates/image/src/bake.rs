@@ -263,6 +263,7 @@ impl ImageStore {
                     let new = Image {
                         name: spec.name.clone(),
                         created: rfc3339(now_secs()),
+                        bake_ms: Some(elapsed_ms(started)),
                         ..img
                     };
                     self.register_locked(&new)?;
@@ -297,6 +298,7 @@ impl ImageStore {
             &tmp,
             (log, &mut log_file, &log_path),
             on_event,
+            started,
         );
         let img = match r {
             Ok(img) => img,
@@ -333,6 +335,7 @@ impl ImageStore {
         tmp: &Path,
         (log, log_file, log_path): (&mut dyn Write, &mut fs::File, &Path),
         on_event: &mut dyn FnMut(BakeEvent),
+        bake_started: Instant,
     ) -> Result<Image, ImageError> {
         let guard = BakeDir {
             dir: tmp.to_path_buf(),
@@ -428,7 +431,14 @@ impl ImageStore {
         deprovision_tree(&merged, &shims, &before, &work)?;
 
         on_event(BakeEvent::Capturing);
-        let img = self.capture(spec, stack, (&upper, guard), key, log_path, warnings)?;
+        let img = self.capture(
+            spec,
+            stack,
+            (&upper, guard),
+            key,
+            log_path,
+            (warnings, bake_started),
+        )?;
         let _ = writeln!(
             log_file,
             "scaleset: registered {} as {}",
@@ -597,7 +607,7 @@ impl ImageStore {
         (upper, guard): (&Path, BakeDir),
         key: String,
         log_path: &Path,
-        warnings: Vec<String>,
+        (warnings, started): (Vec<String>, Instant),
     ) -> Result<Image, ImageError> {
         let _lock = self.lock()?;
         if let Some(gone) = stack.lowers.iter().find(|l| !l.is_dir()) {
@@ -626,6 +636,7 @@ impl ImageStore {
             log: log_path.to_path_buf(),
             cache_key: key,
             warnings,
+            bake_ms: Some(elapsed_ms(started)),
         };
         self.register_locked(&img)?;
         Ok(img)
@@ -1012,4 +1023,8 @@ fn deprovision_tree(
     remove_tree(merged)?; // unmounts the overlay
     let _ = fs::remove_dir_all(work);
     Ok(())
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

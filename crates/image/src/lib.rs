@@ -265,6 +265,10 @@ pub struct Image {
     /// [`failures`]): one entry per command, with the output before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How long its bake took, in milliseconds (a cache hit: the lookup); `None` for an import
+    /// or an image baked before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -598,6 +598,7 @@ impl ImageStore {
         drop(guard);
         let img = Image {
             warnings: vec![],
+            bake_ms: None,
             name: name.to_string(),
             digest: layer_digests[0].clone(),
             base: format!(

@@ -161,6 +161,8 @@ fn bake_cache_failure_and_escape() {
         );
     }
     assert!(store.verify(&img).unwrap());
+    // Its bake's duration is recorded with it (for `/metrics`).
+    assert!(img.bake_ms.is_some());
     assert_eq!(store.get("first").unwrap().as_ref(), Some(&img));
 
     // Same key → cache hit: the script does not run again (its log is only the hit), and the
@@ -184,6 +186,7 @@ fn bake_cache_failure_and_escape() {
     );
     assert_eq!(again.digest, img.digest);
     assert_eq!(again.layers, img.layers);
+    assert!(again.bake_ms.is_some(), "a hit records its lookup's time");
     let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["first", "second"]);
 

@@ -51,6 +51,8 @@ pub(crate) struct Try {
 pub(crate) enum Failure {
     /// No connection to the backend: it becomes suspect.
     Connect,
+    /// The connect timed out ([`CONNECT_TIMEOUT`]): suspect too.
+    ConnectTimeout,
     /// The connection failed during the exchange.
     Exchange,
 }
@@ -124,6 +126,7 @@ impl<'a> Tries<'a> {
         drop(view);
         if self.n > 0 {
             self.l.lb.totals.retries.fetch_add(1, Relaxed);
+            self.l.stats.retries.fetch_add(1, Relaxed);
         }
         self.tried[self.n] = target.backend.key;
         self.n += 1;
@@ -135,8 +138,8 @@ impl<'a> Tries<'a> {
     pub fn failed(&self, t: Try, failure: Failure) {
         let Try { target, active } = t;
         drop(active);
-        target.backend.failures.fetch_add(1, Relaxed);
-        if failure == Failure::Connect {
+        target.backend.failed(failure);
+        if failure != Failure::Exchange {
             self.l.lb.mark_suspect(&target.backend);
         }
     }
@@ -145,9 +148,35 @@ impl<'a> Tries<'a> {
     pub fn give_up(&self) -> GaveUp {
         self.l.lb.totals.failed.fetch_add(1, Relaxed);
         if self.n == 0 {
+            self.l.stats.no_backend.fetch_add(1, Relaxed);
             GaveUp::NoBackend
         } else {
+            self.l.stats.tries_exhausted.fetch_add(1, Relaxed);
             GaveUp::Failed
         }
+    }
+}
+
+impl Failure {
+    /// A failed connect's kind.
+    pub fn connect(e: &std::io::Error) -> Failure {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            Failure::ConnectTimeout
+        } else {
+            Failure::Connect
+        }
+    }
+}
+
+impl BackendRt {
+    /// Counts a failure against this backend, in the total and by kind.
+    pub(crate) fn failed(&self, failure: Failure) {
+        self.failures.fetch_add(1, Relaxed);
+        let kind = match failure {
+            Failure::Connect => &self.connect_errors,
+            Failure::ConnectTimeout => &self.connect_timeouts,
+            Failure::Exchange => &self.exchange_errors,
+        };
+        kind.fetch_add(1, Relaxed);
     }
 }

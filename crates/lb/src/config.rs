@@ -190,7 +190,14 @@ pub struct Backend {
     pub ip: IpAddr,
     #[serde(default)]
     pub draining: bool,
+    /// The image the instance runs (the daemon's label for metrics). A backend whose image
+    /// changes is a new backend: its counters start again, so they count for one image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
+
+/// Longest backend image label accepted.
+pub const MAX_IMAGE_LABEL: usize = 256;
 
 impl LbConfig {
     /// Parses and validates a JSON document.
@@ -308,6 +315,12 @@ impl LbConfig {
             }
             if !ids.insert(b.id.as_str()) {
                 return bad(format!("duplicate backend id {:?}", b.id));
+            }
+            if b.image.as_ref().is_some_and(|i| i.len() > MAX_IMAGE_LABEL) {
+                return bad(format!(
+                    "backend {:?}: image longer than {MAX_IMAGE_LABEL} bytes",
+                    b.id
+                ));
             }
             if b.ip.is_unspecified() || b.ip.is_multicast() {
                 return bad(format!(

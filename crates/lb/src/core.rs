@@ -23,7 +23,9 @@ use crate::l7::Pool;
 use crate::probe_state::ProbeState;
 use crate::rotation::{tiers, Standing};
 use crate::select::member_key;
-use crate::status::{AtomicCounters, BackendStatus, LbStatus};
+use crate::status::{
+    AtomicClasses, AtomicCounters, BackendStatus, FrontendCounters, FrontendStatus, LbStatus,
+};
 use crate::LbError;
 
 /// How long a suspect mark lasts for a backend no probe watches.
@@ -34,6 +36,9 @@ const UNPROBED_SUSPECT_TTL: Duration = Duration::from_secs(5);
 pub(crate) struct BackendRt {
     pub id: String,
     pub ip: IpAddr,
+    /// Part of the identity once known: the counters below are this image's. Learned in place
+    /// when the config first names it (a config from an older daemon has none).
+    image: Mutex<Option<String>>,
     pub key: u64,
     pub draining: AtomicBool,
     /// Set after a connect failure; cleared by the next successful probe.
@@ -42,16 +47,24 @@ pub(crate) struct BackendRt {
     pub reprobe: tokio::sync::Notify,
     pub active: AtomicU64,
     pub requests: AtomicU64,
+    /// The sum of the three kinds below.
     pub failures: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub connect_timeouts: AtomicU64,
+    pub exchange_errors: AtomicU64,
+    /// L7 responses by status class.
+    pub responses: AtomicClasses,
     /// Keep-alive pools per backend port (control path only).
     pools: Mutex<Vec<(u16, Arc<Pool>)>>,
 }
 
 impl BackendRt {
-    fn new(id: &str, ip: IpAddr) -> Self {
+    fn new(b: &crate::config::Backend) -> Self {
+        let (id, ip) = (&b.id, b.ip);
         BackendRt {
             id: id.to_owned(),
             ip,
+            image: Mutex::new(b.image.clone()),
             key: member_key(id),
             draining: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
@@ -59,6 +72,10 @@ impl BackendRt {
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            connect_timeouts: AtomicU64::new(0),
+            exchange_errors: AtomicU64::new(0),
+            responses: AtomicClasses::default(),
             pools: Mutex::new(Vec::new()),
         }
     }
@@ -82,6 +99,23 @@ impl BackendRt {
             }
             keep
         });
+    }
+
+    /// Whether `b` is still this backend: same address, and the same image unless this one's
+    /// was not known yet (then it is learned).
+    fn is(&self, b: &crate::config::Backend) -> bool {
+        if self.ip != b.ip {
+            return false;
+        }
+        let mut image = lock(&self.image);
+        match (&*image, &b.image) {
+            (Some(old), Some(new)) => old == new,
+            (Some(_), None) => true,
+            (None, new) => {
+                *image = new.clone();
+                true
+            }
+        }
     }
 
     fn clear_idle_pools(&self) {
@@ -121,6 +155,8 @@ pub(crate) struct Listener {
     /// One permit per open connection (`frontendLimits.maxConnections`); the accept loop
     /// waits for a permit, so excess clients wait in the listen backlog.
     pub conns: Arc<Semaphore>,
+    /// Counters of this frontend (kept across config changes while it listens).
+    pub stats: Arc<FrontendCounters>,
     /// The permits `conns` is sized for (control path only).
     cap: AtomicU32,
 }
@@ -187,23 +223,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts an open client connection while alive and holds its frontend's connection permit.
+/// Counts an open client connection (LB-wide and on its frontend) while alive and holds its
+/// frontend's connection permit.
 pub(crate) struct OpenGuard(
-    pub Arc<Lb>,
+    Arc<Listener>,
     #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
 );
 
 impl OpenGuard {
-    pub fn new(lb: &Arc<Lb>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        lb.open.fetch_add(1, Relaxed);
-        OpenGuard(lb.clone(), permit)
+    pub fn new(l: &Arc<Listener>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        l.lb.open.fetch_add(1, Relaxed);
+        l.stats.open.fetch_add(1, Relaxed);
+        OpenGuard(l.clone(), permit)
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Relaxed) == 1 {
-            self.0.open_changed.notify_waiters();
+        self.0.stats.open.fetch_sub(1, Relaxed);
+        if self.0.lb.open.fetch_sub(1, Relaxed) == 1 {
+            self.0.lb.open_changed.notify_waiters();
         }
     }
 }
@@ -323,6 +362,7 @@ impl Lb {
             rotation: AtomicU64::new(0),
             local: addr,
             conns: Arc::new(Semaphore::new(cap as usize)),
+            stats: Arc::default(),
             cap: AtomicU32::new(cap),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -473,19 +513,31 @@ impl Lb {
                 Some(BackendStatus {
                     id: b.id.clone(),
                     ip: b.ip,
+                    image: lock(&rt.image).clone(),
                     healthy,
                     draining: b.draining,
                     suspect: rt.suspect.load(Relaxed),
                     active_connections: rt.active.load(Relaxed),
                     requests: rt.requests.load(Relaxed),
                     failures: rt.failures.load(Relaxed),
+                    responses: rt.responses.snapshot(),
+                    connect_errors: rt.connect_errors.load(Relaxed),
+                    connect_timeouts: rt.connect_timeouts.load(Relaxed),
+                    exchange_errors: rt.exchange_errors.load(Relaxed),
                 })
             })
             .collect();
+        let mut frontends: Vec<FrontendStatus> = ctl
+            .listeners
+            .values()
+            .map(|e| frontend_status(&e.listener))
+            .collect();
+        frontends.sort_by_key(|f| f.frontend);
         LbStatus {
             name: cfg.name.clone(),
             backends,
             totals: self.totals.snapshot(),
+            frontends,
         }
     }
 
@@ -502,19 +554,41 @@ impl Lb {
     }
 }
 
-/// Backends: keeps the runtime objects of those that remain (same id and ip).
-/// Returns the ids of backends back from draining.
+fn frontend_status(l: &Listener) -> FrontendStatus {
+    let view = l.view.load();
+    let s = &l.stats;
+    FrontendStatus {
+        rule: view.rule.name.clone(),
+        frontend: l.local,
+        layer: view.rule.layer,
+        connections: s.connections.load(Relaxed),
+        open_connections: s.open.load(Relaxed),
+        responses: s.responses.snapshot(),
+        retries: s.retries.load(Relaxed),
+        no_backend: s.no_backend.load(Relaxed),
+        tries_exhausted: s.tries_exhausted.load(Relaxed),
+        latency: s.latency.snapshot(),
+    }
+}
+
+/// Backends: keeps the runtime objects of those that remain (same id, ip and image).
+/// Returns the ids of backends to probe up again: back from draining, or replaced.
 fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
     let mut backends = HashMap::new();
     // Backends coming back from draining (a stopped, restarted or reimaged instance) must
-    // be probed up again before they get traffic, like a new instance.
+    // be probed up again before they get traffic, like a new instance; so must a backend
+    // replaced under the same id (another address or image: a reimage that ended between
+    // two configs).
     let mut undrained: Vec<String> = Vec::new();
     for b in &cfg.backends {
         let rt = match ctl.backends.get(&b.id) {
-            Some(rt) if rt.ip == b.ip => rt.clone(),
-            _ => {
-                info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, "backend added");
-                Arc::new(BackendRt::new(&b.id, b.ip))
+            Some(rt) if rt.is(b) => rt.clone(),
+            old => {
+                info!(lb = %cfg.name, backend = %b.id, ip = %b.ip, image = ?b.image, "backend added");
+                if old.is_some() && !b.draining {
+                    undrained.push(b.id.clone());
+                }
+                Arc::new(BackendRt::new(b))
             }
         };
         let was = rt.draining.swap(b.draining, Relaxed);
@@ -529,8 +603,8 @@ fn commit_backends(ctl: &mut Ctl, cfg: &LbConfig) -> Vec<String> {
         backends.insert(b.id.clone(), rt);
     }
     for (id, old) in ctl.backends.iter() {
-        // Same id with another address is another backend.
-        if backends.get(id).is_none_or(|n| n.ip != old.ip) {
+        // Same id with another address (or image) is another backend.
+        if backends.get(id).is_none_or(|n| !Arc::ptr_eq(n, old)) {
             info!(lb = %cfg.name, backend = %id, "backend removed");
             old.clear_idle_pools();
         }
@@ -610,7 +684,8 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener, mut stop: watch:
             Ok((stream, peer)) => {
                 let lb = &listener.lb;
                 lb.totals.connections.fetch_add(1, Relaxed);
-                let guard = OpenGuard::new(lb, permit);
+                listener.stats.connections.fetch_add(1, Relaxed);
+                let guard = OpenGuard::new(&listener, permit);
                 let l = listener.clone();
                 match l.view.load().rule.layer {
                     Layer::L4 => tokio::spawn(crate::l4::serve_conn(l, stream, peer, guard)),

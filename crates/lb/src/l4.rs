@@ -31,7 +31,8 @@ pub(crate) async fn serve_conn(
                 connected = Some((s, t.active));
                 break;
             }
-            _ => tries.failed(t, Failure::Connect),
+            Ok(Err(e)) => tries.failed(t, Failure::connect(&e)),
+            Err(_) => tries.failed(t, Failure::ConnectTimeout),
         }
     }
     let Some((backend, _active)) = connected else {

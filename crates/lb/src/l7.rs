@@ -25,6 +25,7 @@ use tracing::debug;
 
 use crate::balance::{ActiveGuard, Failure, GaveUp, Tries, Try, CONNECT_TIMEOUT};
 use crate::core::{lock, BackendRt, Lb, Listener, OpenGuard, Target};
+use crate::status::{mono_ns, FrontendCounters};
 use crate::upstream::{self, Framing, RawConn, RespHead, Step};
 
 /// Idle pooled connections older than this are discarded.
@@ -231,7 +232,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(_))) if body.is_end_stream() => Self::finish(lease),
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(l) = lease.take() {
-                            l.target.backend.failures.fetch_add(1, Relaxed);
+                            l.target.backend.failed(Failure::Exchange);
                         }
                     }
                     _ => {}
@@ -261,7 +262,7 @@ impl Body for ProxyBody {
                     }
                     Err(e) => {
                         if let Some(l) = lease.take() {
-                            l.target.backend.failures.fetch_add(1, Relaxed);
+                            l.target.backend.failed(Failure::Exchange);
                         }
                         Poll::Ready(Some(Err(e.into())))
                     }
@@ -305,11 +306,19 @@ struct ConnActivity {
     head_pending: AtomicBool,
     /// `ticks` when `head_pending` was set.
     head_since: AtomicU64,
+    /// When the request in flight's head was parsed (`mono_ns`); hyper serves a connection's
+    /// requests one after the other, so one slot per connection (no growth of the per-request
+    /// future).
+    started_ns: AtomicU64,
+    /// The frontend's counters, where each request's duration goes.
+    stats: Arc<FrontendCounters>,
 }
 
 impl ConnActivity {
-    fn new() -> Self {
+    fn new(stats: Arc<FrontendCounters>) -> Self {
         ConnActivity {
+            started_ns: AtomicU64::new(0),
+            stats,
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
@@ -329,6 +338,7 @@ impl ConnActivity {
     }
 
     fn head_parsed(&self) {
+        self.started_ns.store(mono_ns(), Relaxed);
         self.head_pending.store(false, Relaxed);
         self.started.fetch_add(1, Relaxed);
     }
@@ -389,12 +399,17 @@ impl tokio::io::AsyncWrite for Watched {
 }
 
 /// Counts a response as finished when hyper drops its body (fully written or
-/// connection gone).
+/// connection gone), and its duration since its head was parsed.
 struct Finished(Arc<ConnActivity>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Relaxed);
+        let a = &self.0;
+        a.finished.fetch_add(1, Relaxed);
+        let started = a.started_ns.load(Relaxed);
+        a.stats
+            .latency
+            .observe_ns(mono_ns().saturating_sub(started));
     }
 }
 
@@ -423,7 +438,7 @@ pub(crate) async fn serve_conn(
     let _ = stream.set_nodelay(true);
     let mut shutdown = l.lb.shutdown.subscribe();
     let xff = HeaderValue::from_str(&peer.ip().to_string()).ok();
-    let activity = Arc::new(ConnActivity::new());
+    let activity = Arc::new(ConnActivity::new(l.stats.clone()));
     let svc = {
         let l = l.clone();
         let activity = activity.clone();
@@ -705,7 +720,7 @@ async fn send_raw(lb: &Lb, target: &Target, head: &Head) -> Result<(RawConn, Res
         Ok(c) => c,
         Err(e) => {
             debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
-            return Err(Failure::Connect);
+            return Err(Failure::connect(&e));
         }
     };
     let sent = conn
@@ -768,7 +783,10 @@ async fn try_raw(
     head: &Head,
 ) -> Result<Response<ProxyBody>, Resendable> {
     match send_raw(lb, &t.target, head).await {
-        Ok((conn, rh)) => Ok(raw_response(rh, conn, t)),
+        Ok((conn, rh)) => {
+            t.target.backend.responses.count(rh.status.as_u16());
+            Ok(raw_response(rh, conn, t))
+        }
         Err(failure) => {
             tries.failed(t, failure);
             // Sent or not, a body-less request can go again (as with hyper's
@@ -826,7 +844,7 @@ async fn try_hyper(
         Err(e) => {
             debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e, "backend connect failed");
             out.pending = Some(req);
-            tries.failed(t, Failure::Connect);
+            tries.failed(t, Failure::connect(&e));
             return Err(true);
         }
     };
@@ -836,7 +854,10 @@ async fn try_hyper(
         }
     }
     match tx.try_send_request(req).await {
-        Ok(resp) => Ok(hyper_response(resp, tx, t, reuse)),
+        Ok(resp) => {
+            t.target.backend.responses.count(resp.status().as_u16());
+            Ok(hyper_response(resp, tx, t, reuse))
+        }
         Err(mut e) => {
             debug!(lb = %lb.name.load(), backend = %target.backend.id, error = %e.error(), reused, "backend request failed");
             // A request that went out (its streamed body) cannot be replayed.
@@ -890,6 +911,7 @@ async fn handle(
     } else {
         lb.totals.responses_non_2xx.fetch_add(1, Relaxed);
     }
+    l.stats.responses.count(resp.status().as_u16());
     resp
 }
 
@@ -956,7 +978,7 @@ mod tests {
 
     #[test]
     fn head_pending_follows_reads_and_requests() {
-        let a = ConnActivity::new();
+        let a = ConnActivity::new(Default::default());
         assert!(a.head_overdue(0), "a new connection owes a head");
         a.ticks.store(4, Relaxed);
         assert!(a.head_overdue(4) && !a.head_overdue(5));

@@ -5,7 +5,8 @@
 //! control daemon is down. The control plane drives it through an HTTP/1.1
 //! admin API on a unix socket (see [`client`]):
 //!
-//! * `GET /status` → [`LbStatus`] JSON
+//! * `GET /status` → [`LbStatus`] JSON: health, and the counters (LB totals, per frontend and
+//!   per backend) the daemon's `/metrics` and deploy receipts are made of
 //! * `PUT /config` ([`LbConfig`] JSON) → validated, applied atomically, and
 //!   persisted to the config file (temp + rename) so a restarted LB comes
 //!   back with it. Errors: `400 {"error":{"code":"...","message":"..."}}`.
@@ -47,7 +48,9 @@ pub use config::{
     ProbeProtocol, Rule,
 };
 pub use error::LbError;
-pub use status::{BackendStatus, Counters, LbStatus};
+pub use status::{
+    BackendStatus, Counters, FrontendStatus, Histogram, LbStatus, StatusClass, LATENCY_BOUNDS_NS,
+};
 
 /// How long shutdown waits for in-flight connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

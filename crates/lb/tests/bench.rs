@@ -63,6 +63,7 @@ async fn bench_l7_and_l4() {
                 id: format!("b{i}"),
                 ip: *ip,
                 draining: false,
+                image: None,
             })
             .collect(),
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,

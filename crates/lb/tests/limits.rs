@@ -46,6 +46,7 @@ fn config(layer: Layer, fport: u16, bport: u16, backend: &str, limits: FrontendL
             id: "b0".into(),
             ip: ip(backend),
             draining: false,
+            image: None,
         }],
         no_healthy_backends_behavior: NoHealthyBackendsBehavior::AllProbedDown,
         frontend_limits: limits,

@@ -46,6 +46,7 @@ fn backends(ips: &[IpAddr]) -> Vec<Backend> {
             id: format!("b{i}"),
             ip: *ip,
             draining: false,
+            image: None,
         })
         .collect()
 }
@@ -229,6 +230,7 @@ async fn l7_post_is_not_retried_on_connect_failure() {
         id: "b1".into(),
         ip: ip("127.0.0.11"),
         draining: false,
+        image: None,
     });
     let h = Harness::start("post", &cfg).await;
     let mut c = Http::connect(front(fport)).await;

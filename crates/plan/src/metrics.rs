@@ -175,6 +175,11 @@ impl Series {
         }
     }
 
+    /// The last reading (cumulative counters, memory now); `None` after a stop.
+    pub fn last(&self) -> Option<&Sample> {
+        self.last.as_ref()
+    }
+
     pub fn minutes(&self) -> &VecDeque<Minute> {
         &self.minutes
     }

@@ -505,6 +505,7 @@ mod tests {
             log: Default::default(),
             cache_key: String::new(),
             warnings: vec![],
+            bake_ms: None,
         }
     }
 

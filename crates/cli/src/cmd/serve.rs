@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// started are killed (Azure: 90 minutes).
     #[arg(long, env = "SCALESET_RUN_COMMAND_TIMEOUT_SECS", default_value_t = 5400, value_parser = clap::value_parser!(u64).range(1..=5400))]
     pub run_command_timeout_secs: u64,
+    /// Serve `GET /metrics` (Prometheus) without a token to clients on a loopback address.
+    /// Without it a scrape needs the daemon token as a bearer token (`$SCALESET_HOME/token`).
+    /// Anyone on this machine, pipeline jobs included, can then read the metrics.
+    #[arg(long, env = "SCALESET_METRICS_ANONYMOUS_LOOPBACK")]
+    pub metrics_anonymous_loopback: bool,
 }
 
 impl ServeArgs {
@@ -142,6 +147,7 @@ pub fn config(args: &ServeArgs) -> Result<api::DaemonConfig> {
             .ok()
             .and_then(|v| v.parse().ok()),
         limits: args.limits()?,
+        metrics_anonymous_loopback: args.metrics_anonymous_loopback,
     })
 }
 
