@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(method) = api::route::Method::from_bytes(m.as_bytes()) else {
         return;
     };
-    let _ = api::route::parse(&method, path);
+    if let Ok(route) = api::route::parse(&method, path) {
+        let _ = route.check_api_version(m);
+    }
     let _ = api::route::parse_sub_list(&method, path);
     let _ = api::route::decode_segment(path);
 });

@@ -5,7 +5,7 @@
 //! (the group, load balancer and image commands check them again; `put_vmss` relies on it).
 use crate::error::ApiError;
 use crate::render;
-use crate::route::{PowerAction, Res, Route, Scope, AUTOSCALE, IMAGE, LB, RG, VMSS};
+use crate::route::{self, PowerAction, Res, Route, Scope, AUTOSCALE, IMAGE, LB, RG, VMSS};
 use crate::state::{AppState, InstanceRecord, VmssDoc};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -78,10 +78,13 @@ pub async fn execute(
     query: &HashMap<String, String>,
     body: &[u8],
 ) -> Reply {
+    // HEAD is ARM's existence check: the GET's outcome, without a body.
+    let (route, head) = as_get_if_head(route);
     let is_get = match &route {
-        Route::Group { method, .. } | Route::Resource { method, .. } | Route::Vm { method, .. } => {
-            *method == Method::GET
-        }
+        Route::Group { method, .. }
+        | Route::Resource { method, .. }
+        | Route::Vm { method, .. }
+        | Route::LbChild { method, .. } => *method == Method::GET,
         Route::ListGroups { .. }
         | Route::List { .. }
         | Route::Vms(_)
@@ -128,6 +131,12 @@ pub async fn execute(
             res,
         } => autoscale(st, method, &res, body),
         Route::Resource { .. } => Err(ApiError::not_found("NotFound", "Unknown resource type.")),
+        Route::LbChild {
+            method,
+            res,
+            child,
+            name,
+        } => lb_child(st, method, &res, child, name.as_deref(), body),
         Route::ActivityLog(res) => {
             st.cp.autoscale(&res)?;
             ok(render::activity_log(&res, &st.cp.autoscale_state(&res)?))
@@ -150,7 +159,11 @@ pub async fn execute(
             let (_, rec) = find_vm(st, &res, &instance)?;
             ok(render::instance_view(&rec, &st.observation(&rec.machine)))
         }
-        Route::VmAction(res, instance, act) => power(st, &res, act, Some(vec![instance])),
+        Route::VmAction(res, instance, act) => {
+            // The instance is the resource here: a missing one is a 404, as its GET.
+            find_vm(st, &res, &instance)?;
+            power(st, &res, act, Some(vec![instance]))
+        }
         Route::RunCommand(res, instance) => {
             crate::inspect::run_command(st, &res, &instance, body).await
         }
@@ -181,7 +194,44 @@ pub async fn execute(
     if reply.is_ok() && mutating {
         st.wake.notify_one();
     }
+    if head {
+        return existence(reply);
+    }
     reply
+}
+
+/// A HEAD of a resource group or resource, as the GET it checks.
+fn as_get_if_head(route: Route) -> (Route, bool) {
+    match route {
+        Route::Group { method, res } if method == Method::HEAD => (
+            Route::Group {
+                method: Method::GET,
+                res,
+            },
+            true,
+        ),
+        Route::Resource { kind, method, res } if method == Method::HEAD => (
+            Route::Resource {
+                kind,
+                method: Method::GET,
+                res,
+            },
+            true,
+        ),
+        r => (r, false),
+    }
+}
+
+/// ARM's answer to HEAD: 204 when the GET finds the resource, 404 when it does not, both
+/// without a body; other refusals (a bad name) stay errors.
+fn existence(reply: Reply) -> Reply {
+    match reply {
+        Ok(_) => Ok((StatusCode::NO_CONTENT, Value::Null)),
+        Err(ApiError::Client { status, .. }) if status == StatusCode::NOT_FOUND => {
+            Ok((StatusCode::NOT_FOUND, Value::Null))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn vmss_instance_view(st: &AppState, res: &Res) -> Reply {
@@ -542,6 +592,66 @@ fn load_balancer(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply
             "unsupported method",
         )),
     }
+}
+
+/// A load balancer's child collection or child: list and get from the rendered parent; PUT and
+/// DELETE of probes and rules as a new parent (`ControlPlane::put_lb_child`).
+fn lb_child(
+    st: &AppState,
+    method: Method,
+    res: &Res,
+    child: route::LbChild,
+    name: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    control::check_name(LB, res)?;
+    let allowed = &st.cfg.limits.lb_allowed;
+    let Some(name) = name else {
+        let lb = render::lb(res, st.cp.lb(res)?);
+        let items = model::lb_child::list(&lb, child);
+        let v: Vec<Value> = items
+            .into_iter()
+            .map(|i| render::lb_child(child, i))
+            .collect();
+        return ok(json!({"value": v}));
+    };
+    match method {
+        Method::GET => {
+            let lb = render::lb(res, st.cp.lb(res)?);
+            let item = model::lb_child::get(&lb, child, name)
+                .ok_or_else(|| child_not_found(res, child, name))?;
+            ok(render::lb_child(child, item.clone()))
+        }
+        Method::PUT => {
+            st.cp.require_group(res)?;
+            let item = require_object(parse_body(body)?)?;
+            let stored = st.cp.put_lb_child(res, child, name, &item, allowed)?;
+            let lb = render::lb(res, stored.doc);
+            let item = model::lb_child::get(&lb, child, name)
+                .ok_or_else(|| ApiError::internal("the child just stored is missing"))?;
+            Ok((
+                put_status(stored.created),
+                render::lb_child(child, item.clone()),
+            ))
+        }
+        Method::DELETE => deleted(st.cp.delete_lb_child(res, child, name, allowed)?),
+        _ => Err(ApiError::bad_request(
+            "MethodNotAllowed",
+            "unsupported method",
+        )),
+    }
+}
+
+/// Azure's 404 for a missing child of an existing load balancer.
+fn child_not_found(res: &Res, child: route::LbChild, name: &str) -> ApiError {
+    ApiError::not_found(
+        "NotFound",
+        format!(
+            "Resource {}/{}/{name} not found.",
+            res.id(LB),
+            child.collection()
+        ),
+    )
 }
 
 fn autoscale(st: &AppState, method: Method, res: &Res, body: &[u8]) -> Reply {

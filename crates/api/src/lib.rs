@@ -97,7 +97,8 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<bool, ApiError> {
     Ok(true)
 }
 
-fn check_api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
+/// The api-version must be given, well-formed, and one the route's resource type speaks.
+fn check_api_version(q: &HashMap<String, String>, route: &route::Route) -> Result<(), ApiError> {
     let v = q.get("api-version").ok_or_else(|| {
         ApiError::bad_request(
             "MissingApiVersionParameter",
@@ -118,11 +119,11 @@ fn check_api_version(q: &HashMap<String, String>) -> Result<(), ApiError> {
             "InvalidApiVersionParameter",
             format!(
                 "The api-version '{v}' is invalid. The supported versions include {}.",
-                model::COMPUTE_API_VERSIONS[0]
+                route.api_versions()[0]
             ),
         ));
     }
-    Ok(())
+    route.check_api_version(v)
 }
 
 async fn dispatch(
@@ -198,7 +199,7 @@ pub(crate) async fn arm(
                 ),
             });
         }
-        check_api_version(q)?;
+        check_api_version(q, &route)?;
         Ok::<_, ApiError>(route)
     })();
     let route = match checked {

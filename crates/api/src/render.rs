@@ -142,6 +142,15 @@ pub fn lb(res: &Res, mut v: Value) -> Value {
     v
 }
 
+/// One child of a rendered load balancer (it has its `id` already), with its type and state.
+pub fn lb_child(child: model::lb_child::LbChild, mut item: Value) -> Value {
+    item["type"] = json!(child.resource_type());
+    if item["properties"].is_object() {
+        item["properties"]["provisioningState"] = json!("Succeeded");
+    }
+    item
+}
+
 pub fn image(res: &Res, img: &image::Image) -> Value {
     let mut v = json!({
         "id": res.id(IMAGE),

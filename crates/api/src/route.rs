@@ -14,6 +14,7 @@ pub struct Scope {
 }
 
 pub use control::PowerAction;
+pub use model::lb_child::LbChild;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -32,6 +33,13 @@ pub enum Route {
         kind: &'static str,
         method: Method,
         res: Res,
+    },
+    /// A load balancer's child collection (`name` None: the list) or one child.
+    LbChild {
+        method: Method,
+        res: Res,
+        child: LbChild,
+        name: Option<String>,
     },
     VmssInstanceView(Res),
     /// GET `skus`: the VM sizes the scale set can use (`model::sizes`).
@@ -86,6 +94,7 @@ impl Route {
             Route::ActivityLog(_) => return model::AUTOSCALE_API_VERSIONS,
             Route::ListGroups { .. } | Route::Group { .. } => RG,
             Route::List { kind, .. } | Route::Resource { kind, .. } => kind,
+            Route::LbChild { .. } => LB,
             _ => VMSS,
         };
         match kind {
@@ -94,6 +103,49 @@ impl Route {
             RG => model::RESOURCES_API_VERSIONS,
             _ => model::COMPUTE_API_VERSIONS,
         }
+    }
+
+    /// The resource type Azure names in an api-version refusal.
+    fn type_name(&self) -> String {
+        match self {
+            Route::Metrics(_) => "metrics".into(),
+            Route::MetricDefinitions(_) => "metricDefinitions".into(),
+            Route::ActivityLog(_) => "autoscalesettings".into(),
+            Route::Operation { .. } => "locations/operations".into(),
+            Route::LbChild { child, .. } => format!("loadBalancers/{}", child.collection()),
+            Route::List { kind, .. } | Route::Resource { kind, .. } => {
+                kind.split('/').nth(1).unwrap_or(kind).to_string()
+            }
+            _ => "virtualMachineScaleSets".into(),
+        }
+    }
+
+    /// Whether `version` (well-formed) is one this route's resource type speaks. Azure refuses
+    /// others with 400: Resource Manager itself for resource groups (`InvalidApiVersionParameter`),
+    /// the resource provider's registration for its types (`NoRegisteredProviderFound`).
+    pub fn check_api_version(&self, version: &str) -> Result<(), ApiError> {
+        let supported = self.api_versions();
+        if supported.iter().any(|s| s.eq_ignore_ascii_case(version)) {
+            return Ok(());
+        }
+        if matches!(self, Route::ListGroups { .. } | Route::Group { .. }) {
+            return Err(ApiError::bad_request(
+                "InvalidApiVersionParameter",
+                format!(
+                    "The api-version '{version}' is invalid. The supported versions are '{}'.",
+                    supported.join(",")
+                ),
+            ));
+        }
+        Err(ApiError::bad_request(
+            "NoRegisteredProviderFound",
+            format!(
+                "No registered resource provider found for location '{loc}' and API version '{version}' for type '{}'. The supported api-versions are '{}'. The supported locations are '{loc}'.",
+                self.type_name(),
+                supported.join(", "),
+                loc = model::DEFAULT_LOCATION,
+            ),
+        ))
     }
 }
 
@@ -126,6 +178,8 @@ fn action(name: &str, instance: bool) -> Option<PowerAction> {
         "restart" => PowerAction::Restart,
         "reimage" => PowerAction::Reimage,
         "reimageall" => PowerAction::ReimageAll,
+        // One host: moving a machine to another node is stopping and starting it again.
+        "redeploy" => PowerAction::Restart,
         "manualupgrade" if !instance => PowerAction::ManualUpgrade,
         "delete" if !instance => PowerAction::DeleteInstances,
         _ => return None,
@@ -180,12 +234,29 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
             Err(method_not_allowed(method, path))
         }
     };
-    let crud = |r: Route| {
-        if [Method::GET, Method::PUT, Method::PATCH, Method::DELETE].contains(method) {
+    let allowed = |r: Route, methods: &[Method]| {
+        if methods.contains(method) {
             Ok(r)
         } else {
             Err(method_not_allowed(method, path))
         }
+    };
+    let crud = |r: Route| {
+        allowed(
+            r,
+            &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
+        )
+    };
+    // HEAD: ARM's existence check (204 or 404) of resource groups and resources.
+    let crud_head = |r: Route| {
+        let m = [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ];
+        allowed(r, &m)
     };
     if segs.len() == 3 && eq(segs[2], "resourceGroups") {
         return get_only(Route::ListGroups { sub });
@@ -195,7 +266,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
     }
     let rg = segs[3].to_string();
     if segs.len() == 4 {
-        return crud(Route::Group {
+        return crud_head(Route::Group {
             method: method.clone(),
             res: Res {
                 sub,
@@ -230,11 +301,27 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
     };
     let rest = &segs[8..];
     match (kind, rest) {
-        (_, []) => crud(Route::Resource {
+        (_, []) => crud_head(Route::Resource {
             kind,
             method: method.clone(),
             res,
         }),
+        (LB, [c, name @ ..]) if name.len() <= 1 => {
+            let Some(child) = LbChild::parse(c) else {
+                return Err(not_found(path));
+            };
+            let methods: &[Method] = match name {
+                [_] if child.writable() => &[Method::GET, Method::PUT, Method::DELETE],
+                _ => &[Method::GET],
+            };
+            let r = Route::LbChild {
+                method: method.clone(),
+                res,
+                child,
+                name: name.first().map(|n| n.to_string()),
+            };
+            allowed(r, methods)
+        }
         (AUTOSCALE, [v]) if eq(v, "activityLog") => get_only(Route::ActivityLog(res)),
         (VMSS, [v]) if eq(v, "instanceView") => get_only(Route::VmssInstanceView(res)),
         (VMSS, [v]) if eq(v, "skus") => get_only(Route::VmssSkus(res)),
@@ -360,7 +447,9 @@ pub fn release_may(route: &Route) -> bool {
         | Route::MetricDefinitions(_)
         | Route::ActivityLog(_)
         | Route::Operation { .. } => true,
-        Route::Group { method, .. } | Route::Vm { method, .. } => read(method),
+        Route::Group { method, .. } | Route::Vm { method, .. } | Route::LbChild { method, .. } => {
+            read(method)
+        }
         Route::Resource { kind, method, .. } => {
             read(method) || (*kind == VMSS && (method == Method::PUT || method == Method::PATCH))
         }
@@ -428,6 +517,65 @@ mod tests {
     }
 
     #[test]
+    fn api_versions_per_resource_type() {
+        let p = "/subscriptions/s/resourceGroups/rg/providers";
+        let route = |m: Method, path: &str| parse(&m, path).unwrap();
+        let vmss = route(
+            Method::GET,
+            &format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v"),
+        );
+        let lb = route(
+            Method::GET,
+            &format!("{p}/Microsoft.Network/loadBalancers/v"),
+        );
+        let probes = route(
+            Method::GET,
+            &format!("{p}/Microsoft.Network/loadBalancers/v/probes"),
+        );
+        let rg = route(Method::HEAD, "/subscriptions/s/resourcegroups/rg");
+        let metrics = route(
+            Method::GET,
+            &format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/metrics"),
+        );
+        // (route, version, accepted): what our CLI, the az shim, the SDKs and the tests send.
+        let table: Vec<(&Route, &str, bool)> = vec![
+            (&vmss, "2024-11-01", true),
+            (&vmss, "2024-05-01", false),
+            (&lb, "2024-05-01", true),
+            (&lb, "2024-11-01", false),
+            (&probes, "2024-03-01", true),
+            (&rg, "2021-04-01", true),
+            (&rg, "2025-04-01", true),
+            (&rg, "2024-11-01", true),
+            (&rg, "2099-01-01", false),
+            (&metrics, "2023-10-01", true),
+            (&metrics, "2024-11-01", false),
+        ];
+        for (r, v, ok) in table {
+            assert_eq!(r.check_api_version(v).is_ok(), ok, "{r:?} {v}");
+        }
+        let msg = |r: &Route, v: &str| match r.check_api_version(v) {
+            Err(ApiError::Client {
+                status,
+                code,
+                message,
+            }) => (status.as_u16(), code, message),
+            other => panic!("{other:?}"),
+        };
+        let (status, code, message) = msg(&vmss, "2015-01-01");
+        assert_eq!((status, code), (400, "NoRegisteredProviderFound"));
+        assert!(message.starts_with("No registered resource provider found for location 'local' and API version '2015-01-01' for type 'virtualMachineScaleSets'. The supported api-versions are '2024-11-01, 2024-07-01"), "{message}");
+        let (_, _, message) = msg(&probes, "2015-01-01");
+        assert!(
+            message.contains("for type 'loadBalancers/probes'"),
+            "{message}"
+        );
+        let (status, code, message) = msg(&rg, "2015-01-01");
+        assert_eq!((status, code), (400, "InvalidApiVersionParameter"));
+        assert!(message.starts_with("The api-version '2015-01-01' is invalid. The supported versions are '2025-04-01,2024-11-01,"), "{message}");
+    }
+
+    #[test]
     fn table() {
         let p = "/subscriptions/s/resourceGroups/rg/providers";
         let res = Res {
@@ -456,6 +604,15 @@ mod tests {
             (Method::PATCH, format!("{p}/microsoft.insights/AutoscaleSettings/v"), Route::Resource { kind: AUTOSCALE, method: Method::PATCH, res: res.clone() }),
             (Method::GET, format!("{p}/Microsoft.Insights/autoscalesettings"), Route::List { kind: AUTOSCALE, scope: Scope { sub: "s".into(), rg: Some("rg".into()) } }),
             (Method::GET, format!("{p}/Microsoft.Insights/autoscalesettings/v/activitylog"), Route::ActivityLog(res.clone())),
+            (Method::HEAD, "/subscriptions/s/resourcegroups/rg".into(), Route::Group { method: Method::HEAD, res: Res { sub: "s".into(), rg: "rg".into(), name: String::new() } }),
+            (Method::HEAD, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v"), Route::Resource { kind: VMSS, method: Method::HEAD, res: res.clone() }),
+            (Method::HEAD, format!("{p}/Microsoft.Network/loadBalancers/v"), Route::Resource { kind: LB, method: Method::HEAD, res: res.clone() }),
+            (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualmachines/3/redeploy"), Route::VmAction(res.clone(), "3".into(), PowerAction::Restart)),
+            (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/probes"), Route::LbChild { method: Method::GET, res: res.clone(), child: LbChild::Probes, name: None }),
+            (Method::PUT, format!("{p}/Microsoft.Network/loadBalancers/v/PROBES/http"), Route::LbChild { method: Method::PUT, res: res.clone(), child: LbChild::Probes, name: Some("http".into()) }),
+            (Method::DELETE, format!("{p}/Microsoft.Network/loadBalancers/v/loadBalancingRules/web"), Route::LbChild { method: Method::DELETE, res: res.clone(), child: LbChild::LoadBalancingRules, name: Some("web".into()) }),
+            (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/backendAddressPools/be"), Route::LbChild { method: Method::GET, res: res.clone(), child: LbChild::BackendAddressPools, name: Some("be".into()) }),
+            (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/frontendIPConfigurations"), Route::LbChild { method: Method::GET, res: res.clone(), child: LbChild::FrontendIpConfigurations, name: None }),
         ];
         for (m, path, want) in ok {
             assert_eq!(parse(&m, &path).unwrap(), want, "{m} {path}");
@@ -478,6 +635,15 @@ mod tests {
             (Method::POST, format!("{p}/Microsoft.Insights/autoscalesettings/v/activityLog"), 405),
             (Method::GET, format!("{p}/Microsoft.Insights/autoscalesettings/v/instanceView"), 404),
             (Method::POST, format!("{p}/Microsoft.Insights/autoscalesettings/v"), 405),
+            (Method::HEAD, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1"), 405),
+            (Method::HEAD, "/subscriptions/s/resourcegroups".into(), 405),
+            (Method::PUT, format!("{p}/Microsoft.Network/loadBalancers/v/probes"), 405),
+            (Method::PATCH, format!("{p}/Microsoft.Network/loadBalancers/v/probes/p"), 405),
+            (Method::PUT, format!("{p}/Microsoft.Network/loadBalancers/v/backendAddressPools/be"), 405),
+            (Method::DELETE, format!("{p}/Microsoft.Network/loadBalancers/v/frontendIPConfigurations/fe"), 405),
+            (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/inboundNatRules"), 404),
+            (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/probes/p/x"), 404),
+            (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/probes"), 404),
         ];
         for (m, path, status) in bad {
             match parse(&m, &path) {

@@ -55,8 +55,14 @@ async fn call(e: &Env, method: &str, path: &str, body: Option<Value>) -> (Status
         e,
         method,
         &format!(
-            "{path}{}api-version=2024-11-01",
-            if path.contains('?') { "&" } else { "?" }
+            "{path}{}api-version={}",
+            if path.contains('?') { "&" } else { "?" },
+            // Each resource type answers only its own versions (as Azure).
+            if path.contains("Microsoft.Network") {
+                "2024-05-01"
+            } else {
+                "2024-11-01"
+            }
         ),
         body.map(|b| b.to_string()),
         true,

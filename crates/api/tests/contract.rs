@@ -1704,3 +1704,386 @@ async fn autoscale_settings_match_the_spec() {
         .check_exchange(&[FILE], "GET", &setting, None, 200, &bad, &|_| false)
         .is_empty());
 }
+
+const RESOURCES: &str =
+    "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/resources.json";
+
+/// Percent-encodes a path segment (UTF-8 bytes outside ARM's plain characters).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'(' | b')' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Contract {
+    /// A HEAD (ARM's existence check): its status, after checking that it has no body; a
+    /// resource group's against `ResourceGroups_CheckExistence`.
+    async fn head(&self, path: &str, api_version: &str) -> u16 {
+        let uri = format!("{path}?api-version={api_version}");
+        let (s, v) = send(&self.e, "HEAD", &uri, None).await;
+        if !v.is_null() {
+            self.flag(format!("HEAD {path}: a body {v}"));
+        }
+        if path.trim_matches('/').split('/').count() == 4 {
+            for x in
+                self.specs
+                    .check_exchange(&[RESOURCES], "HEAD", path, None, s.as_u16(), &v, &|_| false)
+            {
+                self.flag(x);
+            }
+            self.seen
+                .borrow_mut()
+                .insert(format!("ResourceGroups_CheckExistence {}", s.as_u16()));
+        }
+        s.as_u16()
+    }
+
+    /// A child PUT or DELETE of a load balancer (Microsoft's specs define probes and rules
+    /// only as members of the parent): the body and the answer against the child's definition
+    /// (`Probe`, `LoadBalancingRule`), errors against `CloudError`'s shape.
+    async fn child(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        def: &str,
+    ) -> (StatusCode, Value) {
+        let uri = format!("{path}?api-version=2024-05-01");
+        let (s, v) = send(&self.e, method, &uri, body.clone()).await;
+        let file = PathBuf::from(format!("{NETWORK}/loadBalancer.json"));
+        let at = self
+            .specs
+            .resolve(&file, &format!("#/definitions/{def}"))
+            .unwrap();
+        let what = format!("{method} {path}");
+        if let Some(b) = &body {
+            for x in self.specs.validate(&at, b, Dir::Request, &|_| false) {
+                self.flag(format!("{what} request {x}"));
+            }
+        }
+        let azure_error = v["error"]["code"].is_string() && v["error"]["message"].is_string();
+        if s.is_success() && !v.is_null() {
+            for x in self.specs.validate(&at, &v, Dir::Response, &|_| false) {
+                self.flag(format!("{what} {s} response {x}"));
+            }
+        } else if !(s.is_success() || azure_error) {
+            self.flag(format!("{what}: {s} without Azure's error shape: {v}"));
+        }
+        (s, v)
+    }
+}
+
+/// The ARM surface Microsoft's SDKs call beyond create/read/update/delete: existence checks
+/// (HEAD), Unicode resource group names, the load balancer's child resources (list and get as
+/// the spec defines them; PUT and DELETE of probes and rules, validated as the parent's PUT),
+/// per-instance power actions, and Azure's refusal of an api-version a type does not speak.
+#[tokio::test]
+async fn arm_surface_the_sdks_call() {
+    let Some(root) = spec_root() else { return };
+    let c = Contract::new("surface", root);
+    let sub = format!("/subscriptions/{SUB_ID}");
+    let rg = format!("{sub}/resourceGroups/rg");
+    let lb = format!("{rg}/providers/Microsoft.Network/loadBalancers/lb");
+    let vmss = format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/web");
+
+    // Resource groups: HEAD before and after, in every version the SDK and our CLI send.
+    assert_eq!(c.head(&rg, "2025-04-01").await, 404);
+    c.call("PUT", &rg, Some(json!({"location": "local"}))).await;
+    assert_eq!(c.head(&rg, "2025-04-01").await, 204);
+    assert_eq!(c.head(&rg, "2021-04-01").await, 204);
+    assert_eq!(
+        c.head(&format!("{sub}/resourceGroups/RG"), "2025-04-01")
+            .await,
+        204
+    );
+    // Azure's naming rule: Unicode letters and digits, _-.() , up to 90, not ending in '.'.
+    let name = "Grupo-Producción_(1).資源";
+    let uni = format!("{sub}/resourceGroups/{}", pct(name));
+    let (s, v) = c
+        .call("PUT", &uni, Some(json!({"location": "local"})))
+        .await;
+    assert_eq!((s, &v["name"]), (StatusCode::CREATED, &json!(name)), "{v}");
+    let upper = format!("{sub}/resourceGroups/{}", pct(&name.to_uppercase()));
+    assert_eq!(
+        c.head(&upper, "2025-04-01").await,
+        204,
+        "names compare without case"
+    );
+    let (s, v) = c.call("GET", &upper, None).await;
+    assert_eq!((s, &v["name"]), (StatusCode::OK, &json!(name)), "{v}");
+    for bad in ["ends.", "has space", "emoji😀", &"ü".repeat(91)] {
+        let path = format!("{sub}/resourceGroups/{}", pct(bad));
+        let (s, v) = c.call_bad("PUT", &path, json!({"location": "local"})).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (StatusCode::BAD_REQUEST, &json!("InvalidResourceName")),
+            "{bad}: {v}"
+        );
+    }
+    assert_eq!(c.call("DELETE", &uni, None).await.0, StatusCode::OK);
+    assert_eq!(c.head(&uni, "2025-04-01").await, 404);
+
+    // Resources: HEAD as `resources.check_existence_by_id` sends it.
+    assert_eq!(c.head(&lb, "2024-05-01").await, 404);
+    c.call("PUT", &lb, Some(lb_body(&lb, 18191))).await;
+    import_image(&c.e, "img1");
+    let (s, v) = c
+        .call("PUT", &vmss, Some(vmss_body(&rg, &lb, "img1")))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(c.head(&lb, "2024-05-01").await, 204);
+    assert_eq!(c.head(&format!("{lb}x"), "2024-05-01").await, 404);
+    assert_eq!(c.head(&vmss, "2024-11-01").await, 204);
+    assert_eq!(c.head(&format!("{vmss}x"), "2024-11-01").await, 404);
+    assert_eq!(c.head(&image_id(&rg, "img1"), "2024-11-01").await, 204);
+    assert_eq!(c.head(&image_id(&rg, "nope"), "2024-11-01").await, 404);
+
+    // The load balancer's children: list and get, as the spec defines them.
+    for (coll, name) in [
+        ("frontendIPConfigurations", "fe"),
+        ("backendAddressPools", "be"),
+        ("probes", "p"),
+        ("loadBalancingRules", "r"),
+    ] {
+        let (s, v) = c.call("GET", &format!("{lb}/{coll}"), None).await;
+        assert_eq!(
+            (s, v["value"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(1)),
+            "{coll}: {v}"
+        );
+        let (s, v) = c
+            .call("GET", &format!("{lb}/{coll}/{}", name.to_uppercase()), None)
+            .await;
+        assert_eq!(
+            (s, &v["name"]),
+            (StatusCode::OK, &json!(name)),
+            "{coll}: {v}"
+        );
+        assert_eq!(v["id"], json!(format!("{lb}/{coll}/{name}")));
+        let (s, _) = c.call("GET", &format!("{lb}/{coll}/nope"), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{coll}");
+        let (s, _) = c.call("GET", &format!("{lb}x/{coll}"), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{coll}");
+    }
+
+    // PUT and DELETE of probes and rules: the parent's validation, read-modify-write.
+    let tcp = json!({"properties": {"protocol": "Tcp", "port": 8080, "intervalInSeconds": 5}});
+    let (s, v) = c
+        .child(
+            "PUT",
+            &format!("{lb}/probes/tcp"),
+            Some(tcp.clone()),
+            "Probe",
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v["properties"]["probeThreshold"],
+        json!(1),
+        "the parent's defaults: {v}"
+    );
+    let (s, _) = c
+        .child("PUT", &format!("{lb}/probes/tcp"), Some(tcp), "Probe")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, parent) = c.call("GET", &lb, None).await;
+    assert_eq!(
+        parent["properties"]["probes"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (s, v) = c
+        .child(
+            "PUT",
+            &format!("{lb}/probes/bad"),
+            Some(json!({"properties": {"protocol": "Tcp", "port": 80, "probeThreshold": 0}})),
+            "Probe",
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!("InvalidParameter")),
+        "{v}"
+    );
+    let rule = |port: u16, probe: &str| {
+        json!({"properties": {"protocol": "Tcp", "frontendPort": port, "backendPort": 8080,
+            "frontendIPConfiguration": {"id": format!("{lb}/frontendIPConfigurations/fe")},
+            "backendAddressPool": {"id": format!("{lb}/backendAddressPools/be")},
+            "probe": {"id": format!("{lb}/probes/{probe}")}}})
+    };
+    let (s, v) = c
+        .child(
+            "PUT",
+            &format!("{lb}/loadBalancingRules/r2"),
+            Some(rule(18192, "tcp")),
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["properties"]["idleTimeoutInMinutes"], json!(4), "{v}");
+    let (s, v) = c
+        .child(
+            "PUT",
+            &format!("{lb}/loadBalancingRules/r3"),
+            Some(rule(18193, "missing")),
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!("InvalidResourceReference")),
+        "{v}"
+    );
+    // Another load balancer's frontend port, as for the parent's PUT.
+    let other = format!("{rg}/providers/Microsoft.Network/loadBalancers/other");
+    c.call("PUT", &other, Some(lb_body(&other, 18194))).await;
+    let (s, v) = c
+        .child(
+            "PUT",
+            &format!("{lb}/loadBalancingRules/r3"),
+            Some(rule(18194, "tcp")),
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("FrontendPortInUse")),
+        "{v}"
+    );
+    let (s, v) = c
+        .child(
+            "PUT",
+            &format!("{lb}/loadBalancingRules/r3"),
+            Some(json!({"name": "r4"})),
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // A probe a rule uses cannot go; the one rule on the scale set's health probe cannot either.
+    let (s, v) = c
+        .child("DELETE", &format!("{lb}/probes/tcp"), None, "Probe")
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!("InvalidResourceReference")),
+        "{v}"
+    );
+    let (s, v) = c
+        .child(
+            "DELETE",
+            &format!("{lb}/loadBalancingRules/r"),
+            None,
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (
+            StatusCode::BAD_REQUEST,
+            &json!("CannotRemoveRuleUsedByProbeUsedByVMSS")
+        ),
+        "{v}"
+    );
+    let (s, _) = c
+        .child(
+            "DELETE",
+            &format!("{lb}/loadBalancingRules/r2"),
+            None,
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = c
+        .child(
+            "DELETE",
+            &format!("{lb}/loadBalancingRules/r2"),
+            None,
+            "LoadBalancingRule",
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = c
+        .child("DELETE", &format!("{lb}/probes/tcp"), None, "Probe")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, parent) = c.call("GET", &lb, None).await;
+    assert_eq!(
+        parent["properties"]["probes"].as_array().map(Vec::len),
+        Some(1),
+        "{parent}"
+    );
+    assert_eq!(
+        parent["properties"]["loadBalancingRules"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Pools and frontends go with the parent.
+    let (s, _) = send(
+        &c.e,
+        "PUT",
+        &format!("{lb}/backendAddressPools/be2?api-version=2024-05-01"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Per-instance power actions (VirtualMachineScaleSetVMs_*), and the instance's DELETE.
+    add_instances(&c.e, "rg", "web", 2);
+    for action in [
+        "start",
+        "powerOff",
+        "deallocate",
+        "restart",
+        "reimage",
+        "reimageall",
+        "redeploy",
+    ] {
+        let (s, v) = c
+            .call("POST", &format!("{vmss}/virtualMachines/0/{action}"), None)
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{action}: {v}");
+    }
+    let (s, v) = c
+        .call("POST", &format!("{vmss}/virtualMachines/7/restart"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(
+        c.call("DELETE", &format!("{vmss}/virtualMachines/1"), None)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+
+    // An api-version the type does not speak: Azure's 400s.
+    for (path, version, code) in [
+        (vmss.clone(), "2015-06-15", "NoRegisteredProviderFound"),
+        (
+            format!("{lb}/probes"),
+            "2024-11-01",
+            "NoRegisteredProviderFound",
+        ),
+        (rg.clone(), "2016-01-01", "InvalidApiVersionParameter"),
+        (
+            format!("{sub}/resourcegroups"),
+            "2099-12-31",
+            "InvalidApiVersionParameter",
+        ),
+    ] {
+        let (s, v) = send(&c.e, "GET", &format!("{path}?api-version={version}"), None).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (StatusCode::BAD_REQUEST, &json!(code)),
+            "{path}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(version),
+            "{v}"
+        );
+    }
+    c.assert_clean();
+}

@@ -1,10 +1,13 @@
 //! Load balancer commands: put (create, replace, merge), validated as a whole — the model, the
 //! addresses the daemon lets frontends listen on, no frontend another load balancer already
 //! listens on — get, list, and delete, which is refused while a scale set references it. The
-//! engine serves what is stored (one `lb-serve` process per load balancer).
+//! engine serves what is stored (one `lb-serve` process per load balancer). A child resource
+//! (probe, rule) is put or deleted as a new parent body through `put_lb`, so every rule of the
+//! parent's PUT holds for it.
 use crate::commands::{check_name, not_found, CommandError, CommandResult, Put, Stored};
 use crate::{Cidr, ControlPlane, Res, VmssDoc, LB, VMSS};
 use model::lb::LbModel;
+use model::lb_child::{self, LbChild};
 use serde_json::{json, Value};
 
 impl ControlPlane {
@@ -29,6 +32,10 @@ impl ControlPlane {
         let (m, arm) = model::lb::parse(&merged)?;
         check_frontend_addresses(&m, allowed)?;
         self.check_frontend_ports(&key, &m)?;
+        let old = existing.as_ref().and_then(|e| model::lb::parse(e).ok());
+        for (vmss, probe) in self.health_probes_of(res)? {
+            check_health_probe_kept(res, old.as_ref().map(|o| &o.0), &m, &vmss, &probe)?;
+        }
         let mut stored = arm.clone();
         stored["name"] = json!(res.name);
         stored["x-resourceGroup"] = json!(res.rg);
@@ -38,6 +45,65 @@ impl ControlPlane {
             doc: arm,
             created: existing.is_none(),
         })
+    }
+
+    /// Puts child `name` of a load balancer's `child` collection (a probe or a rule): the parent
+    /// with it replaced or added, through [`ControlPlane::put_lb`]. `doc` is the whole parent;
+    /// `created` says whether the child is new.
+    pub fn put_lb_child(
+        &self,
+        res: &Res,
+        child: LbChild,
+        name: &str,
+        item: &Value,
+        allowed: &[Cidr],
+    ) -> CommandResult<Stored<Value>> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let parent = self.lb(res)?;
+        writable(child)?;
+        let (body, created) = lb_child::put(&parent, child, name, item)?;
+        let stored = self.put_lb(res, Put::Replace(body), allowed)?;
+        Ok(Stored {
+            doc: stored.doc,
+            created,
+        })
+    }
+
+    /// Deletes child `name` (a probe or a rule); false when the parent has no such child.
+    pub fn delete_lb_child(
+        &self,
+        res: &Res,
+        child: LbChild,
+        name: &str,
+        allowed: &[Cidr],
+    ) -> CommandResult<bool> {
+        let _g = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let parent = self.lb(res)?;
+        writable(child)?;
+        let Some(body) = lb_child::remove(&parent, child, name) else {
+            return Ok(false);
+        };
+        self.put_lb(res, Put::Replace(body), allowed)?;
+        Ok(true)
+    }
+
+    /// The scale sets whose health probe is one of load balancer `res`'s probes: (scale set,
+    /// probe name).
+    fn health_probes_of(&self, res: &Res) -> CommandResult<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.list(VMSS, None, None)? {
+            let doc: VmssDoc =
+                serde_json::from_value(v).map_err(|e| CommandError::Internal(e.to_string()))?;
+            let Ok((m, _)) = model::vmss::parse(&doc.arm, &k.name) else {
+                continue;
+            };
+            if let Some(p) = m.health_probe.filter(|id| same_lb(id, res)) {
+                if let Some((_, probe)) = p.child {
+                    out.push((doc.name.clone(), probe));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The stored load balancer.
@@ -87,10 +153,7 @@ impl ControlPlane {
                 .backend_pools
                 .iter()
                 .chain(m.health_probe.iter())
-                .any(|id| {
-                    id.name.eq_ignore_ascii_case(&res.name)
-                        && id.resource_group.eq_ignore_ascii_case(&res.rg)
-                });
+                .any(|id| same_lb(id, res));
             if uses {
                 return Err(CommandError::Conflict {
                     code: "LoadBalancerInUseByVirtualMachineScaleSet",
@@ -133,6 +196,58 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// Whether `id` (a pool or probe reference) is in load balancer `res`.
+fn same_lb(id: &model::ids::ResourceId, res: &Res) -> bool {
+    id.name.eq_ignore_ascii_case(&res.name)
+        && id.resource_group.to_lowercase() == res.rg.to_lowercase()
+}
+
+/// Only probes and rules are put and deleted on their own.
+fn writable(child: LbChild) -> CommandResult<()> {
+    if child.writable() {
+        return Ok(());
+    }
+    Err(CommandError::Invalid {
+        code: "OperationNotAllowed",
+        message: format!(
+            "A {} is put and deleted with its load balancer (PUT the load balancer).",
+            child.noun()
+        ),
+    })
+}
+
+/// Azure's rule for a probe that is a scale set's health probe: some load-balancing rule must
+/// keep referencing it, so a PUT that drops the last such rule is refused (as Azure does, 400
+/// `CannotRemoveRuleUsedByProbeUsedByVMSS`). A probe no rule used before is not held to it.
+fn check_health_probe_kept(
+    res: &Res,
+    old: Option<&LbModel>,
+    new: &LbModel,
+    vmss: &str,
+    probe: &str,
+) -> CommandResult<()> {
+    let uses = |r: &model::lb::RuleModel| {
+        r.probe
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case(probe))
+    };
+    if new.rules.iter().any(uses) {
+        return Ok(());
+    }
+    let Some(removed) = old.and_then(|o| o.rules.iter().find(|r| uses(r))) else {
+        return Ok(());
+    };
+    let lb = res.id(LB);
+    Err(CommandError::Invalid {
+        code: "CannotRemoveRuleUsedByProbeUsedByVMSS",
+        message: format!(
+            "Load balancer rule {lb}/loadBalancingRules/{} cannot be removed because the rule references the load balancer probe {lb}/probes/{probe} that is used as health probe by VM scale set {}. To remove this rule, please update VM scale set to remove the reference to the probe.",
+            removed.name,
+            Res { sub: res.sub.clone(), rg: res.rg.clone(), name: vmss.to_string() }.id(VMSS)
+        ),
+    })
 }
 
 /// The address of frontend IP configuration `name`.

@@ -25,13 +25,16 @@ fn check(
     Ok(())
 }
 
-/// Resource group: 1-90 chars, alphanumerics, underscore, hyphen, period, parentheses; not ending in a period.
+/// Resource group: 1-90 characters, Unicode letters and digits, underscore, hyphen, period,
+/// parentheses; not ending in a period (Azure's rule: .NET's `Char.IsLetterOrDigit`, which
+/// Rust's `is_alphabetic`/`is_numeric` approximate; they also admit letter-like marks and
+/// non-decimal numerals such as `²`).
 pub fn resource_group(name: &str) -> Result<(), ModelError> {
     check(
         "resource group",
         name,
         90,
-        |c| c.is_ascii_alphanumeric() || "_-.()".contains(c),
+        |c| c.is_alphabetic() || c.is_numeric() || "_-.()".contains(c),
         |_| true,
         |c| c != '.',
     )
@@ -95,7 +98,16 @@ mod tests {
             (&"x".repeat(64), true, true),
             (&"x".repeat(65), true, false),
             (&"x".repeat(91), false, false),
-            ("ünï", false, false),
+            ("ünï", true, false),
+            ("Grupo-Producción", true, false),
+            ("資源群組", true, false),
+            ("группа.(1)", true, false),
+            ("ünï.", false, false),
+            ("tab\tname", false, false),
+            ("slash/name", false, false),
+            ("emoji😀", false, false),
+            (&"ü".repeat(90), true, false),
+            (&"ü".repeat(91), false, false),
         ];
         for (n, rg, vm) in cases {
             assert_eq!(resource_group(n).is_ok(), *rg, "rg {n}");

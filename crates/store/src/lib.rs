@@ -37,8 +37,10 @@ impl Key {
         (
             self.kind.to_ascii_lowercase(),
             self.sub.to_ascii_lowercase(),
-            self.rg.to_ascii_lowercase(),
-            self.name.to_ascii_lowercase(),
+            // Resource group names (a group's own key is its name) may hold Unicode letters,
+            // which Azure compares without case; other names are ASCII.
+            self.rg.to_lowercase(),
+            self.name.to_lowercase(),
         )
     }
     /// A stable string form, used to key instances and runtime objects.
@@ -133,7 +135,7 @@ impl Store {
             params![
                 kind.to_ascii_lowercase(),
                 sub.map(str::to_ascii_lowercase),
-                rg.map(str::to_ascii_lowercase)
+                rg.map(str::to_lowercase)
             ],
             |row| {
                 Ok((

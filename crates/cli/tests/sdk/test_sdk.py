@@ -1,6 +1,8 @@
-"""Microsoft's own Python SDK (azure-mgmt-compute, azure-mgmt-network) against a local scaleset
-daemon: a load balancer and a scale set created, read, updated to a new image, its instances
-listed, a rolling upgrade started and its status read, then deleted. Run by crates/cli/tests/sdk.rs
+"""Microsoft's own Python SDK (azure-mgmt-compute, azure-mgmt-network, azure-mgmt-resource)
+against a local scaleset daemon: resource groups created and checked for existence (Unicode
+names too), a load balancer and its child resources, a scale set created, read, updated to a new
+image, its instances listed, per-instance actions, a rolling upgrade started and its status read,
+an api-version the type does not speak refused, then everything deleted. Run by crates/cli/tests/sdk.rs
 with SCALESET_ENDPOINT, SCALESET_HOME, SCALESET_EXE and LB_PORT set.
 
 Nothing here is scaleset-specific except how the client is pointed at us: base_url, and a static
@@ -20,6 +22,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as cm
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network import models as nm
+from azure.mgmt.resource.resources import ResourceManagementClient
 
 from scaleset_images import docker_save
 
@@ -100,8 +103,23 @@ def main():
     compute = ComputeManagementClient(StaticToken(), SUB, **kwargs)
     network = NetworkManagementClient(StaticToken(), SUB, **kwargs)
 
-    # Outside the SDK: a resource group (azure-mgmt-resource is not under test) and two images.
-    scaleset("group", "create", "-n", RG)
+    resources = ResourceManagementClient(StaticToken(), SUB, **kwargs)
+
+    step("resource groups (check_existence is a HEAD: 204 or 404)")
+    assert not resources.resource_groups.check_existence(RG)
+    rg = resources.resource_groups.create_or_update(RG, {"location": "local"})
+    assert rg.name == RG and rg.properties.provisioning_state == "Succeeded", rg
+    assert resources.resource_groups.check_existence(RG)
+    assert resources.resource_groups.get(RG).location == "local"
+    # Azure's naming rule admits Unicode letters and digits (and compares without case).
+    uni = "Grupo-Producción_(1).資源"
+    assert resources.resource_groups.create_or_update(uni, {"location": "local"}).name == uni
+    assert resources.resource_groups.check_existence(uni.upper())
+    assert uni in [g.name for g in resources.resource_groups.list()]
+    resources.resource_groups.begin_delete(uni).result()
+    assert not resources.resource_groups.check_existence(uni)
+
+    # Outside the SDK: two images (they are baked or imported, never PUT).
     for name in ["sdk-img1", "sdk-img2"]:
         path = os.path.join(HOME, name + ".tar")
         docker_save(path, name)
@@ -127,6 +145,27 @@ def main():
     assert lb.probes[0].id == lb_id + "/probes/http", lb.probes[0].id
     assert lb.load_balancing_rules[0].idle_timeout_in_minutes == 4  # Azure's default, filled in
     assert network.load_balancers.get(RG, "sdk-lb").name == "sdk-lb"
+    assert resources.resources.check_existence_by_id(lb_id, api_version="2024-05-01")
+    assert not resources.resources.check_existence_by_id(lb_id + "x", api_version="2024-05-01")
+
+    step("load balancer child resources")
+    assert [p.name for p in network.load_balancer_probes.list(RG, "sdk-lb")] == ["http"]
+    probe = network.load_balancer_probes.get(RG, "sdk-lb", "http")
+    assert (probe.id, probe.request_path, probe.probe_threshold) == (lb_id + "/probes/http", "/health", 1), probe
+    rules = list(network.load_balancer_load_balancing_rules.list(RG, "sdk-lb"))
+    assert [r.name for r in rules] == ["web"] and rules[0].frontend_port == LB_PORT, rules
+    rule = network.load_balancer_load_balancing_rules.get(RG, "sdk-lb", "web")
+    assert rule.probe.id == lb_id + "/probes/http", rule
+    assert [p.name for p in network.load_balancer_backend_address_pools.list(RG, "sdk-lb")] == ["be"]
+    assert network.load_balancer_backend_address_pools.get(RG, "sdk-lb", "be").id == lb_id + "/backendAddressPools/be"
+    fes = list(network.load_balancer_frontend_ip_configurations.list(RG, "sdk-lb"))
+    assert [(f.name, f.private_ip_address) for f in fes] == [("fe", "127.0.0.1")], fes
+    assert network.load_balancer_frontend_ip_configurations.get(RG, "sdk-lb", "fe").name == "fe"
+    try:
+        network.load_balancer_probes.get(RG, "sdk-lb", "nope")
+        raise AssertionError("GET of a missing probe succeeded")
+    except ResourceNotFoundError:
+        pass
 
     step("scale set")
     vmss = compute.virtual_machine_scale_sets.begin_create_or_update(RG, "sdk", cm.VirtualMachineScaleSet(
@@ -151,6 +190,8 @@ def main():
     assert vmss.sku.capacity == 0 and vmss.unique_id
     assert vmss.virtual_machine_profile.os_profile.admin_password is None  # a secret, never returned
 
+    vmss_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/sdk"
+    assert resources.resources.check_existence_by_id(vmss_id, api_version="2024-11-01")
     got = compute.virtual_machine_scale_sets.get(RG, "sdk")
     assert got.upgrade_policy.mode == "Rolling"
     assert got.upgrade_policy.rolling_upgrade_policy.max_batch_instance_percent == 50
@@ -171,6 +212,17 @@ def main():
     step("instances")
     vms = list(compute.virtual_machine_scale_set_vms.list(RG, "sdk", expand="instanceView"))
     assert vms == [], vms  # capacity 0: nothing boots in this test
+    # Per-instance actions reach the instance's own resource: with no instance it is a 404 that
+    # the SDK raises from the first request (sdk.rs checks the exchanges against the spec; the
+    # contract test drives the 202s on instance records).
+    vm_ops = compute.virtual_machine_scale_set_vms
+    for action in [vm_ops.begin_start, vm_ops.begin_power_off, vm_ops.begin_deallocate, vm_ops.begin_restart,
+                   vm_ops.begin_reimage, vm_ops.begin_reimage_all, vm_ops.begin_redeploy, vm_ops.begin_delete]:
+        try:
+            action(RG, "sdk", "0")
+            raise AssertionError(f"{action.__name__} on a missing instance succeeded")
+        except ResourceNotFoundError as e:
+            assert e.status_code == 404, (action.__name__, e)
     view = compute.virtual_machine_scale_sets.get_instance_view(RG, "sdk")
     assert view.statuses[0].code == "ProvisioningState/succeeded", view.statuses
 
@@ -199,6 +251,12 @@ def main():
     except HttpResponseError as e:
         assert e.status_code == 400 and e.error.code == "InvalidParameter", e
 
+    try:
+        resources.resources.get_by_id(vmss_id, api_version="2015-06-15")
+        raise AssertionError("an api-version scale sets do not speak was accepted")
+    except HttpResponseError as e:
+        assert e.status_code == 400 and e.error.code == "NoRegisteredProviderFound", e
+
     step("scaleset export azure (checked against the specs by sdk.rs)")
     scaleset("export", "azure", "-g", RG, "--out", os.path.join(HOME, "export"))
 
@@ -213,6 +271,7 @@ def main():
     network.load_balancers.begin_delete(RG, "sdk-lb").result()
     assert [l.name for l in network.load_balancers.list(RG)] == []
     compute.images.begin_delete(RG, "sdk-img1").result()
+    assert not resources.resources.check_existence_by_id(vmss_id, api_version="2024-11-01")
     with open(os.environ["SDK_EXCHANGES"], "w") as f:
         json.dump(EXCHANGES, f)
     print("SDK OK", flush=True)
