@@ -316,6 +316,67 @@ impl Azure {
             .call("PUT", &self.lb_path(rg, name), Some(body))
             .await
     }
+    /// Creates or updates resource group `rg` in `location` (an Azure region).
+    pub async fn group_create(&self, rg: &str, location: &str) -> Result<Value, AzureError> {
+        crate::create::check_location(location).map_err(AzureError::Config)?;
+        self.client
+            .call(
+                "PUT",
+                &self.rg_path(rg),
+                Some(&json!({"location": location})),
+            )
+            .await
+    }
+
+    /// The location of resource group `rg`, where az puts a group's new resources.
+    pub async fn group_location(&self, rg: &str) -> Result<String, AzureError> {
+        let v = self.client.call("GET", &self.rg_path(rg), None).await?;
+        v["location"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| AzureError::Config(format!("resource group '{rg}' has no location")))
+    }
+
+    /// The id of public IP `name`, created (Standard, static) when it does not exist yet.
+    pub async fn ensure_public_ip(
+        &self,
+        rg: &str,
+        name: &str,
+        location: &str,
+    ) -> Result<String, AzureError> {
+        let path = self.res(rg, "Microsoft.Network/publicIPAddresses", name);
+        if self.client.get_opt(&path).await?.is_none() {
+            let body = crate::create::public_ip(location);
+            self.client.call("PUT", &path, Some(&body)).await?;
+        }
+        Ok(path)
+    }
+
+    /// The id of subnet `subnet` of virtual network `vnet`; a virtual network that does not
+    /// exist is created with that subnet (az's defaults), a missing subnet of an existing one is
+    /// an error (its address range is the user's choice).
+    pub async fn ensure_subnet(
+        &self,
+        rg: &str,
+        vnet: &str,
+        subnet: &str,
+        location: &str,
+    ) -> Result<String, AzureError> {
+        let vnet_path = self.res(rg, "Microsoft.Network/virtualNetworks", vnet);
+        let path = format!("{vnet_path}/subnets/{}", seg(subnet));
+        if self.client.get_opt(&vnet_path).await?.is_none() {
+            let body = crate::create::virtual_network(location, subnet);
+            self.client.call("PUT", &vnet_path, Some(&body)).await?;
+            return Ok(path);
+        }
+        match self.client.get_opt(&path).await? {
+            Some(_) => Ok(path),
+            None => Err(AzureError::Config(format!(
+                "virtual network '{vnet}' has no subnet '{subnet}': create it, or name another with --subnet"
+            ))),
+        }
+    }
+
     pub async fn image_get(&self, rg: &str, name: &str) -> Result<Value, AzureError> {
         self.client
             .call("GET", &self.image_path(rg, name), None)

@@ -21,7 +21,7 @@ pub struct Client {
     pub sub: String,
     http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     /// Set with `--provider azure`: ARM calls go to Azure instead of the daemon.
-    azure: Option<azure::ArmClient>,
+    azure: Option<azure::Azure>,
 }
 
 /// Where the az verbs act.
@@ -142,14 +142,19 @@ impl Client {
     pub fn azure() -> Result<Self> {
         let az = azure::Azure::from_env(&|k| std::env::var(k).ok())?;
         let mut c = Self::new(az.client.base().to_string(), String::new());
-        c.sub = az.subscription;
-        c.azure = Some(az.client);
+        c.sub = az.subscription.clone();
+        c.azure = Some(az);
         Ok(c)
     }
 
     /// Whether calls go to Azure (and so already waited for their long-running operation).
     pub fn is_azure(&self) -> bool {
         self.azure.is_some()
+    }
+
+    /// The subscription's operations, with `--provider azure`.
+    pub fn azure_ops(&self) -> Option<&azure::Azure> {
+        self.azure.as_ref()
     }
 
     pub fn rg_path(&self, rg: &str) -> String {
@@ -252,7 +257,7 @@ impl Client {
     /// `get_opt`.
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         if let Some(a) = &self.azure {
-            return a.call(method, path, body).await.map_err(arm_error);
+            return a.client.call(method, path, body).await.map_err(arm_error);
         }
         let version = if path.contains("Microsoft.Network") {
             NETWORK
@@ -281,7 +286,11 @@ impl Client {
         wait: bool,
     ) -> Result<Value> {
         match &self.azure {
-            Some(a) if !wait => a.call_no_wait(method, path, body).await.map_err(arm_error),
+            Some(a) if !wait => a
+                .client
+                .call_no_wait(method, path, body)
+                .await
+                .map_err(arm_error),
             _ => self.call(method, path, body).await,
         }
     }
@@ -344,7 +353,7 @@ impl Client {
 
     pub async fn list(&self, path: &str) -> Result<Vec<Value>> {
         if let Some(a) = &self.azure {
-            return a.list(path).await.map_err(arm_error);
+            return a.client.list(path).await.map_err(arm_error);
         }
         let v = self.call("GET", path, None).await?;
         Ok(v.get("value")
@@ -356,7 +365,7 @@ impl Client {
 
 /// Azure's API errors become [`ArmError`]s, so callers treat them like the daemon's (404 as
 /// absence, `(Code) message`).
-fn arm_error(e: azure::AzureError) -> anyhow::Error {
+pub fn arm_error(e: azure::AzureError) -> anyhow::Error {
     match e {
         azure::AzureError::Api {
             status,

@@ -2,6 +2,8 @@
 //! Microsoft's example responses (no live Azure in CI). Checks the exact requests the binary makes.
 #[path = "../../azure/tests/support/replay.rs"]
 mod replay;
+#[path = "../../api/tests/support/swagger.rs"]
+mod swagger;
 
 use replay::{have_specs, response, Replay, Seen};
 use serde_json::{json, Value};
@@ -249,5 +251,328 @@ async fn no_wait_returns_the_first_response() {
             auth: Some("Bearer tok".into()),
             body: Some(json!({"sku": {"capacity": 5}})),
         }]
+    );
+}
+
+const NET_EX: &str = "network/resource-manager/Microsoft.Network/stable/2024-05-01/examples";
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIa7c0ffee0dd1ce0c0de0face0feed0beef0cafe0f00d test@scaleset";
+
+/// Every request body the binary sent (and the reply it got) against Microsoft's specs.
+fn check_against_specs(r: &Replay, replies: &[(u16, Value)]) {
+    let specs =
+        swagger::Specs::new(testkit::shared_dir().join("specs/azure-rest-api/specification"));
+    let files = [
+        "compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01/virtualMachineScaleSet.json",
+        "network/resource-manager/Microsoft.Network/stable/2024-05-01/loadBalancer.json",
+        "network/resource-manager/Microsoft.Network/stable/2024-05-01/publicIpAddress.json",
+        "network/resource-manager/Microsoft.Network/stable/2024-05-01/virtualNetwork.json",
+        "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/resources.json",
+    ];
+    let mut violations = Vec::new();
+    for (seen, (status, reply)) in r.seen().iter().zip(replies) {
+        let path = seen.path.split('?').next().unwrap();
+        if specs.operation(&files, &seen.method, path).is_none() {
+            violations.push(format!("{} {path}: no operation in the specs", seen.method));
+        }
+        violations.extend(specs.check_exchange(
+            &files,
+            &seen.method,
+            path,
+            seen.body.as_ref(),
+            *status,
+            reply,
+            &|_| false,
+        ));
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// `group create`, `network lb create` (public IP frontend, then a subnet frontend) and
+/// `vmss create` on Azure: the requests in order, Azure-shaped bodies that validate against
+/// Microsoft's specs, and what they refuse before sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_verbs_send_azure_shaped_bodies() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/rg");
+    let net = format!("{rg}/providers/Microsoft.Network");
+    let nv = "?api-version=2024-05-01";
+    let group = response(
+        "resources/resource-manager/Microsoft.Resources/resources/examples/2025-04-01/CreateResourceGroup.json",
+        "201",
+    );
+    let mut replies: Vec<(u16, Value)> = Vec::new();
+    let mut push = |status: u16, v: Value| {
+        r.push(status, &[], Some(&v));
+        replies.push((status, v));
+    };
+    let not_found =
+        json!({"error": {"code": "ResourceNotFound", "message": "The Resource was not found."}});
+    let lb_reply = response(&format!("{NET_EX}/LoadBalancerCreateWithZones.json"), "201");
+    let pip_reply = json!({"id": format!("{net}/publicIPAddresses/lb-ip"), "name": "lb-ip", "location": "westeurope",
+        "sku": {"name": "Standard"}, "properties": {"provisioningState": "Succeeded", "publicIPAllocationMethod": "Static", "ipAddress": "20.1.2.3"}});
+    let vnet_reply = json!({"id": format!("{net}/virtualNetworks/vnet"), "name": "vnet", "location": "westeurope",
+        "properties": {"provisioningState": "Succeeded", "addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+            "subnets": [{"name": "default", "id": format!("{net}/virtualNetworks/vnet/subnets/default"), "properties": {"addressPrefix": "10.0.0.0/24"}}]}});
+    let mut lb_get = lb_reply.clone();
+    lb_get["properties"]["backendAddressPools"] =
+        json!([{"name": "be", "id": format!("{net}/loadBalancers/lb/backendAddressPools/be")}]);
+    let vmss_reply = response(
+        &format!("{EX}/VirtualMachineScaleSet_Create_WithAzureLoadBalancer.json"),
+        "201",
+    );
+    push(201, group.clone()); // group create
+    push(200, group.clone()); // lb create: the group's location
+    push(404, not_found.clone()); // its public IP is missing
+    push(201, pip_reply); // made
+    push(201, lb_reply.clone());
+    push(201, lb_reply); // the subnet-fronted one (location given: no GET of the group)
+    push(200, group); // vmss create: the group's location
+    push(404, not_found); // the virtual network is missing
+    push(201, vnet_reply); // made with the subnet
+    push(200, lb_get); // the load balancer's pools
+    push(201, vmss_reply);
+    let ok = |(code, out, err): (i32, String, String)| {
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    ok(scaleset(
+        &r,
+        &["group", "create", "-n", "rg", "-l", "westeurope"],
+        &[],
+    )
+    .await);
+    ok(scaleset(
+        &r,
+        &[
+            "network",
+            "lb",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "lb",
+            "--backend-pool-name",
+            "be",
+        ],
+        &[],
+    )
+    .await);
+    ok(scaleset(
+        &r,
+        &[
+            "network",
+            "lb",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "ilb",
+            "--subnet",
+            "default",
+            "--vnet-name",
+            "vnet",
+            "--private-ip-address",
+            "10.0.0.9",
+            "-l",
+            "westeurope",
+        ],
+        &[],
+    )
+    .await);
+    ok(scaleset(
+        &r,
+        &[
+            "vmss",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "--image",
+            "app-img",
+            "--instance-count",
+            "2",
+            "--lb",
+            "lb",
+            "--backend-pool-name",
+            "be",
+            "--health-probe",
+            "http",
+            "--upgrade-policy-mode",
+            "Rolling",
+            "--vnet-name",
+            "vnet",
+            "--subnet",
+            "default",
+            "--ssh-key-value",
+            KEY,
+        ],
+        &[],
+    )
+    .await);
+    assert!(r.exhausted());
+    let seen = r.seen();
+    let calls: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("PUT", format!("{rg}?api-version=2021-04-01")),
+        ("GET", format!("{rg}?api-version=2021-04-01")),
+        ("GET", format!("{net}/publicIPAddresses/lb-ip{nv}")),
+        ("PUT", format!("{net}/publicIPAddresses/lb-ip{nv}")),
+        ("PUT", format!("{net}/loadBalancers/lb{nv}")),
+        ("PUT", format!("{net}/loadBalancers/ilb{nv}")),
+        ("GET", format!("{rg}?api-version=2021-04-01")),
+        ("GET", format!("{net}/virtualNetworks/vnet{nv}")),
+        ("PUT", format!("{net}/virtualNetworks/vnet{nv}")),
+        ("GET", format!("{net}/loadBalancers/lb{nv}")),
+        (
+            "PUT",
+            format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/web{V}"),
+        ),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_string(), p))
+    .collect();
+    assert_eq!(calls, want);
+    let body = |i: usize| seen[i].body.clone().unwrap();
+    assert_eq!(body(0), json!({"location": "westeurope"}));
+    assert_eq!(body(3)["sku"]["name"], "Standard");
+    assert_eq!(
+        body(4)["properties"]["frontendIPConfigurations"][0]["properties"],
+        json!({"publicIPAddress": {"id": format!("{net}/publicIPAddresses/lb-ip")}})
+    );
+    assert_eq!(body(4)["location"], "eastus", "the group's location");
+    assert_eq!(
+        body(5)["properties"]["frontendIPConfigurations"][0]["properties"],
+        json!({"subnet": {"id": format!("{net}/virtualNetworks/vnet/subnets/default")},
+            "privateIPAllocationMethod": "Static", "privateIPAddress": "10.0.0.9"})
+    );
+    let v = body(10);
+    let vm = &v["properties"]["virtualMachineProfile"];
+    assert_eq!(
+        v["sku"],
+        json!({"name": "Standard_B1s", "tier": "Standard", "capacity": 2})
+    );
+    assert_eq!(
+        vm["storageProfile"]["imageReference"]["id"],
+        format!("{rg}/providers/Microsoft.Compute/images/app-img")
+    );
+    assert_eq!(
+        vm["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"],
+        KEY
+    );
+    assert_eq!(
+        vm["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"],
+        true
+    );
+    let ipc = &vm["networkProfile"]["networkInterfaceConfigurations"][0]["properties"]
+        ["ipConfigurations"][0]["properties"];
+    assert_eq!(
+        ipc["subnet"]["id"],
+        format!("{net}/virtualNetworks/vnet/subnets/default")
+    );
+    assert_eq!(
+        ipc["loadBalancerBackendAddressPools"][0]["id"],
+        format!("{net}/loadBalancers/lb/backendAddressPools/be")
+    );
+    assert_eq!(
+        vm["networkProfile"]["healthProbe"]["id"],
+        format!("{net}/loadBalancers/lb/probes/http")
+    );
+    assert_eq!(v["properties"]["upgradePolicy"]["mode"], "Rolling");
+    check_against_specs(&r, &replies);
+
+    // Refused before anything is sent: the local location, a Rolling set without a probe, no
+    // subnet, a private key passed as the public one.
+    let before = r.seen().len();
+    for (args, why) in [
+        (vec!["group", "create", "-n", "rg"], "not an Azure location"),
+        (
+            vec![
+                "vmss",
+                "create",
+                "-g",
+                "rg",
+                "-n",
+                "w",
+                "--image",
+                "i",
+                "-l",
+                "westeurope",
+                "--ssh-key-value",
+                KEY,
+            ],
+            "--subnet is required",
+        ),
+        (
+            vec![
+                "vmss",
+                "create",
+                "-g",
+                "rg",
+                "-n",
+                "w",
+                "--image",
+                "i",
+                "-l",
+                "westeurope",
+                "--subnet",
+                "/subscriptions/x/s",
+                "--upgrade-policy-mode",
+                "Rolling",
+                "--ssh-key-value",
+                KEY,
+            ],
+            "health probe",
+        ),
+        (
+            vec![
+                "vmss",
+                "create",
+                "-g",
+                "rg",
+                "-n",
+                "w",
+                "--image",
+                "i",
+                "-l",
+                "westeurope",
+                "--subnet",
+                "/subscriptions/x/s",
+                "--ssh-key-value",
+                "/nonexistent/id.pub",
+            ],
+            "neither an OpenSSH public key",
+        ),
+        (
+            vec![
+                "network",
+                "lb",
+                "create",
+                "-g",
+                "rg",
+                "-n",
+                "x",
+                "-l",
+                "westeurope",
+                "--subnet",
+                "s",
+            ],
+            "needs --vnet-name",
+        ),
+    ] {
+        let (code, _, err) = scaleset(&r, &args, &[]).await;
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    assert_eq!(
+        r.seen().len(),
+        before,
+        "nothing was sent for refused commands"
     );
 }

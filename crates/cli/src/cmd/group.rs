@@ -7,10 +7,11 @@ use serde_json::{json, Value};
 
 #[derive(Subcommand)]
 pub enum GroupCmd {
-    /// Create a resource group.
+    /// Create a resource group (with --provider azure, in an Azure region: --location).
     Create {
         #[arg(long, short = 'n')]
         name: String,
+        /// `local` for the daemon; an Azure region (e.g. westeurope) with --provider azure.
         #[arg(long, short = 'l', default_value = "local")]
         location: String,
     },
@@ -29,16 +30,19 @@ pub enum GroupCmd {
 pub async fn run(cmd: GroupCmd, out: Output) -> Result<()> {
     let c = client()?;
     match cmd {
-        GroupCmd::Create { name, location } => print(
-            &c.call(
-                "PUT",
-                &c.rg_path(&name),
-                Some(&json!({"location": location})),
-            )
-            .await?,
-            out,
-            output::GROUP_COLS,
-        ),
+        GroupCmd::Create { name, location } => {
+            let v = match c.azure_ops() {
+                Some(az) => az
+                    .group_create(&name, &location)
+                    .await
+                    .map_err(crate::client::arm_error)?,
+                None => {
+                    let body = json!({"location": location});
+                    c.call("PUT", &c.rg_path(&name), Some(&body)).await?
+                }
+            };
+            print(&v, out, output::GROUP_COLS)
+        }
         GroupCmd::Show { name } => print(
             &c.call("GET", &c.rg_path(&name), None).await?,
             out,

@@ -17,19 +17,25 @@ pub enum NetworkCmd {
 
 #[derive(Subcommand)]
 pub enum LbCmd {
-    /// Create a Standard load balancer with one frontend and one backend pool.
+    /// Create a Standard load balancer with one frontend and one backend pool. With --provider
+    /// azure the frontend is a public IP (--public-ip-address, created if missing; the default)
+    /// or a private address on a subnet (--subnet, with --vnet-name or as an id).
     Create {
         #[command(flatten)]
         t: Target,
         #[arg(long, default_value = "LoadBalancerFrontEnd")]
         frontend_ip_name: String,
-        #[arg(long, default_value = "127.0.0.1")]
-        private_ip_address: String,
+        /// The frontend's address: locally where it listens (default 127.0.0.1); on Azure a
+        /// static address on --subnet (default: dynamic).
+        #[arg(long)]
+        private_ip_address: Option<String>,
         #[arg(long)]
         backend_pool_name: Option<String>,
         /// L7 (HTTP/1.1 proxy with retries and draining; default) or L4 (TCP, Azure's semantics).
         #[arg(long, value_parser = ["L4", "L7"], default_value = "L7")]
         layer: String,
+        #[command(flatten)]
+        azure: AzureLbArgs,
     },
     Show(Target),
     List {
@@ -41,6 +47,23 @@ pub enum LbCmd {
     Probe(ProbeCmd),
     #[command(subcommand)]
     Rule(RuleCmd),
+}
+
+/// Where an Azure load balancer's frontend is (ignored locally).
+#[derive(Args, Clone, Default)]
+pub struct AzureLbArgs {
+    /// Azure: the frontend's public IP (name or id); created (Standard, static) if missing.
+    /// Default `{name}-ip` unless --subnet is given.
+    #[arg(long)]
+    pub public_ip_address: Option<String>,
+    /// Azure: a private frontend on this subnet (name in --vnet-name, or an id).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    #[arg(long)]
+    pub vnet_name: Option<String>,
+    /// Azure: the region (default: the resource group's).
+    #[arg(long, short = 'l')]
+    pub location: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -162,8 +185,18 @@ pub async fn run(cmd: NetworkCmd, out: Output) -> Result<()> {
             private_ip_address,
             backend_pool_name,
             layer,
+            azure,
         } => {
             let pool = backend_pool_name.unwrap_or_else(|| format!("{}bepool", t.name));
+            if let Some(az) = c.azure_ops() {
+                let v =
+                    create_on_azure(az, &t, &frontend_ip_name, private_ip_address, &pool, azure)
+                        .await
+                        .map_err(crate::client::arm_error)?;
+                print(&v, out, output::LB_COLS);
+                return Ok(());
+            }
+            let private_ip_address = private_ip_address.unwrap_or_else(|| "127.0.0.1".into());
             let v = c
                 .call(
                     "PUT",
@@ -203,6 +236,74 @@ pub async fn run(cmd: NetworkCmd, out: Output) -> Result<()> {
         LbCmd::Rule(r) => rule::run(&c, r, out).await?,
     }
     Ok(())
+}
+
+/// `network lb create` on Azure: the frontend's public IP (made if missing) or subnet, then the
+/// load balancer, in the resource group's location unless one is given.
+async fn create_on_azure(
+    az: &azure::Azure,
+    t: &Target,
+    frontend: &str,
+    private_ip: Option<String>,
+    pool: &str,
+    a: AzureLbArgs,
+) -> Result<Value, azure::AzureError> {
+    use azure::create::{Frontend, LoadBalancerSpec};
+    let location = match a.location {
+        Some(l) => l,
+        None => az.group_location(&t.rg).await?,
+    };
+    azure::create::check_location(&location).map_err(azure::AzureError::Config)?;
+    let frontend_at = match (a.subnet, a.public_ip_address) {
+        (Some(_), Some(_)) => {
+            return Err(azure::AzureError::Config(
+                "pass --public-ip-address or --subnet, not both".into(),
+            ))
+        }
+        (Some(subnet), None) => Frontend::Subnet {
+            id: subnet_id(az, &t.rg, a.vnet_name.as_deref(), &subnet)?,
+            private_ip,
+        },
+        (None, pip) => {
+            let pip = pip.unwrap_or_else(|| format!("{}-ip", t.name));
+            let id = if pip.starts_with("/subscriptions/") {
+                pip
+            } else {
+                az.ensure_public_ip(&t.rg, &pip, &location).await?
+            };
+            Frontend::PublicIp { id }
+        }
+    };
+    let body = azure::create::load_balancer(&LoadBalancerSpec {
+        location,
+        frontend_name: frontend.to_string(),
+        frontend: frontend_at,
+        pool_name: pool.to_string(),
+    });
+    az.lb_create_or_update(&t.rg, &t.name, &body).await
+}
+
+/// A subnet's id from `--subnet` (an id, or a name in `--vnet-name`).
+pub(super) fn subnet_id(
+    az: &azure::Azure,
+    rg: &str,
+    vnet: Option<&str>,
+    subnet: &str,
+) -> Result<String, azure::AzureError> {
+    if subnet.starts_with("/subscriptions/") {
+        return Ok(subnet.to_string());
+    }
+    let vnet = vnet.ok_or_else(|| {
+        azure::AzureError::Config(
+            "--subnet by name needs --vnet-name (or pass the subnet's id)".into(),
+        )
+    })?;
+    Ok(format!(
+        "{}/providers/Microsoft.Network/virtualNetworks/{}/subnets/{}",
+        az.rg_path(rg),
+        azure::ops::seg(vnet),
+        azure::ops::seg(subnet)
+    ))
 }
 
 /// Prints the child `name` of collection `coll` in the load balancer `v` (as PUT returned it).

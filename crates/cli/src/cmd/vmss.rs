@@ -24,7 +24,7 @@ pub struct Instances {
 #[derive(Subcommand)]
 pub enum VmssCmd {
     /// Create a scale set (waits until its instances are provisioned unless --no-wait).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     Show(Target),
     List {
         #[arg(long = "resource-group", short = 'g')]
@@ -128,6 +128,32 @@ pub struct CreateArgs {
     pub automatic_repairs_action: Option<String>,
     #[arg(long)]
     pub no_wait: bool,
+    #[command(flatten)]
+    pub azure: AzureVmssArgs,
+}
+
+/// What a scale set on Azure needs beyond the local one (ignored locally).
+#[derive(Args)]
+pub struct AzureVmssArgs {
+    /// Azure: the subnet the instances' NICs join (a name in --vnet-name, or an id).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Azure: the virtual network of --subnet; created (10.0.0.0/16, the subnet 10.0.0.0/24)
+    /// when it does not exist.
+    #[arg(long)]
+    pub vnet_name: Option<String>,
+    /// Azure: the VM size (sku.name).
+    #[arg(long, default_value = "Standard_B1s")]
+    pub vm_sku: String,
+    #[arg(long, default_value = "azureuser")]
+    pub admin_username: String,
+    /// Azure: the OpenSSH public key, or a file holding it (default ~/.ssh/id_ed25519.pub, then
+    /// ~/.ssh/id_rsa.pub). Password login is disabled.
+    #[arg(long)]
+    pub ssh_key_value: Option<String>,
+    /// Azure: the region (default: the resource group's).
+    #[arg(long, short = 'l')]
+    pub location: Option<String>,
 }
 
 #[derive(Args)]
@@ -276,7 +302,7 @@ pub fn vmss_body(
 pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
     let c = client()?;
     match cmd {
-        VmssCmd::Create(a) => create(&c, a, out).await?,
+        VmssCmd::Create(a) => create(&c, *a, out).await?,
         VmssCmd::Show(t) => print(
             &with_rg(c.call("GET", &c.vmss_path(&t.rg, &t.name), None).await?),
             out,
@@ -367,6 +393,11 @@ pub async fn run(cmd: VmssCmd, out: Output) -> Result<()> {
 }
 
 async fn create(c: &Client, a: CreateArgs, out: Output) -> Result<()> {
+    if let Some(az) = c.azure_ops() {
+        let v = create_on_azure(c, az, &a).await?;
+        print(&with_rg(v), out, output::VMSS_COLS);
+        return Ok(());
+    }
     let t = &a.t;
     let lbref = match &a.lb {
         None => None,
@@ -402,6 +433,99 @@ async fn create(c: &Client, a: CreateArgs, out: Output) -> Result<()> {
     let v = settle(c, t, v, a.no_wait, true).await?;
     print(&with_rg(v), out, output::VMSS_COLS);
     Ok(())
+}
+
+/// `vmss create` on Azure: the subnet (its virtual network made if missing), then an
+/// Azure-shaped scale set (`azure::create::scale_set`) in the resource group's location; the
+/// call waits for ARM's long-running operation.
+async fn create_on_azure(c: &Client, az: &azure::Azure, a: &CreateArgs) -> Result<Value> {
+    let (t, x) = (&a.t, &a.azure);
+    let arm = crate::client::arm_error;
+    let location = match &x.location {
+        Some(l) => l.clone(),
+        None => az.group_location(&t.rg).await.map_err(arm)?,
+    };
+    azure::create::check_location(&location).map_err(|e| anyhow!(e))?;
+    let subnet = x.subnet.as_deref().ok_or_else(|| {
+        anyhow!("--subnet is required with --provider azure (a name in --vnet-name, or an id)")
+    })?;
+    let subnet_id = match (&x.vnet_name, subnet.starts_with("/subscriptions/")) {
+        (Some(vnet), false) => az
+            .ensure_subnet(&t.rg, vnet, subnet, &location)
+            .await
+            .map_err(arm)?,
+        _ => super::lb::subnet_id(az, &t.rg, x.vnet_name.as_deref(), subnet).map_err(arm)?,
+    };
+    let (pools, probe) = match &a.lb {
+        None => (Vec::new(), None),
+        Some(lb) => {
+            let id = lb_id(c, &t.rg, lb);
+            let pool = backend_pool(c, &t.rg, lb, &a.backend_pool_name).await?;
+            let probe = a
+                .health_probe
+                .as_ref()
+                .map(|p| match p.starts_with("/subscriptions/") {
+                    true => p.clone(),
+                    false => format!("{id}/probes/{p}"),
+                });
+            (vec![format!("{id}/backendAddressPools/{pool}")], probe)
+        }
+    };
+    let spec = azure::create::ScaleSetSpec {
+        name: t.name.clone(),
+        location,
+        vm_size: x.vm_sku.clone(),
+        capacity: a.instance_count,
+        image_id: match a.image.starts_with("/subscriptions/") {
+            true => a.image.clone(),
+            false => c.image_path(&t.rg, &a.image),
+        },
+        subnet_id,
+        pools,
+        health_probe: probe,
+        admin_username: x.admin_username.clone(),
+        ssh_public_key: ssh_public_key(x.ssh_key_value.as_deref())?,
+        computer_name_prefix: a.computer_name_prefix.clone(),
+        upgrade_mode: a.upgrade_policy_mode.clone(),
+        scale_in: a.scale_in_policy.clone(),
+        repairs: (a.automatic_repairs_grace_period.is_some()
+            || a.automatic_repairs_action.is_some())
+        .then(|| {
+            (
+                a.automatic_repairs_grace_period.unwrap_or(10),
+                a.automatic_repairs_action
+                    .clone()
+                    .unwrap_or_else(|| "Replace".into()),
+            )
+        }),
+    };
+    let body = azure::create::scale_set(&spec).map_err(|e| anyhow!(e))?;
+    c.call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !a.no_wait)
+        .await
+}
+
+/// `--ssh-key-value`: the key itself, or a file holding it; default the user's own public key.
+fn ssh_public_key(given: Option<&str>) -> Result<String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|k| k.trim().to_string())
+    };
+    let key = match given {
+        Some(k) if azure::create::looks_like_ssh_key(k) => Some(k.trim().to_string()),
+        Some(path) => Some(read(std::path::Path::new(path)).ok_or_else(|| {
+            anyhow!("--ssh-key-value '{path}' is neither an OpenSSH public key nor a readable file")
+        })?),
+        None => {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            ["id_ed25519.pub", "id_rsa.pub"]
+                .iter()
+                .find_map(|f| read(&home.join(".ssh").join(f)))
+        }
+    };
+    key.ok_or_else(|| anyhow!("no SSH public key: pass --ssh-key-value (the key or its file)"))
 }
 
 /// The backend pool of `lb` the instances join: `--backend-pool-name`, else its only pool.

@@ -1,0 +1,341 @@
+//! What `group create`, `network lb create` and `vmss create` send to a real subscription:
+//! Azure-shaped bodies (a real location, Standard SKUs, a frontend on a public IP or a subnet,
+//! scale sets on a subnet with an SSH key and the load balancer's pool and probe), built from
+//! plain specs. Pure; the calls that send them are in `ops`.
+use serde_json::{json, Value};
+
+/// The address space and subnet a virtual network gets when `vmss create` makes one (az's
+/// defaults).
+pub const VNET_PREFIX: &str = "10.0.0.0/16";
+pub const SUBNET_PREFIX: &str = "10.0.0.0/24";
+
+/// Where a load balancer's frontend gets its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend {
+    /// A Standard static public IP (its resource id).
+    PublicIp { id: String },
+    /// A private address on a subnet (its resource id): dynamic, or the given static address.
+    Subnet {
+        id: String,
+        private_ip: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancerSpec {
+    pub location: String,
+    pub frontend_name: String,
+    pub frontend: Frontend,
+    pub pool_name: String,
+}
+
+/// A Standard load balancer with one frontend and one backend pool (probes and rules are added
+/// by `network lb probe|rule create`, as with az).
+pub fn load_balancer(s: &LoadBalancerSpec) -> Value {
+    let fe = match &s.frontend {
+        Frontend::PublicIp { id } => json!({"publicIPAddress": {"id": id}}),
+        Frontend::Subnet { id, private_ip } => match private_ip {
+            Some(ip) => json!({"subnet": {"id": id}, "privateIPAllocationMethod": "Static",
+                "privateIPAddress": ip}),
+            None => json!({"subnet": {"id": id}, "privateIPAllocationMethod": "Dynamic"}),
+        },
+    };
+    json!({
+        "location": s.location,
+        "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {
+            "frontendIPConfigurations": [{"name": s.frontend_name, "properties": fe}],
+            "backendAddressPools": [{"name": s.pool_name}],
+            "probes": [],
+            "loadBalancingRules": [],
+        },
+    })
+}
+
+/// A Standard static IPv4 public IP (what a Standard load balancer's frontend needs).
+pub fn public_ip(location: &str) -> Value {
+    json!({
+        "location": location,
+        "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+    })
+}
+
+/// A virtual network with one subnet.
+pub fn virtual_network(location: &str, subnet: &str) -> Value {
+    json!({
+        "location": location,
+        "properties": {
+            "addressSpace": {"addressPrefixes": [VNET_PREFIX]},
+            "subnets": [{"name": subnet, "properties": {"addressPrefix": SUBNET_PREFIX}}],
+        },
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleSetSpec {
+    pub name: String,
+    pub location: String,
+    /// `sku.name`, e.g. Standard_B1s.
+    pub vm_size: String,
+    pub capacity: u32,
+    /// A managed image's id (`Microsoft.Compute/images`) or a gallery image version's.
+    pub image_id: String,
+    pub subnet_id: String,
+    /// Backend pool ids the NIC joins.
+    pub pools: Vec<String>,
+    /// The load balancer probe that is the scale set's health source.
+    pub health_probe: Option<String>,
+    pub admin_username: String,
+    /// An OpenSSH public key (`ssh-ed25519 AAAA... comment`); password login is disabled.
+    pub ssh_public_key: String,
+    pub computer_name_prefix: Option<String>,
+    /// Automatic, Manual or Rolling.
+    pub upgrade_mode: String,
+    /// Default, NewestVM or OldestVM.
+    pub scale_in: Option<String>,
+    /// Automatic repairs: (grace period in minutes, repair action).
+    pub repairs: Option<(u32, String)>,
+}
+
+/// A Uniform scale set on `subnet_id`, running `image_id`, in the load balancer's pools.
+/// Rolling needs a health source, so a Rolling scale set without `health_probe` is refused
+/// here rather than by Azure after the round trip.
+pub fn scale_set(s: &ScaleSetSpec) -> Result<Value, String> {
+    if s.upgrade_mode.eq_ignore_ascii_case("Rolling") && s.health_probe.is_none() {
+        return Err("a Rolling upgrade policy needs a health probe (--health-probe)".into());
+    }
+    if !looks_like_ssh_key(&s.ssh_public_key) {
+        return Err("the SSH public key is not an OpenSSH public key (ssh-ed25519|ssh-rsa|ecdsa-sha2-* AAAA...)".into());
+    }
+    let pools: Vec<Value> = s.pools.iter().map(|p| json!({"id": p})).collect();
+    let prefix = s.computer_name_prefix.clone().unwrap_or_else(|| {
+        // Linux computer names: at most 15 characters of the prefix are used by az.
+        s.name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(9)
+            .collect()
+    });
+    let mut network = json!({
+        "networkInterfaceConfigurations": [{"name": format!("{}-nic", s.name), "properties": {
+            "primary": true,
+            "ipConfigurations": [{"name": "ipconfig", "properties": {
+                "subnet": {"id": s.subnet_id},
+                "loadBalancerBackendAddressPools": pools,
+            }}],
+        }}],
+    });
+    if let Some(p) = &s.health_probe {
+        network["healthProbe"] = json!({"id": p});
+    }
+    let mut props = json!({
+        "orchestrationMode": "Uniform",
+        "overprovision": false,
+        "upgradePolicy": {"mode": s.upgrade_mode},
+        "virtualMachineProfile": {
+            "osProfile": {
+                "computerNamePrefix": prefix,
+                "adminUsername": s.admin_username,
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": true,
+                    "ssh": {"publicKeys": [{
+                        "path": format!("/home/{}/.ssh/authorized_keys", s.admin_username),
+                        "keyData": s.ssh_public_key.trim(),
+                    }]},
+                },
+            },
+            "storageProfile": {
+                "imageReference": {"id": s.image_id},
+                "osDisk": {"createOption": "FromImage", "caching": "ReadWrite",
+                    "managedDisk": {"storageAccountType": "Standard_LRS"}},
+            },
+            "networkProfile": network,
+        },
+    });
+    if s.upgrade_mode.eq_ignore_ascii_case("Rolling") {
+        // Azure's defaults, spelled out so the body says what will happen.
+        props["upgradePolicy"]["rollingUpgradePolicy"] = json!({
+            "maxBatchInstancePercent": 20, "maxUnhealthyInstancePercent": 20,
+            "maxUnhealthyUpgradedInstancePercent": 20, "pauseTimeBetweenBatches": "PT0S",
+        });
+    }
+    if let Some(rule) = &s.scale_in {
+        props["scaleInPolicy"] = json!({"rules": [rule]});
+    }
+    if let Some((grace, action)) = &s.repairs {
+        props["automaticRepairsPolicy"] =
+            json!({"enabled": true, "gracePeriod": format!("PT{grace}M"), "repairAction": action});
+    }
+    Ok(json!({
+        "location": s.location,
+        "sku": {"name": s.vm_size, "tier": "Standard", "capacity": s.capacity},
+        "properties": props,
+    }))
+}
+
+/// An OpenSSH public key line: a known key type, then base64 (a sanity check, so a private key
+/// or a file name is not sent as the key).
+pub fn looks_like_ssh_key(k: &str) -> bool {
+    let mut parts = k.split_whitespace();
+    let (Some(kind), Some(data)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let known = ["ssh-ed25519", "ssh-rsa"].contains(&kind) || kind.starts_with("ecdsa-sha2-");
+    known
+        && data.starts_with("AAAA")
+        && data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+}
+
+/// The location Azure wants: `local` (the daemon's) is not one.
+pub fn check_location(location: &str) -> Result<(), String> {
+    if location.is_empty() || location.eq_ignore_ascii_case("local") {
+        return Err(format!(
+            "'{location}' is not an Azure location: pass --location (e.g. westeurope)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm0 user@host";
+
+    fn spec() -> ScaleSetSpec {
+        ScaleSetSpec {
+            name: "web-app".into(),
+            location: "westeurope".into(),
+            vm_size: "Standard_B1s".into(),
+            capacity: 2,
+            image_id: "/i".into(),
+            subnet_id: "/s".into(),
+            pools: vec!["/lb/backendAddressPools/be".into()],
+            health_probe: Some("/lb/probes/http".into()),
+            admin_username: "azureuser".into(),
+            ssh_public_key: format!("{KEY}\n"),
+            computer_name_prefix: None,
+            upgrade_mode: "Rolling".into(),
+            scale_in: Some("OldestVM".into()),
+            repairs: Some((30, "Replace".into())),
+        }
+    }
+
+    #[test]
+    fn scale_set_body() {
+        let v = scale_set(&spec()).unwrap();
+        let p = &v["properties"];
+        assert_eq!(v["location"], "westeurope");
+        assert_eq!(
+            v["sku"],
+            json!({"name": "Standard_B1s", "tier": "Standard", "capacity": 2})
+        );
+        let os = &p["virtualMachineProfile"]["osProfile"];
+        assert_eq!(os["computerNamePrefix"], "webapp");
+        assert_eq!(
+            os["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"],
+            KEY
+        );
+        assert_eq!(
+            os["linuxConfiguration"]["ssh"]["publicKeys"][0]["path"],
+            "/home/azureuser/.ssh/authorized_keys"
+        );
+        let ip = &p["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"][0]
+            ["properties"]["ipConfigurations"][0]["properties"];
+        assert_eq!(ip["subnet"]["id"], "/s");
+        assert_eq!(
+            ip["loadBalancerBackendAddressPools"][0]["id"],
+            "/lb/backendAddressPools/be"
+        );
+        assert_eq!(
+            p["virtualMachineProfile"]["networkProfile"]["healthProbe"]["id"],
+            "/lb/probes/http"
+        );
+        assert_eq!(
+            p["upgradePolicy"]["rollingUpgradePolicy"]["maxBatchInstancePercent"],
+            20
+        );
+        assert_eq!(p["automaticRepairsPolicy"]["gracePeriod"], "PT30M");
+        assert_eq!(p["scaleInPolicy"]["rules"], json!(["OldestVM"]));
+    }
+
+    #[test]
+    fn scale_set_refusals() {
+        let mut s = spec();
+        s.health_probe = None;
+        assert!(scale_set(&s).unwrap_err().contains("health probe"));
+        s.upgrade_mode = "Manual".into();
+        let v = scale_set(&s).unwrap();
+        assert!(v["properties"]["upgradePolicy"]
+            .get("rollingUpgradePolicy")
+            .is_none());
+        assert!(v["properties"]["virtualMachineProfile"]["networkProfile"]
+            .get("healthProbe")
+            .is_none());
+        s.ssh_public_key = "-----BEGIN OPENSSH PRIVATE KEY-----".into();
+        assert!(scale_set(&s).is_err());
+    }
+
+    #[test]
+    fn ssh_keys_and_locations() {
+        for (k, ok) in [
+            (KEY, true),
+            ("ssh-rsa AAAAB3NzaC1yc2E= c", true),
+            ("ecdsa-sha2-nistp256 AAAAE2VjZHNh", true),
+            ("ssh-dss AAAAB3", false),
+            ("ssh-ed25519", false),
+            ("ssh-ed25519 not-base64!", false),
+            ("/root/.ssh/id_ed25519.pub", false),
+            ("", false),
+        ] {
+            assert_eq!(looks_like_ssh_key(k), ok, "{k}");
+        }
+        assert!(check_location("westeurope").is_ok());
+        assert!(check_location("local").is_err());
+        assert!(check_location("").is_err());
+    }
+
+    #[test]
+    fn load_balancer_frontends() {
+        let mut s = LoadBalancerSpec {
+            location: "westeurope".into(),
+            frontend_name: "fe".into(),
+            frontend: Frontend::PublicIp { id: "/pip".into() },
+            pool_name: "be".into(),
+        };
+        let v = load_balancer(&s);
+        let fe = &v["properties"]["frontendIPConfigurations"][0];
+        assert_eq!(
+            fe,
+            &json!({"name": "fe", "properties": {"publicIPAddress": {"id": "/pip"}}})
+        );
+        assert_eq!(v["sku"]["name"], "Standard");
+        s.frontend = Frontend::Subnet {
+            id: "/s".into(),
+            private_ip: None,
+        };
+        let v = load_balancer(&s);
+        assert_eq!(
+            v["properties"]["frontendIPConfigurations"][0]["properties"],
+            json!({"subnet": {"id": "/s"}, "privateIPAllocationMethod": "Dynamic"})
+        );
+        s.frontend = Frontend::Subnet {
+            id: "/s".into(),
+            private_ip: Some("10.0.0.9".into()),
+        };
+        let v = load_balancer(&s);
+        assert_eq!(
+            v["properties"]["frontendIPConfigurations"][0]["properties"]["privateIPAddress"],
+            "10.0.0.9"
+        );
+        assert_eq!(public_ip("westeurope")["sku"]["name"], "Standard");
+        assert_eq!(
+            virtual_network("westeurope", "default")["properties"]["subnets"][0]["properties"]
+                ["addressPrefix"],
+            SUBNET_PREFIX
+        );
+    }
+}
