@@ -21,6 +21,16 @@ pub struct Azure {
     pub rolling_grace: Duration,
 }
 
+/// How a template deployment ended.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub state: crate::deploy::State,
+    /// The deployment as last read (outputs, error).
+    pub deployment: Value,
+    /// `type/name: (code) message` of each failed resource operation.
+    pub failures: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpgradeStep {
     /// Manual: the model changed, instances keep the old one until upgraded explicitly.
@@ -166,7 +176,7 @@ impl Azure {
     /// A client for the subscription the environment names (`env` reads a variable):
     /// `AZURE_SUBSCRIPTION_ID`; credentials as [`credential::choose`] picks them; ARM at
     /// `SCALESET_AZURE_ENDPOINT` (default https://management.azure.com; plain `http://` is
-    /// for the replay tests). HTTPS goes through the system curl ([`CurlTransport`]).
+    /// for the replay tests), polls without Retry-After every `SCALESET_AZURE_POLL_MS` (5 s). HTTPS goes through the system curl ([`CurlTransport`]).
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Azure, AzureError> {
         let get = |k: &str| env(k).filter(|v| !v.is_empty());
         let sub = get("AZURE_SUBSCRIPTION_ID").ok_or_else(|| {
@@ -184,7 +194,11 @@ impl Azure {
         } else {
             https
         };
-        let client = ArmClient::new(&base, transport, Arc::new(cred))?;
+        let mut client = ArmClient::new(&base, transport, Arc::new(cred))?;
+        // Polls without a Retry-After (a deployment's) wait this long; tests shorten it.
+        if let Some(ms) = get("SCALESET_AZURE_POLL_MS").and_then(|v| v.parse::<u64>().ok()) {
+            client.poll_delay = Duration::from_millis(ms.min(60_000));
+        }
         Ok(Azure::new(client, &sub))
     }
 
@@ -374,6 +388,54 @@ impl Azure {
             None => Err(AzureError::Config(format!(
                 "virtual network '{vnet}' has no subnet '{subnet}': create it, or name another with --subnet"
             ))),
+        }
+    }
+
+    /// Deployment `name` in resource group `rg`.
+    pub fn deployment_path(&self, rg: &str, name: &str) -> String {
+        self.res(rg, "Microsoft.Resources/deployments", name)
+    }
+
+    /// Submits a template deployment (`deploy::body`) and follows it until it succeeds, fails
+    /// or is canceled, reporting each resource's state as its operations change it (one line
+    /// per change to `progress`). A failed deployment is an outcome, not an error: its
+    /// per-resource errors are in [`Deployed::failures`].
+    pub async fn deploy<F: FnMut(&str) + ?Sized>(
+        &self,
+        rg: &str,
+        name: &str,
+        body: &Value,
+        progress: &mut F,
+    ) -> Result<Deployed, AzureError> {
+        use crate::deploy;
+        let path = self.deployment_path(rg, name);
+        // The spec lists a deployment's operations under `resourcegroups/{rg}/deployments`.
+        let ops_path = format!("{}/deployments/{}/operations", self.rg_path(rg), seg(name));
+        let mut v = self.client.call_no_wait("PUT", &path, Some(body)).await?;
+        let mut seen = std::collections::BTreeMap::new();
+        let mut waited = Duration::ZERO;
+        loop {
+            let state = deploy::State::of(&v);
+            let ops = self.client.list(&ops_path).await?;
+            for line in deploy::progress(&mut seen, &deploy::resource_states(&ops)) {
+                progress(&line);
+            }
+            if state.done() {
+                return Ok(Deployed {
+                    state,
+                    failures: deploy::failures(&ops),
+                    deployment: v,
+                });
+            }
+            if waited >= self.client.lro_timeout {
+                return Err(AzureError::Timeout {
+                    what: format!("deployment {name}"),
+                    secs: waited.as_secs(),
+                });
+            }
+            self.client.sleep(self.client.poll_delay).await;
+            waited += self.client.poll_delay;
+            v = self.client.call("GET", &path, None).await?;
         }
     }
 

@@ -17,6 +17,8 @@ use support::replay::{example, have_specs, response, Replay, Seen};
 
 mod support {
     pub mod replay;
+    #[path = "../../../api/tests/support/swagger.rs"]
+    pub mod swagger;
 }
 
 const SUB: &str = "00000000-0000-0000-0000-0000000000aa";
@@ -1152,4 +1154,220 @@ async fn packer_build_task_bakes_on_image_builder() {
         format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/images/120")
     );
     let _ = std::fs::remove_dir_all(pkg.parent().unwrap());
+}
+
+const DEPLOY_EX: &str =
+    "resources/resource-manager/Microsoft.Resources/deployments/stable/2025-04-01/examples";
+const DEPLOYMENTS: &str =
+    "resources/resource-manager/Microsoft.Resources/deployments/stable/2025-04-01/deployments.json";
+
+/// A deployment operation on one resource, in `DeploymentOperation`'s shape.
+fn deploy_op(id: &str, ty: &str, name: &str, state: &str, error: Option<Value>) -> Value {
+    let mut props = json!({
+        "provisioningOperation": "Create", "provisioningState": state,
+        "timestamp": "2026-01-01T00:00:00Z", "duration": "PT5S",
+        "serviceRequestId": "00000000-0000-0000-0000-000000000000",
+        "statusCode": if state == "Failed" { "BadRequest" } else { "OK" },
+        "targetResource": {"id": format!("/subscriptions/{SUB}/resourceGroups/rg/providers/{ty}/{name}"),
+            "resourceType": ty, "resourceName": name},
+    });
+    if let Some(e) = error {
+        props["statusMessage"] = json!({"status": "Failed", "error": e});
+    }
+    json!({"id": format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Resources/deployments/azuredeploy/operations/{id}"),
+        "operationId": id, "properties": props})
+}
+
+/// The exchanges of a deployment against `deployments.json` (Deployments_CreateOrUpdate,
+/// Deployments_Get, DeploymentOperations_List): requests and the replies they got.
+fn check_deployment_exchanges(r: &Replay, replies: &[(u16, Value)]) {
+    use support::swagger::Specs;
+    let specs = Specs::new(testkit::shared_dir().join("specs/azure-rest-api/specification"));
+    let mut violations = Vec::new();
+    let seen = r.seen();
+    assert_eq!(seen.len(), replies.len());
+    for (s, (status, reply)) in seen.iter().zip(replies) {
+        let path = s.path.split('?').next().unwrap();
+        let op = specs.operation(&[DEPLOYMENTS], &s.method, path);
+        assert!(
+            op.is_some(),
+            "{} {path}: no operation in deployments.json",
+            s.method
+        );
+        violations.extend(specs.check_exchange(
+            &[DEPLOYMENTS],
+            &s.method,
+            path,
+            s.body.as_ref(),
+            *status,
+            reply,
+            &|_| false,
+        ));
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[tokio::test]
+async fn template_deployment_is_followed_to_succeeded_with_per_resource_progress() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let (az, sl) = azure(&r);
+    let ex = format!("{DEPLOY_EX}/PutDeploymentResourceGroup.json");
+    let accepted = response(&ex, "201");
+    let mut running = accepted.clone();
+    running["properties"]["provisioningState"] = json!("Running");
+    let mut succeeded = response(&ex, "200");
+    succeeded["properties"]["outputs"] = json!({
+        "weblbLoadBalancerFrontEndAddress": {"type": "String", "value": "20.61.7.9"},
+        "storageAccountName": {"type": "String", "value": "ssetx"},
+    });
+    let pip = "Microsoft.Network/publicIPAddresses";
+    let lb = "Microsoft.Network/loadBalancers";
+    let mut replies = Vec::new();
+    let mut push = |v: Value| {
+        r.push(if replies.is_empty() { 201 } else { 200 }, &[], Some(&v));
+        replies.push((if replies.is_empty() { 201 } else { 200 }, v));
+    };
+    push(accepted);
+    push(json!({"value": [deploy_op("1", pip, "lb-fe-ip", "Running", None)]}));
+    push(running);
+    push(
+        json!({"value": [deploy_op("1", pip, "lb-fe-ip", "Succeeded", None), deploy_op("2", lb, "lb", "Running", None)]}),
+    );
+    push(succeeded);
+    push(
+        json!({"value": [deploy_op("1", pip, "lb-fe-ip", "Succeeded", None), deploy_op("2", lb, "lb", "Succeeded", None)]}),
+    );
+    let template = json!({"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0", "parameters": {"imageId": {"type": "string"}}, "resources": []});
+    let params = azure::deploy::parameters(&template, &["imageId=/img".to_string()], &|_| {
+        Err("no files".into())
+    })
+    .unwrap();
+    let body = azure::deploy::body(template.clone(), params);
+    let mut lines = Vec::new();
+    let done = az
+        .deploy("rg", "azuredeploy", &body, &mut |l: &str| {
+            lines.push(l.to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.state, azure::deploy::State::Succeeded);
+    assert!(done.failures.is_empty());
+    assert_eq!(
+        lines,
+        vec![
+            format!("{pip}/lb-fe-ip: Running"),
+            format!("{pip}/lb-fe-ip: Succeeded"),
+            format!("{lb}/lb: Running"),
+            format!("{lb}/lb: Succeeded"),
+        ]
+    );
+    assert_eq!(
+        azure::deploy::public_ips(&done.deployment),
+        vec![(
+            "weblbLoadBalancerFrontEndAddress".to_string(),
+            "20.61.7.9".to_string()
+        )]
+    );
+    let d = format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Resources/deployments/azuredeploy?api-version=2021-04-01");
+    let o = format!("/subscriptions/{SUB}/resourceGroups/rg/deployments/azuredeploy/operations?api-version=2021-04-01");
+    let seen = r.seen();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.path.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("PUT", d.as_str()),
+            ("GET", o.as_str()),
+            ("GET", d.as_str()),
+            ("GET", o.as_str()),
+            ("GET", d.as_str()),
+            ("GET", o.as_str())
+        ]
+    );
+    assert_eq!(
+        seen[0].body,
+        Some(
+            json!({"properties": {"mode": "Incremental", "template": template, "parameters": {"imageId": {"value": "/img"}}}})
+        )
+    );
+    // Two polls, each after the client's poll delay.
+    assert_eq!(sl.take(), vec![az.client.poll_delay; 2]);
+    check_deployment_exchanges(&r, &replies);
+    assert!(r.exhausted());
+}
+
+#[tokio::test]
+async fn failed_template_deployment_reports_each_failed_resource() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let ex = format!("{DEPLOY_EX}/PutDeploymentResourceGroup.json");
+    let accepted = response(&ex, "201");
+    let mut failed = response(&ex, "200");
+    failed["properties"]["provisioningState"] = json!("Failed");
+    // Errors in the spec's shape (`ErrorResponse`: the details inside `error`; `deploy` also
+    // reads the inner object alone, which ARM has been seen sending).
+    failed["properties"]["error"] = json!({"error": {"code": "DeploymentFailed",
+        "message": "At least one resource deployment operation failed. Please list deployment operations for details.",
+        "details": [{"code": "BadRequest", "message": "{\"error\":{\"code\":\"InvalidParameter\"}}"}]}});
+    let vmss_err = json!({"error": {"code": "InvalidParameter", "target": "imageReference",
+        "message": "The image '/subscriptions/x/resourceGroups/rg/providers/Microsoft.Compute/images/none' was not found."}});
+    let ops = json!({"value": [
+        deploy_op("1", "Microsoft.Network/loadBalancers", "lb", "Succeeded", None),
+        deploy_op("2", "Microsoft.Compute/virtualMachineScaleSets", "web", "Failed", Some(vmss_err)),
+        deploy_op("3", "Microsoft.Network/networkSecurityGroups", "rg-nsg", "Failed",
+            Some(json!({"error": {"code": "SecurityRuleInvalidPortRange", "message": "Security rule has invalid Port range."}}))),
+    ]});
+    let replies = vec![
+        (201, accepted.clone()),
+        (200, json!({"value": []})),
+        (200, failed.clone()),
+        (200, ops.clone()),
+    ];
+    for (status, v) in &replies {
+        r.push(*status, &[], Some(v));
+    }
+    let body = azure::deploy::body(json!({"resources": []}), Default::default());
+    let mut lines = Vec::new();
+    let done = az
+        .deploy("rg", "azuredeploy", &body, &mut |l: &str| {
+            lines.push(l.to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.state, azure::deploy::State::Failed);
+    assert_eq!(
+        done.failures,
+        vec![
+            "Microsoft.Compute/virtualMachineScaleSets/web: (InvalidParameter) The image '/subscriptions/x/resourceGroups/rg/providers/Microsoft.Compute/images/none' was not found.",
+            "Microsoft.Network/networkSecurityGroups/rg-nsg: (SecurityRuleInvalidPortRange) Security rule has invalid Port range.",
+        ]
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(azure::deploy::deployment_error(&done.deployment)
+        .unwrap()
+        .starts_with("(DeploymentFailed) At least one resource deployment operation failed."));
+    assert!(azure::deploy::public_ips(&done.deployment).is_empty());
+    check_deployment_exchanges(&r, &replies);
+    assert!(r.exhausted());
+
+    // A PUT ARM refuses outright (an invalid template) is an error, not an outcome.
+    r.push(400, &[], Some(&json!({"error": {"code": "InvalidTemplate", "message": "Deployment template validation failed: 'The template resource 'x' is not valid.'"}})));
+    match az
+        .deploy("rg", "azuredeploy", &body, &mut |_: &str| {})
+        .await
+    {
+        Err(AzureError::Api {
+            status: 400, code, ..
+        }) => assert_eq!(code, "InvalidTemplate"),
+        other => panic!("{other:?}"),
+    }
 }

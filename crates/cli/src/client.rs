@@ -45,6 +45,11 @@ fn provider() -> Provider {
     PROVIDER.get().copied().unwrap_or_default()
 }
 
+/// Whether `--provider azure` was chosen.
+pub fn azure_selected() -> bool {
+    provider() == Provider::Azure
+}
+
 pub fn home() -> PathBuf {
     std::env::var_os("SCALESET_HOME")
         .filter(|v| !v.is_empty())

@@ -7,7 +7,9 @@ mod progress;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cmd::{dashboard, down, export, group, image, monitor, pipeline, repo, run, serve, up, vmss};
+use cmd::{
+    dashboard, deploy, down, export, group, image, monitor, pipeline, repo, run, serve, up, vmss,
+};
 use output::Output;
 
 #[derive(Parser)]
@@ -65,6 +67,9 @@ enum Cmd {
     /// Export the local deployment for another platform (`azure`: ARM template + pipelines).
     #[command(subcommand)]
     Export(export::ExportCmd),
+    /// Deploy an ARM template (e.g. `export azure`'s) to a resource group on Azure
+    /// (--provider azure), following each resource to Succeeded/Failed.
+    Deploy(deploy::DeployArgs),
     /// Internal: run one load balancer's data plane (started by the daemon).
     #[command(hide = true)]
     LbServe {
@@ -158,6 +163,7 @@ fn main() {
             Cmd::Run(c) => run::run(c, cli.output).await,
             Cmd::Export(c) => export::run(c).await,
             Cmd::Dashboard(c) => dashboard::run(c).await,
+            Cmd::Deploy(a) => deploy::run(a, cli.output).await,
         }
     });
     if let Err(e) = result {

@@ -19,6 +19,7 @@ async fn scaleset(r: &Replay, args: &[&str], env: &[(&str, &str)]) -> (i32, Stri
         .env("AZURE_SUBSCRIPTION_ID", SUB)
         .env("SCALESET_AZURE_ENDPOINT", &r.base)
         .env("AZURE_ACCESS_TOKEN", "tok")
+        .env("SCALESET_AZURE_POLL_MS", "10")
         // Nothing local may be consulted.
         .env("SCALESET_HOME", "/nonexistent/scaleset-home")
         .env_remove("SCALESET_ENDPOINT")
@@ -575,4 +576,111 @@ async fn create_verbs_send_azure_shaped_bodies() {
         before,
         "nothing was sent for refused commands"
     );
+}
+
+/// `scaleset --provider azure deploy`: the template and parameters as az takes them, progress
+/// per resource, the frontend's public IP on success; per-resource errors and exit 1 on failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_follows_the_template_deployment() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let dir = std::env::temp_dir().join(format!("scaleset-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = dir.join("azuredeploy.json");
+    std::fs::write(
+        &template,
+        json!({"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+            "contentVersion": "1.0.0.0",
+            "parameters": {"imageId": {"type": "string"}, "deployScaleSet": {"type": "bool"}},
+            "resources": []})
+        .to_string(),
+    )
+    .unwrap();
+    let params = dir.join("params.json");
+    std::fs::write(&params, r#"{"$schema": "x", "contentVersion": "1.0.0.0", "parameters": {"imageId": {"value": "/img"}}}"#).unwrap();
+    let ex = "resources/resource-manager/Microsoft.Resources/deployments/stable/2025-04-01/examples/PutDeploymentResourceGroup.json";
+    let op = |state: &str| {
+        json!({"value": [{"operationId": "1", "properties": {"provisioningState": state,
+            "targetResource": {"resourceType": "Microsoft.Network/publicIPAddresses", "resourceName": "weblb-fe-ip"}}}]})
+    };
+    let mut done = response(ex, "200");
+    done["properties"]["outputs"] =
+        json!({"weblbfeAddress": {"type": "String", "value": "20.61.7.9"}});
+    r.push(201, &[], Some(&response(ex, "201")));
+    r.push(200, &[], Some(&op("Running")));
+    r.push(200, &[], Some(&done));
+    r.push(200, &[], Some(&op("Succeeded")));
+    let t = template.display().to_string();
+    let p = format!("@{}", params.display());
+    let (code, out, err) = scaleset(
+        &r,
+        &[
+            "deploy",
+            "-g",
+            "rg",
+            "--template",
+            &t,
+            "--parameters",
+            &p,
+            "deployScaleSet=false",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["properties"]["provisioningState"], "Succeeded");
+    for want in [
+        "deployment 'azuredeploy' in resource group 'rg':",
+        "  Microsoft.Network/publicIPAddresses/weblb-fe-ip: Running",
+        "  Microsoft.Network/publicIPAddresses/weblb-fe-ip: Succeeded",
+        "frontend public IP (weblbfeAddress): 20.61.7.9",
+    ] {
+        assert!(err.lines().any(|l| l == want), "{want:?} not in:\n{err}");
+    }
+    let put = r.seen()[0].body.clone().unwrap();
+    assert_eq!(
+        put["properties"]["parameters"],
+        json!({"imageId": {"value": "/img"}, "deployScaleSet": {"value": false}})
+    );
+    assert_eq!(put["properties"]["mode"], "Incremental");
+
+    // A failed deployment: each failed resource, the deployment's error, exit 1.
+    let mut failed = response(ex, "200");
+    failed["properties"]["provisioningState"] = json!("Failed");
+    failed["properties"]["error"] = json!({"code": "DeploymentFailed", "message": "At least one resource deployment operation failed."});
+    let mut bad = op("Failed");
+    bad["value"][0]["properties"]["statusMessage"] = json!({"status": "Failed", "error": {"code": "PublicIPCountLimitReached", "message": "Cannot create more than 10 public IP addresses for this subscription in this region."}});
+    r.push(201, &[], Some(&response(ex, "201")));
+    r.push(200, &[], Some(&op("Running")));
+    r.push(200, &[], Some(&failed));
+    r.push(200, &[], Some(&bad));
+    let (code, _, err) = scaleset(&r, &["deploy", "-g", "rg", "-f", &t, "-n", "second"], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("  failed: Microsoft.Network/publicIPAddresses/weblb-fe-ip: (PublicIPCountLimitReached) Cannot create more than 10 public IP addresses"), "{err}");
+    assert!(err.contains("ERROR: deployment 'second' Failed: (DeploymentFailed) At least one resource deployment operation failed."), "{err}");
+    assert!(
+        r.seen()[4].path.contains("/deployments/second?"),
+        "{:?}",
+        r.seen()[4]
+    );
+    assert!(r.exhausted());
+
+    // Refused before sending: an undeclared parameter; locally, deploy is not available.
+    let n = r.seen().len();
+    let (code, _, err) = scaleset(&r, &["deploy", "-g", "rg", "-f", &t, "-p", "nope=1"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("declares no parameter 'nope'"), "{err}");
+    let (code, _, err) = scaleset(
+        &r,
+        &["--provider", "local", "deploy", "-g", "rg", "-f", &t],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("use --provider azure"), "{err}");
+    assert_eq!(r.seen().len(), n);
+    let _ = std::fs::remove_dir_all(&dir);
 }

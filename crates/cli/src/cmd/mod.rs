@@ -3,9 +3,11 @@
 //! and `rule` for its children), `image`, `monitor` (`monitor metrics`) and `autoscale` (`monitor autoscale`,
 //! `monitor activity-log`) speak ARM to the
 //! daemon (or Azure); `repo`, `pipeline`, `run` use the daemon's `/scaleset/...` endpoints;
-//! `dashboard` mints the web dashboard's sign-in URLs; `export`, `up` and `serve` are the rest of the binary's commands.
+//! `dashboard` mints the web dashboard's sign-in URLs; `deploy` submits ARM templates to Azure;
+//! `export`, `up` and `serve` are the rest of the binary's commands.
 pub mod autoscale;
 pub mod dashboard;
+pub mod deploy;
 pub mod down;
 pub mod export;
 pub mod group;
