@@ -1371,3 +1371,102 @@ async fn failed_template_deployment_reports_each_failed_resource() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The create verbs' helpers reuse what exists: a public IP or subnet that is there is not put
+/// again, a virtual network without the subnet is an error (its ranges are the user's), and
+/// `local` is no Azure location (refused before anything is sent). The scale set body
+/// `create::scale_set` builds is what Microsoft's spec declares.
+#[tokio::test]
+async fn create_helpers_reuse_what_exists_and_bodies_match_the_spec() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let (az, _) = azure(&r);
+    let net = format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network");
+    let nv = "?api-version=2024-05-01";
+    r.push(200, &[], Some(&json!({"name": "ip"})));
+    let id = az.ensure_public_ip("rg", "ip", "westeurope").await.unwrap();
+    assert_eq!(id, format!("{net}/publicIPAddresses/ip"));
+    r.push(200, &[], Some(&json!({"name": "vnet"})));
+    r.push(200, &[], Some(&json!({"name": "default"})));
+    let id = az
+        .ensure_subnet("rg", "vnet", "default", "westeurope")
+        .await
+        .unwrap();
+    assert_eq!(id, format!("{net}/virtualNetworks/vnet/subnets/default"));
+    r.push(200, &[], Some(&json!({"name": "vnet"})));
+    r.push(
+        404,
+        &[],
+        Some(&json!({"error": {"code": "NotFound", "message": "Resource not found."}})),
+    );
+    match az.ensure_subnet("rg", "vnet", "other", "westeurope").await {
+        Err(AzureError::Config(m)) => assert!(m.contains("has no subnet 'other'"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        az.group_create("rg", "local").await,
+        Err(AzureError::Config(_))
+    ));
+    assert_eq!(
+        r.seen(),
+        vec![
+            req("GET", &format!("{net}/publicIPAddresses/ip{nv}"), None),
+            req("GET", &format!("{net}/virtualNetworks/vnet{nv}"), None),
+            req(
+                "GET",
+                &format!("{net}/virtualNetworks/vnet/subnets/default{nv}"),
+                None
+            ),
+            req("GET", &format!("{net}/virtualNetworks/vnet{nv}"), None),
+            req(
+                "GET",
+                &format!("{net}/virtualNetworks/vnet/subnets/other{nv}"),
+                None
+            ),
+        ]
+    );
+
+    // The scale set body, sent and answered with Microsoft's example, against the spec.
+    let spec = azure::create::ScaleSetSpec {
+        name: "web".into(),
+        location: "westeurope".into(),
+        vm_size: "Standard_D2s_v3".into(),
+        capacity: 3,
+        image_id: format!(
+            "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/images/app"
+        ),
+        subnet_id: format!("{net}/virtualNetworks/vnet/subnets/default"),
+        pools: vec![format!("{net}/loadBalancers/lb/backendAddressPools/be")],
+        health_probe: Some(format!("{net}/loadBalancers/lb/probes/http")),
+        admin_username: "azureuser".into(),
+        ssh_public_key: "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 me@host".into(),
+        computer_name_prefix: Some("web".into()),
+        upgrade_mode: "Rolling".into(),
+        scale_in: Some("NewestVM".into()),
+        repairs: Some((10, "Reimage".into())),
+    };
+    let body = azure::create::scale_set(&spec).unwrap();
+    let reply = response(
+        &format!("{COMPUTE_EX}/virtualMachineScaleSetExamples/VirtualMachineScaleSet_Create_WithAzureLoadBalancer.json"),
+        "201",
+    );
+    r.push(201, &[], Some(&reply));
+    az.vmss_create_or_update("rg", "web", &body).await.unwrap();
+    let specs = support::swagger::Specs::new(
+        testkit::shared_dir().join("specs/azure-rest-api/specification"),
+    );
+    let files = ["compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01/virtualMachineScaleSet.json"];
+    let v = specs.check_exchange(
+        &files,
+        "PUT",
+        &vmss("rg", "web"),
+        Some(&body),
+        201,
+        &reply,
+        &|_| false,
+    );
+    assert!(v.is_empty(), "{}", v.join("\n"));
+    assert!(r.exhausted());
+}
