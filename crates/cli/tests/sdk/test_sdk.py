@@ -197,6 +197,8 @@ def main():
     assert got.upgrade_policy.rolling_upgrade_policy.max_batch_instance_percent == 50
     assert got.virtual_machine_profile.storage_profile.image_reference.id == image_id("sdk-img1")
     assert [s.name for s in compute.virtual_machine_scale_sets.list(RG)] == ["sdk"]
+    skus = list(compute.virtual_machine_scale_sets.list_skus(RG, "sdk"))
+    assert "Standard_B1s" in [s.sku.name for s in skus], skus
 
     step("new image (PATCH imageReference.id); the SDK waits for the rolling upgrade")
     updated = compute.virtual_machine_scale_sets.begin_update(RG, "sdk", cm.VirtualMachineScaleSetUpdate(
