@@ -19,6 +19,7 @@ const DEPLOY_COLS: Columns = &[
 
 #[derive(Args)]
 pub struct DeployArgs {
+    /// Resource group (it must exist: `group create -l <region>`).
     #[arg(long = "resource-group", short = 'g')]
     rg: String,
     /// The ARM template (e.g. the azuredeploy.json `scaleset export azure` wrote).

@@ -142,7 +142,7 @@ pub struct AzureVmssArgs {
     /// when it does not exist.
     #[arg(long)]
     pub vnet_name: Option<String>,
-    /// Azure: the VM size (sku.name).
+    /// The VM size (sku.name; locally it caps each machine's CPU and memory).
     #[arg(long, default_value = "Standard_B1s")]
     pub vm_sku: String,
     #[arg(long, default_value = "azureuser")]
@@ -420,6 +420,7 @@ async fn create(c: &Client, a: CreateArgs, out: Output) -> Result<()> {
             a.computer_name_prefix.as_deref(),
         ),
     );
+    body["sku"]["name"] = serde_json::json!(a.azure.vm_sku);
     if a.automatic_repairs_grace_period.is_some() || a.automatic_repairs_action.is_some() {
         body["properties"]["automaticRepairsPolicy"] = serde_json::json!({
             "enabled": true,
