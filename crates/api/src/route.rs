@@ -214,7 +214,13 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         .split('/')
         .map(decode_segment)
         .collect();
-    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let mut segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    // The SDKs' generic resource calls (`resources.check_existence`, `get`, ...) put the parent
+    // resource path between the namespace and the type; a top-level resource's is empty, which
+    // leaves `providers/{ns}//{type}/{name}`, and ARM reads it as the resource.
+    if segs.len() > 7 && eq(segs[4], "providers") && segs[6].is_empty() {
+        segs.remove(6);
+    }
     if segs.iter().any(|s| s.is_empty()) || segs.len() < 2 || !eq(segs[0], "subscriptions") {
         return Err(not_found(path));
     }
@@ -607,6 +613,7 @@ mod tests {
             (Method::HEAD, "/subscriptions/s/resourcegroups/rg".into(), Route::Group { method: Method::HEAD, res: Res { sub: "s".into(), rg: "rg".into(), name: String::new() } }),
             (Method::HEAD, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v"), Route::Resource { kind: VMSS, method: Method::HEAD, res: res.clone() }),
             (Method::HEAD, format!("{p}/Microsoft.Network/loadBalancers/v"), Route::Resource { kind: LB, method: Method::HEAD, res: res.clone() }),
+            (Method::HEAD, format!("{p}/Microsoft.Network//loadBalancers/v"), Route::Resource { kind: LB, method: Method::HEAD, res: res.clone() }),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualmachines/3/redeploy"), Route::VmAction(res.clone(), "3".into(), PowerAction::Restart)),
             (Method::GET, format!("{p}/Microsoft.Network/loadBalancers/v/probes"), Route::LbChild { method: Method::GET, res: res.clone(), child: LbChild::Probes, name: None }),
             (Method::PUT, format!("{p}/Microsoft.Network/loadBalancers/v/PROBES/http"), Route::LbChild { method: Method::PUT, res: res.clone(), child: LbChild::Probes, name: Some("http".into()) }),
@@ -628,6 +635,7 @@ mod tests {
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1/manualupgrade"), 404),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/1/a/b"), 404),
             (Method::GET, format!("{p}//x"), 404),
+            (Method::GET, format!("{p}/Microsoft.Network//loadBalancers/v//probes"), 404),
             (Method::POST, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/metrics"), 405),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Insights/diagnosticSettings"), 404),
             (Method::GET, format!("{p}/Microsoft.Compute/virtualMachineScaleSets/v/providers/Microsoft.Web/metrics"), 404),

@@ -1837,6 +1837,9 @@ async fn arm_surface_the_sdks_call() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(c.head(&lb, "2024-05-01").await, 204);
+    // `resources.check_existence` with an empty parent resource path.
+    let generic = format!("{rg}/providers/Microsoft.Network//loadBalancers/lb");
+    assert_eq!(c.head(&generic, "2024-05-01").await, 204);
     assert_eq!(c.head(&format!("{lb}x"), "2024-05-01").await, 404);
     assert_eq!(c.head(&vmss, "2024-11-01").await, 204);
     assert_eq!(c.head(&format!("{vmss}x"), "2024-11-01").await, 404);

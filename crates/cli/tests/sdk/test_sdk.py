@@ -147,6 +147,9 @@ def main():
     assert network.load_balancers.get(RG, "sdk-lb").name == "sdk-lb"
     assert resources.resources.check_existence_by_id(lb_id, api_version="2024-05-01")
     assert not resources.resources.check_existence_by_id(lb_id + "x", api_version="2024-05-01")
+    # The generic form, with an empty parent resource path (`Microsoft.Network//loadBalancers`).
+    assert resources.resources.check_existence(RG, "Microsoft.Network", "", "loadBalancers", "sdk-lb",
+                                               api_version="2024-05-01")
 
     step("load balancer child resources")
     assert [p.name for p in network.load_balancer_probes.list(RG, "sdk-lb")] == ["http"]
