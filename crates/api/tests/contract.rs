@@ -4,9 +4,12 @@
 //! errors). Microsoft's example requests are sent too, and Microsoft's example responses must pass
 //! the same validator (so it is not stricter than Azure itself). The engine is not running: no
 //! machine boots; instance records are written the way the engine writes them.
+mod common;
 mod support;
 
-use api::state::{AppState, InstanceRecord, Observation};
+use common::Env;
+
+use api::state::{InstanceRecord, Observation};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -36,26 +39,15 @@ fn spec_root() -> Option<PathBuf> {
     testkit::require(testkit::missing_shared(SPECS)).then(|| testkit::shared_dir().join(SPECS))
 }
 
-struct Env {
-    st: Arc<AppState>,
-    dir: PathBuf,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+const SETUP: common::Setup = common::Setup {
+    kind: "contract",
+    subnet: "10.213.251.0/24",
+    listen: "127.0.0.1:0",
+    prefix: "c",
+};
 
 fn env(tag: &str) -> Env {
-    env_with(tag, |dir| {
-        let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
-            state_dir: dir.join("machines"),
-            prefix: "c".into(),
-        })
-        .unwrap();
-        Arc::new(machines)
-    })
+    common::env_with(&SETUP, tag, common::nspawn("c"))
 }
 
 /// A daemon state over the machines `machines` makes for the home.
@@ -63,26 +55,7 @@ fn env_with(
     tag: &str,
     machines: impl FnOnce(&std::path::Path) -> Arc<dyn runtime::Machines>,
 ) -> Env {
-    let dir = std::env::temp_dir().join(format!("scaleset-contract-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let subnet: runtime::Ipv4Net = "10.213.251.0/24".parse().unwrap();
-    let cfg = api::DaemonConfig {
-        home: dir.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        network: api::DaemonConfig::network_for(&dir, subnet, None),
-        prefix: "c".into(),
-        exe: "/bin/false".into(),
-        base_cache: dir.join("bases"),
-        probe_interval_ms: None,
-        rolling_health_timeout_secs: 300,
-        repair_grace_secs: None,
-        autoscale_interval_ms: None,
-        limits: Default::default(),
-        metrics_anonymous_loopback: false,
-    };
-    let st = api::open_state(cfg, machines(&dir)).unwrap();
-    Env { st, dir }
+    common::env_with(&SETUP, tag, machines)
 }
 
 /// An image in the store without baking: a one-file `docker save` archive, imported.

@@ -2,53 +2,24 @@
 //! the session cookie, the CSRF check on every mutation, the ARM and CI APIs through the session,
 //! views and their event streams, the streams' bound. The browser test is
 //! `crates/cli/tests/dashboard.rs`.
-use api::state::AppState;
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
+use common::Env;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use tower::ServiceExt;
 
-struct Env {
-    st: Arc<AppState>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+const SETUP: common::Setup = common::Setup {
+    kind: "dash",
+    subnet: "10.213.161.0/24",
+    listen: "127.0.0.1:7150",
+    prefix: "t",
+};
 
 fn env(tag: &str) -> Env {
-    let dir = std::env::temp_dir().join(format!("scaleset-dash-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let subnet: runtime::Ipv4Net = "10.213.161.0/24".parse().unwrap();
-    let cfg = api::DaemonConfig {
-        home: dir.clone(),
-        listen: "127.0.0.1:7150".parse().unwrap(),
-        network: api::DaemonConfig::network_for(&dir, subnet, None),
-        prefix: "t".into(),
-        exe: "/bin/false".into(),
-        base_cache: dir.join("bases"),
-        probe_interval_ms: None,
-        rolling_health_timeout_secs: 300,
-        repair_grace_secs: None,
-        autoscale_interval_ms: None,
-        limits: Default::default(),
-        metrics_anonymous_loopback: false,
-    };
-    let machines = runtime::NspawnMachines::new(runtime::RuntimeConfig {
-        state_dir: dir.join("machines"),
-        prefix: "t".into(),
-    })
-    .unwrap();
-    Env {
-        st: api::open_state(cfg, Arc::new(machines)).unwrap(),
-        dir,
-    }
+    common::env_with(&SETUP, tag, common::nspawn("t"))
 }
 
 async fn send(
