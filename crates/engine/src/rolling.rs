@@ -146,10 +146,14 @@ pub(crate) async fn rolling_pass(
         image: m.image.as_ref().map(|i| i.name.clone()),
         size: m.sku_name.clone(),
     };
-    let tasks = act_step(&ctx, &recs, step, &next_state)?;
+    let mut tasks = Vec::new();
+    let acted = act_step(&ctx, &recs, step, &next_state, &mut tasks);
+    // What the step started finishes within this pass even when a later part could not start
+    // (detached, it could overlap the next pass's work on the same instance).
     for t in tasks {
         let _ = t.await;
     }
+    acted?;
     if acts {
         st.wake.notify_one();
     }
@@ -162,7 +166,8 @@ fn act_step(
     recs: &[InstanceRecord],
     step: plan::rolling::Step,
     next_state: &plan::rolling::RolloutState,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), String> {
     let Pass {
         st,
         eng,
@@ -171,7 +176,6 @@ fn act_step(
         doc,
         ..
     } = *ctx;
-    let mut tasks = Vec::new();
     let rollback = matches!(step, plan::rolling::Step::Rollback(_));
     match step {
         plan::rolling::Step::Wait | plan::rolling::Step::Finish(_) => {}
@@ -241,5 +245,5 @@ fn act_step(
             }
         }
     }
-    Ok(tasks)
+    Ok(())
 }
