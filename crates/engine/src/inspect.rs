@@ -9,7 +9,7 @@ use runtime::inspect::{self as ri, Exec, ExecOutput, JournalQuery};
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// An instance is looked at for failed units at most this often (engine clock, ms).
 pub const UNIT_CHECK_INTERVAL_MS: u64 = 1000;
-/// Journal lines reported with a failed unit.
+/// Journal lines reported with a failed unit (after folding repeats of 5 times as many).
 pub const FAILED_UNIT_JOURNAL_LINES: u32 = 10;
 /// At most this many failed units per instance get their journal read.
 const JOURNALS_PER_INSTANCE: usize = 3;
@@ -45,20 +45,18 @@ pub async fn failed_units(st: &Core, machine: &str) -> Vec<FailedUnit> {
             let q = JournalQuery {
                 unit: Some(unit.clone()),
                 since: None,
-                lines: FAILED_UNIT_JOURNAL_LINES,
+                lines: FAILED_UNIT_JOURNAL_LINES * 5,
                 follow: false,
             };
             let req = Exec::new(q.argv(), CHECK_TIMEOUT, 64 * 1024);
             match exec(st, machine, req).await {
-                Ok(o) => String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .rev()
-                    .take(FAILED_UNIT_JOURNAL_LINES as usize)
-                    .map(cut)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect(),
+                Ok(o) => ri::journal_tail(
+                    &String::from_utf8_lossy(&o.stdout),
+                    FAILED_UNIT_JOURNAL_LINES as usize,
+                )
+                .iter()
+                .map(|l| cut(l))
+                .collect(),
                 Err(_) => Vec::new(),
             }
         } else {

@@ -217,9 +217,47 @@ impl JournalQuery {
     }
 }
 
+/// The last `n` lines of a `short-iso` journal, with runs of the same message (the line after
+/// its timestamp and host) folded into their first line and a count: systemd can repeat one
+/// line many times as a unit fails, which would push the unit's own last words out of view.
+pub fn journal_tail(text: &str, n: usize) -> Vec<String> {
+    let message = |l: &str| l.splitn(3, ' ').nth(2).unwrap_or(l).to_string();
+    let mut runs: Vec<(String, String, usize)> = Vec::new();
+    for line in text.lines() {
+        let m = message(line);
+        match runs.last_mut() {
+            Some((_, last, count)) if *last == m => *count += 1,
+            _ => runs.push((line.to_string(), m, 1)),
+        }
+    }
+    let start = runs.len().saturating_sub(n);
+    runs.drain(start..)
+        .map(|(line, _, count)| match count {
+            1 => line,
+            c => format!("{line} (×{c})"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_tail_folds_repeats_and_keeps_the_last() {
+        let j = "t1 h a: start\nt2 h systemd[1]: cannot kill\nt3 h systemd[1]: cannot kill\nt4 h a: error\nt5 h systemd[1]: cannot kill\n";
+        assert_eq!(
+            journal_tail(j, 3),
+            vec![
+                "t2 h systemd[1]: cannot kill (×2)",
+                "t4 h a: error",
+                "t5 h systemd[1]: cannot kill"
+            ]
+        );
+        assert_eq!(journal_tail(j, 10).len(), 4);
+        assert!(journal_tail("", 5).is_empty());
+        assert_eq!(journal_tail("odd", 1), vec!["odd"]);
+    }
 
     #[test]
     fn failed_units_table() {
