@@ -31,45 +31,80 @@ fn cut(line: &str) -> String {
     }
 }
 
-/// The units systemd reports `failed` in a running machine, each with the last lines of its
-/// journal. Empty when the machine cannot say yet (booting, no systemd, a timeout).
-pub async fn failed_units(st: &Core, machine: &str) -> Vec<FailedUnit> {
+/// The units systemd reports `failed` in a running machine whose boot has finished, each with
+/// the last lines of its journal (or, when that is empty, what systemd recorded of its end).
+/// `None` when the machine cannot say yet (booting, no systemd, a timeout).
+pub async fn failed_units(st: &Core, machine: &str) -> Option<Vec<FailedUnit>> {
+    let state = exec(
+        st,
+        machine,
+        Exec::new(ri::system_state_argv(), CHECK_TIMEOUT, 4096),
+    )
+    .await;
+    if !state.is_ok_and(|o| ri::boot_finished(&String::from_utf8_lossy(&o.stdout))) {
+        return None;
+    }
     let req = Exec::new(ri::failed_units_argv(), CHECK_TIMEOUT, 64 * 1024);
     let units = match exec(st, machine, req).await {
         Ok(out) if out.success() => ri::parse_failed_units(&String::from_utf8_lossy(&out.stdout)),
-        Ok(_) | Err(_) => return Vec::new(),
+        Ok(_) | Err(_) => return None,
     };
     let mut out = Vec::new();
     for (i, unit) in units.into_iter().enumerate() {
         let journal = if i < JOURNALS_PER_INSTANCE {
-            let q = JournalQuery {
-                unit: Some(unit.clone()),
-                since: None,
-                lines: FAILED_UNIT_JOURNAL_LINES * 5,
-                follow: false,
-            };
-            let req = Exec::new(q.argv(), CHECK_TIMEOUT, 64 * 1024);
-            match exec(st, machine, req).await {
-                Ok(o) => ri::journal_tail(
-                    &String::from_utf8_lossy(&o.stdout),
-                    FAILED_UNIT_JOURNAL_LINES as usize,
-                )
-                .iter()
-                .map(|l| cut(l))
-                .collect(),
-                Err(_) => Vec::new(),
-            }
+            unit_journal(st, machine, &unit).await
         } else {
             Vec::new()
         };
         out.push(FailedUnit { unit, journal });
     }
-    out
+    Some(out)
 }
 
-/// Fills `failed_units` of the instances a rollout waits for: on the target model, running,
-/// not healthy and not being acted on. Each machine is looked at once per
-/// [`UNIT_CHECK_INTERVAL_MS`]; in between the last answer stands.
+/// The last journal lines of `unit`, ending with systemd's record of how it ended.
+async fn unit_journal(st: &Core, machine: &str, unit: &str) -> Vec<String> {
+    let q = JournalQuery {
+        unit: Some(unit.to_string()),
+        since: None,
+        lines: FAILED_UNIT_JOURNAL_LINES * 5,
+        follow: false,
+    };
+    let mut lines: Vec<String> =
+        match exec(st, machine, Exec::new(q.argv(), CHECK_TIMEOUT, 64 * 1024)).await {
+            Ok(o) => ri::journal_tail(
+                &String::from_utf8_lossy(&o.stdout),
+                FAILED_UNIT_JOURNAL_LINES as usize,
+            )
+            .iter()
+            .map(|l| cut(l))
+            .collect(),
+            Err(_) => Vec::new(),
+        };
+    // An early-boot unit may have logged nothing the journal kept ("-- No entries --").
+    let req = Exec::new(ri::unit_result_argv(unit), CHECK_TIMEOUT, 4096);
+    if let Ok(o) = exec(st, machine, req).await {
+        let result = ri::unit_result_line(&String::from_utf8_lossy(&o.stdout));
+        if !result.is_empty() {
+            lines.push(format!("systemd: {result}"));
+        }
+    }
+    lines
+}
+
+/// What was last seen of one machine's failed units.
+#[derive(Clone)]
+pub(crate) struct UnitCheck {
+    /// Engine clock (ms) of the look.
+    at: u64,
+    /// Since when (ms) failed units have been seen after the boot finished.
+    failing_since: Option<u64>,
+    units: Vec<FailedUnit>,
+}
+
+/// Fills `failed_units` and `failed_for_ms` of the instances a rollout waits for: on the
+/// target model, running, not healthy and not being acted on. Each machine is looked at once
+/// per [`UNIT_CHECK_INTERVAL_MS`]; in between the last answer stands. A machine that is
+/// healthy again (or not waited for) forgets what was seen.
 pub(crate) async fn observe_failed_units(
     st: &Core,
     eng: &Engine,
@@ -84,35 +119,48 @@ pub(crate) async fn observe_failed_units(
         let Some(rec) = recs.iter().find(|r| r.instance_id == i.id) else {
             continue;
         };
+        let mut checks = eng.unit_checks.lock().unwrap_or_else(|e| e.into_inner());
         if !waiting {
+            checks.remove(&rec.machine);
             continue;
         }
-        let cached = eng
-            .unit_checks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&rec.machine)
-            .cloned();
-        match cached {
-            Some((at, units)) if now.saturating_sub(at) < UNIT_CHECK_INTERVAL_MS => {
-                i.failed_units = units
-            }
-            _ => due.push((i.id, rec.machine.clone())),
+        match checks.get(&rec.machine) {
+            Some(c) if now.saturating_sub(c.at) < UNIT_CHECK_INTERVAL_MS => apply(i, c, now),
+            prev => due.push((
+                i.id,
+                rec.machine.clone(),
+                prev.and_then(|c| c.failing_since),
+            )),
         }
     }
-    for (id, machine) in due {
-        let units = failed_units(st, &machine).await;
+    for (id, machine, since) in due {
+        let units = failed_units(st, &machine).await.unwrap_or_default();
         if !units.is_empty() {
             warn!(instance = id, machine = %machine, units = ?units.iter().map(|u| &u.unit).collect::<Vec<_>>(), "rolling upgrade: failed units");
+        }
+        let failing_since = if units.is_empty() {
+            None
+        } else {
+            since.or(Some(now))
+        };
+        let check = UnitCheck {
+            at: now,
+            failing_since,
+            units,
+        };
+        if let Some(i) = insts.iter_mut().find(|i| i.id == id) {
+            apply(i, &check, now);
         }
         eng.unit_checks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(machine, (now, units.clone()));
-        if let Some(i) = insts.iter_mut().find(|i| i.id == id) {
-            i.failed_units = units;
-        }
+            .insert(machine, check);
     }
+}
+
+fn apply(i: &mut plan::rolling::RollInstance, c: &UnitCheck, now: u64) {
+    i.failed_units = c.units.clone();
+    i.failed_for_ms = c.failing_since.map_or(0, |t| now.saturating_sub(t));
 }
 
 /// Azure's RunShellScript: the script run by `/bin/sh -c` as root inside the instance, its

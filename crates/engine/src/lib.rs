@@ -59,8 +59,9 @@ pub struct Engine {
     pushed: tokio::sync::Mutex<HashMap<String, lb::LbConfig>>,
     /// When (clock ms) a machine last failed to start: its restart waits a few seconds.
     failed_at: Mutex<HashMap<String, u64>>,
-    /// Per machine: when (clock ms) its failed units were last looked at, and what they were.
-    unit_checks: Mutex<HashMap<String, (u64, Vec<plan::rolling::FailedUnit>)>>,
+    /// Per machine: when (clock ms) its failed units were last looked at, since when they
+    /// have failed, and what they were.
+    unit_checks: Mutex<HashMap<String, inspect::UnitCheck>>,
     clock: Clock,
 }
 

@@ -17,6 +17,7 @@ pub fn roll_instances(st: &Core, recs: &[InstanceRecord]) -> Vec<plan::rolling::
                 upgrading: r.work.by(Actor::Rollout),
                 created_seq: r.created_seq,
                 failed_units: Vec::new(),
+                failed_for_ms: 0,
             }
         })
         .collect()

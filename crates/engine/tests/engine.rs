@@ -452,9 +452,10 @@ async fn rolling_upgrade_to_a_bad_image_rolls_back() {
     assert_eq!(e.fake.running().len(), 3);
 }
 
-/// A bad deploy says why, fast: the upgraded instance's app unit failed, so its batch fails at
-/// once (the clock moves 1 s a pass, far from the 30 s health timeout) and the error carries the
-/// unit and its journal lines, read inside the machine.
+/// A bad deploy says why, fast: the upgraded instance's app unit failed after its boot, so its
+/// batch fails once the unit has stayed failed for the grace (the clock moves 1 s a pass, the
+/// fault comes well before the 30 s health timeout) and the error carries the unit and its
+/// journal lines, read inside the machine.
 #[tokio::test]
 async fn a_failed_unit_faults_the_rollout_at_once() {
     let e = env("unitfail");
@@ -470,10 +471,16 @@ async fn a_failed_unit_faults_the_rollout_at_once() {
     let mut passes = 0;
     while rollout(&e).status == RunningStatus::RollingForward {
         passes += 1;
-        assert!(passes < 10, "still rolling: {:?}", rollout(&e));
+        // Grace (15 s) plus a few passes, far below the health timeout's 30.
+        assert!(passes < 20, "still rolling: {:?}", rollout(&e));
         pass(&e).await;
         e.eng.clock().advance(Duration::from_secs(1));
     }
+    let grace = plan::rolling::UNIT_FAILED_GRACE_MS / 1000;
+    assert!(
+        passes as u64 > grace,
+        "faulted after {passes} passes, before the grace"
+    );
     let v = rollout(&e);
     assert_eq!(v.status, RunningStatus::Faulted, "{v:?}");
     let err = v.error.unwrap();
@@ -488,9 +495,24 @@ async fn a_failed_unit_faults_the_rollout_at_once() {
     assert!(err.details[0]
         .message
         .ends_with("my_app[7]: cannot bind\nsystemd[1]: my_app.service: Failed."));
-    // Only the upgraded, unhealthy instance was looked into: systemctl, then the unit's journal.
-    let argv0s: Vec<String> = e.fake.execs(&first).iter().map(|a| a[0].clone()).collect();
-    assert_eq!(argv0s, ["systemctl", "journalctl"]);
+    // Only the upgraded, unhealthy instance was looked into: the boot's state, the failed
+    // units, then the unit's journal and systemd's record of its end, once a second.
+    let seen: Vec<String> = e
+        .fake
+        .execs(&first)
+        .iter()
+        .map(|a| a[..2].join(" "))
+        .collect();
+    let one_look = [
+        "systemctl is-system-running",
+        "systemctl list-units",
+        "journalctl --no-pager",
+        "systemctl show",
+    ];
+    assert!(seen.len() >= 4 * grace as usize, "{seen:?}");
+    for (i, w) in seen.iter().enumerate() {
+        assert_eq!(w, one_look[i % 4], "exec {i} of {seen:?}");
+    }
     for r in &records(&e)[1..] {
         assert!(e.fake.execs(&r.machine).is_empty(), "{}", r.machine);
     }

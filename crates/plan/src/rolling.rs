@@ -53,7 +53,8 @@
 //!   since the batch started (Azure: 5 minutes, [`DEFAULT_HEALTH_TIMEOUT_SECS`]); the rest failed.
 //! * **Failed units (beyond Azure).** A batch member on the target model whose units systemd
 //!   reports `failed` (`RollInstance::failed_units`, observed by the engine inside the instance)
-//!   and that is not healthy is *settled* as failed: it will not become healthy by waiting. The
+//!   once its boot finished, that is still not healthy [`UNIT_FAILED_GRACE_MS`] later, is
+//!   *settled* as failed: it will not become healthy by waiting. The
 //!   batch is evaluated as soon as every member is healthy or settled, and at once when the
 //!   settled failures alone already exceed maxUnhealthyUpgradedInstancePercent; instances still
 //!   starting keep Azure's health wait. The breach's error names the instance and unit, and
@@ -123,7 +124,15 @@ pub struct RollInstance {
     /// target model that are not healthy yet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_units: Vec<FailedUnit>,
+    /// How long (ms) `failed_units` has been non-empty since the instance's boot finished.
+    #[serde(default)]
+    pub failed_for_ms: u64,
 }
+
+/// A failed unit settles an unhealthy instance only after the boot finished and this long
+/// passed: an early-boot unit of systemd's own can fail while the app still comes up, and the
+/// probe needs a few intervals to see it serve.
+pub const UNIT_FAILED_GRACE_MS: u64 = 15_000;
 
 /// A unit systemd reports `failed` inside an instance, with the last lines of its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +146,14 @@ impl RollInstance {
     fn down(&self) -> bool {
         !(self.running && self.healthy)
     }
-    /// On `target`, not acted on, not healthy, and a unit has failed: waiting will not help.
+    /// On `target`, not acted on, not healthy, and a unit has failed for longer than the
+    /// grace since boot: waiting will not help.
     fn broken(&self, target: u64) -> bool {
         self.model_version == target
             && !self.upgrading
             && !self.available()
             && !self.failed_units.is_empty()
+            && self.failed_for_ms >= UNIT_FAILED_GRACE_MS
     }
     /// Serving: running, healthy and not being acted on.
     fn available(&self) -> bool {
@@ -782,6 +793,7 @@ mod tests {
             upgrading: false,
             created_seq: id as u64,
             failed_units: Vec::new(),
+            failed_for_ms: 0,
         }
     }
     fn fleet(n: u32) -> Vec<RollInstance> {
@@ -858,6 +870,11 @@ mod tests {
                     let i = self.get(id);
                     i.model_version = version;
                     i.healthy = healthy;
+                    i.failed_for_ms = if units.is_empty() {
+                        0
+                    } else {
+                        UNIT_FAILED_GRACE_MS
+                    };
                     i.failed_units = units;
                     i.running = true;
                     i.upgrading = false;
@@ -911,6 +928,7 @@ mod tests {
                             } else {
                                 vec![]
                             },
+                            failed_for_ms: UNIT_FAILED_GRACE_MS,
                         });
                     }
                 }
@@ -1102,6 +1120,7 @@ mod tests {
                 inst.upgrading = upgrading;
                 if unit {
                     inst.failed_units = vec![app_failed()];
+                    inst.failed_for_ms = UNIT_FAILED_GRACE_MS;
                 }
             }
             let mut st = start(&p, T, P, 0);
@@ -1115,6 +1134,35 @@ mod tests {
             let detailed = out.error.as_ref().map_or(0, |e| e.details.len());
             let faulted = matches!(want, Step::Finish(_));
             assert_eq!(detailed, usize::from(faulted), "case {i}");
+        }
+    }
+
+    /// A unit seen failed for less than the grace (systemd's own early-boot unit while the app
+    /// still comes up: CI saw `systemd-remount-fs.service`) settles nothing, even above the
+    /// threshold; at the grace it does.
+    #[test]
+    fn failed_unit_within_the_grace_keeps_waiting() {
+        let p = RollingUpgradePolicy {
+            max_unhealthy_upgraded_instance_percent: 5,
+            ..pol(20)
+        };
+        for (failed_for, want) in [
+            (0, Step::Wait),
+            (UNIT_FAILED_GRACE_MS - 1, Step::Wait),
+            (UNIT_FAILED_GRACE_MS, Step::Finish(RunningStatus::Faulted)),
+        ] {
+            let mut insts = fleet(10);
+            insts[0].model_version = T;
+            insts[0].healthy = false;
+            insts[0].failed_units = vec![app_failed()];
+            insts[0].failed_for_ms = failed_for;
+            let mut st = start(&p, T, P, 0);
+            st.phase = Phase::Upgrading;
+            st.batch = vec![0];
+            st.batch_started_at = Some(0);
+            st.batches = 1;
+            let (step, _) = next(&p, &st, &insts, 1, TIMEOUT);
+            assert_eq!(step, want, "failed for {failed_for} ms");
         }
     }
 

@@ -138,7 +138,8 @@ impl FakeMachines {
         g.delays.clear();
     }
 
-    /// What a command named `argv0` answers in `machine` (others exit 0, print nothing).
+    /// What a command named `argv0` answers in `machine` (others exit 0, print nothing);
+    /// `argv0` may also be the first two words (`systemctl list-units`), which win over one.
     pub fn set_reply(&self, machine: &str, argv0: &str, out: ExecOutput) {
         let mut g = self.lock();
         g.replies
@@ -153,7 +154,19 @@ impl FakeMachines {
             .iter()
             .map(|u| format!("{u} loaded failed failed {u}\n"))
             .collect();
-        self.set_reply(machine, "systemctl", ExecOutput::exited(0, &text, ""));
+        self.set_reply(
+            machine,
+            "systemctl list-units",
+            ExecOutput::exited(0, &text, ""),
+        );
+        // systemctl exits 1 for `degraded` (a unit failed, the boot is over).
+        self.set_system_state(machine, "degraded", 1);
+    }
+
+    /// What `systemctl is-system-running` answers in `machine`.
+    pub fn set_system_state(&self, machine: &str, state: &str, code: i32) {
+        let out = ExecOutput::exited(code, &format!("{state}\n"), "");
+        self.set_reply(machine, "systemctl is-system-running", out);
     }
 
     /// `journalctl` in `machine` prints `text`.
@@ -382,9 +395,10 @@ impl Machines for FakeMachines {
                 .or_default()
                 .push(req.argv.clone());
             let argv0 = req.argv.first().cloned().unwrap_or_default();
+            let two = req.argv.get(..2).map(|w| w.join(" ")).unwrap_or_default();
             g.replies
                 .get(name)
-                .and_then(|r| r.get(&argv0))
+                .and_then(|r| r.get(&two).or_else(|| r.get(&argv0)))
                 .cloned()
                 .unwrap_or_else(|| ExecOutput::exited(0, "", ""))
         };

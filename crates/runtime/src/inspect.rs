@@ -135,6 +135,50 @@ pub fn failed_units_argv() -> Vec<String> {
     .to_vec()
 }
 
+/// `systemctl is-system-running`: whether the machine's boot has finished.
+pub fn system_state_argv() -> Vec<String> {
+    ["systemctl", "is-system-running"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Whether `systemctl is-system-running`'s answer says the boot is over (its exit status is
+/// non-zero for `degraded`, so only the word counts). Until then a failed unit may be one of
+/// systemd's own early ones while the app still comes up; an empty or unknown answer is not
+/// an end of boot either.
+pub fn boot_finished(text: &str) -> bool {
+    matches!(
+        text.split_whitespace().next(),
+        Some("running" | "degraded" | "maintenance")
+    )
+}
+
+/// `systemctl show` of what systemd recorded of a unit's end (for a unit whose journal is empty).
+pub fn unit_result_argv(unit: &str) -> Vec<String> {
+    [
+        "systemctl",
+        "show",
+        "--no-pager",
+        "--property=Result,ExecMainCode,ExecMainStatus",
+        "--",
+        unit,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `systemctl show`'s `Key=value` lines as one line, e.g. `Result=exit-code ExecMainStatus=1`
+/// (at most the three properties asked for, each bounded).
+pub fn unit_result_line(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| ["Result", "ExecMainCode", "ExecMainStatus"].contains(k))
+        .take(3)
+        .map(|(k, v)| format!("{k}={}", v.chars().take(64).collect::<String>()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The unit names of `systemctl list-units --state=failed --plain --no-legend` (first column;
 /// a leading `●` is skipped), at most [`MAX_FAILED_UNITS`], invalid names dropped.
 pub fn parse_failed_units(text: &str) -> Vec<String> {
@@ -257,6 +301,32 @@ mod tests {
         assert_eq!(journal_tail(j, 10).len(), 4);
         assert!(journal_tail("", 5).is_empty());
         assert_eq!(journal_tail("odd", 1), vec!["odd"]);
+    }
+
+    #[test]
+    fn boot_finished_and_unit_result() {
+        for (text, want) in [
+            ("running\n", true),
+            ("degraded\n", true),
+            ("maintenance", true),
+            ("starting\n", false),
+            ("initializing\n", false),
+            ("stopping\n", false),
+            ("offline\n", false),
+            ("", false),
+            ("Failed to connect to bus\n", false),
+        ] {
+            assert_eq!(boot_finished(text), want, "{text:?}");
+        }
+        assert_eq!(
+            unit_result_line("Result=exit-code\nExecMainCode=1\nExecMainStatus=32\nOther=x\n"),
+            "Result=exit-code ExecMainCode=1 ExecMainStatus=32"
+        );
+        assert_eq!(unit_result_line("garbage\n"), "");
+        assert_eq!(
+            unit_result_line(&format!("Result={}", "x".repeat(500))).len(),
+            71
+        );
     }
 
     #[test]
