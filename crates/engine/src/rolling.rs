@@ -155,7 +155,9 @@ pub(crate) async fn rolling_pass(
         let _ = t.await;
     }
     acted?;
-    if acts {
+    // A new batch is persisted with a `Wait` and acted on by the next call: make that call now,
+    // not a pass interval (up to 1 s per batch) later.
+    if acts || next_state != cur.state {
         st.wake.notify_one();
     }
     Ok(())
