@@ -316,8 +316,8 @@ fn work_burns_the_cpu_asked_for_and_is_bounded() {
     let used = cpu_time(pid) - before;
     // Less one clock tick: the counters are kept in ticks.
     assert!(used >= Duration::from_millis(190), "{used:?}");
-    // Asking for more than the bound burns the bound.
-    assert_eq!(app.tcp("/work?ms=5000000").body, "worked 1000 ms\n");
+    // The bound (MAX_WORK_MS) is the parser's, table-tested in src/app.rs: burning a whole
+    // second here would cost every push's CI that second.
     // More requests than burn at once (8) wait their turn; none fails.
     let app = Arc::new(app);
     let handles: Vec<_> = (0..12)
