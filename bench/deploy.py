@@ -559,6 +559,22 @@ def wait_run(env, run_id, timeout):
     raise RuntimeError(f"run {run_id} did not finish within {timeout}s")
 
 
+def run_failed(env, run_id, load):
+    """Raises (after stopping the load) when the pushed commit's CI run, or the release it
+    triggered, ended without succeeding: waiting for the change to be served is then pointless."""
+    runs = [cli(env, "run", "show", str(run_id), "-o", "json")]
+    for r in cli(env, "run", "list", "-o", "json") or []:
+        if any(x.get("run_id") == run_id for x in r.get("resources") or []):
+            runs.append(r)
+    for r in runs:
+        if r.get("status") == "completed" and r.get("state") != "succeeded":
+            load.finish()
+            logs = subprocess.run([SCALESET, "run", "logs", str(r.get("id"))], capture_output=True,
+                                  text=True, env=env, timeout=60).stdout
+            tail = "\n".join(logs.splitlines()[-15:])
+            raise RuntimeError(f"run {r.get('id')} of the push ended {r.get('state')}; its log ends:\n{tail}")
+
+
 def step(rec, label):
     """Seconds a step of a run record took (from its recorded start/finish)."""
     for st in rec.get("stages") or []:
@@ -617,12 +633,15 @@ def git_push(env, home, m, details, log):
                    GIT_COMMITTER_EMAIL="bench@x", GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1")
     url = f"http://bench:{token}@{LISTEN}/scaleset/git/my_app.git"
     subprocess.run(["git", "clone", "-q", url, work], check=True, env=git_env, capture_output=True)
-    src = os.path.join(work, "src", "app.rs")
-    with open(src) as f:
-        text = f.read()
-    marker = f"the Home page (pushed at {int(time.time())})"
-    with open(src, "w") as f:
-        f.write(text.replace('"the Home page"', f'"{marker}"'))
+    # The page and the app's tests that check it (as a developer would): the example's CI runs
+    # them before it publishes, and a half-made change fails them.
+    marker = f"the Home page, pushed at {int(time.time())}"
+    for rel in ("src/app.rs", "tests/http.rs"):
+        path = os.path.join(work, rel)
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("the Home page", marker))
     subprocess.run(["git", "commit", "-qam", "Home page wording"], cwd=work, check=True, env=git_env)
     host, port = FRONTEND.split(":")
     load = Load(host, int(port))
@@ -635,7 +654,11 @@ def git_push(env, home, m, details, log):
     ci_id = int(re.search(r"queued run (\d+)", out.stdout + out.stderr).group(1))
     deadline = time.time() + 900
     streak = 0
+    next_check = time.time() + 2
     while time.time() < deadline:
+        if time.time() >= next_check:
+            next_check = time.time() + 2
+            run_failed(env, ci_id, load)
         try:
             with urllib.request.urlopen(f"http://{FRONTEND}/", timeout=2) as r:
                 streak = streak + 1 if marker.encode() in r.read() else 0
