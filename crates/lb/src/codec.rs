@@ -60,13 +60,37 @@ type Span = (usize, usize, usize, usize);
 /// split off `buf` (whatever follows stays: a pipelined request); `Ok(None)`
 /// means more bytes are needed; on `Err` `buf` is untouched, for hyper.
 pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, NotInline> {
-    let Some((len, line, spans)) = scan(buf)? else {
-        return if buf.len() >= MAX_INLINE_HEAD {
-            Err(NotInline::TooLarge)
-        } else {
-            Ok(None)
+    Parser::default().parse(buf)
+}
+
+/// `parse_request` with the header offsets' allocation kept between heads
+/// (one per connection).
+#[derive(Default)]
+pub struct Parser {
+    spans: Vec<Span>,
+}
+
+impl Parser {
+    /// As `parse_request`.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<RequestHead>, NotInline> {
+        let Some((len, line)) = scan(buf, &mut self.spans)? else {
+            return if buf.len() >= MAX_INLINE_HEAD {
+                Err(NotInline::TooLarge)
+            } else {
+                Ok(None)
+            };
         };
-    };
+        take(buf, len, line, &self.spans)
+    }
+}
+
+/// Splits a scanned head off `buf` and builds it.
+fn take(
+    buf: &mut BytesMut,
+    len: usize,
+    line: Line,
+    spans: &[Span],
+) -> Result<Option<RequestHead>, NotInline> {
     let (method, version, (po, pl)) = line;
     if version != 1 {
         return Err(NotInline::Version);
@@ -76,7 +100,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, NotInlin
         return Err(NotInline::Upgrade);
     }
     let head = buf.split_to(len).freeze();
-    let built = build(&head, &spans).and_then(|(headers, close)| {
+    let built = build(&head, spans).and_then(|(headers, close)| {
         let uri =
             Uri::from_maybe_shared(head.slice(po..po + pl)).map_err(|_| NotInline::Invalid)?;
         Ok(RequestHead {
@@ -99,7 +123,7 @@ type Line = (usize, u8, (usize, usize));
 
 /// Runs `httparse` over `buf`: the head's length, request line and header
 /// spans when complete.
-fn scan(buf: &[u8]) -> Result<Option<(usize, Line, Vec<Span>)>, NotInline> {
+fn scan(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<(usize, Line)>, NotInline> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -117,26 +141,25 @@ fn scan(buf: &[u8]) -> Result<Option<(usize, Line, Vec<Span>)>, NotInline> {
     if path.len() > MAX_URI_LEN {
         return Err(NotInline::TooLarge);
     }
-    let spans = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        })
-        .collect();
+    spans.clear();
+    spans.extend(req.headers.iter().map(|h| {
+        (
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        )
+    }));
     let target = (path.as_ptr() as usize - base, path.len());
-    Ok(Some((len, (m.len(), version, target), spans)))
+    Ok(Some((len, (m.len(), version, target))))
 }
 
 /// The header map of a head (values share `head`) and whether it asks to
 /// close; refuses the framing and upgrade headers this codec leaves to hyper.
 fn build(head: &bytes::Bytes, spans: &[Span]) -> Result<(HeaderMap, bool), NotInline> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // One more for the X-Forwarded-For the proxy adds: growing the map
+    // later rehashes it.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     let mut close = false;
     for &(no, nl, vo, vl) in spans {
         let name = HeaderName::from_bytes(&head[no..no + nl]).map_err(|_| NotInline::Invalid)?;

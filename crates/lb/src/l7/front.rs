@@ -37,6 +37,7 @@ struct Front {
     io: TcpStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
+    parser: codec::Parser,
 }
 
 /// Serves a connection until it closes: inline while the codec takes its
@@ -52,6 +53,7 @@ pub(super) async fn drive(
         io,
         rbuf: BytesMut::new(),
         wbuf: Vec::new(),
+        parser: codec::Parser::default(),
     };
     match inline(&l, &mut c, peer, &activity, &xff).await {
         Ok(Some(why)) => {
@@ -80,7 +82,7 @@ async fn inline(
     xff: &Option<HeaderValue>,
 ) -> io::Result<Option<NotInline>> {
     loop {
-        let req = match codec::parse_request(&mut c.rbuf) {
+        let req = match c.parser.parse(&mut c.rbuf) {
             Ok(Some(req)) => req,
             Ok(None) => {
                 if !c.fill(activity).await? {
