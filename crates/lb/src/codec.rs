@@ -369,3 +369,402 @@ pub fn chunk_size_line(w: &mut Vec<u8>, len: usize) {
 /// The end of a chunked body (no trailers: hyper sends none either unless
 /// a `Trailer` header, which is hop-by-hop here, announced them).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> (Result<Option<RequestHead>, NotInline>, BytesMut) {
+        let mut buf = BytesMut::from(input);
+        let r = parse_request(&mut buf);
+        (r, buf)
+    }
+
+    #[test]
+    fn simple_get_is_taken_and_what_follows_stays() {
+        let (r, rest) =
+            parse(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next");
+        let h = r.unwrap().unwrap();
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(h.uri, "/a?b=1");
+        assert_eq!(h.headers["host"], "x");
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert!(!h.close);
+        assert_eq!(
+            &rest[..],
+            b"GET /next",
+            "a pipelined request stays buffered"
+        );
+    }
+
+    #[test]
+    fn request_lines_and_targets() {
+        for (input, method, uri) in [
+            (&b"HEAD / HTTP/1.1\r\n\r\n"[..], Method::HEAD, "/"),
+            (b"DELETE /x HTTP/1.1\r\n\r\n", Method::DELETE, "/x"),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", Method::OPTIONS, "*"),
+            (
+                b"GET http://h:1/p?q HTTP/1.1\r\n\r\n",
+                Method::GET,
+                "http://h:1/p?q",
+            ),
+            // LF-only line ends: httparse (and so hyper) accepts them.
+            (b"GET /lf HTTP/1.1\nHost: x\n\n", Method::GET, "/lf"),
+            (
+                b"PURGE /c HTTP/1.1\r\n\r\n",
+                Method::from_bytes(b"PURGE").unwrap(),
+                "/c",
+            ),
+        ] {
+            let h = parse(input).0.unwrap().unwrap();
+            assert_eq!(
+                (h.method, h.uri.to_string()),
+                (method, uri.to_owned()),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connection_close_tokens() {
+        for (value, close) in [
+            ("close", true),
+            ("Keep-Alive, Close", true),
+            (" CLOSE ", true),
+            ("keep-alive", false),
+            ("closed", false),
+            ("x-close", false),
+        ] {
+            let input = format!("GET / HTTP/1.1\r\nConnection: {value}\r\n\r\n");
+            let h = parse(input.as_bytes()).0.unwrap().unwrap();
+            assert_eq!(h.close, close, "{value}");
+        }
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more_bytes() {
+        for input in [
+            &b""[..],
+            b"GE",
+            b"GET / HTTP/1.1\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r",
+        ] {
+            let (r, rest) = parse(input);
+            assert!(matches!(r, Ok(None)), "{input:?}");
+            assert_eq!(&rest[..], input);
+        }
+    }
+
+    /// Everything that decides framing, or that hyper answers with an error,
+    /// is left to hyper, with the bytes untouched.
+    #[test]
+    fn left_to_hyper() {
+        use NotInline::*;
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let long = format!("GET / HTTP/1.1\r\nX-Long: {}", "a".repeat(MAX_INLINE_HEAD));
+        let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_URI_LEN));
+        let cases: Vec<(&[u8], NotInline)> = vec![
+            (b"GET / HTTP/1.0\r\n\r\n", Version),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", Version),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", Body),
+            (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Body),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                Body,
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Body,
+            ),
+            // Smuggling shapes: CL+TE either order, duplicate lengths, bad chunk sizes.
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Body,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+                Body,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                Body,
+            ),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n", Body),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                Body,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+                Invalid,
+            ),
+            (
+                b"GET / HTTP/1.1\r\n Transfer-Encoding: chunked\r\n\r\n",
+                Invalid,
+            ),
+            // obs-fold
+            (b"GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n", Invalid),
+            (b"GET / HTTP/1.1\r\nX-A: 1\r\n\t2\r\n\r\n", Invalid),
+            (b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", Invalid),
+            (b"GET / HTTP/1.1\r\nX\x01A: 1\r\n\r\n", Invalid),
+            (b"GET / HTTP/1.1\r\n: empty\r\n\r\n", Invalid),
+            (b"G(T / HTTP/1.1\r\n\r\n", Invalid),
+            (b"GET /a b HTTP/1.1\r\n\r\n", Invalid),
+            (b"GET / HTTP/2.0\r\n\r\n", Invalid),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Invalid),
+            (b"\x00\x01garbage \r\n\r\n", Invalid),
+            (b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", Expect),
+            (
+                b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                Upgrade,
+            ),
+            (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", Upgrade),
+            (many.as_bytes(), TooLarge),
+            (long.as_bytes(), TooLarge),
+            (long_uri.as_bytes(), TooLarge),
+        ];
+        for (input, want) in cases {
+            let mut with_next = input.to_vec();
+            with_next.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+            // A partial head followed by more bytes is a different head.
+            let complete = input.windows(4).any(|w| w == b"\r\n\r\n");
+            let inputs = if complete {
+                vec![input, &with_next[..]]
+            } else {
+                vec![input]
+            };
+            for bytes in inputs {
+                let (r, rest) = parse(bytes);
+                let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]);
+                assert_eq!(r.err(), Some(want), "{shown:?}");
+                assert_eq!(&rest[..], bytes, "bytes kept for hyper");
+            }
+        }
+    }
+
+    #[test]
+    fn parser_reuse_across_pipelined_heads() {
+        let mut p = Parser::default();
+        let mut buf = BytesMut::from(&b"GET /1 HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\nGET /2 HTTP/1.1\r\n\r\nPOST /3 HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..]);
+        assert_eq!(p.parse(&mut buf).unwrap().unwrap().headers.len(), 2);
+        let h = p.parse(&mut buf).unwrap().unwrap();
+        assert_eq!((h.uri.path(), h.headers.len()), ("/2", 0));
+        assert_eq!(p.parse(&mut buf).err(), Some(NotInline::Body));
+        assert!(buf.starts_with(b"POST /3 "));
+    }
+
+    #[test]
+    fn content_length_values() {
+        for (v, want) in [
+            (&b"0"[..], Some(0)),
+            (b"123", Some(123)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"", None),
+            (b"+1", None),
+            (b"-1", None),
+            (b"1 ", None),
+            (b"0x10", None),
+            (b"1,1", None),
+        ] {
+            assert_eq!(parse_length(v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        for (n, want) in [
+            (0, "0\r\n"),
+            (1, "1\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let mut w = Vec::new();
+            chunk_size_line(&mut w, n);
+            assert_eq!(w, want.as_bytes());
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    fn encode(
+        status: u16,
+        h: &[(&'static str, &'static str)],
+        body: BodyLen,
+        head_request: bool,
+        close: bool,
+    ) -> (String, Result<Encoding, EncodeError>) {
+        let map = headers(h);
+        let r = ResponseHead {
+            status: StatusCode::from_u16(status).unwrap(),
+            reason: None,
+            headers: &map,
+            body,
+            head_request,
+            close,
+        };
+        let mut w = Vec::new();
+        let e = encode_head(&mut w, &r, b"D");
+        (String::from_utf8(w).unwrap(), e)
+    }
+
+    /// Status, headers, body, HEAD request, the header lines after the status line, framing.
+    type Case = (
+        u16,
+        &'static [(&'static str, &'static str)],
+        BodyLen,
+        bool,
+        &'static str,
+        Encoding,
+    );
+
+    #[test]
+    fn response_framing_follows_hypers_rules() {
+        use BodyLen::*;
+        use Encoding::*;
+        let cl5 = &[("content-length", "5")][..];
+        let cases: Vec<Case> = vec![
+            (
+                200,
+                &[],
+                Known(5),
+                false,
+                "content-length: 5\r\ndate: D\r\n",
+                Length(5),
+            ),
+            (
+                200,
+                cl5,
+                Known(5),
+                false,
+                "content-length: 5\r\ndate: D\r\n",
+                Length(5),
+            ),
+            (
+                200,
+                cl5,
+                Unknown,
+                false,
+                "content-length: 5\r\ndate: D\r\n",
+                Length(5),
+            ),
+            (
+                200,
+                &[],
+                Unknown,
+                false,
+                "transfer-encoding: chunked\r\ndate: D\r\n",
+                Chunked,
+            ),
+            (
+                200,
+                &[],
+                Empty,
+                false,
+                "content-length: 0\r\ndate: D\r\n",
+                Length(0),
+            ),
+            (
+                200,
+                &[("content-length", "0")],
+                Empty,
+                false,
+                "content-length: 0\r\ndate: D\r\n",
+                Length(0),
+            ),
+            // HEAD keeps the length of the body it stands for, and sends none.
+            (
+                200,
+                &[("content-length", "9")],
+                Empty,
+                true,
+                "content-length: 9\r\ndate: D\r\n",
+                Length(0),
+            ),
+            (200, &[], Empty, true, "date: D\r\n", Length(0)),
+            (200, &[], Unknown, true, "date: D\r\n", Length(0)),
+            (204, &[], Empty, false, "date: D\r\n", Length(0)),
+            (304, &[], Known(3), false, "date: D\r\n", Length(0)),
+            (
+                503,
+                &[("content-type", "text/plain")],
+                Known(3),
+                false,
+                "content-type: text/plain\r\ncontent-length: 3\r\ndate: D\r\n",
+                Length(3),
+            ),
+            (
+                200,
+                &[("date", "Mon")],
+                Known(1),
+                false,
+                "date: Mon\r\ncontent-length: 1\r\n",
+                Length(1),
+            ),
+        ];
+        for (status, h, body, head_request, want, enc) in cases {
+            let (w, e) = encode(status, h, body, head_request, false);
+            let line = w.split_once("\r\n").unwrap().1;
+            assert_eq!(line, format!("{want}\r\n"), "{status} {h:?} {body:?}");
+            assert_eq!(e, Ok(enc), "{status} {h:?} {body:?}");
+        }
+    }
+
+    #[test]
+    fn status_lines_close_and_errors() {
+        use BodyLen::Empty;
+        assert!(encode(200, &[], Empty, false, false)
+            .0
+            .starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(encode(502, &[], Empty, false, false)
+            .0
+            .starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(encode(599, &[], Empty, false, false)
+            .0
+            .starts_with("HTTP/1.1 599 <none>\r\n"));
+        let (w, _) = encode(200, &[], Empty, false, true);
+        assert!(w.ends_with("connection: close\r\ndate: D\r\n\r\n"), "{w}");
+        let map = HeaderMap::new();
+        let mut w = Vec::new();
+        let r = ResponseHead {
+            status: StatusCode::CREATED,
+            reason: Some(b"Made"),
+            headers: &map,
+            body: BodyLen::Empty,
+            head_request: false,
+            close: false,
+        };
+        encode_head(&mut w, &r, b"D").unwrap();
+        assert!(w.starts_with(b"HTTP/1.1 201 Made\r\n"));
+        // Nothing is left half-written on an error.
+        let (w, e) = encode(
+            200,
+            &[("content-length", "x")],
+            BodyLen::Unknown,
+            false,
+            false,
+        );
+        assert_eq!((w.as_str(), e), ("", Err(EncodeError::Length)));
+        let mut h = headers(&[("content-length", "1")]);
+        h.append("content-length", HeaderValue::from_static("2"));
+        let r = ResponseHead {
+            headers: &h,
+            body: BodyLen::Unknown,
+            ..r
+        };
+        let mut w = Vec::new();
+        assert_eq!(encode_head(&mut w, &r, b"D"), Err(EncodeError::Length));
+        assert!(w.is_empty());
+        assert_eq!(
+            encode(101, &[], Empty, false, false).1,
+            Err(EncodeError::Informational)
+        );
+    }
+}
