@@ -28,6 +28,8 @@ use crate::core::{lock, BackendRt, Lb, Listener, OpenGuard, Target};
 use crate::status::{mono_ns, FrontendCounters};
 use crate::upstream::{self, Framing, RawConn, RespHead, Step};
 
+mod front;
+
 /// Idle pooled connections older than this are discarded.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Maximum idle connections kept per backend port.
@@ -312,6 +314,8 @@ struct ConnActivity {
     started_ns: AtomicU64,
     /// The frontend's counters, where each request's duration goes.
     stats: Arc<FrontendCounters>,
+    /// Shutdown: finish the request in flight (if any), then close.
+    closing: AtomicBool,
 }
 
 impl ConnActivity {
@@ -325,6 +329,7 @@ impl ConnActivity {
             // A new connection owes its first head from the moment it is accepted.
             head_pending: AtomicBool::new(true),
             head_since: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -439,20 +444,6 @@ pub(crate) async fn serve_conn(
     let mut shutdown = l.lb.shutdown.subscribe();
     let xff = HeaderValue::from_str(&peer.ip().to_string()).ok();
     let activity = Arc::new(ConnActivity::new(l.stats.clone()));
-    let svc = {
-        let l = l.clone();
-        let activity = activity.clone();
-        service_fn(move |req| {
-            let l = l.clone();
-            let xff = xff.clone();
-            activity.head_parsed();
-            let done = Finished(activity.clone());
-            async move {
-                let resp = handle(&l, req, peer, xff).await;
-                Ok::<_, Infallible>(resp.map(|body| ConnBody { body, _done: done }))
-            }
-        })
-    };
     // Azure idle timeout for client keep-alive connections, and the header
     // timeout (slowloris). hyper's header_read_timeout would do the latter,
     // but arms and drops a timer entry (boxed) for every request; this coarse
@@ -465,15 +456,7 @@ pub(crate) async fn serve_conn(
         )
     };
     let (tick, idle_limit, header_limit) = tick_plan(idle, header);
-    let io = Watched {
-        io: stream,
-        activity: activity.clone(),
-    };
-    let conn = server_http1::Builder::new()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .serve_connection(TokioIo::new(io), svc);
+    let conn = front::drive(l, stream, peer, activity.clone(), xff);
     tokio::pin!(conn);
     let ticker = tokio::time::sleep(tick);
     tokio::pin!(ticker);
@@ -482,10 +465,7 @@ pub(crate) async fn serve_conn(
     let mut side = SideWake::new();
     let (mut seen, mut idle_ticks) = (0, 0);
     let shut_down = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-            if let Err(e) = r {
-                debug!(error = %e, "client connection error");
-            }
+        if conn.as_mut().poll(cx).is_ready() {
             return Poll::Ready(false);
         }
         let Some(waker) = side.fired(cx.waker()) else {
@@ -519,8 +499,59 @@ pub(crate) async fn serve_conn(
     if !shut_down {
         return;
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    // The driver sees the flag when polled: an idle connection closes, a busy
+    // one after its response (hyper's graceful shutdown, once handed over).
+    activity.closing.store(true, Relaxed);
+    conn.await;
+}
+
+/// Serves the rest of a connection with hyper, from the buffered bytes on:
+/// the requests the inline codec leaves (bodies, upgrades, HTTP/1.0,
+/// malformed or oversized heads) get hyper's checks and answers.
+async fn serve_hyper(
+    l: Arc<Listener>,
+    io: front::Rewind,
+    peer: SocketAddr,
+    activity: Arc<ConnActivity>,
+    xff: Option<HeaderValue>,
+) {
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let l = l.clone();
+            let xff = xff.clone();
+            activity.head_parsed();
+            let done = Finished(activity.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let head = Head {
+                    method: parts.method,
+                    uri: parts.uri,
+                    headers: parts.headers,
+                };
+                let resp = handle(&l, head, Some(body), peer, xff).await;
+                Ok::<_, Infallible>(resp.map(|body| ConnBody { body, _done: done }))
+            }
+        })
+    };
+    let conn = server_http1::Builder::new()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut shutting = false;
+    let r = std::future::poll_fn(|cx| {
+        if !shutting && activity.closing.load(Relaxed) {
+            shutting = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = r {
+        debug!(error = %e, "client connection error");
+    }
 }
 
 /// Lets a connection task poll its rarely-ready side futures (shutdown
@@ -678,8 +709,8 @@ struct Head {
 
 /// The head sent to backends: hop-by-hop headers stripped, the client's
 /// address appended to `X-Forwarded-For`, the URI in origin form.
-fn forward_head(parts: hyper::http::request::Parts, xff: Option<HeaderValue>) -> Head {
-    let mut headers = parts.headers;
+fn forward_head(req: Head, xff: Option<HeaderValue>) -> Head {
+    let mut headers = req.headers;
     strip_hop_by_hop(&mut headers);
     if let Some(v) = xff {
         // One hashed lookup for both the read and the write.
@@ -701,13 +732,13 @@ fn forward_head(parts: hyper::http::request::Parts, xff: Option<HeaderValue>) ->
             },
         }
     }
-    let path = parts
+    let path = req
         .uri
         .into_parts()
         .path_and_query
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     Head {
-        method: parts.method,
+        method: req.method,
         uri: Uri::from(path),
         headers,
     }
@@ -897,15 +928,18 @@ fn hyper_response(
     Response::from_parts(parts, ProxyBody::Backend { body, lease })
 }
 
+/// Proxies one request; `body` is `None` for a request known to have none
+/// (the inline codec's).
 async fn handle(
     l: &Listener,
-    req: Request<Incoming>,
+    req: Head,
+    body: Option<Incoming>,
     peer: SocketAddr,
     xff: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let lb = &l.lb;
     lb.totals.requests.fetch_add(1, Relaxed);
-    let resp = proxy(l, req, peer, xff).await;
+    let resp = proxy(l, req, body, peer, xff).await;
     if resp.status().is_success() {
         lb.totals.responses_2xx.fetch_add(1, Relaxed);
     } else {
@@ -917,18 +951,19 @@ async fn handle(
 
 async fn proxy(
     l: &Listener,
-    req: Request<Incoming>,
+    req: Head,
+    body: Option<Incoming>,
     peer: SocketAddr,
     xff: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let lb = &l.lb;
-    let (parts, body) = req.into_parts();
-    let idempotent = is_idempotent(&parts.method);
-    let bodyless = body.is_end_stream();
-    let mut head = forward_head(parts, xff);
+    let idempotent = is_idempotent(&req.method);
+    let body = body.filter(|b| !b.is_end_stream());
+    let bodyless = body.is_none();
+    let mut head = forward_head(req, xff);
     let mut out = Outgoing {
         pending: None,
-        first: Some(ReqBody {
+        first: body.map(|body| ReqBody {
             body,
             sent: Arc::new(AtomicBool::new(false)),
         }),

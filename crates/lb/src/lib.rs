@@ -23,6 +23,7 @@
 
 mod admin;
 mod balance;
+pub mod codec;
 pub mod config;
 mod core;
 mod error;
