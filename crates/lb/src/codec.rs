@@ -54,7 +54,7 @@ pub struct RequestHead {
 }
 
 /// Offsets of one header's name and value in the buffer.
-type Span = (usize, usize, usize, usize);
+use crate::upstream::Span;
 
 /// Parses one request head at the start of `buf`. On success the head is
 /// split off `buf` (whatever follows stays: a pipelined request); `Ok(None)`
@@ -141,15 +141,7 @@ fn scan(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<(usize, Line)>, NotI
     if path.len() > MAX_URI_LEN {
         return Err(NotInline::TooLarge);
     }
-    spans.clear();
-    spans.extend(req.headers.iter().map(|h| {
-        (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        )
-    }));
+    crate::upstream::header_spans(req.headers, base, spans);
     let target = (path.as_ptr() as usize - base, path.len());
     Ok(Some((len, (m.len(), version, target))))
 }

@@ -56,7 +56,21 @@ pub(crate) struct RawConn {
 }
 
 /// Offset and length of a header's name and of its value in the read buffer.
-type Span = (usize, usize, usize, usize);
+pub(crate) type Span = (usize, usize, usize, usize);
+
+/// Each parsed header's name and value as (offset, length) pairs from `base`, the start of
+/// the buffer `headers` borrow from: values can then share that buffer once it is frozen.
+pub(crate) fn header_spans(headers: &[httparse::Header], base: usize, spans: &mut Vec<Span>) {
+    spans.clear();
+    spans.extend(headers.iter().map(|h| {
+        (
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        )
+    }));
+}
 
 impl RawConn {
     pub fn new(stream: TcpStream) -> Self {
@@ -214,15 +228,7 @@ impl RawConn {
         let reason = reason.map(|r| (r.as_ptr() as usize - base, r.len()));
         // Offsets into the buffer, so that values can share it once frozen.
         let spans = &mut self.spans;
-        spans.clear();
-        spans.extend(res.headers.iter().map(|h| {
-            (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        }));
+        header_spans(res.headers, base, spans);
         let n = spans.len();
         let raw = self.rbuf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(n);
