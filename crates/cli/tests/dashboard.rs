@@ -184,9 +184,12 @@ fn dashboard_in_a_real_browser() {
     );
     b.js("window.__noReload = 42; return null;");
 
-    // A new model (CLI): the page shows the instances stale without a reload.
+    // A new model (CLI): the page shows the instances stale without a reload. The pause between
+    // the two batches holds one state of the progress for longer than the page's 1 s refresh, so
+    // a rollout faster than the refresh still shows its progress moving.
     h.ok(&["vmss", "update", "-g", "rg", "-n", "web", "--set",
-        "virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/141"]);
+        "virtualMachineProfile.storageProfile.imageReference.id=/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/images/141",
+        "--set", "upgradePolicy.rollingUpgradePolicy.pauseTimeBetweenBatches=PT4S"]);
     b.wait("the instances shown stale", Duration::from_secs(20), |b| {
         let r = rows(b);
         (r.len() == 2 && r.iter().all(|(_, latest, _)| latest == "No")).then_some(())
@@ -208,13 +211,14 @@ fn dashboard_in_a_real_browser() {
                 .then_some(())
         },
     );
+    // One batch done, the other pending (held by the pause), then all done: seen live.
     assert!(
-        seen.len() >= 3,
-        "the progress changed on the page: {seen:?}"
+        seen.contains("successful 1 · in progress 0 · failed 0 · pending 1"),
+        "the pause between batches was seen on the page: {seen:?}"
     );
     assert!(
-        seen.iter().any(|p| p.contains("in progress 1")),
-        "a batch was seen in flight: {seen:?}"
+        seen.len() >= 2,
+        "the progress changed on the page: {seen:?}"
     );
     assert_eq!(
         b.js("return window.__noReload;"),
