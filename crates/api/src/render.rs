@@ -30,7 +30,13 @@ fn power_code(rec: &InstanceRecord, obs: &Observation) -> (&'static str, &'stati
         (_, _, ProvisioningState::Deleting) => ("PowerState/stopping", "VM stopping"),
         (plan::PowerIntent::Running, true, _) => ("PowerState/running", "VM running"),
         (plan::PowerIntent::Running, false, _) => ("PowerState/starting", "VM starting"),
+        (plan::PowerIntent::Stopped, true, _) if rec.deallocated => {
+            ("PowerState/deallocating", "VM deallocating")
+        }
         (plan::PowerIntent::Stopped, true, _) => ("PowerState/stopping", "VM stopping"),
+        (plan::PowerIntent::Stopped, false, _) if rec.deallocated => {
+            ("PowerState/deallocated", "VM deallocated")
+        }
         (plan::PowerIntent::Stopped, false, _) => ("PowerState/stopped", "VM stopped"),
     }
 }
@@ -499,6 +505,32 @@ mod tests {
                 want,
                 "{o:?}"
             );
+        }
+    }
+
+    #[test]
+    fn power_state_codes() {
+        let obs = |running| Observation {
+            running,
+            healthy: None,
+            app_health: None,
+            booted_at: None,
+        };
+        let stopped = |deallocated| InstanceRecord {
+            intent: plan::PowerIntent::Stopped,
+            deallocated,
+            ..rec()
+        };
+        for (r, running, want) in [
+            (rec(), true, "PowerState/running"),
+            (rec(), false, "PowerState/starting"),
+            (stopped(false), true, "PowerState/stopping"),
+            (stopped(false), false, "PowerState/stopped"),
+            (stopped(true), true, "PowerState/deallocating"),
+            (stopped(true), false, "PowerState/deallocated"),
+        ] {
+            let v = instance_view(&r, &obs(running));
+            assert_eq!(v["statuses"][1]["code"], want, "{r:?} running={running}");
         }
     }
 

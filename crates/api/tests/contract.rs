@@ -351,6 +351,7 @@ fn add_instances(e: &Env, rg: &str, vmss: &str, n: u32) {
                 last_error: (i == 1).then(|| "boot timed out".to_string()),
                 state_changed_at: None,
                 repair_attempts: 0,
+                deallocated: false,
             },
         )
         .unwrap();

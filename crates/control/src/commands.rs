@@ -105,6 +105,29 @@ pub enum PowerAction {
     DeleteInstances,
 }
 
+/// What a power action asks of one instance.
+fn apply_power(r: &mut InstanceRecord, act: PowerAction) {
+    let was_deallocated = r.deallocated && r.intent == PowerIntent::Stopped;
+    match act {
+        PowerAction::Start => r.intent = PowerIntent::Running,
+        PowerAction::PowerOff | PowerAction::Deallocate => r.intent = PowerIntent::Stopped,
+        PowerAction::Restart => {
+            r.intent = PowerIntent::Running;
+            r.work.request(Pending::Restart);
+        }
+        PowerAction::Reimage | PowerAction::ReimageAll | PowerAction::ManualUpgrade => {
+            r.work.request(Pending::Reimage)
+        }
+        PowerAction::DeleteInstances => r.work.request(Pending::Delete),
+    }
+    // A powerOff of an instance already deallocated leaves it deallocated, as on Azure.
+    r.deallocated = match act {
+        PowerAction::Deallocate => true,
+        PowerAction::Start | PowerAction::Restart => false,
+        _ => was_deallocated && r.intent == PowerIntent::Stopped,
+    };
+}
+
 /// A resource body (scale set, load balancer, resource group): the whole resource (PUT) or a merge
 /// patch onto the stored one (PATCH).
 #[derive(Debug, Clone)]
@@ -365,18 +388,7 @@ impl ControlPlane {
             self.put_doc(&doc, res)?;
         }
         for id in targets {
-            self.update_instance(&key, id, |r| match act {
-                PowerAction::Start => r.intent = PowerIntent::Running,
-                PowerAction::PowerOff | PowerAction::Deallocate => r.intent = PowerIntent::Stopped,
-                PowerAction::Restart => {
-                    r.intent = PowerIntent::Running;
-                    r.work.request(Pending::Restart);
-                }
-                PowerAction::Reimage | PowerAction::ReimageAll | PowerAction::ManualUpgrade => {
-                    r.work.request(Pending::Reimage)
-                }
-                PowerAction::DeleteInstances => r.work.request(Pending::Delete),
-            })?;
+            self.update_instance(&key, id, |r| apply_power(r, act))?;
         }
         self.wake.notify_one();
         Ok(())
@@ -533,5 +545,35 @@ fn keep_admin_password(existing: Option<&VmssDoc>, body: &mut Value) {
     };
     if let Some(os) = body.pointer_mut(PTR).and_then(Value::as_object_mut) {
         os.entry("adminPassword").or_insert_with(|| old.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deallocation is remembered while the instance stays stopped, and forgotten once it runs.
+    #[test]
+    fn deallocated_lasts_until_the_instance_runs_again() {
+        let mut r: InstanceRecord = serde_json::from_value(json!({
+            "instanceId": 0, "createdSeq": 1, "modelVersion": 1, "image": "img",
+            "ip": "10.0.0.4", "computerName": "web000000", "machine": "m",
+            "timeCreated": "t", "vmId": "x", "intent": "Running", "provisioningState": "Succeeded"
+        }))
+        .unwrap();
+        use PowerAction::*;
+        for (act, intent, deallocated) in [
+            (PowerOff, PowerIntent::Stopped, false),
+            (Deallocate, PowerIntent::Stopped, true),
+            (PowerOff, PowerIntent::Stopped, true),
+            (Reimage, PowerIntent::Stopped, true),
+            (Start, PowerIntent::Running, false),
+            (Deallocate, PowerIntent::Stopped, true),
+            (Restart, PowerIntent::Running, false),
+            (PowerOff, PowerIntent::Stopped, false),
+        ] {
+            apply_power(&mut r, act);
+            assert_eq!((r.intent, r.deallocated), (intent, deallocated), "{act:?}");
+        }
     }
 }

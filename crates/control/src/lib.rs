@@ -146,6 +146,10 @@ pub struct InstanceRecord {
     /// Automatic repairs of this instance (or of the one it replaced) not yet followed by health.
     #[serde(default)]
     pub repair_attempts: u32,
+    /// Stopped by `deallocate` rather than `powerOff`: the same stopped machine here (a stopped
+    /// machine holds no host resources either way), reported as Azure reports it.
+    #[serde(default)]
+    pub deallocated: bool,
 }
 
 /// The stored scale set: the ARM body plus our bookkeeping.

@@ -514,6 +514,7 @@ fn instance(id: u32, image: &str) -> InstanceRecord {
         last_error: None,
         state_changed_at: None,
         repair_attempts: 0,
+        deallocated: false,
     }
 }
 

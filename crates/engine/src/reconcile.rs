@@ -365,6 +365,7 @@ pub(crate) fn new_instances(
             last_error: None,
             state_changed_at: None,
             repair_attempts: 0,
+            deallocated: false,
         };
         st.store
             .put_instance(
