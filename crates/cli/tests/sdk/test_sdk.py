@@ -2,8 +2,10 @@
 against a local scaleset daemon: resource groups created and checked for existence (Unicode
 names too), a load balancer and its child resources, a scale set created, read, updated to a new
 image, its instances listed, per-instance actions, a rolling upgrade started and its status read,
-an api-version the type does not speak refused, then everything deleted. Run by crates/cli/tests/sdk.rs
-with SCALESET_ENDPOINT, SCALESET_HOME, SCALESET_EXE and LB_PORT set.
+an api-version the type does not speak refused, then everything deleted. The scale set starts with
+one real instance (a machine booted from BOOT_IMAGE, baked by sdk.rs on the shared base) that
+every per-instance action is called on. Run by crates/cli/tests/sdk.rs with SCALESET_ENDPOINT,
+SCALESET_HOME, SCALESET_EXE, BOOT_IMAGE and LB_PORT set.
 
 Nothing here is scaleset-specific except how the client is pointed at us: base_url, and a static
 bearer token sent by a custom authentication policy (azure-core's BearerTokenCredentialPolicy
@@ -30,6 +32,7 @@ ENDPOINT = os.environ["SCALESET_ENDPOINT"]
 HOME = os.environ["SCALESET_HOME"]
 EXE = os.environ["SCALESET_EXE"]
 LB_PORT = int(os.environ["LB_PORT"])
+BOOT_IMAGE = os.environ["BOOT_IMAGE"]
 SUB = "00000000-0000-0000-0000-000000000000"
 RG = "sdk-rg"
 TOKEN = open(os.path.join(HOME, "token")).read().strip()
@@ -79,7 +82,8 @@ class Recorder(SansIOHTTPPolicy):
 def polled(method, url_part):
     """The exchanges after the last `method` on a URL containing `url_part`: the initial reply
     must be an LRO (Azure-AsyncOperation) and the SDK must have polled it to Succeeded."""
-    idx = max(i for i, (m, u, _, _) in enumerate(Recorder.seen) if m == method and url_part in u)
+    idx = max(i for i, (m, u, _, _) in enumerate(Recorder.seen)
+              if m == method and url_part.lower() in u.lower())
     first = Recorder.seen[idx]
     assert "Azure-AsyncOperation" in first[3], f"{method} {url_part}: no Azure-AsyncOperation: {first}"
     polls = [x for x in Recorder.seen[idx + 1:] if "/operations/" in x[1]]
@@ -96,6 +100,67 @@ def scaleset(*args):
     out = subprocess.run([EXE, *args], env=env, capture_output=True, text=True)
     assert out.returncode == 0, f"scaleset {args}: {out.stderr}{out.stdout}"
     return out.stdout
+
+
+def in_instance(script):
+    """stdout of a shell script run inside instance 0 (az vmss run-command invoke; the spec of
+    runCommand is not in the shared folder, so it is called outside the SDK)."""
+    out = json.loads(scaleset("vmss", "run-command", "invoke", "-g", RG, "-n", "sdk", "--instance-id", "0",
+                              "--command-id", "RunShellScript", "--scripts", script))
+    msg = out["value"][0]["message"]
+    assert msg.startswith("Enable succeeded"), msg
+    return msg.split("[stdout]\n", 1)[1].split("\n[stderr]", 1)[0].split()
+
+
+def one_instance(compute):
+    """Every per-instance action on instance 0, each LRO waited on, then its state as Azure
+    reports it: power state codes, the instance id, latestModelApplied, and what survives a
+    reboot (/run is a tmpfs per boot) or a reimage (a fresh disk)."""
+    vm_ops = compute.virtual_machine_scale_set_vms
+
+    def after(action, code, **kwargs):
+        step(f"instance 0: {action.__name__} -> PowerState/{code}")
+        action(RG, "sdk", "0", **kwargs).result()
+        polled("POST", "/virtualmachines/0/")
+        vm = vm_ops.get(RG, "sdk", "0", expand="instanceView")
+        codes = [s.code for s in vm.instance_view.statuses]
+        assert codes == ["ProvisioningState/succeeded", f"PowerState/{code}"], (action.__name__, codes)
+        assert vm.instance_id == "0" and vm.provisioning_state == "Succeeded", vm
+        view = vm_ops.get_instance_view(RG, "sdk", "0")
+        assert [s.code for s in view.statuses] == codes, view.statuses
+        return vm
+
+    vms = list(vm_ops.list(RG, "sdk", expand="instanceView"))
+    assert [(v.instance_id, v.latest_model_applied) for v in vms] == [("0", True)], vms
+    assert vms[0].instance_view.statuses[1].code == "PowerState/running", vms[0].instance_view.statuses
+    assert in_instance("touch /root/disk && ls /root") == ["disk"]
+    after(vm_ops.begin_power_off, "stopped")
+    after(vm_ops.begin_start, "running")
+    after(vm_ops.begin_deallocate, "deallocated")
+    after(vm_ops.begin_redeploy, "running")  # Azure powers a redeployed VM on
+    in_instance("touch /run/booted")
+    after(vm_ops.begin_restart, "running")
+    assert in_instance("ls /root; ls /run/booted 2>/dev/null; true") == ["disk"], "a reboot, the disk kept"
+
+    step("a new VM size (Manual mode): the instance is behind the model until it is reimaged")
+    compute.virtual_machine_scale_sets.begin_update(RG, "sdk", cm.VirtualMachineScaleSetUpdate(
+        sku=cm.Sku(name="Standard_B1ms", tier="Standard"))).result()
+    assert not vm_ops.get(RG, "sdk", "0").latest_model_applied
+    vm = after(vm_ops.begin_reimage, "running")
+    assert vm.latest_model_applied, vm
+    assert in_instance("ls /root") == [], "a reimage starts on a fresh disk"
+    assert after(vm_ops.begin_reimage_all, "running").latest_model_applied
+
+    step("instance 0: begin_delete removes it (and lowers the capacity, as Azure does)")
+    vm_ops.begin_delete(RG, "sdk", "0").result()
+    polled("DELETE", "/virtualMachines/0")
+    assert list(vm_ops.list(RG, "sdk")) == []
+    assert compute.virtual_machine_scale_sets.get(RG, "sdk").sku.capacity == 0
+    try:
+        vm_ops.begin_start(RG, "sdk", "0")
+        raise AssertionError("begin_start on a deleted instance succeeded")
+    except ResourceNotFoundError as e:
+        assert e.status_code == 404 and e.error.code == "NotFound", e
 
 
 def main():
@@ -119,11 +184,10 @@ def main():
     resources.resource_groups.begin_delete(uni).result()
     assert not resources.resource_groups.check_existence(uni)
 
-    # Outside the SDK: two images (they are baked or imported, never PUT).
-    for name in ["sdk-img1", "sdk-img2"]:
-        path = os.path.join(HOME, name + ".tar")
-        docker_save(path, name)
-        scaleset("image", "import", "--source", path, "-n", name)
+    # Outside the SDK: a second image (they are baked or imported, never PUT).
+    path = os.path.join(HOME, "sdk-img2.tar")
+    docker_save(path, "sdk-img2")
+    scaleset("image", "import", "--source", path, "-n", "sdk-img2")
     image_id = lambda n: f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/images/{n}"
 
     step("load balancer")
@@ -170,18 +234,18 @@ def main():
     except ResourceNotFoundError:
         pass
 
-    step("scale set")
+    step("scale set (Manual upgrades, one instance: the SDK waits until it is provisioned)")
     vmss = compute.virtual_machine_scale_sets.begin_create_or_update(RG, "sdk", cm.VirtualMachineScaleSet(
         location="local",
-        sku=cm.Sku(name="Standard_B1s", tier="Standard", capacity=0),
-        upgrade_policy=cm.UpgradePolicy(mode="Rolling", rolling_upgrade_policy=cm.RollingUpgradePolicy(
+        sku=cm.Sku(name="Standard_B1s", tier="Standard", capacity=1),
+        upgrade_policy=cm.UpgradePolicy(mode="Manual", rolling_upgrade_policy=cm.RollingUpgradePolicy(
             max_batch_instance_percent=50, max_unhealthy_instance_percent=50,
             max_unhealthy_upgraded_instance_percent=20, pause_time_between_batches="PT0S")),
         virtual_machine_profile=cm.VirtualMachineScaleSetVMProfile(
             os_profile=cm.VirtualMachineScaleSetOSProfile(
                 computer_name_prefix="sdk", admin_username="azureuser", admin_password="Sdk-Secret-123"),
             storage_profile=cm.VirtualMachineScaleSetStorageProfile(
-                image_reference=cm.ImageReference(id=image_id("sdk-img1"))),
+                image_reference=cm.ImageReference(id=image_id(BOOT_IMAGE))),
             network_profile=cm.VirtualMachineScaleSetNetworkProfile(
                 health_probe=cm.ApiEntityReference(id=lb_id + "/probes/http"),
                 network_interface_configurations=[cm.VirtualMachineScaleSetNetworkConfiguration(
@@ -190,44 +254,35 @@ def main():
                             cm.SubResource(id=lb_id + "/backendAddressPools/be")])])])),
     )).result()
     assert vmss.provisioning_state == "Succeeded", vmss
-    assert vmss.sku.capacity == 0 and vmss.unique_id
+    assert vmss.sku.capacity == 1 and vmss.unique_id
     assert vmss.virtual_machine_profile.os_profile.admin_password is None  # a secret, never returned
 
     vmss_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/sdk"
     assert resources.resources.check_existence_by_id(vmss_id, api_version="2024-11-01")
     got = compute.virtual_machine_scale_sets.get(RG, "sdk")
-    assert got.upgrade_policy.mode == "Rolling"
+    assert got.upgrade_policy.mode == "Manual"
     assert got.upgrade_policy.rolling_upgrade_policy.max_batch_instance_percent == 50
-    assert got.virtual_machine_profile.storage_profile.image_reference.id == image_id("sdk-img1")
+    assert got.virtual_machine_profile.storage_profile.image_reference.id == image_id(BOOT_IMAGE)
     assert [s.name for s in compute.virtual_machine_scale_sets.list(RG)] == ["sdk"]
     skus = list(compute.virtual_machine_scale_sets.list_skus(RG, "sdk"))
     assert "Standard_B1s" in [s.sku.name for s in skus], skus
 
-    step("new image (PATCH imageReference.id); the SDK waits for the rolling upgrade")
+    one_instance(compute)
+
+    step("Rolling upgrades and a new image (PATCH); the SDK waits for the rolling upgrade")
     updated = compute.virtual_machine_scale_sets.begin_update(RG, "sdk", cm.VirtualMachineScaleSetUpdate(
+        upgrade_policy=cm.UpgradePolicy(mode="Rolling"),
         virtual_machine_profile=cm.VirtualMachineScaleSetUpdateVMProfile(
             storage_profile=cm.VirtualMachineScaleSetUpdateStorageProfile(
                 image_reference=cm.ImageReference(id=image_id("sdk-img2")))))).result()
     assert updated.virtual_machine_profile.storage_profile.image_reference.id == image_id("sdk-img2")
     assert updated.provisioning_state == "Succeeded", updated.provisioning_state
+    assert updated.upgrade_policy.mode == "Rolling"
+    assert updated.upgrade_policy.rolling_upgrade_policy.max_batch_instance_percent == 50
     polled("PATCH", "/virtualMachineScaleSets/sdk")
     latest = compute.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, "sdk")
     assert latest.running_status.code == "Completed", latest.running_status
 
-    step("instances")
-    vms = list(compute.virtual_machine_scale_set_vms.list(RG, "sdk", expand="instanceView"))
-    assert vms == [], vms  # capacity 0: nothing boots in this test
-    # Per-instance actions reach the instance's own resource: with no instance it is a 404 that
-    # the SDK raises from the first request (sdk.rs checks the exchanges against the spec; the
-    # contract test drives the 202s on instance records).
-    vm_ops = compute.virtual_machine_scale_set_vms
-    for action in [vm_ops.begin_start, vm_ops.begin_power_off, vm_ops.begin_deallocate, vm_ops.begin_restart,
-                   vm_ops.begin_reimage, vm_ops.begin_reimage_all, vm_ops.begin_redeploy, vm_ops.begin_delete]:
-        try:
-            action(RG, "sdk", "0")
-            raise AssertionError(f"{action.__name__} on a missing instance succeeded")
-        except ResourceNotFoundError as e:
-            assert e.status_code == 404, (action.__name__, e)
     view = compute.virtual_machine_scale_sets.get_instance_view(RG, "sdk")
     assert view.statuses[0].code == "ProvisioningState/succeeded", view.statuses
 
@@ -240,8 +295,8 @@ def main():
     assert latest.policy.max_batch_instance_percent == 50
 
     step("images")
-    assert compute.images.get(RG, "sdk-img1").name == "sdk-img1"
-    assert {i.name for i in compute.images.list_by_resource_group(RG)} >= {"sdk-img1", "sdk-img2"}
+    assert compute.images.get(RG, BOOT_IMAGE).name == BOOT_IMAGE
+    assert {i.name for i in compute.images.list_by_resource_group(RG)} >= {BOOT_IMAGE, "sdk-img2"}
 
     step("errors")
     try:
@@ -275,7 +330,7 @@ def main():
         pass
     network.load_balancers.begin_delete(RG, "sdk-lb").result()
     assert [l.name for l in network.load_balancers.list(RG)] == []
-    compute.images.begin_delete(RG, "sdk-img1").result()
+    compute.images.begin_delete(RG, BOOT_IMAGE).result()
     assert not resources.resources.check_existence_by_id(vmss_id, api_version="2024-11-01")
     with open(os.environ["SDK_EXCHANGES"], "w") as f:
         json.dump(EXCHANGES, f)
