@@ -1729,24 +1729,12 @@ impl Contract {
     ) -> (StatusCode, Value) {
         let uri = format!("{path}?api-version=2024-05-01");
         let (s, v) = send(&self.e, method, &uri, body.clone()).await;
-        let file = PathBuf::from(format!("{NETWORK}/loadBalancer.json"));
-        let at = self
-            .specs
-            .resolve(&file, &format!("#/definitions/{def}"))
-            .unwrap();
-        let what = format!("{method} {path}");
-        if let Some(b) = &body {
-            for x in self.specs.validate(&at, b, Dir::Request, &|_| false) {
-                self.flag(format!("{what} request {x}"));
-            }
-        }
-        let azure_error = v["error"]["code"].is_string() && v["error"]["message"].is_string();
-        if s.is_success() && !v.is_null() {
-            for x in self.specs.validate(&at, &v, Dir::Response, &|_| false) {
-                self.flag(format!("{what} {s} response {x}"));
-            }
-        } else if !(s.is_success() || azure_error) {
-            self.flag(format!("{what}: {s} without Azure's error shape: {v}"));
+        let file = format!("{NETWORK}/loadBalancer.json");
+        let found =
+            self.specs
+                .check_lb_child(&file, def, (method, path), body.as_ref(), s.as_u16(), &v);
+        for x in found {
+            self.flag(x);
         }
         (s, v)
     }

@@ -36,6 +36,22 @@ pub enum Provider {
 
 static PROVIDER: OnceLock<Provider> = OnceLock::new();
 
+/// `path` with the api-version of its provider, unless the caller gave one (Azure Monitor's).
+fn versioned(path: &str) -> String {
+    if path.contains("?api-version=") || path.contains("&api-version=") {
+        return path.to_string();
+    }
+    let version = if path.contains("Microsoft.Network") {
+        NETWORK
+    } else if path.contains("/providers/") {
+        COMPUTE
+    } else {
+        RESOURCES
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}api-version={version}")
+}
+
 /// Chosen once by `main` from `--provider` / `SCALESET_PROVIDER`.
 pub fn set_provider(p: Provider) {
     let _ = PROVIDER.set(p);
@@ -183,6 +199,10 @@ impl Client {
             enc(name)
         )
     }
+    /// A load balancer's child (`probes/{name}`, `loadBalancingRules/{name}`, ...).
+    pub fn lb_child_path(&self, rg: &str, lb: &str, coll: &str, name: &str) -> String {
+        format!("{}/{coll}/{}", self.lb_path(rg, lb), enc(name))
+    }
     pub fn image_path(&self, rg: &str, name: &str) -> String {
         format!(
             "{}/providers/Microsoft.Compute/images/{}",
@@ -264,20 +284,14 @@ impl Client {
         if let Some(a) = &self.azure {
             return a.client.call(method, path, body).await.map_err(arm_error);
         }
-        let version = if path.contains("Microsoft.Network") {
-            NETWORK
-        } else if path.contains("/providers/") {
-            COMPUTE
-        } else {
-            RESOURCES
-        };
-        // A caller that needs another provider's version (Azure Monitor) gives it.
-        if path.contains("?api-version=") || path.contains("&api-version=") {
-            return self.send_json(method, path, body).await;
-        }
-        let sep = if path.contains('?') { '&' } else { '?' };
-        self.send_json(method, &format!("{path}{sep}api-version={version}"), body)
-            .await
+        self.send_json(method, &versioned(path), body).await
+    }
+
+    /// A DELETE on the daemon: whether there was something to delete (ARM answers 204 when
+    /// there was not).
+    pub async fn delete_existing(&self, path: &str) -> Result<bool> {
+        let resp = self.send("DELETE", &versioned(path), None).await?;
+        Ok(resp.status() != hyper::StatusCode::NO_CONTENT)
     }
 
     /// [`Client::call`] for commands with `--no-wait`: on Azure, `wait: false` returns the first

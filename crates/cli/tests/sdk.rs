@@ -295,11 +295,64 @@ fn cli_traffic_matches_the_specs() {
         "vmss rolling-upgrade start -g rg -n web".into(),
         "vmss rolling-upgrade get-latest -g rg -n web".into(),
         "vmss delete -g rg -n web".into(),
-        "network lb delete -g rg -n lb".into(),
+        "network lb rule delete -g rg --lb-name lb -n web".into(),
+        "network lb probe delete -g rg --lb-name lb -n http".into(),
     ] {
         cli(&line);
     }
+    let out = h
+        .cmd()
+        .env("SCALESET_ENDPOINT", &proxy)
+        .args([
+            "network",
+            "lb",
+            "probe",
+            "delete",
+            "-g",
+            "rg",
+            "--lb-name",
+            "lb",
+            "-n",
+            "http",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("'http' was not found in load balancer 'lb'"),
+        "deleting a missing probe: {err}"
+    );
+    cli("network lb delete -g rg -n lb");
     let all = std::mem::take(&mut *log.lock().unwrap());
+    // Probes and rules are written on their own routes, the parent only by `network lb create`.
+    let writes: Vec<String> = all
+        .iter()
+        .filter(|x| x["method"] == "PUT" || x["method"] == "DELETE")
+        .filter(|x| x["url"].as_str().unwrap_or("").contains("/loadBalancers/"))
+        .map(|x| {
+            let url = x["url"].as_str().unwrap_or("");
+            let path = url.split('?').next().unwrap_or(url);
+            let tail = &path[path.find("/loadBalancers/").unwrap_or(0)..];
+            format!(
+                "{} {tail} {}",
+                x["method"].as_str().unwrap_or(""),
+                x["status"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "PUT /loadBalancers/lb 201",
+            "PUT /loadBalancers/lb/probes/http 201",
+            "PUT /loadBalancers/lb/loadBalancingRules/web 201",
+            "DELETE /loadBalancers/lb/loadBalancingRules/web 200",
+            "DELETE /loadBalancers/lb/probes/http 200",
+            "DELETE /loadBalancers/lb/probes/http 204",
+            "DELETE /loadBalancers/lb 200",
+        ],
+        "{writes:#?}"
+    );
     let file = h.home.join("cli-exchanges.json");
     std::fs::write(&file, serde_json::to_string(&all).unwrap()).unwrap();
     check_exchanges(&file, 15);
@@ -340,12 +393,31 @@ fn check_exchanges(file: &Path, min: usize) {
             }
             continue;
         }
+        let (method, request) = (
+            x["method"].as_str().unwrap(),
+            x.get("request").filter(|r| !r.is_null()),
+        );
+        let status = x["status"].as_u64().unwrap() as u16;
+        // Probe and rule writes on their own path: scaleset's extension (Azure has GET only).
+        if let Some(def) = swagger::lb_child_write(method, path) {
+            let lb_file = files[2];
+            let found = specs.check_lb_child(
+                lb_file,
+                def,
+                (method, path),
+                request,
+                status,
+                &x["response"],
+            );
+            violations.extend(found);
+            continue;
+        }
         let found = specs.check_exchange(
             &files,
-            x["method"].as_str().unwrap(),
+            method,
             path,
-            x.get("request").filter(|r| !r.is_null()),
-            x["status"].as_u64().unwrap() as u16,
+            request,
+            status,
             &x["response"],
             &swagger::scaleset_extension,
         );

@@ -15,6 +15,28 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
+/// The definition of the load balancer child a PUT or DELETE of `path` writes on its own path
+/// (`…/loadBalancers/{lb}/probes/{name}`: `Probe`; `…/loadBalancingRules/{name}`:
+/// `LoadBalancingRule`), if it is one.
+pub fn lb_child_write(method: &str, path: &str) -> Option<&'static str> {
+    if !matches!(method, "PUT" | "DELETE") {
+        return None;
+    }
+    let bare = path.split('?').next().unwrap_or(path);
+    let segs: Vec<&str> = bare.trim_matches('/').split('/').collect();
+    let [.., lbs, _, coll, _] = segs.as_slice() else {
+        return None;
+    };
+    if !lbs.eq_ignore_ascii_case("loadBalancers") {
+        return None;
+    }
+    match coll.to_ascii_lowercase().as_str() {
+        "probes" => Some("Probe"),
+        "loadbalancingrules" => Some("LoadBalancingRule"),
+        _ => None,
+    }
+}
+
 /// Undeclared properties scaleset returns on purpose (ARCHITECTURE.md, "API contract"): the
 /// deploy receipt of a rolling upgrade (requests and failures the LB saw meanwhile).
 pub fn scaleset_extension(path: &str) -> bool {
@@ -242,6 +264,45 @@ impl Specs {
                     out.push(format!("{what} ({}) {status} response {x}", op.id));
                 }
             }
+        }
+        out
+    }
+
+    /// A PUT or DELETE of a load balancer's probe or rule on its own path (scaleset's extension:
+    /// Microsoft's specs define these children only as members of the parent, with GET alone on
+    /// their path): the bodies sent and returned against the child's definition `def` in
+    /// `lb_file` (`Probe`, `LoadBalancingRule`, see [`lb_child_write`]), an error against
+    /// Azure's `{"error":{"code","message"}}`.
+    pub fn check_lb_child(
+        &self,
+        lb_file: &str,
+        def: &str,
+        (method, path): (&str, &str),
+        request: Option<&Value>,
+        status: u16,
+        response: &Value,
+    ) -> Vec<String> {
+        let at = self
+            .resolve(Path::new(lb_file), &format!("#/definitions/{def}"))
+            .unwrap_or_else(|| panic!("{def} is not defined in {lb_file}"));
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let mut out = Vec::new();
+        if let Some(b) = request {
+            for x in self.validate(&at, b, Dir::Request, &|_| false) {
+                out.push(format!("{what} request {x}"));
+            }
+        }
+        let success = (200..300).contains(&status);
+        let azure_error =
+            response["error"]["code"].is_string() && response["error"]["message"].is_string();
+        if success && !response.is_null() {
+            for x in self.validate(&at, response, Dir::Response, &|_| false) {
+                out.push(format!("{what} {status} response {x}"));
+            }
+        } else if !(success || azure_error) {
+            out.push(format!(
+                "{what}: {status} without Azure's error shape: {response}"
+            ));
         }
         out
     }

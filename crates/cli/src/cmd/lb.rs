@@ -119,6 +119,56 @@ pub(super) async fn edit_lb(
     c.call("PUT", &path, Some(&v)).await
 }
 
+/// Creates or replaces `item` (`{"name", "properties"}`) in collection `coll` of load balancer
+/// `lb`; the child as stored. Locally through the child's own route (a read-modify-write of the
+/// parent in the daemon, under its lock). Azure's network API has no PUT for probes or
+/// load-balancing rules (loadBalancer.json 2024-05-01: GET only), so with `--provider azure` the
+/// parent is read, edited and written back, as az does.
+pub(super) async fn put_child(
+    c: &Client,
+    (rg, lb): (&str, &str),
+    coll: &str,
+    item: Value,
+) -> Result<Value> {
+    let name = item["name"].as_str().unwrap_or_default().to_string();
+    if !c.is_azure() {
+        let path = c.lb_child_path(rg, lb, coll, &name);
+        return c.call("PUT", &path, Some(&item)).await;
+    }
+    let v = edit_lb(c, rg, lb, |v| {
+        let list = children(v, coll);
+        list.retain(|i| i.get("name").and_then(Value::as_str) != Some(&name));
+        list.push(item);
+        Ok(())
+    })
+    .await?;
+    Ok(child_of(&v, coll, &name).cloned().unwrap_or(Value::Null))
+}
+
+/// Deletes child `name` of collection `coll`: its own route locally, the parent on Azure (see
+/// [`put_child`]). A child that is not there is an error, as in az.
+async fn delete_child(c: &Client, (rg, lb): (&str, &str), coll: &str, name: &str) -> Result<()> {
+    let not_found = || anyhow!("(NotFound) '{name}' was not found in load balancer '{lb}'.");
+    if !c.is_azure() {
+        let path = c.lb_child_path(rg, lb, coll, name);
+        return match c.delete_existing(&path).await? {
+            true => Ok(()),
+            false => Err(not_found()),
+        };
+    }
+    edit_lb(c, rg, lb, |v| {
+        let list = children(v, coll);
+        let before = list.len();
+        list.retain(|i| i.get("name").and_then(Value::as_str) != Some(name));
+        if list.len() == before {
+            return Err(not_found());
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
 pub(super) fn children<'a>(v: &'a mut Value, coll: &str) -> &'a mut Vec<Value> {
     if !v["properties"][coll].is_array() {
         v["properties"][coll] = json!([]);
@@ -140,18 +190,7 @@ pub(super) async fn child_cmd(
     };
     let not_found = |n: &str| anyhow!("(NotFound) '{n}' was not found in load balancer '{lb}'.");
     match (&op, name) {
-        (ChildOp::Delete(_), Some(n)) => {
-            edit_lb(c, rg, lb, |v| {
-                let list = children(v, coll);
-                let before = list.len();
-                list.retain(|i| i.get("name").and_then(Value::as_str) != Some(n));
-                if list.len() == before {
-                    return Err(not_found(n));
-                }
-                Ok(())
-            })
-            .await?;
-        }
+        (ChildOp::Delete(_), Some(n)) => delete_child(c, (rg, lb), coll, n).await?,
         (op, name) => {
             let v = c.call("GET", &c.lb_path(rg, lb), None).await?;
             let items = v
@@ -306,14 +345,9 @@ pub(super) fn subnet_id(
     ))
 }
 
-/// Prints the child `name` of collection `coll` in the load balancer `v` (as PUT returned it).
-pub(super) fn print_child(v: &Value, coll: &str, name: &str, out: Output, cols: Columns) {
-    print(
-        v.pointer(&format!("/properties/{coll}"))
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|i| i["name"] == json!(name)))
-            .unwrap_or(&Value::Null),
-        out,
-        cols,
-    );
+/// The child `name` of collection `coll` in the load balancer `v`.
+fn child_of<'a>(v: &'a Value, coll: &str, name: &str) -> Option<&'a Value> {
+    v.pointer(&format!("/properties/{coll}"))
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|i| i["name"] == json!(name)))
 }

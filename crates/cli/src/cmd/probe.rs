@@ -1,10 +1,11 @@
 //! `scaleset network lb probe`: a load balancer's health probes.
-use super::lb::{child_cmd, children, edit_lb, print_child, Child, ChildOp};
+use super::lb::{child_cmd, put_child, Child, ChildOp};
+use super::print;
 use crate::client::Client;
 use crate::output::{self, Output};
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum ProbeCmd {
@@ -52,15 +53,9 @@ pub async fn run(c: &Client, cmd: ProbeCmd, out: Output) -> Result<()> {
             if let Some(n) = no_healthy_backends_behavior {
                 props["noHealthyBackendsBehavior"] = json!(n);
             }
-            let name = ch.name.clone();
-            let v = edit_lb(c, &ch.rg, &ch.lb_name, |v| {
-                let list = children(v, "probes");
-                list.retain(|i| i.get("name").and_then(Value::as_str) != Some(&name));
-                list.push(json!({"name": name, "properties": props}));
-                Ok(())
-            })
-            .await?;
-            print_child(&v, "probes", &ch.name, out, output::PROBE_COLS);
+            let item = json!({"name": ch.name, "properties": props});
+            let v = put_child(c, (&ch.rg, &ch.lb_name), "probes", item).await?;
+            print(&v, out, output::PROBE_COLS);
         }
         ProbeCmd::Op(op) => child_cmd(c, out, ("probes", output::PROBE_COLS), op).await?,
     }
