@@ -10,6 +10,7 @@ Only the standard library is used here; Flask + uWSGI live in bench/.venv.
 """
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -182,6 +183,20 @@ def rss_kib(pids):
     return t
 
 
+def ctx_switches(pids):
+    """Voluntary + involuntary context switches of `pids` so far."""
+    t = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        t += int(line.split()[1])
+        except OSError:
+            pass
+    return t
+
+
 def real_pid(p):
     """The pid under `taskset` (taskset execs, so it is the same pid)."""
     return p.pid
@@ -224,21 +239,58 @@ def wrk(url, duration, conns, threads=1):
     return r
 
 
-def measure_http(url, procs, cfg, conns):
-    """One measured wrk run; proxy CPU (% of one core) and RSS over `procs` trees."""
+def measure_http(url, procs, cfg, conns, perf=False):
+    """One measured wrk run; server-side CPU (% of one core), CPU µs, context switches and RSS
+    over `procs` trees. With `perf`, also syscalls per request (perf stat on those trees; a
+    separate run, as the tracepoint costs the counted side a little)."""
     trees0 = {p.bench_name: tree_pids(real_pid(p)) for p in procs}
+    pids0 = [q for t in trees0.values() for q in t]
     t0, c0 = time.time(), {n: cpu_ticks(t) for n, t in trees0.items()}
+    x0 = ctx_switches(pids0)
+    counter = start_perf(pids0) if perf and pids0 else None
     r = wrk(url, cfg.duration, conns)
+    counts = stop_perf(counter) if counter else {}
     trees1 = {p.bench_name: tree_pids(real_pid(p)) for p in procs}
     t1, c1 = time.time(), {n: cpu_ticks(t) for n, t in trees1.items()}
+    x1 = ctx_switches([q for t in trees1.values() for q in t])
     # a worker that exited in between would count negative; clamp per tree
     by = {n: max(0, c1[n] - c0.get(n, 0)) / CLK_TCK for n in c1}
     secs = sum(by.values())
+    n = r["requests"]
     r["cpu_pct"] = 100.0 * secs / (t1 - t0)
-    r["cpu_pct_by"] = {n: 100.0 * v / (t1 - t0) for n, v in by.items()}
-    r["cpu_us_per_req"] = 1e6 * secs / r["requests"] if r["requests"] and procs else None
+    r["cpu_pct_by"] = {k: 100.0 * v / (t1 - t0) for k, v in by.items()}
+    r["cpu_us_per_req"] = 1e6 * secs / n if n and procs else None
+    r["ctx_per_req"] = max(0, x1 - x0) / n if n and procs else None
+    if "raw_syscalls:sys_enter" in counts and n:
+        r["syscalls_per_req"] = counts["raw_syscalls:sys_enter"] / n
     r["rss_mib"] = sum(rss_kib(t) for t in trees1.values()) / 1024.0
     return r
+
+
+def start_perf(pids):
+    """perf stat counting syscalls of `pids` until stop_perf; None without perf."""
+    if not shutil.which("perf"):
+        return None
+    out = tempfile.NamedTemporaryFile(prefix="perf-", suffix=".csv", delete=False).name
+    p = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", "raw_syscalls:sys_enter",
+                          "-p", ",".join(map(str, pids))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attaches
+    return p, out
+
+
+def stop_perf(counter):
+    p, out = counter
+    p.send_signal(signal.SIGINT)
+    p.wait(10)
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 3 and parts[0][:1].isdigit():
+                counts[parts[2]] = float(parts[0])
+    os.unlink(out)
+    return counts
 
 
 def fmt_by(by):
@@ -258,19 +310,33 @@ def summarize(runs, keys):
 
 
 def compare_http(contenders, cfg, conns):
-    """contenders: list of (name, url, [procs]). Interleaved warm-up + runs."""
+    """contenders: list of (name, url, [procs]). A warm-up each, then cfg.runs rounds, each
+    round running every contender once in an order rotated by one per round (so no contender
+    always follows the same one), then one cost round per contender with perf attached."""
     for name, url, procs in contenders:
         log(f"warm-up {name} ({cfg.warmup}s)")
         wrk(url, cfg.warmup, conns)
     runs = {name: [] for name, _, _ in contenders}
     for i in range(cfg.runs):
-        for name, url, procs in contenders:
+        k = i % len(contenders)
+        for name, url, procs in contenders[k:] + contenders[:k]:
             r = measure_http(url, procs, cfg, conns)
-            log(f"run {i + 1}/{cfg.runs} {name}: {r['rps']:.0f} req/s p50 {r['p50_ms']} ms "
-                f"p99 {r['p99_ms']} ms cpu {r['cpu_pct']:.0f}% {fmt_by(r['cpu_pct_by'])} rss {r['rss_mib']:.1f} MiB err {r['errors']}")
+            log(f"round {i + 1}/{cfg.runs} {name}: {r['rps']:.0f} req/s p50 {r['p50_ms']} ms "
+                f"p99 {r['p99_ms']} ms cpu {r['cpu_pct']:.0f}% {fmt_by(r['cpu_pct_by'])} "
+                f"{fmt(r['cpu_us_per_req'])} µs/req rss {r['rss_mib']:.1f} MiB err {r['errors']}")
             runs[name].append(r)
-    return {name: summarize(rs, ["rps", "p50_ms", "p99_ms", "cpu_pct", "cpu_us_per_req", "rss_mib"])
-            for name, rs in runs.items()}
+    # Runs are stored by round, whatever the order inside it, so run i of A and B are paired.
+    out = {name: summarize(rs, ["rps", "p50_ms", "p99_ms", "cpu_pct", "cpu_us_per_req",
+                                "ctx_per_req", "rss_mib"])
+           for name, rs in runs.items()}
+    if cfg.costs:
+        for name, url, procs in contenders:
+            if procs:
+                r = measure_http(url, procs, cfg, conns, perf=True)
+                out[name]["syscalls_per_req"] = r.get("syscalls_per_req")
+                out[name]["errors"] += r["errors"]
+                log(f"cost round {name}: {fmt(r.get('syscalls_per_req'), 2)} syscalls/req")
+    return out
 
 
 # --------------------------------------------------------------------------- configs
@@ -371,7 +437,7 @@ backend bulkb
 OURS_L7, OURS_L4, OURS_BULK = 18080, 18082, 18083
 NGINX_L7 = 18090
 HAP_L7, HAP_L4, HAP_BULK = 18100, 18102, 18103
-STACK_RUST, STACK_SEED = 18110, 18111
+STACK_RUST, STACK_SEED, STACK_CEILING = 18110, 18111, 18112
 
 
 # --------------------------------------------------------------------------- suites
@@ -439,11 +505,31 @@ def check_body(url, needle="You are currently on the Home page"):
 def suite_l7(cfg, px):
     for port in (OURS_L7, NGINX_L7, HAP_L7):
         check_body(f"http://127.0.0.1:{port}/")
-    return compare_http([
+    res = compare_http([
         ("ours", f"http://127.0.0.1:{OURS_L7}/", [px["ours"]]),
         ("nginx", f"http://127.0.0.1:{NGINX_L7}/", [px["nginx"]]),
         ("haproxy", f"http://127.0.0.1:{HAP_L7}/", [px["haproxy"]]),
     ], cfg, cfg.conns)
+    if cfg.costs:
+        for name in res:
+            res[name]["ir_per_req"] = callgrind_ir(name, cfg.conns)
+    return res
+
+
+def callgrind_ir(target, conns):
+    """Instructions per request under callgrind (bench/l7_profile.py, its own ports and
+    backends); None without valgrind."""
+    if not shutil.which("valgrind"):
+        return None
+    log(f"callgrind {target} (20,000 requests)")
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "l7_profile.py"), target,
+                          "--conns", str(conns), "--scaleset", SCALESET],
+                         capture_output=True, text=True, timeout=600)
+    m = re.search(r"= ([\d,]+) Ir/request", out.stdout)
+    if not m:
+        log(f"callgrind {target} failed: {out.stdout[-300:]} {out.stderr[-300:]}")
+        return None
+    return float(m.group(1).replace(",", ""))
 
 
 def suite_l4_small(cfg, px):
@@ -488,7 +574,8 @@ def suite_l4_bulk(cfg, px, tmp):
         iperf(host, port, min(nbytes, 64 << 20), procs)  # warm-up
     runs = {n: [] for n, *_ in contenders}
     for i in range(cfg.runs):
-        for name, host, port, procs in contenders:
+        k = i % len(contenders)
+        for name, host, port, procs in contenders[k:] + contenders[:k]:
             r = iperf(host, port, nbytes, procs)
             log(f"bulk run {i + 1}/{cfg.runs} {name}: {r['gbit_s']:.2f} Gbit/s "
                 f"({nbytes >> 20} MiB in {r['seconds']:.2f}s) cpu {r['cpu_pct']:.0f}%")
@@ -532,15 +619,30 @@ def suite_app(cfg, tmp):
             include /etc/nginx/uwsgi_params;
             uwsgi_pass unix:{sock_seed};
         }}
+    }}
+    server {{
+        listen 127.0.0.1:{STACK_CEILING};
+        default_type text/html;
+        location = / {{
+            root {tmp}/ceiling;
+            try_files /index.html =404;
+        }}
     }}""")
     wait_port("127.0.0.1", STACK_RUST, proc=ngx)
     wait_port("127.0.0.1", STACK_SEED, proc=ngx)
     check_body(f"http://127.0.0.1:{STACK_RUST}/")
     check_body(f"http://127.0.0.1:{STACK_SEED}/")
+    # The ceiling: the same NGINX returns the Rust stack's page itself, from a file.
+    _, page = http_get(f"http://127.0.0.1:{STACK_RUST}/")
+    os.makedirs(os.path.join(tmp, "ceiling"), exist_ok=True)
+    with open(os.path.join(tmp, "ceiling", "index.html"), "w") as f:
+        f.write(page)
+    check_body(f"http://127.0.0.1:{STACK_CEILING}/")
     # CPU/RSS of the whole server-side stack (nginx + app server).
     res = compare_http([
         ("rust", f"http://127.0.0.1:{STACK_RUST}/", [ngx, app]),
         ("seed", f"http://127.0.0.1:{STACK_SEED}/", [ngx, uwsgi]),
+        ("ceiling", f"http://127.0.0.1:{STACK_CEILING}/", [ngx]),
     ], cfg, cfg.conns)
     for p in (ngx, uwsgi, app):
         stop(p, signal.SIGINT if p is uwsgi else signal.SIGTERM)
@@ -561,52 +663,110 @@ def ratio(a, b):
 
 
 def paired(suite, a, b, key):
-    """Per-run ratios a/b (runs are interleaved, so run i of a and b saw similar noise)."""
+    """The per-round ratios a/b (a round runs every contender once, so round i of a and b
+    saw similar noise): median, quartiles and range; None without a pair."""
     ra, rb = suite[a].get("runs", []), suite[b].get("runs", [])
     rs = sorted(x[key] / y[key] for x, y in zip(ra, rb) if x.get(key) and y.get(key))
     if not rs:
-        return ""
-    return f" (per-run {rs[0]:.2f}-{rs[-1]:.2f})" if len(rs) > 1 else ""
+        return None
+    q1, med, q3 = statistics.quantiles(rs, n=4, method="inclusive") if len(rs) > 1 else rs * 3
+    return {"median": med, "q1": q1, "q3": q3, "min": rs[0], "max": rs[-1], "n": len(rs)}
+
+
+def ratio_row(row, goal, st, higher_better, target, strict=None):
+    """A goal row over paired ratios. MET only when the quartile on the bad side meets the
+    target (most rounds agree); `strict` (L7 req/s) also asks the median for more."""
+    if st is None:
+        return {"row": row, "goal": goal, "value": None, "met": None}
+    bad = st["q1"] if higher_better else st["q3"]
+    ok = None
+    if target is not None:
+        ok = bad >= target if higher_better else bad <= target
+        if strict is not None:
+            ok = ok and st["median"] >= strict
+    text = (f"{st['median']:.2f}x (IQR {st['q1']:.2f}-{st['q3']:.2f}, "
+            f"range {st['min']:.2f}-{st['max']:.2f}, n={st['n']})")
+    return {"row": row, "goal": goal, "value": st["median"], "stats": st, "text": text,
+            "met": ok}
+
+
+def single_row(row, goal, a, b, target):
+    """A goal row over one measurement of each side (the cost round, callgrind)."""
+    v = ratio(a, b)
+    if v is None:
+        return {"row": row, "goal": goal, "value": None, "met": None}
+    return {"row": row, "goal": goal, "value": v, "text": f"{v:.2f}x ({fmt(a, 2)} vs {fmt(b, 2)})",
+            "met": (v <= target) if target is not None else None}
 
 
 def goals(res):
     g = []
     l7 = res.get("l7")
     if l7:
-        tr = ratio(l7["ours"]["rps"], l7["nginx"]["rps"])
-        pr = ratio(l7["ours"]["p99_ms"], l7["nginx"]["p99_ms"])
-        g.append({"row": "L7 throughput vs nginx", "goal": ">= 1.1x", "value": tr,
-                  "text": f"{tr:.2f}x" + paired(l7, "ours", "nginx", "rps") if tr else None,
-                  "met": tr is not None and tr >= 1.1})
-        g.append({"row": "L7 p99 vs nginx", "goal": "<= 1.0x", "value": pr,
-                  "text": f"{pr:.2f}x" + paired(l7, "ours", "nginx", "p99_ms") if pr else None,
-                  "met": pr is not None and pr <= 1.0})
+        o, h = l7["ours"], l7["haproxy"]
+        g.append(ratio_row("L7 req/s vs HAProxy", ">= 1.1x, q1 >= 1.0",
+                           paired(l7, "ours", "haproxy", "rps"), True, 1.0, strict=1.1))
+        g.append(ratio_row("L7 p99 vs HAProxy", "<= 1.0x", paired(l7, "ours", "haproxy", "p99_ms"),
+                           False, 1.0))
+        g.append(ratio_row("L7 CPU µs/req vs HAProxy", "<= 0.9x",
+                           paired(l7, "ours", "haproxy", "cpu_us_per_req"), False, 0.9))
+        g.append(single_row("L7 syscalls/req vs HAProxy", "<= 0.9x",
+                            o.get("syscalls_per_req"), h.get("syscalls_per_req"), 0.9))
+        g.append(single_row("L7 instructions/req vs HAProxy", "(callgrind)",
+                            o.get("ir_per_req"), h.get("ir_per_req"), None))
+        rss = max((r["rss_mib"] for r in o.get("runs", [])), default=None)
+        g.append({"row": "L7 RSS (max over rounds)", "goal": "<= 10 MiB", "value": rss,
+                  "text": f"{rss:.1f} MiB" if rss is not None else None,
+                  "met": rss is not None and rss <= 10})
+        g.append(ratio_row("L7 req/s vs nginx", "(no goal)", paired(l7, "ours", "nginx", "rps"),
+                           True, None))
     l4 = res.get("l4_small")
     if l4:
-        tr = ratio(l4["ours"]["rps"], l4["haproxy"]["rps"])
-        g.append({"row": "L4 small requests vs HAProxy", "goal": ">= 1.0x", "value": tr,
-                  "text": f"{tr:.2f}x" + paired(l4, "ours", "haproxy", "rps") if tr else None,
-                  "met": tr is not None and tr >= 1.0})
+        g.append(ratio_row("L4 small req/s vs HAProxy", ">= 1.0x",
+                           paired(l4, "ours", "haproxy", "rps"), True, 1.0))
     bulk = res.get("l4_bulk")
     if bulk:
-        tr = ratio(bulk["ours"]["gbit_s"], bulk["haproxy"]["gbit_s"])
-        g.append({"row": "L4 bulk transfer vs HAProxy", "goal": ">= 1.0x", "value": tr,
-                  "text": f"{tr:.2f}x" + paired(bulk, "ours", "haproxy", "gbit_s") if tr else None,
-                  "met": tr is not None and tr >= 1.0})
+        g.append(ratio_row("L4 bulk Gbit/s vs HAProxy", ">= 1.0x",
+                           paired(bulk, "ours", "haproxy", "gbit_s"), True, 1.0))
     app = res.get("app")
     if app:
-        tr = ratio(app["rust"]["rps"], app["seed"]["rps"])
-        pr = ratio(app["rust"]["p99_ms"], app["seed"]["p99_ms"])
-        g.append({"row": "App stack throughput vs seed", "goal": ">= 20x", "value": tr,
-                  "text": f"{tr:.2f}x" + paired(app, "rust", "seed", "rps") if tr else None,
-                  "met": tr is not None and tr >= 20})
-        g.append({"row": "App stack p99 vs seed", "goal": "<= 0.1x", "value": pr,
-                  "text": f"{pr:.2f}x" + paired(app, "rust", "seed", "p99_ms") if pr else None,
-                  "met": pr is not None and pr <= 0.1})
+        if "ceiling" in app:
+            g.append(ratio_row("App stack (Rust) vs NGINX ceiling", ">= 0.8x",
+                               paired(app, "rust", "ceiling", "rps"), True, 0.8))
+            g.append(ratio_row("App stack (seed) vs NGINX ceiling", "(no goal)",
+                               paired(app, "seed", "ceiling", "rps"), True, None))
+        g.append(ratio_row("App stack req/s vs seed", ">= 20x", paired(app, "rust", "seed", "rps"),
+                           True, 20))
+        g.append(ratio_row("App stack p99 vs seed", "<= 0.1x",
+                           paired(app, "rust", "seed", "p99_ms"), False, 0.1))
     for key in ("deploy", "autoscale"):
         for row in res.get(key, {}).get("rows", []):
             g.append(row)
     return g
+
+
+def verdict(g):
+    if g.get("met") is None:
+        return "NOT MEASURED" if g.get("value") is None else "(no goal)"
+    return "MET" if g["met"] else "MISSED"
+
+
+def lead_markdown(res):
+    """BENCHMARKS.md's lead table: one row per ratio, its spread and the commit."""
+    m = res["meta"]
+    lines = [f"Commit `{m['commit']}`, {m['date']}, {m['mode']} run: {m['runs']} rounds x "
+             f"{m['duration_s']} s per contender, order rotated per round.", "",
+             "| ratio | goal | median | IQR | range | verdict |", "|---|---|---:|---:|---:|---|"]
+    for g in res["goals"]:
+        st = g.get("stats")
+        if st:
+            lines.append(f"| {g['row']} | {g['goal']} | {st['median']:.2f}x | "
+                         f"{st['q1']:.2f}-{st['q3']:.2f} | {st['min']:.2f}-{st['max']:.2f} | "
+                         f"{verdict(g)} |")
+        else:
+            val = g.get("text") or (f"{g['value']:.2f}" if g.get("value") is not None else "-")
+            lines.append(f"| {g['row']} | {g['goal']} | {val} | | | {verdict(g)} |")
+    return "\n".join(lines) + "\n"
 
 
 def fmt(v, nd=1):
@@ -619,8 +779,10 @@ def fmt(v, nd=1):
 
 def table(res):
     lines = []
-    hdr = f"{'suite':<14}{'contender':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}{'µs/req':>8}{'RSS MiB':>9}{'err':>5}{'ratio':>8}{'eff.':>7}"
-    for key, title, base in (("l7", "L7 proxy", "nginx"), ("l4_small", "L4 small", "haproxy"),
+    hdr = (f"{'suite':<14}{'contender':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}"
+           f"{'µs/req':>8}{'cs/req':>7}{'sys/req':>8}{'Ir/req':>8}{'RSS MiB':>9}{'err':>5}"
+           f"{'ratio':>8}{'eff.':>7}")
+    for key, title, base in (("l7", "L7 proxy", "haproxy"), ("l4_small", "L4 small", "haproxy"),
                              ("app", "App stack", "seed")):
         if key not in res:
             continue
@@ -630,7 +792,9 @@ def table(res):
         lines.append("-" * len(hdr))
         for name, s in res[key].items():
             lines.append(f"{title:<14}{name:<10}{fmt(s['rps'], 0):>11}{fmt(s['p50_ms'], 2):>9}"
-                         f"{fmt(s['p99_ms'], 2):>9}{fmt(s['cpu_pct'], 0):>7}{fmt(s['cpu_us_per_req'], 1):>8}{fmt(s['rss_mib'], 1):>9}"
+                         f"{fmt(s['p99_ms'], 2):>9}{fmt(s['cpu_pct'], 0):>7}{fmt(s['cpu_us_per_req'], 1):>8}"
+                         f"{fmt(s.get('ctx_per_req'), 2):>7}{fmt(s.get('syscalls_per_req'), 2):>8}"
+                         f"{fmt(s.get('ir_per_req'), 0):>8}{fmt(s['rss_mib'], 1):>9}"
                          f"{s['errors']:>5}{fmt(ratio(s['rps'], res[key][base]['rps']), 2):>7}x"
                          f"{fmt(ratio(res[key][base]['cpu_us_per_req'], s['cpu_us_per_req']), 2):>6}x")
     if "l4_bulk" in res:
@@ -656,18 +820,15 @@ def table(res):
             lines.append(f"  {m['name']:<44} {m['text']}")
     lines.append("")
     lines.append("ratio = req/s vs the baseline; eff. = CPU efficiency vs the baseline "
-                 "(baseline CPU µs per request / this one's); medians of "
-                 f"{res['meta']['runs']} interleaved runs")
+                 "(baseline CPU µs per request / this one's); cs = context switches, "
+                 "sys = syscalls (perf, one cost round), Ir = instructions (callgrind); "
+                 f"medians of {res['meta']['runs']} rounds, order rotated per round")
     lines.append("")
     lines.append("Goals")
     lines.append("-" * 60)
     for g in res["goals"]:
-        if g.get("met") is None:
-            verdict = "NOT MEASURED" if g.get("value") is None else "(no goal)"
-        else:
-            verdict = "MET" if g["met"] else "MISSED"
         val = g.get("text") or (f"{g['value']:.2f}x" if g.get("value") is not None else "-")
-        lines.append(f"  {g['row']:<36} goal {g['goal']:<10} got {val:<28} {verdict}")
+        lines.append(f"  {g['row']:<36} goal {g['goal']:<20} got {val:<50} {verdict(g)}")
     return "\n".join(lines)
 
 
@@ -676,54 +837,56 @@ def esc(t):
 
 
 def svg(res, path):
-    """Horizontal bar chart: one group per suite, bars normalized to the baseline."""
-    groups = []
-    if "l7" in res:
-        groups.append(("L7 proxy req/s (vs nginx)", [(n, s["rps"]) for n, s in res["l7"].items()], "nginx"))
-    if "l4_small" in res:
-        groups.append(("L4 small req/s (vs HAProxy)", [(n, s["rps"]) for n, s in res["l4_small"].items()], "haproxy"))
-    if "l4_bulk" in res:
-        groups.append(("L4 bulk Gbit/s (vs HAProxy)", [(n, s["gbit_s"]) for n, s in res["l4_bulk"].items()], "haproxy"))
-    if "app" in res:
-        groups.append(("App stack req/s (vs seed)", [(n, s["rps"]) for n, s in res["app"].items()], "seed"))
-    colors = {"ours": "#2b7bb9", "rust": "#2b7bb9", "nginx": "#3c9a3c", "haproxy": "#d9822b",
-              "direct": "#888888", "seed": "#b03a3a"}
-    W, left, barh, gap = 900, 110, 20, 6
-    y = 50
-    parts = []
-    for title, bars, base in groups:
-        parts.append(f'<text x="10" y="{y}" font-weight="bold">{title}</text>')
-        y += 10
-        mx = max((v or 0) for _, v in bars) or 1
-        basev = dict(bars).get(base) or 0
-        for name, v in bars:
-            w = (W - left - 160) * (v or 0) / mx
-            r = f" ({v / basev:.2f}x)" if basev and v else ""
-            unit = "Gbit/s" if "Gbit" in title else "req/s"
-            parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{name}</text>')
-            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{barh}" fill="{colors.get(name, "#555")}"/>')
-            parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{fmt(v, 2 if unit == "Gbit/s" else 0)} {unit}{r}</text>')
-            y += barh + gap
-        y += 24
-    parts.append(f'<text x="10" y="{y}" font-weight="bold">Goals</text>')
-    y += 20
+    """The ratios as a chart: per goal row a bar to the median of the paired ratios, a whisker
+    over the interquartile range (log scale, 1x marked), then the other rows as text."""
+    W, left, right, barh = 980, 300, 190, 16
+    lo, hi = math.log2(0.25), math.log2(32)
+    x = lambda v: left + (min(max(math.log2(v), lo), hi) - lo) / (hi - lo) * (W - left - right)
+    colors = {"MET": "#2a8a2a", "MISSED": "#b03a3a"}
+    parts, y = [], 50
+    parts.append(f'<line x1="{x(1):.1f}" y1="{y - 8}" x2="{x(1):.1f}" y2="{{BOTTOM}}" stroke="#999" stroke-dasharray="3,3"/>')
+    for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32):
+        parts.append(f'<text x="{x(t):.1f}" y="{y - 12}" text-anchor="middle" fill="#666">{t:g}x</text>')
+    rest = []
     for g in res.get("goals", []):
-        verdict = (("NOT MEASURED" if g.get("value") is None else "(no goal)") if g.get("met") is None
-                   else ("MET" if g["met"] else "MISSED"))
-        col = {"MET": "#2a8a2a", "MISSED": "#b03a3a"}.get(verdict, "#777")
-        val = g.get("text") or (f"{g['value']:.2f}x" if g.get("value") is not None else "-")
-        val = (val[:70] + "…") if len(val) > 70 else val
+        st = g.get("stats")
+        if not st:
+            rest.append(g)
+            continue
+        v = verdict(g)
+        col = colors.get(v, "#2b7bb9")
+        parts.append(f'<text x="{left - 8}" y="{y + 12}" text-anchor="end">{esc(g["row"])}</text>')
+        parts.append(f'<rect x="{x(0.25):.1f}" y="{y}" width="{x(st["median"]) - x(0.25):.1f}" '
+                     f'height="{barh}" fill="{col}" opacity="0.75"/>')
+        parts.append(f'<line x1="{x(st["q1"]):.1f}" y1="{y + barh / 2}" x2="{x(st["q3"]):.1f}" '
+                     f'y2="{y + barh / 2}" stroke="black" stroke-width="2"/>')
+        for q in (st["q1"], st["q3"]):
+            parts.append(f'<line x1="{x(q):.1f}" y1="{y + 3}" x2="{x(q):.1f}" y2="{y + barh - 3}" stroke="black"/>')
+        parts.append(f'<text x="{W - right + 8}" y="{y + 12}">{st["median"]:.2f}x '
+                     f'({esc(g["goal"])}) </text><text x="{W - 10}" y="{y + 12}" text-anchor="end" '
+                     f'fill="{col}" font-weight="bold">{v}</text>')
+        y += barh + 8
+    bottom = y
+    y += 24
+    for g in rest:
+        v = verdict(g)
+        val = g.get("text") or (f"{g['value']:.2f}" if g.get("value") is not None else "-")
+        val = (val[:80] + "…") if len(val) > 80 else val
         parts.append(f'<text x="10" y="{y}">{esc(g["row"])} ({esc(g["goal"])}): {esc(val)}</text>'
-                     f'<text x="{W - 10}" y="{y}" text-anchor="end" fill="{col}" font-weight="bold">{verdict}</text>')
+                     f'<text x="{W - 10}" y="{y}" text-anchor="end" fill="{colors.get(v, "#777")}" '
+                     f'font-weight="bold">{v}</text>')
         y += 18
     y += 10
+    m = res["meta"]
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{y}" '
             f'font-family="sans-serif" font-size="13">'
             f'<rect width="100%" height="100%" fill="white"/>'
-            f'<text x="10" y="24" font-size="16" font-weight="bold">scaleset benchmarks '
-            f'({res["meta"]["mode"]}, medians of {res["meta"]["runs"]} runs, {res["meta"]["date"]})</text>')
+            f'<text x="10" y="22" font-size="15" font-weight="bold">scaleset benchmarks: median of '
+            f'paired per-round ratios, IQR whiskers ({m["mode"]}, {m["runs"]} rounds, '
+            f'{esc(m["commit"])}, {m["date"]})</text>')
+    body = "".join(parts).replace("{BOTTOM}", str(bottom))
     with open(path, "w") as f:
-        f.write(head + "".join(parts) + "</svg>\n")
+        f.write(head + body + "</svg>\n")
 
 
 def machine():
@@ -748,7 +911,10 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="short smoke run (1 x 3 s, 1 s warm-up; full: 5 x 10 s, 3 s warm-up)")
+                    help="short smoke run (3 rounds x 2 s, 1 s warm-up, no cost rounds; "
+                         "full: 15 rounds x 4 s, 3 s warm-up, perf and callgrind cost rounds)")
+    ap.add_argument("--costs", action="store_true",
+                    help="with --quick: still run the cost rounds (perf syscalls, callgrind)")
     ap.add_argument("--only", default="l7,l4,bulk,app,deploy,autoscale",
                     help="comma-separated subset of l7,l4,bulk,app,deploy,autoscale,scale")
     ap.add_argument("--runs", type=int)
@@ -764,11 +930,13 @@ def main():
             res = json.load(f)
         res["goals"] = goals(res)
         print(table(res))
+        print(lead_markdown(res))
         svg(res, os.path.join(RESULTS, "latest.svg"))
         return
-    cfg.runs = cfg.runs or (1 if cfg.quick else 5)
-    cfg.duration = cfg.duration or (3 if cfg.quick else 10)
+    cfg.runs = cfg.runs or (3 if cfg.quick else 15)
+    cfg.duration = cfg.duration or (2 if cfg.quick else 4)
     cfg.warmup = 1 if cfg.quick else 3
+    cfg.costs = not cfg.quick or cfg.costs
     cfg.bulk_bytes = (256 << 20) if cfg.quick else (1 << 30)
     only = set(cfg.only.split(","))
 
@@ -819,6 +987,8 @@ def main():
     svg(res, os.path.join(RESULTS, "latest.svg"))
     with open(os.path.join(RESULTS, "latest.txt"), "w") as f:
         f.write(out + "\n")
+    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        f.write(lead_markdown(res))
     log(f"wrote {RESULTS}/latest.json, latest.svg, latest.txt")
 
 
