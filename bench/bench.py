@@ -839,14 +839,15 @@ def esc(t):
 def svg(res, path):
     """The ratios as a chart: per goal row a bar to the median of the paired ratios, a whisker
     over the interquartile range (log scale, 1x marked), then the other rows as text."""
-    W, left, right, barh = 980, 300, 190, 16
-    lo, hi = math.log2(0.25), math.log2(32)
+    W, left, right, barh = 1040, 300, 270, 16
+    lo, hi = math.log2(1 / 32), math.log2(32)
     x = lambda v: left + (min(max(math.log2(v), lo), hi) - lo) / (hi - lo) * (W - left - right)
     colors = {"MET": "#2a8a2a", "MISSED": "#b03a3a"}
     parts, y = [], 50
     parts.append(f'<line x1="{x(1):.1f}" y1="{y - 8}" x2="{x(1):.1f}" y2="{{BOTTOM}}" stroke="#999" stroke-dasharray="3,3"/>')
-    for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32):
-        parts.append(f'<text x="{x(t):.1f}" y="{y - 12}" text-anchor="middle" fill="#666">{t:g}x</text>')
+    for t, label in ((1 / 32, "1/32"), (1 / 8, "1/8"), (0.5, "1/2"), (1, "1"), (2, "2"), (8, "8"),
+                     (32, "32")):
+        parts.append(f'<text x="{x(t):.1f}" y="{y - 12}" text-anchor="middle" fill="#666">{label}x</text>')
     rest = []
     for g in res.get("goals", []):
         st = g.get("stats")
@@ -856,14 +857,15 @@ def svg(res, path):
         v = verdict(g)
         col = colors.get(v, "#2b7bb9")
         parts.append(f'<text x="{left - 8}" y="{y + 12}" text-anchor="end">{esc(g["row"])}</text>')
-        parts.append(f'<rect x="{x(0.25):.1f}" y="{y}" width="{x(st["median"]) - x(0.25):.1f}" '
+        parts.append(f'<rect x="{left}" y="{y}" width="{x(st["median"]) - left:.1f}" '
                      f'height="{barh}" fill="{col}" opacity="0.75"/>')
         parts.append(f'<line x1="{x(st["q1"]):.1f}" y1="{y + barh / 2}" x2="{x(st["q3"]):.1f}" '
                      f'y2="{y + barh / 2}" stroke="black" stroke-width="2"/>')
         for q in (st["q1"], st["q3"]):
             parts.append(f'<line x1="{x(q):.1f}" y1="{y + 3}" x2="{x(q):.1f}" y2="{y + barh - 3}" stroke="black"/>')
+        goal = g["goal"] if g["goal"].startswith("(") else f'(goal {g["goal"]})'
         parts.append(f'<text x="{W - right + 8}" y="{y + 12}">{st["median"]:.2f}x '
-                     f'({esc(g["goal"])}) </text><text x="{W - 10}" y="{y + 12}" text-anchor="end" '
+                     f'{esc(goal)} </text><text x="{W - 10}" y="{y + 12}" text-anchor="end" '
                      f'fill="{col}" font-weight="bold">{v}</text>')
         y += barh + 8
     bottom = y
