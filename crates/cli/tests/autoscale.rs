@@ -259,4 +259,55 @@ fn autoscale_out_under_load_and_back_in() {
             ev("Autoscale scale up", "2", "3")
         ]
     );
+
+    // `autoscale show` carries the same history, newest first, cut to --history.
+    let shown = h.json(&[
+        "monitor",
+        "autoscale",
+        "show",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--history",
+        "3",
+    ]);
+    assert_eq!(shown["name"], "web");
+    let recent = shown["recentActivity"].as_array().expect("recentActivity");
+    // Events are only added, so a later list holds them in the same order (a newer skip may
+    // have come in ahead of them).
+    let later = h.json(&["monitor", "activity-log", "list", "-g", "rg"]);
+    let later = later.as_array().unwrap();
+    assert_eq!(recent.len(), 3.min(log.as_array().unwrap().len()));
+    let at = later
+        .iter()
+        .position(|e| *e == recent[0])
+        .expect("shown event listed");
+    assert_eq!(recent[..], later[at..at + recent.len()]);
+    let bare = h.json(&[
+        "monitor",
+        "autoscale",
+        "show",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--history",
+        "0",
+    ]);
+    assert!(bare.get("recentActivity").is_none(), "{bare}");
+    eprintln!(
+        "{}",
+        h.ok(&[
+            "monitor",
+            "autoscale",
+            "show",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "-o",
+            "table"
+        ])
+    );
 }
