@@ -250,6 +250,28 @@ fn dashboard_in_a_real_browser() {
         "deploy receipt: {receipt}"
     );
     b.screenshot(&shots.join("dashboard-vmss.png"));
+
+    // An instance's journal (NGINX's unit starting) and its boot log, from the page.
+    let id = rows(&b)[0].0.clone();
+    b.click(&format!("button[data-journal='{id}']"));
+    b.js("document.getElementById('journal-unit').value = 'nginx'; \
+          document.getElementById('btn-journal-load').click(); return null;");
+    b.wait(
+        "NGINX's unit starting in the journal",
+        Duration::from_secs(20),
+        |b| {
+            b.text("#instance-log-text").filter(|t| {
+                t.lines()
+                    .any(|l| l.contains("Started") && l.contains("nginx"))
+            })
+        },
+    );
+    b.screenshot(&shots.join("dashboard-journal.png"));
+    b.click(&format!("button[data-bootlog='{id}']"));
+    b.wait("the boot log", Duration::from_secs(20), |b| {
+        b.text("#instance-log-text")
+            .filter(|t| t.contains("Reached target") && t.contains("multi-user.target"))
+    });
     // The load ran from before the rollout until now (the screenshot shows its rate).
     let (ok, failed) = load.finish();
     assert_eq!(

@@ -9,6 +9,7 @@ const MAX_LOG_LINES = 5000; // lines kept in the page; older ones are dropped
 
 let stream = null;   // the view's EventSource
 let logStream = null; // a run's log EventSource
+let journalAbort = null; // aborts an instance journal being followed
 let renderFn = null; // renders the current view's data
 
 // h("tag.class#id", {attr}, children...) builds elements; text is always text, never HTML.
@@ -71,6 +72,12 @@ function closeStreams() {
   if (stream) stream.close();
   if (logStream) logStream.close();
   stream = logStream = null;
+  stopJournal();
+}
+
+function stopJournal() {
+  if (journalAbort) journalAbort.abort();
+  journalAbort = null;
 }
 
 // Opens the view's stream: every event is the view's whole data, rendered in place.
@@ -159,7 +166,8 @@ function vmssView(rg, name) {
           h("button#btn-rollback", { onclick: act("roll back", "POST", {}, "rollback") }, "Roll back")),
         h("section#rolling"),
         h("h2", {}, "Instances"),
-        h("section#instances-box"));
+        h("section#instances-box"),
+        h("section#instance-log"));
     }
     document.getElementById("model").replaceChildren(
       h("dl", {},
@@ -178,8 +186,78 @@ function vmssView(rg, name) {
       ["Provisioning", (r) => r.provisioningState],
       ["Requests/s", (r) => num(r.requestsPerSecond)], ["CPU", (r) => num(r.cpuPercent, " %")],
       ["Available memory", (r) => mib(r.availableMemoryBytes)],
+      ["Logs", (r) => h("span", {},
+        h("button.small", { "data-journal": r.instanceId, onclick: () => showJournal(path, r.instanceId) }, "Journal"),
+        h("button.small", { "data-bootlog": r.instanceId, onclick: () => showBootLog(path, r.instanceId) }, "Boot log"))],
     ], v.instances));
   });
+}
+
+// ---- an instance's journal and boot log (scaleset's text routes on the ARM API) ----
+function instanceLogBox(title) {
+  stopJournal();
+  const box = document.getElementById("instance-log");
+  const pre = h("pre#instance-log-text.log", {});
+  box.replaceChildren(h("h2", {}, title), h("div.actions#instance-log-controls"), pre);
+  return pre;
+}
+
+// Appends text, keeping the newest MAX_LOG_LINES lines.
+function appendText(pre, text) {
+  pre.textContent += text;
+  const lines = pre.textContent.split("\n");
+  if (lines.length > MAX_LOG_LINES) pre.textContent = lines.slice(-MAX_LOG_LINES).join("\n");
+  pre.scrollTop = pre.scrollHeight;
+}
+
+// GETs a text route and streams its body into `pre` (a followed journal never ends).
+async function streamText(url, pre, signal) {
+  const r = await fetch(url, { signal });
+  if (!r.ok) {
+    const t = await r.text();
+    let m = `HTTP ${r.status}`;
+    try { m = JSON.parse(t).error.message || m; } catch (_) { /* not JSON */ }
+    toast(m, true);
+    pre.textContent = m;
+    return;
+  }
+  const reader = r.body.getReader();
+  const dec = new TextDecoder();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    appendText(pre, dec.decode(value, { stream: true }));
+  }
+}
+
+function showJournal(path, id) {
+  const pre = instanceLogBox(`Instance ${id}: journal`);
+  const unit = h("input#journal-unit", { placeholder: "unit, e.g. nginx" });
+  const follow = h("input#journal-follow", { type: "checkbox" });
+  const load = () => {
+    stopJournal();
+    pre.textContent = "";
+    journalAbort = new AbortController();
+    const q = new URLSearchParams({ "api-version": COMPUTE, lines: "200" });
+    if (unit.value.trim()) q.set("unit", unit.value.trim());
+    if (follow.checked) q.set("follow", "true");
+    streamText(`${path}/virtualMachines/${encodeURIComponent(id)}/journal?${q}`, pre, journalAbort.signal)
+      .catch((e) => { if (e.name !== "AbortError") toast(String(e), true); });
+  };
+  document.getElementById("instance-log-controls").replaceChildren(
+    h("label", {}, "Unit ", unit), h("label", {}, follow, " Follow"),
+    h("button#btn-journal-load", { onclick: load }, "Show"),
+    h("button", { onclick: () => { stopJournal(); document.getElementById("instance-log").replaceChildren(); } }, "Close"));
+  load();
+}
+
+function showBootLog(path, id) {
+  const pre = instanceLogBox(`Instance ${id}: boot diagnostics (console log)`);
+  document.getElementById("instance-log-controls").replaceChildren(
+    h("button", { onclick: () => showBootLog(path, id) }, "Refresh"),
+    h("button", { onclick: () => document.getElementById("instance-log").replaceChildren() }, "Close"));
+  streamText(`${path}/virtualMachines/${encodeURIComponent(id)}/serialConsoleLog?api-version=${COMPUTE}`, pre)
+    .catch((e) => toast(String(e), true));
 }
 
 function rollingBox(r) {
@@ -202,7 +280,10 @@ function rollingBox(r) {
     bar,
     h("p#rolling-progress", {},
       `successful ${pr.successfulInstanceCount} · in progress ${pr.inProgressInstanceCount} · failed ${pr.failedInstanceCount} · pending ${pr.pendingInstanceCount}`),
-    p.error ? h("p.error", {}, `${p.error.code}: ${p.error.message}`) : null,
+    p.error ? h("p.error#rolling-error", {}, `${p.error.code}: ${p.error.message}`) : null,
+    // A failed unit's detail: the instance and unit, and the last lines of its journal.
+    ...((p.error && p.error.details) || []).map((d) =>
+      h("details.unit-failed", { open: true }, h("summary", {}, `${d.code}: ${d.target}`), h("pre.log", {}, d.message))),
     h("p#receipt", {}, `Deploy receipt: model ${rc.previousModelVersion} → ${rc.targetModelVersion}; ${rc.requests} requests, ${rc.non2xxResponses} non-2xx, ${rc.failedRequests} failed; per image: `,
       Object.entries(rc.requestsPerImage || {}).map(([k, n]) => `${k}: ${n}`).join(", ") || "—"),
   ].filter(Boolean));
