@@ -690,12 +690,13 @@ def ratio_row(row, goal, st, higher_better, target, strict=None):
             "met": ok}
 
 
-def single_row(row, goal, a, b, target):
+def single_row(row, goal, a, b, target, digits=2):
     """A goal row over one measurement of each side (the cost round, callgrind)."""
     v = ratio(a, b)
     if v is None:
         return {"row": row, "goal": goal, "value": None, "met": None}
-    return {"row": row, "goal": goal, "value": v, "text": f"{v:.2f}x ({fmt(a, 2)} vs {fmt(b, 2)})",
+    return {"row": row, "goal": goal, "value": v,
+            "text": f"{v:.2f}x ({fmt(a, digits)} vs {fmt(b, digits)})",
             "met": (v <= target) if target is not None else None}
 
 
@@ -713,7 +714,7 @@ def goals(res):
         g.append(single_row("L7 syscalls/req vs HAProxy", "<= 0.9x",
                             o.get("syscalls_per_req"), h.get("syscalls_per_req"), 0.9))
         g.append(single_row("L7 instructions/req vs HAProxy", "(callgrind)",
-                            o.get("ir_per_req"), h.get("ir_per_req"), None))
+                            o.get("ir_per_req"), h.get("ir_per_req"), None, digits=0))
         rss = max((r["rss_mib"] for r in o.get("runs", [])), default=None)
         g.append({"row": "L7 RSS (max over rounds)", "goal": "<= 10 MiB", "value": rss,
                   "text": f"{rss:.1f} MiB" if rss is not None else None,
@@ -931,8 +932,15 @@ def main():
         with open(cfg.from_json) as f:
             res = json.load(f)
         res["goals"] = goals(res)
-        print(table(res))
+        out = table(res)
+        print(out)
         print(lead_markdown(res))
+        if os.path.abspath(cfg.from_json) == os.path.join(RESULTS, "latest.json"):
+            # Re-rendered in place (e.g. after a goal changed): the text and lead table too.
+            with open(os.path.join(RESULTS, "latest.txt"), "w") as f:
+                f.write(out + "\n")
+            with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+                f.write(lead_markdown(res))
         svg(res, os.path.join(RESULTS, "latest.svg"))
         return
     cfg.runs = cfg.runs or (3 if cfg.quick else 15)
