@@ -267,6 +267,7 @@ fn boot_serve_stop_start_reimage_delete() {
         t0.elapsed().as_secs_f64()
     );
     machine_cgroups_hold_and_cap_the_machines(&m, (&s0.name, s0.ip, pid0), &s1.name);
+    machine_cpu_is_capped(&m, &s0.name);
     usage_of_a_running_machine(&m, &s0.name, s0.ip);
     let hn = fs::read_to_string(m.root_path(&s0.name).join("etc/hostname")).unwrap();
     assert_eq!(hn, "vmsstest000000\n");
@@ -462,6 +463,52 @@ fn machine_cgroups_hold_and_cap_the_machines(
     );
     let (body, _) = wait_http(ip0, "/", Duration::from_secs(10)).unwrap();
     assert_eq!(body, "hello from scaleset\n");
+}
+
+/// vm0's one vCPU is a CFS quota of one period per 100 ms period: two busy loops in its cgroup
+/// (the host has two cores or more) get about one CPU between them, never much more.
+fn machine_cpu_is_capped(m: &NspawnMachines, vm0: &str) {
+    let cg = m.cgroup(vm0);
+    let quotas: Vec<String> = cg
+        .procs_files()
+        .iter()
+        .filter_map(|p| {
+            let d = p.parent()?;
+            fs::read_to_string(d.join("cpu.max"))
+                .or_else(|_| fs::read_to_string(d.join("cpu.cfs_quota_us")))
+                .ok()
+        })
+        .map(|q| q.trim().to_string())
+        .collect();
+    assert!(
+        quotas.iter().any(|q| q == "100000 100000" || q == "100000"),
+        "one vCPU as the cgroup's quota: {quotas:?}"
+    );
+    let join = cg
+        .procs_files()
+        .iter()
+        .map(|p| format!("echo $$ > {};", p.display()))
+        .collect::<String>();
+    let spin = "timeout 2 sh -c 'while :; do :; done'";
+    let before = cg.cpu_usage().expect("CPU accounting");
+    let t = Instant::now();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join} {spin} & {spin} & wait"))
+        .output()
+        .unwrap();
+    let wall = t.elapsed().as_secs_f64();
+    let used = (cg.cpu_usage().unwrap() - before).as_secs_f64();
+    eprintln!("MEASURE two busy loops in a 1-vCPU machine: {used:.2} s of CPU in {wall:.2} s");
+    assert!(
+        out.status.success() || out.status.code() == Some(124),
+        "{out:?}"
+    );
+    assert!(used > 0.0, "the loops ran in the machine's cgroup");
+    assert!(
+        used <= wall * 1.3,
+        "1 vCPU: {used:.2} s of CPU in {wall:.2} s"
+    );
 }
 
 /// What metrics read of a running machine: CPU time and memory from its cgroup (vm0's 256 MiB
