@@ -96,6 +96,55 @@ pub struct ScaleSetSpec {
     pub scale_in: Option<String>,
     /// Automatic repairs: (grace period in minutes, repair action).
     pub repairs: Option<(u32, String)>,
+    /// The network security group of the instances' NICs (its id).
+    pub nsg: Option<String>,
+}
+
+/// A load-balancing rule's name and the backend port it sends clients to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPort {
+    pub rule: String,
+    pub port: u16,
+}
+
+/// The rules' backend ports of a load balancer as ARM returns it (rules without a backend
+/// port send to the frontend port, as Azure does).
+pub fn open_ports(lb: &Value) -> Vec<OpenPort> {
+    let rules = lb
+        .pointer("/properties/loadBalancingRules")
+        .and_then(Value::as_array);
+    rules
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let p = &r["properties"];
+            let port = p["backendPort"].as_u64().or(p["frontendPort"].as_u64())?;
+            Some(OpenPort {
+                rule: r["name"].as_str()?.to_string(),
+                port: u16::try_from(port).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// A network security group that lets clients from the Internet reach each rule's backend
+/// port. A Standard load balancer is closed to inbound traffic unless an NSG on the subnet or
+/// NIC opens it; Azure's default rules already admit its health probes
+/// (AllowAzureLoadBalancerInBound). Priorities from 100 up, one rule each.
+pub fn network_security_group(location: &str, lb: &str, ports: &[OpenPort]) -> Value {
+    let rules: Vec<Value> = ports
+        .iter()
+        .zip(100u32..)
+        .map(|(p, priority)| {
+            json!({"name": format!("allow-{lb}-{}", p.rule), "properties": {
+                "description": format!("Clients of load balancer {lb}, rule {} (backend port {})", p.rule, p.port),
+                "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": p.port.to_string(),
+                "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*",
+                "access": "Allow", "priority": priority, "direction": "Inbound",
+            }})
+        })
+        .collect();
+    json!({"location": location, "properties": {"securityRules": rules}})
 }
 
 /// A Uniform scale set on `subnet_id`, running `image_id`, in the load balancer's pools.
@@ -117,14 +166,18 @@ pub fn scale_set(s: &ScaleSetSpec) -> Result<Value, String> {
             .take(9)
             .collect()
     });
-    let mut network = json!({
-        "networkInterfaceConfigurations": [{"name": format!("{}-nic", s.name), "properties": {
-            "primary": true,
-            "ipConfigurations": [{"name": "ipconfig", "properties": {
-                "subnet": {"id": s.subnet_id},
-                "loadBalancerBackendAddressPools": pools,
-            }}],
+    let mut nic = json!({
+        "primary": true,
+        "ipConfigurations": [{"name": "ipconfig", "properties": {
+            "subnet": {"id": s.subnet_id},
+            "loadBalancerBackendAddressPools": pools,
         }}],
+    });
+    if let Some(id) = &s.nsg {
+        nic["networkSecurityGroup"] = json!({"id": id});
+    }
+    let mut network = json!({
+        "networkInterfaceConfigurations": [{"name": format!("{}-nic", s.name), "properties": nic}],
     });
     if let Some(p) = &s.health_probe {
         network["healthProbe"] = json!({"id": p});
@@ -221,7 +274,60 @@ mod tests {
             upgrade_mode: "Rolling".into(),
             scale_in: Some("OldestVM".into()),
             repairs: Some((30, "Replace".into())),
+            nsg: None,
         }
+    }
+
+    #[test]
+    fn nsg_opens_each_rules_backend_port() {
+        let lb = json!({"properties": {"loadBalancingRules": [
+            {"name": "http", "properties": {"frontendPort": 80, "backendPort": 8080}},
+            {"name": "tls", "properties": {"frontendPort": 443}},
+            {"name": "bad", "properties": {"backendPort": 70000}},
+            {"properties": {"backendPort": 22}},
+        ]}});
+        let ports = open_ports(&lb);
+        let want = |rule: &str, port| OpenPort {
+            rule: rule.into(),
+            port,
+        };
+        assert_eq!(ports, [want("http", 8080), want("tls", 443)]);
+        assert_eq!(open_ports(&json!({})), []);
+        let v = network_security_group("westeurope", "lb", &ports);
+        assert_eq!(v["location"], "westeurope");
+        let rules = v["properties"]["securityRules"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0]["name"], "allow-lb-http");
+        let r = &rules[1]["properties"];
+        assert_eq!(
+            (&r["destinationPortRange"], &r["priority"], &r["direction"]),
+            (&json!("443"), &json!(101), &json!("Inbound"))
+        );
+        assert_eq!(
+            (&r["access"], &r["protocol"]),
+            (&json!("Allow"), &json!("Tcp"))
+        );
+        assert_eq!(r["sourceAddressPrefix"], "Internet");
+    }
+
+    #[test]
+    fn scale_set_nics_carry_the_nsg() {
+        let nic = |v: &Value| {
+            v["properties"]["virtualMachineProfile"]["networkProfile"]
+                ["networkInterfaceConfigurations"][0]["properties"]
+                .clone()
+        };
+        assert!(nic(&scale_set(&spec()).unwrap())
+            .get("networkSecurityGroup")
+            .is_none());
+        let s = ScaleSetSpec {
+            nsg: Some("/nsg".into()),
+            ..spec()
+        };
+        assert_eq!(
+            nic(&scale_set(&s).unwrap())["networkSecurityGroup"],
+            json!({"id": "/nsg"})
+        );
     }
 
     #[test]

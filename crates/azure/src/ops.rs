@@ -366,6 +366,18 @@ impl Azure {
         Ok(path)
     }
 
+    /// Creates or updates network security group `name` with `body`; returns its id.
+    pub async fn put_nsg(&self, rg: &str, name: &str, body: &Value) -> Result<String, AzureError> {
+        let path = self.nsg_path(rg, name);
+        self.client.call("PUT", &path, Some(body)).await?;
+        Ok(path)
+    }
+
+    /// The id of network security group `name` in `rg`.
+    pub fn nsg_path(&self, rg: &str, name: &str) -> String {
+        self.res(rg, "Microsoft.Network/networkSecurityGroups", name)
+    }
+
     /// The id of subnet `subnet` of virtual network `vnet`; a virtual network that does not
     /// exist is created with that subnet (az's defaults), a missing subnet of an existing one is
     /// an error (its address range is the user's choice).

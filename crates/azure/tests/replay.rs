@@ -1446,6 +1446,7 @@ async fn create_helpers_reuse_what_exists_and_bodies_match_the_spec() {
         upgrade_mode: "Rolling".into(),
         scale_in: Some("NewestVM".into()),
         repairs: Some((10, "Reimage".into())),
+        nsg: Some(format!("{net}/networkSecurityGroups/webNSG")),
     };
     let body = azure::create::scale_set(&spec).unwrap();
     let reply = response(

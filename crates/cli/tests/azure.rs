@@ -267,6 +267,7 @@ fn check_against_specs(r: &Replay, replies: &[(u16, Value)]) {
         "network/resource-manager/Microsoft.Network/stable/2024-05-01/loadBalancer.json",
         "network/resource-manager/Microsoft.Network/stable/2024-05-01/publicIpAddress.json",
         "network/resource-manager/Microsoft.Network/stable/2024-05-01/virtualNetwork.json",
+        "network/resource-manager/Microsoft.Network/stable/2024-05-01/networkSecurityGroup.json",
         "resources/resource-manager/Microsoft.Resources/resources/stable/2025-04-01/resources.json",
     ];
     let mut violations = Vec::new();
@@ -333,7 +334,17 @@ async fn create_verbs_send_azure_shaped_bodies() {
     push(200, group); // vmss create: the group's location
     push(404, not_found); // the virtual network is missing
     push(201, vnet_reply); // made with the subnet
-    push(200, lb_get); // the load balancer's pools
+    push(200, lb_get); // the load balancer's pools, probe and rules
+                       // webNSG, opening the rule's backend port (hand-written in the spec's shape).
+    push(
+        201,
+        json!({"id": format!("{net}/networkSecurityGroups/webNSG"), "name": "webNSG",
+            "location": "eastus", "properties": {"provisioningState": "Succeeded",
+            "securityRules": [{"name": "allow-lb-rulelb", "id": format!("{net}/networkSecurityGroups/webNSG/securityRules/allow-lb-rulelb"),
+                "properties": {"protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "80",
+                    "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*", "access": "Allow",
+                    "priority": 100, "direction": "Inbound", "provisioningState": "Succeeded"}}]}}),
+    );
     push(201, vmss_reply);
     let ok = |(code, out, err): (i32, String, String)| {
         assert_eq!(code, 0, "{err}");
@@ -431,6 +442,7 @@ async fn create_verbs_send_azure_shaped_bodies() {
         ("GET", format!("{net}/virtualNetworks/vnet{nv}")),
         ("PUT", format!("{net}/virtualNetworks/vnet{nv}")),
         ("GET", format!("{net}/loadBalancers/lb{nv}")),
+        ("PUT", format!("{net}/networkSecurityGroups/webNSG{nv}")),
         (
             "PUT",
             format!("{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/web{V}"),
@@ -453,8 +465,33 @@ async fn create_verbs_send_azure_shaped_bodies() {
         json!({"subnet": {"id": format!("{net}/virtualNetworks/vnet/subnets/default")},
             "privateIPAllocationMethod": "Static", "privateIPAddress": "10.0.0.9"})
     );
-    let v = body(10);
+    // A Standard load balancer is closed to inbound traffic unless an NSG opens it: the rule's
+    // backend port (80 in Microsoft's example) is opened to the Internet, in the group's region.
+    let nsg = body(10);
+    assert_eq!(nsg["location"], "eastus");
+    let rule = &nsg["properties"]["securityRules"][0];
+    assert_eq!(rule["name"], "allow-lb-rulelb");
+    assert_eq!(
+        (
+            &rule["properties"]["destinationPortRange"],
+            &rule["properties"]["access"],
+            &rule["properties"]["direction"],
+            &rule["properties"]["sourceAddressPrefix"],
+        ),
+        (
+            &json!("80"),
+            &json!("Allow"),
+            &json!("Inbound"),
+            &json!("Internet")
+        )
+    );
+    let v = body(11);
     let vm = &v["properties"]["virtualMachineProfile"];
+    assert_eq!(
+        vm["networkProfile"]["networkInterfaceConfigurations"][0]["properties"]
+            ["networkSecurityGroup"]["id"],
+        format!("{net}/networkSecurityGroups/webNSG")
+    );
     assert_eq!(
         v["sku"],
         json!({"name": "Standard_B1s", "tier": "Standard", "capacity": 2})
@@ -683,4 +720,148 @@ async fn deploy_follows_the_template_deployment() {
     assert!(err.contains("use --provider azure"), "{err}");
     assert_eq!(r.seen().len(), n);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `network lb probe|rule create|delete` on Azure: no child PUT or DELETE exists there
+/// (loadBalancer.json: GET only), so each is a GET of the load balancer and a PUT of it with
+/// the child added, replaced or removed, the rest as it was; a missing child's delete sends no
+/// PUT and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_and_rule_edits_write_the_whole_load_balancer() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let lb_path = format!(
+        "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/lb"
+    );
+    let lb = response(&format!("{NET_EX}/LoadBalancerCreateWithZones.json"), "201");
+    let mut with_http = lb.clone();
+    with_http["properties"]["probes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "http", "id": format!("{lb_path}/probes/http"),
+            "properties": {"protocol": "Http", "port": 80, "requestPath": "/healthz", "intervalInSeconds": 5,
+                "numberOfProbes": 2, "provisioningState": "Succeeded"}}));
+    let mut without_rule = with_http.clone();
+    without_rule["properties"]["loadBalancingRules"] = json!([]);
+    let mut replies: Vec<(u16, Value)> = Vec::new();
+    let mut push = |status: u16, v: &Value| {
+        r.push(status, &[], Some(v));
+        replies.push((status, v.clone()));
+    };
+    push(200, &lb); // probe create: the parent
+    push(200, &with_http); // written back with the probe
+    push(200, &with_http); // rule delete: the parent
+    push(200, &without_rule); // written back without the rule
+    push(200, &without_rule); // deleting it again: the parent only
+    let (code, out, err) = scaleset(
+        &r,
+        &[
+            "network",
+            "lb",
+            "probe",
+            "create",
+            "-g",
+            "rg",
+            "--lb-name",
+            "lb",
+            "-n",
+            "http",
+            "--protocol",
+            "Http",
+            "--port",
+            "80",
+            "--path",
+            "/healthz",
+            "--interval",
+            "5",
+            "--probe-threshold",
+            "2",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["name"], "http");
+    let (code, _, err) = scaleset(
+        &r,
+        &[
+            "network",
+            "lb",
+            "rule",
+            "delete",
+            "-g",
+            "rg",
+            "--lb-name",
+            "lb",
+            "-n",
+            "rulelb",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = scaleset(
+        &r,
+        &[
+            "network",
+            "lb",
+            "rule",
+            "delete",
+            "-g",
+            "rg",
+            "--lb-name",
+            "lb",
+            "-n",
+            "rulelb",
+        ],
+        &[],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("(NotFound) 'rulelb' was not found"), "{err}");
+    assert!(r.exhausted());
+    let seen = r.seen();
+    let v = "?api-version=2024-05-01";
+    let calls: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect();
+    let want: Vec<(String, String)> = ["GET", "PUT", "GET", "PUT", "GET"]
+        .iter()
+        .map(|m| (m.to_string(), format!("{lb_path}{v}")))
+        .collect();
+    assert_eq!(calls, want);
+    // The probe was added to what was read, everything else sent back as it came.
+    let put = seen[1].body.clone().unwrap();
+    let probes = put["properties"]["probes"].as_array().unwrap();
+    assert_eq!(
+        probes.len(),
+        lb["properties"]["probes"].as_array().unwrap().len() + 1
+    );
+    let http = probes.iter().find(|p| p["name"] == "http").unwrap();
+    assert_eq!(
+        (
+            &http["properties"]["protocol"],
+            &http["properties"]["port"],
+            &http["properties"]["requestPath"]
+        ),
+        (&json!("Http"), &json!(80), &json!("/healthz"))
+    );
+    assert_eq!(
+        put["properties"]["loadBalancingRules"],
+        lb["properties"]["loadBalancingRules"]
+    );
+    assert_eq!(
+        put["properties"]["frontendIPConfigurations"],
+        lb["properties"]["frontendIPConfigurations"]
+    );
+    let put = seen[3].body.clone().unwrap();
+    assert_eq!(put["properties"]["loadBalancingRules"], json!([]));
+    assert_eq!(
+        put["properties"]["probes"],
+        with_http["properties"]["probes"]
+    );
+    check_against_specs(&r, &replies);
 }

@@ -154,6 +154,12 @@ pub struct AzureVmssArgs {
     /// Azure: the region (default: the resource group's).
     #[arg(long, short = 'l')]
     pub location: Option<String>,
+    /// Azure: an existing network security group for the instances' NICs (a name in the
+    /// resource group, or an id); "" for none. Default with --lb: `<name>NSG`, created or
+    /// updated to let clients reach the backend port of each of the load balancer's rules (a
+    /// Standard load balancer is closed to inbound traffic unless an NSG opens it).
+    #[arg(long)]
+    pub nsg: Option<String>,
 }
 
 #[derive(Args)]
@@ -457,11 +463,14 @@ async fn create_on_azure(c: &Client, az: &azure::Azure, a: &CreateArgs) -> Resul
             .map_err(arm)?,
         _ => super::lb::subnet_id(az, &t.rg, x.vnet_name.as_deref(), subnet).map_err(arm)?,
     };
-    let (pools, probe) = match &a.lb {
-        None => (Vec::new(), None),
-        Some(lb) => {
+    let lbv = match &a.lb {
+        Some(lb) => Some(c.call("GET", &lb_id(c, &t.rg, lb), None).await?),
+        None => None,
+    };
+    let (pools, probe) = match (&a.lb, &lbv) {
+        (Some(lb), Some(lbv)) => {
             let id = lb_id(c, &t.rg, lb);
-            let pool = backend_pool(c, &t.rg, lb, &a.backend_pool_name).await?;
+            let pool = pool_of(lbv, lb, &a.backend_pool_name)?;
             let probe = a
                 .health_probe
                 .as_ref()
@@ -471,7 +480,9 @@ async fn create_on_azure(c: &Client, az: &azure::Azure, a: &CreateArgs) -> Resul
                 });
             (vec![format!("{id}/backendAddressPools/{pool}")], probe)
         }
+        _ => (Vec::new(), None),
     };
+    let nsg = nsg_on_azure(az, a, lbv.as_ref(), &location).await?;
     let spec = azure::create::ScaleSetSpec {
         name: t.name.clone(),
         location,
@@ -499,6 +510,7 @@ async fn create_on_azure(c: &Client, az: &azure::Azure, a: &CreateArgs) -> Resul
                     .unwrap_or_else(|| "Replace".into()),
             )
         }),
+        nsg,
     };
     let body = azure::create::scale_set(&spec).map_err(|e| anyhow!(e))?;
     c.call_wait("PUT", &c.vmss_path(&t.rg, &t.name), Some(&body), !a.no_wait)
@@ -530,8 +542,46 @@ fn ssh_public_key(given: Option<&str>) -> Result<String> {
 }
 
 /// The backend pool of `lb` the instances join: `--backend-pool-name`, else its only pool.
+/// The NICs' network security group on Azure: the one `--nsg` names, none for `--nsg ""`,
+/// else (with a load balancer) `<name>NSG` made to open its rules' backend ports.
+async fn nsg_on_azure(
+    az: &azure::Azure,
+    a: &CreateArgs,
+    lb: Option<&Value>,
+    location: &str,
+) -> Result<Option<String>> {
+    let rg = &a.t.rg;
+    match a.azure.nsg.as_deref() {
+        Some("") => return Ok(None),
+        Some(id) if id.starts_with("/subscriptions/") => return Ok(Some(id.to_string())),
+        Some(name) => return Ok(Some(az.nsg_path(rg, name))),
+        None => {}
+    }
+    let (Some(lb), Some(lb_name)) = (lb, &a.lb) else {
+        return Ok(None);
+    };
+    let ports = azure::create::open_ports(lb);
+    if ports.is_empty() {
+        eprintln!(
+            "warning: load balancer '{lb_name}' has no rules yet, so {}NSG opens no port: create the rules first (network lb rule create), or pass --nsg",
+            a.t.name
+        );
+    }
+    let body = azure::create::network_security_group(location, lb_name, &ports);
+    let name = format!("{}NSG", a.t.name);
+    Ok(Some(
+        az.put_nsg(rg, &name, &body)
+            .await
+            .map_err(crate::client::arm_error)?,
+    ))
+}
+
 async fn backend_pool(c: &Client, rg: &str, lb: &str, named: &Option<String>) -> Result<String> {
-    let lbv = c.call("GET", &lb_id(c, rg, lb), None).await?;
+    pool_of(&c.call("GET", &lb_id(c, rg, lb), None).await?, lb, named)
+}
+
+/// The backend pool the instances join: the named one, or the load balancer's only one.
+fn pool_of(lbv: &Value, lb: &str, named: &Option<String>) -> Result<String> {
     let pools: Vec<String> = lbv
         .pointer("/properties/backendAddressPools")
         .and_then(Value::as_array)
