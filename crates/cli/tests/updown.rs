@@ -8,6 +8,8 @@
 //! `down --purge` leaves no mount under the home, no netns, no bridge and no process, and a
 //! daemon started afterwards has none of up's resources; `down` refuses under `serve`.
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use common::*;
 use serde_json::Value;
@@ -74,6 +76,62 @@ fn serves(frontend: SocketAddr) {
     );
 }
 
+/// What an operator opens on the deployment `up` made: the dashboard's scale set view (signed in
+/// with a fresh one-time link; the browser test covers the page itself), the instance's journal
+/// and a command run inside it.
+fn operator_views_of_what_up_made(h: &Harness) {
+    let url = h.ok(&["dashboard", "url"]);
+    let link = url.trim().trim_start_matches(&format!("http://{}", h.api));
+    let (code, head, _) = webdriver::raw(h.api, "GET", link, &[], "");
+    assert_eq!(code, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {head}"))
+        .to_string();
+    let view = format!("/ui/api/view?view=vmss&rg={RG}&name={VMSS}");
+    let (code, _, body) = webdriver::raw(h.api, "GET", &view, &[("Cookie", &cookie)], "");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let rows = v["instances"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["health"], "healthy", "{v}");
+    assert_eq!(rows[0]["latestModelApplied"], true, "{v}");
+    let id = rows[0]["instanceId"].as_str().unwrap().to_string();
+    let target = ["-g", RG, "-n", VMSS, "--instance-id", &id];
+    let journal = h.ok(&[&["vmss", "logs"][..], &target, &["--unit", "nginx"]].concat());
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains("Started") && l.contains("nginx")),
+        "{journal}"
+    );
+    let run = h.json(
+        &[
+            &["vmss", "run-command", "invoke"][..],
+            &target,
+            &[
+                "--command-id",
+                "RunShellScript",
+                "--scripts",
+                "systemctl is-active my_app",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        run["value"][0]["code"], "ProvisioningState/succeeded",
+        "{run}"
+    );
+    assert!(
+        run["value"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("[stdout]\nactive\n")),
+        "{run}"
+    );
+}
+
 #[test]
 fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
     if !testkit::require(skip_reason()) {
@@ -87,6 +145,7 @@ fn up_repairs_what_was_deleted_and_down_purge_leaves_nothing() {
     // Round 1: from nothing.
     let up = h.up(&example, 1, frontend, Duration::from_secs(1200));
     serves(frontend);
+    operator_views_of_what_up_made(&h);
     let vmss = h.json(&["vmss", "show", "-g", RG, "-n", VMSS]);
     let image = vmss["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]
         ["id"]
