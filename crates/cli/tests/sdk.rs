@@ -8,8 +8,11 @@
 //! operations the way the SDK waits on Azure's. The venv is built once under
 //! /var/tmp/scaleset-sdk-venv (PyPI is needed the first time) and rebuilt when the requirements
 //! change. The SDK's traffic, our own CLI's traffic (through a recording proxy) and `scaleset
-//! export azure`'s template are checked against Microsoft's specs.
+//! export azure`'s template are checked against Microsoft's specs, and that template is what
+//! `scaleset --provider azure deploy` sends (against a replay of ARM: no Azure here).
 mod common;
+#[path = "../../azure/tests/support/replay.rs"]
+mod replay;
 #[path = "../../api/tests/support/swagger.rs"]
 mod swagger;
 
@@ -132,6 +135,85 @@ fn microsofts_python_sdk_drives_the_api() {
     );
     check_exchanges(&exchanges, 20);
     check_export(&h.home.join("export"));
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(exported_template_deploys(&h.home.join("export")));
+}
+
+/// README's "Moving to Azure" steps 2 and 4 with the exported template: `deploy` with
+/// `deployScaleSet=false`, then with the image and the SSH key. Each sends the template as
+/// written, with exactly those parameters (all of them declared by it), in a deployment body
+/// that validates against Microsoft's deployments spec.
+async fn exported_template_deploys(dir: &Path) {
+    let r = replay::Replay::start().await;
+    let ex = "resources/resource-manager/Microsoft.Resources/deployments/stable/2025-04-01/examples/PutDeploymentResourceGroup.json";
+    let ops = json!({"value": []});
+    let done = replay::response(ex, "200");
+    let created = replay::response(ex, "201");
+    let template = dir.join("azuredeploy.json").display().to_string();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm0 me@host";
+    let image = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/1";
+    let runs: [(Vec<String>, Value); 2] = [
+        (
+            vec!["deployScaleSet=false".into()],
+            json!({"deployScaleSet": {"value": false}}),
+        ),
+        (
+            vec![
+                format!("imageId={image}"),
+                format!("adminSshPublicKey={key}"),
+            ],
+            json!({"imageId": {"value": image}, "adminSshPublicKey": {"value": key}}),
+        ),
+    ];
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&template).unwrap()).unwrap();
+    let specs =
+        swagger::Specs::new(testkit::shared_dir().join("specs/azure-rest-api/specification"));
+    let files = ["resources/resource-manager/Microsoft.Resources/deployments/stable/2025-04-01/deployments.json"];
+    for (i, (params, want)) in runs.iter().enumerate() {
+        for (status, body) in [(201, &created), (200, &ops), (200, &done), (200, &ops)] {
+            r.push(status, &[], Some(body));
+        }
+        let mut args = vec![
+            "--provider",
+            "azure",
+            "deploy",
+            "-g",
+            "rg",
+            "--template",
+            &template,
+        ];
+        for p in params {
+            args.extend(["--parameters", p.as_str()]);
+        }
+        let out = tokio::process::Command::new(EXE)
+            .args(&args)
+            .env(
+                "AZURE_SUBSCRIPTION_ID",
+                "00000000-0000-0000-0000-0000000000bb",
+            )
+            .env("SCALESET_AZURE_ENDPOINT", &r.base)
+            .env("AZURE_ACCESS_TOKEN", "tok")
+            .env("SCALESET_AZURE_POLL_MS", "10")
+            .env("SCALESET_HOME", "/nonexistent/scaleset-home")
+            .env_remove("SCALESET_ENDPOINT")
+            .env_remove("SCALESET_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "deploy {params:?}: {err}");
+        let put = r.seen()[4 * i].clone();
+        assert_eq!(put.method, "PUT");
+        let body = put.body.clone().unwrap();
+        assert_eq!(body["properties"]["template"], written);
+        assert_eq!(body["properties"]["parameters"], *want);
+        let path = put.path.split('?').next().unwrap().to_string();
+        let v = specs.check_exchange(&files, "PUT", &path, Some(&body), 201, &created, &|_| false);
+        assert!(v.is_empty(), "{}", v.join("\n"));
+    }
+    assert!(r.exhausted());
 }
 
 /// A recording HTTP/1.1 proxy in front of the daemon: one request per connection (it answers
