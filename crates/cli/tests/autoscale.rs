@@ -261,17 +261,11 @@ fn autoscale_out_under_load_and_back_in() {
     );
 
     // `autoscale show` carries the same history, newest first, cut to --history.
-    let shown = h.json(&[
-        "monitor",
-        "autoscale",
-        "show",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--history",
-        "3",
-    ]);
+    fn show<'a>(more: &[&'a str]) -> Vec<&'a str> {
+        let base = ["monitor", "autoscale", "show", "-g", "rg", "-n", "web"];
+        [&base[..], more].concat()
+    }
+    let shown = h.json(&show(&["--history", "3"]));
     assert_eq!(shown["name"], "web");
     let recent = shown["recentActivity"].as_array().expect("recentActivity");
     // Events are only added, so a later list holds them in the same order (a newer skip may
@@ -284,30 +278,7 @@ fn autoscale_out_under_load_and_back_in() {
         .position(|e| *e == recent[0])
         .expect("shown event listed");
     assert_eq!(recent[..], later[at..at + recent.len()]);
-    let bare = h.json(&[
-        "monitor",
-        "autoscale",
-        "show",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--history",
-        "0",
-    ]);
+    let bare = h.json(&show(&["--history", "0"]));
     assert!(bare.get("recentActivity").is_none(), "{bare}");
-    eprintln!(
-        "{}",
-        h.ok(&[
-            "monitor",
-            "autoscale",
-            "show",
-            "-g",
-            "rg",
-            "-n",
-            "web",
-            "-o",
-            "table"
-        ])
-    );
+    eprintln!("{}", h.ok(&show(&["-o", "table"])));
 }

@@ -784,41 +784,21 @@ async fn probe_and_rule_edits_write_the_whole_load_balancer() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["name"], "http");
-    let (code, _, err) = scaleset(
-        &r,
-        &[
-            "network",
-            "lb",
-            "rule",
-            "delete",
-            "-g",
-            "rg",
-            "--lb-name",
-            "lb",
-            "-n",
-            "rulelb",
-        ],
-        &[],
-    )
-    .await;
+    let delete = [
+        "network",
+        "lb",
+        "rule",
+        "delete",
+        "-g",
+        "rg",
+        "--lb-name",
+        "lb",
+        "-n",
+        "rulelb",
+    ];
+    let (code, _, err) = scaleset(&r, &delete, &[]).await;
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = scaleset(
-        &r,
-        &[
-            "network",
-            "lb",
-            "rule",
-            "delete",
-            "-g",
-            "rg",
-            "--lb-name",
-            "lb",
-            "-n",
-            "rulelb",
-        ],
-        &[],
-    )
-    .await;
+    let (code, _, err) = scaleset(&r, &delete, &[]).await;
     assert_ne!(code, 0);
     assert!(err.contains("(NotFound) 'rulelb' was not found"), "{err}");
     assert!(r.exhausted());
