@@ -100,12 +100,21 @@ pub struct ScaleSetSpec {
     pub nsg: Option<String>,
 }
 
-/// A load-balancing rule's name and the backend port it sends clients to.
+/// A load-balancing rule's name, protocol and the backend port it sends clients to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenPort {
     pub rule: String,
-    pub port: u16,
+    /// The NSG's protocol: `Tcp`, `Udp`, or `*` for a rule's `All`.
+    pub protocol: &'static str,
+    /// `None` for every port (an HA-ports rule: `All` on port 0).
+    pub port: Option<u16>,
 }
+
+/// Most security rules an NSG may hold (Azure's limit).
+const MAX_SECURITY_RULES: usize = 1000;
+/// Azure's limits on a security rule's name and description.
+const MAX_RULE_NAME: usize = 80;
+const MAX_DESCRIPTION: usize = 140;
 
 /// The rules' backend ports of a load balancer as ARM returns it (rules without a backend
 /// port send to the frontend port, as Azure does).
@@ -119,12 +128,30 @@ pub fn open_ports(lb: &Value) -> Vec<OpenPort> {
         .filter_map(|r| {
             let p = &r["properties"];
             let port = p["backendPort"].as_u64().or(p["frontendPort"].as_u64())?;
+            let protocol = match p["protocol"].as_str().unwrap_or("Tcp") {
+                "Udp" => "Udp",
+                "All" => "*",
+                _ => "Tcp",
+            };
             Some(OpenPort {
                 rule: r["name"].as_str()?.to_string(),
-                port: u16::try_from(port).ok()?,
+                protocol,
+                port: match u16::try_from(port).ok()? {
+                    0 => None,
+                    p => Some(p),
+                },
             })
         })
+        .take(MAX_SECURITY_RULES)
         .collect()
+}
+
+/// At most `max` characters of `s`.
+fn cut(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// A network security group that lets clients from the Internet reach each rule's backend
@@ -136,9 +163,15 @@ pub fn network_security_group(location: &str, lb: &str, ports: &[OpenPort]) -> V
         .iter()
         .zip(100u32..)
         .map(|(p, priority)| {
-            json!({"name": format!("allow-{lb}-{}", p.rule), "properties": {
-                "description": format!("Clients of load balancer {lb}, rule {} (backend port {})", p.rule, p.port),
-                "protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": p.port.to_string(),
+            let range = p.port.map_or("*".to_string(), |n| n.to_string());
+            let name = cut(format!("allow-{lb}-{}", p.rule), MAX_RULE_NAME);
+            let about = format!(
+                "Clients of load balancer {lb}, rule {} (port {range})",
+                p.rule
+            );
+            json!({"name": name, "properties": {
+                "description": cut(about, MAX_DESCRIPTION),
+                "protocol": p.protocol, "sourcePortRange": "*", "destinationPortRange": range,
                 "sourceAddressPrefix": "Internet", "destinationAddressPrefix": "*",
                 "access": "Allow", "priority": priority, "direction": "Inbound",
             }})
@@ -281,23 +314,53 @@ mod tests {
     #[test]
     fn nsg_opens_each_rules_backend_port() {
         let lb = json!({"properties": {"loadBalancingRules": [
-            {"name": "http", "properties": {"frontendPort": 80, "backendPort": 8080}},
+            {"name": "http", "properties": {"protocol": "Tcp", "frontendPort": 80, "backendPort": 8080}},
             {"name": "tls", "properties": {"frontendPort": 443}},
+            {"name": "dns", "properties": {"protocol": "Udp", "frontendPort": 53, "backendPort": 53}},
+            {"name": "ha", "properties": {"protocol": "All", "frontendPort": 0, "backendPort": 0}},
             {"name": "bad", "properties": {"backendPort": 70000}},
             {"properties": {"backendPort": 22}},
         ]}});
         let ports = open_ports(&lb);
-        let want = |rule: &str, port| OpenPort {
+        let want = |rule: &str, protocol, port| OpenPort {
             rule: rule.into(),
+            protocol,
             port,
         };
-        assert_eq!(ports, [want("http", 8080), want("tls", 443)]);
+        assert_eq!(
+            ports,
+            [
+                want("http", "Tcp", Some(8080)),
+                want("tls", "Tcp", Some(443)),
+                want("dns", "Udp", Some(53)),
+                want("ha", "*", None),
+            ]
+        );
         assert_eq!(open_ports(&json!({})), []);
         let v = network_security_group("westeurope", "lb", &ports);
         assert_eq!(v["location"], "westeurope");
         let rules = v["properties"]["securityRules"].as_array().unwrap();
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 4);
         assert_eq!(rules[0]["name"], "allow-lb-http");
+        assert_eq!(rules[2]["properties"]["protocol"], "Udp");
+        let ha = &rules[3]["properties"];
+        assert_eq!(
+            (&ha["protocol"], &ha["destinationPortRange"]),
+            (&json!("*"), &json!("*"))
+        );
+        // Azure's limits: names of at most 80 characters, descriptions of at most 140.
+        let long = "r".repeat(200);
+        let v = network_security_group("w", &"l".repeat(100), &[want(&long, "Tcp", Some(80))]);
+        let r = &v["properties"]["securityRules"][0];
+        assert_eq!(r["name"].as_str().unwrap().chars().count(), 80);
+        assert_eq!(
+            r["properties"]["description"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            140
+        );
         let r = &rules[1]["properties"];
         assert_eq!(
             (&r["destinationPortRange"], &r["priority"], &r["direction"]),

@@ -373,6 +373,14 @@ impl Azure {
         Ok(path)
     }
 
+    pub async fn nsg_exists(&self, rg: &str, name: &str) -> Result<bool, AzureError> {
+        Ok(self
+            .client
+            .get_opt(&self.nsg_path(rg, name))
+            .await?
+            .is_some())
+    }
+
     /// The id of network security group `name` in `rg`.
     pub fn nsg_path(&self, rg: &str, name: &str) -> String {
         self.res(rg, "Microsoft.Network/networkSecurityGroups", name)

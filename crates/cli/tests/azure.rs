@@ -332,10 +332,11 @@ async fn create_verbs_send_azure_shaped_bodies() {
     push(201, lb_reply.clone());
     push(201, lb_reply); // the subnet-fronted one (location given: no GET of the group)
     push(200, group); // vmss create: the group's location
-    push(404, not_found); // the virtual network is missing
+    push(404, not_found.clone()); // the virtual network is missing
     push(201, vnet_reply); // made with the subnet
     push(200, lb_get); // the load balancer's pools, probe and rules
-                       // webNSG, opening the rule's backend port (hand-written in the spec's shape).
+    push(404, not_found); // no webNSG yet
+                          // webNSG, opening the rule's backend port (hand-written in the spec's shape).
     push(
         201,
         json!({"id": format!("{net}/networkSecurityGroups/webNSG"), "name": "webNSG",
@@ -442,6 +443,7 @@ async fn create_verbs_send_azure_shaped_bodies() {
         ("GET", format!("{net}/virtualNetworks/vnet{nv}")),
         ("PUT", format!("{net}/virtualNetworks/vnet{nv}")),
         ("GET", format!("{net}/loadBalancers/lb{nv}")),
+        ("GET", format!("{net}/networkSecurityGroups/webNSG{nv}")),
         ("PUT", format!("{net}/networkSecurityGroups/webNSG{nv}")),
         (
             "PUT",
@@ -467,7 +469,7 @@ async fn create_verbs_send_azure_shaped_bodies() {
     );
     // A Standard load balancer is closed to inbound traffic unless an NSG opens it: the rule's
     // backend port (80 in Microsoft's example) is opened to the Internet, in the group's region.
-    let nsg = body(10);
+    let nsg = body(11);
     assert_eq!(nsg["location"], "eastus");
     let rule = &nsg["properties"]["securityRules"][0];
     assert_eq!(rule["name"], "allow-lb-rulelb");
@@ -485,7 +487,7 @@ async fn create_verbs_send_azure_shaped_bodies() {
             &json!("Internet")
         )
     );
-    let v = body(11);
+    let v = body(12);
     let vm = &v["properties"]["virtualMachineProfile"];
     assert_eq!(
         vm["networkProfile"]["networkInterfaceConfigurations"][0]["properties"]
@@ -842,6 +844,67 @@ async fn probe_and_rule_edits_write_the_whole_load_balancer() {
     assert_eq!(
         put["properties"]["probes"],
         with_http["properties"]["probes"]
+    );
+    check_against_specs(&r, &replies);
+}
+
+/// An NSG named `<name>NSG` that exists already is used as it is: a PUT would replace the rules
+/// its owner added to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_default_nsg_is_not_rewritten() {
+    if !have_specs() {
+        return;
+    }
+    let r = Replay::start().await;
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/rg");
+    let net = format!("{rg}/providers/Microsoft.Network");
+    let mut lb = response(&format!("{NET_EX}/LoadBalancerCreateWithZones.json"), "201");
+    lb["properties"]["backendAddressPools"] =
+        json!([{"name": "be", "id": format!("{net}/loadBalancers/lb/backendAddressPools/be")}]);
+    let nsg = json!({"id": format!("{net}/networkSecurityGroups/webNSG"), "name": "webNSG",
+        "location": "westeurope", "properties": {"provisioningState": "Succeeded", "securityRules": []}});
+    let vmss = response(
+        &format!("{EX}/VirtualMachineScaleSet_Create_WithAzureLoadBalancer.json"),
+        "201",
+    );
+    let replies = vec![(200, lb), (200, nsg), (201, vmss)];
+    for (status, v) in &replies {
+        r.push(*status, &[], Some(v));
+    }
+    let subnet = format!("{net}/virtualNetworks/vnet/subnets/default");
+    let (code, _, err) = scaleset(
+        &r,
+        &[
+            "vmss",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "--image",
+            "app-img",
+            "--lb",
+            "lb",
+            "-l",
+            "westeurope",
+            "--subnet",
+            &subnet,
+            "--ssh-key-value",
+            KEY,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("'webNSG' exists: used as it is"), "{err}");
+    let seen = r.seen();
+    let methods: Vec<&str> = seen.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "GET", "PUT"], "no PUT of the NSG");
+    let nic = &seen[2].body.as_ref().unwrap()["properties"]["virtualMachineProfile"]
+        ["networkProfile"]["networkInterfaceConfigurations"][0]["properties"];
+    assert_eq!(
+        nic["networkSecurityGroup"]["id"],
+        format!("{net}/networkSecurityGroups/webNSG")
     );
     check_against_specs(&r, &replies);
 }

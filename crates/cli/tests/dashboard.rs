@@ -252,11 +252,26 @@ fn dashboard_in_a_real_browser() {
     b.screenshot(&shots.join("dashboard-vmss.png"));
 
     // An instance's journal (NGINX's unit starting) and its boot log, from the page.
+    // (Clicked from script: the table refreshes every second under load, and a WebDriver click
+    // is two calls.)
     let id = rows(&b)[0].0.clone();
-    b.click(&format!("button[data-journal='{id}']"));
+    let click = |b: &Browser, css: String| {
+        b.js(&format!(
+            "document.querySelector({css:?}).click(); return null;"
+        ));
+    };
+    click(&b, format!("button[data-journal='{id}']"));
+    b.wait(
+        "the instance's whole journal",
+        Duration::from_secs(20),
+        |b| {
+            b.text("#instance-log-text")
+                .filter(|t| t.contains("my_app"))
+        },
+    );
     b.js("document.getElementById('journal-unit').value = 'nginx'; \
           document.getElementById('btn-journal-load').click(); return null;");
-    b.wait(
+    let journal = b.wait(
         "NGINX's unit starting in the journal",
         Duration::from_secs(20),
         |b| {
@@ -266,8 +281,12 @@ fn dashboard_in_a_real_browser() {
             })
         },
     );
+    assert!(
+        !journal.contains("my_app.service"),
+        "the unit filter kept other units' lines: {journal}"
+    );
     b.screenshot(&shots.join("dashboard-journal.png"));
-    b.click(&format!("button[data-bootlog='{id}']"));
+    click(&b, format!("button[data-bootlog='{id}']"));
     b.wait("the boot log", Duration::from_secs(20), |b| {
         b.text("#instance-log-text")
             .filter(|t| t.contains("Reached target") && t.contains("multi-user.target"))

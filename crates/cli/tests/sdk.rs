@@ -209,6 +209,12 @@ async fn exported_template_deploys(dir: &Path) {
         let body = put.body.clone().unwrap();
         assert_eq!(body["properties"]["template"], written);
         assert_eq!(body["properties"]["parameters"], *want);
+        for name in want.as_object().unwrap().keys() {
+            assert!(
+                written["parameters"].get(name).is_some(),
+                "{name} is declared"
+            );
+        }
         let path = put.path.split('?').next().unwrap().to_string();
         let v = specs.check_exchange(&files, "PUT", &path, Some(&body), 201, &created, &|_| false);
         assert!(v.is_empty(), "{}", v.join("\n"));

@@ -47,9 +47,10 @@ pub struct ShowArgs {
     #[command(flatten)]
     pub n: Named,
     /// The newest this many activity-log events go with the setting (JSON: as
-    /// `recentActivity`; table: a second table). 0 prints the setting alone, as az does.
-    #[arg(long, default_value_t = 10)]
-    pub history: usize,
+    /// `recentActivity`; table: a second table). Default 10, and 0 with `-o tsv`, whose scripts
+    /// expect az's one row; 0 prints the setting alone, as az does.
+    #[arg(long)]
+    pub history: Option<usize>,
 }
 
 #[derive(Args)]
@@ -603,12 +604,20 @@ fn period(s: &str) -> Result<String> {
 /// The setting, then (unless `--history 0`) its newest events.
 async fn show(c: &Client, a: &ShowArgs, out: Output) -> Result<()> {
     let mut setting = c.call("GET", &path(c, &a.n.rg, &a.n.name), None).await?;
-    if a.history == 0 {
+    let history = a.history.unwrap_or(if out == Output::Tsv { 0 } else { 10 });
+    // The history is scaleset's own route (Azure has none): without it, the setting alone.
+    let events = match history {
+        0 => None,
+        _ => events_of(c, &a.n.rg, &a.n.name)
+            .await
+            .map_err(|e| eprintln!("warning: no activity log for '{}': {e:#}", a.n.name))
+            .ok(),
+    };
+    let Some(mut events) = events else {
         print(&setting, out, SETTING_COLS);
         return Ok(());
-    }
-    let mut events = events_of(c, &a.n.rg, &a.n.name).await?;
-    newest(&mut events, a.history);
+    };
+    newest(&mut events, history);
     if out == Output::Json {
         setting["recentActivity"] = Value::Array(events);
         print(&setting, out, SETTING_COLS);

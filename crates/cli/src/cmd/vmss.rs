@@ -541,9 +541,9 @@ fn ssh_public_key(given: Option<&str>) -> Result<String> {
     key.ok_or_else(|| anyhow!("no SSH public key: pass --ssh-key-value (the key or its file)"))
 }
 
-/// The backend pool of `lb` the instances join: `--backend-pool-name`, else its only pool.
 /// The NICs' network security group on Azure: the one `--nsg` names, none for `--nsg ""`,
-/// else (with a load balancer) `<name>NSG` made to open its rules' backend ports.
+/// else (with a load balancer) `<name>NSG`: made to open its rules' backend ports, or, when
+/// it exists already, used as it is (a PUT would replace the rules someone added to it).
 async fn nsg_on_azure(
     az: &azure::Azure,
     a: &CreateArgs,
@@ -560,22 +560,23 @@ async fn nsg_on_azure(
     let (Some(lb), Some(lb_name)) = (lb, &a.lb) else {
         return Ok(None);
     };
+    let name = format!("{}NSG", a.t.name);
+    let arm = crate::client::arm_error;
+    if az.nsg_exists(rg, &name).await.map_err(arm)? {
+        eprintln!("network security group '{name}' exists: used as it is");
+        return Ok(Some(az.nsg_path(rg, &name)));
+    }
     let ports = azure::create::open_ports(lb);
     if ports.is_empty() {
         eprintln!(
-            "warning: load balancer '{lb_name}' has no rules yet, so {}NSG opens no port: create the rules first (network lb rule create), or pass --nsg",
-            a.t.name
+            "warning: load balancer '{lb_name}' has no rules yet, so {name} opens no port: create the rules first (network lb rule create), or pass --nsg"
         );
     }
     let body = azure::create::network_security_group(location, lb_name, &ports);
-    let name = format!("{}NSG", a.t.name);
-    Ok(Some(
-        az.put_nsg(rg, &name, &body)
-            .await
-            .map_err(crate::client::arm_error)?,
-    ))
+    Ok(Some(az.put_nsg(rg, &name, &body).await.map_err(arm)?))
 }
 
+/// The backend pool of `lb` the instances join: `--backend-pool-name`, else its only pool.
 async fn backend_pool(c: &Client, rg: &str, lb: &str, named: &Option<String>) -> Result<String> {
     pool_of(&c.call("GET", &lb_id(c, rg, lb), None).await?, lb, named)
 }

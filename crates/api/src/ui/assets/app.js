@@ -106,6 +106,22 @@ function stateClass(s) {
 }
 const badge = (s) => h("span.badge." + stateClass(s), {}, s === null || s === undefined ? "—" : String(s));
 
+// Puts a freshly rendered table into `box`, changing only the cells whose content changed when
+// the rows are the same ones: a button or checkbox that did not change stays the same element,
+// so a click that spans a refresh is not lost.
+function patchInto(box, fresh) {
+  const old = box.firstElementChild;
+  const ids = (t) => [...t.querySelectorAll("tbody tr")].map((r) => r.dataset.id).join("\n");
+  if (!old || old.id !== fresh.id || ids(old) !== ids(fresh)) {
+    box.replaceChildren(fresh);
+    return;
+  }
+  const oldCells = old.querySelectorAll("tbody td");
+  fresh.querySelectorAll("tbody td").forEach((td, i) => {
+    if (oldCells[i].innerHTML !== td.innerHTML) oldCells[i].replaceChildren(...td.childNodes);
+  });
+}
+
 function table(id, cols, rows) {
   return h("table#" + id, {},
     h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, c[0])))),
@@ -178,7 +194,7 @@ function vmssView(rg, name) {
         h("dt", {}, "Load balancers"), h("dd", {}, v.loadBalancers.map((l) => `${l.name}: ${l.requests} requests, ${l.failed} failed`).join("; ") || "—")));
     rollingBox(v.rolling);
     const sel = new Set(selected());
-    document.getElementById("instances-box").replaceChildren(table("instances", [
+    patchInto(document.getElementById("instances-box"), table("instances", [
       ["", (r) => h("input", { type: "checkbox", value: r.instanceId, checked: sel.has(r.instanceId) })],
       ["Id", (r) => r.instanceId], ["Name", (r) => r.name], ["IP", (r) => r.ip], ["Image", (r) => r.image],
       ["Latest model", (r) => (r.latestModelApplied ? "Yes" : "No")],
@@ -225,9 +241,12 @@ async function streamText(url, pre, signal) {
   const dec = new TextDecoder();
   for (;;) {
     const { value, done } = await reader.read();
+    // A read that finished just before an abort must not land in the next view's text.
+    if (signal && signal.aborted) return;
     if (done) break;
     appendText(pre, dec.decode(value, { stream: true }));
   }
+  appendText(pre, dec.decode());
 }
 
 function showJournal(path, id) {
@@ -256,8 +275,9 @@ function showBootLog(path, id) {
   document.getElementById("instance-log-controls").replaceChildren(
     h("button", { onclick: () => showBootLog(path, id) }, "Refresh"),
     h("button", { onclick: () => document.getElementById("instance-log").replaceChildren() }, "Close"));
-  streamText(`${path}/virtualMachines/${encodeURIComponent(id)}/serialConsoleLog?api-version=${COMPUTE}`, pre)
-    .catch((e) => toast(String(e), true));
+  journalAbort = new AbortController();
+  streamText(`${path}/virtualMachines/${encodeURIComponent(id)}/serialConsoleLog?api-version=${COMPUTE}`, pre, journalAbort.signal)
+    .catch((e) => { if (e.name !== "AbortError") toast(String(e), true); });
 }
 
 function rollingBox(r) {
@@ -283,7 +303,7 @@ function rollingBox(r) {
     p.error ? h("p.error#rolling-error", {}, `${p.error.code}: ${p.error.message}`) : null,
     // A failed unit's detail: the instance and unit, and the last lines of its journal.
     ...((p.error && p.error.details) || []).map((d) =>
-      h("details.unit-failed", { open: true }, h("summary", {}, `${d.code}: ${d.target}`), h("pre.log", {}, d.message))),
+      h("div.unit-failed", {}, h("p.error", {}, `${d.code}: ${d.target}`), h("pre.log", {}, d.message))),
     h("p#receipt", {}, `Deploy receipt: model ${rc.previousModelVersion} → ${rc.targetModelVersion}; ${rc.requests} requests, ${rc.non2xxResponses} non-2xx, ${rc.failedRequests} failed; per image: `,
       Object.entries(rc.requestsPerImage || {}).map(([k, n]) => `${k}: ${n}`).join(", ") || "—"),
   ].filter(Boolean));
