@@ -373,6 +373,7 @@ impl Azure {
         Ok(path)
     }
 
+    /// Whether network security group `name` exists in `rg`.
     pub async fn nsg_exists(&self, rg: &str, name: &str) -> Result<bool, AzureError> {
         Ok(self
             .client

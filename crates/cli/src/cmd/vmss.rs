@@ -155,9 +155,10 @@ pub struct AzureVmssArgs {
     #[arg(long, short = 'l')]
     pub location: Option<String>,
     /// Azure: an existing network security group for the instances' NICs (a name in the
-    /// resource group, or an id); "" for none. Default with --lb: `<name>NSG`, created or
-    /// updated to let clients reach the backend port of each of the load balancer's rules (a
-    /// Standard load balancer is closed to inbound traffic unless an NSG opens it).
+    /// resource group, or an id); "" for none. Default with --lb: `<name>NSG`, created to let
+    /// clients reach the backend port of each of the load balancer's rules, or used as it is
+    /// when it exists (a Standard load balancer is closed to inbound traffic unless an NSG
+    /// opens it).
     #[arg(long)]
     pub nsg: Option<String>,
 }
@@ -463,12 +464,14 @@ async fn create_on_azure(c: &Client, az: &azure::Azure, a: &CreateArgs) -> Resul
             .map_err(arm)?,
         _ => super::lb::subnet_id(az, &t.rg, x.vnet_name.as_deref(), subnet).map_err(arm)?,
     };
-    let lbv = match &a.lb {
-        Some(lb) => Some(c.call("GET", &lb_id(c, &t.rg, lb), None).await?),
+    // The load balancer's name and body, read once for its pool, probe and rules.
+    let lb = match a.lb.as_deref() {
+        Some(name) => Some((name, c.call("GET", &lb_id(c, &t.rg, name), None).await?)),
         None => None,
     };
-    let (pools, probe) = match (&a.lb, &lbv) {
-        (Some(lb), Some(lbv)) => {
+    let (pools, probe) = match &lb {
+        None => (Vec::new(), None),
+        Some((lb, lbv)) => {
             let id = lb_id(c, &t.rg, lb);
             let pool = pool_of(lbv, lb, &a.backend_pool_name)?;
             let probe = a
@@ -480,9 +483,8 @@ async fn create_on_azure(c: &Client, az: &azure::Azure, a: &CreateArgs) -> Resul
                 });
             (vec![format!("{id}/backendAddressPools/{pool}")], probe)
         }
-        _ => (Vec::new(), None),
     };
-    let nsg = nsg_on_azure(az, a, lbv.as_ref(), &location).await?;
+    let nsg = nsg_on_azure(az, a, lb.as_ref().map(|(n, v)| (*n, v)), &location).await?;
     let spec = azure::create::ScaleSetSpec {
         name: t.name.clone(),
         location,
@@ -547,7 +549,7 @@ fn ssh_public_key(given: Option<&str>) -> Result<String> {
 async fn nsg_on_azure(
     az: &azure::Azure,
     a: &CreateArgs,
-    lb: Option<&Value>,
+    lb: Option<(&str, &Value)>,
     location: &str,
 ) -> Result<Option<String>> {
     let rg = &a.t.rg;
@@ -557,7 +559,7 @@ async fn nsg_on_azure(
         Some(name) => return Ok(Some(az.nsg_path(rg, name))),
         None => {}
     }
-    let (Some(lb), Some(lb_name)) = (lb, &a.lb) else {
+    let Some((lb_name, lb)) = lb else {
         return Ok(None);
     };
     let name = format!("{}NSG", a.t.name);
