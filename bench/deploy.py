@@ -575,6 +575,21 @@ def run_failed(env, run_id, load):
             raise RuntimeError(f"run {r.get('id')} of the push ended {r.get('state')}; its log ends:\n{tail}")
 
 
+def timeline(rec, t0):
+    """Each job and step of a run record as (label, start after t0, seconds), for the log."""
+    out = []
+    if rec.get("queued_ms"):
+        out.append(("queued", round(rec["queued_ms"] / 1000.0 - t0, 2), 0.0))
+    for st in rec.get("stages") or []:
+        for job in st.get("jobs") or []:
+            items = [(f"job {job.get('name')}", job)] + [(s.get("label"), s) for s in job.get("steps") or []]
+            for label, s in items:
+                if s.get("started_ms") and s.get("finished_ms"):
+                    out.append((label, round(s["started_ms"] / 1000.0 - t0, 2),
+                                round((s["finished_ms"] - s["started_ms"]) / 1000.0, 2)))
+    return out
+
+
 def step(rec, label):
     """Seconds a step of a run record took (from its recorded start/finish)."""
     for st in rec.get("stages") or []:
@@ -691,6 +706,9 @@ def git_push(env, home, m, details, log):
     split["receipt_failed"] = receipt.get("failedRequests")
     split["receipt_non2xx"] = receipt.get("non2xxResponses")
     details["git_push_split"] = split
+    details["git_push_timeline"] = {"ci": timeline(ci, t0), "release": timeline(rel or {}, t0),
+                                    "all_serving": round(t1 - t0, 2)}
+    log(f"deploy: git push timeline (s after the push): {json.dumps(details['git_push_timeline'])}")
     log("deploy: git push -> all serving {:.1f}s (CI {} incl. cargo build {}, bake {}, rollout {}); "
         "load {} ok / {} failed; receipt {} failed, {} non-2xx".format(
             t1 - t0, *(f"{split[k]:.1f}s" if split[k] is not None else "?"

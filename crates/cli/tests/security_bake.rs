@@ -589,14 +589,15 @@ fn host_has_own_cas() -> bool {
 }
 
 const CACHED: &str = r#"#!/bin/bash
-apt-get update -qq
+apt-get update
 apt-get install -y --no-install-recommends tree
 echo "$PIP_CACHE_DIR" > /etc/pip-cache-dir
 touch "$PIP_CACHE_DIR/seen-by-$1"
 "#;
 
 /// A download cache per scope (#13): a rebake of the same scope downloads nothing apt already
-/// fetched, another scope starts empty, and nothing of the cache is in the images.
+/// fetched (packages, and the package lists: `apt-get update` fetches only the release file),
+/// another scope starts empty, and nothing of the cache is in the images.
 #[test]
 fn download_cache_is_shared_within_a_scope_only() {
     if !can_run() {
@@ -619,10 +620,15 @@ fn download_cache_is_shared_within_a_scope_only() {
     };
     let first = bake_as("one", "repo:a");
     assert!(!first.contains("Need to get 0 B"), "{first}");
+    assert!(first.contains("Translation-en"), "{first}");
     let again = bake_as("two", "repo:a");
     assert!(again.contains("Need to get 0 B"), "{again}");
+    // The lists the first bake fetched are kept: only the release file is checked again.
+    assert!(!again.contains("Translation-en"), "{again}");
+    assert!(!again.contains("Packages ["), "{again}");
     let other = bake_as("three", "repo:b");
     assert!(!other.contains("Need to get 0 B"), "{other}");
+    assert!(other.contains("Translation-en"), "{other}");
     // One folder per scope (each with its lock file beside it).
     let caches: Vec<PathBuf> = std::fs::read_dir(h.home.join("images/download-cache"))
         .unwrap()
@@ -702,6 +708,14 @@ fn download_cache_is_shared_within_a_scope_only() {
             })
             .unwrap_or(0);
         assert_eq!(debs, 0, "{name}");
+        let lists = std::fs::read_dir(layer.join("var/lib/apt/lists"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(lists, 0, "{name}: the package lists are in the layer");
     }
 }
 

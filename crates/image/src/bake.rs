@@ -480,7 +480,8 @@ impl ImageStore {
     }
 
     /// The bake's share of the download cache of its scope, if any: apt keeps what it
-    /// downloads (a drop-in, removed with the shims) and pip caches under [`PIP_CACHE`].
+    /// downloads (a drop-in, removed with the shims) and its package lists (so `apt-get update`
+    /// revalidates them instead of fetching them again), and pip caches under [`PIP_CACHE`].
     fn download_cache(
         &self,
         spec: &BakeSpec,
@@ -495,7 +496,7 @@ impl ImageStore {
             .root
             .join("download-cache")
             .join(&hex::encode(Sha256::digest(scope.as_bytes()))[..16]);
-        for d in [dir.join("apt/partial"), dir.join("pip")] {
+        for d in [dir.join("apt/partial"), dir.join("apt-lists"), dir.join("pip")] {
             fs::create_dir_all(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
         }
         crate::private_dir(&self.root.join("download-cache"))?;
@@ -507,6 +508,9 @@ impl ImageStore {
             dir: dir.clone(),
             _lock: lock,
             apt: real("var/cache/apt/archives").then(|| dir.join("apt")),
+            // Deprovisioning empties the layer's lists after the bake; with the bind, the layer
+            // never held them.
+            apt_lists: real("var/lib/apt/lists").then(|| dir.join("apt-lists")),
             pip: dir.join("pip"),
             made_pip_dir: fs::symlink_metadata(merged.join(PIP_CACHE.trim_start_matches('/')))
                 .is_err(),
@@ -759,6 +763,8 @@ struct DownloadCache {
     _lock: Flock,
     /// Bound over `/var/cache/apt/archives` when the base has apt.
     apt: Option<PathBuf>,
+    /// Bound over `/var/lib/apt/lists` when the base has apt.
+    apt_lists: Option<PathBuf>,
     pip: PathBuf,
     /// The mount point was made for the bake (and goes after it).
     made_pip_dir: bool,
@@ -791,6 +797,11 @@ impl DownloadCache {
             .apt
             .iter()
             .map(|apt| format!("--bind={}:/var/cache/apt/archives", apt.display()))
+            .chain(
+                self.apt_lists
+                    .iter()
+                    .map(|l| format!("--bind={}:/var/lib/apt/lists", l.display())),
+            )
             .collect();
         out.push(format!("--bind={}:{PIP_CACHE}", self.pip.display()));
         out
