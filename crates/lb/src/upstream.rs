@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 /// Read size to start with; it doubles while reads fill it (large bodies),
 /// up to `MAX_READ`, and halves again when they do not.
-const READ_BUF: usize = 8 * 1024;
+const READ_BUF: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
 /// Largest response head (and chunk-size line, and trailer block) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -556,7 +556,7 @@ mod tests {
         assert_eq!(got.len(), 1_000_000);
         assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
         assert!(reusable);
-        // 8 KiB reads throughout would take more than 120.
+        // 4 KiB reads throughout would take more than 240.
         assert!(frames.len() < 60, "{} reads", frames.len());
     }
 
