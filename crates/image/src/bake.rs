@@ -480,8 +480,9 @@ impl ImageStore {
     }
 
     /// The bake's share of the download cache of its scope, if any: apt keeps what it
-    /// downloads (a drop-in, removed with the shims) and its package lists (so `apt-get update`
-    /// revalidates them instead of fetching them again), and pip caches under [`PIP_CACHE`].
+    /// downloads (a drop-in, removed with the shims), its package lists (so `apt-get update`
+    /// revalidates them instead of fetching them again) and the binary caches built from them,
+    /// and pip caches under [`PIP_CACHE`].
     fn download_cache(
         &self,
         spec: &BakeSpec,
@@ -496,7 +497,11 @@ impl ImageStore {
             .root
             .join("download-cache")
             .join(&hex::encode(Sha256::digest(scope.as_bytes()))[..16]);
-        for d in [dir.join("apt/partial"), dir.join("apt-lists"), dir.join("pip")] {
+        for d in [
+            dir.join("apt-cache/archives/partial"),
+            dir.join("apt-lists"),
+            dir.join("pip"),
+        ] {
             fs::create_dir_all(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
         }
         crate::private_dir(&self.root.join("download-cache"))?;
@@ -507,7 +512,7 @@ impl ImageStore {
         let c = DownloadCache {
             dir: dir.clone(),
             _lock: lock,
-            apt: real("var/cache/apt/archives").then(|| dir.join("apt")),
+            apt: real("var/cache/apt").then(|| dir.join("apt-cache")),
             // Deprovisioning empties the layer's lists after the bake; with the bind, the layer
             // never held them.
             apt_lists: real("var/lib/apt/lists").then(|| dir.join("apt-lists")),
@@ -761,7 +766,7 @@ const APT_KEEP: &str = "etc/apt/apt.conf.d/zz-scaleset-download-cache";
 struct DownloadCache {
     dir: PathBuf,
     _lock: Flock,
-    /// Bound over `/var/cache/apt/archives` when the base has apt.
+    /// Bound over `/var/cache/apt` (packages in `archives`, `pkgcache.bin`) when the base has apt.
     apt: Option<PathBuf>,
     /// Bound over `/var/lib/apt/lists` when the base has apt.
     apt_lists: Option<PathBuf>,
@@ -796,7 +801,7 @@ impl DownloadCache {
         let mut out: Vec<String> = self
             .apt
             .iter()
-            .map(|apt| format!("--bind={}:/var/cache/apt/archives", apt.display()))
+            .map(|apt| format!("--bind={}:/var/cache/apt", apt.display()))
             .chain(
                 self.apt_lists
                     .iter()
