@@ -284,7 +284,7 @@ pub struct BakeSpec {
     /// A networked bake gets the host's CA bundle and proxy settings ([`hostenv`]), never
     /// captured into the layer; `false` opts out.
     pub host_network: bool,
-    /// Who shares a download cache (apt's archives, pip's cache) across bakes, e.g. the hosted
+    /// Who shares a download cache (apt's cache and lists, pip's cache) across bakes, e.g. the hosted
     /// repository; `None`: no cache. Bakes of different scopes never see each other's cache
     /// (a bake is untrusted and pip does not verify cached wheels).
     pub cache: Option<String>,
