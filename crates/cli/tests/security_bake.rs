@@ -717,6 +717,37 @@ fn download_cache_is_shared_within_a_scope_only() {
             .unwrap_or(0);
         assert_eq!(lists, 0, "{name}: the package lists are in the layer");
     }
+    // A bake that leaves a link to a host folder in its scope's cache (where the next bake's
+    // folders are made): the next bake of the scope makes nothing through it and starts the
+    // cache afresh.
+    let canary = h.home.join("canary-archives");
+    std::fs::create_dir_all(&canary).unwrap();
+    let pkg = h.home.join("pkg-link-archives");
+    write_script(
+        &pkg,
+        "link.sh",
+        &format!(
+            "#!/bin/bash\nrm -rf /var/cache/apt/archives\nln -s {} /var/cache/apt/archives\n",
+            canary.display()
+        ),
+    );
+    bake(
+        &h,
+        "link-archives",
+        &pkg,
+        "link.sh",
+        &["--download-cache", "repo:b"],
+    );
+    let after = bake_as("four", "repo:b");
+    assert!(
+        after.contains("download cache of `repo:b` emptied"),
+        "{after}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&canary).unwrap().count(),
+        0,
+        "made through the link"
+    );
 }
 
 /// The daemon's own writes into a bake's root (the package copied to `/deployTemp`, the bake-time

@@ -493,21 +493,31 @@ impl ImageStore {
         let Some(scope) = spec.cache.as_deref().filter(|_| spec.network) else {
             return Ok(None);
         };
-        let dir = self
-            .root
-            .join("download-cache")
-            .join(&hex::encode(Sha256::digest(scope.as_bytes()))[..16]);
-        for d in [
-            dir.join("apt-cache/archives/partial"),
-            dir.join("apt-lists"),
-            dir.join("pip"),
-        ] {
-            fs::create_dir_all(&d).map_err(io_err(format!("mkdir {}", d.display())))?;
-        }
-        crate::private_dir(&self.root.join("download-cache"))?;
+        let caches = self.root.join("download-cache");
+        let name = &hex::encode(Sha256::digest(scope.as_bytes()))[..16];
+        let dir = caches.join(name);
+        crate::private_dir(&caches)?;
         // One bake of a scope at a time: the trim after a bake must not race another's downloads.
         // The lock file sits beside the folder the bake sees, out of its reach.
         let lock = Flock::exclusive(&dir.with_extension("lock"))?;
+        // Earlier bakes of the scope wrote inside these folders (`archives` is one of theirs):
+        // made without following a link they planted; a cache with one is started afresh.
+        let made = |d: &Path| {
+            ["apt-cache/archives/partial", "apt-lists", "pip"]
+                .iter()
+                .try_for_each(|rel| {
+                    crate::oci::ensure_dirs(d, &Path::new(name).join(rel)).map(drop)
+                })
+        };
+        if let Err(e) = made(&caches) {
+            let _ = writeln!(
+                log_file,
+                "scaleset: download cache of `{scope}` emptied: {e}"
+            );
+            fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+            made(&caches)
+                .map_err(|e| io_err(format!("mkdir in {}", dir.display()))(io::Error::other(e)))?;
+        }
         let real = |rel: &str| crate::real_dir(merged, rel).is_some();
         let c = DownloadCache {
             dir: dir.clone(),

@@ -243,7 +243,7 @@ fn layout_file(layout: &Path, rel: &Path) -> Result<PathBuf, String> {
 }
 
 /// `dest/rel`, creating missing directories, never through a symlink.
-fn ensure_dirs(dest: &Path, rel: &Path) -> Result<PathBuf, String> {
+pub(crate) fn ensure_dirs(dest: &Path, rel: &Path) -> Result<PathBuf, String> {
     let mut cur = dest.to_path_buf();
     for c in rel.components() {
         cur.push(c);
